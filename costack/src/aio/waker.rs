@@ -1,0 +1,135 @@
+//! Cross-thread wake-ups.
+//!
+//! Each thread has a mailbox: a queue of coroutine ids that other threads
+//! want woken, plus a hook the thread's event loop installs to be told
+//! that mail arrived. A [`Waker`] names one coroutine by id (it does not
+//! keep the coroutine alive) and the mailbox of its thread; waking from the
+//! coroutine's own thread wakes it directly.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use crate::coroutine::control::CoId;
+use crate::coroutine::{self, Coroutine};
+
+/// Wakes one coroutine, from any thread (aio_co_wake across threads).
+///
+/// On the coroutine's own thread, [`wake`](Waker::wake) is
+/// [`Coroutine::wake`]. From another thread, the wake is queued for the
+/// coroutine's thread and its event loop is notified; it is delivered when
+/// that loop next polls. Waking a coroutine that finished meanwhile does
+/// nothing. Wakes are coalesced like [`Coroutine::wake`]'s.
+#[derive(Clone)]
+pub struct Waker {
+    mailbox: Arc<Mailbox>,
+    id: CoId,
+}
+
+impl Waker {
+    /// A waker for `co`, which must belong to the calling thread (it does,
+    /// since `Coroutine` is not `Send`).
+    pub(crate) fn for_coroutine(co: &Coroutine) -> Waker {
+        Waker {
+            mailbox: mailbox(),
+            id: co.id(),
+        }
+    }
+
+    /// Wakes the coroutine (see the type's documentation).
+    pub fn wake(&self) {
+        if self.mailbox.is_local() {
+            if let Some(co) = Coroutine::from_id(self.id) {
+                co.wake();
+            }
+        } else {
+            self.mailbox.post(self.id);
+        }
+    }
+
+    /// Whether both wakers wake the same coroutine.
+    pub fn will_wake(&self, other: &Waker) -> bool {
+        Arc::ptr_eq(&self.mailbox, &other.mailbox) && self.id == other.id
+    }
+}
+
+impl fmt::Debug for Waker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Waker").field("id", &self.id).finish()
+    }
+}
+
+/// A waker for the calling coroutine.
+///
+/// # Panics
+/// Outside a coroutine: "not in a coroutine".
+pub fn waker() -> Waker {
+    coroutine::with_current(|co| match co {
+        Some(co) => Waker::for_coroutine(co),
+        None => coroutine::not_in_coroutine("aio::waker"),
+    })
+}
+
+/// A thread's queue of wakes posted by other threads.
+pub(crate) struct Mailbox {
+    owner: std::thread::ThreadId,
+    queue: Mutex<Vec<CoId>>,
+    notify: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
+}
+
+thread_local! {
+    static MAILBOX: Arc<Mailbox> = Arc::new(Mailbox {
+        owner: std::thread::current().id(),
+        queue: Mutex::new(Vec::new()),
+        notify: Mutex::new(None),
+    });
+}
+
+/// The calling thread's mailbox.
+pub(crate) fn mailbox() -> Arc<Mailbox> {
+    MAILBOX.with(Arc::clone)
+}
+
+impl Mailbox {
+    fn is_local(&self) -> bool {
+        std::thread::current().id() == self.owner
+    }
+
+    fn post(&self, id: CoId) {
+        let first = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.push(id);
+            q.len() == 1
+        };
+        // Later posts before the owner drains ride on the first notification.
+        if first {
+            let notify = self.notify.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            if let Some(notify) = notify {
+                notify();
+            }
+        }
+    }
+
+    /// Installs what tells the owner thread's event loop that mail arrived
+    /// (`None` to remove it). Mail already queued notifies at once.
+    pub(crate) fn set_notify(&self, notify: Option<Arc<dyn Fn() + Send + Sync>>) {
+        *self.notify.lock().unwrap_or_else(|e| e.into_inner()) = notify.clone();
+        let pending = !self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        if let (true, Some(notify)) = (pending, notify) {
+            notify();
+        }
+    }
+
+    /// Delivers the queued wakes; call on the owner thread. Returns whether
+    /// there were any.
+    pub(crate) fn deliver(&self) -> bool {
+        debug_assert!(self.is_local());
+        let ids = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let any = !ids.is_empty();
+        for id in ids {
+            if let Some(co) = Coroutine::from_id(id) {
+                co.wake();
+            }
+        }
+        any
+    }
+}

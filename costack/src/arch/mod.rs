@@ -1,0 +1,54 @@
+//! The context switch: one backend per architecture/OS behind [`Switch`].
+//!
+//! Everything above this module is portable. A backend only knows how to
+//! prepare a stack so that its first resume calls an entry function, how to
+//! resume a suspended context, how a running context suspends back to whoever
+//! resumed it, and how it leaves for the last time. All bookkeeping (who
+//! entered whom, states, wake lists, stacks, panics) lives in `coroutine`.
+
+/// Entry point of a new context, called on the context's own stack with the
+/// argument given to [`Switch::new`]. It never returns: it ends with
+/// [`Switch::exit`].
+pub(crate) type Entry = unsafe extern "C" fn(arg: *mut u8) -> !;
+
+/// A suspended or running execution context.
+///
+/// # Safety
+///
+/// Implementations must switch stacks exactly as documented: `resume` returns
+/// only after the context called `suspend` or `exit`, and `suspend` returns
+/// only after the next `resume`. Callers uphold the rest (see each method).
+pub(crate) unsafe trait Switch: Sized {
+    /// Prepares a context that, on its first `resume`, calls `entry(arg)` on
+    /// the stack whose highest usable address is `top` (16-byte aligned) and
+    /// whose lowest usable address is `bottom`.
+    ///
+    /// # Safety
+    /// `[bottom, top)` must be writable memory that outlives the context and
+    /// is used by nothing else while the context has not exited.
+    unsafe fn new(top: *mut u8, bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self;
+
+    /// Runs the context until it suspends or exits.
+    ///
+    /// # Safety
+    /// The context must be suspended (or new), and not have exited.
+    unsafe fn resume(&self);
+
+    /// Returns from a running context to whoever resumed it.
+    ///
+    /// # Safety
+    /// Must be called on this context's own stack while it runs.
+    unsafe fn suspend(&self);
+
+    /// Leaves a running context for the last time; its stack may be reused
+    /// as soon as the matching `resume` returns.
+    ///
+    /// # Safety
+    /// As `suspend`; nothing on the stack may need dropping any more.
+    unsafe fn exit(&self) -> !;
+}
+
+#[cfg(all(target_arch = "x86_64", unix))]
+mod x86_64;
+#[cfg(all(target_arch = "x86_64", unix))]
+pub(crate) use x86_64::Context;

@@ -1,0 +1,627 @@
+//! The coroutine core: create, enter, yield, wake (QEMU's
+//! qemu-coroutine.c), on top of the `arch` switch and the stack pool.
+//!
+//! Invariants:
+//! - A block on the active chain (state `Entered`) is referenced by whoever
+//!   entered it (`enter` borrows a handle), so it cannot be released while
+//!   it runs.
+//! - `CURRENT` is the innermost entered coroutine of this thread (null on
+//!   the thread's own stack); each entered block's `caller` is the one below.
+//! - A block in a wake list holds one reference, taken by `wake`.
+//! - A finished coroutine has given its stack back before `enter` returns.
+
+pub(crate) mod control;
+mod overflow;
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::mem::{self, ManuallyDrop};
+use std::panic::{self, AssertUnwindSafe};
+use std::ptr::{self, NonNull};
+
+use crate::arch::{Context, Switch};
+use crate::stack::{self, pool, DEFAULT_STACK_SIZE};
+use control::{CoId, Control, State, WakeList};
+
+thread_local! {
+    /// The innermost entered coroutine of this thread.
+    static CURRENT: Cell<*const Control> = const { Cell::new(ptr::null()) };
+}
+
+#[inline]
+pub(crate) fn current_ptr() -> *const Control {
+    // A const-initialised Cell without destructor is always accessible,
+    // even while the thread tears down its thread-locals.
+    CURRENT.with(|c| c.get())
+}
+
+/// The payload that unwinds a coroutine whose last handle was dropped.
+/// It is caught at the coroutine's base and never escapes.
+struct ForcedUnwind;
+
+/// A handle to a stackful coroutine.
+///
+/// A coroutine runs a closure on its own stack. [`enter`](Coroutine::enter)
+/// runs it until it calls [`yield_now`] or returns; the next `enter` resumes
+/// it right after the `yield_now`. Handles are cheap to clone and compare
+/// equal when they name the same coroutine.
+///
+/// Coroutines are bound to the thread that created them (`Coroutine` is
+/// neither `Send` nor `Sync`); wake one from another thread with an
+/// [`aio::Waker`](crate::aio::Waker).
+///
+/// Dropping the last handle to a suspended coroutine unwinds its stack (its
+/// destructors run) right away. If the coroutine catches that unwind with
+/// `catch_unwind`, it may run on, but every further [`yield_now`] resumes
+/// the unwind at once instead of suspending; if it returns normally it is
+/// simply finished.
+///
+/// ```
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+///
+/// let steps = Rc::new(Cell::new(0));
+/// let s = steps.clone();
+/// let co = costack::Coroutine::new(move || {
+///     s.set(1);
+///     costack::yield_now();
+///     s.set(2);
+/// });
+/// co.enter();
+/// assert_eq!(steps.get(), 1);
+/// co.enter();
+/// assert_eq!(steps.get(), 2);
+/// assert!(co.is_finished());
+/// ```
+pub struct Coroutine {
+    ctl: NonNull<Control>,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl Coroutine {
+    /// Creates a coroutine that will run `f` with the default 1 MiB stack.
+    /// Nothing runs until [`enter`](Coroutine::enter).
+    ///
+    /// # Panics
+    /// If no stack can be allocated; use [`Builder::create`] to handle that.
+    pub fn new<F: FnOnce() + 'static>(f: F) -> Coroutine {
+        match Builder::new().create(f) {
+            Ok(co) => co,
+            Err(e) => panic!("costack: cannot allocate a coroutine stack: {e}"),
+        }
+    }
+
+    /// A builder to set the stack size or name of a new coroutine.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    #[inline]
+    fn ctl(&self) -> &Control {
+        // SAFETY: a handle holds a reference, so the block is live.
+        unsafe { self.ctl.as_ref() }
+    }
+
+    /// Takes a new reference to a live block.
+    fn from_ptr(co: *const Control) -> Coroutine {
+        // SAFETY: callers pass a live block (see the module invariants).
+        let c = unsafe { &*co };
+        c.refs.set(c.refs.get() + 1);
+        Coroutine {
+            ctl: NonNull::from(c),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Adopts the reference a wake list held.
+    fn adopt(co: *const Control) -> Coroutine {
+        Coroutine {
+            // SAFETY: list members are non-null live blocks.
+            ctl: unsafe { NonNull::new_unchecked(co as *mut Control) },
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Runs the coroutine until it yields or finishes (qemu_coroutine_enter).
+    ///
+    /// Coroutines it woke while running are entered next, before `enter`
+    /// returns. A panic in the coroutine finishes it and continues here,
+    /// with the same payload.
+    ///
+    /// # Panics
+    /// If the coroutine is entered already (running, or waiting for a
+    /// coroutine it entered): "re-entered recursively"; if it has finished.
+    pub fn enter(&self) {
+        let co = self.ctl();
+        match co.state.get() {
+            State::Created | State::Suspended => {}
+            State::Entered => panic!("coroutine re-entered recursively"),
+            State::Finished => panic!("cannot enter a coroutine that has finished"),
+            State::Free => unreachable!("handle to a freed coroutine"),
+        }
+        run(co);
+    }
+
+    /// Enters the coroutine unless it is entered already or finished;
+    /// returns whether it entered (qemu_coroutine_enter_if_inactive).
+    pub fn enter_if_inactive(&self) -> bool {
+        match self.ctl().state.get() {
+            State::Created | State::Suspended => {
+                run(self.ctl());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the coroutine is on the active chain: running, or having
+    /// entered another coroutine that has not yielded back yet
+    /// (qemu_coroutine_entered).
+    pub fn is_entered(&self) -> bool {
+        self.ctl().state.get() == State::Entered
+    }
+
+    /// Whether the coroutine has returned or panicked.
+    pub fn is_finished(&self) -> bool {
+        self.ctl().state.get() == State::Finished
+    }
+
+    /// Wakes the coroutine (aio_co_wake).
+    ///
+    /// - Inside a coroutine, the target is queued and entered right after
+    ///   the current coroutine yields or finishes, so chains of wakes do not
+    ///   grow the stack. Waking the current coroutine itself makes it run
+    ///   again right after it yields.
+    /// - Outside any coroutine, a coroutine that belongs to an event loop is
+    ///   scheduled on it; any other is entered at once.
+    ///
+    /// Waking a finished coroutine, or one already queued, does nothing.
+    ///
+    /// # Panics
+    /// If the target is entered (an ancestor of the caller):
+    /// "re-entered recursively".
+    pub fn wake(&self) {
+        let co = self.ctl();
+        match co.state.get() {
+            State::Finished => return,
+            State::Entered if !ptr::eq(co, current_ptr()) => {
+                panic!("coroutine re-entered recursively (woken while entered)")
+            }
+            _ => {}
+        }
+        if co.queued.get() {
+            return;
+        }
+        let cur = current_ptr();
+        if !cur.is_null() {
+            co.queued.set(true);
+            co.refs.set(co.refs.get() + 1);
+            // SAFETY: CURRENT is a live entered block.
+            unsafe { (*cur).wakes.push(co) };
+            return;
+        }
+        let home = co.home.borrow().clone();
+        match home {
+            Some(home) => home.schedule(self.clone()),
+            None => run(co),
+        }
+    }
+
+    /// The name given by [`Builder::name`].
+    pub fn name(&self) -> Option<&str> {
+        self.ctl().name()
+    }
+
+    /// The usable size of the coroutine's stack (0 once finished).
+    pub fn stack_size(&self) -> usize {
+        self.ctl().stack().map_or(0, |s| s.size())
+    }
+
+    pub(crate) fn id(&self) -> CoId {
+        CoId {
+            index: self.ctl().index,
+            generation: self.ctl().generation.get(),
+        }
+    }
+
+    /// The coroutine `id` names, if it is alive on this thread.
+    pub(crate) fn from_id(id: CoId) -> Option<Coroutine> {
+        control::lookup(id).map(Coroutine::from_ptr)
+    }
+
+    pub(crate) fn set_home(&self, home: Option<std::rc::Rc<dyn control::Home>>) {
+        *self.ctl().home.borrow_mut() = home;
+    }
+
+    pub(crate) fn has_home(&self) -> bool {
+        self.ctl().home.borrow().is_some()
+    }
+
+    /// Unwinds a suspended coroutine's stack now, as dropping its last
+    /// handle would, even though other handles exist. Used by event loops
+    /// that own coroutines. Returns the panic of a destructor, if any.
+    pub(crate) fn cancel(&self) -> Option<Box<dyn Any + Send>> {
+        let co = self.ctl();
+        match co.state.get() {
+            State::Suspended => {
+                co.cancelled.set(true);
+                run_collect(co)
+            }
+            State::Created => {
+                drop_unstarted(co);
+                None
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Clone for Coroutine {
+    fn clone(&self) -> Coroutine {
+        Coroutine::from_ptr(self.ctl())
+    }
+}
+
+impl Drop for Coroutine {
+    fn drop(&mut self) {
+        let co = self.ctl();
+        let refs = co.refs.get() - 1;
+        co.refs.set(refs);
+        if refs == 0 {
+            release(co);
+        }
+    }
+}
+
+impl PartialEq for Coroutine {
+    fn eq(&self, other: &Coroutine) -> bool {
+        self.ctl == other.ctl
+    }
+}
+
+impl Eq for Coroutine {}
+
+impl std::hash::Hash for Coroutine {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.ctl.hash(state)
+    }
+}
+
+impl fmt::Debug for Coroutine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let co = self.ctl();
+        f.debug_struct("Coroutine")
+            .field("name", &co.name())
+            .field("state", &co.state.get())
+            .finish()
+    }
+}
+
+/// Builds a coroutine with a chosen stack size or name.
+///
+/// ```
+/// let co = costack::Coroutine::builder()
+///     .name("worker")
+///     .stack_size(64 * 1024)
+///     .create(|| assert_eq!(costack::current().unwrap().name(), Some("worker")))
+///     .unwrap();
+/// co.enter();
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Builder {
+    stack_size: Option<usize>,
+    name: Option<String>,
+}
+
+impl Builder {
+    /// A builder with the default stack size (1 MiB) and no name.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Sets the stack size in bytes; rounded up to whole pages, and to at
+    /// least 16 KiB. A guard page comes on top of it.
+    pub fn stack_size(mut self, bytes: usize) -> Builder {
+        self.stack_size = Some(bytes);
+        self
+    }
+
+    /// Names the coroutine: shown by `Debug`, [`Coroutine::name`], tracing
+    /// events and the stack-overflow message.
+    pub fn name(mut self, name: impl Into<String>) -> Builder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Creates the coroutine; nothing runs until it is entered.
+    ///
+    /// # Errors
+    /// If no stack can be mapped (address space or kernel mappings
+    /// exhausted).
+    pub fn create<F: FnOnce() + 'static>(self, f: F) -> io::Result<Coroutine> {
+        let size = stack::round_size(self.stack_size.unwrap_or(DEFAULT_STACK_SIZE));
+        // A closure too large to sit comfortably on the stack goes on the heap.
+        if mem::size_of::<F>() > size / 4 {
+            let boxed: Box<dyn FnOnce()> = Box::new(f);
+            return self.create_with(size, boxed);
+        }
+        self.create_with(size, f)
+    }
+
+    fn create_with<F: FnOnce() + 'static>(self, size: usize, f: F) -> io::Result<Coroutine> {
+        overflow::install();
+        let stack = pool::take(size)?;
+        let ptr = control::alloc();
+        // SAFETY: freshly allocated, we hold its only reference.
+        let co = unsafe { &*ptr };
+        // The closure lives at the top of the stack until the coroutine
+        // starts (or is dropped unstarted).
+        let align = mem::align_of::<F>().max(16);
+        let closure = ((stack.top() as usize - mem::size_of::<F>()) & !(align - 1)) as *mut F;
+        let top = ((closure as usize) & !15) as *mut u8;
+        // SAFETY: `closure` lies in the stack we own, below its top, aligned
+        // for F; the stack is large enough (size_of::<F>() <= size / 4).
+        unsafe { closure.write(f) };
+        co.closure.set(closure.cast());
+        co.drop_closure.set(Some(drop_closure::<F>));
+        // SAFETY: the context gets the rest of the stack, below the closure,
+        // and the control block, which outlives it, as its argument.
+        let context = unsafe { Context::new(top, stack.bottom(), start::<F>, ptr as *mut u8) };
+        // SAFETY: the block is ours alone (see above).
+        unsafe {
+            *co.context.get() = Some(context);
+            *co.stack.get() = Some(stack);
+            *co.name.get() = self.name.map(String::into_boxed_str);
+        }
+        trace_event!("create", co);
+        Ok(Coroutine {
+            ctl: NonNull::from(co),
+            _not_send: PhantomData,
+        })
+    }
+}
+
+unsafe fn drop_closure<F>(p: *mut u8) {
+    // SAFETY: `p` points at the unstarted closure `create` wrote.
+    unsafe { ptr::drop_in_place(p.cast::<F>()) }
+}
+
+/// The base frame of every coroutine.
+unsafe extern "C" fn start<F: FnOnce()>(arg: *mut u8) -> ! {
+    // SAFETY: `arg` is the control block, live while the coroutine runs.
+    let co = unsafe { &*(arg as *const Control) };
+    co.drop_closure.set(None);
+    // SAFETY: the closure was written by `create`, and is read exactly once
+    // (drop_closure was cleared, so nobody else drops it).
+    let f = unsafe { co.closure.get().cast::<F>().read() };
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
+        if !payload.is::<ForcedUnwind>() {
+            co.panic.set(Some(payload));
+        }
+    }
+    co.state.set(State::Finished);
+    trace_event!("terminate", co);
+    // SAFETY: everything on this stack has been dropped.
+    unsafe { co.context().exit() }
+}
+
+/// Switches into `co` (Created or Suspended) until it yields or finishes.
+#[inline]
+fn resume(co: &Control) {
+    let caller = CURRENT.with(|c| c.replace(co));
+    co.caller.set(caller);
+    co.state.set(State::Entered);
+    trace_event!("enter", co);
+    // SAFETY: `co` is Created or Suspended (callers check), so its context
+    // may be resumed; it stays live because our caller holds a reference.
+    unsafe { co.context().resume() };
+    CURRENT.with(|c| c.set(caller));
+    co.caller.set(ptr::null());
+    if co.state.get() == State::Finished {
+        finish(co);
+    }
+}
+
+/// Gives a finished coroutine's stack back.
+fn finish(co: &Control) {
+    if let Some(stack) = co.take_stack() {
+        pool::give(stack);
+    }
+}
+
+/// Enters `first`, then every coroutine woken meanwhile, in order; resumes
+/// the first panic once all of them have run.
+#[inline]
+fn run(first: &Control) {
+    if let Some(payload) = run_collect(first) {
+        panic::resume_unwind(payload);
+    }
+}
+
+/// As `run`, but returns the first panic instead of resuming it.
+#[inline]
+fn run_collect(first: &Control) -> Option<Box<dyn Any + Send>> {
+    resume(first);
+    let mut panicked = None;
+    if first.state.get() == State::Finished {
+        panicked = first.panic.take();
+    }
+    if !first.wakes.is_empty() {
+        run_woken(first, &mut panicked);
+    }
+    panicked
+}
+
+#[inline(never)]
+fn run_woken(first: &Control, panicked: &mut Option<Box<dyn Any + Send>>) {
+    let pending = WakeList::new();
+    pending.append(&first.wakes);
+    while let Some(next) = pending.pop() {
+        let next = Coroutine::adopt(next);
+        let co = next.ctl();
+        co.queued.set(false);
+        match co.state.get() {
+            State::Created | State::Suspended => resume(co),
+            State::Finished => continue,
+            State::Entered => {
+                // An ancestor of ours was woken; entering it would be
+                // recursive. Queue it for our own caller instead.
+                requeue(co);
+                continue;
+            }
+            State::Free => unreachable!(),
+        }
+        pending.append(&co.wakes);
+        if let Some(p) = co.panic.take() {
+            panicked.get_or_insert(p);
+        }
+    }
+}
+
+/// Hands a woken-but-entered coroutine to the current coroutine's wake list.
+fn requeue(co: &Control) {
+    let cur = current_ptr();
+    assert!(!cur.is_null(), "coroutine re-entered recursively (woken while entered)");
+    co.queued.set(true);
+    co.refs.set(co.refs.get() + 1);
+    // SAFETY: CURRENT is live.
+    unsafe { (*cur).wakes.push(co) };
+}
+
+/// The last reference to `co` is gone.
+fn release(co: &Control) {
+    match co.state.get() {
+        State::Created => drop_unstarted(co),
+        State::Suspended => {
+            // Unwind the coroutine's stack. Hold a reference meanwhile, so a
+            // handle the unwinding code clones and drops does not recurse.
+            co.refs.set(1);
+            co.cancelled.set(true);
+            let payload = run_collect(co);
+            let refs = co.refs.get() - 1;
+            co.refs.set(refs);
+            if refs == 0 {
+                control::free(co);
+            }
+            if let Some(payload) = payload {
+                // A destructor panicked while unwinding: report it like any
+                // panic from a drop, unless we are unwinding already.
+                if !std::thread::panicking() {
+                    panic::resume_unwind(payload);
+                }
+            }
+            return;
+        }
+        State::Finished => {}
+        State::Entered | State::Free => unreachable!("released while {:?}", co.state.get()),
+    }
+    control::free(co);
+}
+
+fn drop_unstarted(co: &Control) {
+    if let Some(drop_fn) = co.drop_closure.take() {
+        // SAFETY: the coroutine never started, so the closure is still on
+        // its stack and nobody else drops it (drop_closure was taken).
+        unsafe { drop_fn(co.closure.get()) };
+    }
+    co.state.set(State::Finished);
+    finish(co);
+}
+
+/// Suspends the current coroutine and returns to whoever entered it
+/// (qemu_coroutine_yield).
+///
+/// # Panics
+/// Outside a coroutine: "not in a coroutine".
+#[inline]
+pub fn yield_now() {
+    let cur = current_ptr();
+    if cur.is_null() {
+        not_in_coroutine("yield_now");
+    }
+    // SAFETY: CURRENT is live while it runs.
+    let co = unsafe { &*cur };
+    if co.cancelled.get() {
+        cancelled();
+    }
+    co.state.set(State::Suspended);
+    trace_event!("yield", co);
+    // SAFETY: we run on `co`'s stack.
+    unsafe { co.context().suspend() };
+    if co.cancelled.get() {
+        cancelled();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn cancelled() -> ! {
+    panic::resume_unwind(Box::new(ForcedUnwind))
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+pub(crate) fn not_in_coroutine(what: &str) -> ! {
+    panic!("{what} called when not in a coroutine")
+}
+
+/// The running coroutine, or `None` on a thread's own stack
+/// (qemu_coroutine_self).
+pub fn current() -> Option<Coroutine> {
+    let cur = current_ptr();
+    (!cur.is_null()).then(|| Coroutine::from_ptr(cur))
+}
+
+/// Whether the caller runs in a coroutine (qemu_in_coroutine).
+#[inline]
+pub fn in_coroutine() -> bool {
+    !current_ptr().is_null()
+}
+
+/// Runs `f` with the current coroutine's control block, if any.
+pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Coroutine>) -> R) -> R {
+    let cur = current_ptr();
+    if cur.is_null() {
+        return f(None);
+    }
+    // Borrow without touching the count: CURRENT is live while we run.
+    let co = ManuallyDrop::new(Coroutine {
+        // SAFETY: non-null, checked above.
+        ctl: unsafe { NonNull::new_unchecked(cur as *mut Control) },
+        _not_send: PhantomData,
+    });
+    f(Some(&co))
+}
+
+/// One live coroutine, as listed by [`debug::coroutines`](crate::debug::coroutines).
+#[derive(Debug, Clone)]
+pub struct CoroutineInfo {
+    /// Its name, if it was given one.
+    pub name: Option<String>,
+    /// "created", "suspended", "entered" or "finished".
+    pub state: &'static str,
+    /// Usable stack bytes (0 once finished).
+    pub stack_size: usize,
+}
+
+pub(crate) fn live_coroutines() -> Vec<CoroutineInfo> {
+    let mut out = Vec::new();
+    control::for_each_live(|co| {
+        out.push(CoroutineInfo {
+            name: co.name().map(str::to_owned),
+            state: match co.state.get() {
+                State::Created => "created",
+                State::Suspended => "suspended",
+                State::Entered => "entered",
+                State::Finished => "finished",
+                State::Free => "free",
+            },
+            stack_size: co.stack().map_or(0, |s| s.size()),
+        });
+    });
+    out
+}

@@ -1,0 +1,175 @@
+//! Stack overflow in a coroutine: a SIGSEGV handler on an alternate signal
+//! stack recognises a fault in the running coroutine's guard page, says so
+//! on stderr (with the coroutine's name and stack size) and aborts. Any
+//! other fault goes to the handler that was installed before ours, so Rust's
+//! own "has overflowed its stack" message for threads keeps working.
+
+use std::cell::Cell;
+use std::mem::MaybeUninit;
+use std::ptr;
+use std::sync::Once;
+
+use super::current_ptr;
+
+/// The SIGSEGV disposition before ours; written once, before our handler
+/// is installed, and read only by the handler afterwards.
+struct Previous(std::cell::UnsafeCell<MaybeUninit<libc::sigaction>>);
+// SAFETY: written once inside `Once::call_once` before the handler that
+// reads it exists; never written again.
+unsafe impl Sync for Previous {}
+static PREVIOUS: Previous = Previous(std::cell::UnsafeCell::new(MaybeUninit::zeroed()));
+static INSTALL: Once = Once::new();
+
+const ALT_STACK_SIZE: usize = 64 << 10;
+
+/// A signal stack this thread had none of, mapped by us.
+struct AltStack {
+    base: *mut libc::c_void,
+}
+
+impl Drop for AltStack {
+    fn drop(&mut self) {
+        let disable = libc::stack_t {
+            ss_sp: ptr::null_mut(),
+            ss_flags: libc::SS_DISABLE,
+            ss_size: ALT_STACK_SIZE,
+        };
+        // SAFETY: we installed this stack on this thread; disable it before
+        // unmapping it so no signal can land on freed memory.
+        unsafe {
+            libc::sigaltstack(&disable, ptr::null_mut());
+            libc::munmap(self.base, ALT_STACK_SIZE);
+        }
+    }
+}
+
+thread_local! {
+    static CHECKED: Cell<bool> = const { Cell::new(false) };
+    static OWN_ALT_STACK: Cell<Option<AltStack>> = const { Cell::new(None) };
+}
+
+/// Makes sure overflows of this thread's coroutines are reported.
+#[inline]
+pub(super) fn install() {
+    if CHECKED.with(|c| c.replace(true)) {
+        return;
+    }
+    INSTALL.call_once(|| {
+        // SAFETY: sigaction with a valid handler and a zeroed, then filled,
+        // struct; PREVIOUS is written before the handler can run.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGSEGV, &action, (*PREVIOUS.0.get()).as_mut_ptr());
+        }
+    });
+    ensure_alt_stack();
+}
+
+/// A handler for a stack overflow must itself run on another stack.
+/// Threads started by Rust's std have one; others get ours.
+fn ensure_alt_stack() {
+    // SAFETY: querying the current signal stack has no preconditions.
+    let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigaltstack(ptr::null(), &mut current) };
+    if current.ss_flags & libc::SS_DISABLE == 0 {
+        return;
+    }
+    // SAFETY: a fresh private mapping.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            ALT_STACK_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return; // Overflows are then reported as plain SIGSEGV.
+    }
+    let stack = libc::stack_t {
+        ss_sp: base,
+        ss_flags: 0,
+        ss_size: ALT_STACK_SIZE,
+    };
+    // SAFETY: `stack` describes the mapping above, owned by this thread
+    // until `AltStack::drop` disables and unmaps it.
+    unsafe { libc::sigaltstack(&stack, ptr::null_mut()) };
+    let _ = OWN_ALT_STACK.try_with(|s| s.set(Some(AltStack { base })));
+}
+
+extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let cur = current_ptr();
+    if !cur.is_null() {
+        // SAFETY: CURRENT is a live block (the fault interrupted its code);
+        // reading its name and stack bounds does not allocate or lock.
+        let co = unsafe { &*cur };
+        if let Some(stack) = co.stack() {
+            let (lo, hi) = stack.guard();
+            if (lo..hi).contains(&addr) {
+                report(co.name(), stack.size());
+            }
+        }
+    }
+    // Not ours: hand the fault to the previous handler.
+    // SAFETY: PREVIOUS was filled in before this handler was installed.
+    let prev = unsafe { (*PREVIOUS.0.get()).assume_init_ref() };
+    let h = prev.sa_sigaction;
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        // Restore the default and return: the faulting access runs again
+        // and the kernel kills the process with SIGSEGV as usual.
+        // SAFETY: resetting a disposition is async-signal-safe.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(sig, &dfl, ptr::null_mut());
+        }
+    } else if prev.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the previous handler was installed as a 3-argument one.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(h) };
+        f(sig, info, ucontext);
+    } else {
+        // SAFETY: the previous handler was installed as a 1-argument one.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute(h) };
+        f(sig);
+    }
+}
+
+/// Writes the overflow message with no allocation and aborts.
+fn report(name: Option<&str>, size: usize) -> ! {
+    let mut buf = [0u8; 512];
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        let n = bytes.len().min(buf.len() - len);
+        buf[len..len + n].copy_from_slice(&bytes[..n]);
+        len += n;
+    };
+    put(b"\ncostack: stack overflow in coroutine '");
+    put(name.unwrap_or("<unnamed>").as_bytes());
+    put(b"' (stack size ");
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = size;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    put(&digits[i..]);
+    put(b" bytes); aborting\n");
+    // SAFETY: write and abort are async-signal-safe.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+        libc::abort();
+    }
+}

@@ -1,0 +1,105 @@
+//! Generators: iterators written as coroutines that suspend with a value.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+
+use crate::coroutine::control::CoId;
+use crate::coroutine::{self, Coroutine};
+
+/// An iterator whose items a coroutine produces with [`Yielder::suspend`].
+///
+/// ```
+/// use costack::Generator;
+///
+/// let fib = Generator::new(|y| {
+///     let (mut a, mut b) = (0u64, 1u64);
+///     loop {
+///         y.suspend(a);
+///         (a, b) = (b, a + b);
+///     }
+/// });
+/// let first: Vec<u64> = fib.take(8).collect();
+/// assert_eq!(first, [0, 1, 1, 2, 3, 5, 8, 13]);
+/// ```
+///
+/// Dropping a generator before it finishes unwinds its coroutine, so the
+/// destructors of its locals run. A panic in the generator's body continues
+/// out of [`next`](Iterator::next).
+pub struct Generator<T> {
+    co: Coroutine,
+    slot: Rc<Cell<Option<T>>>,
+}
+
+/// Hands values from a generator's body to its consumer.
+pub struct Yielder<T> {
+    slot: Rc<Cell<Option<T>>>,
+    /// The generator's coroutine, by id: a handle here would keep the
+    /// coroutine alive from its own stack, and dropping the generator could
+    /// then never unwind it.
+    co: CoId,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T: 'static> Generator<T> {
+    /// A generator running `f`; nothing runs until the first `next`.
+    pub fn new<F: FnOnce(&Yielder<T>) + 'static>(f: F) -> Generator<T> {
+        let slot = Rc::new(Cell::new(None));
+        let body_slot = slot.clone();
+        let co = Coroutine::new(move || {
+            let yielder = Yielder {
+                slot: body_slot,
+                co: coroutine::current()
+                    .expect("generator body runs in its coroutine")
+                    .id(),
+                _not_send: PhantomData,
+            };
+            f(&yielder);
+        });
+        Generator { co, slot }
+    }
+}
+
+impl<T> Yielder<T> {
+    /// Gives `value` to the consumer and suspends until the next item is
+    /// asked for.
+    ///
+    /// # Panics
+    /// If called from any coroutine but the generator's own (for example a
+    /// coroutine the body entered).
+    pub fn suspend(&self, value: T) {
+        let here = coroutine::with_current(|co| co.map(Coroutine::id));
+        assert!(
+            here == Some(self.co),
+            "Yielder::suspend called outside its generator's coroutine"
+        );
+        self.slot.set(Some(value));
+        coroutine::yield_now();
+    }
+}
+
+impl<T> Iterator for Generator<T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if self.co.is_finished() {
+            return None;
+        }
+        self.co.enter();
+        self.slot.take()
+    }
+}
+
+impl<T> std::iter::FusedIterator for Generator<T> {}
+
+impl<T> std::fmt::Debug for Generator<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generator").field("co", &self.co).finish()
+    }
+}
+
+impl<T> std::fmt::Debug for Yielder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Yielder").finish_non_exhaustive()
+    }
+}
