@@ -58,7 +58,10 @@ mod arch;
 mod coroutine;
 pub mod debug;
 mod generator;
+pub mod fs;
+pub mod net;
 mod stack;
+pub mod sync;
 
 pub use coroutine::{current, in_coroutine, yield_now, Builder, Coroutine};
 pub use generator::{Generator, Yielder};

@@ -1,0 +1,1 @@
+//! Coroutine file I/O: positional reads and writes that yield to the loop.

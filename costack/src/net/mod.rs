@@ -1,0 +1,1 @@
+//! Coroutine networking: calls that look blocking and yield to the loop.

@@ -1,0 +1,1 @@
+//! Coroutine locks and queues (QEMU's qemu-coroutine-lock.c).
