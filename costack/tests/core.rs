@@ -412,7 +412,10 @@ fn chain_of_25000_wakes_does_not_grow_the_stack() {
     const STEPS: usize = 25_000;
     let peer: Rc<RefCell<[Option<Coroutine>; 2]>> = Rc::new(RefCell::new([None, None]));
     let count = Rc::new(Cell::new(0usize));
-    let depth = Rc::new([Cell::new((usize::MAX, 0usize)), Cell::new((usize::MAX, 0usize))]);
+    let depth = Rc::new([
+        Cell::new((usize::MAX, 0usize)),
+        Cell::new((usize::MAX, 0usize)),
+    ]);
     let make = |me: usize| {
         let peer = peer.clone();
         let count = count.clone();
@@ -462,7 +465,11 @@ fn panics_in_woken_coroutines_surface_after_all_woken_ran() {
     });
     let err = panic::catch_unwind(AssertUnwindSafe(|| waker.enter())).unwrap_err();
     assert_eq!(panic_message(&*err), "woken one failed");
-    assert_eq!(ran.get(), 2, "nothing lost: the second woken coroutine ran too");
+    assert_eq!(
+        ran.get(),
+        2,
+        "nothing lost: the second woken coroutine ran too"
+    );
     assert!(good.is_finished() && bad.is_finished());
 }
 
@@ -594,7 +601,10 @@ fn backtrace_inside_a_coroutine_continues_into_its_enterer() {
     }
     let bt = enterer_frame_marker();
     assert!(bt.contains("enterer_frame_marker"), "backtrace:\n{bt}");
-    assert!(bt.contains("backtrace_inside_a_coroutine_continues_into_its_enterer"), "{bt}");
+    assert!(
+        bt.contains("backtrace_inside_a_coroutine_continues_into_its_enterer"),
+        "{bt}"
+    );
 }
 
 #[test]
@@ -616,7 +626,10 @@ fn debug_lists_live_coroutines() {
         .unwrap();
     co.enter();
     let list = costack::debug::coroutines();
-    let me = list.iter().find(|c| c.name.as_deref() == Some("listed")).unwrap();
+    let me = list
+        .iter()
+        .find(|c| c.name.as_deref() == Some("listed"))
+        .unwrap();
     assert_eq!(me.state, "suspended");
     assert_eq!(me.stack_size, costack::pool::DEFAULT_STACK_SIZE);
 }

@@ -3,5 +3,5 @@
 
 mod waker;
 
-pub use waker::{waker, Waker};
 pub(crate) use waker::{mailbox, Mailbox};
+pub use waker::{waker, Waker};

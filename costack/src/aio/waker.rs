@@ -102,7 +102,11 @@ impl Mailbox {
         };
         // Later posts before the owner drains ride on the first notification.
         if first {
-            let notify = self.notify.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let notify = self
+                .notify
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             if let Some(notify) = notify {
                 notify();
             }
@@ -113,7 +117,11 @@ impl Mailbox {
     /// (`None` to remove it). Mail already queued notifies at once.
     pub(crate) fn set_notify(&self, notify: Option<Arc<dyn Fn() + Send + Sync>>) {
         *self.notify.lock().unwrap_or_else(|e| e.into_inner()) = notify.clone();
-        let pending = !self.queue.lock().unwrap_or_else(|e| e.into_inner()).is_empty();
+        let pending = !self
+            .queue
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty();
         if let (true, Some(notify)) = (pending, notify) {
             notify();
         }

@@ -7,6 +7,7 @@
 
 use std::any::Any;
 use std::cell::{Cell, RefCell, UnsafeCell};
+use std::io;
 use std::ptr;
 use std::rc::Rc;
 
@@ -46,8 +47,6 @@ pub(crate) struct Control {
     /// The not-yet-started closure, on the stack, and how to drop it.
     pub(crate) closure: Cell<*mut u8>,
     pub(crate) drop_closure: Cell<Option<unsafe fn(*mut u8)>>,
-    /// Whoever entered this coroutine, while it is entered (null: a thread).
-    pub(crate) caller: Cell<*const Control>,
     /// Coroutines this one woke while running, entered after it yields.
     pub(crate) wakes: WakeList,
     /// Link in some coroutine's `wakes` (or a free-list link).
@@ -56,7 +55,7 @@ pub(crate) struct Control {
     pub(crate) queued: Cell<bool>,
     pub(crate) name: UnsafeCell<Option<Box<str>>>,
     pub(crate) panic: Cell<Option<Box<dyn Any + Send>>>,
-    pub(crate) home: RefCell<Option<Rc<dyn Home>>>,
+    pub(crate) home: Cell<Option<Rc<dyn Home>>>,
 }
 
 impl Control {
@@ -71,23 +70,27 @@ impl Control {
             stack: UnsafeCell::new(None),
             closure: Cell::new(ptr::null_mut()),
             drop_closure: Cell::new(None),
-            caller: Cell::new(ptr::null()),
             wakes: WakeList::new(),
             next: Cell::new(ptr::null()),
             queued: Cell::new(false),
             name: UnsafeCell::new(None),
             panic: Cell::new(None),
-            home: RefCell::new(None),
+            home: Cell::new(None),
         }
     }
 
     /// The switch context. Only valid between creation and finish.
     #[inline]
     pub(crate) fn context(&self) -> &Context {
+        debug_assert!(matches!(
+            self.state.get(),
+            State::Created | State::Suspended | State::Entered
+        ));
         // SAFETY: `context` is written only by `Coroutine::create` (state
-        // Created, no outstanding borrow) and cleared by the slab on reuse;
-        // in between it is only read.
-        unsafe { (*self.context.get()).as_ref().expect("coroutine has no context") }
+        // Created, no outstanding borrow) and is `Some` from then until the
+        // block is freed; callers only ask while the coroutine is created,
+        // suspended or entered, and in between it is only read.
+        unsafe { (*self.context.get()).as_ref().unwrap_unchecked() }
     }
 
     pub(crate) fn name(&self) -> Option<&str> {
@@ -182,24 +185,126 @@ pub(crate) struct CoId {
 
 const CHUNK: usize = 64;
 
+/// Most free blocks that keep their stack for reuse (the coroutine pool).
+pub const POOL_CAPACITY: usize = 128;
+
 /// The thread's control blocks, in chunks that never move.
+///
+/// Free blocks either keep a stack (the pool) or have none (`bare`). The
+/// pool has one LIFO list per stack size, so the warmest stack is reused
+/// first; the list of the size used last sits in `hot_*` so the common
+/// case of create+finish touches a few cells and no `Vec`.
 pub(crate) struct Slab {
-    chunks: Vec<Box<[Control]>>,
-    free: *const Control,
+    chunks: RefCell<Vec<Box<[Control]>>>,
+    bare: Cell<*const Control>,
+    hot_size: Cell<usize>,
+    hot_head: Cell<*const Control>,
+    /// Lists of the other sizes: (size, head).
+    cold: RefCell<Vec<(usize, *const Control)>>,
+    pooled: Cell<usize>,
 }
 
 thread_local! {
-    static SLAB: RefCell<Slab> = const {
-        RefCell::new(Slab { chunks: Vec::new(), free: ptr::null() })
+    static SLAB: Slab = const {
+        Slab {
+            chunks: RefCell::new(Vec::new()),
+            bare: Cell::new(ptr::null()),
+            hot_size: Cell::new(0),
+            hot_head: Cell::new(ptr::null()),
+            cold: RefCell::new(Vec::new()),
+            pooled: Cell::new(0),
+        }
     };
+}
+
+/// Pops the head of an intrusive free list.
+fn pop_list(head: &Cell<*const Control>) -> Option<*const Control> {
+    let co = head.get();
+    if co.is_null() {
+        return None;
+    }
+    // SAFETY: list members are blocks of our chunks.
+    head.set(unsafe { (*co).next.replace(ptr::null()) });
+    Some(co)
+}
+
+impl Slab {
+    #[inline]
+    fn pop_pooled(&self, size: usize) -> Option<*const Control> {
+        let co = if size == self.hot_size.get() {
+            pop_list(&self.hot_head)?
+        } else {
+            self.switch_hot(size);
+            pop_list(&self.hot_head)?
+        };
+        self.pooled.set(self.pooled.get() - 1);
+        Some(co)
+    }
+
+    /// Makes `size` the hot list, parking the current hot list.
+    #[cold]
+    fn switch_hot(&self, size: usize) {
+        let mut cold = self.cold.borrow_mut();
+        let parked = (self.hot_size.get(), self.hot_head.get());
+        let head = match cold.iter().position(|(s, _)| *s == size) {
+            Some(i) => cold.swap_remove(i).1,
+            None => ptr::null(),
+        };
+        if !parked.1.is_null() {
+            cold.push(parked);
+        }
+        self.hot_size.set(size);
+        self.hot_head.set(head);
+    }
+
+    fn pop_bare(&self) -> *const Control {
+        if let Some(co) = pop_list(&self.bare) {
+            return co;
+        }
+        super::overflow::install();
+        let mut chunks = self.chunks.borrow_mut();
+        let base = (chunks.len() * CHUNK) as u32;
+        let chunk: Box<[Control]> = (0..CHUNK as u32).map(|i| Control::new(base + i)).collect();
+        for c in chunk[1..].iter().rev() {
+            c.next.set(self.bare.get());
+            self.bare.set(c);
+        }
+        let co: *const Control = &chunk[0];
+        chunks.push(chunk);
+        co
+    }
+
+    fn push_bare(&self, co: &Control) {
+        co.next.set(self.bare.get());
+        self.bare.set(co);
+    }
+
+    /// Takes every pooled stack out, leaving the blocks bare.
+    fn drain_pool(&self) -> Vec<Stack> {
+        let mut stacks = Vec::with_capacity(self.pooled.get());
+        let mut lists = std::mem::take(&mut *self.cold.borrow_mut());
+        lists.push((0, self.hot_head.replace(ptr::null())));
+        for (_, head) in lists {
+            let head = Cell::new(head);
+            while let Some(co) = pop_list(&head) {
+                // SAFETY: list members are blocks of our chunks.
+                let c = unsafe { &*co };
+                stacks.extend(c.take_stack());
+                self.push_bare(c);
+            }
+        }
+        self.pooled.set(0);
+        stacks
+    }
 }
 
 impl Drop for Slab {
     fn drop(&mut self) {
+        drop(self.drain_pool());
         // A block still referenced (a handle leaked into another
         // thread-local that outlives this one) must stay valid: leak its
         // chunk rather than free memory a handle points to.
-        for chunk in self.chunks.drain(..) {
+        for chunk in self.chunks.get_mut().drain(..) {
             if chunk.iter().any(|c| c.state.get() != State::Free) {
                 std::mem::forget(chunk);
             }
@@ -207,69 +312,116 @@ impl Drop for Slab {
     }
 }
 
-/// A free control block, with one reference, in state Created.
-pub(crate) fn alloc() -> *const Control {
-    let from_slab = SLAB.try_with(|slab| {
-        let mut slab = slab.borrow_mut();
-        if slab.free.is_null() {
-            let base = (slab.chunks.len() * CHUNK) as u32;
-            let chunk: Box<[Control]> = (0..CHUNK as u32).map(|i| Control::new(base + i)).collect();
-            for c in chunk.iter().rev() {
-                c.next.set(slab.free);
-                slab.free = c;
-            }
-            slab.chunks.push(chunk);
-        }
-        let co = slab.free;
-        // SAFETY: free-list members are blocks of our chunks.
-        slab.free = unsafe { (*co).next.replace(ptr::null()) };
-        co
-    });
-    let co = match from_slab {
-        Ok(co) => co,
-        // The thread is tearing down its thread-locals: a lone block,
-        // never reused (its index is not in any slab).
-        Err(_) => Box::into_raw(Box::new(Control::new(u32::MAX))),
+/// A block with one reference, in state Created, owning a stack of `size`
+/// usable bytes (already rounded): from the pool when one is there.
+#[inline]
+pub(crate) fn alloc(size: usize) -> io::Result<*const Control> {
+    let pooled = SLAB.try_with(|slab| slab.pop_pooled(size));
+    let co = match pooled {
+        Ok(Some(co)) => co,
+        _ => alloc_fresh(size)?,
     };
-    // SAFETY: a block just taken from the free list is ours alone.
+    // SAFETY: a block just taken from a free list is ours alone.
     let c = unsafe { &*co };
     debug_assert_eq!(c.state.get(), State::Free);
     c.refs.set(1);
     c.state.set(State::Created);
-    co
+    Ok(co)
 }
 
-/// Returns a block whose last reference is gone and whose coroutine holds
-/// no stack any more.
+/// A bare block given a new stack.
+#[cold]
+fn alloc_fresh(size: usize) -> io::Result<*const Control> {
+    let stack = Stack::new(size)?;
+    let co = match SLAB.try_with(Slab::pop_bare) {
+        Ok(co) => co,
+        // The thread is tearing down its thread-locals: a lone block,
+        // never reused (its index is not in any slab).
+        Err(_) => Box::leak(Box::new(Control::new(u32::MAX))),
+    };
+    // SAFETY: a block just taken from a free list (or made) is ours alone.
+    unsafe { *(*co).stack.get() = Some(stack) };
+    Ok(co)
+}
+
+/// Returns a block whose last reference is gone; its stack, if it still
+/// has one, is pooled with it when the pool has room.
+#[inline]
 pub(crate) fn free(co: &Control) {
-    debug_assert!(co.stack().is_none());
     co.state.set(State::Free);
     co.generation.set(co.generation.get().wrapping_add(1));
-    co.cancelled.set(false);
-    co.caller.set(ptr::null());
-    co.closure.set(ptr::null_mut());
     // SAFETY: no handle refers to the block any more.
     unsafe {
-        *co.context.get() = None;
-        *co.name.get() = None;
+        if std::mem::needs_drop::<Context>() {
+            *co.context.get() = None;
+        }
+        if (*co.name.get()).is_some() {
+            *co.name.get() = None;
+        }
     }
-    drop(co.panic.take());
-    drop(co.home.borrow_mut().take());
-    if co.index == u32::MAX {
-        return; // a lone block: leaked on purpose, see `alloc`.
-    }
-    let _ = SLAB.try_with(|slab| {
-        let mut slab = slab.borrow_mut();
-        co.next.set(slab.free);
-        slab.free = co;
+    // A panic payload is always taken by whoever saw the coroutine finish.
+    debug_assert!({
+        let p = co.panic.take();
+        p.is_none()
     });
+    drop(co.home.take());
+    let pooled = SLAB.try_with(|slab| {
+        let size = match co.stack() {
+            Some(stack) if co.index != u32::MAX => stack.size(),
+            _ => return false,
+        };
+        if size != slab.hot_size.get() || slab.pooled.get() >= POOL_CAPACITY {
+            return false;
+        }
+        co.next.set(slab.hot_head.get());
+        slab.hot_head.set(co);
+        slab.pooled.set(slab.pooled.get() + 1);
+        true
+    });
+    if pooled != Ok(true) {
+        free_slow(co);
+    }
+}
+
+#[cold]
+fn free_slow(co: &Control) {
+    if co.index == u32::MAX {
+        drop(co.take_stack());
+        return; // a lone block: leaked on purpose, see `alloc_fresh`.
+    }
+    let surplus = SLAB.try_with(|slab| {
+        if let Some(size) = co.stack().map(Stack::size) {
+            if slab.pooled.get() < POOL_CAPACITY {
+                slab.switch_hot(size);
+                co.next.set(slab.hot_head.get());
+                slab.hot_head.set(co);
+                slab.pooled.set(slab.pooled.get() + 1);
+                return None;
+            }
+        }
+        slab.push_bare(co);
+        co.take_stack()
+    });
+    // Outside the slab: dropping a stack gives its memory back.
+    drop(surplus);
+}
+
+/// Gives every stack pooled by the calling thread back to the kernel.
+pub(crate) fn trim_pool() {
+    let stacks = SLAB.try_with(Slab::drain_pool).unwrap_or_default();
+    drop(stacks);
+}
+
+/// How many stacks the calling thread's pool holds.
+pub(crate) fn pooled() -> usize {
+    SLAB.try_with(|slab| slab.pooled.get()).unwrap_or(0)
 }
 
 /// The block `id` names, if that coroutine is still alive on this thread.
 pub(crate) fn lookup(id: CoId) -> Option<*const Control> {
     SLAB.try_with(|slab| {
-        let slab = slab.borrow();
-        let chunk = slab.chunks.get(id.index as usize / CHUNK)?;
+        let chunks = slab.chunks.borrow();
+        let chunk = chunks.get(id.index as usize / CHUNK)?;
         let co = &chunk[id.index as usize % CHUNK];
         let alive = co.generation.get() == id.generation && co.state.get() != State::Free;
         alive.then_some(co as *const Control)
@@ -281,8 +433,8 @@ pub(crate) fn lookup(id: CoId) -> Option<*const Control> {
 /// Every live coroutine of this thread, for debugging.
 pub(crate) fn for_each_live(mut f: impl FnMut(&Control)) {
     let _ = SLAB.try_with(|slab| {
-        let slab = slab.borrow();
-        for co in slab.chunks.iter().flat_map(|c| c.iter()) {
+        let chunks = slab.chunks.borrow();
+        for co in chunks.iter().flat_map(|c| c.iter()) {
             if co.state.get() != State::Free {
                 f(co);
             }

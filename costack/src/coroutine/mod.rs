@@ -6,7 +6,8 @@
 //!   entered it (`enter` borrows a handle), so it cannot be released while
 //!   it runs.
 //! - `CURRENT` is the innermost entered coroutine of this thread (null on
-//!   the thread's own stack); each entered block's `caller` is the one below.
+//!   the thread's own stack); `resume` keeps the one below on its own stack
+//!   frame and restores it when the coroutine yields.
 //! - A block in a wake list holds one reference, taken by `wake`.
 //! - A finished coroutine has given its stack back before `enter` returns.
 
@@ -23,7 +24,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr::{self, NonNull};
 
 use crate::arch::{Context, Switch};
-use crate::stack::{self, pool, DEFAULT_STACK_SIZE};
+use crate::stack::{self, DEFAULT_STACK_SIZE};
 use control::{CoId, Control, State, WakeList};
 
 thread_local! {
@@ -88,7 +89,7 @@ impl Coroutine {
     /// # Panics
     /// If no stack can be allocated; use [`Builder::create`] to handle that.
     pub fn new<F: FnOnce() + 'static>(f: F) -> Coroutine {
-        match Builder::new().create(f) {
+        match create(DEFAULT_STACK_SIZE, None, f) {
             Ok(co) => co,
             Err(e) => panic!("costack: cannot allocate a coroutine stack: {e}"),
         }
@@ -134,13 +135,11 @@ impl Coroutine {
     /// # Panics
     /// If the coroutine is entered already (running, or waiting for a
     /// coroutine it entered): "re-entered recursively"; if it has finished.
+    #[inline]
     pub fn enter(&self) {
         let co = self.ctl();
-        match co.state.get() {
-            State::Created | State::Suspended => {}
-            State::Entered => panic!("coroutine re-entered recursively"),
-            State::Finished => panic!("cannot enter a coroutine that has finished"),
-            State::Free => unreachable!("handle to a freed coroutine"),
+        if !matches!(co.state.get(), State::Created | State::Suspended) {
+            cannot_enter(co.state.get());
         }
         run(co);
     }
@@ -203,7 +202,8 @@ impl Coroutine {
             unsafe { (*cur).wakes.push(co) };
             return;
         }
-        let home = co.home.borrow().clone();
+        let home = co.home.take();
+        co.home.set(home.clone());
         match home {
             Some(home) => home.schedule(self.clone()),
             None => run(co),
@@ -233,11 +233,14 @@ impl Coroutine {
     }
 
     pub(crate) fn set_home(&self, home: Option<std::rc::Rc<dyn control::Home>>) {
-        *self.ctl().home.borrow_mut() = home;
+        drop(self.ctl().home.replace(home));
     }
 
     pub(crate) fn has_home(&self) -> bool {
-        self.ctl().home.borrow().is_some()
+        let home = self.ctl().home.take();
+        let has = home.is_some();
+        self.ctl().home.set(home);
+        has
     }
 
     /// Unwinds a suspended coroutine's stack now, as dropping its last
@@ -246,10 +249,7 @@ impl Coroutine {
     pub(crate) fn cancel(&self) -> Option<Box<dyn Any + Send>> {
         let co = self.ctl();
         match co.state.get() {
-            State::Suspended => {
-                co.cancelled.set(true);
-                run_collect(co)
-            }
+            State::Suspended => unwind(co),
             State::Created => {
                 drop_unstarted(co);
                 None
@@ -266,12 +266,14 @@ impl Clone for Coroutine {
 }
 
 impl Drop for Coroutine {
+    #[inline]
     fn drop(&mut self) {
         let co = self.ctl();
-        let refs = co.refs.get() - 1;
-        co.refs.set(refs);
-        if refs == 0 {
+        let refs = co.refs.get();
+        if refs == 1 {
             release(co);
+        } else {
+            co.refs.set(refs - 1);
         }
     }
 }
@@ -342,46 +344,60 @@ impl Builder {
     /// If no stack can be mapped (address space or kernel mappings
     /// exhausted).
     pub fn create<F: FnOnce() + 'static>(self, f: F) -> io::Result<Coroutine> {
-        let size = stack::round_size(self.stack_size.unwrap_or(DEFAULT_STACK_SIZE));
-        // A closure too large to sit comfortably on the stack goes on the heap.
-        if mem::size_of::<F>() > size / 4 {
-            let boxed: Box<dyn FnOnce()> = Box::new(f);
-            return self.create_with(size, boxed);
-        }
-        self.create_with(size, f)
+        let size = self
+            .stack_size
+            .map_or(DEFAULT_STACK_SIZE, stack::round_size);
+        create(size, self.name, f)
     }
+}
 
-    fn create_with<F: FnOnce() + 'static>(self, size: usize, f: F) -> io::Result<Coroutine> {
-        overflow::install();
-        let stack = pool::take(size)?;
-        let ptr = control::alloc();
-        // SAFETY: freshly allocated, we hold its only reference.
-        let co = unsafe { &*ptr };
-        // The closure lives at the top of the stack until the coroutine
-        // starts (or is dropped unstarted).
-        let align = mem::align_of::<F>().max(16);
-        let closure = ((stack.top() as usize - mem::size_of::<F>()) & !(align - 1)) as *mut F;
-        let top = ((closure as usize) & !15) as *mut u8;
-        // SAFETY: `closure` lies in the stack we own, below its top, aligned
-        // for F; the stack is large enough (size_of::<F>() <= size / 4).
-        unsafe { closure.write(f) };
-        co.closure.set(closure.cast());
-        co.drop_closure.set(Some(drop_closure::<F>));
-        // SAFETY: the context gets the rest of the stack, below the closure,
-        // and the control block, which outlives it, as its argument.
-        let context = unsafe { Context::new(top, stack.bottom(), start::<F>, ptr as *mut u8) };
-        // SAFETY: the block is ours alone (see above).
-        unsafe {
-            *co.context.get() = Some(context);
-            *co.stack.get() = Some(stack);
-            *co.name.get() = self.name.map(String::into_boxed_str);
-        }
-        trace_event!("create", co);
-        Ok(Coroutine {
-            ctl: NonNull::from(co),
-            _not_send: PhantomData,
-        })
+/// Creates a coroutine with a stack of `size` bytes (a multiple of the page
+/// size, at least the minimum).
+#[inline]
+fn create<F: FnOnce() + 'static>(size: usize, name: Option<String>, f: F) -> io::Result<Coroutine> {
+    // A closure too large to sit comfortably on the stack goes on the heap.
+    if mem::size_of::<F>() > size / 4 {
+        let boxed: Box<dyn FnOnce()> = Box::new(f);
+        return create_with(size, name, boxed);
     }
+    create_with(size, name, f)
+}
+
+fn create_with<F: FnOnce() + 'static>(
+    size: usize,
+    name: Option<String>,
+    f: F,
+) -> io::Result<Coroutine> {
+    let ptr = control::alloc(size)?;
+    // SAFETY: freshly allocated, we hold its only reference.
+    let co = unsafe { &*ptr };
+    // SAFETY: `alloc` returns blocks with a stack.
+    let stack = unsafe { co.stack().unwrap_unchecked() };
+    // The closure lives at the top of the stack until the coroutine
+    // starts (or is dropped unstarted).
+    let align = mem::align_of::<F>().max(16);
+    let closure = ((stack.top() as usize - mem::size_of::<F>()) & !(align - 1)) as *mut F;
+    let top = ((closure as usize) & !15) as *mut u8;
+    // SAFETY: `closure` lies in the stack we own, below its top, aligned
+    // for F; the stack is large enough (size_of::<F>() <= size / 4).
+    unsafe { closure.write(f) };
+    co.closure.set(closure.cast());
+    co.drop_closure.set(Some(drop_closure::<F>));
+    // SAFETY: the context gets the rest of the stack, below the closure,
+    // and the control block, which outlives it, as its argument.
+    let context = unsafe { Context::new(top, stack.bottom(), start::<F>, ptr as *mut u8) };
+    // SAFETY: the block is ours alone (see above).
+    unsafe {
+        *co.context.get() = Some(context);
+        if let Some(name) = name {
+            *co.name.get() = Some(name.into_boxed_str());
+        }
+    }
+    trace_event!("create", co);
+    Ok(Coroutine {
+        ctl: NonNull::from(co),
+        _not_send: PhantomData,
+    })
 }
 
 unsafe fn drop_closure<F>(p: *mut u8) {
@@ -402,52 +418,77 @@ unsafe extern "C" fn start<F: FnOnce()>(arg: *mut u8) -> ! {
             co.panic.set(Some(payload));
         }
     }
+    let context = co.context();
     co.state.set(State::Finished);
     trace_event!("terminate", co);
     // SAFETY: everything on this stack has been dropped.
-    unsafe { co.context().exit() }
+    unsafe { context.exit() }
 }
 
 /// Switches into `co` (Created or Suspended) until it yields or finishes.
-#[inline]
+#[inline(always)]
 fn resume(co: &Control) {
     let caller = CURRENT.with(|c| c.replace(co));
-    co.caller.set(caller);
     co.state.set(State::Entered);
     trace_event!("enter", co);
     // SAFETY: `co` is Created or Suspended (callers check), so its context
     // may be resumed; it stays live because our caller holds a reference.
     unsafe { co.context().resume() };
     CURRENT.with(|c| c.set(caller));
-    co.caller.set(ptr::null());
-    if co.state.get() == State::Finished {
-        finish(co);
-    }
 }
 
-/// Gives a finished coroutine's stack back.
-fn finish(co: &Control) {
-    if let Some(stack) = co.take_stack() {
-        pool::give(stack);
+/// A coroutine just finished. Its stack goes back to the pool with its
+/// control block when the last handle drops, which is usually right away;
+/// if other handles linger, the stack is given back now instead of being
+/// pinned by a finished coroutine.
+#[cold]
+fn finished(co: &Control) -> Option<Box<dyn Any + Send>> {
+    if co.refs.get() > 1 {
+        drop(co.take_stack());
+    }
+    co.panic.take()
+}
+
+#[cold]
+#[inline(never)]
+fn cannot_enter(state: State) -> ! {
+    match state {
+        State::Entered => panic!("coroutine re-entered recursively"),
+        State::Finished => panic!("cannot enter a coroutine that has finished"),
+        _ => unreachable!("entered a coroutine in state {state:?}"),
     }
 }
 
 /// Enters `first`, then every coroutine woken meanwhile, in order; resumes
 /// the first panic once all of them have run.
-#[inline]
+#[inline(always)]
 fn run(first: &Control) {
-    if let Some(payload) = run_collect(first) {
+    resume(first);
+    if first.state.get() == State::Finished || !first.wakes.is_empty() {
+        after_run(first);
+    }
+}
+
+#[inline(never)]
+fn after_run(first: &Control) {
+    let mut panicked = None;
+    if first.state.get() == State::Finished {
+        panicked = finished(first);
+    }
+    if !first.wakes.is_empty() {
+        run_woken(first, &mut panicked);
+    }
+    if let Some(payload) = panicked {
         panic::resume_unwind(payload);
     }
 }
 
 /// As `run`, but returns the first panic instead of resuming it.
-#[inline]
 fn run_collect(first: &Control) -> Option<Box<dyn Any + Send>> {
     resume(first);
     let mut panicked = None;
     if first.state.get() == State::Finished {
-        panicked = first.panic.take();
+        panicked = finished(first);
     }
     if !first.wakes.is_empty() {
         run_woken(first, &mut panicked);
@@ -475,8 +516,10 @@ fn run_woken(first: &Control, panicked: &mut Option<Box<dyn Any + Send>>) {
             State::Free => unreachable!(),
         }
         pending.append(&co.wakes);
-        if let Some(p) = co.panic.take() {
-            panicked.get_or_insert(p);
+        if co.state.get() == State::Finished {
+            if let Some(p) = finished(co) {
+                panicked.get_or_insert(p);
+            }
         }
     }
 }
@@ -484,23 +527,25 @@ fn run_woken(first: &Control, panicked: &mut Option<Box<dyn Any + Send>>) {
 /// Hands a woken-but-entered coroutine to the current coroutine's wake list.
 fn requeue(co: &Control) {
     let cur = current_ptr();
-    assert!(!cur.is_null(), "coroutine re-entered recursively (woken while entered)");
+    assert!(
+        !cur.is_null(),
+        "coroutine re-entered recursively (woken while entered)"
+    );
     co.queued.set(true);
     co.refs.set(co.refs.get() + 1);
     // SAFETY: CURRENT is live.
     unsafe { (*cur).wakes.push(co) };
 }
 
-/// The last reference to `co` is gone.
+/// The last reference to `co` is being dropped (`refs` is still 1).
 fn release(co: &Control) {
     match co.state.get() {
         State::Created => drop_unstarted(co),
         State::Suspended => {
-            // Unwind the coroutine's stack. Hold a reference meanwhile, so a
-            // handle the unwinding code clones and drops does not recurse.
-            co.refs.set(1);
-            co.cancelled.set(true);
-            let payload = run_collect(co);
+            // Unwind the coroutine's stack, keeping our reference meanwhile
+            // so that a handle the unwinding code clones and drops does not
+            // release it again.
+            let payload = unwind(co);
             let refs = co.refs.get() - 1;
             co.refs.set(refs);
             if refs == 0 {
@@ -518,7 +563,24 @@ fn release(co: &Control) {
         State::Finished => {}
         State::Entered | State::Free => unreachable!("released while {:?}", co.state.get()),
     }
+    co.refs.set(0);
     control::free(co);
+}
+
+/// Unwinds a suspended coroutine's stack: it is resumed with `cancelled`
+/// set, so the `yield_now` it waits in resumes a forced unwind. Should it
+/// catch that unwind and yield again, it is resumed again, until it
+/// finishes. Returns the first panic other than the forced unwind.
+fn unwind(co: &Control) -> Option<Box<dyn Any + Send>> {
+    co.cancelled.set(true);
+    let mut payload = None;
+    while co.state.get() == State::Suspended {
+        if let Some(p) = run_collect(co) {
+            payload.get_or_insert(p);
+        }
+    }
+    co.cancelled.set(false);
+    payload
 }
 
 fn drop_unstarted(co: &Control) {
@@ -528,7 +590,7 @@ fn drop_unstarted(co: &Control) {
         unsafe { drop_fn(co.closure.get()) };
     }
     co.state.set(State::Finished);
-    finish(co);
+    drop(finished(co));
 }
 
 /// Suspends the current coroutine and returns to whoever entered it
@@ -544,9 +606,6 @@ pub fn yield_now() {
     }
     // SAFETY: CURRENT is live while it runs.
     let co = unsafe { &*cur };
-    if co.cancelled.get() {
-        cancelled();
-    }
     co.state.set(State::Suspended);
     trace_event!("yield", co);
     // SAFETY: we run on `co`'s stack.

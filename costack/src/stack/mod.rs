@@ -33,7 +33,10 @@ impl Stack {
     /// Allocates a stack with at least `size` usable bytes.
     pub(crate) fn new(size: usize) -> io::Result<Stack> {
         let size = round_size(size);
-        let bottom = ARENAS.lock().unwrap_or_else(|e| e.into_inner()).alloc(size)?;
+        let bottom = ARENAS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .alloc(size)?;
         Ok(Stack { bottom, size })
     }
 
