@@ -1,0 +1,287 @@
+//! Command line, following qemu-nbd's conventions.
+//!
+//! ```text
+//! costack-nbd [OPTIONS] [FILE]
+//! ```
+//!
+//! Without `FILE` an in-memory disk of `--size` bytes is exported.
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+/// Host cache policy for file-backed exports (`--cache`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// Bypass the host page cache (`O_DIRECT`).
+    None,
+    /// Use the host page cache; flushes reach the disk on `NBD_CMD_FLUSH`.
+    Writeback,
+}
+
+/// Command-line options of `costack-nbd`.
+#[derive(Debug, Clone, PartialEq, Eq, Parser)]
+#[command(
+    name = "costack-nbd",
+    version,
+    about = "Export a disk image or an in-memory disk over NBD"
+)]
+pub struct Cli {
+    /// Disk image to export; without it a sparse in-memory disk is used.
+    #[arg(value_name = "FILE")]
+    pub file: Option<PathBuf>,
+
+    /// Interface address to listen on.
+    #[arg(
+        short = 'b',
+        long = "bind",
+        value_name = "ADDR",
+        default_value = "127.0.0.1"
+    )]
+    pub bind: String,
+
+    /// TCP port to listen on.
+    #[arg(
+        short = 'p',
+        long = "port",
+        value_name = "PORT",
+        default_value_t = 10809
+    )]
+    pub port: u16,
+
+    /// Listen on a Unix socket at PATH instead of TCP.
+    #[arg(
+        short = 'k',
+        long = "socket",
+        value_name = "PATH",
+        conflicts_with_all = ["bind", "port"]
+    )]
+    pub socket: Option<PathBuf>,
+
+    /// Export name (the default export is "").
+    #[arg(
+        short = 'x',
+        long = "export-name",
+        value_name = "NAME",
+        default_value = ""
+    )]
+    pub export_name: String,
+
+    /// Export description shown by `NBD_OPT_LIST` / `NBD_INFO_DESCRIPTION`.
+    #[arg(
+        short = 'D',
+        long = "description",
+        value_name = "TEXT",
+        default_value = ""
+    )]
+    pub description: String,
+
+    /// Export read-only.
+    #[arg(short = 'r', long = "read-only")]
+    pub read_only: bool,
+
+    /// Size of the in-memory disk, with an optional K, M, G, T, P or E
+    /// suffix (powers of 1024).
+    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    pub size: u64,
+
+    /// Number of clients served at once (0 means unlimited).
+    #[arg(short = 'e', long = "shared", value_name = "N", default_value_t = 16)]
+    pub shared: u32,
+
+    /// Number of event-loop threads.
+    #[arg(long = "threads", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub threads: u32,
+
+    /// Host cache mode for file exports.
+    #[arg(long = "cache", value_enum, value_name = "MODE", default_value_t = CacheMode::Writeback)]
+    pub cache: CacheMode,
+
+    /// Log more (repeat for more detail).
+    #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Parses a size such as `4096`, `512K`, `1.5G` or `2TiB`.
+///
+/// Suffixes `B`, `K`, `M`, `G`, `T`, `P`, `E` (case-insensitive, optionally
+/// followed by `B` or `iB`) are powers of 1024. A fraction is allowed if the
+/// result is a whole number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let num_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, suffix) = t.split_at(num_end);
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        "P" | "PB" | "PIB" => 50,
+        "E" | "EB" | "EIB" => 60,
+        other => return Err(format!("invalid size suffix {other:?} in {s:?}")),
+    };
+    let (int, frac) = match num.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (num, ""),
+    };
+    if int.is_empty() || frac.contains('.') || (num.contains('.') && frac.is_empty()) {
+        return Err(format!("invalid size {s:?}"));
+    }
+    if frac.len() > 18 {
+        return Err(format!("too many decimal places in {s:?}"));
+    }
+    let too_big = || format!("size {s:?} is too large");
+    let int: u128 = int.parse().map_err(|_| too_big())?;
+    let mult = 1u128 << shift;
+    let mut total = int.checked_mul(mult).ok_or_else(too_big)?;
+    if !frac.is_empty() {
+        let digits: u128 = frac.parse().map_err(|_| format!("invalid size {s:?}"))?;
+        let scale = 10u128.pow(frac.len() as u32);
+        let scaled = digits * mult;
+        if !scaled.is_multiple_of(scale) {
+            return Err(format!("size {s:?} is not a whole number of bytes"));
+        }
+        total += scaled / scale;
+    }
+    u64::try_from(total).map_err(|_| too_big())
+}
+
+/// Installs a `tracing` subscriber writing to stderr; `verbosity` counts
+/// `-v` flags: 0 warnings, 1 info, 2 debug, 3 or more trace.
+pub fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    // Ignore the error if a subscriber is already installed (e.g. in tests).
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512b"), Ok(512));
+        assert_eq!(parse_size("1K"), Ok(1024));
+        assert_eq!(parse_size("1k"), Ok(1024));
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("2TB"), Ok(2 << 40));
+        assert_eq!(parse_size(" 3 G "), Ok(3 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("0.5K"), Ok(512));
+        assert_eq!(parse_size("15E"), Ok(15 << 60));
+        assert!(parse_size("16E").is_err());
+        assert!(parse_size("1.1K").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("1.").is_err());
+        assert!(parse_size(".5K").is_err());
+        assert!(parse_size("1.2.3").is_err());
+        assert!(parse_size("99999999999999999999999999999999999999999").is_err());
+        assert!(parse_size("1.0000000000000000001").is_err());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Cli::try_parse_from(["costack-nbd"]).unwrap();
+        assert_eq!(c.file, None);
+        assert_eq!(c.bind, "127.0.0.1");
+        assert_eq!(c.port, 10809);
+        assert_eq!(c.socket, None);
+        assert_eq!(c.export_name, "");
+        assert!(!c.read_only);
+        assert_eq!(c.size, 1 << 30);
+        assert_eq!(c.shared, 16);
+        assert_eq!(c.threads, 1);
+        assert_eq!(c.cache, CacheMode::Writeback);
+        assert_eq!(c.verbose, 0);
+    }
+
+    #[test]
+    fn short_and_long_options() {
+        let c = Cli::try_parse_from([
+            "costack-nbd",
+            "-b",
+            "0.0.0.0",
+            "-p",
+            "10810",
+            "-x",
+            "disk",
+            "-r",
+            "-s",
+            "64M",
+            "-e",
+            "4",
+            "--threads",
+            "2",
+            "--cache",
+            "none",
+            "-vv",
+            "image.raw",
+        ])
+        .unwrap();
+        assert_eq!(c.file, Some(PathBuf::from("image.raw")));
+        assert_eq!(c.bind, "0.0.0.0");
+        assert_eq!(c.port, 10810);
+        assert_eq!(c.export_name, "disk");
+        assert!(c.read_only);
+        assert_eq!(c.size, 64 << 20);
+        assert_eq!(c.shared, 4);
+        assert_eq!(c.threads, 2);
+        assert_eq!(c.cache, CacheMode::None);
+        assert_eq!(c.verbose, 2);
+
+        let c = Cli::try_parse_from([
+            "costack-nbd",
+            "--socket=/tmp/nbd.sock",
+            "--export-name=x",
+            "--read-only",
+            "--size=2G",
+            "--shared=0",
+            "--verbose",
+        ])
+        .unwrap();
+        assert_eq!(c.socket, Some(PathBuf::from("/tmp/nbd.sock")));
+        assert_eq!(c.export_name, "x");
+        assert_eq!(c.size, 2 << 30);
+        assert_eq!(c.shared, 0);
+        assert_eq!(c.verbose, 1);
+    }
+
+    #[test]
+    fn invalid_command_lines() {
+        for args in [
+            &["costack-nbd", "-s", "12Q"][..],
+            &["costack-nbd", "--threads", "0"],
+            &["costack-nbd", "--cache", "bogus"],
+            &["costack-nbd", "-p", "70000"],
+            &["costack-nbd", "-k", "/tmp/s", "-p", "1"],
+            &["costack-nbd", "a", "b"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+    }
+}
