@@ -1,15 +1,250 @@
-//! `costack-nbd` binary. The serving loop is not wired up yet: for now this
-//! only parses the command line.
+//! `costack-nbd`: serves a raw image (or a memory disk) over NBD, one
+//! coroutine per request on costack event loops.
 
+use std::io::{self, Write};
 use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use costack_nbd::cli::{init_logging, Cli};
+use costack::aio::{self, EventLoop, LoopHandle};
+use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use costack_nbd::backend::MemDisk;
+use costack_nbd::cli::{init_logging, CacheMode, Cli};
+use costack_nbd::file::{FileDisk, DIRECT_ALIGN};
+use costack_nbd::handshake::{ExportInfo, HandshakeConfig};
+use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    tracing::debug!(?cli, "parsed command line");
-    eprintln!("costack-nbd: not yet wired");
-    ExitCode::from(2)
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("costack-nbd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+fn run(cli: Cli) -> io::Result<()> {
+    // SIGINT/SIGTERM are taken by a dedicated thread (sigwait): block them
+    // before any other thread starts so that all inherit the mask.
+    let signals = block_stop_signals();
+
+    let (device, direct): (SharedDevice, bool) = match &cli.file {
+        Some(path) => {
+            let disk = FileDisk::open(path, cli.read_only, cli.cache == CacheMode::None)
+                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            let direct = disk.is_direct();
+            (Arc::new(disk), direct)
+        }
+        None => (Arc::new(MemDisk::new(cli.size).with_read_only(cli.read_only)), false),
+    };
+    let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
+    export.description = cli.description.clone();
+    if direct {
+        export.block_sizes.minimum = DIRECT_ALIGN as u32;
+        export.block_sizes.preferred = export.block_sizes.preferred.max(DIRECT_ALIGN as u32);
+    }
+    let shared = Shared::new(HandshakeConfig::new(vec![export]), device.clone());
+
+    let (listener, url) = match &cli.socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path)?;
+            let url = format!(
+                "nbd+unix:///{}?socket={}",
+                cli.export_name,
+                path.display()
+            );
+            (Listener::Unix(l, path.clone()), url)
+        }
+        None => {
+            let l = TcpListener::bind((cli.bind.as_str(), cli.port))?;
+            let addr = l.local_addr()?;
+            let host = match addr.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            let url = format!("nbd://{host}:{}/{}", addr.port(), cli.export_name);
+            (Listener::Tcp(l), url)
+        }
+    };
+    let listen_fd = match &listener {
+        Listener::Tcp(l) => std::os::fd::AsRawFd::as_raw_fd(l),
+        Listener::Unix(l, _) => std::os::fd::AsRawFd::as_raw_fd(l),
+    };
+    spawn_signal_thread(signals, shared.clone(), listen_fd);
+
+    // Extra event-loop threads; connections are spread over all loops.
+    let mut workers = Vec::new();
+    let mut handles = Vec::new();
+    for i in 1..cli.threads {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let shared = shared.clone();
+        workers.push(
+            std::thread::Builder::new()
+                .name(format!("nbd-loop-{i}"))
+                .spawn(move || -> io::Result<()> {
+                    let ev = EventLoop::new()?;
+                    tx.send(ev.handle()).expect("main thread waits for the handle");
+                    ev.block_on(move || wait_until_stopped(&shared));
+                    Ok(())
+                })?,
+        );
+        handles.push(rx.recv().map_err(|_| io::Error::other("loop thread died"))?);
+    }
+
+    println!("{url}");
+    io::stdout().flush()?;
+    tracing::info!(%url, threads = cli.threads, "serving");
+
+    let max_clients = cli.shared as usize;
+    let ev = EventLoop::new()?;
+    let accept_shared = shared.clone();
+    ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
+    for w in workers {
+        w.join().map_err(|_| io::Error::other("loop thread panicked"))??;
+    }
+    device.flush()?;
+    if let Some(path) = &cli.socket {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Accepts clients until the server stops, then waits for connections on
+/// this loop to finish.
+fn accept_loop(
+    listener: Listener,
+    shared: Arc<Shared>,
+    loops: Vec<LoopHandle>,
+    max_clients: usize,
+) -> io::Result<()> {
+    let mut next = 0usize;
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let accepted = match &listener {
+            Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), a.to_string())),
+            Listener::Unix(l, path) => l
+                .accept()
+                .map(|(s, _)| (Conn::Unix(s), path.display().to_string())),
+        };
+        let (conn, peer) = match accepted {
+            Ok(c) => c,
+            Err(_) if shared.stopping.load(Ordering::SeqCst) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                aio::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if max_clients != 0 && shared.clients.load(Ordering::SeqCst) >= max_clients {
+            tracing::warn!(%peer, max_clients, "refusing client: too many connected (-e)");
+            drop(conn);
+            continue;
+        }
+        shared.clients.fetch_add(1, Ordering::SeqCst);
+        // Round-robin over this loop (index 0) and the worker loops.
+        let target = next % (loops.len() + 1);
+        next = next.wrapping_add(1);
+        if target == 0 {
+            let shared = shared.clone();
+            aio::spawn(move || conn.serve(peer, shared));
+        } else {
+            let shared = shared.clone();
+            let conn = conn.into_std();
+            loops[target - 1].spawn(move || StdConn::into_costack(conn).serve(peer, shared));
+        }
+    }
+    drop(listener);
+    wait_until_stopped(&shared);
+    Ok(())
+}
+
+/// Parks a loop until the server stops and its clients are gone.
+fn wait_until_stopped(shared: &Shared) {
+    while !shared.stopping.load(Ordering::SeqCst) || shared.clients.load(Ordering::SeqCst) > 0 {
+        aio::sleep(Duration::from_millis(20));
+    }
+}
+
+enum Conn {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// A connection on its way to another loop thread.
+enum StdConn {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Conn {
+    fn into_std(self) -> StdConn {
+        match self {
+            Conn::Tcp(s) => StdConn::Tcp(s.into_std()),
+            Conn::Unix(s) => StdConn::Unix(s.into_std()),
+        }
+    }
+
+    fn serve(self, peer: String, shared: Arc<Shared>) {
+        match self {
+            Conn::Tcp(s) => {
+                let _ = s.set_nodelay(true);
+                serve(s, peer, shared.clone())
+            }
+            Conn::Unix(s) => serve(s, peer, shared.clone()),
+        }
+        shared.clients.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl StdConn {
+    fn into_costack(self) -> Conn {
+        match self {
+            StdConn::Tcp(s) => Conn::Tcp(TcpStream::from_std(s).expect("socket joins the loop")),
+            StdConn::Unix(s) => Conn::Unix(UnixStream::from_std(s).expect("socket joins the loop")),
+        }
+    }
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain signal-mask manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for SIGINT/SIGTERM, then stops the server: no new clients, no new
+/// requests; in-flight requests finish, the device is flushed, exit 0.
+fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, listen_fd: i32) {
+    std::thread::Builder::new()
+        .name("nbd-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` is a valid signal set blocked in every thread.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            tracing::info!(signal = sig, "stopping");
+            // Wake the accept loop first: accept() on a shut-down listener
+            // fails. The loop only drops (closes) the listener once it sees
+            // `stopping`, which is set after this call, so the descriptor
+            // is still ours here.
+            // SAFETY: see above; shutdown does not free anything.
+            unsafe { libc::shutdown(listen_fd, libc::SHUT_RDWR) };
+            shared.stop();
+        })
+        .expect("spawn the signal thread");
 }

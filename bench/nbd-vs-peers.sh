@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# costack-nbd against qemu-nbd and nbdkit, in one run, interleaved.
+#
+# The same raw image in /dev/shm is served by each server in turn; each
+# workload runs ROUNDS times, cycling through the servers every round, so
+# that machine noise hits them alike. Prints medians and the ratios of
+# costack-nbd to each peer (higher is better for costack-nbd).
+#
+#   bench/nbd-vs-peers.sh            # full run (a few minutes)
+#   ROUNDS=1 QUICK=1 bench/nbd-vs-peers.sh   # smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-5}
+QUICK=${QUICK:-0}
+IMG=${IMG:-/dev/shm/costack-nbd-bench.raw}
+SIZE_MB=${SIZE_MB:-1024}
+PORT_BASE=${PORT_BASE:-20809}
+
+for tool in qemu-img qemu-nbd nbdkit nbdcopy; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install qemu-utils nbdkit libnbd-bin)" >&2; exit 1; }
+done
+cargo build --release -q -p costack-nbd
+COSTACK=target/release/costack-nbd
+
+if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((SIZE_MB << 20)) ]; then
+    echo "creating $IMG ($SIZE_MB MiB of data)"
+    head -c $((SIZE_MB << 20)) /dev/urandom > "$IMG"
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+start_server() { # name port
+    case $1 in
+        costack) "$COSTACK" -p "$2" "$IMG" >/dev/null & ;;
+        qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
+        nbdkit) nbdkit -f -p "$2" file "$IMG" & ;;
+    esac
+    pids+=($!)
+    for _ in $(seq 100); do
+        qemu-img info "nbd://127.0.0.1:$2" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "server $1 did not come up" >&2; exit 1
+}
+
+servers=(costack qemu-nbd nbdkit)
+declare -A port
+i=0
+for s in "${servers[@]}"; do
+    port[$s]=$((PORT_BASE + i)); i=$((i + 1))
+    start_server "$s" "${port[$s]}"
+done
+
+# name | qemu-img bench arguments (count scaled for ~1-3 s per run)
+if [ "$QUICK" = 1 ]; then scale=10; else scale=1; fi
+workloads=(
+    "4k-read-qd1|-c $((100000 / scale)) -d 1 -s 4k -S 1236992"
+    "4k-read-qd32|-c $((400000 / scale)) -d 32 -s 4k -S 1236992"
+    "4k-write-qd1|-w -c $((100000 / scale)) -d 1 -s 4k -S 1236992"
+    "4k-write-qd32|-w -c $((400000 / scale)) -d 32 -s 4k -S 1236992"
+    "64k-read-qd16|-c $((60000 / scale)) -d 16 -s 64k -S 1245184"
+    "64k-write-qd16|-w -c $((60000 / scale)) -d 16 -s 64k -S 1245184"
+    "1m-read-qd4|-c $((6000 / scale)) -d 4 -s 1M -S 5242880"
+    "1m-write-qd4|-w -c $((6000 / scale)) -d 4 -s 1M -S 5242880"
+)
+
+declare -A results
+bench_once() { # server workload-args -> ops/s
+    local out secs count
+    # shellcheck disable=SC2086
+    out=$(qemu-img bench -f raw -t none -i threads $2 "nbd://127.0.0.1:${port[$1]}" 2>&1)
+    secs=$(sed -n 's/.*Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out")
+    count=$(sed -n 's/.*-c \([0-9]*\).*/\1/p' <<<"$2")
+    [ -n "$secs" ] || { echo "qemu-img bench failed on $1: $out" >&2; exit 1; }
+    awk -v c="$count" -v s="$secs" 'BEGIN { printf "%.0f", c / s }'
+}
+
+copy_once() { # server -> MB/s (nbdcopy of the whole image to /dev/null)
+    local t0 t1
+    t0=$(date +%s.%N)
+    nbdcopy --connections=4 "nbd://127.0.0.1:${port[$1]}" null: >/dev/null
+    t1=$(date +%s.%N)
+    awk -v t0="$t0" -v t1="$t1" -v mb="$SIZE_MB" 'BEGIN { printf "%.0f", mb / (t1 - t0) }'
+}
+
+median() { tr ' ' '\n' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+for w in "${workloads[@]}" "nbdcopy-read|"; do
+    name=${w%%|*}; args=${w#*|}
+    for r in $(seq "$ROUNDS"); do
+        for s in "${servers[@]}"; do
+            if [ "$name" = nbdcopy-read ]; then v=$(copy_once "$s"); else v=$(bench_once "$s" "$args"); fi
+            results[$name,$s]="${results[$name,$s]:-} $v"
+        done
+    done
+    echo "done: $name" >&2
+done
+
+printf '\n%-16s %12s %12s %12s %10s %10s\n' workload costack-nbd qemu-nbd nbdkit vs-qemu vs-nbdkit
+for w in "${workloads[@]}" "nbdcopy-read|"; do
+    name=${w%%|*}
+    c=$(median <<<"${results[$name,costack]}")
+    q=$(median <<<"${results[$name,qemu-nbd]}")
+    k=$(median <<<"${results[$name,nbdkit]}")
+    printf '%-16s %12s %12s %12s %9.2fx %9.2fx\n' "$name" "$c" "$q" "$k" \
+        "$(awk -v a="$c" -v b="$q" 'BEGIN { print a / b }')" \
+        "$(awk -v a="$c" -v b="$k" 'BEGIN { print a / b }')"
+done
+echo "(IOPS for qemu-img bench workloads, MB/s for nbdcopy; medians of $ROUNDS interleaved rounds)"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"

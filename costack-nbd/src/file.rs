@@ -1,0 +1,224 @@
+//! A raw image file as a [`BlockDevice`], through `costack::fs` (io_uring
+//! where the kernel has it, the thread pool elsewhere).
+
+use std::fs::OpenOptions;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use costack::aio;
+use costack::fs::File;
+
+use crate::backend::{BlockDevice, Extent};
+use crate::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
+
+/// Alignment `O_DIRECT` needs for buffers, offsets and lengths.
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// A raw image file.
+pub struct FileDisk {
+    file: File,
+    size: u64,
+    read_only: bool,
+    direct: bool,
+}
+
+impl FileDisk {
+    /// Opens `path`; `direct` bypasses the page cache (`--cache none`).
+    pub fn open(path: &Path, read_only: bool, direct: bool) -> io::Result<FileDisk> {
+        let mut options = OpenOptions::new();
+        options.read(true).write(!read_only);
+        if direct {
+            options.custom_flags(libc::O_DIRECT);
+        }
+        let std_file = options.open(path)?;
+        let size = std_file.metadata()?.len();
+        Ok(FileDisk {
+            file: File::from_std(std_file),
+            size,
+            read_only,
+            direct,
+        })
+    }
+
+    /// Whether the page cache is bypassed, so requests must be aligned to
+    /// [`DIRECT_ALIGN`].
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        let fd = self.file.as_raw_fd();
+        // fallocate can take a while on real disks: keep the loop free.
+        aio::run_blocking(move || {
+            // SAFETY: `fd` stays open: the FileDisk outlives this call,
+            // which the calling coroutine waits for.
+            let r = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+    }
+
+    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+        // SAFETY: lseek on our own descriptor; positional I/O elsewhere does
+        // not depend on the file offset it moves.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u64)
+        }
+    }
+}
+
+/// A heap buffer aligned for `O_DIRECT`.
+struct AlignedBuf {
+    ptr: std::ptr::NonNull<u8>,
+    layout: std::alloc::Layout,
+}
+
+impl AlignedBuf {
+    fn zeroed(len: usize) -> AlignedBuf {
+        let layout = std::alloc::Layout::from_size_align(len.max(1), DIRECT_ALIGN)
+            .expect("buffer size fits a layout");
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, layout }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: we own `layout.size()` initialised (zeroed) bytes.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `zeroed` with this layout.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+fn is_aligned(buf: &[u8], offset: u64) -> bool {
+    buf.as_ptr() as usize % DIRECT_ALIGN == 0
+        && buf.len() % DIRECT_ALIGN == 0
+        && offset % DIRECT_ALIGN as u64 == 0
+}
+
+impl BlockDevice for FileDisk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.direct && !is_aligned(buf, offset) {
+            let mut bounce = AlignedBuf::zeroed(buf.len());
+            self.file
+                .read_exact_at(&mut bounce.as_mut_slice()[..buf.len()], offset)?;
+            buf.copy_from_slice(&bounce.as_mut_slice()[..buf.len()]);
+            return Ok(());
+        }
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.direct && !is_aligned(buf, offset) {
+            let mut bounce = AlignedBuf::zeroed(buf.len());
+            bounce.as_mut_slice()[..buf.len()].copy_from_slice(buf);
+            return self
+                .file
+                .write_all_at(&bounce.as_mut_slice()[..buf.len()], offset);
+        }
+        self.file.write_all_at(buf, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, may_punch_hole: bool) -> io::Result<()> {
+        let mode = if may_punch_hole {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        match self.fallocate(mode, offset, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                // The filesystem cannot do it in place: write zeroes.
+                let chunk = AlignedBuf::zeroed(len.min(1 << 20) as usize);
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(chunk.layout.size() as u64) as usize;
+                    // SAFETY: `chunk` owns at least `n` zeroed bytes.
+                    let zeroes = unsafe { std::slice::from_raw_parts(chunk.ptr.as_ptr(), n) };
+                    self.file.write_all_at(zeroes, offset + done)?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn can_fast_zero(&self) -> bool {
+        true
+    }
+
+    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = (offset + len).min(self.size);
+        let mut extents = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = match self.seek(pos, libc::SEEK_DATA) {
+                Ok(d) => d,
+                // No data after `pos`: the rest is a hole.
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // No SEEK_DATA support: report everything as data.
+                    extents.push(Extent {
+                        length: end - pos,
+                        flags: 0,
+                    });
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
+            if data > pos {
+                let hole_end = data.min(end);
+                extents.push(Extent {
+                    length: hole_end - pos,
+                    flags: NBD_STATE_HOLE | NBD_STATE_ZERO,
+                });
+                pos = hole_end;
+                continue;
+            }
+            let hole = self.seek(pos, libc::SEEK_HOLE).unwrap_or(end).min(end);
+            extents.push(Extent {
+                length: hole - pos,
+                flags: 0,
+            });
+            pos = hole;
+            if extents.len() >= 1024 {
+                break;
+            }
+        }
+        Ok(extents)
+    }
+}

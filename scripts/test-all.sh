@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The whole test suite, as README.md documents it: installs what the tests
+# need on a fresh Debian machine, then runs them. Fails loudly when a
+# required tool cannot be had.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+for pkg in qemu-utils libnbd-bin python3-libnbd nbdkit fio; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
+done
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "test-all: installing ${need_apt[*]}"
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "test-all: need root to apt-get install ${need_apt[*]}" >&2
+        exit 1
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy nbdkit fio; do
+    command -v "$tool" >/dev/null || { echo "test-all: required tool '$tool' is missing" >&2; exit 1; }
+done
+
+# Real clients are required: the NBD tests must not skip them.
+export COSTACK_REQUIRE_CLIENTS=1
+cargo test --workspace --all-targets
+
+if [ -x .ci/backends.sh ]; then
+    .ci/backends.sh
+fi
