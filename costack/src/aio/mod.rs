@@ -1,7 +1,291 @@
 //! The event loop (QEMU's AioContext): fd readiness, timers, bottom halves,
 //! a thread pool, and cross-thread wakes.
+//!
+//! An [`EventLoop`] runs coroutines on one thread. Code in those
+//! coroutines calls the free functions of this module ([`sleep`],
+//! [`wait_readable`], [`run_blocking`], [`wait_future`], ...), which look
+//! blocking but suspend the coroutine and let the loop run others until
+//! the awaited event. Other threads reach a loop through its
+//! [`LoopHandle`] or an [`aio::Waker`](Waker); coroutines never move
+//! between threads.
+//!
+//! ```
+//! use costack::aio::{self, EventLoop};
+//! use std::time::Duration;
+//!
+//! let lp = EventLoop::new().unwrap();
+//! let answer = lp.block_on(|| {
+//!     let v = aio::run_blocking(|| 6 * 7); // on a worker thread
+//!     aio::sleep(Duration::from_millis(1));
+//!     v
+//! });
+//! assert_eq!(answer, 42);
+//! ```
+//!
+//! The free functions must be called in a coroutine running on an event
+//! loop (one that loop entered, or one entered while the loop polls);
+//! elsewhere they panic with a message containing `not in a coroutine`.
 
+mod borrowed;
+mod event_loop;
+mod future;
+mod handle;
+pub(crate) mod io;
+pub(crate) mod sys;
+pub mod thread_pool;
+mod timer;
+pub(crate) mod uring;
+mod wait;
 mod waker;
 
-pub(crate) use waker::{mailbox, Mailbox};
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use event_loop::EventLoop;
+pub(crate) use borrowed::run_borrowed;
+pub(crate) use event_loop::{current_inner, Inner};
+pub use handle::LoopHandle;
 pub use waker::{waker, Waker};
+// Kept for crate-internal users of the mailbox (the loop takes its own).
+#[allow(unused_imports)]
+pub(crate) use waker::{mailbox, Mailbox};
+
+use crate::coroutine;
+use io::Direction;
+use wait::Wait;
+
+/// The current loop, for a free function called from a coroutine on it.
+#[track_caller]
+pub(crate) fn context(what: &str) -> Rc<Inner> {
+    if !crate::in_coroutine() {
+        coroutine::not_in_coroutine(what);
+    }
+    match current_inner() {
+        Some(inner) => inner,
+        None => panic!("{what} called when not in a coroutine on an event loop"),
+    }
+}
+
+/// Spawns a coroutine running `f` on the current loop (see
+/// [`EventLoop::spawn`]).
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn spawn<F: FnOnce() + 'static>(f: F) -> Coroutine {
+    context("aio::spawn").spawn(f)
+}
+
+use crate::Coroutine;
+
+/// Schedules `co` to be entered by the current loop in its next iteration
+/// (aio_co_schedule). Scheduling the calling coroutine and then yielding
+/// lets everything else that is runnable go first. A coroutine already
+/// scheduled is not scheduled twice.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+///
+/// EventLoop::new().unwrap().block_on(|| {
+///     aio::schedule(&costack::current().unwrap());
+///     costack::yield_now(); // resumed by the loop
+/// });
+/// ```
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn schedule(co: &Coroutine) {
+    context("aio::schedule").schedule(co)
+}
+
+/// Suspends the calling coroutine for `duration` (qemu_co_sleep_ns); the
+/// loop runs other work meanwhile.
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn sleep(duration: Duration) {
+    let inner = context("aio::sleep");
+    sleep_until_on(&inner, Instant::now() + duration);
+}
+
+/// Suspends the calling coroutine until `deadline`.
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn sleep_until(deadline: Instant) {
+    let inner = context("aio::sleep_until");
+    sleep_until_on(&inner, deadline);
+}
+
+fn sleep_until_on(inner: &Rc<Inner>, deadline: Instant) {
+    let me = crate::current().expect("checked by context()");
+    inner.adopt(&me);
+    let wait = Wait::new(&me);
+    drop(me);
+    let _timer = inner.timers.borrow_mut().add(inner, deadline, wait.clone());
+    wait.suspend();
+}
+
+/// Suspends the calling coroutine until `fd` is readable (or hung up, or
+/// in error: then the next read reports it).
+///
+/// Closing `fd` while a coroutine waits on it is a bug, as with any
+/// borrowed fd: epoll forgets closed fds, so the wait might never end. Use
+/// `shutdown` on sockets to make waiters return.
+///
+/// # Errors
+/// If the fd cannot be polled (for example a regular file: `EPERM`).
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let inner = context("aio::wait_readable");
+    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Read, None)
+}
+
+/// Suspends the calling coroutine until `fd` is writable (or hung up, or
+/// in error). See [`wait_readable`].
+///
+/// # Errors
+/// If the fd cannot be polled.
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+    let inner = context("aio::wait_writable");
+    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Write, None)
+}
+
+/// As [`wait_readable`], giving up with `ErrorKind::TimedOut` after
+/// `timeout`.
+///
+/// # Errors
+/// `TimedOut`, or if the fd cannot be polled.
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
+    let inner = context("aio::wait_readable_timeout");
+    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Read, Some(Instant::now() + timeout))
+}
+
+/// As [`wait_writable`], giving up with `ErrorKind::TimedOut` after
+/// `timeout`.
+///
+/// # Errors
+/// `TimedOut`, or if the fd cannot be polled.
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn wait_writable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
+    let inner = context("aio::wait_writable_timeout");
+    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Write, Some(Instant::now() + timeout))
+}
+
+struct Job<T> {
+    result: Mutex<Option<std::thread::Result<T>>>,
+    waker: Waker,
+}
+
+/// Runs `f` on a worker thread of the process-wide [thread
+/// pool](thread_pool) and suspends the calling coroutine until it returns
+/// (thread_pool_submit_co); the loop keeps running meanwhile. Returns
+/// `f`'s value; a panic in `f` is resumed in the coroutine.
+///
+/// If the coroutine is unwound before `f` returns (its loop was dropped),
+/// `f` still runs to the end on its worker and its result is dropped.
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) -> T {
+    let inner = context("aio::run_blocking");
+    let me = crate::current().expect("checked by context()");
+    inner.adopt(&me);
+    let job = Arc::new(Job {
+        result: Mutex::new(None),
+        waker: Waker::for_coroutine(&me),
+    });
+    drop(me);
+    let theirs = job.clone();
+    thread_pool::submit(Box::new(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        *theirs.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+        theirs.waker.wake();
+    }));
+    loop {
+        let done = job.result.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match done {
+            Some(Ok(v)) => return v,
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => crate::yield_now(),
+        }
+    }
+}
+
+/// Drives a `std::future::Future` to completion from the calling
+/// coroutine, yielding to the loop while it is pending.
+///
+/// The future's `std::task::Waker` may be woken from any thread; it
+/// re-enters the coroutine on its own loop. This runs futures that need no
+/// particular runtime (channels, `futures` combinators, hand-written
+/// futures); futures bound to another runtime's reactor (tokio sockets,
+/// timers) need that runtime running somewhere to be woken.
+///
+/// The reverse, awaiting a coroutine from async code, is deliberately not
+/// offered: an executor may poll a future on any of its threads, but a
+/// coroutine is bound to its thread and its loop. To wait for coroutine
+/// work from async code, post it with [`LoopHandle::spawn`] and send the
+/// result back through a channel whose receiver is a future.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::sync::{Arc, Mutex};
+/// use std::task::{Context, Poll, Waker};
+///
+/// // A one-shot value set by another thread.
+/// #[derive(Default)]
+/// struct Shared { value: Option<u32>, waker: Option<Waker> }
+/// struct Recv(Arc<Mutex<Shared>>);
+/// impl Future for Recv {
+///     type Output = u32;
+///     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+///         let mut s = self.0.lock().unwrap();
+///         match s.value.take() {
+///             Some(v) => Poll::Ready(v),
+///             None => { s.waker = Some(cx.waker().clone()); Poll::Pending }
+///         }
+///     }
+/// }
+///
+/// let shared = Arc::new(Mutex::new(Shared::default()));
+/// let theirs = shared.clone();
+/// let t = std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_millis(10));
+///     let mut s = theirs.lock().unwrap();
+///     s.value = Some(7);
+///     if let Some(w) = s.waker.take() { w.wake() }
+/// });
+/// let v = EventLoop::new().unwrap().block_on(move || aio::wait_future(Recv(shared)));
+/// assert_eq!(v, 7);
+/// t.join().unwrap();
+/// ```
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
+    let inner = context("aio::wait_future");
+    future::block_on_future(&inner, future)
+}

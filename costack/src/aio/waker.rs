@@ -141,3 +141,10 @@ impl Mailbox {
         any
     }
 }
+
+impl Waker {
+    /// Whether the waker names the coroutine running right now.
+    pub(crate) fn is_current(&self) -> bool {
+        self.mailbox.is_local() && coroutine::with_current(|co| co.is_some_and(|co| co.id() == self.id))
+    }
+}

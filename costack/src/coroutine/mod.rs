@@ -236,6 +236,14 @@ impl Coroutine {
         drop(self.ctl().home.replace(home));
     }
 
+    /// Sets the flag that says the coroutine sits in a wake list or an
+    /// event loop's run queue, returning its old value. A loop's run queue
+    /// shares the wake lists' flag so that waking a coroutine that is
+    /// already scheduled coalesces, as it does for wake lists.
+    pub(crate) fn swap_queued(&self, queued: bool) -> bool {
+        self.ctl().queued.replace(queued)
+    }
+
     pub(crate) fn has_home(&self) -> bool {
         let home = self.ctl().home.take();
         let has = home.is_some();

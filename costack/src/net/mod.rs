@@ -1,1 +1,151 @@
-//! Coroutine networking: calls that look blocking and yield to the loop.
+//! Sockets whose calls look blocking but, in a coroutine on an event
+//! loop, yield to the loop instead of blocking the thread.
+//!
+//! The sockets are non-blocking underneath. A call that would block
+//! (`EAGAIN`) waits for readiness with the loop's epoll and retries. On a
+//! thread with no event loop running (or in a coroutine entered outside
+//! any loop), the same calls block the thread in `poll(2)`, like std's:
+//! the types work everywhere, and never block a loop.
+//!
+//! Reads and writes are implemented for the types and for shared
+//! references to them, so one coroutine can read while another writes the
+//! same stream. Timeouts set with `set_read_timeout`/`set_write_timeout`
+//! make a call that waits longer fail with `ErrorKind::TimedOut`.
+//!
+//! A stream shut down (by [`TcpStream::shutdown`] from another coroutine,
+//! or by its peer) wakes the coroutines waiting on it: their reads return
+//! EOF, their writes an error.
+//!
+//! ```
+//! use costack::aio::{self, EventLoop};
+//! use costack::net::{TcpListener, TcpStream};
+//! use std::io::{Read, Write};
+//!
+//! EventLoop::new().unwrap().block_on(|| {
+//!     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+//!     let addr = listener.local_addr().unwrap();
+//!     aio::spawn(move || {
+//!         let (mut s, _) = listener.accept().unwrap();
+//!         let mut buf = [0; 5];
+//!         s.read_exact(&mut buf).unwrap();
+//!         s.write_all(&buf).unwrap();
+//!     });
+//!     let mut c = TcpStream::connect(addr).unwrap();
+//!     c.write_all(b"hello").unwrap();
+//!     let mut buf = [0; 5];
+//!     c.read_exact(&mut buf).unwrap();
+//!     assert_eq!(&buf, b"hello");
+//! });
+//! ```
+
+mod sys;
+mod tcp;
+mod unix;
+
+pub use tcp::{TcpListener, TcpStream};
+pub use unix::{UnixListener, UnixStream};
+
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::aio::io::{wait_fd, Direction};
+
+/// Waits until `fd` is ready for `dir`: on the loop from a coroutine on
+/// one, else by blocking the thread.
+pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+    if crate::in_coroutine() {
+        if let Some(inner) = crate::aio::current_inner() {
+            return wait_fd(&inner, fd, dir, deadline);
+        }
+    }
+    let events = match dir {
+        Direction::Read => libc::POLLIN,
+        Direction::Write => libc::POLLOUT,
+    };
+    crate::aio::sys::poll_blocking(fd, events, deadline)
+}
+
+/// Runs the non-blocking `op` until it does not report `WouldBlock`,
+/// waiting for readiness in between, for at most `timeout` in all.
+pub(crate) fn retry<T>(
+    fd: RawFd,
+    dir: Direction,
+    timeout: Option<Duration>,
+    mut op: impl FnMut() -> io::Result<T>,
+) -> io::Result<T> {
+    let mut deadline = None;
+    loop {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if deadline.is_none() {
+                    deadline = timeout.map(|t| Instant::now() + t);
+                }
+                wait(fd, dir, deadline)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
+/// A read or write timeout, shared by a stream's users (0 = none).
+#[derive(Debug, Default)]
+pub(crate) struct Timeout(AtomicU64);
+
+impl Timeout {
+    pub(crate) fn get(&self) -> Option<Duration> {
+        match self.0.load(Ordering::Relaxed) {
+            0 => None,
+            ns => Some(Duration::from_nanos(ns)),
+        }
+    }
+
+    /// Sets the timeout; like std, a zero duration is an error.
+    pub(crate) fn set(&self, t: Option<Duration>) -> io::Result<()> {
+        let ns = match t {
+            None => 0,
+            Some(d) if d.is_zero() => {
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"))
+            }
+            Some(d) => d.as_nanos().clamp(1, u64::MAX as u128) as u64,
+        };
+        self.0.store(ns, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Implements `Read` and `Write` for a stream type and its shared
+/// reference, through its `read_impl`/`write_impl`.
+macro_rules! impl_stream_io {
+    ($t:ty) => {
+        impl std::io::Read for $t {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.read_impl(buf)
+            }
+        }
+        impl std::io::Read for &$t {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.read_impl(buf)
+            }
+        }
+        impl std::io::Write for $t {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.write_impl(buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        impl std::io::Write for &$t {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.write_impl(buf)
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+    };
+}
+pub(crate) use impl_stream_io;

@@ -1,0 +1,540 @@
+//! The event loop proper (QEMU's AioContext and aio_poll).
+//!
+//! One iteration: run due timers, bottom halves and the coroutines on the
+//! run queue; wait in `epoll_wait` (not at all if that made progress, else
+//! until the next timer or an fd/eventfd event); dispatch the events; run
+//! what they made runnable.
+//!
+//! Ownership: [`EventLoop`] handles share an `Owner`; when the last one
+//! goes, the owner shuts the loop down, unwinding the coroutines it
+//! spawned. Everything else (coroutine stacks, homes, timers) refers to the
+//! shared `Inner` only, so no reference cycle keeps a dropped loop alive.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::handle::{LoopHandle, Remote};
+use super::io::FdEntry;
+use super::sys;
+use super::timer::Timers;
+use super::uring::UringState;
+use super::wait::Outcome;
+use super::waker::{mailbox, Mailbox};
+use crate::coroutine::control::{CoId, Home};
+use crate::coroutine::{self, Builder, Coroutine};
+
+/// epoll data of the loop's own eventfd; fds use their number.
+const TOKEN_NOTIFY: u64 = u64::MAX;
+/// epoll data of the io_uring completion eventfd.
+pub(crate) const TOKEN_URING: u64 = u64::MAX - 1;
+
+thread_local! {
+    /// The loop that is polling on this thread (innermost, if nested).
+    static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+}
+
+/// The loop polling on this thread, if any.
+pub(crate) fn current_inner() -> Option<Rc<Inner>> {
+    CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
+}
+
+/// Makes `inner` the thread's current loop until dropped.
+struct CurrentGuard(Option<Rc<Inner>>);
+
+impl CurrentGuard {
+    fn enter(inner: &Rc<Inner>) -> CurrentGuard {
+        CurrentGuard(CURRENT.with(|c| c.replace(Some(inner.clone()))))
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        let _ = CURRENT.try_with(|c| *c.borrow_mut() = prev);
+    }
+}
+
+/// The coroutines a loop spawned and owns until they finish.
+#[derive(Default)]
+struct Tasks {
+    slots: Vec<Option<(CoId, Coroutine)>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Tasks {
+    /// A slot for a task about to be created.
+    fn reserve(&mut self) -> usize {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    fn unreserve(&mut self, index: usize) {
+        self.free.push(index);
+    }
+
+    fn fill(&mut self, index: usize, co: Coroutine) {
+        self.len += 1;
+        self.slots[index] = Some((co.id(), co));
+    }
+
+    fn remove(&mut self, index: usize, id: CoId) -> Option<Coroutine> {
+        match self.slots.get_mut(index) {
+            Some(slot) if slot.as_ref().is_some_and(|(i, _)| *i == id) => {
+                self.len -= 1;
+                self.free.push(index);
+                slot.take().map(|(_, co)| co)
+            }
+            _ => None,
+        }
+    }
+
+    fn drain(&mut self) -> Vec<Coroutine> {
+        self.free.clear();
+        self.len = 0;
+        self.slots.drain(..).flatten().map(|(_, co)| co).collect()
+    }
+}
+
+/// A loop's state, shared by its handles, its coroutines' homes and waits.
+pub(crate) struct Inner {
+    pub(crate) epoll: OwnedFd,
+    pub(crate) remote: Arc<Remote>,
+    mailbox: Arc<Mailbox>,
+    run_queue: RefCell<VecDeque<Coroutine>>,
+    bhs: RefCell<VecDeque<Box<dyn FnOnce()>>>,
+    pub(crate) timers: RefCell<Timers>,
+    pub(crate) fds: RefCell<HashMap<RawFd, FdEntry>>,
+    tasks: RefCell<Tasks>,
+    home: Rc<dyn Home>,
+    events: RefCell<Vec<libc::epoll_event>>,
+    pub(crate) uring: UringState,
+    /// Iterations since the loop last asked epoll; bounds how long busy
+    /// coroutines can keep fd events waiting.
+    busy_ticks: Cell<u32>,
+    closed: Cell<bool>,
+}
+
+/// The home given to a loop's coroutines: wakes from outside any coroutine
+/// go to the run queue.
+struct LoopHome(Weak<Inner>);
+
+impl Home for LoopHome {
+    fn schedule(&self, co: Coroutine) {
+        // A loop that is gone cannot run the coroutine; its waits will
+        // never complete, so entering it would only make it yield again.
+        if let Some(inner) = self.0.upgrade() {
+            inner.schedule(&co);
+        }
+    }
+}
+
+impl Inner {
+    /// Queues `co` to be entered by the loop's next run-queue pass
+    /// (aio_co_schedule). A coroutine already queued (here, or in a wake
+    /// list) is not queued twice.
+    pub(crate) fn schedule(&self, co: &Coroutine) {
+        if co.is_finished() || self.closed.get() {
+            return;
+        }
+        if !co.swap_queued(true) {
+            self.run_queue.borrow_mut().push_back(co.clone());
+        }
+    }
+
+    /// Makes the loop the home of `co` if it has none (QEMU sets co->ctx
+    /// when a coroutine is entered from a context).
+    pub(crate) fn adopt(self: &Rc<Self>, co: &Coroutine) {
+        if !co.has_home() {
+            co.set_home(Some(self.home.clone()));
+        }
+    }
+
+    pub(crate) fn spawn<F: FnOnce() + 'static>(self: &Rc<Self>, f: F) -> Coroutine {
+        assert!(!self.closed.get(), "cannot spawn on an event loop that was dropped");
+        let index = self.tasks.borrow_mut().reserve();
+        let done = TaskDone {
+            inner: self.clone(),
+            index,
+        };
+        let co = match Builder::new().create(move || {
+            let _done = done;
+            f();
+        }) {
+            Ok(co) => co,
+            Err(e) => {
+                self.tasks.borrow_mut().unreserve(index);
+                panic!("costack: cannot allocate a coroutine stack: {e}");
+            }
+        };
+        co.set_home(Some(self.home.clone()));
+        self.tasks.borrow_mut().fill(index, co.clone());
+        self.schedule(&co);
+        co
+    }
+
+    pub(crate) fn call_soon_local(&self, f: Box<dyn FnOnce()>) {
+        self.bhs.borrow_mut().push_back(f);
+    }
+
+    /// Moves bottom halves posted by other threads to the local queue and
+    /// delivers cross-thread wakes.
+    fn take_remote(&self) -> bool {
+        let posted = self.remote.take();
+        let any = !posted.is_empty();
+        if any {
+            let mut bhs = self.bhs.borrow_mut();
+            for f in posted {
+                bhs.push_back(f);
+            }
+        }
+        self.mailbox.deliver() | any
+    }
+
+    /// Runs what is runnable now: due timers, bottom halves, then the
+    /// coroutines on the run queue. Work made runnable meanwhile waits for
+    /// the next pass, so nothing starves the fd events.
+    fn dispatch(&self) -> bool {
+        let mut progress = false;
+        if self.remote.is_notified() {
+            progress |= self.take_remote();
+        }
+        if !self.timers.borrow().is_empty() {
+            let now = Instant::now();
+            loop {
+                let due = self.timers.borrow_mut().pop_expired(now);
+                match due {
+                    Some(wait) => {
+                        wait.complete(Outcome::TimedOut, self);
+                        progress = true;
+                    }
+                    None => break,
+                }
+            }
+            self.timers.borrow_mut().compact();
+        }
+        let n = self.bhs.borrow().len();
+        for _ in 0..n {
+            let bh = self.bhs.borrow_mut().pop_front();
+            match bh {
+                Some(bh) => {
+                    progress = true;
+                    bh();
+                }
+                None => break,
+            }
+        }
+        let n = self.run_queue.borrow().len();
+        for _ in 0..n {
+            let co = self.run_queue.borrow_mut().pop_front();
+            let Some(co) = co else { break };
+            if co.is_entered() {
+                // Poll was called from inside this coroutine (or one it
+                // entered); it runs once it yields back to an outer pass.
+                self.run_queue.borrow_mut().push_back(co);
+                continue;
+            }
+            co.swap_queued(false);
+            if !co.is_finished() {
+                progress = true;
+                co.enter();
+            }
+        }
+        progress
+    }
+
+    /// Waits for fd events at most `timeout_ms` and completes the waits
+    /// they satisfy.
+    fn wait_events(&self, timeout_ms: i32) -> io::Result<bool> {
+        let mut events = self.events.take();
+        if events.capacity() == 0 {
+            events.reserve(256);
+        }
+        let res = sys::epoll_wait(&self.epoll, &mut events, timeout_ms);
+        let mut progress = false;
+        if res.is_ok() {
+            for ev in events.iter() {
+                let (token, bits) = (ev.u64, ev.events);
+                match token {
+                    TOKEN_NOTIFY => progress |= self.take_remote(),
+                    TOKEN_URING => progress |= self.uring.reap(self),
+                    fd => progress |= self.fd_event(fd as RawFd, bits),
+                }
+            }
+        }
+        self.events.replace(events);
+        res.map(|()| progress)
+    }
+
+    /// Unwinds the spawned coroutines and drops all queued work.
+    fn shutdown(&self) {
+        self.closed.set(true);
+        self.remote.close();
+        self.mailbox.set_notify(None);
+        let mut first_panic = None;
+        loop {
+            let tasks = self.tasks.borrow_mut().drain();
+            let queued: Vec<Coroutine> = self.run_queue.borrow_mut().drain(..).collect();
+            let bhs: Vec<_> = self.bhs.borrow_mut().drain(..).collect();
+            if tasks.is_empty() && queued.is_empty() && bhs.is_empty() {
+                break;
+            }
+            for co in &queued {
+                co.swap_queued(false);
+            }
+            drop(queued);
+            drop(bhs);
+            for co in tasks {
+                if let Some(p) = co.cancel() {
+                    first_panic.get_or_insert(p);
+                }
+            }
+        }
+        drop(self.timers.borrow_mut().take_all());
+        self.fds.borrow_mut().clear();
+        self.uring.shutdown();
+        if let Some(p) = first_panic {
+            if !std::thread::panicking() {
+                panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+/// Removes a finished (or unwound) task from its loop's task table.
+struct TaskDone {
+    inner: Rc<Inner>,
+    index: usize,
+}
+
+impl Drop for TaskDone {
+    fn drop(&mut self) {
+        // Not run in a coroutine only if the task never started: then the
+        // loop's shutdown drained the table already.
+        if let Some(id) = coroutine::with_current(|co| co.map(Coroutine::id)) {
+            let removed = self.inner.tasks.borrow_mut().remove(self.index, id);
+            // Dropping our own handle here is fine: whoever entered us
+            // holds another one.
+            drop(removed);
+        }
+    }
+}
+
+struct Owner {
+    inner: Rc<Inner>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.inner.shutdown();
+    }
+}
+
+/// A single-threaded event loop (QEMU's AioContext).
+///
+/// It runs coroutines and wakes them when the fds, timers or thread-pool
+/// jobs they wait for are ready. Each thread runs its own loop; the loop
+/// running [`block_on`](EventLoop::block_on) or [`poll`](EventLoop::poll)
+/// is the *current* loop of its thread, the one the free functions of
+/// [`aio`](crate::aio) use. Clones name the same loop.
+///
+/// Dropping the last clone unwinds the coroutines it spawned that have not
+/// finished (their destructors run) and drops queued bottom halves.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::time::{Duration, Instant};
+///
+/// let lp = EventLoop::new().unwrap();
+/// let t = Instant::now();
+/// let sum = lp.block_on(|| {
+///     let a = aio::spawn(|| aio::sleep(Duration::from_millis(20)));
+///     aio::sleep(Duration::from_millis(20)); // overlaps with `a`
+///     while !a.is_finished() {
+///         aio::sleep(Duration::from_millis(1));
+///     }
+///     1 + 1
+/// });
+/// assert_eq!(sum, 2);
+/// assert!(t.elapsed() < Duration::from_millis(1000));
+/// ```
+#[derive(Clone)]
+pub struct EventLoop {
+    owner: Rc<Owner>,
+}
+
+impl EventLoop {
+    /// Creates a loop: an epoll instance and an eventfd for cross-thread
+    /// notifications. io_uring, for [`fs`](crate::fs), is set up on first
+    /// use, unless `COSTACK_NO_IO_URING=1` is set or the kernel refuses it.
+    ///
+    /// # Errors
+    /// If the epoll instance or eventfd cannot be created (fd limits).
+    pub fn new() -> io::Result<EventLoop> {
+        Self::with_uring(UringState::new(true))
+    }
+
+    /// As [`new`](EventLoop::new), but [`fs`](crate::fs) I/O always goes
+    /// to the thread pool, never to io_uring.
+    pub fn without_io_uring() -> io::Result<EventLoop> {
+        Self::with_uring(UringState::new(false))
+    }
+
+    fn with_uring(uring: UringState) -> io::Result<EventLoop> {
+        let epoll = sys::epoll_create()?;
+        let remote = Arc::new(Remote::new()?);
+        sys::epoll_ctl(
+            &epoll,
+            libc::EPOLL_CTL_ADD,
+            remote.efd.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            TOKEN_NOTIFY,
+        )?;
+        let mailbox = mailbox();
+        let inner = Rc::new_cyclic(|weak: &Weak<Inner>| Inner {
+            epoll,
+            remote: remote.clone(),
+            mailbox: mailbox.clone(),
+            run_queue: RefCell::new(VecDeque::new()),
+            bhs: RefCell::new(VecDeque::new()),
+            timers: RefCell::new(Timers::default()),
+            fds: RefCell::new(HashMap::new()),
+            tasks: RefCell::new(Tasks::default()),
+            home: Rc::new(LoopHome(weak.clone())),
+            events: RefCell::new(Vec::with_capacity(256)),
+            uring,
+            busy_ticks: Cell::new(0),
+            closed: Cell::new(false),
+        });
+        // Cross-thread wakes of this thread's coroutines notify this loop.
+        mailbox.set_notify(Some(Arc::new(move || remote.notify())));
+        Ok(EventLoop {
+            owner: Rc::new(Owner { inner }),
+        })
+    }
+
+    pub(crate) fn inner(&self) -> &Rc<Inner> {
+        &self.owner.inner
+    }
+
+    /// Runs `f` in a coroutine on this loop, and the loop until `f`
+    /// returns; returns its value. A panic in `f` is resumed here; a panic
+    /// in another coroutine or a bottom half propagates out of `block_on`
+    /// (the loop stays usable).
+    ///
+    /// If `f` waits for something that can never happen, `block_on` waits
+    /// forever, as a thread would.
+    pub fn block_on<T: 'static, F: FnOnce() -> T + 'static>(&self, f: F) -> T {
+        let result: Rc<Cell<Option<std::thread::Result<T>>>> = Rc::new(Cell::new(None));
+        let slot = result.clone();
+        self.spawn(move || slot.set(Some(panic::catch_unwind(AssertUnwindSafe(f)))));
+        loop {
+            if let Some(r) = result.take() {
+                return r.unwrap_or_else(|p| panic::resume_unwind(p));
+            }
+            self.poll(true);
+        }
+    }
+
+    /// Spawns a coroutine running `f` on this loop; it starts in a coming
+    /// iteration. The loop owns it until it finishes: dropping the returned
+    /// handle does not cancel it. A panic in it propagates out of
+    /// [`poll`](EventLoop::poll) (or `block_on`).
+    ///
+    /// # Panics
+    /// If no coroutine stack can be allocated.
+    pub fn spawn<F: FnOnce() + 'static>(&self, f: F) -> Coroutine {
+        self.inner().spawn(f)
+    }
+
+    /// Runs `f` on this loop, outside any coroutine, in a coming iteration
+    /// (a bottom half); the thread-local counterpart of
+    /// [`LoopHandle::call_soon`].
+    pub fn call_soon<F: FnOnce() + 'static>(&self, f: F) {
+        self.inner().call_soon_local(Box::new(f));
+    }
+
+    /// Runs one iteration of the loop (aio_poll): due timers, bottom
+    /// halves, runnable coroutines, and fd events. With `blocking`, waits
+    /// until at least one of those made progress; without, never waits.
+    /// Returns whether anything made progress.
+    ///
+    /// A panic in a coroutine or bottom half propagates out of `poll`;
+    /// work not yet run stays queued for the next call.
+    pub fn poll(&self, blocking: bool) -> bool {
+        let inner = self.inner();
+        let _current = CurrentGuard::enter(inner);
+        let mut progress = inner.dispatch();
+        loop {
+            let timeout = if progress || !blocking {
+                // Busy: ask epoll only every few iterations, so coroutines
+                // waking each other do not pay a syscall per switch.
+                // Cross-thread posts are seen without it (`dispatch` checks
+                // the notification flag).
+                if progress {
+                    let ticks = inner.busy_ticks.get().wrapping_add(1);
+                    inner.busy_ticks.set(ticks);
+                    if ticks % 32 != 0 {
+                        return true;
+                    }
+                }
+                0
+            } else {
+                match inner.timers.borrow_mut().next_deadline() {
+                    Some(d) => sys::ms_ceil(d.saturating_duration_since(Instant::now())),
+                    None => -1,
+                }
+            };
+            inner.busy_ticks.set(0);
+            match inner.wait_events(timeout) {
+                Ok(p) => progress |= p,
+                Err(e) => panic!("costack: epoll_wait failed: {e}"),
+            }
+            progress |= inner.dispatch();
+            if progress || !blocking {
+                return progress;
+            }
+        }
+    }
+
+    /// A thread-safe handle to post work to this loop from other threads.
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle {
+            remote: self.inner().remote.clone(),
+        }
+    }
+
+    /// How many spawned coroutines have not finished yet.
+    pub fn task_count(&self) -> usize {
+        self.inner().tasks.borrow().len
+    }
+
+    /// Whether [`fs`](crate::fs) I/O of this loop goes through io_uring
+    /// (probing the kernel on first call), rather than the thread pool.
+    pub fn uses_io_uring(&self) -> bool {
+        self.inner().uring.available(self.inner())
+    }
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = self.inner();
+        f.debug_struct("EventLoop")
+            .field("epoll", &inner.epoll.as_raw_fd())
+            .field("tasks", &inner.tasks.borrow().len)
+            .field("run_queue", &inner.run_queue.borrow().len())
+            .finish()
+    }
+}

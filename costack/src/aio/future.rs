@@ -1,0 +1,60 @@
+//! Driving a `std::future::Future` from a coroutine.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake};
+
+use super::waker::Waker;
+
+struct FutureWaker {
+    woken: AtomicBool,
+    co: Waker,
+}
+
+impl Wake for FutureWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        // Woken from inside its own poll: the coroutine sees the flag when
+        // poll returns; waking it too would only re-enter it at once.
+        if !self.co.is_current() {
+            self.co.wake();
+        }
+    }
+}
+
+/// Polls `future` to completion in the calling coroutine, yielding to the
+/// loop while it is pending. Its `std::task::Waker` is `Send`: waking it
+/// from any thread re-enters the coroutine on its own loop.
+pub(crate) fn block_on_future<F: Future>(inner: &std::rc::Rc<super::event_loop::Inner>, future: F) -> F::Output {
+    let me = crate::current().expect("checked by the caller");
+    inner.adopt(&me);
+    let fw = Arc::new(FutureWaker {
+        woken: AtomicBool::new(false),
+        co: Waker::for_coroutine(&me),
+    });
+    let waker = std::task::Waker::from(fw.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        fw.woken.store(false, Ordering::Release);
+        if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
+            return v;
+        }
+        if fw.woken.load(Ordering::Acquire) {
+            // It woke itself (a yielding future): let the loop run the
+            // rest of its work once before polling again.
+            inner.schedule(&me);
+            crate::yield_now();
+            continue;
+        }
+        while !fw.woken.load(Ordering::Acquire) {
+            crate::yield_now();
+        }
+    }
+}

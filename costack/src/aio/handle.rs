@@ -1,0 +1,127 @@
+//! The thread-safe side of a loop: its eventfd and the queue of bottom
+//! halves posted from other threads (QEMU's aio_notify and the BH list).
+
+use std::fmt;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use super::sys;
+
+type RemoteBh = Box<dyn FnOnce() + Send>;
+
+pub(crate) struct Remote {
+    pub(crate) efd: OwnedFd,
+    /// Set by the first notification since the loop last looked; later
+    /// ones skip the eventfd write (coalescing).
+    notified: AtomicBool,
+    queue: Mutex<Vec<RemoteBh>>,
+    closed: AtomicBool,
+}
+
+impl Remote {
+    pub(crate) fn new() -> std::io::Result<Remote> {
+        Ok(Remote {
+            efd: sys::eventfd()?,
+            notified: AtomicBool::new(false),
+            queue: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Wakes the loop (aio_notify): one eventfd write per batch.
+    pub(crate) fn notify(&self) {
+        if !self.notified.swap(true, Ordering::AcqRel) {
+            sys::eventfd_write(self.efd.as_raw_fd());
+        }
+    }
+
+    /// Whether a notification is pending; a cheap check the loop makes
+    /// every iteration so it need not wait for epoll to report it.
+    pub(crate) fn is_notified(&self) -> bool {
+        self.notified.load(Ordering::Acquire)
+    }
+
+    /// Consumes the pending notification and returns the posted bottom
+    /// halves. The flag is cleared before the queue is read, so a post
+    /// racing with us either is taken now or notifies again.
+    pub(crate) fn take(&self) -> Vec<RemoteBh> {
+        self.notified.store(false, Ordering::SeqCst);
+        sys::eventfd_drain(self.efd.as_raw_fd());
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub(crate) fn post(&self, f: RemoteBh) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).push(f);
+        self.notify();
+    }
+
+    /// The loop is gone: later posts are dropped, queued ones too.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let dropped = std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(dropped);
+    }
+}
+
+/// A thread-safe handle to an [`EventLoop`](super::EventLoop): posts work
+/// to it from any thread.
+///
+/// Each post is one push onto the loop's cross-thread queue; the loop's
+/// eventfd is written only by the first post since the loop last drained
+/// the queue, so a burst of posts costs one wake-up. Work posted after the
+/// loop was dropped is dropped (on the posting thread).
+///
+/// ```
+/// use costack::aio::EventLoop;
+/// use std::sync::mpsc;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let handle = lp.handle();
+/// let (tx, rx) = mpsc::channel();
+/// let t = std::thread::spawn(move || {
+///     handle.call_soon(move || tx.send(std::thread::current().id()).unwrap());
+/// });
+/// t.join().unwrap();
+/// while lp.poll(false) {}
+/// assert_eq!(rx.recv().unwrap(), std::thread::current().id());
+/// ```
+#[derive(Clone)]
+pub struct LoopHandle {
+    pub(crate) remote: Arc<Remote>,
+}
+
+impl LoopHandle {
+    /// Runs `f` on the loop's thread, outside any coroutine, in a coming
+    /// iteration of the loop (a bottom half: aio_bh_schedule_oneshot).
+    /// A panic in `f` propagates out of the loop's
+    /// [`poll`](super::EventLoop::poll).
+    pub fn call_soon<F: FnOnce() + Send + 'static>(&self, f: F) {
+        self.remote.post(Box::new(f));
+    }
+
+    /// Runs `f` in a new coroutine spawned on the loop (as
+    /// [`EventLoop::spawn`](super::EventLoop::spawn) there).
+    pub fn spawn<F: FnOnce() + Send + 'static>(&self, f: F) {
+        self.call_soon(move || {
+            let inner = super::event_loop::current_inner().expect("bottom halves run on their loop");
+            inner.spawn(f);
+        });
+    }
+
+    /// Whether both handles name the same loop.
+    pub fn same_loop(&self, other: &LoopHandle) -> bool {
+        Arc::ptr_eq(&self.remote, &other.remote)
+    }
+}
+
+impl fmt::Debug for LoopHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopHandle")
+            .field("efd", &self.remote.efd.as_raw_fd())
+            .finish()
+    }
+}

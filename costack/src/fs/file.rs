@@ -1,0 +1,333 @@
+//! The file type.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::rc::Rc;
+
+use io_uring::{opcode, types};
+
+use super::OpenOptions;
+use crate::aio::{self, sys::cvt, Inner};
+
+/// The loop to do I/O on: the current one, from a coroutine on it.
+fn loop_context() -> Option<Rc<Inner>> {
+    if crate::in_coroutine() {
+        aio::current_inner()
+    } else {
+        None
+    }
+}
+
+/// Runs a blocking call: on the thread pool from a coroutine on a loop,
+/// else right here.
+pub(super) fn blocking<T: Send, F: FnOnce() -> T + Send>(f: F) -> T {
+    match loop_context() {
+        Some(inner) => aio::run_borrowed(&inner, f),
+        None => f(),
+    }
+}
+
+/// Largest single request (Linux caps one read/write at about 2 GiB).
+const MAX_IO: usize = 1 << 30;
+
+/// A file with coroutine I/O (see the [module documentation](super)).
+///
+/// `Send + Sync`; all I/O is positional, so coroutines may share `&File`.
+pub struct File {
+    inner: std::fs::File,
+}
+
+impl File {
+    /// Opens `path` read-only.
+    ///
+    /// # Errors
+    /// As `open(2)`.
+    pub fn open<P: AsRef<Path>>(path: P) -> io::Result<Self> {
+        OpenOptions::new().read(true).open(path)
+    }
+
+    /// Opens `path` for reading and writing, creating it or truncating it.
+    ///
+    /// # Errors
+    /// As `open(2)`.
+    pub fn create<P: AsRef<Path>>(path: P) -> io::Result<Self> {
+        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
+    }
+
+    /// Options to open a file with (such as `O_DIRECT`).
+    pub fn options() -> OpenOptions {
+        OpenOptions::new()
+    }
+
+    /// Wraps an open std file.
+    pub fn from_std(file: std::fs::File) -> File {
+        File { inner: file }
+    }
+
+    /// The std file.
+    pub fn into_std(self) -> std::fs::File {
+        self.inner
+    }
+
+    /// Reads at `offset`; returns how many bytes were read (0 at the end).
+    ///
+    /// # Errors
+    /// As `pread(2)`.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let len = buf.len().min(MAX_IO);
+        let Some(inner) = loop_context() else {
+            return self.inner.read_at(&mut buf[..len], offset);
+        };
+        if inner.uring.available(&inner) {
+            let e = opcode::Read::new(types::Fd(self.as_raw_fd()), buf.as_mut_ptr(), len as u32)
+                .offset(offset)
+                .build();
+            // SAFETY: `buf` is borrowed mutably for this whole call, and
+            // `run` does not return before the kernel is done with it.
+            return unsafe { inner.uring.run(&inner, e) }.map(|n| n as usize);
+        }
+        let f = &self.inner;
+        aio::run_borrowed(&inner, move || f.read_at(&mut buf[..len], offset))
+    }
+
+    /// Writes at `offset`; returns how many bytes were written.
+    ///
+    /// # Errors
+    /// As `pwrite(2)`.
+    pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
+        let len = buf.len().min(MAX_IO);
+        let Some(inner) = loop_context() else {
+            return self.inner.write_at(&buf[..len], offset);
+        };
+        if inner.uring.available(&inner) {
+            let e = opcode::Write::new(types::Fd(self.as_raw_fd()), buf.as_ptr(), len as u32)
+                .offset(offset)
+                .build();
+            // SAFETY: `buf` is borrowed for this whole call, and `run` does
+            // not return before the kernel is done with it.
+            return unsafe { inner.uring.run(&inner, e) }.map(|n| n as usize);
+        }
+        let f = &self.inner;
+        aio::run_borrowed(&inner, move || f.write_at(&buf[..len], offset))
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the file ends first; else as `pread(2)`.
+    pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.read_at(buf, offset) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")),
+                Ok(n) => {
+                    buf = &mut buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes all of `buf` at `offset`.
+    ///
+    /// # Errors
+    /// `WriteZero` if the file takes no more; else as `pwrite(2)`.
+    pub fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+        while !buf.is_empty() {
+            match self.write_at(buf, offset) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer")),
+                Ok(n) => {
+                    buf = &buf[n..];
+                    offset += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    fn fsync(&self, data_only: bool) -> io::Result<()> {
+        let Some(inner) = loop_context() else {
+            return if data_only { self.inner.sync_data() } else { self.inner.sync_all() };
+        };
+        if inner.uring.available(&inner) {
+            let flags = if data_only {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            let e = opcode::Fsync::new(types::Fd(self.as_raw_fd())).flags(flags).build();
+            // SAFETY: the request refers to no memory.
+            return unsafe { inner.uring.run(&inner, e) }.map(drop);
+        }
+        let f = &self.inner;
+        aio::run_borrowed(&inner, move || if data_only { f.sync_data() } else { f.sync_all() })
+    }
+
+    /// Flushes written data to the device (`fdatasync`).
+    ///
+    /// # Errors
+    /// As `fdatasync(2)`.
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.fsync(true)
+    }
+
+    /// Flushes written data and metadata to the device (`fsync`).
+    ///
+    /// # Errors
+    /// As `fsync(2)`.
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.fsync(false)
+    }
+
+    /// The file's size in bytes.
+    ///
+    /// # Errors
+    /// As `fstat(2)`.
+    pub fn len(&self) -> io::Result<u64> {
+        Ok(self.inner.metadata()?.len())
+    }
+
+    /// Whether the file is empty.
+    ///
+    /// # Errors
+    /// As `fstat(2)`.
+    pub fn is_empty(&self) -> io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Truncates or extends the file to `len` bytes (on the thread pool).
+    ///
+    /// # Errors
+    /// As `ftruncate(2)`.
+    pub fn set_len(&self, len: u64) -> io::Result<()> {
+        let f = &self.inner;
+        blocking(move || f.set_len(len))
+    }
+
+    fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+        let Some(inner) = loop_context() else {
+            return fallocate(self.as_raw_fd(), mode, offset, len);
+        };
+        if inner.uring.has_fallocate(&inner) {
+            let e = opcode::Fallocate::new(types::Fd(self.as_raw_fd()), len)
+                .offset(offset)
+                .mode(mode)
+                .build();
+            // SAFETY: the request refers to no memory.
+            return unsafe { inner.uring.run(&inner, e) }.map(drop);
+        }
+        let fd = self.as_raw_fd();
+        aio::run_borrowed(&inner, move || fallocate(fd, mode, offset, len))
+    }
+
+    /// Deallocates `[offset, offset + len)`: it reads as zeroes afterwards
+    /// and the file keeps its size (`fallocate(PUNCH_HOLE | KEEP_SIZE)`;
+    /// NBD's TRIM).
+    ///
+    /// # Errors
+    /// As `fallocate(2)`; `Unsupported`-like errors (`EOPNOTSUPP`) on file
+    /// systems without holes.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    }
+
+    /// Zeroes `[offset, offset + len)` without writing data, keeping the
+    /// size (`fallocate(ZERO_RANGE | KEEP_SIZE)`; NBD's WRITE_ZEROES).
+    ///
+    /// # Errors
+    /// As `fallocate(2)`; `EOPNOTSUPP` where the file system cannot.
+    pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+    }
+
+    /// The first offset at or after `offset` that holds data, or `None` if
+    /// there is only a hole up to the end (`lseek(SEEK_DATA)`; NBD's
+    /// BLOCK_STATUS).
+    ///
+    /// # Errors
+    /// As `lseek(2)`.
+    pub fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        match lseek(self.as_raw_fd(), offset, libc::SEEK_DATA) {
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// The first offset at or after `offset` in a hole; the end of the file
+    /// counts as one (`lseek(SEEK_HOLE)`).
+    ///
+    /// # Errors
+    /// As `lseek(2)`; `ENXIO` when `offset` is past the end.
+    pub fn seek_hole(&self, offset: u64) -> io::Result<u64> {
+        lseek(self.as_raw_fd(), offset, libc::SEEK_HOLE)
+    }
+}
+
+fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (to_off(offset)?, to_off(len)?);
+    loop {
+        // SAFETY: plain syscall on a borrowed fd.
+        match cvt(unsafe { libc::fallocate(fd, mode, offset, len) }) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r.map(drop),
+        }
+    }
+}
+
+fn lseek(fd: RawFd, offset: u64, whence: i32) -> io::Result<u64> {
+    // SAFETY: plain syscall on a borrowed fd. The file position it moves
+    // is not used by this type's positional I/O.
+    let r = unsafe { libc::lseek(fd, to_off(offset)?, whence) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u64)
+    }
+}
+
+fn to_off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
+}
+
+impl AsFd for File {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl AsRawFd for File {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl IntoRawFd for File {
+    fn into_raw_fd(self) -> RawFd {
+        self.inner.into_raw_fd()
+    }
+}
+
+impl From<File> for OwnedFd {
+    fn from(f: File) -> OwnedFd {
+        f.inner.into()
+    }
+}
+
+impl From<std::fs::File> for File {
+    fn from(f: std::fs::File) -> File {
+        File::from_std(f)
+    }
+}
+
+impl fmt::Debug for File {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("File").field("fd", &self.as_raw_fd()).finish()
+    }
+}

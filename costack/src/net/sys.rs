@@ -1,0 +1,149 @@
+//! Socket addresses and non-blocking connect.
+
+use std::io;
+use std::mem;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::aio::io::Direction;
+use crate::aio::sys::cvt;
+
+/// A socket address in the C layout, with its length.
+pub(crate) struct RawAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawAddr {
+    pub(crate) fn inet(addr: &SocketAddr) -> RawAddr {
+        // SAFETY: sockaddr_storage is plain data; all zeroes is valid.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(a) => {
+                let sin = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: a.port().to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_ne_bytes(a.ip().octets()),
+                    },
+                    sin_zero: [0; 8],
+                };
+                // SAFETY: sockaddr_storage is larger than and aligned for
+                // any sockaddr type.
+                unsafe { (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>().write(sin) };
+                mem::size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(a) => {
+                let sin6 = libc::sockaddr_in6 {
+                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                    sin6_port: a.port().to_be(),
+                    sin6_flowinfo: a.flowinfo(),
+                    sin6_addr: libc::in6_addr {
+                        s6_addr: a.ip().octets(),
+                    },
+                    sin6_scope_id: a.scope_id(),
+                };
+                // SAFETY: as above.
+                unsafe { (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>().write(sin6) };
+                mem::size_of::<libc::sockaddr_in6>()
+            }
+        };
+        RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    pub(crate) fn unix(path: &Path) -> io::Result<RawAddr> {
+        // SAFETY: plain data; all zeroes is valid.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
+        let sun = unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+        let bytes = path.as_os_str().as_bytes();
+        if bytes.contains(&0) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"));
+        }
+        if bytes.len() >= sun.sun_path.len() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+        }
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in sun.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let len = mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+        Ok(RawAddr {
+            storage,
+            len: len as libc::socklen_t,
+        })
+    }
+
+    fn family(&self) -> libc::c_int {
+        self.storage.ss_family as libc::c_int
+    }
+}
+
+/// A new non-blocking stream socket of `addr`'s family, connected to it;
+/// waits for the connection (or `timeout`) like the other calls.
+pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success we own the new descriptor.
+    let fd = cvt(unsafe {
+        libc::socket(
+            addr.family(),
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: just created, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    loop {
+        // SAFETY: `addr` holds a valid sockaddr of `len` bytes.
+        let r = unsafe {
+            libc::connect(
+                fd.as_raw_fd(),
+                (&addr.storage as *const libc::sockaddr_storage).cast(),
+                addr.len,
+            )
+        };
+        if r == 0 {
+            return Ok(fd);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EINPROGRESS) => break,
+            // A Unix socket whose listener's backlog is full: try again
+            // shortly (there is no readiness to wait for).
+            Some(libc::EAGAIN) if addr.family() == libc::AF_UNIX => {
+                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                if crate::in_coroutine() && crate::aio::current_inner().is_some() {
+                    crate::aio::sleep(std::time::Duration::from_millis(1));
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            _ => return Err(e),
+        }
+    }
+    super::wait(fd.as_raw_fd(), Direction::Write, deadline)?;
+    let mut err: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err`/`len` are a valid out-buffer for SO_ERROR.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err));
+    }
+    Ok(fd)
+}

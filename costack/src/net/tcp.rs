@@ -1,0 +1,288 @@
+//! TCP sockets.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{self, Shutdown, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use super::sys::{connect, RawAddr};
+use super::{impl_stream_io, retry, Timeout};
+use crate::aio::io::Direction;
+
+/// A TCP listening socket whose [`accept`](TcpListener::accept) yields to
+/// the event loop (see the [module documentation](super)).
+///
+/// `Send + Sync`: a listener may be created on one thread and moved to
+/// another; accept calls then use that thread's loop.
+pub struct TcpListener {
+    inner: net::TcpListener,
+}
+
+impl TcpListener {
+    /// Binds a listening socket to the first of `addr`'s addresses that
+    /// works (as std; resolving a host name may block the thread).
+    ///
+    /// # Errors
+    /// As `std::net::TcpListener::bind`.
+    pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<Self> {
+        Self::from_std(net::TcpListener::bind(addr)?)
+    }
+
+    /// Wraps a std listener, making it non-blocking.
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking.
+    pub fn from_std(listener: net::TcpListener) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener { inner: listener })
+    }
+
+    /// The std listener (non-blocking).
+    pub fn into_std(self) -> net::TcpListener {
+        self.inner
+    }
+
+    /// Accepts a connection, waiting for one.
+    ///
+    /// # Errors
+    /// As `accept(2)`.
+    pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (s, addr) = retry(self.as_raw_fd(), Direction::Read, None, || self.inner.accept())?;
+        Ok((TcpStream::from_std(s)?, addr))
+    }
+
+    /// The address the listener is bound to.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// Sets the IP time-to-live of accepted sockets.
+    ///
+    /// # Errors
+    /// As `setsockopt(2)`.
+    pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
+        self.inner.set_ttl(ttl)
+    }
+}
+
+impl AsFd for TcpListener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl From<TcpListener> for OwnedFd {
+    fn from(l: TcpListener) -> OwnedFd {
+        l.inner.into()
+    }
+}
+
+impl fmt::Debug for TcpListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpListener")
+            .field("addr", &self.inner.local_addr().ok())
+            .field("fd", &self.as_raw_fd())
+            .finish()
+    }
+}
+
+/// A TCP connection whose reads, writes and connect yield to the event
+/// loop (see the [module documentation](super)).
+///
+/// `Read` and `Write` are implemented for `TcpStream` and `&TcpStream`.
+/// `Send + Sync`, like std's.
+pub struct TcpStream {
+    inner: net::TcpStream,
+    read_timeout: Timeout,
+    write_timeout: Timeout,
+}
+
+impl TcpStream {
+    /// Connects to the first of `addr`'s addresses that accepts, waiting
+    /// for the connection to be established.
+    ///
+    /// # Errors
+    /// The last address's error; `InvalidInput` if there were none.
+    pub fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<Self> {
+        Self::connect_each(addr, None)
+    }
+
+    /// As [`connect`](TcpStream::connect), giving up on each address after
+    /// `timeout` with `ErrorKind::TimedOut`.
+    ///
+    /// # Errors
+    /// As `connect`, or `TimedOut`.
+    pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<Self> {
+        Self::connect_each(addr, Some(timeout))
+    }
+
+    fn connect_each<A: ToSocketAddrs>(addr: A, timeout: Option<Duration>) -> io::Result<Self> {
+        let mut last = io::Error::new(io::ErrorKind::InvalidInput, "no addresses to connect to");
+        for a in addr.to_socket_addrs()? {
+            match connect(&RawAddr::inet(&a), timeout) {
+                Ok(fd) => return Ok(Self::from_nonblocking(net::TcpStream::from(fd))),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    fn from_nonblocking(inner: net::TcpStream) -> TcpStream {
+        TcpStream {
+            inner,
+            read_timeout: Timeout::default(),
+            write_timeout: Timeout::default(),
+        }
+    }
+
+    /// Wraps a std stream, making it non-blocking.
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking.
+    pub fn from_std(stream: net::TcpStream) -> io::Result<Self> {
+        stream.set_nonblocking(true)?;
+        Ok(Self::from_nonblocking(stream))
+    }
+
+    /// The std stream (non-blocking).
+    pub fn into_std(self) -> net::TcpStream {
+        self.inner
+    }
+
+    /// Shuts down the read half, write half or both. Coroutines waiting
+    /// to read from the stream wake up and read EOF.
+    ///
+    /// # Errors
+    /// As `shutdown(2)`.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.inner.shutdown(how)
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// As `getpeername(2)`.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.peer_addr()
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// As `getsockname(2)`.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// Sets `TCP_NODELAY` (no Nagle delay for small writes).
+    ///
+    /// # Errors
+    /// As `setsockopt(2)`.
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.inner.set_nodelay(nodelay)
+    }
+
+    /// Whether `TCP_NODELAY` is set.
+    ///
+    /// # Errors
+    /// As `getsockopt(2)`.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        self.inner.nodelay()
+    }
+
+    /// Makes reads that wait longer than `timeout` fail with
+    /// `ErrorKind::TimedOut` (`None`: wait as long as it takes).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero duration, as std.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.read_timeout.set(timeout)
+    }
+
+    /// Makes writes that wait longer than `timeout` fail with
+    /// `ErrorKind::TimedOut`.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a zero duration, as std.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.write_timeout.set(timeout)
+    }
+
+    /// The read timeout.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        self.read_timeout.get()
+    }
+
+    /// The write timeout.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        self.write_timeout.get()
+    }
+
+    /// Reads without consuming (`MSG_PEEK`), waiting for data.
+    ///
+    /// # Errors
+    /// As `recv(2)`.
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        retry(self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
+            self.inner.peek(buf)
+        })
+    }
+
+    fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
+        retry(self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
+            (&self.inner).read(buf)
+        })
+    }
+
+    fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
+        retry(self.as_raw_fd(), Direction::Write, self.write_timeout.get(), || {
+            (&self.inner).write(buf)
+        })
+    }
+}
+
+impl_stream_io!(TcpStream);
+
+impl AsFd for TcpStream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.inner.as_fd()
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inner.as_raw_fd()
+    }
+}
+
+impl IntoRawFd for TcpStream {
+    fn into_raw_fd(self) -> RawFd {
+        self.inner.into_raw_fd()
+    }
+}
+
+impl From<TcpStream> for OwnedFd {
+    fn from(s: TcpStream) -> OwnedFd {
+        s.inner.into()
+    }
+}
+
+impl fmt::Debug for TcpStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpStream")
+            .field("local", &self.inner.local_addr().ok())
+            .field("peer", &self.inner.peer_addr().ok())
+            .field("fd", &self.as_raw_fd())
+            .finish()
+    }
+}

@@ -1,0 +1,581 @@
+//! The event loop: block_on, spawn, timers, bottom halves, threads,
+//! run_blocking, wait_future, shutdown.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::task::{Context, Poll};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use costack::aio::{self, EventLoop, LoopHandle, Waker};
+use costack::{yield_now, Coroutine};
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::from("<non-string panic>")
+    }
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync + Clone>() {}
+    check::<LoopHandle>();
+    check::<Waker>();
+}
+
+#[test]
+fn block_on_returns_value() {
+    let lp = EventLoop::new().unwrap();
+    assert_eq!(lp.block_on(|| 40 + 2), 42);
+    let s = lp.block_on(|| String::from("again"));
+    assert_eq!(s, "again");
+    assert_eq!(lp.task_count(), 0);
+}
+
+#[test]
+fn block_on_runs_in_a_coroutine() {
+    let lp = EventLoop::new().unwrap();
+    assert!(lp.block_on(costack::in_coroutine));
+}
+
+#[test]
+fn block_on_resumes_panic() {
+    let lp = EventLoop::new().unwrap();
+    let r = catch_unwind(AssertUnwindSafe(|| lp.block_on(|| -> u32 { panic!("boom in block_on") })));
+    let p = r.unwrap_err();
+    assert_eq!(panic_message(&*p), "boom in block_on");
+    // The loop is still usable.
+    assert_eq!(lp.block_on(|| 7), 7);
+}
+
+#[test]
+fn clone_is_same_loop() {
+    let lp = EventLoop::new().unwrap();
+    let lp2 = lp.clone();
+    let ran = Rc::new(Cell::new(false));
+    let r = ran.clone();
+    lp2.spawn(move || r.set(true));
+    assert_eq!(lp.task_count(), 1);
+    while lp.poll(false) {}
+    assert!(ran.get());
+    assert!(lp.handle().same_loop(&lp2.handle()));
+}
+
+#[test]
+fn poll_reports_progress() {
+    let lp = EventLoop::new().unwrap();
+    assert!(!lp.poll(false));
+    let ran = Rc::new(Cell::new(0));
+    let r = ran.clone();
+    lp.call_soon(move || r.set(r.get() + 1));
+    assert!(lp.poll(false));
+    assert_eq!(ran.get(), 1);
+    assert!(!lp.poll(false));
+    // A blocking poll waits for the timer.
+    let t = Instant::now();
+    lp.spawn(|| aio::sleep(Duration::from_millis(30)));
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    assert!(t.elapsed() >= Duration::from_millis(30));
+}
+
+#[test]
+fn sleepers_overlap() {
+    let lp = EventLoop::new().unwrap();
+    let t = Instant::now();
+    lp.block_on(|| {
+        let a = aio::spawn(|| aio::sleep(Duration::from_millis(200)));
+        let b = aio::spawn(|| aio::sleep(Duration::from_millis(200)));
+        while !(a.is_finished() && b.is_finished()) {
+            aio::sleep(Duration::from_millis(5));
+        }
+    });
+    let e = t.elapsed();
+    assert!(e >= Duration::from_millis(200), "{e:?}");
+    assert!(e < Duration::from_millis(390), "sleeps did not overlap: {e:?}");
+}
+
+#[test]
+fn thousand_sleepers_finish_on_time() {
+    let lp = EventLoop::new().unwrap();
+    let done = Rc::new(Cell::new(0));
+    let late = Rc::new(Cell::new(Duration::ZERO));
+    let t = Instant::now();
+    for i in 0..1000u64 {
+        let (done, late) = (done.clone(), late.clone());
+        lp.spawn(move || {
+            let want = Duration::from_millis(50 + i % 100);
+            let start = Instant::now();
+            aio::sleep(want);
+            let got = start.elapsed();
+            assert!(got >= want, "woke early: {got:?} < {want:?}");
+            late.set(late.get().max(got - want));
+            done.set(done.get() + 1);
+        });
+    }
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    assert_eq!(done.get(), 1000);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert!(late.get() < Duration::from_secs(1), "latest wake-up {:?} late", late.get());
+}
+
+#[test]
+fn timers_fire_in_deadline_order() {
+    let lp = EventLoop::new().unwrap();
+    let order = Rc::new(RefCell::new(Vec::new()));
+    for (i, ms) in [(0, 60u64), (1, 20), (2, 40), (3, 1)] {
+        let order = order.clone();
+        lp.spawn(move || {
+            aio::sleep(Duration::from_millis(ms));
+            order.borrow_mut().push(i);
+        });
+    }
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    assert_eq!(*order.borrow(), [3, 1, 2, 0]);
+}
+
+#[test]
+fn spawned_handle_may_be_dropped() {
+    let lp = EventLoop::new().unwrap();
+    let steps = Rc::new(Cell::new(0));
+    let s = steps.clone();
+    drop(lp.spawn(move || {
+        s.set(1);
+        aio::sleep(Duration::from_millis(5));
+        s.set(2);
+    }));
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    assert_eq!(steps.get(), 2);
+}
+
+#[test]
+fn spawn_starts_on_next_iteration() {
+    let lp = EventLoop::new().unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    let l = log.clone();
+    lp.block_on(move || {
+        let l2 = l.clone();
+        let co = aio::spawn(move || l2.borrow_mut().push("child"));
+        l.borrow_mut().push("parent");
+        while !co.is_finished() {
+            aio::schedule(&costack::current().unwrap());
+            yield_now();
+        }
+    });
+    assert_eq!(*log.borrow(), ["parent", "child"]);
+}
+
+#[test]
+fn schedule_coalesces() {
+    let lp = EventLoop::new().unwrap();
+    let runs = Rc::new(Cell::new(0));
+    let r = runs.clone();
+    let co = Coroutine::new(move || loop {
+        r.set(r.get() + 1);
+        yield_now();
+    });
+    co.enter();
+    assert_eq!(runs.get(), 1);
+    lp.block_on({
+        let co = co.clone();
+        move || {
+            aio::schedule(&co);
+            aio::schedule(&co);
+            aio::schedule(&co);
+            aio::sleep(Duration::from_millis(5));
+        }
+    });
+    assert_eq!(runs.get(), 2);
+}
+
+#[test]
+fn wake_outside_coroutine_schedules_on_home_loop() {
+    let lp = EventLoop::new().unwrap();
+    let steps = Rc::new(Cell::new(0));
+    let s = steps.clone();
+    let co = lp.spawn(move || {
+        s.set(1);
+        yield_now(); // wait for an explicit wake
+        s.set(2);
+    });
+    lp.poll(false);
+    assert_eq!(steps.get(), 1);
+    co.wake(); // outside any coroutine: scheduled, not entered
+    assert_eq!(steps.get(), 1);
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    assert_eq!(steps.get(), 2);
+}
+
+#[test]
+fn call_soon_from_other_thread_runs_on_loop_thread() {
+    let lp = EventLoop::new().unwrap();
+    let h = lp.handle();
+    let (tx, rx) = mpsc::channel();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let t = thread::spawn(move || {
+        for _ in 0..1000 {
+            let tx = tx.clone();
+            let c = c.clone();
+            h.call_soon(move || {
+                c.fetch_add(1, Ordering::SeqCst);
+                tx.send(thread::current().id()).unwrap();
+            });
+        }
+    });
+    let me = thread::current().id();
+    let mut seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen < 1000 {
+        assert!(Instant::now() < deadline, "bottom halves lost: {seen}");
+        lp.poll(true);
+        while let Ok(id) = rx.try_recv() {
+            assert_eq!(id, me);
+            seen += 1;
+        }
+    }
+    t.join().unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 1000);
+}
+
+#[test]
+fn spawn_from_other_thread_runs_on_loop_thread() {
+    let lp = EventLoop::new().unwrap();
+    let h = lp.handle();
+    let (tx, rx) = mpsc::channel();
+    let t = thread::spawn(move || {
+        h.spawn(move || {
+            assert!(costack::in_coroutine());
+            aio::sleep(Duration::from_millis(1));
+            tx.send(thread::current().id()).unwrap();
+        });
+    });
+    t.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let id = loop {
+        if let Ok(id) = rx.try_recv() {
+            break id;
+        }
+        assert!(Instant::now() < deadline);
+        lp.poll(true);
+    };
+    assert_eq!(id, thread::current().id());
+}
+
+#[test]
+fn waker_from_other_thread_resumes_on_loop_thread() {
+    let lp = EventLoop::new().unwrap();
+    let woke_on = lp.block_on(|| {
+        let w = aio::waker();
+        let flag = Arc::new(AtomicUsize::new(0));
+        let f = flag.clone();
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            f.store(1, Ordering::SeqCst);
+            w.wake();
+        });
+        while flag.load(Ordering::SeqCst) == 0 {
+            yield_now(); // only a wake brings us back
+        }
+        t.join().unwrap();
+        thread::current().id()
+    });
+    assert_eq!(woke_on, thread::current().id());
+}
+
+#[test]
+fn run_blocking_keeps_loop_responsive() {
+    let lp = EventLoop::new().unwrap();
+    let ticks = Rc::new(Cell::new(0));
+    let t = ticks.clone();
+    let (worker, ticks_during) = lp.block_on(move || {
+        let t2 = t.clone();
+        let ticker = aio::spawn(move || loop {
+            aio::sleep(Duration::from_millis(10));
+            t2.set(t2.get() + 1);
+        });
+        let worker = aio::run_blocking(|| {
+            thread::sleep(Duration::from_millis(300));
+            thread::current().id()
+        });
+        let during = t.get();
+        drop(ticker);
+        (worker, during)
+    });
+    assert_ne!(worker, thread::current().id());
+    assert!(ticks_during >= 5, "ticker starved: {ticks_during} ticks");
+}
+
+#[test]
+fn run_blocking_resumes_panic_in_coroutine() {
+    let lp = EventLoop::new().unwrap();
+    let msg = lp.block_on(|| {
+        let r = catch_unwind(|| aio::run_blocking(|| -> u8 { panic!("worker boom") }));
+        panic_message(&*r.unwrap_err())
+    });
+    assert_eq!(msg, "worker boom");
+}
+
+#[test]
+fn run_blocking_many_in_parallel() {
+    let lp = EventLoop::new().unwrap();
+    let sum = Rc::new(Cell::new(0u64));
+    for i in 0..100u64 {
+        let sum = sum.clone();
+        lp.spawn(move || {
+            let v = aio::run_blocking(move || i * 2);
+            sum.set(sum.get() + v);
+        });
+    }
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    assert_eq!(sum.get(), (0..100).map(|i| i * 2).sum::<u64>());
+    assert!(aio::thread_pool::worker_count() <= aio::thread_pool::MAX_THREADS);
+}
+
+/// A value another thread sets, as a future.
+#[derive(Default)]
+struct Slot {
+    value: Option<u32>,
+    waker: Option<std::task::Waker>,
+}
+struct Recv(Arc<Mutex<Slot>>);
+impl Future for Recv {
+    type Output = u32;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<u32> {
+        let mut s = self.0.lock().unwrap();
+        match s.value.take() {
+            Some(v) => Poll::Ready(v),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+#[test]
+fn wait_future_completed_by_other_thread() {
+    let lp = EventLoop::new().unwrap();
+    let slot = Arc::new(Mutex::new(Slot::default()));
+    let theirs = slot.clone();
+    let t = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(30));
+        let mut s = theirs.lock().unwrap();
+        s.value = Some(99);
+        s.waker.take().unwrap().wake();
+    });
+    let ticks = Rc::new(Cell::new(0));
+    let tk = ticks.clone();
+    let (v, on) = lp.block_on(move || {
+        let ticker = aio::spawn(move || loop {
+            aio::sleep(Duration::from_millis(2));
+            tk.set(tk.get() + 1);
+        });
+        let v = aio::wait_future(Recv(slot));
+        drop(ticker);
+        (v, thread::current().id())
+    });
+    t.join().unwrap();
+    assert_eq!(v, 99);
+    assert_eq!(on, thread::current().id());
+    assert!(ticks.get() > 0, "loop did not run while the future was pending");
+}
+
+#[test]
+fn wait_future_ready_and_self_waking() {
+    struct YieldOnce(bool);
+    impl Future for YieldOnce {
+        type Output = &'static str;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<&'static str> {
+            if self.0 {
+                Poll::Ready("done")
+            } else {
+                self.0 = true;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+        }
+    }
+    let lp = EventLoop::new().unwrap();
+    assert_eq!(lp.block_on(|| aio::wait_future(async { 5 })), 5);
+    assert_eq!(lp.block_on(|| aio::wait_future(YieldOnce(false))), "done");
+}
+
+struct SetOnDrop(Rc<Cell<bool>>);
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn dropping_loop_unwinds_suspended_coroutines() {
+    let lp = EventLoop::new().unwrap();
+    let sleeping = Rc::new(Cell::new(false));
+    let waiting = Rc::new(Cell::new(false));
+    let unstarted = Rc::new(Cell::new(false));
+    let after = Rc::new(Cell::new(false));
+    {
+        let (g, a) = (SetOnDrop(sleeping.clone()), after.clone());
+        drop(lp.spawn(move || {
+            let _g = g;
+            aio::sleep(Duration::from_secs(3600));
+            a.set(true);
+        }));
+        let (g, a) = (SetOnDrop(waiting.clone()), after.clone());
+        lp.spawn(move || {
+            let _g = g;
+            let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+            aio::wait_readable(r.as_fd()).unwrap();
+            a.set(true);
+        });
+    }
+    lp.poll(false);
+    let g = SetOnDrop(unstarted.clone());
+    lp.spawn(move || drop(g));
+    assert_eq!(lp.task_count(), 3);
+    let t = Instant::now();
+    drop(lp);
+    assert!(sleeping.get() && waiting.get() && unstarted.get());
+    assert!(!after.get());
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn panic_in_bottom_half_propagates_and_loop_survives() {
+    let lp = EventLoop::new().unwrap();
+    let ran = Rc::new(Cell::new(0));
+    let r = ran.clone();
+    lp.call_soon(|| panic!("bh boom"));
+    lp.call_soon(move || r.set(r.get() + 1));
+    let p = catch_unwind(AssertUnwindSafe(|| lp.poll(false))).unwrap_err();
+    assert_eq!(panic_message(&*p), "bh boom");
+    while lp.poll(false) {}
+    assert_eq!(ran.get(), 1);
+    // Also a cross-thread bottom half.
+    let h = lp.handle();
+    thread::spawn(move || h.call_soon(|| panic!("remote boom"))).join().unwrap();
+    let p = catch_unwind(AssertUnwindSafe(|| lp.poll(true))).unwrap_err();
+    assert_eq!(panic_message(&*p), "remote boom");
+    assert_eq!(lp.block_on(|| 3), 3);
+}
+
+#[test]
+fn panic_in_spawned_coroutine_propagates_out_of_poll() {
+    let lp = EventLoop::new().unwrap();
+    lp.spawn(|| panic!("task boom"));
+    let p = catch_unwind(AssertUnwindSafe(|| lp.poll(false))).unwrap_err();
+    assert_eq!(panic_message(&*p), "task boom");
+    assert_eq!(lp.task_count(), 0);
+    assert_eq!(lp.block_on(|| 1), 1);
+}
+
+#[test]
+fn free_functions_panic_outside_coroutine() {
+    let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
+    let r: &'static std::os::unix::net::UnixStream = Box::leak(Box::new(r));
+    let checks: Vec<(&str, Box<dyn Fn()>)> = vec![
+        ("spawn", Box::new(|| drop(aio::spawn(|| ())))),
+        ("schedule", Box::new(|| aio::schedule(&Coroutine::new(|| ())))),
+        ("sleep", Box::new(|| aio::sleep(Duration::from_millis(1)))),
+        ("wait_readable", Box::new(|| drop(aio::wait_readable(r.as_fd())))),
+        ("wait_writable", Box::new(|| drop(aio::wait_writable(r.as_fd())))),
+        ("run_blocking", Box::new(|| aio::run_blocking(|| ()))),
+        ("wait_future", Box::new(|| aio::wait_future(async {}))),
+        ("waker", Box::new(|| drop(aio::waker()))),
+    ];
+    for (name, f) in &checks {
+        // On a thread's own stack...
+        let p = catch_unwind(AssertUnwindSafe(f)).unwrap_err();
+        assert!(panic_message(&*p).contains("not in a coroutine"), "{name}: {}", panic_message(&*p));
+    }
+    for (name, f) in checks {
+        if name == "waker" {
+            continue; // any coroutine has a waker
+        }
+        // ...and in a coroutine that no event loop runs.
+        let msg = Rc::new(RefCell::new(String::new()));
+        let m = msg.clone();
+        Coroutine::new(move || {
+            let p = catch_unwind(AssertUnwindSafe(f)).unwrap_err();
+            *m.borrow_mut() = panic_message(&*p);
+        })
+        .enter();
+        assert!(msg.borrow().contains("not in a coroutine"), "{name}: {}", msg.borrow());
+    }
+}
+
+#[test]
+fn coroutine_entered_by_hand_adopts_the_loop() {
+    let lp = EventLoop::new().unwrap();
+    let done = Rc::new(Cell::new(false));
+    let d = done.clone();
+    lp.block_on(move || {
+        let co = Coroutine::new(move || {
+            aio::sleep(Duration::from_millis(5));
+            d.set(true);
+        });
+        co.enter();
+        while !co.is_finished() {
+            aio::sleep(Duration::from_millis(1));
+        }
+    });
+    assert!(done.get());
+}
+
+#[test]
+fn wait_readable_wakes_on_data_and_timeout() {
+    use std::io::Write;
+    let lp = EventLoop::new().unwrap();
+    lp.block_on(|| {
+        let (r, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = aio::wait_readable_timeout(r.as_fd(), Duration::from_millis(20)).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        aio::wait_writable(w.as_fd()).unwrap();
+        aio::spawn(move || {
+            aio::sleep(Duration::from_millis(10));
+            w.write_all(b"x").unwrap();
+        });
+        aio::wait_readable(r.as_fd()).unwrap();
+    });
+}
+
+#[test]
+fn sleepers_cost_no_o_n_per_poll() {
+    // 10,000 coroutines sleep for a long time while one coroutine ticks:
+    // each tick must stay cheap.
+    let lp = EventLoop::new().unwrap();
+    for _ in 0..10_000 {
+        lp.spawn(|| aio::sleep(Duration::from_secs(3600)));
+    }
+    let t = Instant::now();
+    lp.block_on(|| {
+        for _ in 0..2000 {
+            aio::schedule(&costack::current().unwrap());
+            yield_now();
+        }
+    });
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(lp.task_count(), 10_000);
+}
