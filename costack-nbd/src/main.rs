@@ -77,11 +77,11 @@ fn run(cli: Cli) -> io::Result<()> {
             (Listener::Tcp(l), url)
         }
     };
-    let listen_fd = match &listener {
-        Listener::Tcp(l) => std::os::fd::AsRawFd::as_raw_fd(l),
-        Listener::Unix(l, _) => std::os::fd::AsRawFd::as_raw_fd(l),
+    let poke = match &listener {
+        Listener::Tcp(l) => Poke::Tcp(l.local_addr()?),
+        Listener::Unix(_, path) => Poke::Unix(path.clone()),
     };
-    spawn_signal_thread(signals, shared.clone(), listen_fd);
+    spawn_signal_thread(signals, shared.clone(), poke);
 
     // Extra event-loop threads; connections are spread over all loops.
     let mut workers = Vec::new();
@@ -138,6 +138,7 @@ fn accept_loop(
                 .map(|(s, _)| (Conn::Unix(s), path.display().to_string())),
         };
         let (conn, peer) = match accepted {
+            Ok(_) if shared.stopping.load(Ordering::SeqCst) => break,
             Ok(c) => c,
             Err(_) if shared.stopping.load(Ordering::SeqCst) => break,
             Err(e) => {
@@ -228,9 +229,15 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// How the signal thread wakes the accept loop: by connecting to it.
+enum Poke {
+    Tcp(std::net::SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
 /// Waits for SIGINT/SIGTERM, then stops the server: no new clients, no new
 /// requests; in-flight requests finish, the device is flushed, exit 0.
-fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, listen_fd: i32) {
+fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, poke: Poke) {
     std::thread::Builder::new()
         .name("nbd-signals".into())
         .spawn(move || {
@@ -238,13 +245,13 @@ fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, listen_fd: i32)
             // SAFETY: `set` is a valid signal set blocked in every thread.
             unsafe { libc::sigwait(&set, &mut sig) };
             tracing::info!(signal = sig, "stopping");
-            // Wake the accept loop first: accept() on a shut-down listener
-            // fails. The loop only drops (closes) the listener once it sees
-            // `stopping`, which is set after this call, so the descriptor
-            // is still ours here.
-            // SAFETY: see above; shutdown does not free anything.
-            unsafe { libc::shutdown(listen_fd, libc::SHUT_RDWR) };
             shared.stop();
+            // The accept loop checks `stopping` after each accept: a
+            // connection of our own wakes it up.
+            let _ = match poke {
+                Poke::Tcp(addr) => std::net::TcpStream::connect(addr).map(drop),
+                Poke::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
+            };
         })
         .expect("spawn the signal thread");
 }
