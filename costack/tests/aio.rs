@@ -579,3 +579,14 @@ fn sleepers_cost_no_o_n_per_poll() {
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(lp.task_count(), 10_000);
 }
+
+#[test]
+fn two_loops_on_one_thread_get_cross_thread_wakes() {
+    // The loop that polls receives the thread's cross-thread wakes.
+    let a = EventLoop::new().unwrap();
+    let b = EventLoop::new().unwrap();
+    for lp in [&a, &b, &a] {
+        let v = lp.block_on(|| aio::run_blocking(|| 5));
+        assert_eq!(v, 5);
+    }
+}

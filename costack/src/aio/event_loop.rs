@@ -38,6 +38,8 @@ pub(crate) const TOKEN_URING: u64 = u64::MAX - 1;
 thread_local! {
     /// The loop that is polling on this thread (innermost, if nested).
     static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+    /// The loop the thread's mailbox notifies: the one that polled last.
+    static MAILBOX_LOOP: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
 }
 
 /// The loop polling on this thread, if any.
@@ -50,6 +52,9 @@ struct CurrentGuard(Option<Rc<Inner>>);
 
 impl CurrentGuard {
     fn enter(inner: &Rc<Inner>) -> CurrentGuard {
+        if MAILBOX_LOOP.with(Cell::get) != Rc::as_ptr(inner) {
+            inner.take_mailbox();
+        }
         CurrentGuard(CURRENT.with(|c| c.replace(Some(inner.clone()))))
     }
 }
@@ -185,6 +190,14 @@ impl Inner {
         co
     }
 
+    /// Makes cross-thread wakes of this thread's coroutines notify this
+    /// loop (with several loops on a thread, the one that polls).
+    fn take_mailbox(&self) {
+        let remote = self.remote.clone();
+        self.mailbox.set_notify(Some(Arc::new(move || remote.notify())));
+        MAILBOX_LOOP.with(|m| m.set(self));
+    }
+
     pub(crate) fn call_soon_local(&self, f: Box<dyn FnOnce()>) {
         self.bhs.borrow_mut().push_back(f);
     }
@@ -282,7 +295,10 @@ impl Inner {
     fn shutdown(&self) {
         self.closed.set(true);
         self.remote.close();
-        self.mailbox.set_notify(None);
+        if MAILBOX_LOOP.try_with(Cell::get).ok() == Some(self as *const Inner) {
+            self.mailbox.set_notify(None);
+            let _ = MAILBOX_LOOP.try_with(|m| m.set(std::ptr::null()));
+        }
         let mut first_panic = None;
         loop {
             let tasks = self.tasks.borrow_mut().drain();
@@ -419,7 +435,7 @@ impl EventLoop {
             closed: Cell::new(false),
         });
         // Cross-thread wakes of this thread's coroutines notify this loop.
-        mailbox.set_notify(Some(Arc::new(move || remote.notify())));
+        inner.take_mailbox();
         Ok(EventLoop {
             owner: Rc::new(Owner { inner }),
         })
