@@ -175,27 +175,29 @@ fn costack_echo(dur: Duration) -> (usize, Duration) {
             });
         });
         let total = Rc::new(Cell::new(0usize));
+        let running = Rc::new(Cell::new(CONNS));
         let deadline = Instant::now() + dur;
-        let clients: Vec<_> = (0..CONNS)
-            .map(|_| {
-                let total = total.clone();
-                aio::spawn(move || {
-                    let mut c = TcpStream::connect(addr).unwrap();
-                    c.set_nodelay(true).unwrap();
-                    let msg = [7u8; MSG];
-                    let mut back = [0u8; MSG];
-                    while Instant::now() < deadline {
-                        c.write_all(&msg).unwrap();
-                        c.read_exact(&mut back).unwrap();
-                        total.set(total.get() + 1);
-                    }
-                })
-            })
-            .collect();
-        let me = costack::current().unwrap();
-        while !clients.iter().all(|c| c.is_finished()) {
-            aio::schedule(&me);
-            costack::yield_now();
+        for _ in 0..CONNS {
+            let (total, running) = (total.clone(), running.clone());
+            let main = aio::waker();
+            aio::spawn(move || {
+                let mut c = TcpStream::connect(addr).unwrap();
+                c.set_nodelay(true).unwrap();
+                let msg = [7u8; MSG];
+                let mut back = [0u8; MSG];
+                while Instant::now() < deadline {
+                    c.write_all(&msg).unwrap();
+                    c.read_exact(&mut back).unwrap();
+                    total.set(total.get() + 1);
+                }
+                running.set(running.get() - 1);
+                if running.get() == 0 {
+                    main.wake();
+                }
+            });
+        }
+        while running.get() > 0 {
+            costack::yield_now(); // until the last client wakes us
         }
         total.get()
     });

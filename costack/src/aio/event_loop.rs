@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::handle::{LoopHandle, Remote};
-use super::io::FdEntry;
+use super::io::{FdEntry, Registrations, REG_BIT};
 use super::sys;
 use super::timer::Timers;
 use super::uring::UringState;
@@ -40,6 +40,19 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
     /// The loop the thread's mailbox notifies: the one that polled last.
     static MAILBOX_LOOP: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
+    /// The thread's live loops, by id (for sockets dropped outside `poll`).
+    static LOOPS: RefCell<Vec<(u64, Weak<Inner>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Numbers loops uniquely in the process.
+static NEXT_LOOP_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The live loop of this thread with id `id`.
+pub(crate) fn loop_by_id(id: u64) -> Option<Rc<Inner>> {
+    LOOPS
+        .try_with(|l| l.borrow().iter().find(|(i, _)| *i == id).and_then(|(_, w)| w.upgrade()))
+        .ok()
+        .flatten()
 }
 
 /// The loop polling on this thread, if any.
@@ -115,6 +128,7 @@ impl Tasks {
 
 /// A loop's state, shared by its handles, its coroutines' homes and waits.
 pub(crate) struct Inner {
+    pub(crate) id: u64,
     pub(crate) epoll: OwnedFd,
     pub(crate) remote: Arc<Remote>,
     mailbox: Arc<Mailbox>,
@@ -122,6 +136,7 @@ pub(crate) struct Inner {
     bhs: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) timers: RefCell<Timers>,
     pub(crate) fds: RefCell<HashMap<RawFd, FdEntry>>,
+    pub(crate) regs: RefCell<Registrations>,
     tasks: RefCell<Tasks>,
     home: Rc<dyn Home>,
     events: RefCell<Vec<libc::epoll_event>>,
@@ -283,6 +298,7 @@ impl Inner {
                 match token {
                     TOKEN_NOTIFY => progress |= self.take_remote(),
                     TOKEN_URING => progress |= self.uring.reap(self),
+                    token if token & REG_BIT != 0 => progress |= self.reg_event(token, bits),
                     fd => progress |= self.fd_event(fd as RawFd, bits),
                 }
             }
@@ -320,7 +336,10 @@ impl Inner {
         }
         drop(self.timers.borrow_mut().take_all());
         self.fds.borrow_mut().clear();
+        self.regs.borrow_mut().clear();
         self.uring.shutdown();
+        let id = self.id;
+        let _ = LOOPS.try_with(|l| l.borrow_mut().retain(|(i, _)| *i != id));
         if let Some(p) = first_panic {
             if !std::thread::panicking() {
                 panic::resume_unwind(p);
@@ -419,7 +438,9 @@ impl EventLoop {
             TOKEN_NOTIFY,
         )?;
         let mailbox = mailbox();
+        let id = NEXT_LOOP_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let inner = Rc::new_cyclic(|weak: &Weak<Inner>| Inner {
+            id,
             epoll,
             remote: remote.clone(),
             mailbox: mailbox.clone(),
@@ -427,6 +448,7 @@ impl EventLoop {
             bhs: RefCell::new(VecDeque::new()),
             timers: RefCell::new(Timers::default()),
             fds: RefCell::new(HashMap::new()),
+            regs: RefCell::new(Registrations::default()),
             tasks: RefCell::new(Tasks::default()),
             home: Rc::new(LoopHome(weak.clone())),
             events: RefCell::new(Vec::with_capacity(256)),
@@ -436,6 +458,7 @@ impl EventLoop {
         });
         // Cross-thread wakes of this thread's coroutines notify this loop.
         inner.take_mailbox();
+        LOOPS.with(|l| l.borrow_mut().push((id, Rc::downgrade(&inner))));
         Ok(EventLoop {
             owner: Rc::new(Owner { inner }),
         })
