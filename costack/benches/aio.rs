@@ -20,7 +20,10 @@ const CONNS: usize = 64;
 const MSG: usize = 1024;
 
 fn tokio_rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Median of `reps` runs of `f`, which returns (work items, elapsed).

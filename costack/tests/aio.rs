@@ -51,7 +51,9 @@ fn block_on_runs_in_a_coroutine() {
 #[test]
 fn block_on_resumes_panic() {
     let lp = EventLoop::new().unwrap();
-    let r = catch_unwind(AssertUnwindSafe(|| lp.block_on(|| -> u32 { panic!("boom in block_on") })));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        lp.block_on(|| -> u32 { panic!("boom in block_on") })
+    }));
     let p = r.unwrap_err();
     assert_eq!(panic_message(&*p), "boom in block_on");
     // The loop is still usable.
@@ -103,7 +105,10 @@ fn sleepers_overlap() {
     });
     let e = t.elapsed();
     assert!(e >= Duration::from_millis(200), "{e:?}");
-    assert!(e < Duration::from_millis(390), "sleeps did not overlap: {e:?}");
+    assert!(
+        e < Duration::from_millis(390),
+        "sleeps did not overlap: {e:?}"
+    );
 }
 
 #[test]
@@ -129,7 +134,11 @@ fn thousand_sleepers_finish_on_time() {
     }
     assert_eq!(done.get(), 1000);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    assert!(late.get() < Duration::from_secs(1), "latest wake-up {:?} late", late.get());
+    assert!(
+        late.get() < Duration::from_secs(1),
+        "latest wake-up {:?} late",
+        late.get()
+    );
 }
 
 #[test]
@@ -399,7 +408,10 @@ fn wait_future_completed_by_other_thread() {
     t.join().unwrap();
     assert_eq!(v, 99);
     assert_eq!(on, thread::current().id());
-    assert!(ticks.get() > 0, "loop did not run while the future was pending");
+    assert!(
+        ticks.get() > 0,
+        "loop did not run while the future was pending"
+    );
 }
 
 #[test]
@@ -475,7 +487,9 @@ fn panic_in_bottom_half_propagates_and_loop_survives() {
     assert_eq!(ran.get(), 1);
     // Also a cross-thread bottom half.
     let h = lp.handle();
-    thread::spawn(move || h.call_soon(|| panic!("remote boom"))).join().unwrap();
+    thread::spawn(move || h.call_soon(|| panic!("remote boom")))
+        .join()
+        .unwrap();
     let p = catch_unwind(AssertUnwindSafe(|| lp.poll(true))).unwrap_err();
     assert_eq!(panic_message(&*p), "remote boom");
     assert_eq!(lp.block_on(|| 3), 3);
@@ -495,12 +509,22 @@ fn panic_in_spawned_coroutine_propagates_out_of_poll() {
 fn free_functions_panic_outside_coroutine() {
     let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
     let r: &'static std::os::unix::net::UnixStream = Box::leak(Box::new(r));
-    let checks: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Check = (&'static str, Box<dyn Fn()>);
+    let checks: Vec<Check> = vec![
         ("spawn", Box::new(|| drop(aio::spawn(|| ())))),
-        ("schedule", Box::new(|| aio::schedule(&Coroutine::new(|| ())))),
+        (
+            "schedule",
+            Box::new(|| aio::schedule(&Coroutine::new(|| ()))),
+        ),
         ("sleep", Box::new(|| aio::sleep(Duration::from_millis(1)))),
-        ("wait_readable", Box::new(|| drop(aio::wait_readable(r.as_fd())))),
-        ("wait_writable", Box::new(|| drop(aio::wait_writable(r.as_fd())))),
+        (
+            "wait_readable",
+            Box::new(|| drop(aio::wait_readable(r.as_fd()))),
+        ),
+        (
+            "wait_writable",
+            Box::new(|| drop(aio::wait_writable(r.as_fd()))),
+        ),
         ("run_blocking", Box::new(|| aio::run_blocking(|| ()))),
         ("wait_future", Box::new(|| aio::wait_future(async {}))),
         ("waker", Box::new(|| drop(aio::waker()))),
@@ -508,7 +532,11 @@ fn free_functions_panic_outside_coroutine() {
     for (name, f) in &checks {
         // On a thread's own stack...
         let p = catch_unwind(AssertUnwindSafe(f)).unwrap_err();
-        assert!(panic_message(&*p).contains("not in a coroutine"), "{name}: {}", panic_message(&*p));
+        assert!(
+            panic_message(&*p).contains("not in a coroutine"),
+            "{name}: {}",
+            panic_message(&*p)
+        );
     }
     for (name, f) in checks {
         if name == "waker" {
@@ -522,7 +550,11 @@ fn free_functions_panic_outside_coroutine() {
             *m.borrow_mut() = panic_message(&*p);
         })
         .enter();
-        assert!(msg.borrow().contains("not in a coroutine"), "{name}: {}", msg.borrow());
+        assert!(
+            msg.borrow().contains("not in a coroutine"),
+            "{name}: {}",
+            msg.borrow()
+        );
     }
 }
 

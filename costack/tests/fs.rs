@@ -35,7 +35,9 @@ fn round_trips(lp: &EventLoop, name: &str) {
         let mut tail = [0u8; 100];
         assert_eq!(f.read_at(&mut tail, 4096 + (1 << 20) - 10).unwrap(), 10);
         assert_eq!(f.read_at(&mut tail, 1 << 30).unwrap(), 0);
-        let e = f.read_exact_at(&mut tail, 4096 + (1 << 20) - 10).unwrap_err();
+        let e = f
+            .read_exact_at(&mut tail, 4096 + (1 << 20) - 10)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnexpectedEof);
         f.sync_data().unwrap();
         f.sync_all().unwrap();
@@ -80,7 +82,12 @@ fn round_trips(lp: &EventLoop, name: &str) {
         drop(f);
         let ro = File::open(&path).unwrap();
         assert!(ro.write_at(b"x", 0).is_err());
-        assert_eq!(File::open(path.with_extension("missing")).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(
+            File::open(path.with_extension("missing"))
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
         std::fs::remove_file(&path).unwrap();
     });
     std::fs::remove_dir_all(dir).unwrap();
@@ -107,7 +114,8 @@ fn round_trips_thread_pool_fallback() {
 fn io_uring_is_used_when_the_kernel_allows() {
     let lp = EventLoop::new().unwrap();
     let allowed = std::env::var_os("COSTACK_NO_IO_URING").is_none_or(|v| v == "0")
-        && std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |s| s.trim() != "2");
+        && std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+            .map_or(true, |s| s.trim() != "2");
     if allowed && io_uring::IoUring::new(2).is_ok() {
         assert!(lp.uses_io_uring());
     } else {
@@ -117,8 +125,15 @@ fn io_uring_is_used_when_the_kernel_allows() {
 
 #[test]
 fn concurrent_io_keeps_loop_responsive() {
-    for lp in [EventLoop::new().unwrap(), EventLoop::without_io_uring().unwrap()] {
-        let dir = temp_dir(if lp.uses_io_uring() { "conc-uring" } else { "conc-pool" });
+    for lp in [
+        EventLoop::new().unwrap(),
+        EventLoop::without_io_uring().unwrap(),
+    ] {
+        let dir = temp_dir(if lp.uses_io_uring() {
+            "conc-uring"
+        } else {
+            "conc-pool"
+        });
         let path = dir.join("data");
         let ticks = Rc::new(Cell::new(0));
         let t = ticks.clone();
@@ -161,8 +176,15 @@ fn concurrent_io_keeps_loop_responsive() {
 fn dropping_loop_with_io_in_flight_is_safe() {
     // Coroutines unwound while their reads are in flight: the unwinding
     // waits for the kernel, so the buffers are never written after free.
-    for lp in [EventLoop::new().unwrap(), EventLoop::without_io_uring().unwrap()] {
-        let dir = temp_dir(if lp.uses_io_uring() { "drop-uring" } else { "drop-pool" });
+    for lp in [
+        EventLoop::new().unwrap(),
+        EventLoop::without_io_uring().unwrap(),
+    ] {
+        let dir = temp_dir(if lp.uses_io_uring() {
+            "drop-uring"
+        } else {
+            "drop-pool"
+        });
         let path = dir.join("data");
         std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
         let f = Rc::new(File::open(&path).unwrap());
@@ -191,7 +213,13 @@ fn direct_io_option() {
     let lp = EventLoop::new().unwrap();
     let p = path.clone();
     lp.block_on(move || {
-        let f = match OpenOptions::new().read(true).write(true).create(true).direct(true).open(&p) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .direct(true)
+            .open(&p)
+        {
             Ok(f) => f,
             // tmpfs has no O_DIRECT.
             Err(e) if e.raw_os_error() == Some(22) => return,

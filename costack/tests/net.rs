@@ -75,7 +75,10 @@ fn unix_echo() {
     let p = path.clone();
     lp.block_on(move || {
         let listener = UnixListener::bind(&p).unwrap();
-        assert_eq!(listener.local_addr().unwrap().as_pathname(), Some(p.as_path()));
+        assert_eq!(
+            listener.local_addr().unwrap().as_pathname(),
+            Some(p.as_path())
+        );
         aio::spawn(move || {
             let (s, _addr) = listener.accept().unwrap();
             echo(s);
@@ -198,7 +201,10 @@ fn peer_close_gives_eof_and_write_error() {
             aio::sleep(Duration::from_millis(1));
         }
         let e = (&*a).write_all(&[1; 1 << 20]).unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset), "{e:?}");
+        assert!(
+            matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "{e:?}"
+        );
     });
 }
 
@@ -215,7 +221,8 @@ fn read_timeout_gives_timed_out() {
         assert_eq!(e.kind(), ErrorKind::TimedOut);
         assert!(t.elapsed() >= Duration::from_millis(30));
         // Writes time out once the buffer is full.
-        a.set_write_timeout(Some(Duration::from_millis(30))).unwrap();
+        a.set_write_timeout(Some(Duration::from_millis(30)))
+            .unwrap();
         let big = vec![0u8; 1 << 16];
         let e = loop {
             if let Err(e) = (&a).write(&big) {
@@ -235,7 +242,10 @@ fn tcp_read_timeout_and_connect_refused() {
         let c = TcpStream::connect(addr).unwrap();
         let (_s, _) = listener.accept().unwrap();
         c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        assert_eq!((&c).read(&mut [0; 1]).unwrap_err().kind(), ErrorKind::TimedOut);
+        assert_eq!(
+            (&c).read(&mut [0; 1]).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
         drop(listener);
         let e = TcpStream::connect(addr).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused);

@@ -50,7 +50,12 @@ static NEXT_LOOP_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64
 /// The live loop of this thread with id `id`.
 pub(crate) fn loop_by_id(id: u64) -> Option<Rc<Inner>> {
     LOOPS
-        .try_with(|l| l.borrow().iter().find(|(i, _)| *i == id).and_then(|(_, w)| w.upgrade()))
+        .try_with(|l| {
+            l.borrow()
+                .iter()
+                .find(|(i, _)| *i == id)
+                .and_then(|(_, w)| w.upgrade())
+        })
         .ok()
         .flatten()
 }
@@ -183,7 +188,10 @@ impl Inner {
     }
 
     pub(crate) fn spawn<F: FnOnce() + 'static>(self: &Rc<Self>, f: F) -> Coroutine {
-        assert!(!self.closed.get(), "cannot spawn on an event loop that was dropped");
+        assert!(
+            !self.closed.get(),
+            "cannot spawn on an event loop that was dropped"
+        );
         let index = self.tasks.borrow_mut().reserve();
         let done = TaskDone {
             inner: self.clone(),
@@ -209,7 +217,8 @@ impl Inner {
     /// loop (with several loops on a thread, the one that polls).
     fn take_mailbox(&self) {
         let remote = self.remote.clone();
-        self.mailbox.set_notify(Some(Arc::new(move || remote.notify())));
+        self.mailbox
+            .set_notify(Some(Arc::new(move || remote.notify())));
         MAILBOX_LOOP.with(|m| m.set(self));
     }
 
@@ -388,6 +397,14 @@ impl Drop for Owner {
 /// Dropping the last clone unwinds the coroutines it spawned that have not
 /// finished (their destructors run) and drops queued bottom halves.
 ///
+/// A loop is bound to its thread (neither `Send` nor `Sync`); other threads
+/// use its [`handle`](EventLoop::handle):
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// send(costack::aio::EventLoop::new().unwrap());
+/// ```
+///
 /// ```
 /// use costack::aio::{self, EventLoop};
 /// use std::time::{Duration, Instant};
@@ -525,7 +542,7 @@ impl EventLoop {
                 if progress {
                     let ticks = inner.busy_ticks.get().wrapping_add(1);
                     inner.busy_ticks.set(ticks);
-                    if ticks % 32 != 0 {
+                    if !ticks.is_multiple_of(32) {
                         return true;
                     }
                 }

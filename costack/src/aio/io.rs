@@ -107,7 +107,12 @@ impl Drop for FdGuard<'_> {
 
 /// Suspends the calling coroutine (on loop `inner`) until `fd` is ready
 /// for `dir`, or until `deadline` (then `TimedOut`).
-pub(crate) fn wait_fd(inner: &Rc<Inner>, fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+pub(crate) fn wait_fd(
+    inner: &Rc<Inner>,
+    fd: RawFd,
+    dir: Direction,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
     let token = inner.regs.borrow().by_fd.get(&fd).copied();
     if let Some(token) = token {
         // A socket's persistent registration: re-arming it one-shot would
@@ -249,7 +254,12 @@ impl Inner {
         let entry = self.regs.borrow_mut().forget(token);
         if let Some(entry) = entry {
             let _ = sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, entry.fd, 0, 0);
-            for w in entry.waiters.readers.iter().chain(entry.waiters.writers.iter()) {
+            for w in entry
+                .waiters
+                .readers
+                .iter()
+                .chain(entry.waiters.writers.iter())
+            {
                 w.complete(Outcome::Ready, self);
             }
         }
@@ -299,7 +309,12 @@ impl Drop for RegGuard<'_> {
     }
 }
 
-fn wait_reg(inner: &Rc<Inner>, token: u64, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+fn wait_reg(
+    inner: &Rc<Inner>,
+    token: u64,
+    dir: Direction,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
     let me = crate::current().expect("wait_reg runs in a coroutine");
     inner.adopt(&me);
     let wait = Wait::new(&me);
@@ -346,7 +361,12 @@ impl Registration {
     /// coroutine on one (registering with it first), else by blocking the
     /// thread in poll(2). A socket used on a second loop waits there with
     /// one-shot arming.
-    pub(crate) fn wait(&self, fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+    pub(crate) fn wait(
+        &self,
+        fd: RawFd,
+        dir: Direction,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
         let inner = match crate::in_coroutine().then(current_inner).flatten() {
             Some(inner) => inner,
             None => {

@@ -43,8 +43,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use event_loop::EventLoop;
 pub(crate) use borrowed::run_borrowed;
+pub use event_loop::EventLoop;
 pub(crate) use event_loop::{current_inner, Inner};
 pub use handle::LoopHandle;
 pub use waker::{waker, Waker};
@@ -174,7 +174,12 @@ pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 #[track_caller]
 pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_readable_timeout");
-    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Read, Some(Instant::now() + timeout))
+    io::wait_fd(
+        &inner,
+        fd.as_raw_fd(),
+        Direction::Read,
+        Some(Instant::now() + timeout),
+    )
 }
 
 /// As [`wait_writable`], giving up with `ErrorKind::TimedOut` after
@@ -188,7 +193,12 @@ pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::
 #[track_caller]
 pub fn wait_writable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_writable_timeout");
-    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Write, Some(Instant::now() + timeout))
+    io::wait_fd(
+        &inner,
+        fd.as_raw_fd(),
+        Direction::Write,
+        Some(Instant::now() + timeout),
+    )
 }
 
 struct Job<T> {

@@ -64,7 +64,8 @@ impl UringState {
 
     /// Whether the loop has a ring (creating it on first call).
     pub(crate) fn available(&self, inner: &Inner) -> bool {
-        if !self.probed.replace(true) && self.allowed && !disabled_by_env() && !disabled_by_sysctl() {
+        if !self.probed.replace(true) && self.allowed && !disabled_by_env() && !disabled_by_sysctl()
+        {
             *self.ring.borrow_mut() = Ring::new(inner).ok();
         }
         self.ring.borrow().is_some()
@@ -100,7 +101,11 @@ impl UringState {
             }
             index
         };
-        let guard = InFlight { state: self, inner, index };
+        let guard = InFlight {
+            state: self,
+            inner,
+            index,
+        };
         let submitted = self.ring.borrow_mut().as_mut().expect("ring").submit();
         // On error the entry may still be queued: the guard submits it and
         // waits for it before the error is returned.
@@ -118,7 +123,9 @@ impl UringState {
     pub(crate) fn reap(&self, inner: &Inner) -> bool {
         let woken = {
             let mut ring = self.ring.borrow_mut();
-            let Some(ring) = ring.as_mut() else { return false };
+            let Some(ring) = ring.as_mut() else {
+                return false;
+            };
             sys::eventfd_drain(ring.efd.as_raw_fd());
             ring.reap()
         };
@@ -168,7 +175,11 @@ impl Drop for InFlight<'_> {
                 }
                 match ring.ring.submit_and_wait(1) {
                     Ok(_) => {}
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                        ) => {}
                     Err(e) => {
                         // Returning would let the kernel write into freed
                         // memory; there is no safe way on.
@@ -262,7 +273,10 @@ impl Ring {
                 Ok(_) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // The kernel is short of resources: let it finish some.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EAGAIN)
+                        || e.raw_os_error() == Some(libc::EBUSY) =>
+                {
                     return self.ring.submit_and_wait(1).map(drop);
                 }
                 Err(e) => return Err(e),

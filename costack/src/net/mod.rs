@@ -108,7 +108,10 @@ impl Timeout {
         let ns = match t {
             None => 0,
             Some(d) if d.is_zero() => {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"))
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "cannot set a 0 duration timeout",
+                ))
             }
             Some(d) => d.as_nanos().clamp(1, u64::MAX as u128) as u64,
         };

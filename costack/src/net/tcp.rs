@@ -54,7 +54,9 @@ impl TcpListener {
     /// # Errors
     /// As `accept(2)`.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || self.inner.accept())?;
+        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || {
+            self.inner.accept()
+        })?;
         Ok((TcpStream::from_std(s)?, addr))
     }
 
@@ -244,21 +246,33 @@ impl TcpStream {
     /// # Errors
     /// As `recv(2)`.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(&self.reg, self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
-            self.inner.peek(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Read,
+            self.read_timeout.get(),
+            || self.inner.peek(buf),
+        )
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(&self.reg, self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
-            (&self.inner).read(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Read,
+            self.read_timeout.get(),
+            || (&self.inner).read(buf),
+        )
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(&self.reg, self.as_raw_fd(), Direction::Write, self.write_timeout.get(), || {
-            (&self.inner).write(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write(buf),
+        )
     }
 }
 

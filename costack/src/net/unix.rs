@@ -52,7 +52,9 @@ impl UnixListener {
     /// # Errors
     /// As `accept(2)`.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || self.inner.accept())?;
+        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || {
+            self.inner.accept()
+        })?;
         Ok((UnixStream::from_std(s)?, addr))
     }
 
@@ -202,15 +204,23 @@ impl UnixStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(&self.reg, self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
-            (&self.inner).read(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Read,
+            self.read_timeout.get(),
+            || (&self.inner).read(buf),
+        )
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(&self.reg, self.as_raw_fd(), Direction::Write, self.write_timeout.get(), || {
-            (&self.inner).write(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write(buf),
+        )
     }
 }
 
