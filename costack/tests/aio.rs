@@ -622,3 +622,24 @@ fn two_loops_on_one_thread_get_cross_thread_wakes() {
         assert_eq!(v, 5);
     }
 }
+
+#[test]
+fn destructor_spawning_during_loop_drop_does_not_abort() {
+    struct SpawnOnDrop(Rc<Cell<bool>>);
+    impl Drop for SpawnOnDrop {
+        fn drop(&mut self) {
+            let ran = self.0.clone();
+            drop(aio::spawn(move || ran.set(true)));
+        }
+    }
+    let lp = EventLoop::new().unwrap();
+    let ran = Rc::new(Cell::new(false));
+    let g = SpawnOnDrop(ran.clone());
+    lp.spawn(move || {
+        let _g = g;
+        aio::sleep(Duration::from_secs(3600));
+    });
+    lp.poll(false);
+    drop(lp);
+    assert!(!ran.get());
+}

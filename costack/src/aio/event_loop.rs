@@ -188,10 +188,12 @@ impl Inner {
     }
 
     pub(crate) fn spawn<F: FnOnce() + 'static>(self: &Rc<Self>, f: F) -> Coroutine {
-        assert!(
-            !self.closed.get(),
-            "cannot spawn on an event loop that was dropped"
-        );
+        if self.closed.get() {
+            // Spawned by a destructor while the loop unwinds its
+            // coroutines: the coroutine never runs (a panic here would
+            // abort, being raised during unwinding).
+            return Coroutine::new(f);
+        }
         let index = self.tasks.borrow_mut().reserve();
         let done = TaskDone {
             inner: self.clone(),
@@ -382,6 +384,9 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // Destructors of unwound coroutines may call `aio` functions: they
+        // find the loop (closed) rather than panic while unwinding.
+        let _current = CurrentGuard::enter(&self.inner);
         self.inner.shutdown();
     }
 }
@@ -508,6 +513,9 @@ impl EventLoop {
     /// iteration. The loop owns it until it finishes: dropping the returned
     /// handle does not cancel it. A panic in it propagates out of
     /// [`poll`](EventLoop::poll) (or `block_on`).
+    ///
+    /// Coroutines spawned by destructors while the loop is being dropped
+    /// never run.
     ///
     /// # Panics
     /// If no coroutine stack can be allocated.
