@@ -261,3 +261,37 @@ fn file_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<File>();
 }
+
+#[test]
+fn loop_dropped_while_a_coroutine_it_does_not_own_reads() {
+    // A coroutine entered by hand (not spawned) is suspended in a read when
+    // the loop goes away; dropping it afterwards unwinds it safely.
+    for lp in [
+        EventLoop::new().unwrap(),
+        EventLoop::without_io_uring().unwrap(),
+    ] {
+        let dir = temp_dir(if lp.uses_io_uring() {
+            "foreign-uring"
+        } else {
+            "foreign-pool"
+        });
+        let path = dir.join("data");
+        std::fs::write(&path, vec![3u8; 1 << 20]).unwrap();
+        let f = Rc::new(File::open(&path).unwrap());
+        let co = lp.block_on(move || {
+            let co = costack::Coroutine::new(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    f.read_exact_at(&mut buf, 0).unwrap();
+                    assert!(buf.iter().all(|&b| b == 3));
+                }
+            });
+            co.enter();
+            co
+        });
+        assert!(!co.is_finished());
+        drop(lp);
+        drop(co);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

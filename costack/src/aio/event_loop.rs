@@ -348,7 +348,7 @@ impl Inner {
         drop(self.timers.borrow_mut().take_all());
         self.fds.borrow_mut().clear();
         self.regs.borrow_mut().clear();
-        self.uring.shutdown();
+        self.uring.shutdown(self);
         let id = self.id;
         let _ = LOOPS.try_with(|l| l.borrow_mut().retain(|(i, _)| *i != id));
         if let Some(p) = first_panic {
