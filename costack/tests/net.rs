@@ -331,3 +331,37 @@ fn streams_move_between_loop_threads() {
     });
     worker.join().unwrap();
 }
+
+#[test]
+fn generic_waits_on_a_socket_fd_mix_with_its_own() {
+    use std::os::fd::AsFd;
+    let lp = EventLoop::new().unwrap();
+    lp.block_on(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Rc::new(a), Rc::new(b));
+        // A generic wait first (one-shot arming), then the socket's own
+        // read registers it while the generic waiter still waits.
+        let a2 = a.clone();
+        let generic = aio::spawn(move || aio::wait_readable(a2.as_fd()).unwrap());
+        let a3 = a.clone();
+        let own = aio::spawn(move || {
+            let mut buf = [0; 1];
+            (&*a3).read_exact(&mut buf).unwrap();
+            assert_eq!(buf, [9]);
+        });
+        aio::sleep(Duration::from_millis(5));
+        (&*b).write_all(&[9]).unwrap();
+        while !(generic.is_finished() && own.is_finished()) {
+            aio::sleep(Duration::from_millis(1));
+        }
+        // And a generic wait after the registration exists.
+        let a4 = a.clone();
+        let generic = aio::spawn(move || aio::wait_readable(a4.as_fd()).unwrap());
+        aio::sleep(Duration::from_millis(5));
+        assert!(!generic.is_finished());
+        (&*b).write_all(&[1]).unwrap();
+        while !generic.is_finished() {
+            aio::sleep(Duration::from_millis(1));
+        }
+    });
+}

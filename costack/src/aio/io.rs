@@ -235,17 +235,14 @@ impl Inner {
             }
             r => r?,
         }
+        // Coroutines in a one-shot wait on this fd now wait here: its
+        // events carry the new token from now on.
+        let waiters = self.fds.borrow_mut().remove(&fd).unwrap_or_default();
         let mut regs = self.regs.borrow_mut();
         if let Some(old) = regs.by_fd.insert(fd, token) {
             regs.by_token.remove(&old);
         }
-        regs.by_token.insert(
-            token,
-            RegEntry {
-                fd,
-                waiters: FdEntry::default(),
-            },
-        );
+        regs.by_token.insert(token, RegEntry { fd, waiters });
         Ok(token)
     }
 
