@@ -643,3 +643,33 @@ fn destructor_spawning_during_loop_drop_does_not_abort() {
     drop(lp);
     assert!(!ran.get());
 }
+
+#[test]
+fn thread_pool_is_bounded_and_parallel() {
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+    let lp = EventLoop::new().unwrap();
+    let t = Instant::now();
+    for _ in 0..100 {
+        lp.spawn(|| {
+            aio::run_blocking(|| {
+                let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                PEAK.fetch_max(now, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(100));
+                RUNNING.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+    }
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    let peak = PEAK.load(Ordering::SeqCst);
+    // Other tests of this binary use the pool too, hence "at most".
+    assert!(
+        peak <= aio::thread_pool::MAX_THREADS,
+        "{peak} workers at once"
+    );
+    assert!(peak >= 8, "jobs did not run in parallel: peak {peak}");
+    // 100 jobs of 100 ms on at most 64 threads: two rounds, not 100.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+}
