@@ -51,7 +51,9 @@ fn block_on_runs_in_a_coroutine() {
 #[test]
 fn block_on_resumes_panic() {
     let lp = EventLoop::new().unwrap();
-    let r = catch_unwind(AssertUnwindSafe(|| lp.block_on(|| -> u32 { panic!("boom in block_on") })));
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        lp.block_on(|| -> u32 { panic!("boom in block_on") })
+    }));
     let p = r.unwrap_err();
     assert_eq!(panic_message(&*p), "boom in block_on");
     // The loop is still usable.
@@ -103,7 +105,10 @@ fn sleepers_overlap() {
     });
     let e = t.elapsed();
     assert!(e >= Duration::from_millis(200), "{e:?}");
-    assert!(e < Duration::from_millis(390), "sleeps did not overlap: {e:?}");
+    assert!(
+        e < Duration::from_millis(390),
+        "sleeps did not overlap: {e:?}"
+    );
 }
 
 #[test]
@@ -129,7 +134,11 @@ fn thousand_sleepers_finish_on_time() {
     }
     assert_eq!(done.get(), 1000);
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
-    assert!(late.get() < Duration::from_secs(1), "latest wake-up {:?} late", late.get());
+    assert!(
+        late.get() < Duration::from_secs(1),
+        "latest wake-up {:?} late",
+        late.get()
+    );
 }
 
 #[test]
@@ -399,7 +408,10 @@ fn wait_future_completed_by_other_thread() {
     t.join().unwrap();
     assert_eq!(v, 99);
     assert_eq!(on, thread::current().id());
-    assert!(ticks.get() > 0, "loop did not run while the future was pending");
+    assert!(
+        ticks.get() > 0,
+        "loop did not run while the future was pending"
+    );
 }
 
 #[test]
@@ -475,7 +487,9 @@ fn panic_in_bottom_half_propagates_and_loop_survives() {
     assert_eq!(ran.get(), 1);
     // Also a cross-thread bottom half.
     let h = lp.handle();
-    thread::spawn(move || h.call_soon(|| panic!("remote boom"))).join().unwrap();
+    thread::spawn(move || h.call_soon(|| panic!("remote boom")))
+        .join()
+        .unwrap();
     let p = catch_unwind(AssertUnwindSafe(|| lp.poll(true))).unwrap_err();
     assert_eq!(panic_message(&*p), "remote boom");
     assert_eq!(lp.block_on(|| 3), 3);
@@ -495,12 +509,22 @@ fn panic_in_spawned_coroutine_propagates_out_of_poll() {
 fn free_functions_panic_outside_coroutine() {
     let (r, _w) = std::os::unix::net::UnixStream::pair().unwrap();
     let r: &'static std::os::unix::net::UnixStream = Box::leak(Box::new(r));
-    let checks: Vec<(&str, Box<dyn Fn()>)> = vec![
+    type Check = (&'static str, Box<dyn Fn()>);
+    let checks: Vec<Check> = vec![
         ("spawn", Box::new(|| drop(aio::spawn(|| ())))),
-        ("schedule", Box::new(|| aio::schedule(&Coroutine::new(|| ())))),
+        (
+            "schedule",
+            Box::new(|| aio::schedule(&Coroutine::new(|| ()))),
+        ),
         ("sleep", Box::new(|| aio::sleep(Duration::from_millis(1)))),
-        ("wait_readable", Box::new(|| drop(aio::wait_readable(r.as_fd())))),
-        ("wait_writable", Box::new(|| drop(aio::wait_writable(r.as_fd())))),
+        (
+            "wait_readable",
+            Box::new(|| drop(aio::wait_readable(r.as_fd()))),
+        ),
+        (
+            "wait_writable",
+            Box::new(|| drop(aio::wait_writable(r.as_fd()))),
+        ),
         ("run_blocking", Box::new(|| aio::run_blocking(|| ()))),
         ("wait_future", Box::new(|| aio::wait_future(async {}))),
         ("waker", Box::new(|| drop(aio::waker()))),
@@ -508,7 +532,11 @@ fn free_functions_panic_outside_coroutine() {
     for (name, f) in &checks {
         // On a thread's own stack...
         let p = catch_unwind(AssertUnwindSafe(f)).unwrap_err();
-        assert!(panic_message(&*p).contains("not in a coroutine"), "{name}: {}", panic_message(&*p));
+        assert!(
+            panic_message(&*p).contains("not in a coroutine"),
+            "{name}: {}",
+            panic_message(&*p)
+        );
     }
     for (name, f) in checks {
         if name == "waker" {
@@ -522,7 +550,11 @@ fn free_functions_panic_outside_coroutine() {
             *m.borrow_mut() = panic_message(&*p);
         })
         .enter();
-        assert!(msg.borrow().contains("not in a coroutine"), "{name}: {}", msg.borrow());
+        assert!(
+            msg.borrow().contains("not in a coroutine"),
+            "{name}: {}",
+            msg.borrow()
+        );
     }
 }
 
@@ -578,4 +610,66 @@ fn sleepers_cost_no_o_n_per_poll() {
     });
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     assert_eq!(lp.task_count(), 10_000);
+}
+
+#[test]
+fn two_loops_on_one_thread_get_cross_thread_wakes() {
+    // The loop that polls receives the thread's cross-thread wakes.
+    let a = EventLoop::new().unwrap();
+    let b = EventLoop::new().unwrap();
+    for lp in [&a, &b, &a] {
+        let v = lp.block_on(|| aio::run_blocking(|| 5));
+        assert_eq!(v, 5);
+    }
+}
+
+#[test]
+fn destructor_spawning_during_loop_drop_does_not_abort() {
+    struct SpawnOnDrop(Rc<Cell<bool>>);
+    impl Drop for SpawnOnDrop {
+        fn drop(&mut self) {
+            let ran = self.0.clone();
+            drop(aio::spawn(move || ran.set(true)));
+        }
+    }
+    let lp = EventLoop::new().unwrap();
+    let ran = Rc::new(Cell::new(false));
+    let g = SpawnOnDrop(ran.clone());
+    lp.spawn(move || {
+        let _g = g;
+        aio::sleep(Duration::from_secs(3600));
+    });
+    lp.poll(false);
+    drop(lp);
+    assert!(!ran.get());
+}
+
+#[test]
+fn thread_pool_is_bounded_and_parallel() {
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    static PEAK: AtomicUsize = AtomicUsize::new(0);
+    let lp = EventLoop::new().unwrap();
+    let t = Instant::now();
+    for _ in 0..100 {
+        lp.spawn(|| {
+            aio::run_blocking(|| {
+                let now = RUNNING.fetch_add(1, Ordering::SeqCst) + 1;
+                PEAK.fetch_max(now, Ordering::SeqCst);
+                thread::sleep(Duration::from_millis(100));
+                RUNNING.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+    }
+    while lp.task_count() > 0 {
+        lp.poll(true);
+    }
+    let peak = PEAK.load(Ordering::SeqCst);
+    // Other tests of this binary use the pool too, hence "at most".
+    assert!(
+        peak <= aio::thread_pool::MAX_THREADS,
+        "{peak} workers at once"
+    );
+    assert!(peak >= 8, "jobs did not run in parallel: peak {peak}");
+    // 100 jobs of 100 ms on at most 64 threads: two rounds, not 100.
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }

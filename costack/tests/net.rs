@@ -75,7 +75,10 @@ fn unix_echo() {
     let p = path.clone();
     lp.block_on(move || {
         let listener = UnixListener::bind(&p).unwrap();
-        assert_eq!(listener.local_addr().unwrap().as_pathname(), Some(p.as_path()));
+        assert_eq!(
+            listener.local_addr().unwrap().as_pathname(),
+            Some(p.as_path())
+        );
         aio::spawn(move || {
             let (s, _addr) = listener.accept().unwrap();
             echo(s);
@@ -198,7 +201,10 @@ fn peer_close_gives_eof_and_write_error() {
             aio::sleep(Duration::from_millis(1));
         }
         let e = (&*a).write_all(&[1; 1 << 20]).unwrap_err();
-        assert!(matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset), "{e:?}");
+        assert!(
+            matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+            "{e:?}"
+        );
     });
 }
 
@@ -215,7 +221,8 @@ fn read_timeout_gives_timed_out() {
         assert_eq!(e.kind(), ErrorKind::TimedOut);
         assert!(t.elapsed() >= Duration::from_millis(30));
         // Writes time out once the buffer is full.
-        a.set_write_timeout(Some(Duration::from_millis(30))).unwrap();
+        a.set_write_timeout(Some(Duration::from_millis(30)))
+            .unwrap();
         let big = vec![0u8; 1 << 16];
         let e = loop {
             if let Err(e) = (&a).write(&big) {
@@ -235,7 +242,10 @@ fn tcp_read_timeout_and_connect_refused() {
         let c = TcpStream::connect(addr).unwrap();
         let (_s, _) = listener.accept().unwrap();
         c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-        assert_eq!((&c).read(&mut [0; 1]).unwrap_err().kind(), ErrorKind::TimedOut);
+        assert_eq!(
+            (&c).read(&mut [0; 1]).unwrap_err().kind(),
+            ErrorKind::TimedOut
+        );
         drop(listener);
         let e = TcpStream::connect(addr).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
@@ -320,4 +330,38 @@ fn streams_move_between_loop_threads() {
         assert_eq!(&buf, b"across");
     });
     worker.join().unwrap();
+}
+
+#[test]
+fn generic_waits_on_a_socket_fd_mix_with_its_own() {
+    use std::os::fd::AsFd;
+    let lp = EventLoop::new().unwrap();
+    lp.block_on(|| {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (a, b) = (Rc::new(a), Rc::new(b));
+        // A generic wait first (one-shot arming), then the socket's own
+        // read registers it while the generic waiter still waits.
+        let a2 = a.clone();
+        let generic = aio::spawn(move || aio::wait_readable(a2.as_fd()).unwrap());
+        let a3 = a.clone();
+        let own = aio::spawn(move || {
+            let mut buf = [0; 1];
+            (&*a3).read_exact(&mut buf).unwrap();
+            assert_eq!(buf, [9]);
+        });
+        aio::sleep(Duration::from_millis(5));
+        (&*b).write_all(&[9]).unwrap();
+        while !(generic.is_finished() && own.is_finished()) {
+            aio::sleep(Duration::from_millis(1));
+        }
+        // And a generic wait after the registration exists.
+        let a4 = a.clone();
+        let generic = aio::spawn(move || aio::wait_readable(a4.as_fd()).unwrap());
+        aio::sleep(Duration::from_millis(5));
+        assert!(!generic.is_finished());
+        (&*b).write_all(&[1]).unwrap();
+        while !generic.is_finished() {
+            aio::sleep(Duration::from_millis(1));
+        }
+    });
 }

@@ -29,7 +29,10 @@ impl<T> Drop for Join<'_, T> {
 
 /// Runs `f` on a worker and suspends the calling coroutine (on loop
 /// `inner`) until it returns; resumes its panic.
-pub(crate) fn run_borrowed<T: Send, F: FnOnce() -> T + Send>(inner: &std::rc::Rc<super::Inner>, f: F) -> T {
+pub(crate) fn run_borrowed<T: Send, F: FnOnce() -> T + Send>(
+    inner: &std::rc::Rc<super::Inner>,
+    f: F,
+) -> T {
     let me = crate::current().expect("called in a coroutine");
     inner.adopt(&me);
     let shared = Arc::new(Shared {
@@ -54,7 +57,11 @@ pub(crate) fn run_borrowed<T: Send, F: FnOnce() -> T + Send>(inner: &std::rc::Rc
     let join = Join(&shared);
     thread_pool::submit(job);
     loop {
-        let r = shared.result.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let r = shared
+            .result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         match r {
             Some(r) => {
                 // The result was taken: `join` would wait for it forever.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::handle::{LoopHandle, Remote};
-use super::io::FdEntry;
+use super::io::{FdEntry, Registrations, REG_BIT};
 use super::sys;
 use super::timer::Timers;
 use super::uring::UringState;
@@ -38,6 +38,26 @@ pub(crate) const TOKEN_URING: u64 = u64::MAX - 1;
 thread_local! {
     /// The loop that is polling on this thread (innermost, if nested).
     static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+    /// The loop the thread's mailbox notifies: the one that polled last.
+    static MAILBOX_LOOP: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
+    /// The thread's live loops, by id (for sockets dropped outside `poll`).
+    static LOOPS: RefCell<Vec<(u64, Weak<Inner>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Numbers loops uniquely in the process.
+static NEXT_LOOP_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The live loop of this thread with id `id`.
+pub(crate) fn loop_by_id(id: u64) -> Option<Rc<Inner>> {
+    LOOPS
+        .try_with(|l| {
+            l.borrow()
+                .iter()
+                .find(|(i, _)| *i == id)
+                .and_then(|(_, w)| w.upgrade())
+        })
+        .ok()
+        .flatten()
 }
 
 /// The loop polling on this thread, if any.
@@ -50,6 +70,9 @@ struct CurrentGuard(Option<Rc<Inner>>);
 
 impl CurrentGuard {
     fn enter(inner: &Rc<Inner>) -> CurrentGuard {
+        if MAILBOX_LOOP.with(Cell::get) != Rc::as_ptr(inner) {
+            inner.take_mailbox();
+        }
         CurrentGuard(CURRENT.with(|c| c.replace(Some(inner.clone()))))
     }
 }
@@ -110,6 +133,7 @@ impl Tasks {
 
 /// A loop's state, shared by its handles, its coroutines' homes and waits.
 pub(crate) struct Inner {
+    pub(crate) id: u64,
     pub(crate) epoll: OwnedFd,
     pub(crate) remote: Arc<Remote>,
     mailbox: Arc<Mailbox>,
@@ -117,6 +141,7 @@ pub(crate) struct Inner {
     bhs: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) timers: RefCell<Timers>,
     pub(crate) fds: RefCell<HashMap<RawFd, FdEntry>>,
+    pub(crate) regs: RefCell<Registrations>,
     tasks: RefCell<Tasks>,
     home: Rc<dyn Home>,
     events: RefCell<Vec<libc::epoll_event>>,
@@ -163,7 +188,12 @@ impl Inner {
     }
 
     pub(crate) fn spawn<F: FnOnce() + 'static>(self: &Rc<Self>, f: F) -> Coroutine {
-        assert!(!self.closed.get(), "cannot spawn on an event loop that was dropped");
+        if self.closed.get() {
+            // Spawned by a destructor while the loop unwinds its
+            // coroutines: the coroutine never runs (a panic here would
+            // abort, being raised during unwinding).
+            return Coroutine::new(f);
+        }
         let index = self.tasks.borrow_mut().reserve();
         let done = TaskDone {
             inner: self.clone(),
@@ -183,6 +213,15 @@ impl Inner {
         self.tasks.borrow_mut().fill(index, co.clone());
         self.schedule(&co);
         co
+    }
+
+    /// Makes cross-thread wakes of this thread's coroutines notify this
+    /// loop (with several loops on a thread, the one that polls).
+    fn take_mailbox(&self) {
+        let remote = self.remote.clone();
+        self.mailbox
+            .set_notify(Some(Arc::new(move || remote.notify())));
+        MAILBOX_LOOP.with(|m| m.set(self));
     }
 
     pub(crate) fn call_soon_local(&self, f: Box<dyn FnOnce()>) {
@@ -270,6 +309,7 @@ impl Inner {
                 match token {
                     TOKEN_NOTIFY => progress |= self.take_remote(),
                     TOKEN_URING => progress |= self.uring.reap(self),
+                    token if token & REG_BIT != 0 => progress |= self.reg_event(token, bits),
                     fd => progress |= self.fd_event(fd as RawFd, bits),
                 }
             }
@@ -282,7 +322,10 @@ impl Inner {
     fn shutdown(&self) {
         self.closed.set(true);
         self.remote.close();
-        self.mailbox.set_notify(None);
+        if MAILBOX_LOOP.try_with(Cell::get).ok() == Some(self as *const Inner) {
+            self.mailbox.set_notify(None);
+            let _ = MAILBOX_LOOP.try_with(|m| m.set(std::ptr::null()));
+        }
         let mut first_panic = None;
         loop {
             let tasks = self.tasks.borrow_mut().drain();
@@ -304,7 +347,10 @@ impl Inner {
         }
         drop(self.timers.borrow_mut().take_all());
         self.fds.borrow_mut().clear();
-        self.uring.shutdown();
+        self.regs.borrow_mut().clear();
+        self.uring.shutdown(self);
+        let id = self.id;
+        let _ = LOOPS.try_with(|l| l.borrow_mut().retain(|(i, _)| *i != id));
         if let Some(p) = first_panic {
             if !std::thread::panicking() {
                 panic::resume_unwind(p);
@@ -338,6 +384,9 @@ struct Owner {
 
 impl Drop for Owner {
     fn drop(&mut self) {
+        // Destructors of unwound coroutines may call `aio` functions: they
+        // find the loop (closed) rather than panic while unwinding.
+        let _current = CurrentGuard::enter(&self.inner);
         self.inner.shutdown();
     }
 }
@@ -352,6 +401,14 @@ impl Drop for Owner {
 ///
 /// Dropping the last clone unwinds the coroutines it spawned that have not
 /// finished (their destructors run) and drops queued bottom halves.
+///
+/// A loop is bound to its thread (neither `Send` nor `Sync`); other threads
+/// use its [`handle`](EventLoop::handle):
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// send(costack::aio::EventLoop::new().unwrap());
+/// ```
 ///
 /// ```
 /// use costack::aio::{self, EventLoop};
@@ -403,7 +460,9 @@ impl EventLoop {
             TOKEN_NOTIFY,
         )?;
         let mailbox = mailbox();
+        let id = NEXT_LOOP_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let inner = Rc::new_cyclic(|weak: &Weak<Inner>| Inner {
+            id,
             epoll,
             remote: remote.clone(),
             mailbox: mailbox.clone(),
@@ -411,6 +470,7 @@ impl EventLoop {
             bhs: RefCell::new(VecDeque::new()),
             timers: RefCell::new(Timers::default()),
             fds: RefCell::new(HashMap::new()),
+            regs: RefCell::new(Registrations::default()),
             tasks: RefCell::new(Tasks::default()),
             home: Rc::new(LoopHome(weak.clone())),
             events: RefCell::new(Vec::with_capacity(256)),
@@ -419,7 +479,8 @@ impl EventLoop {
             closed: Cell::new(false),
         });
         // Cross-thread wakes of this thread's coroutines notify this loop.
-        mailbox.set_notify(Some(Arc::new(move || remote.notify())));
+        inner.take_mailbox();
+        LOOPS.with(|l| l.borrow_mut().push((id, Rc::downgrade(&inner))));
         Ok(EventLoop {
             owner: Rc::new(Owner { inner }),
         })
@@ -452,6 +513,9 @@ impl EventLoop {
     /// iteration. The loop owns it until it finishes: dropping the returned
     /// handle does not cancel it. A panic in it propagates out of
     /// [`poll`](EventLoop::poll) (or `block_on`).
+    ///
+    /// Coroutines spawned by destructors while the loop is being dropped
+    /// never run.
     ///
     /// # Panics
     /// If no coroutine stack can be allocated.
@@ -486,7 +550,7 @@ impl EventLoop {
                 if progress {
                     let ticks = inner.busy_ticks.get().wrapping_add(1);
                     inner.busy_ticks.set(ticks);
-                    if ticks % 32 != 0 {
+                    if !ticks.is_multiple_of(32) {
                         return true;
                     }
                 }

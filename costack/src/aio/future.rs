@@ -31,7 +31,10 @@ impl Wake for FutureWaker {
 /// Polls `future` to completion in the calling coroutine, yielding to the
 /// loop while it is pending. Its `std::task::Waker` is `Send`: waking it
 /// from any thread re-enters the coroutine on its own loop.
-pub(crate) fn block_on_future<F: Future>(inner: &std::rc::Rc<super::event_loop::Inner>, future: F) -> F::Output {
+pub(crate) fn block_on_future<F: Future>(
+    inner: &std::rc::Rc<super::event_loop::Inner>,
+    future: F,
+) -> F::Output {
     let me = crate::current().expect("checked by the caller");
     inner.adopt(&me);
     let fw = Arc::new(FutureWaker {

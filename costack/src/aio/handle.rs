@@ -107,7 +107,8 @@ impl LoopHandle {
     /// [`EventLoop::spawn`](super::EventLoop::spawn) there).
     pub fn spawn<F: FnOnce() + Send + 'static>(&self, f: F) {
         self.call_soon(move || {
-            let inner = super::event_loop::current_inner().expect("bottom halves run on their loop");
+            let inner =
+                super::event_loop::current_inner().expect("bottom halves run on their loop");
             inner.spawn(f);
         });
     }

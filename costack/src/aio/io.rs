@@ -9,15 +9,31 @@
 //! the loop keeps no state for idle fds: an fd the caller closes between
 //! two waits leaves nothing stale behind (the next wait re-adds it).
 //!
+//! Sockets of [`net`](crate::net) register once instead, edge-triggered,
+//! for as long as they live ([`Registration`]): a wait then costs no
+//! `epoll_ctl`. Edge triggering is race-free here because the loop is
+//! single-threaded: between a coroutine's `EAGAIN` and its wait no
+//! `epoll_wait` runs, so an edge that came meanwhile is still queued in
+//! the kernel and will wake it; an edge that comes while nobody waits is
+//! dropped, and whoever reads next finds the data without waiting. A
+//! registration is removed when its socket is dropped (by a bottom half if
+//! it is dropped on another thread), and each has a fresh token, so a
+//! recycled fd number never inherits a stale one.
+//!
 //! Hang-ups and errors (`EPOLLHUP`, `EPOLLERR`, `EPOLLRDHUP`) wake readers
 //! and writers alike, so a socket shut down or reset while a coroutine
 //! waits on it ends the wait; the following read or write reports EOF or
 //! the error.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use super::event_loop::{current_inner, loop_by_id};
+use super::handle::Remote;
 
 use super::event_loop::Inner;
 use super::sys;
@@ -91,7 +107,18 @@ impl Drop for FdGuard<'_> {
 
 /// Suspends the calling coroutine (on loop `inner`) until `fd` is ready
 /// for `dir`, or until `deadline` (then `TimedOut`).
-pub(crate) fn wait_fd(inner: &Rc<Inner>, fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+pub(crate) fn wait_fd(
+    inner: &Rc<Inner>,
+    fd: RawFd,
+    dir: Direction,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let token = inner.regs.borrow().by_fd.get(&fd).copied();
+    if let Some(token) = token {
+        // A socket's persistent registration: re-arming it one-shot would
+        // take its events away from it.
+        return wait_reg(inner, token, dir, deadline);
+    }
     let me = crate::current().expect("wait_fd runs in a coroutine");
     inner.adopt(&me);
     let wait = Wait::new(&me);
@@ -156,5 +183,237 @@ impl Inner {
             w.complete(Outcome::Ready, self);
         }
         any
+    }
+}
+
+/// epoll data bit of persistent registrations (below the loop's own
+/// tokens, which sit at the top of the range).
+pub(crate) const REG_BIT: u64 = 1 << 62;
+
+/// The waiters of one persistent registration.
+struct RegEntry {
+    fd: RawFd,
+    waiters: FdEntry,
+}
+
+/// A loop's persistent registrations, by token and by fd.
+#[derive(Default)]
+pub(crate) struct Registrations {
+    by_token: HashMap<u64, RegEntry>,
+    pub(crate) by_fd: HashMap<RawFd, u64>,
+    next: u64,
+}
+
+impl Registrations {
+    pub(crate) fn clear(&mut self) {
+        self.by_token.clear();
+        self.by_fd.clear();
+    }
+
+    fn forget(&mut self, token: u64) -> Option<RegEntry> {
+        let entry = self.by_token.remove(&token)?;
+        if self.by_fd.get(&entry.fd) == Some(&token) {
+            self.by_fd.remove(&entry.fd);
+        }
+        Some(entry)
+    }
+}
+
+impl Inner {
+    /// Registers `fd` edge-triggered for reads and writes; returns its token.
+    fn register(&self, fd: RawFd) -> io::Result<u64> {
+        let token = {
+            let mut regs = self.regs.borrow_mut();
+            regs.next += 1;
+            REG_BIT | regs.next
+        };
+        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
+        match sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, fd, ev, token) {
+            // Left armed or disarmed by a one-shot wait: take it over.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, fd, ev, token)?
+            }
+            r => r?,
+        }
+        // Coroutines in a one-shot wait on this fd now wait here: its
+        // events carry the new token from now on.
+        let waiters = self.fds.borrow_mut().remove(&fd).unwrap_or_default();
+        let mut regs = self.regs.borrow_mut();
+        if let Some(old) = regs.by_fd.insert(fd, token) {
+            regs.by_token.remove(&old);
+        }
+        regs.by_token.insert(token, RegEntry { fd, waiters });
+        Ok(token)
+    }
+
+    /// Removes a registration; `fd` is still open (so `EPOLL_CTL_DEL`).
+    fn deregister(&self, token: u64) {
+        let entry = self.regs.borrow_mut().forget(token);
+        if let Some(entry) = entry {
+            let _ = sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, entry.fd, 0, 0);
+            for w in entry
+                .waiters
+                .readers
+                .iter()
+                .chain(entry.waiters.writers.iter())
+            {
+                w.complete(Outcome::Ready, self);
+            }
+        }
+    }
+
+    /// An edge for a persistent registration.
+    pub(crate) fn reg_event(&self, token: u64, bits: u32) -> bool {
+        let woken = {
+            let mut regs = self.regs.borrow_mut();
+            let Some(entry) = regs.by_token.get_mut(&token) else {
+                return false;
+            };
+            let mut woken = Vec::new();
+            if bits & (READ_EVENTS | ANY_END) != 0 {
+                woken.append(&mut entry.waiters.readers);
+            }
+            if bits & (WRITE_EVENTS | ANY_END) != 0 {
+                woken.append(&mut entry.waiters.writers);
+            }
+            woken
+        };
+        let any = !woken.is_empty();
+        for w in woken {
+            w.complete(Outcome::Ready, self);
+        }
+        any
+    }
+}
+
+/// Removes a finished or abandoned wait from its registration.
+struct RegGuard<'a> {
+    inner: &'a Inner,
+    token: u64,
+    dir: Direction,
+    wait: Rc<Wait>,
+}
+
+impl Drop for RegGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(entry) = self.inner.regs.borrow_mut().by_token.get_mut(&self.token) {
+            let list = match self.dir {
+                Direction::Read => &mut entry.waiters.readers,
+                Direction::Write => &mut entry.waiters.writers,
+            };
+            list.retain(|w| !Rc::ptr_eq(w, &self.wait));
+        }
+    }
+}
+
+fn wait_reg(
+    inner: &Rc<Inner>,
+    token: u64,
+    dir: Direction,
+    deadline: Option<Instant>,
+) -> io::Result<()> {
+    let me = crate::current().expect("wait_reg runs in a coroutine");
+    inner.adopt(&me);
+    let wait = Wait::new(&me);
+    drop(me);
+    {
+        let mut regs = inner.regs.borrow_mut();
+        let Some(entry) = regs.by_token.get_mut(&token) else {
+            // Deregistered meanwhile: let the caller retry its call.
+            return Ok(());
+        };
+        match dir {
+            Direction::Read => entry.waiters.readers.push(wait.clone()),
+            Direction::Write => entry.waiters.writers.push(wait.clone()),
+        }
+    }
+    let _guard = RegGuard {
+        inner,
+        token,
+        dir,
+        wait: wait.clone(),
+    };
+    let _timer = deadline.map(|d| inner.timers.borrow_mut().add(inner, d, wait.clone()));
+    match wait.suspend() {
+        Outcome::TimedOut => Err(io::ErrorKind::TimedOut.into()),
+        _ => Ok(()),
+    }
+}
+
+struct Reg {
+    loop_id: u64,
+    token: u64,
+    remote: Arc<Remote>,
+}
+
+/// A socket's persistent registration with the loop it is used on
+/// (created on its first wait there). Dropping it deregisters.
+#[derive(Default)]
+pub(crate) struct Registration {
+    reg: Mutex<Option<Reg>>,
+}
+
+impl Registration {
+    /// Waits until `fd` is ready for `dir`: on the current loop from a
+    /// coroutine on one (registering with it first), else by blocking the
+    /// thread in poll(2). A socket used on a second loop waits there with
+    /// one-shot arming.
+    pub(crate) fn wait(
+        &self,
+        fd: RawFd,
+        dir: Direction,
+        deadline: Option<Instant>,
+    ) -> io::Result<()> {
+        let inner = match crate::in_coroutine().then(current_inner).flatten() {
+            Some(inner) => inner,
+            None => {
+                let events = match dir {
+                    Direction::Read => libc::POLLIN,
+                    Direction::Write => libc::POLLOUT,
+                };
+                return sys::poll_blocking(fd, events, deadline);
+            }
+        };
+        let token = {
+            let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+            match &*reg {
+                Some(r) if r.loop_id == inner.id => Some(r.token),
+                Some(_) => None,
+                None => {
+                    let token = inner.register(fd)?;
+                    *reg = Some(Reg {
+                        loop_id: inner.id,
+                        token,
+                        remote: inner.remote.clone(),
+                    });
+                    Some(token)
+                }
+            }
+        };
+        match token {
+            Some(token) => wait_reg(&inner, token, dir, deadline),
+            None => wait_fd(&inner, fd, dir, deadline),
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let reg = self.reg.get_mut().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(reg) = reg else { return };
+        match loop_by_id(reg.loop_id) {
+            // The loop's own thread: remove it now, while the fd is open.
+            Some(inner) => inner.deregister(reg.token),
+            // Another thread: the loop forgets the token in a bottom half
+            // (closing the fd removes it from epoll).
+            None => {
+                let token = reg.token;
+                reg.remote.post(Box::new(move || {
+                    if let Some(inner) = current_inner() {
+                        inner.regs.borrow_mut().forget(token);
+                    }
+                }));
+            }
+        }
     }
 }

@@ -25,6 +25,37 @@
 //! The free functions must be called in a coroutine running on an event
 //! loop (one that loop entered, or one entered while the loop polls);
 //! elsewhere they panic with a message containing `not in a coroutine`.
+//!
+//! # Design (after QEMU's AioContext)
+//!
+//! - **Readiness**: one epoll instance per loop. Sockets of
+//!   [`net`](crate::net) register once, edge-triggered, so waiting costs no
+//!   system call; other fds ([`wait_readable`]) are armed level-triggered
+//!   and one-shot per wait, so nothing is left behind for fds the caller
+//!   closes later.
+//! - **Cross-thread notification**: one eventfd per loop. [`LoopHandle`]
+//!   posts and cross-thread [`Waker`] wakes go to a queue and write the
+//!   eventfd only if no notification is pending (coalesced); the loop
+//!   checks an atomic flag every iteration and drains the queue.
+//! - **Timers**: a binary heap of deadlines; arming and firing are
+//!   O(log n), cancelling is O(1).
+//! - **Bottom halves**: [`LoopHandle::call_soon`] (from any thread) and
+//!   [`EventLoop::call_soon`] (same thread) run closures outside any
+//!   coroutine, in order.
+//! - **Run queue**: [`schedule`], spawned coroutines and wakes from outside
+//!   any coroutine enter coroutines from the loop, once per iteration for
+//!   what was queued before it started (aio_co_schedule). Wakes from inside
+//!   a coroutine bypass the loop (see [`Coroutine::wake`]).
+//! - **Blocking work**: [`run_blocking`] on a bounded
+//!   [`thread_pool`]; file I/O in [`fs`](crate::fs) on io_uring when the
+//!   kernel has it (its completion eventfd sits in the epoll set), else on
+//!   the thread pool.
+//!
+//! An iteration ([`EventLoop::poll`]) runs due timers, bottom halves and
+//! the run queue; then asks epoll for events (not waiting if that made
+//! progress, and only every 32nd busy iteration, so coroutines that keep
+//! each other busy do not pay a system call per switch) and runs what they
+//! made ready.
 
 mod borrowed;
 mod event_loop;
@@ -43,8 +74,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub use event_loop::EventLoop;
 pub(crate) use borrowed::run_borrowed;
+pub use event_loop::EventLoop;
 pub(crate) use event_loop::{current_inner, Inner};
 pub use handle::LoopHandle;
 pub use waker::{waker, Waker};
@@ -174,7 +205,12 @@ pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 #[track_caller]
 pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_readable_timeout");
-    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Read, Some(Instant::now() + timeout))
+    io::wait_fd(
+        &inner,
+        fd.as_raw_fd(),
+        Direction::Read,
+        Some(Instant::now() + timeout),
+    )
 }
 
 /// As [`wait_writable`], giving up with `ErrorKind::TimedOut` after
@@ -188,7 +224,12 @@ pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::
 #[track_caller]
 pub fn wait_writable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_writable_timeout");
-    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Write, Some(Instant::now() + timeout))
+    io::wait_fd(
+        &inner,
+        fd.as_raw_fd(),
+        Direction::Write,
+        Some(Instant::now() + timeout),
+    )
 }
 
 struct Job<T> {

@@ -20,7 +20,13 @@ pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
 }
 
 /// `epoll_ctl(op)` for `fd` with `events`; the event's data is `data`.
-pub(crate) fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+pub(crate) fn epoll_ctl(
+    ep: &OwnedFd,
+    op: libc::c_int,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
     let mut ev = libc::epoll_event { events, u64: data };
     // SAFETY: `ev` is a valid epoll_event for the duration of the call; a
     // bad fd is reported as an error, not undefined behaviour.
@@ -29,14 +35,29 @@ pub(crate) fn epoll_ctl(ep: &OwnedFd, op: libc::c_int, fd: RawFd, events: u32, d
 
 /// Waits for events, at most `timeout_ms` (-1: forever). EINTR counts as
 /// no events.
-pub(crate) fn epoll_wait(ep: &OwnedFd, events: &mut Vec<libc::epoll_event>, timeout_ms: i32) -> io::Result<()> {
+pub(crate) fn epoll_wait(
+    ep: &OwnedFd,
+    events: &mut Vec<libc::epoll_event>,
+    timeout_ms: i32,
+) -> io::Result<()> {
     events.clear();
     // SAFETY: the kernel writes at most `capacity` entries into the vector's
     // spare capacity; we set the length to what it reports.
-    let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.capacity() as i32, timeout_ms) };
+    let n = unsafe {
+        libc::epoll_wait(
+            ep.as_raw_fd(),
+            events.as_mut_ptr(),
+            events.capacity() as i32,
+            timeout_ms,
+        )
+    };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(()) } else { Err(e) };
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(())
+        } else {
+            Err(e)
+        };
     }
     // SAFETY: the first `n` entries were initialised by the kernel.
     unsafe { events.set_len(n as usize) };
@@ -69,7 +90,11 @@ pub(crate) fn eventfd_drain(fd: RawFd) {
 
 /// Blocks the thread in poll(2) until `fd` has one of `events` or the
 /// deadline passes; used when no event loop runs on the thread.
-pub(crate) fn poll_blocking(fd: RawFd, events: libc::c_short, deadline: Option<std::time::Instant>) -> io::Result<()> {
+pub(crate) fn poll_blocking(
+    fd: RawFd,
+    events: libc::c_short,
+    deadline: Option<std::time::Instant>,
+) -> io::Result<()> {
     loop {
         let timeout = match deadline {
             None => -1,
@@ -81,7 +106,11 @@ pub(crate) fn poll_blocking(fd: RawFd, events: libc::c_short, deadline: Option<s
                 ms_ceil(left)
             }
         };
-        let mut pfd = libc::pollfd { fd, events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
         if n < 0 {

@@ -36,7 +36,10 @@ impl Ord for Entry {
     // Reversed: BinaryHeap is a max-heap and we want the earliest first;
     // `seq` keeps timers with equal deadlines in arming order.
     fn cmp(&self, other: &Entry) -> Ordering {
-        other.deadline.cmp(&self.deadline).then(other.seq.cmp(&self.seq))
+        other
+            .deadline
+            .cmp(&self.deadline)
+            .then(other.seq.cmp(&self.seq))
     }
 }
 
@@ -65,7 +68,12 @@ pub(crate) struct Timers {
 
 impl Timers {
     /// Arms a timer that completes `wait` at `deadline`.
-    pub(crate) fn add(&mut self, inner: &Rc<super::event_loop::Inner>, deadline: Instant, wait: Rc<Wait>) -> TimerGuard {
+    pub(crate) fn add(
+        &mut self,
+        inner: &Rc<super::event_loop::Inner>,
+        deadline: Instant,
+        wait: Rc<Wait>,
+    ) -> TimerGuard {
         let cancelled = Rc::new(Cell::new(false));
         self.seq += 1;
         self.heap.push(Entry {

@@ -36,6 +36,8 @@ struct Ring {
     efd: OwnedFd,
     ops: Vec<Op>,
     free: Vec<usize>,
+    /// Requests queued or submitted whose completion was not reaped yet.
+    in_flight: usize,
     fallocate: bool,
 }
 
@@ -64,7 +66,8 @@ impl UringState {
 
     /// Whether the loop has a ring (creating it on first call).
     pub(crate) fn available(&self, inner: &Inner) -> bool {
-        if !self.probed.replace(true) && self.allowed && !disabled_by_env() && !disabled_by_sysctl() {
+        if !self.probed.replace(true) && self.allowed && !disabled_by_env() && !disabled_by_sysctl()
+        {
             *self.ring.borrow_mut() = Ring::new(inner).ok();
         }
         self.ring.borrow().is_some()
@@ -100,7 +103,11 @@ impl UringState {
             }
             index
         };
-        let guard = InFlight { state: self, inner, index };
+        let guard = InFlight {
+            state: self,
+            inner,
+            index,
+        };
         let submitted = self.ring.borrow_mut().as_mut().expect("ring").submit();
         // On error the entry may still be queued: the guard submits it and
         // waits for it before the error is returned.
@@ -118,7 +125,9 @@ impl UringState {
     pub(crate) fn reap(&self, inner: &Inner) -> bool {
         let woken = {
             let mut ring = self.ring.borrow_mut();
-            let Some(ring) = ring.as_mut() else { return false };
+            let Some(ring) = ring.as_mut() else {
+                return false;
+            };
             sys::eventfd_drain(ring.efd.as_raw_fd());
             ring.reap()
         };
@@ -129,10 +138,25 @@ impl UringState {
         any
     }
 
-    pub(crate) fn shutdown(&self) {
-        // Requests in flight belong to coroutines that were unwound, which
-        // waited for them; nothing is left to wait for.
-        drop(self.ring.borrow_mut().take());
+    /// The loop is being dropped: waits until the kernel is done with
+    /// every request, since a coroutine the loop does not own may still
+    /// wait for one (and its buffer must outlive it). The ring itself
+    /// lives as long as the loop's state.
+    pub(crate) fn shutdown(&self, inner: &Inner) {
+        loop {
+            let woken = {
+                let mut ring = self.ring.borrow_mut();
+                let Some(ring) = ring.as_mut() else { return };
+                if ring.in_flight == 0 {
+                    return;
+                }
+                ring.wait_one();
+                ring.reap()
+            };
+            for w in woken {
+                w.complete(Outcome::Ready, inner);
+            }
+        }
     }
 }
 
@@ -166,16 +190,7 @@ impl Drop for InFlight<'_> {
                     ring.release(self.index);
                     return;
                 }
-                match ring.ring.submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
-                    Err(e) => {
-                        // Returning would let the kernel write into freed
-                        // memory; there is no safe way on.
-                        eprintln!("costack: io_uring_enter failed with a request in flight: {e}");
-                        std::process::abort();
-                    }
-                }
+                ring.wait_one();
                 ring.reap()
             };
             for w in woken {
@@ -210,6 +225,7 @@ impl Ring {
             efd,
             ops: Vec::new(),
             free: Vec::new(),
+            in_flight: 0,
         })
     }
 
@@ -248,6 +264,7 @@ impl Ring {
             // SAFETY: forwarded from our caller.
             let pushed = unsafe { self.ring.submission().push(entry) };
             if pushed.is_ok() {
+                self.in_flight += 1;
                 return Ok(());
             }
             // Queue full: hand what is queued to the kernel and retry.
@@ -262,10 +279,32 @@ impl Ring {
                 Ok(_) => return Ok(()),
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 // The kernel is short of resources: let it finish some.
-                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) || e.raw_os_error() == Some(libc::EBUSY) => {
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EAGAIN)
+                        || e.raw_os_error() == Some(libc::EBUSY) =>
+                {
                     return self.ring.submit_and_wait(1).map(drop);
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Blocks until at least one request completes (submitting queued
+    /// ones first).
+    fn wait_one(&mut self) {
+        match self.ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                // Going on would let the kernel write into memory that
+                // is freed next; there is no safe way on.
+                eprintln!("costack: io_uring_enter failed with requests in flight: {e}");
+                std::process::abort();
             }
         }
     }
@@ -276,6 +315,7 @@ impl Ring {
         for cqe in self.ring.completion() {
             let index = cqe.user_data() as usize;
             if let Some(op) = self.ops.get_mut(index) {
+                self.in_flight -= 1;
                 op.result = Some(cqe.result());
                 woken.extend(op.wait.take());
             }

@@ -145,6 +145,7 @@ impl Mailbox {
 impl Waker {
     /// Whether the waker names the coroutine running right now.
     pub(crate) fn is_current(&self) -> bool {
-        self.mailbox.is_local() && coroutine::with_current(|co| co.is_some_and(|co| co.id() == self.id))
+        self.mailbox.is_local()
+            && coroutine::with_current(|co| co.is_some_and(|co| co.id() == self.id))
     }
 }

@@ -54,7 +54,12 @@ impl File {
     /// # Errors
     /// As `open(2)`.
     pub fn create<P: AsRef<Path>>(path: P) -> io::Result<Self> {
-        OpenOptions::new().read(true).write(true).create(true).truncate(true).open(path)
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
     }
 
     /// Options to open a file with (such as `O_DIRECT`).
@@ -121,7 +126,12 @@ impl File {
     pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
             match self.read_at(buf, offset) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "failed to fill whole buffer")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "failed to fill whole buffer",
+                    ))
+                }
                 Ok(n) => {
                     buf = &mut buf[n..];
                     offset += n as u64;
@@ -140,7 +150,12 @@ impl File {
     pub fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
             match self.write_at(buf, offset) {
-                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write whole buffer")),
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "failed to write whole buffer",
+                    ))
+                }
                 Ok(n) => {
                     buf = &buf[n..];
                     offset += n as u64;
@@ -154,7 +169,11 @@ impl File {
 
     fn fsync(&self, data_only: bool) -> io::Result<()> {
         let Some(inner) = loop_context() else {
-            return if data_only { self.inner.sync_data() } else { self.inner.sync_all() };
+            return if data_only {
+                self.inner.sync_data()
+            } else {
+                self.inner.sync_all()
+            };
         };
         if inner.uring.available(&inner) {
             let flags = if data_only {
@@ -162,12 +181,20 @@ impl File {
             } else {
                 types::FsyncFlags::empty()
             };
-            let e = opcode::Fsync::new(types::Fd(self.as_raw_fd())).flags(flags).build();
+            let e = opcode::Fsync::new(types::Fd(self.as_raw_fd()))
+                .flags(flags)
+                .build();
             // SAFETY: the request refers to no memory.
             return unsafe { inner.uring.run(&inner, e) }.map(drop);
         }
         let f = &self.inner;
-        aio::run_borrowed(&inner, move || if data_only { f.sync_data() } else { f.sync_all() })
+        aio::run_borrowed(&inner, move || {
+            if data_only {
+                f.sync_data()
+            } else {
+                f.sync_all()
+            }
+        })
     }
 
     /// Flushes written data to the device (`fdatasync`).
@@ -235,7 +262,11 @@ impl File {
     /// As `fallocate(2)`; `Unsupported`-like errors (`EOPNOTSUPP`) on file
     /// systems without holes.
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+        self.fallocate(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
     }
 
     /// Zeroes `[offset, offset + len)` without writing data, keeping the
@@ -244,7 +275,11 @@ impl File {
     /// # Errors
     /// As `fallocate(2)`; `EOPNOTSUPP` where the file system cannot.
     pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE, offset, len)
+        self.fallocate(
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
     }
 
     /// The first offset at or after `offset` that holds data, or `None` if
@@ -293,7 +328,8 @@ fn lseek(fd: RawFd, offset: u64, whence: i32) -> io::Result<u64> {
 }
 
 fn to_off(v: u64) -> io::Result<libc::off_t> {
-    libc::off_t::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
+    libc::off_t::try_from(v)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))
 }
 
 impl AsFd for File {
@@ -328,6 +364,8 @@ impl From<std::fs::File> for File {
 
 impl fmt::Debug for File {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("File").field("fd", &self.as_raw_fd()).finish()
+        f.debug_struct("File")
+            .field("fd", &self.as_raw_fd())
+            .finish()
     }
 }

@@ -50,26 +50,12 @@ use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::aio::io::{wait_fd, Direction};
-
-/// Waits until `fd` is ready for `dir`: on the loop from a coroutine on
-/// one, else by blocking the thread.
-pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
-    if crate::in_coroutine() {
-        if let Some(inner) = crate::aio::current_inner() {
-            return wait_fd(&inner, fd, dir, deadline);
-        }
-    }
-    let events = match dir {
-        Direction::Read => libc::POLLIN,
-        Direction::Write => libc::POLLOUT,
-    };
-    crate::aio::sys::poll_blocking(fd, events, deadline)
-}
+use crate::aio::io::{wait_fd, Direction, Registration};
 
 /// Runs the non-blocking `op` until it does not report `WouldBlock`,
 /// waiting for readiness in between, for at most `timeout` in all.
 pub(crate) fn retry<T>(
+    reg: &Registration,
     fd: RawFd,
     dir: Direction,
     timeout: Option<Duration>,
@@ -82,12 +68,27 @@ pub(crate) fn retry<T>(
                 if deadline.is_none() {
                     deadline = timeout.map(|t| Instant::now() + t);
                 }
-                wait(fd, dir, deadline)?;
+                reg.wait(fd, dir, deadline)?;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             r => return r,
         }
     }
+}
+
+/// Waits until `fd` is ready for `dir` (for sockets not yet wrapped):
+/// on the loop from a coroutine on one, else by blocking the thread.
+pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+    if crate::in_coroutine() {
+        if let Some(inner) = crate::aio::current_inner() {
+            return wait_fd(&inner, fd, dir, deadline);
+        }
+    }
+    let events = match dir {
+        Direction::Read => libc::POLLIN,
+        Direction::Write => libc::POLLOUT,
+    };
+    crate::aio::sys::poll_blocking(fd, events, deadline)
 }
 
 /// A read or write timeout, shared by a stream's users (0 = none).
@@ -107,7 +108,10 @@ impl Timeout {
         let ns = match t {
             None => 0,
             Some(d) if d.is_zero() => {
-                return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot set a 0 duration timeout"))
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "cannot set a 0 duration timeout",
+                ))
             }
             Some(d) => d.as_nanos().clamp(1, u64::MAX as u128) as u64,
         };

@@ -32,7 +32,11 @@ impl RawAddr {
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for
                 // any sockaddr type.
-                unsafe { (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in>().write(sin) };
+                unsafe {
+                    (&mut storage as *mut libc::sockaddr_storage)
+                        .cast::<libc::sockaddr_in>()
+                        .write(sin)
+                };
                 mem::size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(a) => {
@@ -46,7 +50,11 @@ impl RawAddr {
                     sin6_scope_id: a.scope_id(),
                 };
                 // SAFETY: as above.
-                unsafe { (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_in6>().write(sin6) };
+                unsafe {
+                    (&mut storage as *mut libc::sockaddr_storage)
+                        .cast::<libc::sockaddr_in6>()
+                        .write(sin6)
+                };
                 mem::size_of::<libc::sockaddr_in6>()
             }
         };
@@ -60,13 +68,21 @@ impl RawAddr {
         // SAFETY: plain data; all zeroes is valid.
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_un.
-        let sun = unsafe { &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_un>() };
+        let sun = unsafe {
+            &mut *(&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr_un>()
+        };
         let bytes = path.as_os_str().as_bytes();
         if bytes.contains(&0) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path contains a NUL byte",
+            ));
         }
         if bytes.len() >= sun.sun_path.len() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "path too long for a Unix socket"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "path too long for a Unix socket",
+            ));
         }
         sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
         for (d, s) in sun.sun_path.iter_mut().zip(bytes) {

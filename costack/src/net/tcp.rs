@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
 use super::{impl_stream_io, retry, Timeout};
-use crate::aio::io::Direction;
+use crate::aio::io::{Direction, Registration};
 
 /// A TCP listening socket whose [`accept`](TcpListener::accept) yields to
 /// the event loop (see the [module documentation](super)).
@@ -16,6 +16,8 @@ use crate::aio::io::Direction;
 /// `Send + Sync`: a listener may be created on one thread and moved to
 /// another; accept calls then use that thread's loop.
 pub struct TcpListener {
+    // Declared first: deregisters before the socket closes.
+    reg: Registration,
     inner: net::TcpListener,
 }
 
@@ -35,11 +37,15 @@ impl TcpListener {
     /// If it cannot be made non-blocking.
     pub fn from_std(listener: net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        Ok(TcpListener { inner: listener })
+        Ok(TcpListener {
+            reg: Registration::default(),
+            inner: listener,
+        })
     }
 
     /// The std listener (non-blocking).
     pub fn into_std(self) -> net::TcpListener {
+        drop(self.reg);
         self.inner
     }
 
@@ -48,7 +54,9 @@ impl TcpListener {
     /// # Errors
     /// As `accept(2)`.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (s, addr) = retry(self.as_raw_fd(), Direction::Read, None, || self.inner.accept())?;
+        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || {
+            self.inner.accept()
+        })?;
         Ok((TcpStream::from_std(s)?, addr))
     }
 
@@ -83,6 +91,7 @@ impl AsRawFd for TcpListener {
 
 impl From<TcpListener> for OwnedFd {
     fn from(l: TcpListener) -> OwnedFd {
+        drop(l.reg);
         l.inner.into()
     }
 }
@@ -102,6 +111,8 @@ impl fmt::Debug for TcpListener {
 /// `Read` and `Write` are implemented for `TcpStream` and `&TcpStream`.
 /// `Send + Sync`, like std's.
 pub struct TcpStream {
+    // Declared first: deregisters before the socket closes.
+    reg: Registration,
     inner: net::TcpStream,
     read_timeout: Timeout,
     write_timeout: Timeout,
@@ -139,6 +150,7 @@ impl TcpStream {
 
     fn from_nonblocking(inner: net::TcpStream) -> TcpStream {
         TcpStream {
+            reg: Registration::default(),
             inner,
             read_timeout: Timeout::default(),
             write_timeout: Timeout::default(),
@@ -156,6 +168,7 @@ impl TcpStream {
 
     /// The std stream (non-blocking).
     pub fn into_std(self) -> net::TcpStream {
+        drop(self.reg);
         self.inner
     }
 
@@ -233,21 +246,33 @@ impl TcpStream {
     /// # Errors
     /// As `recv(2)`.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
-            self.inner.peek(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Read,
+            self.read_timeout.get(),
+            || self.inner.peek(buf),
+        )
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
-            (&self.inner).read(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Read,
+            self.read_timeout.get(),
+            || (&self.inner).read(buf),
+        )
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(self.as_raw_fd(), Direction::Write, self.write_timeout.get(), || {
-            (&self.inner).write(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write(buf),
+        )
     }
 }
 
@@ -267,12 +292,14 @@ impl AsRawFd for TcpStream {
 
 impl IntoRawFd for TcpStream {
     fn into_raw_fd(self) -> RawFd {
+        drop(self.reg);
         self.inner.into_raw_fd()
     }
 }
 
 impl From<TcpStream> for OwnedFd {
     fn from(s: TcpStream) -> OwnedFd {
+        drop(s.reg);
         s.inner.into()
     }
 }

@@ -10,11 +10,13 @@ use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
 use super::{impl_stream_io, retry, Timeout};
-use crate::aio::io::Direction;
+use crate::aio::io::{Direction, Registration};
 
 /// A Unix-domain listening socket whose [`accept`](UnixListener::accept)
 /// yields to the event loop (see the [module documentation](super)).
 pub struct UnixListener {
+    // Declared first: deregisters before the socket closes.
+    reg: Registration,
     inner: net::UnixListener,
 }
 
@@ -33,11 +35,15 @@ impl UnixListener {
     /// If it cannot be made non-blocking.
     pub fn from_std(listener: net::UnixListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
-        Ok(UnixListener { inner: listener })
+        Ok(UnixListener {
+            reg: Registration::default(),
+            inner: listener,
+        })
     }
 
     /// The std listener (non-blocking).
     pub fn into_std(self) -> net::UnixListener {
+        drop(self.reg);
         self.inner
     }
 
@@ -46,7 +52,9 @@ impl UnixListener {
     /// # Errors
     /// As `accept(2)`.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, addr) = retry(self.as_raw_fd(), Direction::Read, None, || self.inner.accept())?;
+        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || {
+            self.inner.accept()
+        })?;
         Ok((UnixStream::from_std(s)?, addr))
     }
 
@@ -73,6 +81,7 @@ impl AsRawFd for UnixListener {
 
 impl From<UnixListener> for OwnedFd {
     fn from(l: UnixListener) -> OwnedFd {
+        drop(l.reg);
         l.inner.into()
     }
 }
@@ -91,6 +100,8 @@ impl fmt::Debug for UnixListener {
 ///
 /// `Read` and `Write` are implemented for `UnixStream` and `&UnixStream`.
 pub struct UnixStream {
+    // Declared first: deregisters before the socket closes.
+    reg: Registration,
     inner: net::UnixStream,
     read_timeout: Timeout,
     write_timeout: Timeout,
@@ -117,6 +128,7 @@ impl UnixStream {
 
     fn from_nonblocking(inner: net::UnixStream) -> UnixStream {
         UnixStream {
+            reg: Registration::default(),
             inner,
             read_timeout: Timeout::default(),
             write_timeout: Timeout::default(),
@@ -134,6 +146,7 @@ impl UnixStream {
 
     /// The std stream (non-blocking).
     pub fn into_std(self) -> net::UnixStream {
+        drop(self.reg);
         self.inner
     }
 
@@ -191,15 +204,23 @@ impl UnixStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(self.as_raw_fd(), Direction::Read, self.read_timeout.get(), || {
-            (&self.inner).read(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Read,
+            self.read_timeout.get(),
+            || (&self.inner).read(buf),
+        )
     }
 
     fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(self.as_raw_fd(), Direction::Write, self.write_timeout.get(), || {
-            (&self.inner).write(buf)
-        })
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write(buf),
+        )
     }
 }
 
@@ -219,12 +240,14 @@ impl AsRawFd for UnixStream {
 
 impl IntoRawFd for UnixStream {
     fn into_raw_fd(self) -> RawFd {
+        drop(self.reg);
         self.inner.into_raw_fd()
     }
 }
 
 impl From<UnixStream> for OwnedFd {
     fn from(s: UnixStream) -> OwnedFd {
+        drop(s.reg);
         s.inner.into()
     }
 }

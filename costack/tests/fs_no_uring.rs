@@ -1,0 +1,28 @@
+//! `COSTACK_NO_IO_URING=1` forces the thread-pool fallback (a separate
+//! test binary, since it sets the environment of its process).
+
+use costack::aio::EventLoop;
+use costack::fs::File;
+
+#[test]
+fn env_var_forces_thread_pool() {
+    // The only test of this binary: nothing else reads the environment.
+    std::env::set_var("COSTACK_NO_IO_URING", "1");
+    let lp = EventLoop::new().unwrap();
+    assert!(!lp.uses_io_uring());
+    let dir = std::env::temp_dir().join(format!("costack-fs-nouring-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("data");
+    let on = lp.block_on(move || {
+        let f = File::create(&path).unwrap();
+        f.write_all_at(b"fallback", 3).unwrap();
+        let mut b = [0; 8];
+        f.read_exact_at(&mut b, 3).unwrap();
+        assert_eq!(&b, b"fallback");
+        f.sync_data().unwrap();
+        assert_eq!(f.len().unwrap(), 11);
+        std::thread::current().id()
+    });
+    assert_eq!(on, std::thread::current().id());
+    std::fs::remove_dir_all(dir).unwrap();
+}
