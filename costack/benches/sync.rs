@@ -21,7 +21,10 @@ const ROUNDS: usize = 9;
 
 /// Runs every benchmark `ROUNDS` times, interleaved so that noise from the
 /// (shared) machine hits all of them alike; returns median ns per op.
-fn measure(benches: &mut [(&str, u64, &mut dyn FnMut(u64))]) -> Vec<f64> {
+/// A benchmark: its name, iterations per round, and the body run with them.
+type Bench<'a> = (&'a str, u64, &'a mut dyn FnMut(u64));
+
+fn measure(benches: &mut [Bench<'_>]) -> Vec<f64> {
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); benches.len()];
     for (_, iters, f) in benches.iter_mut() {
         f(*iters / 10); // warm-up
@@ -147,7 +150,11 @@ fn contended() -> (f64, f64) {
         .build()
         .unwrap();
     let r = measure(&mut [
-        ("contended hand-off, 2 coroutines (CoMutex)", N, &mut costack_ping_pong),
+        (
+            "contended hand-off, 2 coroutines (CoMutex)",
+            N,
+            &mut costack_ping_pong,
+        ),
         ("contended hand-off, 2 tokio tasks", N, &mut |n| {
             tokio_ping_pong(&rt, n)
         }),
@@ -164,8 +171,14 @@ fn main() {
     let (co, co_in, std, tokio) = uncontended();
     let (ping, tokio_ping) = contended();
     println!();
-    println!("uncontended: CoMutex / std time      = {:.3}  (target <= 1.0)", co / std);
-    println!("uncontended: CoMutex in coroutine / std = {:.3}", co_in / std);
+    println!(
+        "uncontended: CoMutex / std time      = {:.3}  (target <= 1.0)",
+        co / std
+    );
+    println!(
+        "uncontended: CoMutex in coroutine / std = {:.3}",
+        co_in / std
+    );
     println!("uncontended: CoMutex / tokio time    = {:.3}", co / tokio);
     println!(
         "contended:   CoMutex / tokio throughput = {:.3}  (target >= 1.0)",

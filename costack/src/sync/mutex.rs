@@ -149,7 +149,10 @@ impl<T: ?Sized> CoMutex<T> {
                     LOCKED => (LOCKED, CONTENDED, Ordering::Relaxed),
                     _ => break,
                 };
-                match self.state.compare_exchange(from, to, order, Ordering::Relaxed) {
+                match self
+                    .state
+                    .compare_exchange(from, to, order, Ordering::Relaxed)
+                {
                     Ok(_) if from == UNLOCKED => {
                         drop(list);
                         // Never queued: nothing to clean up.

@@ -52,7 +52,8 @@ fn mutex_shared_by_coroutines_on_two_threads() {
         .map(|_| {
             let (m, busy, handoffs) = (m.clone(), busy.clone(), handoffs.clone());
             std::thread::spawn(move || {
-                let waiting: Rc<Vec<Cell<bool>>> = Rc::new((0..3).map(|_| Cell::new(false)).collect());
+                let waiting: Rc<Vec<Cell<bool>>> =
+                    Rc::new((0..3).map(|_| Cell::new(false)).collect());
                 let cos: Vec<Coroutine> = (0..3)
                     .map(|i| {
                         let (m, busy, handoffs, waiting) =
@@ -203,7 +204,8 @@ fn rwlock_and_semaphore_across_threads() {
         .map(|t| {
             let (lock, sem, inside) = (lock.clone(), sem.clone(), inside.clone());
             std::thread::spawn(move || {
-                let waiting: Rc<Vec<Cell<bool>>> = Rc::new((0..3).map(|_| Cell::new(false)).collect());
+                let waiting: Rc<Vec<Cell<bool>>> =
+                    Rc::new((0..3).map(|_| Cell::new(false)).collect());
                 let cos: Vec<Coroutine> = (0..3)
                     .map(|i| {
                         let (lock, sem, inside, waiting) =
