@@ -284,6 +284,32 @@ fn guard_dropped_by_a_panic_releases_the_mutex() {
     assert_eq!(*m.lock(), 12);
 }
 
+/// A guard dropped by a panic on the thread stack enters the waiter at
+/// once; the waiter panicking as well must not turn into a double panic
+/// (an abort), and the lock must end up free.
+#[test]
+fn unlock_during_unwinding_with_a_panicking_waiter() {
+    let m = Rc::new(CoMutex::new(0));
+    let g = m.lock();
+    let m2 = m.clone();
+    let waiter = Coroutine::new(move || {
+        let mut g = m2.lock();
+        *g += 1;
+        panic!("the waiter panics too");
+    });
+    waiter.enter();
+    expect_panic(
+        move || {
+            let _g = g;
+            panic!("holder panics");
+        },
+        "holder panics",
+    );
+    assert!(waiter.is_finished());
+    assert!(!m.is_locked());
+    assert_eq!(*m.lock(), 1);
+}
+
 #[test]
 fn mutex_waiter_dropped_while_queued_leaves_the_queue() {
     let m = Rc::new(CoMutex::new(Vec::new()));
