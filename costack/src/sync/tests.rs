@@ -347,3 +347,34 @@ fn granted_then_dropped_rwlock_and_semaphore_waiters_give_back() {
     assert!(small.is_finished());
     assert_eq!(sem.available(), 1);
 }
+
+#[test]
+fn queue_restarts_reach_waiters_on_another_thread() {
+    let q = Arc::new(CoQueue::new());
+    let count = Arc::new(AtomicUsize::new(0));
+    let (queued_tx, queued_rx) = mpsc::channel();
+    let (q2, c2) = (q.clone(), count.clone());
+    let t = std::thread::spawn(move || {
+        let cos: Vec<Coroutine> = (0..3)
+            .map(|_| {
+                let (q, c) = (q2.clone(), c2.clone());
+                let co = Coroutine::new(move || {
+                    q.wait();
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+                co.enter();
+                co
+            })
+            .collect();
+        queued_tx.send(()).unwrap();
+        drive(&cos, |_| false);
+    });
+    queued_rx.recv().unwrap();
+    // From another thread, even enter_next only posts the wake.
+    assert!(q.enter_next());
+    assert!(q.restart_next());
+    q.restart_all();
+    assert!(q.is_empty());
+    t.join().unwrap();
+    assert_eq!(count.load(Ordering::SeqCst), 3);
+}
