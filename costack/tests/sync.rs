@@ -205,8 +205,8 @@ fn mutex_fifo_order_with_10_waiters() {
         assert!(!w.is_finished());
     }
     holder.enter(); // hands off to the first waiter
-    // Each waiter holds the lock across one yield; entering the holder
-    // lets it unlock and hand off to the next.
+                    // Each waiter holds the lock across one yield; entering the holder
+                    // lets it unlock and hand off to the next.
     for (k, w) in waiters.iter().enumerate() {
         assert_eq!(m.try_lock().map(|_| ()), None, "handed off, never free");
         assert_eq!(waiters.iter().filter(|w| w.is_finished()).count(), k);
@@ -282,6 +282,32 @@ fn guard_dropped_by_a_panic_releases_the_mutex() {
     expect_panic(|| holder.enter(), "boom inside");
     assert!(waiter.is_finished(), "the waiter ran after the panic");
     assert_eq!(*m.lock(), 12);
+}
+
+/// A guard dropped by a panic on the thread stack enters the waiter at
+/// once; the waiter panicking as well must not turn into a double panic
+/// (an abort), and the lock must end up free.
+#[test]
+fn unlock_during_unwinding_with_a_panicking_waiter() {
+    let m = Rc::new(CoMutex::new(0));
+    let g = m.lock();
+    let m2 = m.clone();
+    let waiter = Coroutine::new(move || {
+        let mut g = m2.lock();
+        *g += 1;
+        panic!("the waiter panics too");
+    });
+    waiter.enter();
+    expect_panic(
+        move || {
+            let _g = g;
+            panic!("holder panics");
+        },
+        "holder panics",
+    );
+    assert!(waiter.is_finished());
+    assert!(!m.is_locked());
+    assert_eq!(*m.lock(), 1);
 }
 
 #[test]
@@ -605,7 +631,10 @@ fn rwlock_queued_writer_holds_back_new_readers() {
         assert_eq!(*g, ["writer"]);
     });
     reader.enter();
-    assert!(!reader.is_finished(), "the new reader queued behind the writer");
+    assert!(
+        !reader.is_finished(),
+        "the new reader queued behind the writer"
+    );
     drop(r); // outside a coroutine: the writer, then the reader, run now
     assert!(writer.is_finished() && reader.is_finished());
 }
@@ -631,7 +660,10 @@ fn rwlock_write_unlock_wakes_all_front_readers() {
     drop(w);
     // All three readers hold the lock together; the writer waits.
     assert!(readers.iter().all(|r| !r.is_finished()));
-    assert!(lock.try_read().is_none(), "the queued writer blocks new readers");
+    assert!(
+        lock.try_read().is_none(),
+        "the queued writer blocks new readers"
+    );
     for r in &readers {
         r.enter();
     }
@@ -894,7 +926,10 @@ fn run_mutex_model(seed: u64) {
             let stuck: Vec<usize> = (0..n)
                 .filter(|&i| matches!(&cos[i], Some(c) if !c.is_finished()))
                 .collect();
-            assert!(stuck.is_empty(), "seed {seed}: lost wake-up, {stuck:?} wait forever");
+            assert!(
+                stuck.is_empty(),
+                "seed {seed}: lost wake-up, {stuck:?} wait forever"
+            );
             break;
         }
         let pick = runnable[rng.below(runnable.len() as u64) as usize];
@@ -976,7 +1011,10 @@ fn run_semaphore_model(seed: u64) {
             .map(|(_, c)| c)
             .collect();
         if runnable.is_empty() {
-            assert!(cos.iter().all(Coroutine::is_finished), "seed {seed}: lost wake-up");
+            assert!(
+                cos.iter().all(Coroutine::is_finished),
+                "seed {seed}: lost wake-up"
+            );
             break;
         }
         runnable[rng.below(runnable.len() as u64) as usize].enter();
@@ -1078,7 +1116,10 @@ fn run_rwlock_model(seed: u64) {
             .map(|(_, c)| c)
             .collect();
         if runnable.is_empty() {
-            assert!(cos.iter().all(Coroutine::is_finished), "seed {seed}: lost wake-up");
+            assert!(
+                cos.iter().all(Coroutine::is_finished),
+                "seed {seed}: lost wake-up"
+            );
             break;
         }
         runnable[rng.below(runnable.len() as u64) as usize].enter();

@@ -23,7 +23,11 @@
 //!   to the next waiter, so nobody misses a wake-up.
 //!
 //! Implementation: each waiter's queue node lives on its own coroutine
-//! stack (see `waiter.rs`); nothing is allocated per wait.
+//! stack (see `waiter.rs`); nothing is allocated per wait. The only
+//! lock-free code is CoMutex's state word (one compare-exchange to lock, one
+//! `fetch_sub` to unlock); everything else runs under a plain std mutex, so
+//! the module needs no loom model and is meant to be checked by Miri once
+//! the crate has a Miri-runnable context switch.
 
 mod mutex;
 mod queue;

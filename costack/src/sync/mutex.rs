@@ -149,7 +149,10 @@ impl<T: ?Sized> CoMutex<T> {
                     LOCKED => (LOCKED, CONTENDED, Ordering::Relaxed),
                     _ => break,
                 };
-                match self.state.compare_exchange(from, to, order, Ordering::Relaxed) {
+                match self
+                    .state
+                    .compare_exchange(from, to, order, Ordering::Relaxed)
+                {
                     Ok(_) if from == UNLOCKED => {
                         drop(list);
                         // Never queued: nothing to clean up.
@@ -170,11 +173,9 @@ impl<T: ?Sized> CoMutex<T> {
     /// Releases the lock: hands it to the first waiter, if any.
     #[inline]
     fn unlock(&self) {
-        if self
-            .state
-            .compare_exchange(LOCKED, UNLOCKED, Ordering::Release, Ordering::Relaxed)
-            .is_err()
-        {
+        // LOCKED -> UNLOCKED: done. CONTENDED -> LOCKED: still held (nobody
+        // can barge in), and the slow path hands it over.
+        if self.state.fetch_sub(1, Ordering::Release) != LOCKED {
             self.unlock_contended();
         }
     }
@@ -183,17 +184,22 @@ impl<T: ?Sized> CoMutex<T> {
     #[inline(never)]
     fn unlock_contended(&self) {
         let mut list = waiter::lock(&self.waiters);
-        match list.grant_front(GRANTED_ONE) {
-            Some(wake) => {
-                // Still held: now by the waiter. It unlocks in one atomic
-                // operation if nobody else waits.
-                if list.is_empty() {
-                    self.state.store(LOCKED, Ordering::Relaxed);
-                }
-                drop(list);
-                wake.wake();
-            }
-            None => self.state.store(UNLOCKED, Ordering::Release),
+        // The state is LOCKED now. Set it for the next owner before the
+        // grant publishes ownership (the new owner may run at once on
+        // another thread and unlock).
+        if list.is_empty() {
+            // Every waiter left meanwhile.
+            self.state.store(UNLOCKED, Ordering::Release);
+            return;
+        }
+        // More waiters behind the first: keep the new owner's unlock slow.
+        if list.has_two() {
+            self.state.store(CONTENDED, Ordering::Relaxed);
+        }
+        let wake = list.grant_front(GRANTED_ONE);
+        drop(list);
+        if let Some(wake) = wake {
+            wake.wake();
         }
     }
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Mutex;
 
 use super::mutex::CoMutexGuard;
-use super::waiter::{self, Abandon, List, Ticket, WakeAll, Waiter, GRANTED_ALL, GRANTED_ONE};
+use super::waiter::{self, Abandon, List, Ticket, Waiter, WakeAll, GRANTED_ALL, GRANTED_ONE};
 
 /// A FIFO queue of suspended coroutines (QEMU's CoQueue).
 ///

@@ -8,7 +8,7 @@ use std::mem::ManuallyDrop;
 use std::ops::{Deref, DerefMut};
 use std::sync::{Mutex, MutexGuard};
 
-use super::waiter::{self, Abandon, List, Ticket, WakeAll, Waiter, GRANTED_ONE, WAITING};
+use super::waiter::{self, Abandon, List, Ticket, Waiter, WakeAll, GRANTED_ONE, WAITING};
 
 const READ: usize = 0;
 const WRITE: usize = 1;
@@ -147,11 +147,7 @@ impl<T: ?Sized> CoRwLock<T> {
     /// stops); called after every change of `owners` or of the front.
     fn wake_ready<'a>(&'a self, mut inner: MutexGuard<'a, Inner>) {
         let mut wakes = WakeAll::default();
-        loop {
-            let kind = match inner.list.front() {
-                Some(front) => front.tag(),
-                None => break,
-            };
+        while let Some(kind) = inner.list.front().map(Waiter::tag) {
             match kind {
                 READ if inner.owners >= 0 => inner.owners += 1,
                 WRITE if inner.owners == 0 => inner.owners = -1,

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
-use super::waiter::{self, Abandon, List, Ticket, WakeAll, Waiter, GRANTED_ONE, WAITING};
+use super::waiter::{self, Abandon, List, Ticket, Waiter, WakeAll, GRANTED_ONE, WAITING};
 
 /// A pool of permits that coroutines take and give back, several at a time
 /// (QEMU's SharedResource: co_get_from_shres / co_put_to_shres).

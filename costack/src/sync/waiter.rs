@@ -194,6 +194,12 @@ impl List {
         self.head.is_null()
     }
 
+    /// Whether at least two waiters are queued.
+    #[inline]
+    pub(crate) fn has_two(&self) -> bool {
+        self.front().is_some_and(|w| !w.next.get().is_null())
+    }
+
     /// The first waiter, if any.
     #[inline]
     pub(crate) fn front(&self) -> Option<&Waiter> {
