@@ -86,7 +86,7 @@ copy_once() { # server -> MB/s (nbdcopy of the whole image to /dev/null)
     awk -v t0="$t0" -v t1="$t1" -v mb="$SIZE_MB" 'BEGIN { printf "%.0f", mb / (t1 - t0) }'
 }
 
-median() { tr ' ' '\n' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 for w in "${workloads[@]}" "nbdcopy-read|"; do
     name=${w%%|*}; args=${w#*|}
