@@ -87,7 +87,8 @@ impl AlignedBuf {
             .expect("buffer size fits a layout");
         // SAFETY: the layout has a non-zero size.
         let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        let ptr = std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr =
+            std::ptr::NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
         AlignedBuf { ptr, layout }
     }
 
@@ -105,9 +106,9 @@ impl Drop for AlignedBuf {
 }
 
 fn is_aligned(buf: &[u8], offset: u64) -> bool {
-    buf.as_ptr() as usize % DIRECT_ALIGN == 0
-        && buf.len() % DIRECT_ALIGN == 0
-        && offset % DIRECT_ALIGN as u64 == 0
+    (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+        && buf.len().is_multiple_of(DIRECT_ALIGN)
+        && offset.is_multiple_of(DIRECT_ALIGN as u64)
 }
 
 impl BlockDevice for FileDisk {

@@ -8,7 +8,7 @@
 //! * [`request`] — reading/validating transmission requests, writing replies;
 //! * [`backend`] — the [`backend::BlockDevice`] storage trait and the sparse
 //!   in-memory [`backend::MemDisk`];
-//! * [`file`] — a raw image file as a block device, through `costack::fs`;
+//! * [`file`](mod@file) — a raw image file as a block device, through `costack::fs`;
 //! * [`server`] — one coroutine per connection and per request;
 //! * [`cli`] — the qemu-nbd style command line.
 //!

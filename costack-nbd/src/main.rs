@@ -45,7 +45,10 @@ fn run(cli: Cli) -> io::Result<()> {
             let direct = disk.is_direct();
             (Arc::new(disk), direct)
         }
-        None => (Arc::new(MemDisk::new(cli.size).with_read_only(cli.read_only)), false),
+        None => (
+            Arc::new(MemDisk::new(cli.size).with_read_only(cli.read_only)),
+            false,
+        ),
     };
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
     export.description = cli.description.clone();
@@ -59,11 +62,7 @@ fn run(cli: Cli) -> io::Result<()> {
         Some(path) => {
             let _ = std::fs::remove_file(path);
             let l = UnixListener::bind(path)?;
-            let url = format!(
-                "nbd+unix:///{}?socket={}",
-                cli.export_name,
-                path.display()
-            );
+            let url = format!("nbd+unix:///{}?socket={}", cli.export_name, path.display());
             (Listener::Unix(l, path.clone()), url)
         }
         None => {
@@ -94,12 +93,16 @@ fn run(cli: Cli) -> io::Result<()> {
                 .name(format!("nbd-loop-{i}"))
                 .spawn(move || -> io::Result<()> {
                     let ev = EventLoop::new()?;
-                    tx.send(ev.handle()).expect("main thread waits for the handle");
+                    tx.send(ev.handle())
+                        .expect("main thread waits for the handle");
                     ev.block_on(move || wait_until_stopped(&shared));
                     Ok(())
                 })?,
         );
-        handles.push(rx.recv().map_err(|_| io::Error::other("loop thread died"))?);
+        handles.push(
+            rx.recv()
+                .map_err(|_| io::Error::other("loop thread died"))?,
+        );
     }
 
     println!("{url}");
@@ -111,7 +114,8 @@ fn run(cli: Cli) -> io::Result<()> {
     let accept_shared = shared.clone();
     ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
     for w in workers {
-        w.join().map_err(|_| io::Error::other("loop thread panicked"))??;
+        w.join()
+            .map_err(|_| io::Error::other("loop thread panicked"))??;
     }
     device.flush()?;
     if let Some(path) = &cli.socket {

@@ -190,7 +190,7 @@ fn execute(device: &dyn BlockDevice, params: &TransmissionParams, req: &Request)
                     out.reserve(length as usize + 64);
                     write_read_reply(&mut out, handle, offset, &buf, structured, df)
                         .map(|_| None)
-                        .unwrap_or_else(|e| Some(e))
+                        .unwrap_or_else(Some)
                 }
                 Err(e) => Some(e),
             }

@@ -224,7 +224,10 @@ fn qemu_io_reads_back_what_it_wrote() {
     let refs: Vec<&str> = cmds.iter().map(String::as_str).collect();
     qemu_io(&server.url, &refs);
     // FUA writes.
-    qemu_io(&server.url, &["write -f -P 0x11 8M 128k", "read -P 0x11 8M 128k"]);
+    qemu_io(
+        &server.url,
+        &["write -f -P 0x11 8M 128k", "read -P 0x11 8M 128k"],
+    );
 }
 
 #[test]
@@ -238,16 +241,41 @@ fn qemu_img_convert_and_compare_round_trip() {
     let server = Server::start(&["-s", "8M"]);
     run(
         "qemu-img",
-        &["convert", "-n", "-f", "raw", "-O", "raw", src.to_str().unwrap(), &server.url],
+        &[
+            "convert",
+            "-n",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            src.to_str().unwrap(),
+            &server.url,
+        ],
     );
     run(
         "qemu-img",
-        &["compare", "-f", "raw", "-F", "raw", src.to_str().unwrap(), &server.url],
+        &[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            src.to_str().unwrap(),
+            &server.url,
+        ],
     );
     let back = dir.join("back.raw");
     run(
         "qemu-img",
-        &["convert", "-f", "raw", "-O", "raw", &server.url, back.to_str().unwrap()],
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "raw",
+            &server.url,
+            back.to_str().unwrap(),
+        ],
     );
     assert_eq!(sha(&src), sha(&back));
     let _ = std::fs::remove_dir_all(&dir);
@@ -363,7 +391,10 @@ fn read_only_export_refuses_writes() {
             || text.contains("read-only"),
         "{text}"
     );
-    run("qemu-io", &["-r", "-f", "raw", "-c", "read -P 0 0 4k", &server.url]);
+    run(
+        "qemu-io",
+        &["-r", "-f", "raw", "-c", "read -P 0 0 4k", &server.url],
+    );
 }
 
 #[test]
@@ -395,7 +426,7 @@ fn garbage_and_truncated_clients_do_not_hurt_others() {
     bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut rest = Vec::new();
     let _ = bad.read_to_end(&mut rest); // the server closes the connection
-    // A client that disconnects half-way through an option.
+                                        // A client that disconnects half-way through an option.
     let mut half = TcpStream::connect(server.addr()).unwrap();
     half.read_exact(&mut greeting).unwrap();
     half.write_all(&[0, 0, 0, 3, b'I', b'H']).unwrap();

@@ -484,7 +484,7 @@ fn name_and_stack_size() {
         })
         .unwrap();
     assert_eq!(co.name(), Some("named"));
-    assert!(co.stack_size() >= 100_000 && co.stack_size() % 4096 == 0);
+    assert!(co.stack_size() >= 100_000 && co.stack_size().is_multiple_of(4096));
     assert!(format!("{co:?}").contains("named"));
     co.enter();
     assert_eq!(Coroutine::new(|| {}).name(), None);
