@@ -286,7 +286,11 @@ fn print_ratios(since: SystemTime) {
         let theirs = estimate(group, peer, since);
         let call = estimate("round_trip", "call", since);
         let fmt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} ns"));
-        let ratio = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{:.2}x", ours / v));
+        let ratio = |v: Option<f64>| match v.map(|v| ours / v) {
+            Some(r) if r < 0.1 => format!("{r:.4}x"),
+            Some(r) => format!("{r:.2}x"),
+            None => "-".to_owned(),
+        };
         let label = if peer == "corosensei" {
             group.to_owned()
         } else {

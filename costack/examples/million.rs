@@ -134,8 +134,9 @@ fn main() {
         start.elapsed()
     );
     println!(
-        "  after: VmRSS {} KiB (was {rss0} before), mappings {}",
+        "  after: VmRSS {} KiB, VmPTE {} KiB (were {rss0} and {pte0} before), mappings {}",
         status_kib("VmRSS"),
+        status_kib("VmPTE"),
         mappings()
     );
 }
