@@ -68,6 +68,6 @@ pub use generator::{Generator, Yielder};
 
 /// The per-thread stack pool.
 pub mod pool {
-    pub use crate::stack::pool::{pooled, trim, POOL_CAPACITY};
+    pub use crate::stack::pool::{pooled, trim, POOL_BYTES};
     pub use crate::stack::{DEFAULT_STACK_SIZE, MIN_STACK_SIZE};
 }

@@ -185,8 +185,10 @@ pub(crate) struct CoId {
 
 const CHUNK: usize = 64;
 
-/// Most free blocks that keep their stack for reuse (the coroutine pool).
-pub const POOL_CAPACITY: usize = 128;
+/// Most bytes of stack (reserved, not touched) that one thread's pool keeps
+/// for reuse: 128 default-sized stacks, or 8192 of 16 KiB. Only the pages
+/// the pooled coroutines touched cost memory.
+pub const POOL_BYTES: usize = 128 << 20;
 
 /// The thread's control blocks, in chunks that never move.
 ///
@@ -202,6 +204,7 @@ pub(crate) struct Slab {
     /// Lists of the other sizes: (size, head).
     cold: RefCell<Vec<(usize, *const Control)>>,
     pooled: Cell<usize>,
+    pooled_bytes: Cell<usize>,
 }
 
 thread_local! {
@@ -213,6 +216,7 @@ thread_local! {
             hot_head: Cell::new(ptr::null()),
             cold: RefCell::new(Vec::new()),
             pooled: Cell::new(0),
+            pooled_bytes: Cell::new(0),
         }
     };
 }
@@ -238,6 +242,7 @@ impl Slab {
             pop_list(&self.hot_head)?
         };
         self.pooled.set(self.pooled.get() - 1);
+        self.pooled_bytes.set(self.pooled_bytes.get() - size);
         Some(co)
     }
 
@@ -255,6 +260,17 @@ impl Slab {
         }
         self.hot_size.set(size);
         self.hot_head.set(head);
+    }
+
+    #[inline]
+    fn has_room(&self, size: usize) -> bool {
+        self.pooled_bytes.get() + size <= POOL_BYTES
+    }
+
+    #[inline]
+    fn add_pooled(&self, size: usize) {
+        self.pooled.set(self.pooled.get() + 1);
+        self.pooled_bytes.set(self.pooled_bytes.get() + size);
     }
 
     fn pop_bare(&self) -> *const Control {
@@ -294,6 +310,7 @@ impl Slab {
             }
         }
         self.pooled.set(0);
+        self.pooled_bytes.set(0);
         stacks
     }
 }
@@ -370,12 +387,12 @@ pub(crate) fn free(co: &Control) {
             Some(stack) if co.index != u32::MAX => stack.size(),
             _ => return false,
         };
-        if size != slab.hot_size.get() || slab.pooled.get() >= POOL_CAPACITY {
+        if size != slab.hot_size.get() || !slab.has_room(size) {
             return false;
         }
         co.next.set(slab.hot_head.get());
         slab.hot_head.set(co);
-        slab.pooled.set(slab.pooled.get() + 1);
+        slab.add_pooled(size);
         true
     });
     if pooled != Ok(true) {
@@ -391,11 +408,11 @@ fn free_slow(co: &Control) {
     }
     let surplus = SLAB.try_with(|slab| {
         if let Some(size) = co.stack().map(Stack::size) {
-            if slab.pooled.get() < POOL_CAPACITY {
+            if slab.has_room(size) {
                 slab.switch_hot(size);
                 co.next.set(slab.hot_head.get());
                 slab.hot_head.set(co);
-                slab.pooled.set(slab.pooled.get() + 1);
+                slab.add_pooled(size);
                 return None;
             }
         }

@@ -82,7 +82,8 @@ impl Drop for Stack {
 /// Rounds a requested size to whole pages, at least [`MIN_STACK_SIZE`].
 pub(crate) fn round_size(size: usize) -> usize {
     let page = page_size();
-    size.max(MIN_STACK_SIZE).div_ceil(page) * page
+    debug_assert!(page.is_power_of_two());
+    (size.max(MIN_STACK_SIZE) + page - 1) & !(page - 1)
 }
 
 pub(crate) fn page_size() -> usize {

@@ -1,10 +1,10 @@
 //! The per-thread coroutine pool (QEMU's coroutine pool): a finished
 //! coroutine's control block keeps its stack for the next coroutine of the
 //! same stack size, so create+enter+finish does not ask the kernel for
-//! anything. The pool is bounded; beyond [`POOL_CAPACITY`] stacks go back
-//! to the kernel, and [`trim`] empties it.
+//! anything. The pool is bounded by [`POOL_BYTES`] of stack per thread;
+//! beyond that stacks go back to the kernel, and [`trim`] empties it.
 
-pub use crate::coroutine::control::POOL_CAPACITY;
+pub use crate::coroutine::control::POOL_BYTES;
 
 /// Gives every stack pooled by the calling thread back to the kernel.
 ///
