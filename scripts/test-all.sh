@@ -24,7 +24,7 @@ done
 
 # Real clients are required: the NBD tests must not skip them.
 export COSTACK_REQUIRE_CLIENTS=1
-cargo test --workspace --all-targets
+cargo test --workspace
 
 if [ -x .ci/backends.sh ]; then
     .ci/backends.sh
