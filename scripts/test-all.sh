@@ -25,6 +25,8 @@ done
 # Real clients are required: the NBD tests must not skip them.
 export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
+# The tracing feature's events (zero cost, and not compiled, when off).
+cargo test -p costack --features tracing --test tracing --test core
 
 if [ -x .ci/backends.sh ]; then
     .ci/backends.sh
