@@ -278,10 +278,14 @@ impl Drop for Coroutine {
     fn drop(&mut self) {
         let co = self.ctl();
         let refs = co.refs.get();
-        if refs == 1 {
-            release(co);
-        } else {
+        if refs != 1 {
             co.refs.set(refs - 1);
+        } else if co.state.get() == State::Finished {
+            // The common end of a coroutine's life: straight back to the pool.
+            co.refs.set(0);
+            control::free(co);
+        } else {
+            release(co);
         }
     }
 }
