@@ -18,9 +18,14 @@ fn recurse(depth: u64) -> u64 {
 }
 
 fn run_case(test: &str, case: &str) -> Output {
+    run_case_env(test, case, &[])
+}
+
+fn run_case_env(test: &str, case: &str, env: &[(&str, &str)]) -> Output {
     Command::new(std::env::current_exe().unwrap())
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(CASE, case)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -116,4 +121,48 @@ fn other_faults_still_kill_with_sigsegv() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.signal(), Some(libc::SIGSEGV), "{stderr}");
     assert!(!stderr.contains("stack overflow"), "{stderr}");
+}
+
+#[test]
+fn mprotect_guards_fallback_also_reports_overflow() {
+    child("mprotect", || {
+        // Many stacks, each with an mprotect'ed guard page (two mappings).
+        let many: Vec<_> = (0..1000)
+            .map(|_| {
+                costack::Coroutine::builder()
+                    .stack_size(16 << 10)
+                    .create(costack::yield_now)
+                    .unwrap()
+            })
+            .collect();
+        for co in &many {
+            co.enter();
+        }
+        let maps = std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .count();
+        assert!(
+            maps > 1000,
+            "each mprotect guard splits the mapping: {maps}"
+        );
+        let co = costack::Coroutine::builder()
+            .name("fallback")
+            .stack_size(64 << 10)
+            .create(|| {
+                black_box(recurse(0));
+            })
+            .unwrap();
+        co.enter();
+    });
+    let out = run_case_env(
+        "mprotect_guards_fallback_also_reports_overflow",
+        "mprotect",
+        &[("COSTACK_MPROTECT_GUARDS", "1")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stack overflow in coroutine 'fallback'"),
+        "{stderr}"
+    );
 }

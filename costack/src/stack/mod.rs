@@ -103,6 +103,13 @@ const GUARD_MPROTECT: u8 = 2;
 /// Puts a guard on the page at `addr`.
 fn install_guard(addr: *mut u8) -> io::Result<()> {
     let page = page_size();
+    if GUARD_KIND.load(Ordering::Relaxed) == GUARD_UNKNOWN
+        && std::env::var_os("COSTACK_MPROTECT_GUARDS").is_some()
+    {
+        // Forces the fallback, as on a kernel without guard regions (for
+        // tests, and to compare the two).
+        GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+    }
     if GUARD_KIND.load(Ordering::Relaxed) != GUARD_MPROTECT {
         // SAFETY: `addr` is a page of an anonymous private mapping we own
         // and that nothing uses; a guard marker only makes it fault.
