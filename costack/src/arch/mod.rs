@@ -52,3 +52,13 @@ pub(crate) unsafe trait Switch: Sized {
 mod x86_64;
 #[cfg(all(target_arch = "x86_64", unix))]
 pub(crate) use x86_64::Context;
+
+#[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+mod aarch64;
+#[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+pub(crate) use aarch64::Context;
+
+#[cfg(all(target_arch = "riscv64", target_os = "linux"))]
+mod riscv64;
+#[cfg(all(target_arch = "riscv64", target_os = "linux"))]
+pub(crate) use riscv64::Context;

@@ -119,17 +119,19 @@ unsafe impl Switch for Context {
         // points at a resume address followed by the registers it restores.
         // rbx and rbp are pushed here because asm! cannot mark them clobbered;
         // the stack is balanced again when the context returns with `ret`.
-        unsafe { asm!(
-            "push rbp",
-            "push rbx",
-            "call [rsi]",
-            "pop rbx",
-            "pop rbp",
-            inout("rsi") self.sp.get() => sp,
-            inout("rdx") self.link => _,
-            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
-            clobber_abi("sysv64"),
-        ) };
+        unsafe {
+            asm!(
+                "push rbp",
+                "push rbx",
+                "call [rsi]",
+                "pop rbx",
+                "pop rbp",
+                inout("rsi") self.sp.get() => sp,
+                inout("rdx") self.link => _,
+                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+                clobber_abi("sysv64"),
+            )
+        };
         self.sp.set(sp);
     }
 
@@ -139,35 +141,39 @@ unsafe impl Switch for Context {
         // resumer's stack pointer with its return address on top. We leave
         // our own resume address and registers for the next `resume`, which
         // enters at label 2 with rsi = our stack pointer and rdx = link.
-        unsafe { asm!(
-            "push rbp",
-            "push rbx",
-            "lea rax, [rip + 2f]",
-            "push rax",
-            "mov rsi, rsp",
-            "mov rsp, [rdx]",
-            "ret",
-            "2:",
-            "mov [rdx], rsp",
-            "lea rsp, [rsi + 8]",
-            "pop rbx",
-            "pop rbp",
-            inout("rdx") self.link => _,
-            out("rsi") _, out("rax") _,
-            out("r12") _, out("r13") _, out("r14") _, out("r15") _,
-            clobber_abi("sysv64"),
-        ) };
+        unsafe {
+            asm!(
+                "push rbp",
+                "push rbx",
+                "lea rax, [rip + 2f]",
+                "push rax",
+                "mov rsi, rsp",
+                "mov rsp, [rdx]",
+                "ret",
+                "2:",
+                "mov [rdx], rsp",
+                "lea rsp, [rsi + 8]",
+                "pop rbx",
+                "pop rbp",
+                inout("rdx") self.link => _,
+                out("rsi") _, out("rax") _,
+                out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+                clobber_abi("sysv64"),
+            )
+        };
     }
 
     #[inline(always)]
     unsafe fn exit(&self) -> ! {
         // SAFETY: as `suspend`, but nothing is saved: the stack is dead.
-        unsafe { asm!(
-            "mov rsp, [rdx]",
-            "xor esi, esi",
-            "ret",
-            in("rdx") self.link,
-            options(noreturn),
-        ) }
+        unsafe {
+            asm!(
+                "mov rsp, [rdx]",
+                "xor esi, esi",
+                "ret",
+                in("rdx") self.link,
+                options(noreturn),
+            )
+        }
     }
 }

@@ -33,7 +33,10 @@ impl Stack {
     /// Allocates a stack with at least `size` usable bytes.
     pub(crate) fn new(size: usize) -> io::Result<Stack> {
         let size = round_size(size);
-        let bottom = ARENAS.lock().unwrap_or_else(|e| e.into_inner()).alloc(size)?;
+        let bottom = ARENAS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .alloc(size)?;
         Ok(Stack { bottom, size })
     }
 
@@ -89,6 +92,7 @@ pub(crate) fn page_size() -> usize {
 }
 
 const MADV_GUARD_INSTALL: libc::c_int = 102;
+const MADV_GUARD_REMOVE: libc::c_int = 103;
 
 /// How guard pages are made; probed once.
 static GUARD_KIND: AtomicU8 = AtomicU8::new(GUARD_UNKNOWN);
@@ -103,15 +107,24 @@ fn install_guard(addr: *mut u8) -> io::Result<()> {
         // SAFETY: `addr` is a page of an anonymous private mapping we own
         // and that nothing uses; a guard marker only makes it fault.
         if unsafe { libc::madvise(addr.cast(), page, MADV_GUARD_INSTALL) } == 0 {
-            GUARD_KIND.store(GUARD_MADVISE, Ordering::Relaxed);
-            return Ok(());
+            if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE || guard_holds(addr) {
+                GUARD_KIND.store(GUARD_MADVISE, Ordering::Relaxed);
+                return Ok(());
+            }
+            // An emulator (qemu-user) accepted the advice without acting on
+            // it: take the marker away again and use mprotect for good.
+            // SAFETY: as above; removing a marker that may not exist is a
+            // no-op.
+            unsafe { libc::madvise(addr.cast(), page, MADV_GUARD_REMOVE) };
+            GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+        } else {
+            let err = io::Error::last_os_error();
+            if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE {
+                return Err(err);
+            }
+            // EINVAL: this kernel has no guard regions. Fall back for good.
+            GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
         }
-        let err = io::Error::last_os_error();
-        if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE {
-            return Err(err);
-        }
-        // EINVAL: this kernel has no guard regions. Fall back for good.
-        GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
     }
     // SAFETY: as above; PROT_NONE on our own page.
     if unsafe { libc::mprotect(addr.cast(), page, libc::PROT_NONE) } == 0 {
@@ -130,6 +143,28 @@ fn install_guard(addr: *mut u8) -> io::Result<()> {
         ));
     }
     Err(err)
+}
+
+/// Whether the kernel refuses to read the page at `addr`, as it must once a
+/// guard marker is installed: a `write` from it into a pipe fails with
+/// EFAULT instead of faulting. Checked once, on the first guard.
+fn guard_holds(addr: *mut u8) -> bool {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return true; // Cannot check: trust the kernel's answer.
+    }
+    // SAFETY: the kernel validates the source range itself; a guarded page
+    // makes the call fail, it never faults in user space. The descriptors
+    // are ours and closed right after.
+    let n = unsafe { libc::write(fds[1], addr.cast(), 1) };
+    let err = io::Error::last_os_error();
+    // SAFETY: as above.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    n < 0 && err.raw_os_error() == Some(libc::EFAULT)
 }
 
 fn read_max_map_count() -> String {
