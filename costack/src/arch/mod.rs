@@ -48,17 +48,46 @@ pub(crate) unsafe trait Switch: Sized {
     unsafe fn exit(&self) -> !;
 }
 
-#[cfg(all(target_arch = "x86_64", unix))]
+// Backend selection. Features pick a non-default backend where one exists;
+// everything else gets the assembly switch of its architecture.
+
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
 mod x86_64;
-#[cfg(all(target_arch = "x86_64", unix))]
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
 pub(crate) use x86_64::Context;
 
-#[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+#[cfg(all(
+    target_arch = "aarch64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
 mod aarch64;
-#[cfg(all(target_arch = "aarch64", target_os = "linux"))]
+#[cfg(all(
+    target_arch = "aarch64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
 pub(crate) use aarch64::Context;
 
-#[cfg(all(target_arch = "riscv64", target_os = "linux"))]
+#[cfg(all(
+    target_arch = "riscv64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
 mod riscv64;
-#[cfg(all(target_arch = "riscv64", target_os = "linux"))]
+#[cfg(all(
+    target_arch = "riscv64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
 pub(crate) use riscv64::Context;
+
+#[cfg(feature = "ucontext")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod ucontext;
+#[cfg(feature = "ucontext")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+pub(crate) use ucontext::Context;
+#[cfg(feature = "ucontext")]
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+compile_error!("the `ucontext` backend is implemented for x86_64 Linux with glibc only");
