@@ -48,9 +48,10 @@ fi
 # The lock keeps parallel runners (nextest) from racing the start.
 wineserver_bin=$(command -v wineserver || echo /usr/lib/wine/wineserver64)
 {
-    flock 9
-    if "$wineserver_bin" -p10 </dev/null >/dev/null 2>&1; then
-        "$wine" cmd /c exit </dev/null >/dev/null 2>&1 || true
+    flock -w 120 9 || { echo "wine-run.sh: timed out waiting for $WINEPREFIX/.wine-run.lock" >&2; exit 1; }
+    # 9>&-: the long-lived processes must not inherit (and hold) the lock.
+    if "$wineserver_bin" -p10 </dev/null >/dev/null 2>&1 9>&-; then
+        "$wine" cmd /c exit </dev/null >/dev/null 2>&1 9>&- || true
     fi
 } 9>"$WINEPREFIX/.wine-run.lock"
 

@@ -82,6 +82,18 @@ mod riscv64;
 ))]
 pub(crate) use riscv64::Context;
 
+#[cfg(all(target_arch = "x86_64", windows, not(feature = "fibers")))]
+mod windows_x64;
+#[cfg(all(target_arch = "x86_64", windows, not(feature = "fibers")))]
+pub(crate) use windows_x64::Context;
+
+#[cfg(all(target_arch = "x86_64", windows, feature = "fibers"))]
+mod fibers;
+#[cfg(all(target_arch = "x86_64", windows, feature = "fibers"))]
+pub(crate) use fibers::Context;
+#[cfg(all(feature = "fibers", not(all(target_arch = "x86_64", windows))))]
+compile_error!("the `fibers` backend is for x86_64 Windows only");
+
 #[cfg(feature = "ucontext")]
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod ucontext;

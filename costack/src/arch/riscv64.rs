@@ -96,6 +96,9 @@ extern "C" {
 // psABI says a call preserves is either saved by hand (s0, s1) or declared
 // as clobbered so the compiler saves it when live.
 unsafe impl Switch for Context {
+    // Never inlined: the trampoline is a local symbol of this crate's
+    // object, which another crate's code could not name.
+    #[inline(never)]
     unsafe fn new(top: *mut u8, _bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
         debug_assert_eq!(top as usize % 16, 0);
         // SAFETY: the caller gives us the stack; these words are at its top

@@ -89,6 +89,9 @@ extern "C" {
 // and switches stacks; `resume` and `suspend` are each one swapcontext
 // between the two contexts of the area.
 unsafe impl Switch for Context {
+    // Never inlined: the trampoline is a local symbol of this crate's
+    // object, which another crate's code could not name.
+    #[inline(never)]
     unsafe fn new(top: *mut u8, bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
         let area = ((top as usize - size_of::<Area>()) & !63) as *mut Area;
         // SAFETY: the area lies at the top of the stack we are given (which

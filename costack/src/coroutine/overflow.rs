@@ -3,30 +3,51 @@
 //! on stderr (with the coroutine's name and stack size) and aborts. Any
 //! other fault goes to the handler that was installed before ours, so Rust's
 //! own "has overflowed its stack" message for threads keeps working.
+//!
+//! On Windows a vectored exception handler does the same
+//! (`overflow_windows.rs`).
 
+#[cfg(windows)]
+#[path = "overflow_windows.rs"]
+mod windows;
+#[cfg(windows)]
+pub(super) use windows::install;
+
+#[cfg(unix)]
 use std::cell::Cell;
+#[cfg(unix)]
 use std::mem::MaybeUninit;
+#[cfg(unix)]
 use std::ptr;
+#[cfg(unix)]
 use std::sync::Once;
 
+#[cfg(unix)]
 use super::current_ptr;
 
+#[cfg(unix)]
 /// The SIGSEGV disposition before ours; written once, before our handler
 /// is installed, and read only by the handler afterwards.
 struct Previous(std::cell::UnsafeCell<MaybeUninit<libc::sigaction>>);
+#[cfg(unix)]
 // SAFETY: written once inside `Once::call_once` before the handler that
 // reads it exists; never written again.
 unsafe impl Sync for Previous {}
+#[cfg(unix)]
 static PREVIOUS: Previous = Previous(std::cell::UnsafeCell::new(MaybeUninit::zeroed()));
+#[cfg(unix)]
 static INSTALL: Once = Once::new();
 
+#[cfg(unix)]
 const ALT_STACK_SIZE: usize = 64 << 10;
 
+#[cfg(unix)]
 /// A signal stack this thread had none of, mapped by us.
 struct AltStack {
     base: *mut libc::c_void,
 }
 
+#[cfg(unix)]
 impl Drop for AltStack {
     fn drop(&mut self) {
         let disable = libc::stack_t {
@@ -43,11 +64,13 @@ impl Drop for AltStack {
     }
 }
 
+#[cfg(unix)]
 thread_local! {
     static CHECKED: Cell<bool> = const { Cell::new(false) };
     static OWN_ALT_STACK: Cell<Option<AltStack>> = const { Cell::new(None) };
 }
 
+#[cfg(unix)]
 /// Makes sure overflows of this thread's coroutines are reported.
 #[inline]
 pub(super) fn install() {
@@ -68,6 +91,7 @@ pub(super) fn install() {
     ensure_alt_stack();
 }
 
+#[cfg(unix)]
 /// A handler for a stack overflow must itself run on another stack.
 /// Threads started by Rust's std have one; others get ours.
 fn ensure_alt_stack() {
@@ -102,6 +126,7 @@ fn ensure_alt_stack() {
     let _ = OWN_ALT_STACK.try_with(|s| s.set(Some(AltStack { base })));
 }
 
+#[cfg(unix)]
 extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ucontext: *mut libc::c_void) {
     // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
     let addr = unsafe { (*info).si_addr() } as usize;
@@ -143,8 +168,20 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ucontext: *m
 }
 
 /// Writes the overflow message with no allocation and aborts.
+#[cfg(unix)]
 fn report(name: Option<&str>, size: usize) -> ! {
     let mut buf = [0u8; 512];
+    let len = message(name, size, &mut buf);
+    // SAFETY: write and abort are async-signal-safe.
+    unsafe {
+        libc::write(2, buf.as_ptr().cast(), len);
+        libc::abort();
+    }
+}
+
+/// Formats the overflow message into `buf` without allocating; returns its
+/// length.
+fn message(name: Option<&str>, size: usize, buf: &mut [u8; 512]) -> usize {
     let mut len = 0;
     let mut put = |bytes: &[u8]| {
         let n = bytes.len().min(buf.len() - len);
@@ -167,9 +204,5 @@ fn report(name: Option<&str>, size: usize) -> ! {
     }
     put(&digits[i..]);
     put(b" bytes); aborting\n");
-    // SAFETY: write and abort are async-signal-safe.
-    unsafe {
-        libc::write(2, buf.as_ptr().cast(), len);
-        libc::abort();
-    }
+    len
 }
