@@ -7,7 +7,10 @@
 //! `[StackLimit, StackBase)`, and the system's stack-overflow detection uses
 //! `DeallocationStack`. `resume` therefore pushes the resumer's three words
 //! with its registers and installs the coroutine's; they are popped when the
-//! coroutine suspends or exits.
+//! coroutine suspends or exits. The exception list word (unused by Windows on
+//! x64, but Wine chains its internal handler frames there and compares their
+//! addresses with stack frames) starts empty in each coroutine, as in a new
+//! fiber.
 //!
 //! Callee-saved registers differ from System V: rdi, rsi and xmm6–xmm15 are
 //! preserved by a call too, so they are declared clobbered as well; rbx and
@@ -31,7 +34,8 @@
 //! ```
 //!
 //! Resumer's stack while the coroutine runs (`[link]` points at its last
-//! word): rbp, rbx, DeallocationStack, StackLimit, StackBase, return address.
+//! word): rbp, rbx, DeallocationStack, StackLimit, StackBase, ExceptionList,
+//! return address.
 
 use core::arch::{asm, global_asm};
 use core::cell::Cell;
@@ -64,7 +68,7 @@ global_asm!(
     "mov [rdx], rsp",
     "mov rax, [rsp]",
     "mov [rdx - 48], rax",
-    "lea rax, [rsp + 48]",
+    "lea rax, [rsp + 56]",
     "mov [rdx - 24], rax",
     "lea rsp, [rdx - 48]",
     ".seh_pushframe",
@@ -135,10 +139,13 @@ unsafe impl Switch for Context {
                 "push qword ptr gs:[0x1478]",
                 "push qword ptr gs:[0x10]",
                 "push qword ptr gs:[0x8]",
+                "push qword ptr gs:[0x0]",
                 "mov qword ptr gs:[0x8], r8",
                 "mov qword ptr gs:[0x10], r9",
                 "mov qword ptr gs:[0x1478], r10",
+                "mov qword ptr gs:[0x0], -1",
                 "call [rsi]",
+                "pop qword ptr gs:[0x0]",
                 "pop qword ptr gs:[0x8]",
                 "pop qword ptr gs:[0x10]",
                 "pop qword ptr gs:[0x1478]",
@@ -179,7 +186,7 @@ unsafe impl Switch for Context {
                 "mov [rdx], rsp",
                 "mov rax, [rsp]",
                 "mov [rdx - 48], rax",
-                "lea rax, [rsp + 48]",
+                "lea rax, [rsp + 56]",
                 "mov [rdx - 24], rax",
                 "lea rsp, [rsi + 8]",
                 "pop rbx",
