@@ -19,8 +19,10 @@
 //! For unwinders (backtraces, debuggers), the trampoline's unwind info says
 //! it pushed a machine frame (`UWOP_PUSH_MACHFRAME`): the one place an
 //! unwind code may load both the return address and the stack pointer from
-//! memory. Each landing in the coroutine refreshes that frame with the
-//! resumer's return address and stack pointer.
+//! memory; below it, a saved rbp (`UWOP_PUSH_NONVOL`), since frames that
+//! use rbp as frame pointer are unwound through it. Each landing in the
+//! coroutine refreshes these with the resumer's return address, stack
+//! pointer and rbp.
 //!
 //! Top of a coroutine's stack (`link` = top - 16):
 //!
@@ -30,6 +32,7 @@
 //!   link - 32   machine frame EFLAGS slot: the entry argument, until started
 //!   link - 40   machine frame CS slot: the entry function, until started
 //!   link - 48   machine frame RIP: the return address into `resume`
+//!   link - 56   the resumer's rbp (its frame pointer, for unwinders)
 //!   ...         shadow space, then the coroutine's frames
 //! ```
 //!
@@ -70,10 +73,14 @@ global_asm!(
     "mov [rdx - 48], rax",
     "lea rax, [rsp + 56]",
     "mov [rdx - 24], rax",
+    "mov [rdx - 56], rbp",
     "lea rsp, [rdx - 48]",
     ".seh_pushframe",
-    "sub rsp, 32",
-    ".seh_stackalloc 32",
+    // The resumer's rbp was stored at [rsp - 8] just above.
+    "sub rsp, 8",
+    ".seh_pushreg rbp",
+    "sub rsp, 40",
+    ".seh_stackalloc 40",
     ".seh_endprologue",
     // No frame-pointer chain leads out of the coroutine's first frame.
     "xor ebp, ebp",
@@ -112,7 +119,7 @@ unsafe impl Switch for Context {
             link.sub(5).write(entry as usize);
             // The resume address sits below the machine frame and its
             // shadow space.
-            let sp = link.sub(6 + 4 + 1);
+            let sp = link.sub(13);
             sp.write(costack_trampoline as *const () as usize);
             Context {
                 sp: Cell::new(sp as usize),
@@ -188,6 +195,7 @@ unsafe impl Switch for Context {
                 "mov [rdx - 48], rax",
                 "lea rax, [rsp + 56]",
                 "mov [rdx - 24], rax",
+                "mov [rdx - 56], rbp",
                 "lea rsp, [rsi + 8]",
                 "pop rbx",
                 "pop rbp",
