@@ -13,7 +13,8 @@ use core::ffi::c_void;
 use core::ptr;
 
 use windows_sys::Win32::System::Threading::{
-    ConvertThreadToFiberEx, CreateFiberEx, DeleteFiber, IsThreadAFiber, SwitchToFiber,
+    ConvertThreadToFiberEx, CreateFiberEx, DeleteFiber, IsThreadAFiber, SetThreadStackGuarantee,
+    SwitchToFiber,
 };
 
 use super::{Entry, Switch};
@@ -21,6 +22,9 @@ use super::{Entry, Switch};
 /// Save and restore the floating-point state on each switch (MXCSR and
 /// the x87 control word), as the assembly switch's callers get by the ABI.
 const FIBER_FLAG_FLOAT_SWITCH: u32 = 1;
+
+/// Stack kept back for reporting an overflow.
+const OVERFLOW_ROOM: u32 = 16 << 10;
 
 pub(crate) struct Context {
     /// The coroutine's fiber, created on the first resume (when `self` has
@@ -50,6 +54,12 @@ unsafe extern "system" fn fiber_start(param: *mut c_void) {
     // SAFETY: `param` is the Context that created this fiber; it lives in
     // its control block, which outlives the fiber (see `Drop`).
     let ctx = unsafe { &*(param as *const Context) };
+    // Keep room below the guard for the exception dispatcher, so that an
+    // overflow reaches costack's handler instead of killing the thread
+    // (the guarantee is per fiber).
+    let mut guarantee: u32 = OVERFLOW_ROOM;
+    // SAFETY: plain call with a valid pointer.
+    unsafe { SetThreadStackGuarantee(&mut guarantee) };
     // SAFETY: entry and arg are what `new` was given for this context.
     unsafe { (ctx.entry)(ctx.arg) }
 }
