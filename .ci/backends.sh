@@ -7,6 +7,8 @@
 #   riscv64 Linux, asm          under qemu-riscv64-static
 #   x86_64 Windows, asm         under Wine
 #   x86_64 Windows, fibers      under Wine, --features fibers
+#   x86_64 Linux, asm           tests/core.rs under Valgrind memcheck (stacks
+#                               are registered with client requests)
 #
 # Needs what .ci/setup-cross.sh installs (it is run first, and is quick when
 # everything is in place); fails loudly when a tool is missing. Cross builds
@@ -24,7 +26,7 @@ STEP=start
 die() { printf '\nbackends: FAILED during [%s]: %s\n' "$STEP" "$*" >&2; exit 1; }
 trap 'printf "\nbackends: FAILED during [%s] (exit %s): %s\n" "$STEP" "$?" "$BASH_COMMAND" >&2' ERR
 
-ALL=(linux-ucontext aarch64 riscv64 windows-asm windows-fibers)
+ALL=(linux-ucontext valgrind aarch64 riscv64 windows-asm windows-fibers)
 if (($#)); then WANT=("$@"); else WANT=("${ALL[@]}"); fi
 for w in "${WANT[@]}"; do
     [[ " ${ALL[*]} " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
@@ -69,6 +71,21 @@ for w in "${WANT[@]}"; do
     case "$w" in
         linux-ucontext)
             run "$w" --features ucontext "${TESTS[@]}"
+            ;;
+        valgrind)
+            need valgrind
+            STEP="$w (build)"
+            bin=$(cargo test -p costack --test core --no-run --message-format=json 2>/dev/null \
+                | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+            [[ -x "$bin" ]] || die "could not find the core test binary"
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # Without the stack registration memcheck warns "client switching
+            # stacks?" on every switch; any memcheck error fails the run.
+            out=$(valgrind --error-exitcode=99 "$bin" --test-threads=1 \
+                --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "memcheck failed"; }
+            if grep -q "switching stacks" <<<"$out"; then echo "$out" >&2; die "Valgrind saw unregistered stack switches"; fi
+            grep "test result" <<<"$out"
             ;;
         aarch64)
             need qemu-aarch64-static; need aarch64-linux-gnu-gcc

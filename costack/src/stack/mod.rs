@@ -10,6 +10,9 @@ mod unix;
 #[cfg(unix)]
 use unix as sys;
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod valgrind;
+
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
@@ -30,6 +33,9 @@ pub const MIN_STACK_SIZE: usize = 16 << 10;
 pub(crate) struct Stack {
     bottom: *mut u8,
     size: usize,
+    /// Valgrind's id for the stack (0 when not run under Valgrind).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    valgrind_id: usize,
 }
 
 impl Stack {
@@ -37,7 +43,12 @@ impl Stack {
     pub(crate) fn new(size: usize) -> io::Result<Stack> {
         let size = round_size(size);
         let bottom = sys::alloc(size)?;
-        Ok(Stack { bottom, size })
+        Ok(Stack {
+            bottom,
+            size,
+            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            valgrind_id: valgrind::register(bottom as usize, bottom as usize + size),
+        })
     }
 
     pub(crate) fn top(&self) -> *mut u8 {
@@ -68,6 +79,8 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        valgrind::deregister(self.valgrind_id);
         self.discard_pages();
         // SAFETY: the stack is ours and nothing runs on it any more.
         unsafe { sys::free(self.bottom, self.size) }
