@@ -7,6 +7,7 @@
 #   riscv64 Linux, asm          under qemu-riscv64-static
 #   x86_64 Windows, asm         under Wine
 #   x86_64 Windows, fibers      under Wine, --features fibers
+#   x86_64 Linux, thread        --features thread-backend (OS thread + baton)
 #   x86_64 Linux, asm           tests/core.rs under Valgrind memcheck (stacks
 #                               are registered with client requests)
 #
@@ -15,6 +16,8 @@
 # are cached in target/<triple>/.
 #
 #   bash .ci/backends.sh            # all of the above
+#   bash .ci/backends.sh miri       # core tests under Miri (thread backend;
+#                                   # opt-in: needs nightly, minutes)
 #   bash .ci/backends.sh linux-ucontext aarch64 ...   # a subset, by name
 set -Eeuo pipefail
 
@@ -26,10 +29,11 @@ STEP=start
 die() { printf '\nbackends: FAILED during [%s]: %s\n' "$STEP" "$*" >&2; exit 1; }
 trap 'printf "\nbackends: FAILED during [%s] (exit %s): %s\n" "$STEP" "$?" "$BASH_COMMAND" >&2' ERR
 
-ALL=(linux-ucontext valgrind aarch64 riscv64 windows-asm windows-fibers)
+ALL=(linux-ucontext thread valgrind aarch64 riscv64 windows-asm windows-fibers)
+# Opt-in (not in the default list): miri
 if (($#)); then WANT=("$@"); else WANT=("${ALL[@]}"); fi
 for w in "${WANT[@]}"; do
-    [[ " ${ALL[*]} " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
+    [[ " ${ALL[*]} miri " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
 done
 
 STEP="setup-cross"
@@ -66,11 +70,32 @@ run() { # name, cargo args..., -- test args...
     echo "backends: == $name passed in $((SECONDS - t0)) s" >&2
 }
 
-TESTS=(--test core --test overflow)
+TESTS=(--test core --test overflow --test backends)
 for w in "${WANT[@]}"; do
     case "$w" in
         linux-ucontext)
             run "$w" --features ucontext "${TESTS[@]}"
+            ;;
+        thread)
+            # The 100k-coroutine test would start 100k OS threads; an
+            # overflow is std's thread-overflow abort here, not costack's.
+            run "$w" --features thread-backend --test core --test backends \
+                -- --skip a_hundred_thousand_live_coroutines
+            ;;
+        miri)
+            need rustup
+            STEP="$w (setup)"
+            bash "$CI_DIR/setup-cross.sh" >/dev/null 2>"$ROOT/target/setup-cross.log" \
+                || { cat "$ROOT/target/setup-cross.log" >&2; die "setup-cross.sh (with miri) failed"; }
+            # Tests that make thousands of coroutines (threads, under Miri)
+            # take too long interpreted; the rest covers every code path of
+            # the core. The overflow test's child cannot run under Miri.
+            STEP="$w"
+            echo "backends: == $w" >&2
+            cargo +nightly miri test -p costack --test core -- \
+                --skip a_hundred_thousand_live_coroutines --skip chain_of_25000 \
+                --skip nesting_to_depth_1000 --skip coroutines_on_several_threads \
+                --skip backtrace
             ;;
         valgrind)
             need valgrind

@@ -17,7 +17,9 @@ const ITERS: u32 = 1_000_000;
 const ROUNDS: usize = 7;
 
 fn backend() -> &'static str {
-    if cfg!(feature = "ucontext") {
+    if cfg!(any(miri, feature = "thread-backend")) {
+        "thread"
+    } else if cfg!(feature = "ucontext") {
         "ucontext"
     } else if cfg!(feature = "fibers") {
         "fibers"

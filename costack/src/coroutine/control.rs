@@ -188,7 +188,7 @@ pub(crate) struct Slab {
     free: *const Control,
 }
 
-thread_local! {
+crate::arch::logical_thread_local! {
     static SLAB: RefCell<Slab> = const {
         RefCell::new(Slab { chunks: Vec::new(), free: ptr::null() })
     };

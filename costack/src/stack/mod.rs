@@ -5,17 +5,22 @@
 
 pub(crate) mod pool;
 
-#[cfg(unix)]
+#[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
 mod unix;
-#[cfg(unix)]
+#[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
 use unix as sys;
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[cfg(any(miri, feature = "thread-backend"))]
+mod heap;
+#[cfg(any(miri, feature = "thread-backend"))]
+use heap as sys;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
 mod valgrind;
 
-#[cfg(windows)]
+#[cfg(all(windows, not(any(miri, feature = "thread-backend"))))]
 mod windows;
-#[cfg(windows)]
+#[cfg(all(windows, not(any(miri, feature = "thread-backend"))))]
 use windows as sys;
 
 use std::io;
@@ -34,7 +39,7 @@ pub(crate) struct Stack {
     bottom: *mut u8,
     size: usize,
     /// Valgrind's id for the stack (0 when not run under Valgrind).
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
     valgrind_id: usize,
 }
 
@@ -46,7 +51,7 @@ impl Stack {
         Ok(Stack {
             bottom,
             size,
-            #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+            #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
             valgrind_id: valgrind::register(bottom as usize, bottom as usize + size),
         })
     }
@@ -79,7 +84,7 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
         valgrind::deregister(self.valgrind_id);
         self.discard_pages();
         // SAFETY: the stack is ours and nothing runs on it any more.

@@ -17,7 +17,7 @@ struct Pool {
     stacks: Vec<Stack>,
 }
 
-thread_local! {
+crate::arch::logical_thread_local! {
     static POOL: RefCell<Pool> = const { RefCell::new(Pool { stacks: Vec::new() }) };
 }
 
