@@ -130,12 +130,11 @@ unsafe impl Switch for Context {
     }
 
     unsafe fn exit(&self) -> ! {
-        let mut turn = self.baton.lock();
-        *turn = Turn::Exited;
-        self.baton.cv.notify_all();
-        drop(turn);
         // Nothing on this thread's stack needs dropping any more (the
-        // caller's contract): unwind it to `run`, which ends the thread.
+        // caller's contract): unwind it to `run`, which passes the turn
+        // back. Not before: the resumer may free this context at once, and
+        // `self` (and the control block `start` borrows) must be dead by
+        // then.
         panic::resume_unwind(Box::new(ThreadExit))
     }
 }
@@ -156,6 +155,9 @@ fn run(start: Start) {
             "a coroutine's base let a panic out"
         );
     }
+    let mut turn = baton.lock();
+    *turn = Turn::Exited;
+    baton.cv.notify_all();
 }
 
 impl Drop for Context {
