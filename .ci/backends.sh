@@ -18,6 +18,8 @@
 #   bash .ci/backends.sh            # all of the above
 #   bash .ci/backends.sh miri       # core tests under Miri (thread backend;
 #                                   # opt-in: needs nightly, minutes)
+#   bash .ci/backends.sh asan       # core tests under AddressSanitizer with
+#                                   # the fiber annotations (opt-in: nightly)
 #   bash .ci/backends.sh linux-ucontext aarch64 ...   # a subset, by name
 set -Eeuo pipefail
 
@@ -30,10 +32,10 @@ die() { printf '\nbackends: FAILED during [%s]: %s\n' "$STEP" "$*" >&2; exit 1; 
 trap 'printf "\nbackends: FAILED during [%s] (exit %s): %s\n" "$STEP" "$?" "$BASH_COMMAND" >&2' ERR
 
 ALL=(linux-ucontext thread valgrind aarch64 riscv64 windows-asm windows-fibers)
-# Opt-in (not in the default list): miri
+# Opt-in (not in the default list; need nightly): miri asan
 if (($#)); then WANT=("$@"); else WANT=("${ALL[@]}"); fi
 for w in "${WANT[@]}"; do
-    [[ " ${ALL[*]} miri " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
+    [[ " ${ALL[*]} miri asan " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
 done
 
 STEP="setup-cross"
@@ -96,6 +98,19 @@ for w in "${WANT[@]}"; do
                 --skip a_hundred_thousand_live_coroutines --skip chain_of_25000 \
                 --skip nesting_to_depth_1000 --skip coroutines_on_several_threads \
                 --skip backtrace
+            ;;
+        asan)
+            rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (run .ci/setup-cross.sh)"
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # Without the annotations ASan warns that it ignores
+            # __asan_handle_no_return on an unknown stack; any ASan report
+            # fails the run.
+            out=$(RUSTFLAGS="-Zsanitizer=address" cargo +nightly test -p costack --features asan \
+                --target x86_64-unknown-linux-gnu --test core --test backends \
+                -- --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "tests failed under ASan"; }
+            if grep -qE "WARNING: ASan|ERROR: AddressSanitizer" <<<"$out"; then echo "$out" >&2; die "ASan complained"; fi
+            grep "test result" <<<"$out"
             ;;
         valgrind)
             need valgrind

@@ -49,6 +49,9 @@ pub(crate) unsafe trait Switch: Sized {
     unsafe fn exit(&self) -> !;
 }
 
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
+#[cfg(not(any(miri, feature = "thread-backend")))]
+mod asan;
 pub(crate) mod logical;
 pub(crate) use logical::logical_thread_local;
 

@@ -16,7 +16,8 @@
 //! Stack of a suspended context (`sp` points at the lowest word):
 //!
 //! ```text
-//!   link    <- top - 16: the resumer's stack pointer while we run
+//!   asan    <- top - 32: AddressSanitizer's per-coroutine words (asan.rs)
+//!   link    <- top - 48: the resumer's stack pointer while we run
 //!   ...        frames of the coroutine
 //!   rbp        saved by `suspend`
 //!   rbx
@@ -41,6 +42,17 @@ pub(crate) struct Context {
     sp: Cell<usize>,
     /// Slot near the top of the stack holding the resumer's stack pointer.
     link: *mut usize,
+    /// The usable stack, for AddressSanitizer.
+    bottom: *const u8,
+    size: usize,
+}
+
+impl Context {
+    /// AddressSanitizer's words, above the link slot.
+    #[inline(always)]
+    fn asan(&self) -> *mut super::asan::Area {
+        self.link.wrapping_add(2).cast()
+    }
 }
 
 // The first resume lands here (through the word at the initial stack
@@ -72,6 +84,15 @@ global_asm!(
     ".cfi_offset rip, -24",
     ".cfi_offset rbx, -16",
     ".cfi_offset rbp, -8",
+    "mov r12, rdi",
+    "mov r13, rax",
+    // Tell AddressSanitizer (when enabled) that we arrived on this stack;
+    // the call's frame goes below the link slot, so entry and argument are
+    // kept in registers the call preserves.
+    "lea rdi, [rdx + 16]",
+    "call {first_entry}",
+    "mov rdi, r12",
+    "mov rax, r13",
     // No frame-pointer chain leads out of the coroutine's first frame.
     "xor ebp, ebp",
     // Push the return address by hand and jump: a `call` here would leave
@@ -84,6 +105,7 @@ global_asm!(
     ".cfi_endproc",
     ".size costack_trampoline, . - costack_trampoline",
     ".popsection",
+    first_entry = sym super::asan::first_entry,
 );
 
 extern "C" {
@@ -98,12 +120,13 @@ unsafe impl Switch for Context {
     // Never inlined: the trampoline is a local symbol of this crate's
     // object, which another crate's code could not name.
     #[inline(never)]
-    unsafe fn new(top: *mut u8, _bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
+    unsafe fn new(top: *mut u8, bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
         debug_assert_eq!(top as usize % 16, 0);
-        // SAFETY: the caller gives us the stack; these four words are at its
-        // top (see the layout above).
+        // SAFETY: the caller gives us the stack; these words are at its top
+        // (see the layout above).
         unsafe {
-            let link = top.cast::<usize>().sub(2);
+            super::asan::init(top.cast::<usize>().sub(4).cast());
+            let link = top.cast::<usize>().sub(6);
             link.write(0);
             link.sub(1).write(entry as usize);
             link.sub(2).write(arg as usize);
@@ -111,6 +134,8 @@ unsafe impl Switch for Context {
             Context {
                 sp: Cell::new(link.sub(3) as usize),
                 link,
+                bottom,
+                size: top as usize - bottom as usize,
             }
         }
     }
@@ -118,6 +143,9 @@ unsafe impl Switch for Context {
     #[inline(always)]
     unsafe fn resume(&self) {
         let sp: usize;
+        let mut fake = core::ptr::null_mut();
+        // SAFETY: announces the switch below to ASan (no-op without it).
+        unsafe { super::asan::resuming(&mut fake, self.bottom, self.size) };
         // SAFETY: the context is suspended (caller's contract), so `sp`
         // points at a resume address followed by the registers it restores.
         // rbx and rbp are pushed here because asm! cannot mark them clobbered;
@@ -136,10 +164,14 @@ unsafe impl Switch for Context {
             )
         };
         self.sp.set(sp);
+        // SAFETY: we are back on our own stack.
+        unsafe { super::asan::resumed(fake) };
     }
 
     #[inline(always)]
     unsafe fn suspend(&self) {
+        // SAFETY: we run on this context's stack; its area is ours.
+        unsafe { super::asan::leaving(self.asan(), false) };
         // SAFETY: we run on this context's stack, so [link] holds the
         // resumer's stack pointer with its return address on top. We leave
         // our own resume address and registers for the next `resume`, which
@@ -164,12 +196,15 @@ unsafe impl Switch for Context {
                 clobber_abi("sysv64"),
             )
         };
+        // SAFETY: resumed on our own stack again.
+        unsafe { super::asan::landed(self.asan()) };
     }
 
     #[inline(always)]
     unsafe fn exit(&self) -> ! {
         // SAFETY: as `suspend`, but nothing is saved: the stack is dead.
         unsafe {
+            super::asan::leaving(self.asan(), true);
             asm!(
                 "mov rsp, [rdx]",
                 "xor esi, esi",
