@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs costack's core suite (tests/core.rs, tests/overflow.rs) on every
-# switch backend but the default one (plain `cargo test` covers x86_64 asm):
+# Runs costack's core suite (tests/core.rs, tests/overflow.rs,
+# tests/backends.rs) on every switch backend but the default one (plain
+# `cargo test` covers x86_64 asm), and the checkers:
 #
 #   x86_64 Linux, ucontext      cargo test --features ucontext
 #   aarch64 Linux, asm          under qemu-aarch64-static
@@ -39,9 +40,10 @@ for w in "${WANT[@]}"; do
 done
 
 STEP="setup-cross"
+mkdir -p "$ROOT/target"
 COSTACK_SKIP_MIRI=1 bash "$CI_DIR/setup-cross.sh" >/dev/null 2>"$ROOT/target/setup-cross.log" \
     || { cat "$ROOT/target/setup-cross.log" >&2; die "setup-cross.sh failed"; }
-# shellcheck source=cross-env.sh
+# shellcheck source=.ci/cross-env.sh disable=SC1091
 source "$CI_DIR/cross-env.sh"
 
 need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed (run .ci/setup-cross.sh)"; }
@@ -151,5 +153,5 @@ for w in "${WANT[@]}"; do
             ;;
     esac
 done
-STEP=done
+STEP="done"
 echo "backends: all of ${WANT[*]} passed" >&2
