@@ -21,6 +21,8 @@
 #                                   # opt-in: needs nightly, minutes)
 #   bash .ci/backends.sh asan       # core tests under AddressSanitizer with
 #                                   # the fiber annotations (opt-in: nightly)
+#   bash .ci/backends.sh tsan       # the same under ThreadSanitizer (opt-in:
+#                                   # nightly, rust-src; builds std, minutes)
 #   bash .ci/backends.sh linux-ucontext aarch64 ...   # a subset, by name
 set -Eeuo pipefail
 
@@ -33,10 +35,10 @@ die() { printf '\nbackends: FAILED during [%s]: %s\n' "$STEP" "$*" >&2; exit 1; 
 trap 'printf "\nbackends: FAILED during [%s] (exit %s): %s\n" "$STEP" "$?" "$BASH_COMMAND" >&2' ERR
 
 ALL=(linux-ucontext thread valgrind aarch64 riscv64 windows-asm windows-fibers)
-# Opt-in (not in the default list; need nightly): miri asan
+# Opt-in (not in the default list; need nightly): miri asan tsan
 if (($#)); then WANT=("$@"); else WANT=("${ALL[@]}"); fi
 for w in "${WANT[@]}"; do
-    [[ " ${ALL[*]} miri asan " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
+    [[ " ${ALL[*]} miri asan tsan " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
 done
 
 STEP="setup-cross"
@@ -112,6 +114,17 @@ for w in "${WANT[@]}"; do
                 --target x86_64-unknown-linux-gnu --test core --test backends \
                 -- --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "tests failed under ASan"; }
             if grep -qE "WARNING: ASan|ERROR: AddressSanitizer" <<<"$out"; then echo "$out" >&2; die "ASan complained"; fi
+            grep "test result" <<<"$out"
+            ;;
+        tsan)
+            rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (run .ci/setup-cross.sh)"
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # TSan needs an instrumented std (-Zbuild-std).
+            out=$(RUSTFLAGS="-Zsanitizer=thread" cargo +nightly test -Zbuild-std -p costack --features tsan \
+                --target x86_64-unknown-linux-gnu --test core --test backends \
+                -- --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "tests failed under TSan"; }
+            if grep -q "WARNING: ThreadSanitizer" <<<"$out"; then echo "$out" >&2; die "TSan complained"; fi
             grep "test result" <<<"$out"
             ;;
         valgrind)

@@ -53,6 +53,9 @@ pub(crate) unsafe trait Switch: Sized {
 #[cfg(not(any(miri, feature = "thread-backend")))]
 mod asan;
 pub(crate) mod logical;
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
+#[cfg(not(any(miri, feature = "thread-backend")))]
+mod tsan;
 pub(crate) use logical::logical_thread_local;
 
 // Backend selection. The thread backend (feature `thread-backend`, or Miri,

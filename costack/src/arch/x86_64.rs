@@ -45,6 +45,8 @@ pub(crate) struct Context {
     /// The usable stack, for AddressSanitizer.
     bottom: *const u8,
     size: usize,
+    /// ThreadSanitizer's fiber (empty without the `tsan` feature).
+    tsan: super::tsan::Fiber,
 }
 
 impl Context {
@@ -136,6 +138,7 @@ unsafe impl Switch for Context {
                 link,
                 bottom,
                 size: top as usize - bottom as usize,
+                tsan: super::tsan::Fiber::new(),
             }
         }
     }
@@ -146,6 +149,7 @@ unsafe impl Switch for Context {
         let mut fake = core::ptr::null_mut();
         // SAFETY: announces the switch below to ASan (no-op without it).
         unsafe { super::asan::resuming(&mut fake, self.bottom, self.size) };
+        self.tsan.resuming();
         // SAFETY: the context is suspended (caller's contract), so `sp`
         // points at a resume address followed by the registers it restores.
         // rbx and rbp are pushed here because asm! cannot mark them clobbered;
@@ -172,6 +176,7 @@ unsafe impl Switch for Context {
     unsafe fn suspend(&self) {
         // SAFETY: we run on this context's stack; its area is ours.
         unsafe { super::asan::leaving(self.asan(), false) };
+        self.tsan.leaving();
         // SAFETY: we run on this context's stack, so [link] holds the
         // resumer's stack pointer with its return address on top. We leave
         // our own resume address and registers for the next `resume`, which
@@ -205,6 +210,7 @@ unsafe impl Switch for Context {
         // SAFETY: as `suspend`, but nothing is saved: the stack is dead.
         unsafe {
             super::asan::leaving(self.asan(), true);
+            self.tsan.leaving();
             asm!(
                 "mov rsp, [rdx]",
                 "xor esi, esi",
