@@ -31,6 +31,9 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+// Without the event loop (Linux only for now), its hooks in the core and
+// the mailbox are unused.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 /// Emits a `tracing` event for a coroutine life-cycle point when the
 /// `tracing` feature is on; nothing otherwise.
@@ -57,8 +60,10 @@ pub mod aio;
 mod arch;
 mod coroutine;
 pub mod debug;
+#[cfg(target_os = "linux")]
 pub mod fs;
 mod generator;
+#[cfg(target_os = "linux")]
 pub mod net;
 mod stack;
 pub mod sync;

@@ -57,6 +57,21 @@
 //! each other busy do not pay a system call per switch) and runs what they
 //! made ready.
 
+// Cross-thread wakes are portable (the locks use them everywhere); the
+// event loop itself is epoll/eventfd/io_uring, so Linux only for now.
+mod waker;
+pub use waker::{waker, Waker};
+// Kept for crate-internal users of the mailbox (the loop takes its own).
+#[allow(unused_imports)]
+pub(crate) use waker::{mailbox, Mailbox};
+
+/// Applies `#[cfg(target_os = "linux")]` to each item.
+macro_rules! linux_only {
+    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+}
+
+linux_only! {
+
 mod borrowed;
 mod event_loop;
 mod future;
@@ -67,7 +82,6 @@ pub mod thread_pool;
 mod timer;
 pub(crate) mod uring;
 mod wait;
-mod waker;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
@@ -78,10 +92,6 @@ pub(crate) use borrowed::run_borrowed;
 pub use event_loop::EventLoop;
 pub(crate) use event_loop::{current_inner, Inner};
 pub use handle::LoopHandle;
-pub use waker::{waker, Waker};
-// Kept for crate-internal users of the mailbox (the loop takes its own).
-#[allow(unused_imports)]
-pub(crate) use waker::{mailbox, Mailbox};
 
 use crate::coroutine;
 use io::Direction;
@@ -329,4 +339,5 @@ pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) 
 pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
     let inner = context("aio::wait_future");
     future::block_on_future(&inner, future)
+}
 }

@@ -8,8 +8,9 @@
 
 /// Entry point of a new context, called on the context's own stack with the
 /// argument given to [`Switch::new`]. It never returns: it ends with
-/// [`Switch::exit`].
-pub(crate) type Entry = unsafe extern "C" fn(arg: *mut u8) -> !;
+/// [`Switch::exit`]. "C-unwind": the thread backend's `exit` ends the
+/// coroutine's thread by unwinding through it.
+pub(crate) type Entry = unsafe extern "C-unwind" fn(arg: *mut u8) -> !;
 
 /// A suspended or running execution context.
 ///
@@ -48,7 +49,88 @@ pub(crate) unsafe trait Switch: Sized {
     unsafe fn exit(&self) -> !;
 }
 
-#[cfg(all(target_arch = "x86_64", unix))]
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
+#[cfg(not(any(miri, feature = "thread-backend")))]
+mod asan;
+pub(crate) mod logical;
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
+#[cfg(not(any(miri, feature = "thread-backend")))]
+mod tsan;
+pub(crate) use logical::logical_thread_local;
+
+// Backend selection. The thread backend (feature `thread-backend`, or Miri,
+// which cannot run the switch's assembly) overrides everything; otherwise
+// features pick a non-default backend where one exists, and everything
+// else gets the assembly switch of its architecture.
+
+#[cfg(any(miri, feature = "thread-backend"))]
+mod thread;
+#[cfg(any(miri, feature = "thread-backend"))]
+pub(crate) use thread::Context;
+
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
 mod x86_64;
-#[cfg(all(target_arch = "x86_64", unix))]
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
 pub(crate) use x86_64::Context;
+
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(
+    target_arch = "aarch64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
+mod aarch64;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(
+    target_arch = "aarch64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
+pub(crate) use aarch64::Context;
+
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(
+    target_arch = "riscv64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
+mod riscv64;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(
+    target_arch = "riscv64",
+    target_os = "linux",
+    not(feature = "ucontext")
+))]
+pub(crate) use riscv64::Context;
+
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(target_arch = "x86_64", windows, not(feature = "fibers")))]
+mod windows_x64;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(target_arch = "x86_64", windows, not(feature = "fibers")))]
+pub(crate) use windows_x64::Context;
+
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(target_arch = "x86_64", windows, feature = "fibers"))]
+mod fibers;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(target_arch = "x86_64", windows, feature = "fibers"))]
+pub(crate) use fibers::Context;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(all(feature = "fibers", not(all(target_arch = "x86_64", windows))))]
+compile_error!("the `fibers` backend is for x86_64 Windows only");
+
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(feature = "ucontext")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+mod ucontext;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(feature = "ucontext")]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+pub(crate) use ucontext::Context;
+#[cfg(not(any(miri, feature = "thread-backend")))]
+#[cfg(feature = "ucontext")]
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu")))]
+compile_error!("the `ucontext` backend is implemented for x86_64 Linux with glibc only");

@@ -16,7 +16,8 @@
 //! Stack of a suspended context (`sp` points at the lowest word):
 //!
 //! ```text
-//!   link    <- top - 16: the resumer's stack pointer while we run
+//!   asan    <- top - 32: AddressSanitizer's per-coroutine words (asan.rs)
+//!   link    <- top - 48: the resumer's stack pointer while we run
 //!   ...        frames of the coroutine
 //!   rbp        saved by `suspend`
 //!   rbx
@@ -41,6 +42,19 @@ pub(crate) struct Context {
     sp: Cell<usize>,
     /// Slot near the top of the stack holding the resumer's stack pointer.
     link: *mut usize,
+    /// The usable stack, for AddressSanitizer.
+    bottom: *const u8,
+    size: usize,
+    /// ThreadSanitizer's fiber (empty without the `tsan` feature).
+    tsan: super::tsan::Fiber,
+}
+
+impl Context {
+    /// AddressSanitizer's words, above the link slot.
+    #[inline(always)]
+    fn asan(&self) -> *mut super::asan::Area {
+        self.link.wrapping_add(2).cast()
+    }
 }
 
 // The first resume lands here (through the word at the initial stack
@@ -55,6 +69,8 @@ pub(crate) struct Context {
 // because gdb otherwise rejects a caller frame at a lower address; an unwinder
 // then looks up the return address itself (not the byte before it), so the
 // return label is followed by an instruction inside this function.
+macro_rules! trampoline {
+    ($($operands:tt)*) => {
 global_asm!(
     ".pushsection .text.costack_trampoline,\"ax\",@progbits",
     ".balign 16",
@@ -76,6 +92,7 @@ global_asm!(
     ".cfi_offset rip, -24",
     ".cfi_offset rbx, -16",
     ".cfi_offset rbp, -8",
+    asan_first_entry!(),
     // No frame-pointer chain leads out of the coroutine's first frame.
     "xor ebp, ebp",
     // Push the return address by hand and jump: a `call` here would leave
@@ -88,7 +105,31 @@ global_asm!(
     ".cfi_endproc",
     ".size costack_trampoline, . - costack_trampoline",
     ".popsection",
+    $($operands)*
 );
+    };
+}
+
+// With AddressSanitizer, tell it that we arrived on this stack. The call's
+// frame goes below the link slot, so entry and argument are kept in
+// registers the call preserves.
+#[cfg(feature = "asan")]
+macro_rules! asan_first_entry {
+    () => {
+        "mov r12, rdi\nmov r13, rax\nlea rdi, [rdx + 16]\ncall {first_entry}\nmov rdi, r12\nmov rax, r13"
+    };
+}
+#[cfg(feature = "asan")]
+trampoline!(first_entry = sym super::asan::first_entry);
+
+#[cfg(not(feature = "asan"))]
+macro_rules! asan_first_entry {
+    () => {
+        ""
+    };
+}
+#[cfg(not(feature = "asan"))]
+trampoline!();
 
 extern "C" {
     fn costack_trampoline();
@@ -99,12 +140,14 @@ extern "C" {
 // says a call preserves is either saved by hand (rbx, rbp) or declared as
 // clobbered so the compiler saves it when live.
 unsafe impl Switch for Context {
-    unsafe fn new(top: *mut u8, _bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
+    #[inline]
+    unsafe fn new(top: *mut u8, bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
         debug_assert_eq!(top as usize % 16, 0);
-        // SAFETY: the caller gives us the stack; these four words are at its
-        // top (see the layout above).
+        // SAFETY: the caller gives us the stack; these words are at its top
+        // (see the layout above).
         unsafe {
-            let link = top.cast::<usize>().sub(2);
+            super::asan::init(top.cast::<usize>().sub(4).cast());
+            let link = top.cast::<usize>().sub(6);
             link.write(0);
             link.sub(1).write(entry as usize);
             link.sub(2).write(arg as usize);
@@ -112,6 +155,9 @@ unsafe impl Switch for Context {
             Context {
                 sp: Cell::new(link.sub(3) as usize),
                 link,
+                bottom,
+                size: top as usize - bottom as usize,
+                tsan: super::tsan::Fiber::new(),
             }
         }
     }
@@ -119,6 +165,10 @@ unsafe impl Switch for Context {
     #[inline(always)]
     unsafe fn resume(&self) {
         let sp: usize;
+        let mut fake = core::ptr::null_mut();
+        // SAFETY: announces the switch below to ASan (no-op without it).
+        unsafe { super::asan::resuming(&mut fake, self.bottom, self.size) };
+        self.tsan.resuming();
         // SAFETY: the context is suspended (caller's contract), so `sp`
         // points at a resume address followed by the registers it restores.
         // rbx and rbp are pushed here because asm! cannot mark them clobbered;
@@ -137,10 +187,15 @@ unsafe impl Switch for Context {
             )
         };
         self.sp.set(sp);
+        // SAFETY: we are back on our own stack.
+        unsafe { super::asan::resumed(fake) };
     }
 
     #[inline(always)]
     unsafe fn suspend(&self) {
+        // SAFETY: we run on this context's stack; its area is ours.
+        unsafe { super::asan::leaving(self.asan(), false) };
+        self.tsan.leaving();
         // SAFETY: we run on this context's stack, so [link] holds the
         // resumer's stack pointer with its return address on top. We leave
         // our own resume address and registers for the next `resume`, which
@@ -165,12 +220,16 @@ unsafe impl Switch for Context {
                 clobber_abi("sysv64"),
             )
         };
+        // SAFETY: resumed on our own stack again.
+        unsafe { super::asan::landed(self.asan()) };
     }
 
     #[inline(always)]
     unsafe fn exit(&self) -> ! {
         // SAFETY: as `suspend`, but nothing is saved: the stack is dead.
         unsafe {
+            super::asan::leaving(self.asan(), true);
+            self.tsan.leaving();
             asm!(
                 "mov rsp, [rdx]",
                 "xor esi, esi",

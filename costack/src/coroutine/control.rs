@@ -197,7 +197,10 @@ pub const POOL_BYTES: usize = 128 << 20;
 /// first; the list of the size used last sits in `hot_*` so the common
 /// case of create+finish touches a few cells and no `Vec`.
 pub(crate) struct Slab {
-    chunks: RefCell<Vec<Box<[Control]>>>,
+    /// Chunks from `Box::into_raw`: moving a `Box` (as a growing `Vec`
+    /// does) would invalidate the raw pointers into it that free lists and
+    /// handles hold.
+    chunks: RefCell<Vec<*mut [Control]>>,
     bare: Cell<*const Control>,
     hot_size: Cell<usize>,
     hot_head: Cell<*const Control>,
@@ -207,7 +210,7 @@ pub(crate) struct Slab {
     pooled_bytes: Cell<usize>,
 }
 
-thread_local! {
+crate::arch::logical_thread_local! {
     static SLAB: Slab = const {
         Slab {
             chunks: RefCell::new(Vec::new()),
@@ -281,13 +284,15 @@ impl Slab {
         let mut chunks = self.chunks.borrow_mut();
         let base = (chunks.len() * CHUNK) as u32;
         let chunk: Box<[Control]> = (0..CHUNK as u32).map(|i| Control::new(base + i)).collect();
-        for c in chunk[1..].iter().rev() {
+        let chunk = Box::into_raw(chunk);
+        // SAFETY: just made; freed only by `Slab::drop`.
+        let blocks = unsafe { &*chunk };
+        for c in blocks[1..].iter().rev() {
             c.next.set(self.bare.get());
             self.bare.set(c);
         }
-        let co: *const Control = &chunk[0];
         chunks.push(chunk);
-        co
+        &blocks[0]
     }
 
     fn push_bare(&self, co: &Control) {
@@ -322,8 +327,13 @@ impl Drop for Slab {
         // thread-local that outlives this one) must stay valid: leak its
         // chunk rather than free memory a handle points to.
         for chunk in self.chunks.get_mut().drain(..) {
-            if chunk.iter().any(|c| c.state.get() != State::Free) {
-                std::mem::forget(chunk);
+            // SAFETY: made by `Box::into_raw` in `pop_bare`; freed only here.
+            if unsafe { &*chunk }
+                .iter()
+                .all(|c| c.state.get() == State::Free)
+            {
+                // SAFETY: as above, and no block of it is in use.
+                drop(unsafe { Box::from_raw(chunk) });
             }
         }
     }
@@ -438,7 +448,8 @@ pub(crate) fn pooled() -> usize {
 pub(crate) fn lookup(id: CoId) -> Option<*const Control> {
     SLAB.try_with(|slab| {
         let chunks = slab.chunks.borrow();
-        let chunk = chunks.get(id.index as usize / CHUNK)?;
+        // SAFETY: chunks live as long as the slab (see `Slab::chunks`).
+        let chunk = unsafe { &**chunks.get(id.index as usize / CHUNK)? };
         let co = &chunk[id.index as usize % CHUNK];
         let alive = co.generation.get() == id.generation && co.state.get() != State::Free;
         alive.then_some(co as *const Control)
@@ -451,7 +462,8 @@ pub(crate) fn lookup(id: CoId) -> Option<*const Control> {
 pub(crate) fn for_each_live(mut f: impl FnMut(&Control)) {
     let _ = SLAB.try_with(|slab| {
         let chunks = slab.chunks.borrow();
-        for co in chunks.iter().flat_map(|c| c.iter()) {
+        // SAFETY: chunks live as long as the slab (see `Slab::chunks`).
+        for co in chunks.iter().flat_map(|&c| unsafe { &*c }.iter()) {
             if co.state.get() != State::Free {
                 f(co);
             }

@@ -27,7 +27,7 @@ use crate::arch::{Context, Switch};
 use crate::stack::{self, DEFAULT_STACK_SIZE};
 use control::{CoId, Control, State, WakeList};
 
-thread_local! {
+crate::arch::logical_thread_local! {
     /// The innermost entered coroutine of this thread.
     static CURRENT: Cell<*const Control> = const { Cell::new(ptr::null()) };
 }
@@ -418,7 +418,7 @@ unsafe fn drop_closure<F>(p: *mut u8) {
 }
 
 /// The base frame of every coroutine.
-unsafe extern "C" fn start<F: FnOnce()>(arg: *mut u8) -> ! {
+unsafe extern "C-unwind" fn start<F: FnOnce()>(arg: *mut u8) -> ! {
     // SAFETY: `arg` is the control block, live while the coroutine runs.
     let co = unsafe { &*(arg as *const Control) };
     co.drop_closure.set(None);

@@ -1,20 +1,31 @@
-//! Coroutine stacks: carved from large `mmap` arenas, each with a guard page
-//! below it, and recycled through a bounded per-thread [`pool`].
-//!
-//! An arena is one `MAP_NORESERVE` mapping cut into equal slots; only the
-//! pages a coroutine touches cost memory. Guard pages are installed with
-//! `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+), which marks page-table
-//! entries and so does not split the mapping: a million stacks stay a few
-//! dozen kernel mappings. Where the kernel lacks guard regions, each guard is
-//! an `mprotect(PROT_NONE)` page, which costs two mappings per stack and runs
-//! into `vm.max_map_count`; that failure is reported by name.
+//! Coroutine stacks, each with a guard below it, recycled through a bounded
+//! per-thread [`pool`]. How they are mapped is up to the OS module: `unix`
+//! carves them from large `mmap` arenas, `windows` reserves each with
+//! `VirtualAlloc`.
 
 pub(crate) mod pool;
 
+#[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
+mod unix;
+#[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
+use unix as sys;
+
+#[cfg(any(miri, feature = "thread-backend"))]
+mod heap;
+#[cfg(any(miri, feature = "thread-backend"))]
+use heap as sys;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+mod valgrind;
+
+#[cfg(all(windows, not(any(miri, feature = "thread-backend"))))]
+mod windows;
+#[cfg(all(windows, not(any(miri, feature = "thread-backend"))))]
+use windows as sys;
+
 use std::io;
-use std::ptr;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::Mutex;
+
+pub(crate) use sys::page_size;
 
 /// Default stack size, as QEMU and corosensei.
 pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
@@ -22,22 +33,27 @@ pub const DEFAULT_STACK_SIZE: usize = 1 << 20;
 /// Smallest stack costack hands out (requests are rounded up to it).
 pub const MIN_STACK_SIZE: usize = 16 << 10;
 
-/// A coroutine stack: `[bottom, top)` usable, one guard page below `bottom`.
+/// A coroutine stack: `[bottom, top)` usable, a guard below `bottom`.
 #[derive(Debug)]
 pub(crate) struct Stack {
     bottom: *mut u8,
     size: usize,
+    /// Valgrind's id for the stack (0 when not run under Valgrind).
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+    valgrind_id: usize,
 }
 
 impl Stack {
     /// Allocates a stack with at least `size` usable bytes.
     pub(crate) fn new(size: usize) -> io::Result<Stack> {
         let size = round_size(size);
-        let bottom = ARENAS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .alloc(size)?;
-        Ok(Stack { bottom, size })
+        let bottom = sys::alloc(size)?;
+        Ok(Stack {
+            bottom,
+            size,
+            #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+            valgrind_id: valgrind::register(bottom as usize, bottom as usize + size),
+        })
     }
 
     pub(crate) fn top(&self) -> *mut u8 {
@@ -52,31 +68,33 @@ impl Stack {
         self.size
     }
 
-    /// The guard page: the `page_size()` bytes right below `bottom`.
+    /// The guard: the `guard_size()` bytes right below `bottom`.
     pub(crate) fn guard(&self) -> (usize, usize) {
-        let lo = self.bottom as usize - page_size();
+        let lo = self.bottom as usize - guard_size();
         (lo, self.bottom as usize)
     }
 
     /// Gives the touched pages back to the kernel; the stack stays usable.
     pub(crate) fn discard_pages(&self) {
-        // SAFETY: `[bottom, bottom + size)` is a private anonymous mapping we
-        // own and nothing runs on it (the stack is not in use). DONTNEED only
-        // drops its pages; the range reads as zeroes afterwards.
-        unsafe {
-            libc::madvise(self.bottom.cast(), self.size, libc::MADV_DONTNEED);
-        }
+        // SAFETY: `[bottom, bottom + size)` is memory of ours that nothing
+        // runs on (the stack is not in use).
+        unsafe { sys::discard(self.bottom, self.size) }
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
+        valgrind::deregister(self.valgrind_id);
         self.discard_pages();
-        ARENAS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .free(self.bottom, self.size);
+        // SAFETY: the stack is ours and nothing runs on it any more.
+        unsafe { sys::free(self.bottom, self.size) }
     }
+}
+
+/// Bytes of guard below each stack.
+pub(crate) fn guard_size() -> usize {
+    sys::GUARD_PAGES * page_size()
 }
 
 /// Rounds a requested size to whole pages, at least [`MIN_STACK_SIZE`].
@@ -84,156 +102,4 @@ pub(crate) fn round_size(size: usize) -> usize {
     let page = page_size();
     debug_assert!(page.is_power_of_two());
     (size.max(MIN_STACK_SIZE) + page - 1) & !(page - 1)
-}
-
-pub(crate) fn page_size() -> usize {
-    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    // SAFETY: sysconf has no preconditions.
-    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize })
-}
-
-const MADV_GUARD_INSTALL: libc::c_int = 102;
-
-/// How guard pages are made; probed once.
-static GUARD_KIND: AtomicU8 = AtomicU8::new(GUARD_UNKNOWN);
-const GUARD_UNKNOWN: u8 = 0;
-const GUARD_MADVISE: u8 = 1;
-const GUARD_MPROTECT: u8 = 2;
-
-/// Puts a guard on the page at `addr`.
-fn install_guard(addr: *mut u8) -> io::Result<()> {
-    let page = page_size();
-    if GUARD_KIND.load(Ordering::Relaxed) == GUARD_UNKNOWN
-        && std::env::var_os("COSTACK_MPROTECT_GUARDS").is_some()
-    {
-        // Forces the fallback, as on a kernel without guard regions (for
-        // tests, and to compare the two).
-        GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
-    }
-    if GUARD_KIND.load(Ordering::Relaxed) != GUARD_MPROTECT {
-        // SAFETY: `addr` is a page of an anonymous private mapping we own
-        // and that nothing uses; a guard marker only makes it fault.
-        if unsafe { libc::madvise(addr.cast(), page, MADV_GUARD_INSTALL) } == 0 {
-            GUARD_KIND.store(GUARD_MADVISE, Ordering::Relaxed);
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE {
-            return Err(err);
-        }
-        // EINVAL: this kernel has no guard regions. Fall back for good.
-        GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
-    }
-    // SAFETY: as above; PROT_NONE on our own page.
-    if unsafe { libc::mprotect(addr.cast(), page, libc::PROT_NONE) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENOMEM) {
-        return Err(io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!(
-                "cannot install a stack guard page: out of kernel memory mappings \
-                 (this kernel lacks MADV_GUARD_INSTALL, so every stack costs two \
-                 mappings; raise vm.max_map_count, currently {})",
-                read_max_map_count()
-            ),
-        ));
-    }
-    Err(err)
-}
-
-fn read_max_map_count() -> String {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// All arenas of the process, by slot size.
-struct Arenas {
-    classes: Vec<SizeClass>,
-}
-
-// SAFETY: the raw pointers are addresses of mappings owned by the allocator;
-// they are only dereferenced by the stack's user, never through `Arenas`.
-unsafe impl Send for Arenas {}
-
-static ARENAS: Mutex<Arenas> = Mutex::new(Arenas {
-    classes: Vec::new(),
-});
-
-struct SizeClass {
-    /// Usable bytes of each slot (the guard page comes on top).
-    size: usize,
-    /// Bottoms of freed slots, ready for reuse.
-    free: Vec<*mut u8>,
-    /// The arena being carved, and how many of its slots are handed out.
-    current: Option<(*mut u8, usize, usize)>,
-    /// Slots in the next arena to map.
-    next_slots: usize,
-}
-
-const FIRST_ARENA_SLOTS: usize = 16;
-const MAX_ARENA_BYTES: usize = 1 << 30;
-
-impl Arenas {
-    fn class(&mut self, size: usize) -> &mut SizeClass {
-        let i = match self.classes.iter().position(|c| c.size == size) {
-            Some(i) => i,
-            None => {
-                self.classes.push(SizeClass {
-                    size,
-                    free: Vec::new(),
-                    current: None,
-                    next_slots: FIRST_ARENA_SLOTS,
-                });
-                self.classes.len() - 1
-            }
-        };
-        &mut self.classes[i]
-    }
-
-    fn alloc(&mut self, size: usize) -> io::Result<*mut u8> {
-        let class = self.class(size);
-        if let Some(bottom) = class.free.pop() {
-            return Ok(bottom);
-        }
-        let page = page_size();
-        let slot = size + page;
-        let (base, used, slots) = match class.current {
-            Some(cur) if cur.1 < cur.2 => cur,
-            _ => {
-                let slots = class.next_slots;
-                let len = slots * slot;
-                // SAFETY: a fresh anonymous mapping; no existing memory is
-                // affected. NORESERVE: only touched pages are committed.
-                let base = unsafe {
-                    libc::mmap(
-                        ptr::null_mut(),
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                        -1,
-                        0,
-                    )
-                };
-                if base == libc::MAP_FAILED {
-                    return Err(io::Error::last_os_error());
-                }
-                class.next_slots = (slots * 2).min((MAX_ARENA_BYTES / slot).max(1));
-                (base.cast::<u8>(), 0, slots)
-            }
-        };
-        let guard = base.wrapping_add(used * slot);
-        class.current = Some((base, used, slots));
-        install_guard(guard)?;
-        class.current = Some((base, used + 1, slots));
-        Ok(guard.wrapping_add(page))
-    }
-
-    fn free(&mut self, bottom: *mut u8, size: usize) {
-        // Arenas are never unmapped: a freed slot keeps its guard and costs
-        // no memory (its pages were discarded), only address space.
-        self.class(size).free.push(bottom);
-    }
 }

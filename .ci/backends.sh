@@ -1,0 +1,170 @@
+#!/usr/bin/env bash
+# Runs costack's core suite (tests/core.rs, tests/overflow.rs,
+# tests/backends.rs) on every switch backend but the default one (plain
+# `cargo test` covers x86_64 asm), and the checkers:
+#
+#   x86_64 Linux, ucontext      cargo test --features ucontext
+#   aarch64 Linux, asm          under qemu-aarch64-static
+#   riscv64 Linux, asm          under qemu-riscv64-static
+#   x86_64 Windows, asm         under Wine
+#   x86_64 Windows, fibers      under Wine, --features fibers
+#   x86_64 Linux, thread        --features thread-backend (OS thread + baton)
+#   x86_64 Linux, asm           tests/core.rs under Valgrind memcheck (stacks
+#                               are registered with client requests)
+#
+# Needs what .ci/setup-cross.sh installs (it is run first, and is quick when
+# everything is in place); fails loudly when a tool is missing. Cross builds
+# are cached in target/<triple>/.
+#
+#   bash .ci/backends.sh            # all of the above
+#   bash .ci/backends.sh miri       # core tests under Miri (thread backend;
+#                                   # opt-in: needs nightly, minutes)
+#   bash .ci/backends.sh asan       # core tests under AddressSanitizer with
+#                                   # the fiber annotations (opt-in: nightly)
+#   bash .ci/backends.sh tsan       # the same under ThreadSanitizer (opt-in:
+#                                   # nightly, rust-src; builds std, minutes)
+#   bash .ci/backends.sh linux-ucontext aarch64 ...   # a subset, by name
+set -Eeuo pipefail
+
+CI_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$CI_DIR/.." && pwd)
+cd "$ROOT"
+
+STEP=start
+die() { printf '\nbackends: FAILED during [%s]: %s\n' "$STEP" "$*" >&2; exit 1; }
+trap 'printf "\nbackends: FAILED during [%s] (exit %s): %s\n" "$STEP" "$?" "$BASH_COMMAND" >&2' ERR
+
+ALL=(linux-ucontext thread valgrind aarch64 riscv64 windows-asm windows-fibers)
+# Opt-in (not in the default list; need nightly): miri asan tsan
+if (($#)); then WANT=("$@"); else WANT=("${ALL[@]}"); fi
+for w in "${WANT[@]}"; do
+    [[ " ${ALL[*]} miri asan tsan " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
+done
+
+STEP="setup-cross"
+mkdir -p "$ROOT/target"
+COSTACK_SKIP_MIRI=1 bash "$CI_DIR/setup-cross.sh" >/dev/null 2>"$ROOT/target/setup-cross.log" \
+    || { cat "$ROOT/target/setup-cross.log" >&2; die "setup-cross.sh failed"; }
+# shellcheck source=.ci/cross-env.sh disable=SC1091
+source "$CI_DIR/cross-env.sh"
+
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed (run .ci/setup-cross.sh)"; }
+
+# qemu-user ignores MADV_GUARD_INSTALL, so under it costack falls back to
+# mprotect guards: two mappings per stack. The 100k-coroutine test needs
+# more than the default vm.max_map_count (65530) then.
+raise_map_count() {
+    local cur
+    cur=$(cat /proc/sys/vm/max_map_count)
+    if ((cur < 262144)); then
+        if echo 262144 >/proc/sys/vm/max_map_count 2>/dev/null; then
+            echo "backends: raised vm.max_map_count $cur -> 262144 for mprotect guards under qemu" >&2
+        else
+            SKIP_BIG=(--skip a_hundred_thousand_live_coroutines)
+            echo "backends: vm.max_map_count is $cur and read-only: skipping the 100k-coroutine test under qemu" >&2
+        fi
+    fi
+}
+SKIP_BIG=()
+
+run() { # name, cargo args..., -- test args...
+    local name=$1; shift
+    STEP="$name"
+    echo "backends: == $name" >&2
+    local t0=$SECONDS
+    cargo test -p costack "$@"
+    echo "backends: == $name passed in $((SECONDS - t0)) s" >&2
+}
+
+TESTS=(--test core --test overflow --test backends)
+for w in "${WANT[@]}"; do
+    case "$w" in
+        linux-ucontext)
+            run "$w" --features ucontext "${TESTS[@]}"
+            ;;
+        thread)
+            # The 100k-coroutine test would start 100k OS threads; an
+            # overflow is std's thread-overflow abort here, not costack's.
+            run "$w" --features thread-backend --test core --test backends \
+                -- --skip a_hundred_thousand_live_coroutines
+            ;;
+        miri)
+            need rustup
+            STEP="$w (setup)"
+            bash "$CI_DIR/setup-cross.sh" >/dev/null 2>"$ROOT/target/setup-cross.log" \
+                || { cat "$ROOT/target/setup-cross.log" >&2; die "setup-cross.sh (with miri) failed"; }
+            # Tests that make thousands of coroutines (threads, under Miri)
+            # take too long interpreted; the rest covers every code path of
+            # the core. The overflow test's child cannot run under Miri.
+            STEP="$w"
+            echo "backends: == $w" >&2
+            cargo +nightly miri test -p costack --test core -- \
+                --skip a_hundred_thousand_live_coroutines --skip chain_of_25000 \
+                --skip nesting_to_depth_1000 --skip coroutines_on_several_threads \
+                --skip backtrace
+            ;;
+        asan)
+            rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (run .ci/setup-cross.sh)"
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # Without the annotations ASan warns that it ignores
+            # __asan_handle_no_return on an unknown stack; any ASan report
+            # fails the run.
+            out=$(RUSTFLAGS="-Zsanitizer=address" cargo +nightly test -p costack --features asan \
+                --target x86_64-unknown-linux-gnu --test core --test backends \
+                -- --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "tests failed under ASan"; }
+            if grep -qE "WARNING: ASan|ERROR: AddressSanitizer" <<<"$out"; then echo "$out" >&2; die "ASan complained"; fi
+            grep "test result" <<<"$out"
+            ;;
+        tsan)
+            rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (run .ci/setup-cross.sh)"
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # TSan needs an instrumented std (-Zbuild-std).
+            out=$(RUSTFLAGS="-Zsanitizer=thread" cargo +nightly test -Zbuild-std -p costack --features tsan \
+                --target x86_64-unknown-linux-gnu --test core --test backends \
+                -- --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "tests failed under TSan"; }
+            if grep -q "WARNING: ThreadSanitizer" <<<"$out"; then echo "$out" >&2; die "TSan complained"; fi
+            grep "test result" <<<"$out"
+            ;;
+        valgrind)
+            need valgrind
+            STEP="$w (build)"
+            bin=$(cargo test -p costack --test core --no-run --message-format=json 2>/dev/null \
+                | sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -1)
+            [[ -x "$bin" ]] || die "could not find the core test binary"
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # Without the stack registration memcheck warns "client switching
+            # stacks?" on every switch; any memcheck error fails the run.
+            out=$(valgrind --error-exitcode=99 "$bin" --test-threads=1 \
+                --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "memcheck failed"; }
+            if grep -q "switching stacks" <<<"$out"; then echo "$out" >&2; die "Valgrind saw unregistered stack switches"; fi
+            grep "test result" <<<"$out"
+            ;;
+        aarch64)
+            need qemu-aarch64-static; need aarch64-linux-gnu-gcc
+            raise_map_count
+            run "$w" --target aarch64-unknown-linux-gnu "${TESTS[@]}" -- "${SKIP_BIG[@]}"
+            ;;
+        riscv64)
+            need qemu-riscv64-static; need riscv64-linux-gnu-gcc
+            raise_map_count
+            run "$w" --target riscv64gc-unknown-linux-gnu "${TESTS[@]}" -- "${SKIP_BIG[@]}"
+            ;;
+        windows-asm|windows-fibers)
+            need x86_64-w64-mingw32-gcc; need wineserver
+            if [[ $w == windows-fibers ]]; then
+                # Not the overflow test: Wine 8 gives a fiber one guard page
+                # and no room to dispatch the fault, so it ends the thread
+                # ("stack overflow ... bytes") and the child hangs; real
+                # Windows raises STATUS_STACK_OVERFLOW within the guarantee.
+                run "$w" --target x86_64-pc-windows-gnu --features fibers --test core
+            else
+                run "$w" --target x86_64-pc-windows-gnu "${TESTS[@]}"
+            fi
+            ;;
+    esac
+done
+STEP="done"
+echo "backends: all of ${WANT[*]} passed" >&2

@@ -1,0 +1,231 @@
+//! Unix stacks: carved from large `mmap` arenas, each with a guard page
+//! below it.
+//!
+//! An arena is one `MAP_NORESERVE` mapping cut into equal slots; only the
+//! pages a coroutine touches cost memory. Guard pages are installed with
+//! `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+), which marks page-table
+//! entries and so does not split the mapping: a million stacks stay a few
+//! dozen kernel mappings. Where the kernel lacks guard regions, each guard is
+//! an `mprotect(PROT_NONE)` page, which costs two mappings per stack and runs
+//! into `vm.max_map_count`; that failure is reported by name.
+
+use std::io;
+use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
+
+/// One guard page below each stack.
+pub(super) const GUARD_PAGES: usize = 1;
+
+/// Maps a stack of `size` usable bytes (whole pages); returns its bottom.
+pub(super) fn alloc(size: usize) -> io::Result<*mut u8> {
+    ARENAS.lock().unwrap_or_else(|e| e.into_inner()).alloc(size)
+}
+
+/// Gives a stack from `alloc` back for reuse.
+///
+/// # Safety
+/// Nothing may use the stack any more.
+pub(super) unsafe fn free(bottom: *mut u8, size: usize) {
+    ARENAS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .free(bottom, size);
+}
+
+/// Drops the pages of a stack from `alloc`; it reads as zeroes afterwards.
+///
+/// # Safety
+/// Nothing may run on the stack.
+pub(super) unsafe fn discard(bottom: *mut u8, size: usize) {
+    // SAFETY: `[bottom, bottom + size)` is a private anonymous mapping we
+    // own and nothing runs on it (caller's contract). DONTNEED only drops
+    // its pages.
+    unsafe {
+        libc::madvise(bottom.cast(), size, libc::MADV_DONTNEED);
+    }
+}
+
+pub(crate) fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize })
+}
+
+const MADV_GUARD_INSTALL: libc::c_int = 102;
+const MADV_GUARD_REMOVE: libc::c_int = 103;
+
+/// How guard pages are made; probed once.
+static GUARD_KIND: AtomicU8 = AtomicU8::new(GUARD_UNKNOWN);
+const GUARD_UNKNOWN: u8 = 0;
+const GUARD_MADVISE: u8 = 1;
+const GUARD_MPROTECT: u8 = 2;
+
+/// Puts a guard on the page at `addr`.
+fn install_guard(addr: *mut u8) -> io::Result<()> {
+    let page = page_size();
+    if GUARD_KIND.load(Ordering::Relaxed) == GUARD_UNKNOWN
+        && std::env::var_os("COSTACK_MPROTECT_GUARDS").is_some()
+    {
+        // Forces the fallback, as on a kernel without guard regions (for
+        // tests, and to compare the two).
+        GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+    }
+    if GUARD_KIND.load(Ordering::Relaxed) != GUARD_MPROTECT {
+        // SAFETY: `addr` is a page of an anonymous private mapping we own
+        // and that nothing uses; a guard marker only makes it fault.
+        if unsafe { libc::madvise(addr.cast(), page, MADV_GUARD_INSTALL) } == 0 {
+            if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE || guard_holds(addr) {
+                GUARD_KIND.store(GUARD_MADVISE, Ordering::Relaxed);
+                return Ok(());
+            }
+            // An emulator (qemu-user) accepted the advice without acting on
+            // it: take the marker away again and use mprotect for good.
+            // SAFETY: as above; removing a marker that may not exist is a
+            // no-op.
+            unsafe { libc::madvise(addr.cast(), page, MADV_GUARD_REMOVE) };
+            GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+        } else {
+            let err = io::Error::last_os_error();
+            if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE {
+                return Err(err);
+            }
+            // EINVAL: this kernel has no guard regions. Fall back for good.
+            GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+        }
+    }
+    // SAFETY: as above; PROT_NONE on our own page.
+    if unsafe { libc::mprotect(addr.cast(), page, libc::PROT_NONE) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::ENOMEM) {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "cannot install a stack guard page: out of kernel memory mappings \
+                 (this kernel lacks MADV_GUARD_INSTALL, so every stack costs two \
+                 mappings; raise vm.max_map_count, currently {})",
+                read_max_map_count()
+            ),
+        ));
+    }
+    Err(err)
+}
+
+/// Whether the kernel refuses to read the page at `addr`, as it must once a
+/// guard marker is installed: a `write` from it into a pipe fails with
+/// EFAULT instead of faulting. Checked once, on the first guard.
+fn guard_holds(addr: *mut u8) -> bool {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return true; // Cannot check: trust the kernel's answer.
+    }
+    // SAFETY: the kernel validates the source range itself; a guarded page
+    // makes the call fail, it never faults in user space. The descriptors
+    // are ours and closed right after.
+    let n = unsafe { libc::write(fds[1], addr.cast(), 1) };
+    let err = io::Error::last_os_error();
+    // SAFETY: as above.
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    n < 0 && err.raw_os_error() == Some(libc::EFAULT)
+}
+
+fn read_max_map_count() -> String {
+    std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// All arenas of the process, by slot size.
+struct Arenas {
+    classes: Vec<SizeClass>,
+}
+
+// SAFETY: the raw pointers are addresses of mappings owned by the allocator;
+// they are only dereferenced by the stack's user, never through `Arenas`.
+unsafe impl Send for Arenas {}
+
+static ARENAS: Mutex<Arenas> = Mutex::new(Arenas {
+    classes: Vec::new(),
+});
+
+struct SizeClass {
+    /// Usable bytes of each slot (the guard page comes on top).
+    size: usize,
+    /// Bottoms of freed slots, ready for reuse.
+    free: Vec<*mut u8>,
+    /// The arena being carved, and how many of its slots are handed out.
+    current: Option<(*mut u8, usize, usize)>,
+    /// Slots in the next arena to map.
+    next_slots: usize,
+}
+
+const FIRST_ARENA_SLOTS: usize = 16;
+const MAX_ARENA_BYTES: usize = 1 << 30;
+
+impl Arenas {
+    fn class(&mut self, size: usize) -> &mut SizeClass {
+        let i = match self.classes.iter().position(|c| c.size == size) {
+            Some(i) => i,
+            None => {
+                self.classes.push(SizeClass {
+                    size,
+                    free: Vec::new(),
+                    current: None,
+                    next_slots: FIRST_ARENA_SLOTS,
+                });
+                self.classes.len() - 1
+            }
+        };
+        &mut self.classes[i]
+    }
+
+    fn alloc(&mut self, size: usize) -> io::Result<*mut u8> {
+        let class = self.class(size);
+        if let Some(bottom) = class.free.pop() {
+            return Ok(bottom);
+        }
+        let page = page_size();
+        let slot = size + page;
+        let (base, used, slots) = match class.current {
+            Some(cur) if cur.1 < cur.2 => cur,
+            _ => {
+                let slots = class.next_slots;
+                let len = slots * slot;
+                // SAFETY: a fresh anonymous mapping; no existing memory is
+                // affected. NORESERVE: only touched pages are committed.
+                let base = unsafe {
+                    libc::mmap(
+                        ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                        -1,
+                        0,
+                    )
+                };
+                if base == libc::MAP_FAILED {
+                    return Err(io::Error::last_os_error());
+                }
+                class.next_slots = (slots * 2).min((MAX_ARENA_BYTES / slot).max(1));
+                (base.cast::<u8>(), 0, slots)
+            }
+        };
+        let guard = base.wrapping_add(used * slot);
+        class.current = Some((base, used, slots));
+        install_guard(guard)?;
+        class.current = Some((base, used + 1, slots));
+        Ok(guard.wrapping_add(page))
+    }
+
+    fn free(&mut self, bottom: *mut u8, size: usize) {
+        // Arenas are never unmapped: a freed slot keeps its guard and costs
+        // no memory (its pages were discarded), only address space.
+        self.class(size).free.push(bottom);
+    }
+}
