@@ -123,8 +123,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             // The byte reader itself, driven by the input.
             let mut r = Reader::new(input);
-            let mut ops = input.iter().copied().take(64);
-            while let Some(op) = ops.next() {
+            for op in input.iter().copied().take(64) {
                 let before = r.remaining();
                 let ok = match op % 6 {
                     0 => r.u16().is_ok(),

@@ -540,7 +540,10 @@ fn chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> io::Result<()> {
             place(p, be64(payload), u64::from(be32(&payload[8..])))?;
         }
         5 => {
-            if p.command != CMD_BLOCK_STATUS || payload.len() < 12 || (payload.len() - 4) % 8 != 0 {
+            if p.command != CMD_BLOCK_STATUS
+                || payload.len() < 12
+                || !(payload.len() - 4).is_multiple_of(8)
+            {
                 return Err(bad("bad BLOCK_STATUS chunk".into()));
             }
             p.reply.context = Some(be32(payload));
