@@ -100,8 +100,11 @@ struct Run {
     model: Model,
     client: Client,
     read_only: bool,
-    /// Sizes of the requests generated.
+    /// Longest request generated.
     max_len: u64,
+    /// The part of the export this run owns: `[lo, hi)`.
+    lo: u64,
+    hi: u64,
     stats: HashMap<&'static str, usize>,
 }
 
@@ -117,10 +120,10 @@ impl Run {
     /// A random aligned range inside the export, disjoint from `used`.
     fn range(&mut self, used: &[(u64, u64)]) -> Option<(u64, u32)> {
         let a = self.align();
-        let size = self.client.export.size;
+        let (lo, hi) = (self.lo, self.hi);
         for _ in 0..8 {
-            let offset = a * self.rng.below(size / a);
-            let room = (size - offset).min(self.max_len) / a;
+            let offset = lo + a * self.rng.below((hi - lo) / a);
+            let room = (hi - offset).min(self.max_len) / a;
             // Mostly small requests, some up to `max_len`.
             let units = if self.rng.chance(70) {
                 1 + self.rng.below(room.min(4))
@@ -458,11 +461,10 @@ impl Run {
 
     /// Reads the whole export back and compares it with the model.
     fn verify_all(&mut self) {
-        let size = self.client.export.size;
         let step = 1u64 << 20;
-        let mut at = 0;
-        while at < size {
-            let n = (size - at).min(step) as u32;
+        let mut at = self.lo;
+        while at < self.hi {
+            let n = (self.hi - at).min(step) as u32;
             let got = self.client.read(at, n).expect("read back");
             self.model.check(at, &got, "final read-back");
             at += u64::from(n);
@@ -490,7 +492,8 @@ fn run(
     batches: usize,
 ) -> Run {
     let client = server.connect(opts);
-    assert_eq!(client.export.size, initial.len() as u64);
+    let size = initial.len() as u64;
+    assert_eq!(client.export.size, size);
     assert_eq!(client.export.has(TF_READ_ONLY), read_only);
     assert_eq!(client.export.meta_id.is_some(), opts.meta);
     let mut run = Run {
@@ -499,6 +502,8 @@ fn run(
         client,
         read_only,
         max_len: 256 << 10,
+        lo: 0,
+        hi: size,
         stats: HashMap::new(),
     };
     run.batches(batches, true);
@@ -554,18 +559,55 @@ fn run_with_model(
     batches: usize,
 ) -> Run {
     let client = server.connect(opts);
+    let data_len = data.len() as u64;
     let mut run = Run {
         rng: Rng::new(seed),
         model: Model { data, known },
         client,
         read_only: false,
         max_len: 256 << 10,
+        lo: 0,
+        hi: data_len,
         stats: HashMap::new(),
     };
     // The disk carries the previous client's data: check it first.
     run.verify_all();
     run.batches(batches, true);
     run
+}
+
+#[test]
+fn concurrent_clients_on_two_loops() {
+    // Four clients at once, spread over two loop threads, each with its own
+    // quarter of one shared disk (so each model is exact).
+    let server = Server::start(&["-s", "4M", "--threads", "2"]);
+    let quarter = 1u64 << 20;
+    let clients: Vec<Client> = (0..4).map(|_| server.connect(Opts::FULL)).collect();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let seed = seed(10 + i as u64);
+            std::thread::spawn(move || {
+                let mut run = Run {
+                    rng: Rng::new(seed),
+                    model: Model::new(vec![0; 4 << 20]),
+                    client,
+                    read_only: false,
+                    max_len: 128 << 10,
+                    lo: i as u64 * quarter,
+                    hi: (i as u64 + 1) * quarter,
+                    stats: HashMap::new(),
+                };
+                run.batches(150, true);
+                run.verify_all();
+                run.client.disconnect().expect("clean disconnect");
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("client thread");
+    }
 }
 
 #[test]

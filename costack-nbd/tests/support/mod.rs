@@ -104,8 +104,24 @@ impl Server {
         }
     }
 
+    /// Connects (see [`Server::connect_eventually`]).
     pub fn connect(&self, opts: Opts) -> Client {
-        Client::connect(self.addr, opts).expect("NBD handshake")
+        self.connect_eventually(opts)
+    }
+
+    /// Connects, retrying while the server refuses the client (its client
+    /// limit may still count connections it has not yet seen close).
+    pub fn connect_eventually(&self, opts: Opts) -> Client {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match Client::connect(self.addr, opts) {
+                Ok(c) => return c,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("server keeps refusing clients: {e}"),
+            }
+        }
     }
 }
 
