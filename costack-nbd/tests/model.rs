@@ -145,14 +145,23 @@ impl Run {
         let e = self.client.export.clone();
         let roll = self.rng.below(100);
         let mut payload = Vec::new();
+        // Now and then a zero-length request (a no-op), sometimes right at
+        // the end of the export.
+        // (Not for block status, where zero length is invalid: that is
+        // tested as a refusal.)
+        let block_status = !self.read_only && roll >= 92 && e.meta_id.is_some();
+        let (offset, len) = match self.rng.below(100) {
+            _ if block_status => (offset, len),
+            0 => (e.size, 0),
+            1..=2 => (offset, 0),
+            _ => (offset, len),
+        };
         let (name, cmd, flags, len, expect) = match roll {
             _ if self.read_only || roll < 40 => {
                 let mut flags = 0;
                 if e.has(TF_SEND_DF) && self.rng.chance(20) {
                     flags |= FLAG_DF;
                 }
-                // A zero-length read now and then.
-                let len = if self.rng.chance(2) { 0 } else { len };
                 ("read", CMD_READ, flags, len, Expect::Read { offset, len })
             }
             40..=64 => {
