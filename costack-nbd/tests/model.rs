@@ -424,8 +424,13 @@ impl Run {
                     assert_eq!(r.extents.len(), 1, "REQ_ONE gave several extents");
                 }
                 let mut at = offset;
+                let min = e.min_block.max(1);
                 for &(n, flags) in &r.extents {
                     assert!(n > 0, "zero-length extent");
+                    assert!(
+                        n.is_multiple_of(min),
+                        "extent length {n} not a multiple of {min}"
+                    );
                     assert!(
                         at + u64::from(n) <= offset + u64::from(len),
                         "extent overruns"

@@ -186,6 +186,10 @@ pub struct Reply {
 #[derive(Debug)]
 struct Pending {
     command: u16,
+    flags: u16,
+    /// `OFFSET_DATA` / `OFFSET_HOLE` chunks received.
+    data_chunks: usize,
+    hole_chunks: usize,
     offset: u64,
     length: u32,
     reply: Reply,
@@ -358,6 +362,9 @@ impl Client {
             };
             let p = Pending {
                 command,
+                flags,
+                data_chunks: 0,
+                hole_chunks: 0,
                 offset,
                 length,
                 reply,
@@ -434,6 +441,16 @@ impl Client {
                             }
                             if at != p.offset + u64::from(p.length) {
                                 return Err(bad("read reply does not cover the range".into()));
+                            }
+                            // NBD_CMD_FLAG_DF: one OFFSET_DATA chunk, no holes.
+                            if p.flags & FLAG_DF != 0
+                                && p.length > 0
+                                && (p.data_chunks, p.hole_chunks) != (1, 0)
+                            {
+                                return Err(bad(format!(
+                                    "DF read answered with {} data and {} hole chunks",
+                                    p.data_chunks, p.hole_chunks
+                                )));
                             }
                         }
                         if p.command == CMD_BLOCK_STATUS
@@ -546,6 +563,7 @@ fn chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> io::Result<()> {
             let at = be64(payload);
             let data = &payload[8..];
             place(p, at, data.len() as u64)?;
+            p.data_chunks += 1;
             let s = (at - p.offset) as usize;
             p.reply.data[s..s + data.len()].copy_from_slice(data);
         }
@@ -554,6 +572,7 @@ fn chunk(p: &mut Pending, ty: u16, payload: &[u8]) -> io::Result<()> {
                 return Err(bad("bad OFFSET_HOLE".into()));
             }
             place(p, be64(payload), u64::from(be32(&payload[8..])))?;
+            p.hole_chunks += 1;
         }
         5 => {
             if p.command != CMD_BLOCK_STATUS
