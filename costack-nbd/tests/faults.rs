@@ -297,28 +297,35 @@ fn connection_churn_does_not_leak() {
 #[test]
 fn disconnect_waits_for_requests_in_flight() {
     let server = Server::start(&["-s", "64M"]);
-    let mut c = server.connect(Opts::FULL);
-    let data = Rng::new(50).bytes(1 << 20);
-    let mut handles = Vec::new();
-    for i in 0..16u64 {
-        handles.push(c.send(CMD_WRITE, 0, i << 20, 1 << 20, &data).unwrap());
+    // Ended by NBD_CMD_DISC, then by a half-close (end of stream).
+    for (round, disc) in [(0u64, true), (1, false)] {
+        let mut c = server.connect(Opts::FULL);
+        let data = Rng::new(50 + round).bytes(1 << 20);
+        let mut handles = Vec::new();
+        for i in 0..16u64 {
+            handles.push(c.send(CMD_WRITE, 0, i << 20, 1 << 20, &data).unwrap());
+        }
+        handles.push(c.send(CMD_FLUSH, 0, 0, 0, &[]).unwrap());
+        handles.push(c.send(CMD_READ, 0, 0, 1 << 20, &[]).unwrap());
+        if disc {
+            c.send(CMD_DISC, 0, 0, 0, &[]).unwrap();
+        } else {
+            c.stream().shutdown(Shutdown::Write).unwrap();
+        }
+        // Every request sent before is answered, then the server closes
+        // the connection.
+        for _ in 0..handles.len() {
+            let r = c.recv().expect("reply after the client said goodbye");
+            assert_eq!(r.error, 0);
+            assert!(handles.contains(&r.handle));
+        }
+        assert!(c.closed_by_server());
+        let mut check = server.connect(Opts::SIMPLE);
+        for i in 0..16u64 {
+            assert_eq!(check.read(i << 20, 1 << 20).unwrap(), data, "write {i}");
+        }
+        check.disconnect().unwrap();
     }
-    handles.push(c.send(CMD_FLUSH, 0, 0, 0, &[]).unwrap());
-    handles.push(c.send(CMD_READ, 0, 0, 1 << 20, &[]).unwrap());
-    c.send(CMD_DISC, 0, 0, 0, &[]).unwrap();
-    // Every request before NBD_CMD_DISC is answered, then the server
-    // closes the connection.
-    for _ in 0..handles.len() {
-        let r = c.recv().expect("reply after NBD_CMD_DISC");
-        assert_eq!(r.error, 0);
-        assert!(handles.contains(&r.handle));
-    }
-    assert!(c.closed_by_server());
-    let mut check = server.connect(Opts::SIMPLE);
-    for i in 0..16u64 {
-        assert_eq!(check.read(i << 20, 1 << 20).unwrap(), data, "write {i}");
-    }
-    check.disconnect().unwrap();
 }
 
 #[test]
@@ -460,4 +467,33 @@ fn sigterm_finishes_in_flight_requests() {
         let o = (72 << 20) + i * 4096;
         assert_eq!(&on_disk[o..o + 4096], &small[..], "write {i} lost");
     }
+}
+
+#[test]
+fn device_errors_become_nbd_errors() {
+    // The image shrinks under the server: reads past the new end fail in
+    // the backend. Each must be answered with an error, not a dropped
+    // connection, and the rest of the export keeps working.
+    let path = scratch("shrink");
+    let pattern = Rng::new(60).bytes(4 << 20);
+    std::fs::write(&path, &pattern).unwrap();
+    let server = Server::start(&[path.to_str().unwrap()]);
+    for opts in [Opts::SIMPLE, Opts::FULL] {
+        let mut c = server.connect(opts);
+        assert_eq!(c.read(0, 4096).unwrap(), pattern[..4096]);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_len(1 << 20))
+            .unwrap();
+        let r = c.request(CMD_READ, 0, 2 << 20, 65536, &[]).unwrap();
+        assert_ne!(r.error, 0, "read past the shrunken file succeeded");
+        // Straddling the new end.
+        let r = c.request(CMD_READ, 0, (1 << 20) - 4096, 8192, &[]).unwrap();
+        assert_ne!(r.error, 0, "read across the shrunken end succeeded");
+        assert_eq!(c.read(0, 1 << 20).unwrap(), pattern[..1 << 20]);
+        c.disconnect().unwrap();
+        std::fs::write(&path, &pattern).unwrap();
+    }
+    let _ = std::fs::remove_file(&path);
 }
