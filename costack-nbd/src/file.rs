@@ -49,6 +49,12 @@ impl FileDisk {
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+        // fallocate(2) rejects an empty range with EINVAL; for NBD a
+        // zero-length trim or write-zeroes is a successful no-op (as on
+        // MemDisk).
+        if len == 0 {
+            return Ok(());
+        }
         let fd = self.file.as_raw_fd();
         // fallocate can take a while on real disks: keep the loop free.
         aio::run_blocking(move || {
