@@ -405,7 +405,7 @@ pub(crate) fn free(co: &Control) {
         slab.add_pooled(size);
         true
     });
-    if pooled != Ok(true) {
+    if !matches!(pooled, Ok(true)) {
         free_slow(co);
     }
 }
