@@ -53,15 +53,24 @@ need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed (run .ci/
 # qemu-user ignores MADV_GUARD_INSTALL, so under it costack falls back to
 # mprotect guards: two mappings per stack. The 100k-coroutine test needs
 # more than the default vm.max_map_count (65530) then.
+ORIG_MAP_COUNT=$(cat /proc/sys/vm/max_map_count)
+restore_map_count() {
+    if [[ $(cat /proc/sys/vm/max_map_count) != "$ORIG_MAP_COUNT" ]]; then
+        echo "$ORIG_MAP_COUNT" >/proc/sys/vm/max_map_count 2>/dev/null || true
+    fi
+}
+trap restore_map_count EXIT
+# raise_map_count N WHY: at least N mappings, or skip the 100k test.
 raise_map_count() {
-    local cur
+    local cur want=$1
     cur=$(cat /proc/sys/vm/max_map_count)
-    if ((cur < 262144)); then
-        if echo 262144 >/proc/sys/vm/max_map_count 2>/dev/null; then
-            echo "backends: raised vm.max_map_count $cur -> 262144 for mprotect guards under qemu" >&2
+    SKIP_BIG=()
+    if ((cur < want)); then
+        if echo "$want" >/proc/sys/vm/max_map_count 2>/dev/null; then
+            echo "backends: raised vm.max_map_count $cur -> $want for $2 (restored on exit)" >&2
         else
             SKIP_BIG=(--skip a_hundred_thousand_live_coroutines)
-            echo "backends: vm.max_map_count is $cur and read-only: skipping the 100k-coroutine test under qemu" >&2
+            echo "backends: vm.max_map_count is $cur and read-only: skipping the 100k-coroutine test ($2)" >&2
         fi
     fi
 }
@@ -144,12 +153,12 @@ for w in "${WANT[@]}"; do
             ;;
         aarch64)
             need qemu-aarch64-static; need aarch64-linux-gnu-gcc
-            raise_map_count
+            raise_map_count 262144 "mprotect guards under qemu"
             run "$w" --target aarch64-unknown-linux-gnu "${TESTS[@]}" -- "${SKIP_BIG[@]}"
             ;;
         riscv64)
             need qemu-riscv64-static; need riscv64-linux-gnu-gcc
-            raise_map_count
+            raise_map_count 262144 "mprotect guards under qemu"
             run "$w" --target riscv64gc-unknown-linux-gnu "${TESTS[@]}" -- "${SKIP_BIG[@]}"
             ;;
         windows-asm|windows-fibers)
@@ -159,7 +168,11 @@ for w in "${WANT[@]}"; do
                 # and no room to dispatch the fault, so it ends the thread
                 # ("stack overflow ... bytes") and the child hangs; real
                 # Windows raises STATUS_STACK_OVERFLOW within the guarantee.
-                run "$w" --target x86_64-pc-windows-gnu --features fibers --test core
+                # Wine maps each fiber's stack and guard separately, on top
+                # of costack's own reservation: 100k fibers need ~400k
+                # mappings.
+                raise_map_count 1048576 "100k fibers under Wine"
+                run "$w" --target x86_64-pc-windows-gnu --features fibers --test core -- "${SKIP_BIG[@]}"
             else
                 run "$w" --target x86_64-pc-windows-gnu "${TESTS[@]}"
             fi
