@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in qemu-utils libnbd-bin python3-libnbd nbdkit fio; do
+for pkg in qemu-utils libnbd-bin python3-libnbd nbdkit fio gdb; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -18,7 +18,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy nbdkit fio; do
+for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy nbdkit fio gdb; do
     command -v "$tool" >/dev/null || { echo "test-all: required tool '$tool' is missing" >&2; exit 1; }
 done
 
@@ -28,6 +28,8 @@ cargo test --workspace
 # The tracing feature's events (zero cost, and not compiled, when off).
 cargo test -p costack --features tracing --test tracing --test core
 
-if [ -x .ci/backends.sh ]; then
-    .ci/backends.sh
-fi
+# The gdb helper backtraces a suspended coroutine.
+tools/test-gdb.sh
+
+# The same core suite on every other backend and under the checkers.
+bash .ci/backends.sh

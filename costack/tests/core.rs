@@ -632,4 +632,27 @@ fn debug_lists_live_coroutines() {
         .unwrap();
     assert_eq!(me.state, "suspended");
     assert_eq!(me.stack_size, costack::pool::DEFAULT_STACK_SIZE);
+    if cfg!(all(unix, not(miri))) {
+        let hw = me.stack_high_water.expect("known on unix");
+        assert!(hw > 0 && hw < 64 << 10, "a shallow coroutine: {hw}");
+    }
+    // A coroutine that went deep shows it.
+    let deep = Coroutine::builder()
+        .name("deep")
+        .stack_size(1 << 20)
+        .create(|| {
+            let big = std::hint::black_box([1u8; 100_000]);
+            yield_now();
+            std::hint::black_box(big);
+        })
+        .unwrap();
+    deep.enter();
+    let list = costack::debug::coroutines();
+    let info = list
+        .iter()
+        .find(|c| c.name.as_deref() == Some("deep"))
+        .unwrap();
+    if let Some(hw) = info.stack_high_water {
+        assert!(hw >= 100_000, "{hw}");
+    }
 }

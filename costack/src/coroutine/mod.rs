@@ -679,6 +679,10 @@ pub struct CoroutineInfo {
     pub state: &'static str,
     /// Usable stack bytes (0 once finished).
     pub stack_size: usize,
+    /// The deepest the stack has been used, in bytes from its top: an upper
+    /// bound, since a pooled stack remembers earlier coroutines' use too.
+    /// `None` where it cannot be told (no stack, or no `mincore`).
+    pub stack_high_water: Option<usize>,
 }
 
 pub(crate) fn live_coroutines() -> Vec<CoroutineInfo> {
@@ -694,6 +698,7 @@ pub(crate) fn live_coroutines() -> Vec<CoroutineInfo> {
                 State::Free => "free",
             },
             stack_size: co.stack().map_or(0, |s| s.size()),
+            stack_high_water: co.stack().and_then(|s| s.high_water()),
         });
     });
     out
