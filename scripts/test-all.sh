@@ -31,5 +31,11 @@ cargo test -p costack --features tracing --test tracing --test core
 # The gdb helper backtraces a suspended coroutine.
 tools/test-gdb.sh
 
-# The same core suite on every other backend and under the checkers.
+# The same core suite on every other backend and under the checkers
+# (cross targets under qemu-user and Wine; Valgrind; Miri, ASan and TSan on
+# nightly).
 bash .ci/backends.sh
+bash .ci/backends.sh miri asan tsan
+
+# The NBD parsers under libFuzzer, for a bounded time per target.
+FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash .ci/fuzz.sh
