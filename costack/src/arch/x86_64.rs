@@ -141,11 +141,11 @@ extern "C" {
 // clobbered so the compiler saves it when live.
 unsafe impl Switch for Context {
     // Inlined into `create` (it is on the path of every new coroutine),
-    // but not under ASan: there an inlined copy in an instrumented caller
-    // left backtraces unable to leave the coroutine (found by
-    // tests/backends.rs; not understood further).
-    #[cfg_attr(not(feature = "asan"), inline)]
-    #[cfg_attr(feature = "asan", inline(never))]
+    // but not under the sanitizers: there an inlined copy in an
+    // instrumented caller left backtraces unable to leave the coroutine
+    // (found by tests/backends.rs; not understood further).
+    #[cfg_attr(not(any(feature = "asan", feature = "tsan")), inline)]
+    #[cfg_attr(any(feature = "asan", feature = "tsan"), inline(never))]
     unsafe fn new(top: *mut u8, bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
         debug_assert_eq!(top as usize % 16, 0);
         // SAFETY: the caller gives us the stack; these words are at its top
