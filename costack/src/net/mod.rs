@@ -7,8 +7,9 @@
 //! any loop), the same calls block the thread in `poll(2)`, like std's:
 //! the types work everywhere, and never block a loop.
 //!
-//! Reads and writes are implemented for the types and for shared
-//! references to them, so one coroutine can read while another writes the
+//! Reads and writes (vectored writes too: one `writev` for several
+//! buffers) are implemented for the types and for shared references to
+//! them, so one coroutine can read while another writes the
 //! same stream. Timeouts set with `set_read_timeout`/`set_write_timeout`
 //! make a call that waits longer fail with `ErrorKind::TimedOut`.
 //!
@@ -138,6 +139,9 @@ macro_rules! impl_stream_io {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 self.write_impl(buf)
             }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                self.write_vectored_impl(bufs)
+            }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())
             }
@@ -145,6 +149,9 @@ macro_rules! impl_stream_io {
         impl std::io::Write for &$t {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 self.write_impl(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                self.write_vectored_impl(bufs)
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())

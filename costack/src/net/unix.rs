@@ -222,6 +222,16 @@ impl UnixStream {
             || (&self.inner).write(buf),
         )
     }
+
+    fn write_vectored_impl(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write_vectored(bufs),
+        )
+    }
 }
 
 impl_stream_io!(UnixStream);
