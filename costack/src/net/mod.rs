@@ -77,6 +77,46 @@ pub(crate) fn retry<T>(
     }
 }
 
+/// Reads with the non-blocking `op` into a buffer of `len` bytes, as
+/// [`retry`], but skips the `recv` known to fail: after a read that came
+/// back short, the next one waits for the loop to see new data first
+/// (see [`ReadState`](crate::aio::io::ReadState)).
+pub(crate) fn retry_read(
+    reg: &Registration,
+    fd: RawFd,
+    timeout: Option<Duration>,
+    len: usize,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut deadline = None;
+    if len > 0 && reg.read_state().is_some_and(|r| r.is_drained()) {
+        deadline = timeout.map(|t| Instant::now() + t);
+        reg.wait(fd, Direction::Read, deadline)?;
+    }
+    loop {
+        match op() {
+            Ok(n) => {
+                // Short, not EOF: the socket's receive queue is empty now.
+                // (EOF stays readable, and sees no further edge.)
+                if n > 0 && n < len {
+                    if let Some(r) = reg.read_state() {
+                        r.set_drained();
+                    }
+                }
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if deadline.is_none() {
+                    deadline = timeout.map(|t| Instant::now() + t);
+                }
+                reg.wait(fd, Direction::Read, deadline)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Waits until `fd` is ready for `dir` (for sockets not yet wrapped):
 /// on the loop from a coroutine on one, else by blocking the thread.
 pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
-use super::{impl_stream_io, retry, Timeout};
+use super::{impl_stream_io, retry, retry_read, Timeout};
 use crate::aio::io::{Direction, Registration};
 
 /// A Unix-domain listening socket whose [`accept`](UnixListener::accept)
@@ -204,11 +204,12 @@ impl UnixStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(
+        let len = buf.len();
+        retry_read(
             &self.reg,
             self.as_raw_fd(),
-            Direction::Read,
             self.read_timeout.get(),
+            len,
             || (&self.inner).read(buf),
         )
     }
