@@ -23,7 +23,7 @@ for tool in qemu-img qemu-nbd nbdkit nbdcopy; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install qemu-utils nbdkit libnbd-bin)" >&2; exit 1; }
 done
 cargo build --release -q -p costack-nbd
-COSTACK=target/release/costack-nbd
+COSTACK=${COSTACK:-target/release/costack-nbd}   # or another build, to compare
 
 if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((SIZE_MB << 20)) ]; then
     echo "creating $IMG ($SIZE_MB MiB of data)"
