@@ -24,10 +24,10 @@ use costack::Coroutine;
 
 use crate::backend::BlockDevice;
 use crate::handshake::{negotiate, Duplex, HandshakeConfig};
-use crate::proto::ErrorCode;
+use crate::proto::{Command, ErrorCode, NBD_CMD_FLAG_FUA};
 use crate::request::{
-    read_request, write_block_status_reply, write_error, write_ok, write_read_reply,
-    write_rejection, Incoming, Op, ReadError, Request, TransmissionParams,
+    read_request_header, validate, write_block_status_reply, write_error, write_ok,
+    write_read_reply, write_rejection, Incoming, Op, ReadError, Request, TransmissionParams,
 };
 
 /// Requests one client may have in flight at once.
@@ -133,7 +133,7 @@ where
     let outbox = Outbox::start(stream.clone(), in_flight.clone(), peer.clone());
     let mut reader = BufReader::with_capacity(128 << 10, &*stream);
     loop {
-        let incoming = match read_request(&mut reader, &params) {
+        let incoming = match read_incoming(&mut reader, &params, &outbox.pool) {
             Ok(incoming) => incoming,
             Err(ReadError::Disconnected) => break,
             Err(e) => {
@@ -148,11 +148,12 @@ where
                 in_flight.release(1);
                 break;
             }
-            Incoming::Request(req) => {
+            Incoming::Request(mut req) => {
                 let (outbox, params) = (outbox.clone(), params.clone());
                 let device = shared.device.clone();
                 aio::spawn(move || {
                     let reply = execute(&*device, &params, &req, &outbox.pool);
+                    outbox.pool.give(std::mem::take(&mut req.payload));
                     outbox.push(reply);
                 });
             }
@@ -173,8 +174,56 @@ where
     tracing::info!(%peer, "client disconnected");
 }
 
-/// Spare read buffers of a connection, so that reads neither allocate nor
-/// zero memory each time.
+/// [`read_request`](crate::request::read_request), with the write payload
+/// read into a pooled buffer rather than a freshly zeroed one. The same
+/// validation and stream handling: a valid write's payload lands in
+/// [`Request::payload`], a rejected one's is read and discarded, and one
+/// longer than `max_payload` is fatal.
+fn read_incoming<R: Read>(
+    r: &mut R,
+    p: &TransmissionParams,
+    pool: &Pool,
+) -> Result<Incoming, ReadError> {
+    let header = read_request_header(r)?;
+    let has_payload = header.command == Command::Write;
+    if has_payload && header.length > p.max_payload {
+        return Err(ReadError::PayloadTooLarge {
+            handle: header.handle,
+            length: header.length,
+        });
+    }
+    match validate(&header, p) {
+        Ok(op) => {
+            let mut payload = Vec::new();
+            if has_payload {
+                payload = pool.take(header.length as usize);
+                if let Err(e) = r.read_exact(&mut payload) {
+                    pool.give(payload);
+                    return Err(e.into());
+                }
+            }
+            Ok(Incoming::Request(Request {
+                header,
+                op,
+                fua: header.flags & NBD_CMD_FLAG_FUA != 0,
+                payload,
+            }))
+        }
+        Err(error) => {
+            if has_payload {
+                let want = u64::from(header.length);
+                let got = io::copy(&mut r.take(want), &mut io::sink())?;
+                if got != want {
+                    return Err(ReadError::Disconnected);
+                }
+            }
+            Ok(Incoming::Rejected { header, error })
+        }
+    }
+}
+
+/// Spare data buffers of a connection (for reads and write payloads), so
+/// that requests neither allocate nor zero memory each time.
 #[derive(Default)]
 struct Pool(RefCell<Vec<Vec<u8>>>);
 
@@ -536,6 +585,65 @@ mod tests {
         send_all(&sink, &batch).unwrap();
         let want: Vec<u8> = (0..3000u32).flat_map(u32::to_be_bytes).collect();
         assert_eq!(sink.0.into_inner(), want);
+    }
+
+    #[test]
+    fn read_incoming_matches_read_request() {
+        use crate::proto::RequestHeader;
+        use crate::request::read_request;
+        let params = TransmissionParams {
+            size: 1 << 20,
+            transmission_flags: crate::proto::NBD_FLAG_HAS_FLAGS
+                | crate::proto::NBD_FLAG_SEND_FUA
+                | crate::proto::NBD_FLAG_SEND_FLUSH,
+            read_only: false,
+            structured_replies: true,
+            base_allocation: None,
+            block_sizes: Default::default(),
+            max_payload: 1 << 16,
+        };
+        let req = |command, flags, offset, length: u32| RequestHeader {
+            flags,
+            command,
+            handle: offset ^ 0x55,
+            offset,
+            length,
+        };
+        let mut wire = Vec::new();
+        let mut push = |h: RequestHeader, payload: &[u8]| {
+            wire.extend_from_slice(&h.encode());
+            wire.extend_from_slice(payload);
+        };
+        push(req(Command::Write, NBD_CMD_FLAG_FUA, 4096, 5), b"hello");
+        push(req(Command::Read, 0, 0, 512), b"");
+        // Past the end: rejected, payload consumed.
+        push(req(Command::Write, 0, 1 << 20, 3), b"xyz");
+        push(req(Command::Write, 0, 0, 4), b"abcd");
+        push(req(Command::Flush, 0, 0, 0), b"");
+        // Too large: fatal.
+        push(req(Command::Write, 0, 0, 1 << 17), b"");
+        let pool = Pool::default();
+        pool.give(vec![0xEE; 100]);
+        let (mut a, mut b) = (&wire[..], &wire[..]);
+        for _ in 0..5 {
+            let want = read_request(&mut a, &params).unwrap();
+            let got = read_incoming(&mut b, &params, &pool).unwrap();
+            assert_eq!(got, want);
+        }
+        assert!(matches!(
+            read_request(&mut a, &params),
+            Err(ReadError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            read_incoming(&mut b, &params, &pool),
+            Err(ReadError::PayloadTooLarge { .. })
+        ));
+        // A payload cut short is a disconnection, as there.
+        let short = [&req(Command::Write, 0, 0, 8).encode()[..], b"abc"].concat();
+        assert!(matches!(
+            read_incoming(&mut &short[..], &params, &pool),
+            Err(ReadError::Disconnected)
+        ));
     }
 
     #[test]

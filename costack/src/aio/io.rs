@@ -416,8 +416,14 @@ impl Registration {
 /// so that a reader can skip the `recv` known to fail with `EAGAIN`:
 /// *drained* once a read came back short, *ready* again when the loop
 /// sees a readable edge, and *ended* for good once the loop saw a hang-up,
-/// half-close or error (end of stream and errors stay readable without
-/// further edges).
+/// half-close, error or urgent data (end of stream and errors stay
+/// readable without further edges; a read stops short at TCP's urgent
+/// mark with data left behind it).
+///
+/// Only for TCP, whose `recv` comes back short only when the receive
+/// queue is empty (or at the urgent mark). A Unix stream `recv` also stops
+/// after a message that carried descriptors or other credentials, with
+/// data left and no edge to come, so Unix sockets do not use it.
 ///
 /// No wakeup is lost: the state becomes drained right after the short
 /// read, and no `epoll_wait` runs in between (the loop is
@@ -449,7 +455,7 @@ impl ReadState {
 
     /// The loop saw a readable edge with these event bits.
     fn readable(&self, bits: u32) {
-        if bits & (libc::EPOLLRDHUP as u32 | ANY_END) != 0 {
+        if bits & ((libc::EPOLLRDHUP | libc::EPOLLPRI) as u32 | ANY_END) != 0 {
             self.0.store(ENDED, Ordering::Relaxed);
         } else {
             let _ = self

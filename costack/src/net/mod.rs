@@ -80,7 +80,7 @@ pub(crate) fn retry<T>(
 /// Reads with the non-blocking `op` into a buffer of `len` bytes, as
 /// [`retry`], but skips the `recv` known to fail: after a read that came
 /// back short, the next one waits for the loop to see new data first
-/// (see [`ReadState`](crate::aio::io::ReadState)).
+/// (see [`ReadState`](crate::aio::io::ReadState); TCP only).
 pub(crate) fn retry_read(
     reg: &Registration,
     fd: RawFd,

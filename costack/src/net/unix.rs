@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
-use super::{impl_stream_io, retry, retry_read, Timeout};
+use super::{impl_stream_io, retry, Timeout};
 use crate::aio::io::{Direction, Registration};
 
 /// A Unix-domain listening socket whose [`accept`](UnixListener::accept)
@@ -204,12 +204,13 @@ impl UnixStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len();
-        retry_read(
+        // Not `retry_read`: a short read may leave data queued here (see
+        // `ReadState`), so every read tries `recv` first.
+        retry(
             &self.reg,
             self.as_raw_fd(),
+            Direction::Read,
             self.read_timeout.get(),
-            len,
             || (&self.inner).read(buf),
         )
     }
