@@ -16,7 +16,8 @@
 //! * other files: `preadv2`/`pwritev2` with `RWF_NOWAIT`, which fail with
 //!   `EAGAIN` instead of waiting; the request then goes to io_uring or the
 //!   thread pool as before. A file whose file system does not support the
-//!   flag (`EOPNOTSUPP`) is not asked again for that direction;
+//!   flag (`EOPNOTSUPP`), or a kernel without `preadv2`, is not asked again
+//!   for that direction;
 //! * never for `O_DIRECT` files, whose `RWF_NOWAIT` I/O still waits for the
 //!   device.
 //!
@@ -164,7 +165,14 @@ impl Inline {
         match e.raw_os_error() {
             // Would wait for the device (or a signal came): go async.
             Some(libc::EAGAIN) | Some(libc::EINTR) => None,
-            Some(libc::EOPNOTSUPP) if mode == NOWAIT => {
+            // No preadv2 (kernels before 4.6), or no RWF_NOWAIT here (or
+            // an error the asynchronous path will report in its turn):
+            // stop trying for this file and direction.
+            Some(libc::ENOSYS) => {
+                slot.store(NEVER, Ordering::Relaxed);
+                None
+            }
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if mode == NOWAIT => {
                 slot.store(NEVER, Ordering::Relaxed);
                 None
             }
