@@ -8,10 +8,12 @@
 #
 #   bench/nbd-vs-peers.sh            # full run (a few minutes)
 #   ROUNDS=1 QUICK=1 bench/nbd-vs-peers.sh   # smoke run
+#   ONLY='4k-read' bench/nbd-vs-peers.sh     # workloads matching a regex
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
+ONLY=${ONLY:-.}
 QUICK=${QUICK:-0}
 IMG=${IMG:-/dev/shm/costack-nbd-bench.raw}
 SIZE_MB=${SIZE_MB:-1024}
@@ -21,7 +23,7 @@ for tool in qemu-img qemu-nbd nbdkit nbdcopy; do
     command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install qemu-utils nbdkit libnbd-bin)" >&2; exit 1; }
 done
 cargo build --release -q -p costack-nbd
-COSTACK=target/release/costack-nbd
+COSTACK=${COSTACK:-target/release/costack-nbd}   # or another build, to compare
 
 if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((SIZE_MB << 20)) ]; then
     echo "creating $IMG ($SIZE_MB MiB of data)"
@@ -67,6 +69,12 @@ workloads=(
     "1m-write-qd4|-w -c $((6000 / scale)) -d 4 -s 1M -S 5242880"
 )
 
+all=("${workloads[@]}" "nbdcopy-read|")
+selected=()
+for w in "${all[@]}"; do
+    if [[ ${w%%|*} =~ $ONLY ]]; then selected+=("$w"); fi
+done
+
 declare -A results
 bench_once() { # server workload-args -> ops/s
     local out secs count
@@ -88,7 +96,7 @@ copy_once() { # server -> MB/s (nbdcopy of the whole image to /dev/null)
 
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-for w in "${workloads[@]}" "nbdcopy-read|"; do
+for w in "${selected[@]}"; do
     name=${w%%|*}; args=${w#*|}
     for r in $(seq "$ROUNDS"); do
         for s in "${servers[@]}"; do
@@ -100,7 +108,7 @@ for w in "${workloads[@]}" "nbdcopy-read|"; do
 done
 
 printf '\n%-16s %12s %12s %12s %10s %10s\n' workload costack-nbd qemu-nbd nbdkit vs-qemu vs-nbdkit
-for w in "${workloads[@]}" "nbdcopy-read|"; do
+for w in "${selected[@]}"; do
     name=${w%%|*}
     c=$(median <<<"${results[$name,costack]}")
     q=$(median <<<"${results[$name,qemu-nbd]}")

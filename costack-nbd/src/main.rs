@@ -34,6 +34,7 @@ enum Listener {
 }
 
 fn run(cli: Cli) -> io::Result<()> {
+    tune_malloc();
     // SIGINT/SIGTERM are taken by a dedicated thread (sigwait): block them
     // before any other thread starts so that all inherit the mask.
     let signals = block_stop_signals();
@@ -218,6 +219,19 @@ impl StdConn {
             StdConn::Tcp(s) => Conn::Tcp(TcpStream::from_std(s).expect("socket joins the loop")),
             StdConn::Unix(s) => Conn::Unix(UnixStream::from_std(s).expect("socket joins the loop")),
         }
+    }
+}
+
+/// Keeps request buffers (up to 32 MiB, NBD's usual payload limit) on the
+/// heap and the heap from shrinking after every large reply: glibc's
+/// defaults would mmap/munmap or trim with brk per request.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets allocator tunables; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 

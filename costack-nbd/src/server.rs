@@ -3,25 +3,31 @@
 //! Code here reads like blocking I/O — `read_request`, `device.read_at`,
 //! `stream.write_all` — while every call that would block yields to the
 //! thread's costack event loop instead. A connection's coroutine reads
-//! requests in order and spawns a coroutine for each; replies are
-//! serialized by a `CoMutex` around the socket's write side (as qemu-nbd
-//! does), and a `CoSemaphore` bounds the requests in flight per client.
+//! requests in order and spawns a coroutine for each. Replies go to the
+//! connection's outbox, which one sender coroutine drains: it runs after
+//! the requests that were runnable with it, so the replies finished in one
+//! loop pass leave in one `writev` (an `Outbox`). Read data is not copied
+//! into the reply: the reply refers to the read buffer, which is recycled
+//! once sent. A `CoSemaphore` bounds the requests in flight per client,
+//! counting each until its reply is on the socket.
 
-use std::io::{self, BufReader, Read, Write};
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use costack::aio;
-use costack::sync::{CoMutex, CoSemaphore};
+use costack::sync::CoSemaphore;
+use costack::Coroutine;
 
 use crate::backend::BlockDevice;
 use crate::handshake::{negotiate, Duplex, HandshakeConfig};
-use crate::proto::ErrorCode;
+use crate::proto::{Command, ErrorCode, NBD_CMD_FLAG_FUA};
 use crate::request::{
-    read_request, write_block_status_reply, write_error, write_ok, write_read_reply,
-    write_rejection, Incoming, Op, ReadError, Request, TransmissionParams,
+    read_request_header, validate, write_block_status_reply, write_error, write_ok,
+    write_read_reply, write_rejection, Incoming, Op, ReadError, Request, TransmissionParams,
 };
 
 /// Requests one client may have in flight at once.
@@ -123,11 +129,11 @@ where
     };
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
     let params = Rc::new(TransmissionParams::from_negotiated(&negotiated));
-    let writer = Rc::new(CoMutex::new(()));
     let in_flight = Rc::new(CoSemaphore::new(MAX_IN_FLIGHT));
+    let outbox = Outbox::start(stream.clone(), in_flight.clone(), peer.clone());
     let mut reader = BufReader::with_capacity(128 << 10, &*stream);
     loop {
-        let incoming = match read_request(&mut reader, &params) {
+        let incoming = match read_incoming(&mut reader, &params, &outbox.pool) {
             Ok(incoming) => incoming,
             Err(ReadError::Disconnected) => break,
             Err(e) => {
@@ -135,19 +141,20 @@ where
                 break;
             }
         };
+        // Every reply holds a permit until it is sent.
+        in_flight.acquire(1);
         match incoming {
-            Incoming::Request(req) if req.op == Op::Disconnect => break,
-            Incoming::Request(req) => {
-                in_flight.acquire(1);
-                let (stream, writer, params) = (stream.clone(), writer.clone(), params.clone());
-                let (device, in_flight) = (shared.device.clone(), in_flight.clone());
-                let peer = peer.clone();
+            Incoming::Request(req) if req.op == Op::Disconnect => {
+                in_flight.release(1);
+                break;
+            }
+            Incoming::Request(mut req) => {
+                let (outbox, params) = (outbox.clone(), params.clone());
+                let device = shared.device.clone();
                 aio::spawn(move || {
-                    let reply = execute(&*device, &params, &req);
-                    if let Err(e) = send(&stream, &writer, &reply) {
-                        tracing::debug!(%peer, error = %e, "reply not sent");
-                    }
-                    in_flight.release(1);
+                    let reply = execute(&*device, &params, &req, &outbox.pool);
+                    outbox.pool.give(std::mem::take(&mut req.payload));
+                    outbox.push(reply);
                 });
             }
             Incoming::Rejected { header, error } => {
@@ -155,44 +162,319 @@ where
                     length = header.length, error = error.name(), "request refused");
                 let mut out = Vec::new();
                 let _ = write_rejection(&mut out, &header, error, params.structured_replies);
-                if let Err(e) = send(&stream, &writer, &out) {
-                    tracing::debug!(%peer, error = %e, "reply not sent");
-                    break;
-                }
+                outbox.push(Reply::bytes(out));
             }
         }
     }
-    // Let every request in flight finish and answer before closing.
+    // Let every request in flight finish and its reply go out before
+    // closing.
     in_flight.acquire(MAX_IN_FLIGHT);
     in_flight.release(MAX_IN_FLIGHT);
+    outbox.close();
     tracing::info!(%peer, "client disconnected");
 }
 
-fn send<S>(stream: &S, writer: &CoMutex<()>, bytes: &[u8]) -> io::Result<()>
+/// [`read_request`](crate::request::read_request), with the write payload
+/// read into a pooled buffer rather than a freshly zeroed one. The same
+/// validation and stream handling: a valid write's payload lands in
+/// [`Request::payload`], a rejected one's is read and discarded, and one
+/// longer than `max_payload` is fatal.
+fn read_incoming<R: Read>(
+    r: &mut R,
+    p: &TransmissionParams,
+    pool: &Pool,
+) -> Result<Incoming, ReadError> {
+    let header = read_request_header(r)?;
+    let has_payload = header.command == Command::Write;
+    if has_payload && header.length > p.max_payload {
+        return Err(ReadError::PayloadTooLarge {
+            handle: header.handle,
+            length: header.length,
+        });
+    }
+    match validate(&header, p) {
+        Ok(op) => {
+            let mut payload = Vec::new();
+            if has_payload {
+                payload = pool.take(header.length as usize);
+                if let Err(e) = r.read_exact(&mut payload) {
+                    pool.give(payload);
+                    return Err(e.into());
+                }
+            }
+            Ok(Incoming::Request(Request {
+                header,
+                op,
+                fua: header.flags & NBD_CMD_FLAG_FUA != 0,
+                payload,
+            }))
+        }
+        Err(error) => {
+            if has_payload {
+                let want = u64::from(header.length);
+                let got = io::copy(&mut r.take(want), &mut io::sink())?;
+                if got != want {
+                    return Err(ReadError::Disconnected);
+                }
+            }
+            Ok(Incoming::Rejected { header, error })
+        }
+    }
+}
+
+/// Spare data buffers of a connection (for reads and write payloads), so
+/// that requests neither allocate nor zero memory each time.
+#[derive(Default)]
+struct Pool(RefCell<Vec<Vec<u8>>>);
+
+/// Buffers kept per connection (about the requests in flight).
+const POOL_BUFFERS: usize = MAX_IN_FLIGHT;
+/// Larger buffers are freed, not kept.
+const POOL_MAX_BYTES: usize = 4 << 20;
+
+impl Pool {
+    /// A buffer of `len` initialised bytes (contents unspecified).
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut buf = self.0.borrow_mut().pop().unwrap_or_default();
+        if buf.capacity() < len {
+            // Growing would copy the old contents for nothing.
+            buf.clear();
+        }
+        // Only bytes not initialised before are zeroed.
+        buf.resize(len, 0);
+        buf
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut pool = self.0.borrow_mut();
+        if buf.capacity() > 0 && buf.capacity() <= POOL_MAX_BYTES && pool.len() < POOL_BUFFERS {
+            pool.push(buf);
+        }
+    }
+}
+
+/// Where a piece of an encoded reply lies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Piece {
+    /// `head[start..end]`
+    Head(usize, usize),
+    /// `data[start..end]`
+    Data(usize, usize),
+}
+
+/// An encoded reply: headers in `head`, read data left in `data`, in the
+/// order `pieces` says.
+struct Reply {
+    head: Vec<u8>,
+    data: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+impl Reply {
+    fn bytes(head: Vec<u8>) -> Reply {
+        let pieces = vec![Piece::Head(0, head.len())];
+        Reply {
+            head,
+            data: Vec::new(),
+            pieces,
+        }
+    }
+
+    fn slices(&self) -> impl Iterator<Item = IoSlice<'_>> {
+        self.pieces.iter().map(|p| match *p {
+            Piece::Head(a, b) => IoSlice::new(&self.head[a..b]),
+            Piece::Data(a, b) => IoSlice::new(&self.data[a..b]),
+        })
+    }
+}
+
+/// Encodes a reply around `data` without copying it: writes of slices of
+/// `data` are recorded as references, anything else is copied to `head`.
+struct Scatter<'a> {
+    data: &'a [u8],
+    head: Vec<u8>,
+    pieces: Vec<Piece>,
+}
+
+impl<'a> Scatter<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Scatter {
+            data,
+            head: Vec::with_capacity(64),
+            pieces: Vec::with_capacity(2),
+        }
+    }
+
+    /// Where `b` starts in `data`, if it is a slice of it.
+    fn offset_in_data(&self, b: &[u8]) -> Option<usize> {
+        let (start, base) = (b.as_ptr() as usize, self.data.as_ptr() as usize);
+        (!b.is_empty() && start >= base && start + b.len() <= base + self.data.len())
+            .then(|| start - base)
+    }
+}
+
+impl Write for Scatter<'_> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let piece = match self.offset_in_data(b) {
+            Some(at) => Piece::Data(at, at + b.len()),
+            None => {
+                let at = self.head.len();
+                self.head.extend_from_slice(b);
+                Piece::Head(at, at + b.len())
+            }
+        };
+        match (self.pieces.last_mut(), piece) {
+            (Some(Piece::Head(_, end)), Piece::Head(a, b)) if *end == a => *end = b,
+            (Some(Piece::Data(_, end)), Piece::Data(a, b)) if *end == a => *end = b,
+            _ => self.pieces.push(piece),
+        }
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Most buffers one `writev` takes (`IOV_MAX`).
+const MAX_IOV: usize = 1024;
+
+/// A connection's replies waiting to be sent, and their sender.
+struct Outbox {
+    queue: RefCell<Vec<Reply>>,
+    /// The sender, while it waits for replies.
+    idle: RefCell<Option<Coroutine>>,
+    closed: Cell<bool>,
+    pool: Pool,
+}
+
+impl Outbox {
+    /// An outbox whose sender writes to `stream`, releasing one permit of
+    /// `in_flight` per reply sent (or dropped, once the stream failed).
+    fn start<S>(stream: Rc<S>, in_flight: Rc<CoSemaphore>, peer: String) -> Rc<Outbox>
+    where
+        S: 'static,
+        for<'a> &'a S: Write,
+    {
+        let outbox = Rc::new(Outbox {
+            queue: RefCell::new(Vec::new()),
+            idle: RefCell::new(None),
+            closed: Cell::new(false),
+            pool: Pool::default(),
+        });
+        let me = outbox.clone();
+        aio::spawn(move || me.run(&*stream, &in_flight, &peer));
+        outbox
+    }
+
+    /// Queues a reply; the sender sends it after the coroutines runnable
+    /// now ran (their replies join it).
+    fn push(&self, reply: Reply) {
+        self.queue.borrow_mut().push(reply);
+        self.kick();
+    }
+
+    /// No more replies: the sender ends once the queue is empty.
+    fn close(&self) {
+        self.closed.set(true);
+        self.kick();
+    }
+
+    fn kick(&self) {
+        if let Some(sender) = self.idle.borrow_mut().take() {
+            // At the back of the run queue: after the other requests
+            // that are ready to reply in this pass.
+            aio::schedule(&sender);
+        }
+    }
+
+    fn run<S>(&self, stream: &S, in_flight: &CoSemaphore, peer: &str)
+    where
+        for<'a> &'a S: Write,
+    {
+        let mut failed = false;
+        loop {
+            let batch = std::mem::take(&mut *self.queue.borrow_mut());
+            if batch.is_empty() {
+                if self.closed.get() {
+                    return;
+                }
+                *self.idle.borrow_mut() = costack::current();
+                while self.idle.borrow().is_some() {
+                    costack::yield_now();
+                }
+                continue;
+            }
+            if !failed {
+                if let Err(e) = send_all(stream, &batch) {
+                    tracing::debug!(%peer, error = %e, "replies not sent");
+                    failed = true;
+                }
+            }
+            let n = batch.len();
+            for reply in batch {
+                self.pool.give(reply.data);
+            }
+            in_flight.release(n);
+        }
+    }
+}
+
+/// Writes every reply of `batch`, in as few `writev` calls as it takes.
+fn send_all<S>(stream: &S, batch: &[Reply]) -> io::Result<()>
 where
     for<'a> &'a S: Write,
 {
-    let _turn = writer.lock();
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().flat_map(Reply::slices).collect();
+    let mut rest = &mut slices[..];
     let mut w = stream;
-    w.write_all(bytes)
+    while !rest.is_empty() {
+        let n = match w.write_vectored(&rest[..rest.len().min(MAX_IOV)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        IoSlice::advance_slices(&mut rest, n);
+    }
+    Ok(())
 }
 
 /// Runs one request against the device; returns the encoded reply.
-fn execute(device: &dyn BlockDevice, params: &TransmissionParams, req: &Request) -> Vec<u8> {
+fn execute(
+    device: &dyn BlockDevice,
+    params: &TransmissionParams,
+    req: &Request,
+    pool: &Pool,
+) -> Reply {
     let handle = req.header.handle;
     let structured = params.structured_replies;
     let mut out = Vec::new();
     let result = match req.op {
         Op::Read { offset, length, df } => {
-            let mut buf = vec![0u8; length as usize];
+            let mut buf = pool.take(length as usize);
             match device.read_at(&mut buf, offset) {
                 Ok(()) => {
-                    out.reserve(length as usize + 64);
-                    write_read_reply(&mut out, handle, offset, &buf, structured, df)
-                        .map(|_| None)
-                        .unwrap_or_else(Some)
+                    let mut reply = Scatter::new(&buf);
+                    match write_read_reply(&mut reply, handle, offset, &buf, structured, df) {
+                        Ok(()) => {
+                            let (head, pieces) = (reply.head, reply.pieces);
+                            return Reply {
+                                head,
+                                data: buf,
+                                pieces,
+                            };
+                        }
+                        Err(e) => {
+                            pool.give(buf);
+                            Some(e)
+                        }
+                    }
                 }
-                Err(e) => Some(e),
+                Err(e) => {
+                    pool.give(buf);
+                    Some(e)
+                }
             }
         }
         Op::Write { offset, .. } => device
@@ -247,5 +529,137 @@ fn execute(device: &dyn BlockDevice, params: &TransmissionParams, req: &Request)
             let _ = write_error(&mut out, handle, code, &e.to_string(), structured);
         }
     }
-    out
+    Reply::bytes(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flatten(r: &Reply) -> Vec<u8> {
+        r.slices().flat_map(|s| s.to_vec()).collect()
+    }
+
+    #[test]
+    fn scattered_read_replies_encode_like_copied_ones() {
+        // Data with zero runs (holes in structured replies) and without.
+        let mut mixed = vec![0u8; 3 * 65536];
+        mixed[70000..80000].fill(7);
+        let cases: [(Vec<u8>, u64); 3] = [(vec![0xAB; 4096], 4096), (mixed, 0), (Vec::new(), 0)];
+        for (data, offset) in cases {
+            for (structured, df) in [(false, false), (true, false), (true, true)] {
+                let mut copied = Vec::new();
+                write_read_reply(&mut copied, 42, offset, &data, structured, df).unwrap();
+                let mut sc = Scatter::new(&data);
+                write_read_reply(&mut sc, 42, offset, &data, structured, df).unwrap();
+                // The data is referenced, not copied.
+                assert!(sc.head.len() < 128 + data.len() / 2);
+                let reply = Reply {
+                    head: sc.head,
+                    pieces: sc.pieces,
+                    data: data.clone(),
+                };
+                assert_eq!(flatten(&reply), copied, "structured={structured} df={df}");
+            }
+        }
+    }
+
+    #[test]
+    fn send_all_writes_every_reply_in_order() {
+        struct Sink(RefCell<Vec<u8>>);
+        impl Write for &Sink {
+            fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+                // Short writes, to exercise the resumption.
+                let n = b.len().min(5);
+                self.0.borrow_mut().extend_from_slice(&b[..n]);
+                Ok(n)
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let batch: Vec<Reply> = (0..3000u32)
+            .map(|i| Reply::bytes(i.to_be_bytes().to_vec()))
+            .collect();
+        let sink = Sink(RefCell::new(Vec::new()));
+        send_all(&sink, &batch).unwrap();
+        let want: Vec<u8> = (0..3000u32).flat_map(u32::to_be_bytes).collect();
+        assert_eq!(sink.0.into_inner(), want);
+    }
+
+    #[test]
+    fn read_incoming_matches_read_request() {
+        use crate::proto::RequestHeader;
+        use crate::request::read_request;
+        let params = TransmissionParams {
+            size: 1 << 20,
+            transmission_flags: crate::proto::NBD_FLAG_HAS_FLAGS
+                | crate::proto::NBD_FLAG_SEND_FUA
+                | crate::proto::NBD_FLAG_SEND_FLUSH,
+            read_only: false,
+            structured_replies: true,
+            base_allocation: None,
+            block_sizes: Default::default(),
+            max_payload: 1 << 16,
+        };
+        let req = |command, flags, offset, length: u32| RequestHeader {
+            flags,
+            command,
+            handle: offset ^ 0x55,
+            offset,
+            length,
+        };
+        let mut wire = Vec::new();
+        let mut push = |h: RequestHeader, payload: &[u8]| {
+            wire.extend_from_slice(&h.encode());
+            wire.extend_from_slice(payload);
+        };
+        push(req(Command::Write, NBD_CMD_FLAG_FUA, 4096, 5), b"hello");
+        push(req(Command::Read, 0, 0, 512), b"");
+        // Past the end: rejected, payload consumed.
+        push(req(Command::Write, 0, 1 << 20, 3), b"xyz");
+        push(req(Command::Write, 0, 0, 4), b"abcd");
+        push(req(Command::Flush, 0, 0, 0), b"");
+        // Too large: fatal.
+        push(req(Command::Write, 0, 0, 1 << 17), b"");
+        let pool = Pool::default();
+        pool.give(vec![0xEE; 100]);
+        let (mut a, mut b) = (&wire[..], &wire[..]);
+        for _ in 0..5 {
+            let want = read_request(&mut a, &params).unwrap();
+            let got = read_incoming(&mut b, &params, &pool).unwrap();
+            assert_eq!(got, want);
+        }
+        assert!(matches!(
+            read_request(&mut a, &params),
+            Err(ReadError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            read_incoming(&mut b, &params, &pool),
+            Err(ReadError::PayloadTooLarge { .. })
+        ));
+        // A payload cut short is a disconnection, as there.
+        let short = [&req(Command::Write, 0, 0, 8).encode()[..], b"abc"].concat();
+        assert!(matches!(
+            read_incoming(&mut &short[..], &params, &pool),
+            Err(ReadError::Disconnected)
+        ));
+    }
+
+    #[test]
+    fn pool_reuses_buffers_without_growing_copies() {
+        let pool = Pool::default();
+        let mut a = pool.take(4096);
+        assert_eq!(a.len(), 4096);
+        a[0] = 1;
+        let ptr = a.as_ptr();
+        pool.give(a);
+        let b = pool.take(1024);
+        assert_eq!((b.len(), b.as_ptr()), (1024, ptr));
+        pool.give(b);
+        let c = pool.take(1 << 20);
+        assert_eq!(c.len(), 1 << 20);
+        pool.give(Vec::new());
+        assert!(pool.0.borrow().is_empty());
+    }
 }

@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -194,6 +195,8 @@ pub(crate) const REG_BIT: u64 = 1 << 62;
 struct RegEntry {
     fd: RawFd,
     waiters: FdEntry,
+    /// Shared with the socket's [`Registration`].
+    drained: ReadState,
 }
 
 /// A loop's persistent registrations, by token and by fd.
@@ -220,8 +223,9 @@ impl Registrations {
 }
 
 impl Inner {
-    /// Registers `fd` edge-triggered for reads and writes; returns its token.
-    fn register(&self, fd: RawFd) -> io::Result<u64> {
+    /// Registers `fd` edge-triggered for reads and writes; returns its
+    /// token. Readable edges clear `drained`.
+    fn register(&self, fd: RawFd, drained: ReadState) -> io::Result<u64> {
         let token = {
             let mut regs = self.regs.borrow_mut();
             regs.next += 1;
@@ -242,7 +246,14 @@ impl Inner {
         if let Some(old) = regs.by_fd.insert(fd, token) {
             regs.by_token.remove(&old);
         }
-        regs.by_token.insert(token, RegEntry { fd, waiters });
+        regs.by_token.insert(
+            token,
+            RegEntry {
+                fd,
+                waiters,
+                drained,
+            },
+        );
         Ok(token)
     }
 
@@ -271,6 +282,7 @@ impl Inner {
             };
             let mut woken = Vec::new();
             if bits & (READ_EVENTS | ANY_END) != 0 {
+                entry.drained.readable(bits);
                 woken.append(&mut entry.waiters.readers);
             }
             if bits & (WRITE_EVENTS | ANY_END) != 0 {
@@ -344,6 +356,7 @@ struct Reg {
     loop_id: u64,
     token: u64,
     remote: Arc<Remote>,
+    drained: ReadState,
 }
 
 /// A socket's persistent registration with the loop it is used on
@@ -380,11 +393,13 @@ impl Registration {
                 Some(r) if r.loop_id == inner.id => Some(r.token),
                 Some(_) => None,
                 None => {
-                    let token = inner.register(fd)?;
+                    let drained = ReadState::default();
+                    let token = inner.register(fd, drained.clone())?;
                     *reg = Some(Reg {
                         loop_id: inner.id,
                         token,
                         remote: inner.remote.clone(),
+                        drained,
                     });
                     Some(token)
                 }
@@ -394,6 +409,70 @@ impl Registration {
             Some(token) => wait_reg(&inner, token, dir, deadline),
             None => wait_fd(&inner, fd, dir, deadline),
         }
+    }
+}
+
+/// A socket's read readiness as its loop last saw it (mio/tokio style),
+/// so that a reader can skip the `recv` known to fail with `EAGAIN`:
+/// *drained* once a read came back short, *ready* again when the loop
+/// sees a readable edge, and *ended* for good once the loop saw a hang-up,
+/// half-close, error or urgent data (end of stream and errors stay
+/// readable without further edges; a read stops short at TCP's urgent
+/// mark with data left behind it).
+///
+/// Only for TCP, whose `recv` comes back short only when the receive
+/// queue is empty (or at the urgent mark). A Unix stream `recv` also stops
+/// after a message that carried descriptors or other credentials, with
+/// data left and no edge to come, so Unix sockets do not use it.
+///
+/// No wakeup is lost: the state becomes drained right after the short
+/// read, and no `epoll_wait` runs in between (the loop is
+/// single-threaded), so data arriving after the read raises an edge that
+/// the loop harvests later. An end that came before the read is in the
+/// bits of an edge harvested before it (epoll reports the state at
+/// harvest time), so the socket is already ended and never drained. A
+/// stale edge for data read already only costs one `EAGAIN`.
+#[derive(Clone, Default)]
+pub(crate) struct ReadState(Arc<AtomicU8>);
+
+const READY: u8 = 0;
+const DRAINED: u8 = 1;
+const ENDED: u8 = 2;
+
+impl ReadState {
+    /// Whether the last read found the socket drained, and no edge came
+    /// since.
+    pub(crate) fn is_drained(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == DRAINED
+    }
+
+    /// A read came back short: wait for an edge before the next.
+    pub(crate) fn set_drained(&self) {
+        let _ = self
+            .0
+            .compare_exchange(READY, DRAINED, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The loop saw a readable edge with these event bits.
+    fn readable(&self, bits: u32) {
+        if bits & ((libc::EPOLLRDHUP | libc::EPOLLPRI) as u32 | ANY_END) != 0 {
+            self.0.store(ENDED, Ordering::Relaxed);
+        } else {
+            let _ = self
+                .0
+                .compare_exchange(DRAINED, READY, Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Registration {
+    /// The socket's [`ReadState`], if it is registered with the loop the
+    /// calling coroutine runs on (elsewhere it means nothing).
+    pub(crate) fn read_state(&self) -> Option<ReadState> {
+        let reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
+        let r = reg.as_ref()?;
+        let here = crate::in_coroutine() && current_inner().is_some_and(|i| i.id == r.loop_id);
+        here.then(|| r.drained.clone())
     }
 }
 

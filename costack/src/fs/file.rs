@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use io_uring::{opcode, types};
 
+use super::inline::Inline;
 use super::OpenOptions;
 use crate::aio::{self, sys::cvt, Inner};
 
@@ -38,6 +39,7 @@ const MAX_IO: usize = 1 << 30;
 /// `Send + Sync`; all I/O is positional, so coroutines may share `&File`.
 pub struct File {
     inner: std::fs::File,
+    inline: Inline,
 }
 
 impl File {
@@ -69,7 +71,10 @@ impl File {
 
     /// Wraps an open std file.
     pub fn from_std(file: std::fs::File) -> File {
-        File { inner: file }
+        File {
+            inner: file,
+            inline: Inline::default(),
+        }
     }
 
     /// The std file.
@@ -86,6 +91,10 @@ impl File {
         let Some(inner) = loop_context() else {
             return self.inner.read_at(&mut buf[..len], offset);
         };
+        let fd = self.as_raw_fd();
+        if let Some(r) = self.inline.read(&inner, fd, &mut buf[..len], offset) {
+            return r;
+        }
         if inner.uring.available(&inner) {
             let e = opcode::Read::new(types::Fd(self.as_raw_fd()), buf.as_mut_ptr(), len as u32)
                 .offset(offset)
@@ -107,6 +116,10 @@ impl File {
         let Some(inner) = loop_context() else {
             return self.inner.write_at(&buf[..len], offset);
         };
+        let fd = self.as_raw_fd();
+        if let Some(r) = self.inline.write(&inner, fd, &buf[..len], offset) {
+            return r;
+        }
         if inner.uring.available(&inner) {
             let e = opcode::Write::new(types::Fd(self.as_raw_fd()), buf.as_ptr(), len as u32)
                 .offset(offset)

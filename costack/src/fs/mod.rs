@@ -1,8 +1,15 @@
 //! Files whose I/O, in a coroutine on an event loop, suspends the
 //! coroutine instead of blocking the thread.
 //!
-//! Reads, writes, syncs and `fallocate` go to the loop's io_uring when the
-//! kernel offers one (see [`EventLoop::uses_io_uring`]), else to the
+//! Reads and writes that cannot wait for a device are done right on the
+//! loop thread: on memory file systems (tmpfs, ramfs) always, elsewhere
+//! with `RWF_NOWAIT` (page-cache hits), never for `O_DIRECT` files. This
+//! saves the round trip below for page-cache hits; a coroutine whose I/O
+//! all completes this way yields to the loop every few dozen calls so that
+//! it cannot starve the loop's other work.
+//!
+//! Other reads and writes, syncs and `fallocate` go to the loop's io_uring
+//! when the kernel offers one (see [`EventLoop::uses_io_uring`]), else to the
 //! [thread pool](crate::aio::thread_pool) (QEMU's `aio=io_uring` and
 //! `aio=threads`). Set `COSTACK_NO_IO_URING=1`, or create the loop with
 //! [`EventLoop::without_io_uring`], to force the thread pool. Opening and
@@ -38,6 +45,7 @@
 //! [`EventLoop::without_io_uring`]: crate::aio::EventLoop::without_io_uring
 
 mod file;
+mod inline;
 mod options;
 
 pub use file::File;

@@ -7,8 +7,9 @@
 //! any loop), the same calls block the thread in `poll(2)`, like std's:
 //! the types work everywhere, and never block a loop.
 //!
-//! Reads and writes are implemented for the types and for shared
-//! references to them, so one coroutine can read while another writes the
+//! Reads and writes (vectored writes too: one `writev` for several
+//! buffers) are implemented for the types and for shared references to
+//! them, so one coroutine can read while another writes the
 //! same stream. Timeouts set with `set_read_timeout`/`set_write_timeout`
 //! make a call that waits longer fail with `ErrorKind::TimedOut`.
 //!
@@ -76,6 +77,46 @@ pub(crate) fn retry<T>(
     }
 }
 
+/// Reads with the non-blocking `op` into a buffer of `len` bytes, as
+/// [`retry`], but skips the `recv` known to fail: after a read that came
+/// back short, the next one waits for the loop to see new data first
+/// (see [`ReadState`](crate::aio::io::ReadState); TCP only).
+pub(crate) fn retry_read(
+    reg: &Registration,
+    fd: RawFd,
+    timeout: Option<Duration>,
+    len: usize,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut deadline = None;
+    if len > 0 && reg.read_state().is_some_and(|r| r.is_drained()) {
+        deadline = timeout.map(|t| Instant::now() + t);
+        reg.wait(fd, Direction::Read, deadline)?;
+    }
+    loop {
+        match op() {
+            Ok(n) => {
+                // Short, not EOF: the socket's receive queue is empty now.
+                // (EOF stays readable, and sees no further edge.)
+                if n > 0 && n < len {
+                    if let Some(r) = reg.read_state() {
+                        r.set_drained();
+                    }
+                }
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if deadline.is_none() {
+                    deadline = timeout.map(|t| Instant::now() + t);
+                }
+                reg.wait(fd, Direction::Read, deadline)?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Waits until `fd` is ready for `dir` (for sockets not yet wrapped):
 /// on the loop from a coroutine on one, else by blocking the thread.
 pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
@@ -138,6 +179,9 @@ macro_rules! impl_stream_io {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 self.write_impl(buf)
             }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                self.write_vectored_impl(bufs)
+            }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())
             }
@@ -145,6 +189,9 @@ macro_rules! impl_stream_io {
         impl std::io::Write for &$t {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
                 self.write_impl(buf)
+            }
+            fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
+                self.write_vectored_impl(bufs)
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())

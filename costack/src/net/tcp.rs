@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
-use super::{impl_stream_io, retry, Timeout};
+use super::{impl_stream_io, retry, retry_read, Timeout};
 use crate::aio::io::{Direction, Registration};
 
 /// A TCP listening socket whose [`accept`](TcpListener::accept) yields to
@@ -256,11 +256,12 @@ impl TcpStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(
+        let len = buf.len();
+        retry_read(
             &self.reg,
             self.as_raw_fd(),
-            Direction::Read,
             self.read_timeout.get(),
+            len,
             || (&self.inner).read(buf),
         )
     }
@@ -272,6 +273,16 @@ impl TcpStream {
             Direction::Write,
             self.write_timeout.get(),
             || (&self.inner).write(buf),
+        )
+    }
+
+    fn write_vectored_impl(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write_vectored(bufs),
         )
     }
 }

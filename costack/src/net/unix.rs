@@ -204,6 +204,8 @@ impl UnixStream {
     }
 
     fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
+        // Not `retry_read`: a short read may leave data queued here (see
+        // `ReadState`), so every read tries `recv` first.
         retry(
             &self.reg,
             self.as_raw_fd(),
@@ -220,6 +222,16 @@ impl UnixStream {
             Direction::Write,
             self.write_timeout.get(),
             || (&self.inner).write(buf),
+        )
+    }
+
+    fn write_vectored_impl(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        retry(
+            &self.reg,
+            self.as_raw_fd(),
+            Direction::Write,
+            self.write_timeout.get(),
+            || (&self.inner).write_vectored(bufs),
         )
     }
 }
