@@ -53,6 +53,9 @@ fn run(cli: Cli) -> io::Result<()> {
     };
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
     export.description = cli.description.clone();
+    // Every connection shares one device, and a flush is fdatasync (or
+    // nothing, for memory): what one connection flushes, all see.
+    export.multi_conn = true;
     if direct {
         export.block_sizes.minimum = DIRECT_ALIGN as u32;
         export.block_sizes.preferred = export.block_sizes.preferred.max(DIRECT_ALIGN as u32);
@@ -247,6 +250,9 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// Seconds a stopping server waits for clients to take their last replies.
+const STOP_GRACE_SECS: libc::time_t = 5;
+
 /// How the signal thread wakes the accept loop: by connecting to it.
 enum Poke {
     Tcp(std::net::SocketAddr),
@@ -270,6 +276,22 @@ fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, poke: Poke) {
                 Poke::Tcp(addr) => std::net::TcpStream::connect(addr).map(drop),
                 Poke::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
             };
+            // Requests in flight finish and get their replies, unless a
+            // client does not take them: after a grace period, or at a
+            // second signal, shut every connection down both ways.
+            let grace = libc::timespec {
+                tv_sec: STOP_GRACE_SECS,
+                tv_nsec: 0,
+            };
+            // SAFETY: valid set and timeout; no siginfo wanted.
+            let again = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &grace) };
+            if shared.clients.load(Ordering::SeqCst) > 0 {
+                tracing::warn!(
+                    second_signal = again > 0,
+                    "closing connections whose clients do not take their replies"
+                );
+                shared.abort();
+            }
         })
         .expect("spawn the signal thread");
 }

@@ -33,6 +33,21 @@ use crate::request::{
 /// Requests one client may have in flight at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 
+/// Bytes of request data (write payloads, read results) one client may have
+/// in memory at once: without it, 64 reads of 32 MiB from a client that
+/// does not read its replies would hold 2 GiB. A larger request takes the
+/// whole budget.
+pub const MAX_BYTES_IN_FLIGHT: usize = 32 << 20;
+
+/// A request's share of [`MAX_BYTES_IN_FLIGHT`].
+fn data_cost(op: &Op) -> usize {
+    let len = match *op {
+        Op::Read { length, .. } | Op::Write { length, .. } => length as usize,
+        _ => 0,
+    };
+    len.min(MAX_BYTES_IN_FLIGHT)
+}
+
 /// A block device shared by every connection and loop thread.
 pub type SharedDevice = Arc<dyn BlockDevice + Send + Sync>;
 
@@ -70,6 +85,16 @@ impl Shared {
             // SAFETY: `fd` is a socket registered by a live connection,
             // which removes it before closing it (under the same lock).
             unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+        }
+    }
+
+    /// After [`stop`](Shared::stop), for clients that do not take their
+    /// replies: shuts their sockets down both ways, so that replies blocked
+    /// on them fail and the connections end.
+    pub fn abort(&self) {
+        for &fd in self.live.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            // SAFETY: as in `stop`.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         }
     }
 }
@@ -130,10 +155,16 @@ where
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
     let params = Rc::new(TransmissionParams::from_negotiated(&negotiated));
     let in_flight = Rc::new(CoSemaphore::new(MAX_IN_FLIGHT));
-    let outbox = Outbox::start(stream.clone(), in_flight.clone(), peer.clone());
+    let budget = Rc::new(CoSemaphore::new(MAX_BYTES_IN_FLIGHT));
+    let outbox = Outbox::start(
+        stream.clone(),
+        in_flight.clone(),
+        budget.clone(),
+        peer.clone(),
+    );
     let mut reader = BufReader::with_capacity(128 << 10, &*stream);
     loop {
-        let incoming = match read_incoming(&mut reader, &params, &outbox.pool) {
+        let incoming = match read_incoming(&mut reader, &params, &outbox.pool, &budget) {
             Ok(incoming) => incoming,
             Err(ReadError::Disconnected) => break,
             Err(e) => {
@@ -149,12 +180,17 @@ where
                 break;
             }
             Incoming::Request(mut req) => {
+                // A write's share was taken before its payload was read.
+                let cost = data_cost(&req.op);
+                if matches!(req.op, Op::Read { .. }) {
+                    budget.acquire(cost);
+                }
                 let (outbox, params) = (outbox.clone(), params.clone());
                 let device = shared.device.clone();
                 aio::spawn(move || {
                     let reply = execute(&*device, &params, &req, &outbox.pool);
                     outbox.pool.give(std::mem::take(&mut req.payload));
-                    outbox.push(reply);
+                    outbox.push(reply, cost);
                 });
             }
             Incoming::Rejected { header, error } => {
@@ -162,7 +198,7 @@ where
                     length = header.length, error = error.name(), "request refused");
                 let mut out = Vec::new();
                 let _ = write_rejection(&mut out, &header, error, params.structured_replies);
-                outbox.push(Reply::bytes(out));
+                outbox.push(Reply::bytes(out), 0);
             }
         }
     }
@@ -183,6 +219,7 @@ fn read_incoming<R: Read>(
     r: &mut R,
     p: &TransmissionParams,
     pool: &Pool,
+    budget: &CoSemaphore,
 ) -> Result<Incoming, ReadError> {
     let header = read_request_header(r)?;
     let has_payload = header.command == Command::Write;
@@ -196,9 +233,14 @@ fn read_incoming<R: Read>(
         Ok(op) => {
             let mut payload = Vec::new();
             if has_payload {
+                // Wait for room before taking the payload into memory; the
+                // share goes back when the reply is sent.
+                let cost = data_cost(&op);
+                budget.acquire(cost);
                 payload = pool.take(header.length as usize);
                 if let Err(e) = r.read_exact(&mut payload) {
                     pool.give(payload);
+                    budget.release(cost);
                     return Err(e.into());
                 }
             }
@@ -341,7 +383,8 @@ const MAX_IOV: usize = 1024;
 
 /// A connection's replies waiting to be sent, and their sender.
 struct Outbox {
-    queue: RefCell<Vec<Reply>>,
+    /// Replies, each with its share of the byte budget.
+    queue: RefCell<Vec<(Reply, usize)>>,
     /// The sender, while it waits for replies.
     idle: RefCell<Option<Coroutine>>,
     closed: Cell<bool>,
@@ -351,7 +394,12 @@ struct Outbox {
 impl Outbox {
     /// An outbox whose sender writes to `stream`, releasing one permit of
     /// `in_flight` per reply sent (or dropped, once the stream failed).
-    fn start<S>(stream: Rc<S>, in_flight: Rc<CoSemaphore>, peer: String) -> Rc<Outbox>
+    fn start<S>(
+        stream: Rc<S>,
+        in_flight: Rc<CoSemaphore>,
+        budget: Rc<CoSemaphore>,
+        peer: String,
+    ) -> Rc<Outbox>
     where
         S: 'static,
         for<'a> &'a S: Write,
@@ -363,14 +411,14 @@ impl Outbox {
             pool: Pool::default(),
         });
         let me = outbox.clone();
-        aio::spawn(move || me.run(&*stream, &in_flight, &peer));
+        aio::spawn(move || me.run(&*stream, &in_flight, &budget, &peer));
         outbox
     }
 
     /// Queues a reply; the sender sends it after the coroutines runnable
     /// now ran (their replies join it).
-    fn push(&self, reply: Reply) {
-        self.queue.borrow_mut().push(reply);
+    fn push(&self, reply: Reply, cost: usize) {
+        self.queue.borrow_mut().push((reply, cost));
         self.kick();
     }
 
@@ -388,7 +436,7 @@ impl Outbox {
         }
     }
 
-    fn run<S>(&self, stream: &S, in_flight: &CoSemaphore, peer: &str)
+    fn run<S>(&self, stream: &S, in_flight: &CoSemaphore, budget: &CoSemaphore, peer: &str)
     where
         for<'a> &'a S: Write,
     {
@@ -406,26 +454,30 @@ impl Outbox {
                 continue;
             }
             if !failed {
-                if let Err(e) = send_all(stream, &batch) {
+                let replies: Vec<&Reply> = batch.iter().map(|(r, _)| r).collect();
+                if let Err(e) = send_all(stream, &replies) {
                     tracing::debug!(%peer, error = %e, "replies not sent");
                     failed = true;
                 }
             }
             let n = batch.len();
-            for reply in batch {
+            let mut cost = 0;
+            for (reply, c) in batch {
                 self.pool.give(reply.data);
+                cost += c;
             }
+            budget.release(cost);
             in_flight.release(n);
         }
     }
 }
 
 /// Writes every reply of `batch`, in as few `writev` calls as it takes.
-fn send_all<S>(stream: &S, batch: &[Reply]) -> io::Result<()>
+fn send_all<S>(stream: &S, batch: &[&Reply]) -> io::Result<()>
 where
     for<'a> &'a S: Write,
 {
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().flat_map(Reply::slices).collect();
+    let mut slices: Vec<IoSlice<'_>> = batch.iter().flat_map(|r| r.slices()).collect();
     let mut rest = &mut slices[..];
     let mut w = stream;
     while !rest.is_empty() {
@@ -582,7 +634,8 @@ mod tests {
             .map(|i| Reply::bytes(i.to_be_bytes().to_vec()))
             .collect();
         let sink = Sink(RefCell::new(Vec::new()));
-        send_all(&sink, &batch).unwrap();
+        let refs: Vec<&Reply> = batch.iter().collect();
+        send_all(&sink, &refs).unwrap();
         let want: Vec<u8> = (0..3000u32).flat_map(u32::to_be_bytes).collect();
         assert_eq!(sink.0.into_inner(), want);
     }
@@ -624,10 +677,12 @@ mod tests {
         push(req(Command::Write, 0, 0, 1 << 17), b"");
         let pool = Pool::default();
         pool.give(vec![0xEE; 100]);
+        // Never short here, so no waiting (which only works in a coroutine).
+        let budget = CoSemaphore::new(MAX_BYTES_IN_FLIGHT);
         let (mut a, mut b) = (&wire[..], &wire[..]);
         for _ in 0..5 {
             let want = read_request(&mut a, &params).unwrap();
-            let got = read_incoming(&mut b, &params, &pool).unwrap();
+            let got = read_incoming(&mut b, &params, &pool, &budget).unwrap();
             assert_eq!(got, want);
         }
         assert!(matches!(
@@ -635,13 +690,13 @@ mod tests {
             Err(ReadError::PayloadTooLarge { .. })
         ));
         assert!(matches!(
-            read_incoming(&mut b, &params, &pool),
+            read_incoming(&mut b, &params, &pool, &budget),
             Err(ReadError::PayloadTooLarge { .. })
         ));
         // A payload cut short is a disconnection, as there.
         let short = [&req(Command::Write, 0, 0, 8).encode()[..], b"abc"].concat();
         assert!(matches!(
-            read_incoming(&mut &short[..], &params, &pool),
+            read_incoming(&mut &short[..], &params, &pool, &budget),
             Err(ReadError::Disconnected)
         ));
     }

@@ -497,3 +497,38 @@ fn device_errors_become_nbd_errors() {
     }
     let _ = std::fs::remove_file(&path);
 }
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_client_that_takes_no_replies_holds_bounded_memory_and_cannot_block_exit() {
+    let mut server = Server::start(&["-s", "1G"]);
+    let mut c = server.connect(Opts::SIMPLE);
+    // 64 reads of 16 MiB (1 GiB of replies) in one send, never read back.
+    let mut batch = Vec::new();
+    for i in 0..64u64 {
+        batch.extend(request_header(CMD_READ, 7000 + i, i << 24, 16 << 20));
+    }
+    c.send_raw(&batch).unwrap();
+    // Give the server time to do all it can; it must stop at its byte
+    // budget instead of reading everything into memory.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss = rss_kib(server.pid());
+    assert!(rss < 300 << 10, "server holds {rss} KiB for unread replies");
+
+    // SIGTERM: in-flight requests cannot finish (nobody reads), so after
+    // the grace period the server closes the connection and exits.
+    let t0 = Instant::now();
+    server.signal(libc::SIGTERM);
+    let status = server.wait_exit();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    drop(c);
+}
