@@ -679,8 +679,9 @@ pub struct CoroutineInfo {
     pub state: &'static str,
     /// Usable stack bytes (0 once finished).
     pub stack_size: usize,
-    /// The deepest the stack has been used, in bytes from its top: an upper
-    /// bound, since a pooled stack remembers earlier coroutines' use too.
+    /// The deepest the stack has been used, in bytes from its top, in whole
+    /// pages: an upper bound, since a pooled stack remembers earlier
+    /// coroutines' use too.
     /// `None` where it cannot be told (no stack, or no `mincore`).
     pub stack_high_water: Option<usize>,
 }

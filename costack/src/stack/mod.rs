@@ -74,17 +74,17 @@ impl Stack {
         (lo, self.bottom as usize)
     }
 
-    /// How many bytes from the top of the stack have ever been written:
-    /// the deepest the stack got, for every coroutine that used it (a
-    /// pooled stack keeps what earlier coroutines wrote). Finds the lowest
-    /// resident page with `mincore` (so untouched pages cost nothing), then
-    /// the lowest non-zero word in it. `None` where that cannot be told.
+    /// How many bytes from the top of the stack have ever been touched,
+    /// in whole pages: the deepest the stack got, for every coroutine that
+    /// used it (a pooled stack keeps what earlier coroutines touched).
+    /// Asks `mincore` for the lowest resident page, so nothing is read (a
+    /// suspended coroutine's stack is not ours to read, and Valgrind would
+    /// say so). `None` where that cannot be told.
     pub(crate) fn high_water(&self) -> Option<usize> {
         #[cfg(all(unix, not(miri)))]
         {
             let page = page_size();
-            let pages = self.size / page;
-            let mut resident = vec![0u8; pages];
+            let mut resident = vec![0u8; self.size / page];
             // SAFETY: `[bottom, bottom + size)` is a mapping of ours, page
             // aligned; `resident` has one byte per page.
             let r = unsafe {
@@ -94,13 +94,7 @@ impl Stack {
                 return None;
             }
             let first = resident.iter().position(|&b| b & 1 != 0)?;
-            let start = self.bottom as usize + first * page;
-            // SAFETY: the page is resident, readable memory of this stack.
-            // Its words may be written concurrently only by the coroutine,
-            // which does not run while we (on this thread) do.
-            let words = unsafe { std::slice::from_raw_parts(start as *const usize, page / 8) };
-            let lowest = words.iter().position(|&w| w != 0).unwrap_or(words.len());
-            Some(self.top() as usize - (start + lowest * 8))
+            Some(self.size - first * page)
         }
         #[cfg(not(all(unix, not(miri))))]
         {
