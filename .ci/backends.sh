@@ -3,7 +3,7 @@
 # tests/backends.rs) on every switch backend but the default one (plain
 # `cargo test` covers x86_64 asm), and the checkers:
 #
-#   x86_64 Linux, ucontext      cargo test --features ucontext
+#   x86_64 Linux, ucontext      cargo test --features ucontext (+ sync, aio, net, fs)
 #   aarch64 Linux, asm          under qemu-aarch64-static
 #   riscv64 Linux, asm          under qemu-riscv64-static
 #   x86_64 Windows, asm         under Wine
@@ -86,10 +86,13 @@ run() { # name, cargo args..., -- test args...
 }
 
 TESTS=(--test core --test overflow --test backends)
+# On Linux targets the locks, the event loop and its I/O run on every
+# backend too (io_uring falls back to the thread pool under qemu-user).
+LINUX_TESTS=("${TESTS[@]}" --test sync --test sync_loops --test aio --test net --test fs)
 for w in "${WANT[@]}"; do
     case "$w" in
         linux-ucontext)
-            run "$w" --features ucontext "${TESTS[@]}"
+            run "$w" --features ucontext "${LINUX_TESTS[@]}"
             ;;
         thread)
             # The 100k-coroutine test would start 100k OS threads; an
@@ -154,12 +157,12 @@ for w in "${WANT[@]}"; do
         aarch64)
             need qemu-aarch64-static; need aarch64-linux-gnu-gcc
             raise_map_count 262144 "mprotect guards under qemu"
-            run "$w" --target aarch64-unknown-linux-gnu "${TESTS[@]}" -- "${SKIP_BIG[@]}"
+            run "$w" --target aarch64-unknown-linux-gnu "${LINUX_TESTS[@]}" -- "${SKIP_BIG[@]}"
             ;;
         riscv64)
             need qemu-riscv64-static; need riscv64-linux-gnu-gcc
             raise_map_count 262144 "mprotect guards under qemu"
-            run "$w" --target riscv64gc-unknown-linux-gnu "${TESTS[@]}" -- "${SKIP_BIG[@]}"
+            run "$w" --target riscv64gc-unknown-linux-gnu "${LINUX_TESTS[@]}" -- "${SKIP_BIG[@]}"
             ;;
         windows-asm|windows-fibers)
             need x86_64-w64-mingw32-gcc; need wineserver
