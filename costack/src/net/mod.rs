@@ -161,6 +161,38 @@ impl Timeout {
     }
 }
 
+/// The descriptor traits of a socket type with `reg` and `inner` fields:
+/// giving the descriptor away deregisters it from its loop first.
+macro_rules! impl_fd {
+    ($t:ty) => {
+        impl std::os::fd::AsFd for $t {
+            fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(&self.inner)
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $t {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+            }
+        }
+
+        impl std::os::fd::IntoRawFd for $t {
+            fn into_raw_fd(self) -> std::os::fd::RawFd {
+                drop(self.reg);
+                std::os::fd::IntoRawFd::into_raw_fd(self.inner)
+            }
+        }
+
+        impl From<$t> for std::os::fd::OwnedFd {
+            fn from(s: $t) -> std::os::fd::OwnedFd {
+                drop(s.reg);
+                s.inner.into()
+            }
+        }
+    };
+}
+
 /// Implements `Read` and `Write` for a stream type and its shared
 /// reference, through its `read_impl`/`write_impl`.
 macro_rules! impl_stream_io {
@@ -199,4 +231,5 @@ macro_rules! impl_stream_io {
         }
     };
 }
+pub(crate) use impl_fd;
 pub(crate) use impl_stream_io;

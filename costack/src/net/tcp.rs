@@ -3,11 +3,11 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{self, Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
-use super::{impl_stream_io, retry, retry_read, Timeout};
+use super::{impl_fd, impl_stream_io, retry, retry_read, Timeout};
 use crate::aio::io::{Direction, Registration};
 
 /// A TCP listening socket whose [`accept`](TcpListener::accept) yields to
@@ -77,24 +77,7 @@ impl TcpListener {
     }
 }
 
-impl AsFd for TcpListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
-    }
-}
-
-impl AsRawFd for TcpListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-}
-
-impl From<TcpListener> for OwnedFd {
-    fn from(l: TcpListener) -> OwnedFd {
-        drop(l.reg);
-        l.inner.into()
-    }
-}
+impl_fd!(TcpListener);
 
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -289,31 +272,7 @@ impl TcpStream {
 
 impl_stream_io!(TcpStream);
 
-impl AsFd for TcpStream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
-    }
-}
-
-impl AsRawFd for TcpStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-}
-
-impl IntoRawFd for TcpStream {
-    fn into_raw_fd(self) -> RawFd {
-        drop(self.reg);
-        self.inner.into_raw_fd()
-    }
-}
-
-impl From<TcpStream> for OwnedFd {
-    fn from(s: TcpStream) -> OwnedFd {
-        drop(s.reg);
-        s.inner.into()
-    }
-}
+impl_fd!(TcpStream);
 
 impl fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

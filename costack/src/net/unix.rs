@@ -3,13 +3,13 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{self, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
 use super::sys::{connect, RawAddr};
-use super::{impl_stream_io, retry, Timeout};
+use super::{impl_fd, impl_stream_io, retry, Timeout};
 use crate::aio::io::{Direction, Registration};
 
 /// A Unix-domain listening socket whose [`accept`](UnixListener::accept)
@@ -67,24 +67,7 @@ impl UnixListener {
     }
 }
 
-impl AsFd for UnixListener {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
-    }
-}
-
-impl AsRawFd for UnixListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-}
-
-impl From<UnixListener> for OwnedFd {
-    fn from(l: UnixListener) -> OwnedFd {
-        drop(l.reg);
-        l.inner.into()
-    }
-}
+impl_fd!(UnixListener);
 
 impl fmt::Debug for UnixListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -238,31 +221,7 @@ impl UnixStream {
 
 impl_stream_io!(UnixStream);
 
-impl AsFd for UnixStream {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
-    }
-}
-
-impl AsRawFd for UnixStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.inner.as_raw_fd()
-    }
-}
-
-impl IntoRawFd for UnixStream {
-    fn into_raw_fd(self) -> RawFd {
-        drop(self.reg);
-        self.inner.into_raw_fd()
-    }
-}
-
-impl From<UnixStream> for OwnedFd {
-    fn from(s: UnixStream) -> OwnedFd {
-        drop(s.reg);
-        s.inner.into()
-    }
-}
+impl_fd!(UnixStream);
 
 impl fmt::Debug for UnixStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
