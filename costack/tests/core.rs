@@ -619,6 +619,93 @@ fn pool_reuses_stacks_and_trim_empties_it() {
 }
 
 #[test]
+fn pool_keeps_stacks_of_several_sizes() {
+    costack::pool::trim();
+    let sized = |kib: usize| {
+        Coroutine::builder()
+            .stack_size(kib << 10)
+            .create(|| {})
+            .unwrap()
+    };
+    for _ in 0..5 {
+        // Two at once of each size, so two of each are pooled.
+        let (a, b) = (sized(64), sized(64));
+        let (c, d) = (sized(128), sized(128));
+        for co in [&a, &b, &c, &d] {
+            co.enter();
+        }
+        assert_eq!(c.stack_size(), 0, "finished: its stack is gone");
+    }
+    assert_eq!(costack::pool::pooled(), 4);
+    // A pooled stack of the right size is reused, not a new one mapped.
+    sized(64).enter();
+    sized(128).enter();
+    assert_eq!(costack::pool::pooled(), 4);
+    costack::pool::trim();
+    assert_eq!(costack::pool::pooled(), 0);
+}
+
+/// Coroutines handled in a thread-local destructor, before or after
+/// costack's own thread-locals are gone: the suspended one is unwound, a
+/// new one still runs, and nothing is used after being freed.
+#[test]
+#[cfg_attr(
+    any(miri, feature = "thread-backend"),
+    ignore = "the thread backend's logical thread-locals end with the thread's own"
+)]
+fn coroutines_in_thread_local_destructors() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static UNWOUND: AtomicUsize = AtomicUsize::new(0);
+    static RAN: AtomicUsize = AtomicUsize::new(0);
+
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            UNWOUND.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    struct Late(RefCell<Option<Coroutine>>);
+    impl Drop for Late {
+        fn drop(&mut self) {
+            drop(self.0.borrow_mut().take());
+            let co = Coroutine::builder()
+                .stack_size(64 << 10)
+                .create(|| {
+                    RAN.fetch_add(1, Ordering::SeqCst);
+                    yield_now();
+                })
+                .unwrap();
+            co.enter();
+            co.enter();
+            assert!(co.is_finished());
+        }
+    }
+    thread_local!(static LATE: Late = const { Late(RefCell::new(None)) });
+
+    for register_first in [false, true] {
+        std::thread::spawn(move || {
+            if register_first {
+                // Destroyed after costack's thread-locals.
+                LATE.with(|_| {});
+            }
+            let co = Coroutine::builder()
+                .stack_size(64 << 10)
+                .create(|| {
+                    let _guard = Guard;
+                    yield_now();
+                })
+                .unwrap();
+            co.enter();
+            LATE.with(|l| *l.0.borrow_mut() = Some(co));
+        })
+        .join()
+        .unwrap();
+    }
+    assert_eq!(UNWOUND.load(Ordering::SeqCst), 2);
+    assert_eq!(RAN.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn debug_lists_live_coroutines() {
     let co = Coroutine::builder()
         .name("listed")

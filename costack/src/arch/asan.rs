@@ -9,6 +9,7 @@
 //! one place that does not move.
 
 use core::ffi::c_void;
+#[cfg(feature = "asan")]
 use core::ptr;
 
 /// What ASan needs to know per coroutine.
@@ -34,7 +35,10 @@ extern "C" {
 ///
 /// # Safety
 /// `area` must be writable and outlive the coroutine.
+#[inline(always)]
+#[cfg_attr(not(feature = "asan"), allow(unused_variables))]
 pub(crate) unsafe fn init(area: *mut Area) {
+    #[cfg(feature = "asan")]
     // SAFETY: the caller's contract.
     unsafe {
         area.write(Area {

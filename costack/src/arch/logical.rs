@@ -52,12 +52,22 @@ mod imp {
         values: RefCell<Vec<(usize, *mut dyn Any)>>,
     }
 
-    impl Drop for Root {
-        fn drop(&mut self) {
-            // Newest first, the reverse of creation, as with thread-locals
-            // that use each other.
-            while let Some((_, v)) = self.values.get_mut().pop() {
-                // SAFETY: made by `Box::into_raw` in `try_with`, dropped once.
+    impl Root {
+        /// Drops the values newest first, the reverse of creation, as with
+        /// thread-locals that use each other. Keys still work meanwhile: a
+        /// value's destructor may use the others (or make new ones, which
+        /// are dropped in turn).
+        ///
+        /// # Safety
+        /// `this` is a live root; called once, at its thread's exit.
+        unsafe fn drain(this: *const Root) {
+            loop {
+                // SAFETY: the caller's contract; the borrow ends before
+                // the value's destructor runs.
+                let last = unsafe { (*this).values.borrow_mut().pop() };
+                let Some((_, v)) = last else { break };
+                // SAFETY: made by `Box::into_raw` in `try_with`, and out of
+                // the vector now, so dropped once.
                 drop(unsafe { Box::from_raw(v) });
             }
         }
@@ -80,13 +90,19 @@ mod imp {
 
     impl Drop for OwnRoot {
         fn drop(&mut self) {
-            // Keys report "gone" from here on, also while the values drop.
+            let p = self.0.get();
+            if !p.is_null() {
+                // SAFETY: made by `Box::into_raw` in `root` and still ours.
+                unsafe { Root::drain(p) };
+            }
+            // Keys report "gone" from here on.
             let _ = OWN_STATE.try_with(|s| s.set(GONE));
             let _ = ROOT.try_with(|r| r.set(ptr::null()));
-            let p = self.0.replace(ptr::null_mut());
+            self.0.set(ptr::null_mut());
             if !p.is_null() {
                 // SAFETY: made by `Box::into_raw` in `root`, dropped once;
-                // no key can reach it any more (ROOT is cleared).
+                // no key can reach it any more (ROOT is cleared), and its
+                // values are gone.
                 drop(unsafe { Box::from_raw(p) });
             }
         }

@@ -43,13 +43,24 @@ pub(crate) struct Context {
     /// Slot near the top of the stack holding the resumer's stack pointer.
     link: *mut usize,
     /// The usable stack, for AddressSanitizer.
+    #[cfg(feature = "asan")]
     bottom: *const u8,
+    #[cfg(feature = "asan")]
     size: usize,
     /// ThreadSanitizer's fiber (empty without the `tsan` feature).
     tsan: super::tsan::Fiber,
 }
 
 impl Context {
+    /// The usable stack, for AddressSanitizer (nothing without it).
+    #[inline(always)]
+    fn bounds(&self) -> (*const u8, usize) {
+        #[cfg(feature = "asan")]
+        return (self.bottom, self.size);
+        #[cfg(not(feature = "asan"))]
+        (core::ptr::null(), 0)
+    }
+
     /// AddressSanitizer's words, above the link slot.
     #[inline(always)]
     fn asan(&self) -> *mut super::asan::Area {
@@ -146,6 +157,7 @@ unsafe impl Switch for Context {
     // (found by tests/backends.rs; not understood further).
     #[cfg_attr(not(any(feature = "asan", feature = "tsan")), inline)]
     #[cfg_attr(any(feature = "asan", feature = "tsan"), inline(never))]
+    #[cfg_attr(not(feature = "asan"), allow(unused_variables))]
     unsafe fn new(top: *mut u8, bottom: *mut u8, entry: Entry, arg: *mut u8) -> Self {
         debug_assert_eq!(top as usize % 16, 0);
         // SAFETY: the caller gives us the stack; these words are at its top
@@ -160,7 +172,9 @@ unsafe impl Switch for Context {
             Context {
                 sp: Cell::new(link.sub(3) as usize),
                 link,
+                #[cfg(feature = "asan")]
                 bottom,
+                #[cfg(feature = "asan")]
                 size: top as usize - bottom as usize,
                 tsan: super::tsan::Fiber::new(),
             }
@@ -171,8 +185,9 @@ unsafe impl Switch for Context {
     unsafe fn resume(&self) {
         let sp: usize;
         let mut fake = core::ptr::null_mut();
+        let (bottom, size) = self.bounds();
         // SAFETY: announces the switch below to ASan (no-op without it).
-        unsafe { super::asan::resuming(&mut fake, self.bottom, self.size) };
+        unsafe { super::asan::resuming(&mut fake, bottom, size) };
         self.tsan.resuming();
         // SAFETY: the context is suspended (caller's contract), so `sp`
         // points at a resume address followed by the registers it restores.

@@ -8,25 +8,48 @@
 use std::any::Any;
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::io;
+use std::mem::MaybeUninit;
 use std::ptr;
 use std::rc::Rc;
 
 use crate::arch::Context;
 use crate::stack::Stack;
 
+/// A coroutine's stage of life: the low bits of [`Control::status`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum State {
     /// In the slab's free list.
-    Free,
-    /// Created, never entered.
-    Created,
-    /// Yielded; may be entered.
-    Suspended,
+    Free = 0,
+    /// Created (not started yet) or suspended: may be entered.
+    Ready = 1,
     /// On the active chain: running, or entered another coroutine.
-    Entered,
-    /// Returned or panicked; its stack is gone.
-    Finished,
+    Entered = 2,
+    /// Returned or panicked; its stack is gone or about to go.
+    Finished = 3,
 }
+
+/// The bits of `status` that hold the [`State`].
+const STAGE: u8 = 0b11;
+/// Flag: the coroutine woke others while running; whoever entered it runs
+/// them once it yields (its `wakes` list is not empty).
+pub(crate) const WAKES: u8 = 0b100;
+/// Flag: the coroutine is being unwound (its last handle was dropped while
+/// it was suspended); every `yield_now` resumes the forced unwind.
+pub(crate) const CANCELLED: u8 = 0b1000;
+/// Flag: the coroutine finished with a panic, kept in `panic`.
+pub(crate) const PANICKED: u8 = 0b1_0000;
+
+/// `status` of a coroutine that may be entered and has nothing pending:
+/// the one value `enter` checks for, and the one it expects back after a
+/// plain yield (anything else: finished, woke others, or being unwound).
+pub(crate) const READY: u8 = State::Ready as u8;
+pub(crate) const ENTERED: u8 = State::Entered as u8;
+
+// A yield turns Entered into Ready and a return turns it into Finished by
+// one subtraction or addition, keeping the flags.
+const _: () = assert!(State::Entered as u8 - 1 == State::Ready as u8);
+const _: () = assert!(State::Entered as u8 + 1 == State::Finished as u8);
 
 /// Where a coroutine is scheduled when woken from outside any coroutine:
 /// the event loop it belongs to.
@@ -34,63 +57,82 @@ pub(crate) trait Home {
     fn schedule(&self, co: super::Coroutine);
 }
 
+/// The fields a round trip touches come first, together in one cache line.
+#[repr(C)]
 pub(crate) struct Control {
-    pub(crate) refs: Cell<usize>,
-    pub(crate) generation: Cell<u32>,
+    /// A [`State`] in the low bits, [`WAKES`], [`CANCELLED`] and
+    /// [`PANICKED`] above.
+    pub(crate) status: Cell<u8>,
+    /// Whether this coroutine sits in some wake list or run queue.
+    pub(crate) queued: Cell<bool>,
     pub(crate) index: u32,
-    pub(crate) state: Cell<State>,
-    /// Set when the last handle is dropped while suspended: the next resume
-    /// unwinds the coroutine's stack.
-    pub(crate) cancelled: Cell<bool>,
-    pub(crate) context: UnsafeCell<Option<Context>>,
-    pub(crate) stack: UnsafeCell<Option<Stack>>,
-    /// The not-yet-started closure, on the stack, and how to drop it.
-    pub(crate) closure: Cell<*mut u8>,
-    pub(crate) drop_closure: Cell<Option<unsafe fn(*mut u8)>>,
+    /// While entered: the coroutine that entered it (null: the thread's
+    /// own stack), made current again when it yields or finishes.
+    pub(crate) caller: Cell<*const Control>,
+    /// The switch context: initialised from creation until the block is
+    /// freed (see [`Control::context`]).
+    pub(crate) context: UnsafeCell<MaybeUninit<Context>>,
     /// Coroutines this one woke while running, entered after it yields.
     pub(crate) wakes: WakeList,
+    pub(crate) refs: Cell<usize>,
+    pub(crate) generation: Cell<u32>,
     /// Link in some coroutine's `wakes` (or a free-list link).
     pub(crate) next: Cell<*const Control>,
-    /// Whether this coroutine sits in some wake list.
-    pub(crate) queued: Cell<bool>,
+    pub(crate) stack: UnsafeCell<Option<Stack>>,
+    /// The not-yet-started closure, on the stack, and how to drop it; the
+    /// latter is `Some` exactly until the coroutine starts.
+    pub(crate) closure: Cell<*mut u8>,
+    pub(crate) drop_closure: Cell<Option<unsafe fn(*mut u8)>>,
     pub(crate) name: UnsafeCell<Option<Box<str>>>,
     pub(crate) panic: Cell<Option<Box<dyn Any + Send>>>,
-    pub(crate) home: Cell<Option<Rc<dyn Home>>>,
+    pub(crate) home: UnsafeCell<Option<Rc<dyn Home>>>,
 }
 
 impl Control {
     fn new(index: u32) -> Control {
         Control {
+            status: Cell::new(State::Free as u8),
+            queued: Cell::new(false),
+            index,
+            caller: Cell::new(ptr::null()),
+            context: UnsafeCell::new(MaybeUninit::uninit()),
+            wakes: WakeList::new(),
             refs: Cell::new(0),
             generation: Cell::new(0),
-            index,
-            state: Cell::new(State::Free),
-            cancelled: Cell::new(false),
-            context: UnsafeCell::new(None),
+            next: Cell::new(ptr::null()),
             stack: UnsafeCell::new(None),
             closure: Cell::new(ptr::null_mut()),
             drop_closure: Cell::new(None),
-            wakes: WakeList::new(),
-            next: Cell::new(ptr::null()),
-            queued: Cell::new(false),
             name: UnsafeCell::new(None),
             panic: Cell::new(None),
-            home: Cell::new(None),
+            home: UnsafeCell::new(None),
         }
     }
 
-    /// The switch context. Only valid between creation and finish.
+    #[inline]
+    pub(crate) fn state(&self) -> State {
+        match self.status.get() & STAGE {
+            0 => State::Free,
+            1 => State::Ready,
+            2 => State::Entered,
+            _ => State::Finished,
+        }
+    }
+
+    /// Whether the coroutine was created and never entered.
+    #[inline]
+    pub(crate) fn is_unstarted(&self) -> bool {
+        self.drop_closure.get().is_some()
+    }
+
+    /// The switch context. Only valid while the block is in use.
     #[inline]
     pub(crate) fn context(&self) -> &Context {
-        debug_assert!(matches!(
-            self.state.get(),
-            State::Created | State::Suspended | State::Entered
-        ));
-        // SAFETY: `context` is written only by `Coroutine::create` (state
-        // Created, no outstanding borrow) and is `Some` from then until the
-        // block is freed; callers only ask while the coroutine is created,
-        // suspended or entered, and in between it is only read.
-        unsafe { (*self.context.get()).as_ref().unwrap_unchecked() }
+        debug_assert_ne!(self.state(), State::Free);
+        // SAFETY: `context` is written only by `Coroutine::create` (before
+        // any handle exists) and dropped only by `free` (after the last
+        // one is gone); in between it is initialised and only read.
+        unsafe { (*self.context.get()).assume_init_ref() }
     }
 
     pub(crate) fn name(&self) -> Option<&str> {
@@ -110,6 +152,37 @@ impl Control {
         // SAFETY: as `stack`; callers take it once nothing runs on it.
         unsafe { (*self.stack.get()).take() }
     }
+
+    /// The event loop the coroutine belongs to, if any.
+    pub(crate) fn home(&self) -> Option<Rc<dyn Home>> {
+        // SAFETY: `home` is replaced only by `set_home` and `free`, which
+        // hold no borrow of it across the replacement; this clones out.
+        unsafe { (*self.home.get()).clone() }
+    }
+
+    pub(crate) fn set_home(&self, home: Option<Rc<dyn Home>>) {
+        // SAFETY: as `home`; the old value is dropped after the write, so
+        // its destructor cannot observe a half-written cell.
+        drop(unsafe { ptr::replace(self.home.get(), home) });
+    }
+
+    /// Queues `co` to run after this (running) coroutine yields; `co`
+    /// must not be in any list, and a reference must come with it.
+    pub(crate) fn push_wake(&self, co: &Control) {
+        self.wakes.push(co);
+        self.status.set(self.status.get() | WAKES);
+    }
+
+    /// Moves this coroutine's woken coroutines to the end of `list`.
+    pub(crate) fn take_wakes(&self, list: &WakeList) {
+        list.append(&self.wakes);
+        self.status.set(self.status.get() & !WAKES);
+    }
+
+    #[inline]
+    pub(crate) fn has_wakes(&self) -> bool {
+        self.status.get() & WAKES != 0
+    }
 }
 
 /// An intrusive FIFO of control blocks, linked through `Control::next`.
@@ -124,11 +197,6 @@ impl WakeList {
             head: Cell::new(ptr::null()),
             tail: Cell::new(ptr::null()),
         }
-    }
-
-    #[inline]
-    pub(crate) fn is_empty(&self) -> bool {
-        self.head.get().is_null()
     }
 
     /// Appends `co`, which must not be in any list.
@@ -190,36 +258,60 @@ const CHUNK: usize = 64;
 /// the pooled coroutines touched cost memory.
 pub const POOL_BYTES: usize = 128 << 20;
 
-/// The thread's control blocks, in chunks that never move.
+/// The hot half of the thread's slab of control blocks: only cells, so its
+/// thread-local needs no destructor and costs no registration check on
+/// the create/free fast path. The cold half is [`Chunks`].
 ///
 /// Free blocks either keep a stack (the pool) or have none (`bare`). The
 /// pool has one LIFO list per stack size, so the warmest stack is reused
-/// first; the list of the size used last sits in `hot_*` so the common
-/// case of create+finish touches a few cells and no `Vec`.
-pub(crate) struct Slab {
+/// first; the list of the size used last sits in `hot_*`, the others in
+/// `Chunks::cold`.
+struct Slab {
+    bare: Cell<*const Control>,
+    hot_size: Cell<usize>,
+    hot_head: Cell<*const Control>,
+    pooled_bytes: Cell<usize>,
+    /// Set by `Chunks`' destructor at thread exit: nothing is pooled or
+    /// reused any more.
+    closed: Cell<bool>,
+    /// Once closed: the chunks that still had blocks in use (a `Box`ed
+    /// `Vec` from `Box::into_raw`, or null), and how many blocks in them
+    /// are in use. The last one freed frees them all.
+    orphan_chunks: Cell<*mut Vec<*mut [Control]>>,
+    orphans: Cell<usize>,
+}
+
+/// A stack size no stack has: the hot list of a closed slab.
+const CLOSED_SIZE: usize = usize::MAX;
+
+/// The cold half of the slab: the chunks blocks live in, and the pool
+/// lists of stack sizes other than the hot one. Its destructor closes the
+/// slab at thread exit.
+struct Chunks {
     /// Chunks from `Box::into_raw`: moving a `Box` (as a growing `Vec`
     /// does) would invalidate the raw pointers into it that free lists and
     /// handles hold.
     chunks: RefCell<Vec<*mut [Control]>>,
-    bare: Cell<*const Control>,
-    hot_size: Cell<usize>,
-    hot_head: Cell<*const Control>,
     /// Lists of the other sizes: (size, head).
     cold: RefCell<Vec<(usize, *const Control)>>,
-    pooled: Cell<usize>,
-    pooled_bytes: Cell<usize>,
 }
 
 crate::arch::logical_thread_local! {
     static SLAB: Slab = const {
         Slab {
-            chunks: RefCell::new(Vec::new()),
             bare: Cell::new(ptr::null()),
             hot_size: Cell::new(0),
             hot_head: Cell::new(ptr::null()),
-            cold: RefCell::new(Vec::new()),
-            pooled: Cell::new(0),
             pooled_bytes: Cell::new(0),
+            closed: Cell::new(false),
+            orphan_chunks: Cell::new(ptr::null_mut()),
+            orphans: Cell::new(0),
+        }
+    };
+    static CHUNKS: Chunks = const {
+        Chunks {
+            chunks: RefCell::new(Vec::new()),
+            cold: RefCell::new(Vec::new()),
         }
     };
 }
@@ -235,111 +327,153 @@ fn pop_list(head: &Cell<*const Control>) -> Option<*const Control> {
     Some(co)
 }
 
+/// Pushes `co` (in no list) on an intrusive free list.
+fn push_list(head: &Cell<*const Control>, co: &Control) {
+    co.next.set(head.get());
+    head.set(co);
+}
+
+/// The length of an intrusive list.
+fn list_len(mut co: *const Control) -> usize {
+    let mut n = 0;
+    while !co.is_null() {
+        n += 1;
+        // SAFETY: list members are blocks of our chunks.
+        co = unsafe { (*co).next.get() };
+    }
+    n
+}
+
 impl Slab {
     #[inline]
     fn pop_pooled(&self, size: usize) -> Option<*const Control> {
-        let co = if size == self.hot_size.get() {
-            pop_list(&self.hot_head)?
-        } else {
+        if size != self.hot_size.get() {
             self.switch_hot(size);
-            pop_list(&self.hot_head)?
-        };
-        self.pooled.set(self.pooled.get() - 1);
+        }
+        let co = pop_list(&self.hot_head)?;
         self.pooled_bytes.set(self.pooled_bytes.get() - size);
         Some(co)
+    }
+
+    /// Pools `co` (with its stack of `size` bytes) if the hot list is of
+    /// that size and the pool has room.
+    #[inline]
+    fn push_pooled(&self, co: &Control, size: usize) -> bool {
+        let bytes = self.pooled_bytes.get() + size;
+        if size != self.hot_size.get() || bytes > POOL_BYTES {
+            return false;
+        }
+        push_list(&self.hot_head, co);
+        self.pooled_bytes.set(bytes);
+        true
     }
 
     /// Makes `size` the hot list, parking the current hot list.
     #[cold]
     fn switch_hot(&self, size: usize) {
-        let mut cold = self.cold.borrow_mut();
-        let parked = (self.hot_size.get(), self.hot_head.get());
-        let head = match cold.iter().position(|(s, _)| *s == size) {
-            Some(i) => cold.swap_remove(i).1,
-            None => ptr::null(),
-        };
-        if !parked.1.is_null() {
-            cold.push(parked);
+        if self.closed.get() {
+            return;
         }
-        self.hot_size.set(size);
-        self.hot_head.set(head);
+        let _ = CHUNKS.try_with(|c| {
+            let mut cold = c.cold.borrow_mut();
+            let parked = (self.hot_size.get(), self.hot_head.get());
+            let head = match cold.iter().position(|(s, _)| *s == size) {
+                Some(i) => cold.swap_remove(i).1,
+                None => ptr::null(),
+            };
+            if !parked.1.is_null() {
+                cold.push(parked);
+            }
+            self.hot_size.set(size);
+            self.hot_head.set(head);
+        });
     }
 
-    #[inline]
-    fn has_room(&self, size: usize) -> bool {
-        self.pooled_bytes.get() + size <= POOL_BYTES
-    }
-
-    #[inline]
-    fn add_pooled(&self, size: usize) {
-        self.pooled.set(self.pooled.get() + 1);
-        self.pooled_bytes.set(self.pooled_bytes.get() + size);
-    }
-
-    fn pop_bare(&self) -> *const Control {
+    /// A block without stack: from the free list, or a new chunk.
+    fn pop_bare(&self) -> Option<*const Control> {
         if let Some(co) = pop_list(&self.bare) {
-            return co;
+            return Some(co);
+        }
+        if self.closed.get() {
+            return None;
         }
         super::overflow::install();
-        let mut chunks = self.chunks.borrow_mut();
-        let base = (chunks.len() * CHUNK) as u32;
-        let chunk: Box<[Control]> = (0..CHUNK as u32).map(|i| Control::new(base + i)).collect();
-        let chunk = Box::into_raw(chunk);
-        // SAFETY: just made; freed only by `Slab::drop`.
-        let blocks = unsafe { &*chunk };
-        for c in blocks[1..].iter().rev() {
-            c.next.set(self.bare.get());
-            self.bare.set(c);
-        }
-        chunks.push(chunk);
-        &blocks[0]
-    }
-
-    fn push_bare(&self, co: &Control) {
-        co.next.set(self.bare.get());
-        self.bare.set(co);
+        CHUNKS
+            .try_with(|c| {
+                let mut chunks = c.chunks.borrow_mut();
+                let base = (chunks.len() * CHUNK) as u32;
+                let chunk: Box<[Control]> =
+                    (0..CHUNK as u32).map(|i| Control::new(base + i)).collect();
+                let chunk = Box::into_raw(chunk);
+                // SAFETY: just made; freed only by `Chunks::drop` or, once
+                // orphaned, by `free_after_close`.
+                let blocks = unsafe { &*chunk };
+                for c in blocks[1..].iter().rev() {
+                    push_list(&self.bare, c);
+                }
+                chunks.push(chunk);
+                &blocks[0] as *const Control
+            })
+            .ok()
     }
 
     /// Takes every pooled stack out, leaving the blocks bare.
-    fn drain_pool(&self) -> Vec<Stack> {
-        let mut stacks = Vec::with_capacity(self.pooled.get());
-        let mut lists = std::mem::take(&mut *self.cold.borrow_mut());
-        lists.push((0, self.hot_head.replace(ptr::null())));
-        for (_, head) in lists {
+    fn drain_pool(&self, cold: Vec<(usize, *const Control)>) -> Vec<Stack> {
+        let mut stacks = Vec::new();
+        let hot = (self.hot_size.get(), self.hot_head.replace(ptr::null()));
+        for (_, head) in cold.into_iter().chain([hot]) {
             let head = Cell::new(head);
             while let Some(co) = pop_list(&head) {
                 // SAFETY: list members are blocks of our chunks.
                 let c = unsafe { &*co };
                 stacks.extend(c.take_stack());
-                self.push_bare(c);
+                push_list(&self.bare, c);
             }
         }
-        self.pooled.set(0);
         self.pooled_bytes.set(0);
         stacks
     }
 }
 
-impl Drop for Slab {
+impl Drop for Chunks {
     fn drop(&mut self) {
-        drop(self.drain_pool());
-        // A block still referenced (a handle leaked into another
-        // thread-local that outlives this one) must stay valid: leak its
-        // chunk rather than free memory a handle points to.
-        for chunk in self.chunks.get_mut().drain(..) {
-            // SAFETY: made by `Box::into_raw` in `pop_bare`; freed only here.
-            if unsafe { &*chunk }
-                .iter()
-                .all(|c| c.state.get() == State::Free)
-            {
-                // SAFETY: as above, and no block of it is in use.
-                drop(unsafe { Box::from_raw(chunk) });
+        let _ = SLAB.try_with(|slab| {
+            let stacks = slab.drain_pool(std::mem::take(self.cold.get_mut()));
+            slab.closed.set(true);
+            slab.hot_size.set(CLOSED_SIZE);
+            // The bare blocks are about to be freed with their chunks (or
+            // orphaned with them): nothing may pop them any more.
+            slab.bare.set(ptr::null());
+            drop(stacks);
+            // A block still in use (its handle lives in another
+            // thread-local, destroyed later) must stay valid: its chunk is
+            // kept until the last such block is freed.
+            let mut orphaned = Vec::new();
+            let mut in_use = 0;
+            for chunk in self.chunks.get_mut().drain(..) {
+                // SAFETY: made by `Box::into_raw` in `pop_bare`; freed only
+                // here or by `free_after_close`.
+                let live = unsafe { &*chunk }
+                    .iter()
+                    .filter(|c| c.state() != State::Free)
+                    .count();
+                if live == 0 {
+                    // SAFETY: as above, and no block of it is in use.
+                    drop(unsafe { Box::from_raw(chunk) });
+                } else {
+                    in_use += live;
+                    orphaned.push(chunk);
+                }
             }
-        }
+            if in_use > 0 {
+                slab.orphans.set(in_use);
+                slab.orphan_chunks.set(Box::into_raw(Box::new(orphaned)));
+            }
+        });
     }
 }
 
-/// A block with one reference, in state Created, owning a stack of `size`
+/// A block with one reference, in state Ready, owning a stack of `size`
 /// usable bytes (already rounded): from the pool when one is there.
 #[inline]
 pub(crate) fn alloc(size: usize) -> io::Result<*const Control> {
@@ -350,9 +484,9 @@ pub(crate) fn alloc(size: usize) -> io::Result<*const Control> {
     };
     // SAFETY: a block just taken from a free list is ours alone.
     let c = unsafe { &*co };
-    debug_assert_eq!(c.state.get(), State::Free);
+    debug_assert_eq!(c.state(), State::Free);
     c.refs.set(1);
-    c.state.set(State::Created);
+    c.status.set(READY);
     Ok(co)
 }
 
@@ -361,10 +495,10 @@ pub(crate) fn alloc(size: usize) -> io::Result<*const Control> {
 fn alloc_fresh(size: usize) -> io::Result<*const Control> {
     let stack = Stack::new(size)?;
     let co = match SLAB.try_with(Slab::pop_bare) {
-        Ok(co) => co,
+        Ok(Some(co)) => co,
         // The thread is tearing down its thread-locals: a lone block,
-        // never reused (its index is not in any slab).
-        Err(_) => Box::leak(Box::new(Control::new(u32::MAX))),
+        // not in any slab, deallocated when freed (`free_after_close`).
+        _ => Box::leak(Box::new(Control::new(u32::MAX))),
     };
     // SAFETY: a block just taken from a free list (or made) is ours alone.
     unsafe { *(*co).stack.get() = Some(stack) };
@@ -372,18 +506,25 @@ fn alloc_fresh(size: usize) -> io::Result<*const Control> {
 }
 
 /// Returns a block whose last reference is gone; its stack, if it still
-/// has one, is pooled with it when the pool has room.
+/// has one, is pooled with it when the pool has room. A raw pointer: after
+/// thread exit this may free the block's memory.
 #[inline]
-pub(crate) fn free(co: &Control) {
-    co.state.set(State::Free);
+pub(crate) fn free(ptr: *const Control) {
+    // SAFETY: callers pass a block that is live until this call.
+    let co = unsafe { &*ptr };
+    co.status.set(State::Free as u8);
     co.generation.set(co.generation.get().wrapping_add(1));
-    // SAFETY: no handle refers to the block any more.
+    // SAFETY: no handle refers to the block any more; the context was
+    // initialised by `create` and is not used again until the next one.
     unsafe {
         if std::mem::needs_drop::<Context>() {
-            *co.context.get() = None;
+            (*co.context.get()).assume_init_drop();
         }
         if (*co.name.get()).is_some() {
             *co.name.get() = None;
+        }
+        if (*co.home.get()).is_some() {
+            co.set_home(None);
         }
     }
     // A panic payload is always taken by whoever saw the coroutine finish.
@@ -391,80 +532,132 @@ pub(crate) fn free(co: &Control) {
         let p = co.panic.take();
         p.is_none()
     });
-    drop(co.home.take());
-    let pooled = SLAB.try_with(|slab| {
-        let size = match co.stack() {
-            Some(stack) if co.index != u32::MAX => stack.size(),
-            _ => return false,
-        };
-        if size != slab.hot_size.get() || !slab.has_room(size) {
-            return false;
-        }
-        co.next.set(slab.hot_head.get());
-        slab.hot_head.set(co);
-        slab.add_pooled(size);
-        true
-    });
-    if !matches!(pooled, Ok(true)) {
-        free_slow(co);
+    // A closed slab's hot size matches no stack, and lone blocks (made only
+    // once the slab is closed) take the slow path that way too.
+    let pooled = match co.stack() {
+        Some(stack) => SLAB
+            .try_with(|slab| slab.push_pooled(co, stack.size()))
+            .unwrap_or(false),
+        None => false,
+    };
+    if !pooled {
+        free_slow(ptr);
     }
 }
 
 #[cold]
-fn free_slow(co: &Control) {
-    if co.index == u32::MAX {
-        drop(co.take_stack());
-        return; // a lone block: leaked on purpose, see `alloc_fresh`.
+fn free_slow(ptr: *const Control) {
+    enum Fate {
+        Pooled,
+        Bare,
+        Closed,
     }
-    let surplus = SLAB.try_with(|slab| {
-        if let Some(size) = co.stack().map(Stack::size) {
-            if slab.has_room(size) {
-                slab.switch_hot(size);
-                co.next.set(slab.hot_head.get());
-                slab.hot_head.set(co);
-                slab.add_pooled(size);
-                return None;
+    // SAFETY: as in `free`; not used once the block's memory may go.
+    let co = unsafe { &*ptr };
+    let fate = SLAB
+        .try_with(|slab| {
+            if slab.closed.get() {
+                return Fate::Closed;
             }
+            if let Some(size) = co.stack().map(Stack::size) {
+                if slab.pooled_bytes.get() + size <= POOL_BYTES {
+                    slab.switch_hot(size);
+                    if slab.push_pooled(co, size) {
+                        return Fate::Pooled;
+                    }
+                }
+            }
+            push_list(&slab.bare, co);
+            Fate::Bare
+        })
+        .unwrap_or(Fate::Closed);
+    match fate {
+        Fate::Pooled => {}
+        // Outside the slab: dropping a stack gives its memory back.
+        Fate::Bare => drop(co.take_stack()),
+        Fate::Closed => {
+            drop(co.take_stack());
+            free_after_close(ptr);
         }
-        slab.push_bare(co);
-        co.take_stack()
+    }
+}
+
+/// Frees a block after its thread's slab closed: a lone block goes back
+/// to the allocator; a block of an orphaned chunk is counted off, and the
+/// last one frees those chunks.
+fn free_after_close(ptr: *const Control) {
+    // SAFETY: a block whose last reference is gone; read before it may be
+    // deallocated.
+    if unsafe { (*ptr).index } == u32::MAX {
+        // SAFETY: lone blocks come from `Box::leak` in `alloc_fresh`, and
+        // nothing refers to this one any more.
+        drop(unsafe { Box::from_raw(ptr as *mut Control) });
+        return;
+    }
+    let _ = SLAB.try_with(|slab| {
+        debug_assert!(slab.orphans.get() > 0);
+        let left = slab.orphans.get() - 1;
+        slab.orphans.set(left);
+        if left > 0 {
+            return;
+        }
+        let chunks = slab.orphan_chunks.replace(ptr::null_mut());
+        if chunks.is_null() {
+            return;
+        }
+        // SAFETY: made by `Box::into_raw` in `Chunks::drop`, taken once.
+        for chunk in *unsafe { Box::from_raw(chunks) } {
+            // SAFETY: chunks from `pop_bare`, none of whose blocks is in
+            // use any more (the count reached zero).
+            drop(unsafe { Box::from_raw(chunk) });
+        }
     });
-    // Outside the slab: dropping a stack gives its memory back.
-    drop(surplus);
 }
 
 /// Gives every stack pooled by the calling thread back to the kernel.
 pub(crate) fn trim_pool() {
-    let stacks = SLAB.try_with(Slab::drain_pool).unwrap_or_default();
+    let cold = CHUNKS
+        .try_with(|c| std::mem::take(&mut *c.cold.borrow_mut()))
+        .unwrap_or_default();
+    let stacks = SLAB
+        .try_with(|slab| slab.drain_pool(cold))
+        .unwrap_or_default();
     drop(stacks);
 }
 
 /// How many stacks the calling thread's pool holds.
 pub(crate) fn pooled() -> usize {
-    SLAB.try_with(|slab| slab.pooled.get()).unwrap_or(0)
+    let hot = SLAB
+        .try_with(|slab| list_len(slab.hot_head.get()))
+        .unwrap_or(0);
+    let cold = CHUNKS
+        .try_with(|c| c.cold.borrow().iter().map(|&(_, h)| list_len(h)).sum())
+        .unwrap_or(0);
+    hot + cold
 }
 
 /// The block `id` names, if that coroutine is still alive on this thread.
 pub(crate) fn lookup(id: CoId) -> Option<*const Control> {
-    SLAB.try_with(|slab| {
-        let chunks = slab.chunks.borrow();
-        // SAFETY: chunks live as long as the slab (see `Slab::chunks`).
-        let chunk = unsafe { &**chunks.get(id.index as usize / CHUNK)? };
-        let co = &chunk[id.index as usize % CHUNK];
-        let alive = co.generation.get() == id.generation && co.state.get() != State::Free;
-        alive.then_some(co as *const Control)
-    })
-    .ok()
-    .flatten()
+    CHUNKS
+        .try_with(|c| {
+            let chunks = c.chunks.borrow();
+            // SAFETY: chunks live as long as the slab (see `Chunks::chunks`).
+            let chunk = unsafe { &**chunks.get(id.index as usize / CHUNK)? };
+            let co = &chunk[id.index as usize % CHUNK];
+            let alive = co.generation.get() == id.generation && co.state() != State::Free;
+            alive.then_some(co as *const Control)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Every live coroutine of this thread, for debugging.
 pub(crate) fn for_each_live(mut f: impl FnMut(&Control)) {
-    let _ = SLAB.try_with(|slab| {
-        let chunks = slab.chunks.borrow();
-        // SAFETY: chunks live as long as the slab (see `Slab::chunks`).
+    let _ = CHUNKS.try_with(|c| {
+        let chunks = c.chunks.borrow();
+        // SAFETY: chunks live as long as the slab (see `Chunks::chunks`).
         for co in chunks.iter().flat_map(|&c| unsafe { &*c }.iter()) {
-            if co.state.get() != State::Free {
+            if co.state() != State::Free {
                 f(co);
             }
         }

@@ -6,9 +6,13 @@
 //!   entered it (`enter` borrows a handle), so it cannot be released while
 //!   it runs.
 //! - `CURRENT` is the innermost entered coroutine of this thread (null on
-//!   the thread's own stack); `resume` keeps the one below on its own stack
-//!   frame and restores it when the coroutine yields.
-//! - A block in a wake list holds one reference, taken by `wake`.
+//!   the thread's own stack). `resume` makes the coroutine current and
+//!   remembers the one below in its `caller`; the coroutine makes its
+//!   caller current again when it yields, so the enterer touches no
+//!   thread-local after a yield. When it finishes, the enterer does (in
+//!   `finished`), before anything else runs.
+//! - A block in a wake list holds one reference, taken by `wake`; its
+//!   list's owner has the `WAKES` flag set.
 //! - A finished coroutine has given its stack back before `enter` returns.
 
 pub(crate) mod control;
@@ -25,7 +29,7 @@ use std::ptr::{self, NonNull};
 
 use crate::arch::{Context, Switch};
 use crate::stack::{self, DEFAULT_STACK_SIZE};
-use control::{CoId, Control, State, WakeList};
+use control::{CoId, Control, State, WakeList, CANCELLED, ENTERED, PANICKED, READY};
 
 crate::arch::logical_thread_local! {
     /// The innermost entered coroutine of this thread.
@@ -37,6 +41,11 @@ pub(crate) fn current_ptr() -> *const Control {
     // A const-initialised Cell without destructor is always accessible,
     // even while the thread tears down its thread-locals.
     CURRENT.with(|c| c.get())
+}
+
+#[inline(always)]
+fn set_current(co: *const Control) {
+    CURRENT.with(|c| c.set(co))
 }
 
 /// The payload that unwinds a coroutine whose last handle was dropped.
@@ -138,8 +147,8 @@ impl Coroutine {
     #[inline]
     pub fn enter(&self) {
         let co = self.ctl();
-        if !matches!(co.state.get(), State::Created | State::Suspended) {
-            cannot_enter(co.state.get());
+        if co.status.get() != READY {
+            cannot_enter(co.state());
         }
         run(co);
     }
@@ -147,25 +156,23 @@ impl Coroutine {
     /// Enters the coroutine unless it is entered already or finished;
     /// returns whether it entered (qemu_coroutine_enter_if_inactive).
     pub fn enter_if_inactive(&self) -> bool {
-        match self.ctl().state.get() {
-            State::Created | State::Suspended => {
-                run(self.ctl());
-                true
-            }
-            _ => false,
+        if self.ctl().status.get() != READY {
+            return false;
         }
+        run(self.ctl());
+        true
     }
 
     /// Whether the coroutine is on the active chain: running, or having
     /// entered another coroutine that has not yielded back yet
     /// (qemu_coroutine_entered).
     pub fn is_entered(&self) -> bool {
-        self.ctl().state.get() == State::Entered
+        self.ctl().state() == State::Entered
     }
 
     /// Whether the coroutine has returned or panicked.
     pub fn is_finished(&self) -> bool {
-        self.ctl().state.get() == State::Finished
+        self.ctl().state() == State::Finished
     }
 
     /// Wakes the coroutine (aio_co_wake).
@@ -184,7 +191,7 @@ impl Coroutine {
     /// "re-entered recursively".
     pub fn wake(&self) {
         let co = self.ctl();
-        match co.state.get() {
+        match co.state() {
             State::Finished => return,
             State::Entered if !ptr::eq(co, current_ptr()) => {
                 panic!("coroutine re-entered recursively (woken while entered)")
@@ -199,12 +206,10 @@ impl Coroutine {
             co.queued.set(true);
             co.refs.set(co.refs.get() + 1);
             // SAFETY: CURRENT is a live entered block.
-            unsafe { (*cur).wakes.push(co) };
+            unsafe { (*cur).push_wake(co) };
             return;
         }
-        let home = co.home.take();
-        co.home.set(home.clone());
-        match home {
+        match co.home() {
             Some(home) => home.schedule(self.clone()),
             None => run(co),
         }
@@ -217,7 +222,13 @@ impl Coroutine {
 
     /// The usable size of the coroutine's stack (0 once finished).
     pub fn stack_size(&self) -> usize {
-        self.ctl().stack().map_or(0, |s| s.size())
+        let co = self.ctl();
+        if co.state() == State::Finished {
+            // Its stack may linger until the last handle drops, but it is
+            // no longer the coroutine's.
+            return 0;
+        }
+        co.stack().map_or(0, |s| s.size())
     }
 
     pub(crate) fn id(&self) -> CoId {
@@ -233,7 +244,7 @@ impl Coroutine {
     }
 
     pub(crate) fn set_home(&self, home: Option<std::rc::Rc<dyn control::Home>>) {
-        drop(self.ctl().home.replace(home));
+        self.ctl().set_home(home);
     }
 
     /// Sets the flag that says the coroutine sits in a wake list or an
@@ -245,10 +256,7 @@ impl Coroutine {
     }
 
     pub(crate) fn has_home(&self) -> bool {
-        let home = self.ctl().home.take();
-        let has = home.is_some();
-        self.ctl().home.set(home);
-        has
+        self.ctl().home().is_some()
     }
 
     /// Unwinds a suspended coroutine's stack now, as dropping its last
@@ -256,12 +264,12 @@ impl Coroutine {
     /// that own coroutines. Returns the panic of a destructor, if any.
     pub(crate) fn cancel(&self) -> Option<Box<dyn Any + Send>> {
         let co = self.ctl();
-        match co.state.get() {
-            State::Suspended => unwind(co),
-            State::Created => {
+        match co.state() {
+            State::Ready if co.is_unstarted() => {
                 drop_unstarted(co);
                 None
             }
+            State::Ready => unwind(co),
             _ => None,
         }
     }
@@ -280,12 +288,12 @@ impl Drop for Coroutine {
         let refs = co.refs.get();
         if refs != 1 {
             co.refs.set(refs - 1);
-        } else if co.state.get() == State::Finished {
+        } else if co.state() == State::Finished {
             // The common end of a coroutine's life: straight back to the pool.
             co.refs.set(0);
-            control::free(co);
+            control::free(self.ctl.as_ptr());
         } else {
-            release(co);
+            release(self.ctl.as_ptr());
         }
     }
 }
@@ -309,7 +317,7 @@ impl fmt::Debug for Coroutine {
         let co = self.ctl();
         f.debug_struct("Coroutine")
             .field("name", &co.name())
-            .field("state", &co.state.get())
+            .field("state", &co.state())
             .finish()
     }
 }
@@ -385,6 +393,7 @@ fn create_with<F: FnOnce() + 'static>(
     let co = unsafe { &*ptr };
     // SAFETY: `alloc` returns blocks with a stack.
     let stack = unsafe { co.stack().unwrap_unchecked() };
+    stack.prepare();
     // The closure lives at the top of the stack until the coroutine
     // starts (or is dropped unstarted).
     let align = mem::align_of::<F>().max(16);
@@ -398,9 +407,10 @@ fn create_with<F: FnOnce() + 'static>(
     // SAFETY: the context gets the rest of the stack, below the closure,
     // and the control block, which outlives it, as its argument.
     let context = unsafe { Context::new(top, stack.bottom(), start::<F>, ptr as *mut u8) };
-    // SAFETY: the block is ours alone (see above).
+    // SAFETY: the block is ours alone (see above); its context slot is
+    // uninitialised (freed blocks have dropped theirs).
     unsafe {
-        *co.context.get() = Some(context);
+        (*co.context.get()).write(context);
         if let Some(name) = name {
             *co.name.get() = Some(name.into_boxed_str());
         }
@@ -428,37 +438,57 @@ unsafe extern "C-unwind" fn start<F: FnOnce()>(arg: *mut u8) -> ! {
     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
         if !payload.is::<ForcedUnwind>() {
             co.panic.set(Some(payload));
+            co.status.set(co.status.get() | PANICKED);
         }
     }
     let context = co.context();
-    co.state.set(State::Finished);
+    // Entered becomes Finished; the flags stay for the enterer, which also
+    // makes our caller current again (see `finished`).
+    co.status.set(co.status.get() + 1);
     trace_event!("terminate", co);
     // SAFETY: everything on this stack has been dropped.
     unsafe { context.exit() }
 }
 
-/// Switches into `co` (Created or Suspended) until it yields or finishes.
+/// Switches into `co` (Ready) until it yields or finishes; `status` is
+/// `ENTERED`, plus `CANCELLED` to unwind it.
 #[inline(always)]
-fn resume(co: &Control) {
-    let caller = CURRENT.with(|c| c.replace(co));
-    co.state.set(State::Entered);
+fn resume(co: &Control, status: u8) {
+    co.caller.set(CURRENT.with(|c| c.replace(co)));
+    co.status.set(status);
     trace_event!("enter", co);
-    // SAFETY: `co` is Created or Suspended (callers check), so its context
-    // may be resumed; it stays live because our caller holds a reference.
+    // SAFETY: `co` was Ready (callers check), so its context may be
+    // resumed; it stays live because our caller holds a reference.
     unsafe { co.context().resume() };
-    CURRENT.with(|c| c.set(caller));
 }
 
-/// A coroutine just finished. Its stack goes back to the pool with its
-/// control block when the last handle drops, which is usually right away;
-/// if other handles linger, the stack is given back now instead of being
-/// pinned by a finished coroutine.
-#[cold]
+/// A coroutine that was just resumed has finished: makes its caller
+/// current again, and returns its panic, if any.
+#[inline]
 fn finished(co: &Control) -> Option<Box<dyn Any + Send>> {
-    if co.refs.get() > 1 {
-        drop(co.take_stack());
+    set_current(co.caller.get());
+    give_back_stack(co);
+    if co.status.get() & PANICKED != 0 {
+        co.panic.take()
+    } else {
+        None
     }
-    co.panic.take()
+}
+
+/// A finished coroutine's stack goes back to the pool with its control
+/// block when the last handle drops, which is usually right away; if other
+/// handles linger, the stack is given back now instead of being pinned by
+/// a finished coroutine.
+#[inline]
+fn give_back_stack(co: &Control) {
+    if co.refs.get() > 1 {
+        drop_stack(co);
+    }
+}
+
+#[cold]
+fn drop_stack(co: &Control) {
+    drop(co.take_stack());
 }
 
 #[cold]
@@ -467,7 +497,9 @@ fn cannot_enter(state: State) -> ! {
     match state {
         State::Entered => panic!("coroutine re-entered recursively"),
         State::Finished => panic!("cannot enter a coroutine that has finished"),
-        _ => unreachable!("entered a coroutine in state {state:?}"),
+        // Ready with a flag: only while its own enterer is still busy
+        // with it (running its wakes, or unwinding it).
+        _ => panic!("coroutine re-entered recursively (while {state:?})"),
     }
 }
 
@@ -475,34 +507,42 @@ fn cannot_enter(state: State) -> ! {
 /// the first panic once all of them have run.
 #[inline(always)]
 fn run(first: &Control) {
-    resume(first);
-    if first.state.get() == State::Finished || !first.wakes.is_empty() {
-        after_run(first);
+    resume(first, ENTERED);
+    // One compare: Ready without flags is the plain yield.
+    let status = first.status.get();
+    if status != READY {
+        if status == State::Finished as u8 {
+            // A plain return: no panic, no wakes (the common end of a
+            // coroutine's life, so kept inline).
+            set_current(first.caller.get());
+            give_back_stack(first);
+        } else {
+            after_run(first);
+        }
     }
 }
 
 #[inline(never)]
 fn after_run(first: &Control) {
-    let mut panicked = None;
-    if first.state.get() == State::Finished {
-        panicked = finished(first);
-    }
-    if !first.wakes.is_empty() {
-        run_woken(first, &mut panicked);
-    }
-    if let Some(payload) = panicked {
+    if let Some(payload) = after_resume(first) {
         panic::resume_unwind(payload);
     }
 }
 
 /// As `run`, but returns the first panic instead of resuming it.
-fn run_collect(first: &Control) -> Option<Box<dyn Any + Send>> {
-    resume(first);
+fn run_collect(first: &Control, status: u8) -> Option<Box<dyn Any + Send>> {
+    resume(first, status);
+    after_resume(first)
+}
+
+/// After `first` yielded or finished: gives back a finished coroutine's
+/// stack, runs the coroutines it woke; returns the first panic.
+fn after_resume(first: &Control) -> Option<Box<dyn Any + Send>> {
     let mut panicked = None;
-    if first.state.get() == State::Finished {
+    if first.state() == State::Finished {
         panicked = finished(first);
     }
-    if !first.wakes.is_empty() {
+    if first.has_wakes() {
         run_woken(first, &mut panicked);
     }
     panicked
@@ -511,24 +551,25 @@ fn run_collect(first: &Control) -> Option<Box<dyn Any + Send>> {
 #[inline(never)]
 fn run_woken(first: &Control, panicked: &mut Option<Box<dyn Any + Send>>) {
     let pending = WakeList::new();
-    pending.append(&first.wakes);
+    first.take_wakes(&pending);
     while let Some(next) = pending.pop() {
         let next = Coroutine::adopt(next);
         let co = next.ctl();
         co.queued.set(false);
-        match co.state.get() {
-            State::Created | State::Suspended => resume(co),
+        match co.state() {
+            State::Ready if co.status.get() == READY => resume(co, ENTERED),
             State::Finished => continue,
-            State::Entered => {
-                // An ancestor of ours was woken; entering it would be
+            State::Entered | State::Ready => {
+                // An ancestor of ours was woken (or a coroutine its own
+                // enterer is still busy with); entering it would be
                 // recursive. Queue it for our own caller instead.
                 requeue(co);
                 continue;
             }
             State::Free => unreachable!(),
         }
-        pending.append(&co.wakes);
-        if co.state.get() == State::Finished {
+        co.take_wakes(&pending);
+        if co.state() == State::Finished {
             if let Some(p) = finished(co) {
                 panicked.get_or_insert(p);
             }
@@ -546,63 +587,67 @@ fn requeue(co: &Control) {
     co.queued.set(true);
     co.refs.set(co.refs.get() + 1);
     // SAFETY: CURRENT is live.
-    unsafe { (*cur).wakes.push(co) };
+    unsafe { (*cur).push_wake(co) };
 }
 
-/// The last reference to `co` is being dropped (`refs` is still 1).
-fn release(co: &Control) {
-    match co.state.get() {
-        State::Created => drop_unstarted(co),
-        State::Suspended => {
-            // Unwind the coroutine's stack, keeping our reference meanwhile
-            // so that a handle the unwinding code clones and drops does not
-            // release it again.
-            let payload = unwind(co);
-            let refs = co.refs.get() - 1;
-            co.refs.set(refs);
-            if refs == 0 {
-                control::free(co);
-            }
-            if let Some(payload) = payload {
-                // A destructor panicked while unwinding: report it like any
-                // panic from a drop, unless we are unwinding already.
-                if !std::thread::panicking() {
-                    panic::resume_unwind(payload);
-                }
-            }
-            return;
+/// The last handle to `ptr`, which has not finished, is being dropped
+/// (`refs` is still 1): drops its unstarted closure or unwinds its stack,
+/// then frees the block. The reference is kept meanwhile, so that a handle
+/// the destructors clone and drop does not release it again (and if such
+/// a clone survives, the block stays).
+#[cold]
+#[inline(never)]
+fn release(ptr: *const Control) {
+    // SAFETY: a handle's block; not used once it may be freed (below).
+    let co = unsafe { &*ptr };
+    let payload = match co.state() {
+        State::Ready if co.is_unstarted() => {
+            drop_unstarted(co);
+            None
         }
-        State::Finished => {}
-        State::Entered | State::Free => unreachable!("released while {:?}", co.state.get()),
+        State::Ready => unwind(co),
+        State::Finished => None,
+        State::Entered | State::Free => unreachable!("released while {:?}", co.state()),
+    };
+    let refs = co.refs.get() - 1;
+    co.refs.set(refs);
+    if refs == 0 {
+        control::free(ptr);
     }
-    co.refs.set(0);
-    control::free(co);
+    if let Some(payload) = payload {
+        // A destructor panicked while unwinding: report it like any panic
+        // from a drop, unless we are unwinding already.
+        if !std::thread::panicking() {
+            panic::resume_unwind(payload);
+        }
+    }
 }
 
-/// Unwinds a suspended coroutine's stack: it is resumed with `cancelled`
+/// Unwinds a suspended coroutine's stack: it is resumed with `CANCELLED`
 /// set, so the `yield_now` it waits in resumes a forced unwind. Should it
 /// catch that unwind and yield again, it is resumed again, until it
 /// finishes. Returns the first panic other than the forced unwind.
 fn unwind(co: &Control) -> Option<Box<dyn Any + Send>> {
-    co.cancelled.set(true);
     let mut payload = None;
-    while co.state.get() == State::Suspended {
-        if let Some(p) = run_collect(co) {
+    while co.state() == State::Ready {
+        if let Some(p) = run_collect(co, ENTERED | CANCELLED) {
             payload.get_or_insert(p);
         }
     }
-    co.cancelled.set(false);
+    co.status.set(co.status.get() & !CANCELLED);
     payload
 }
 
 fn drop_unstarted(co: &Control) {
+    // Finished first: should the closure's destructors reach this
+    // coroutine through a handle, they find it finished, not enterable.
+    co.status.set(State::Finished as u8);
     if let Some(drop_fn) = co.drop_closure.take() {
         // SAFETY: the coroutine never started, so the closure is still on
         // its stack and nobody else drops it (drop_closure was taken).
         unsafe { drop_fn(co.closure.get()) };
     }
-    co.state.set(State::Finished);
-    drop(finished(co));
+    give_back_stack(co);
 }
 
 /// Suspends the current coroutine and returns to whoever entered it
@@ -618,11 +663,14 @@ pub fn yield_now() {
     }
     // SAFETY: CURRENT is live while it runs.
     let co = unsafe { &*cur };
-    co.state.set(State::Suspended);
+    debug_assert_eq!(co.state(), State::Entered);
+    // Entered becomes Ready; the flags stay for the enterer.
+    co.status.set(co.status.get() - 1);
+    set_current(co.caller.get());
     trace_event!("yield", co);
     // SAFETY: we run on `co`'s stack.
     unsafe { co.context().suspend() };
-    if co.cancelled.get() {
+    if co.status.get() & CANCELLED != 0 {
         cancelled();
     }
 }
@@ -689,17 +737,25 @@ pub struct CoroutineInfo {
 pub(crate) fn live_coroutines() -> Vec<CoroutineInfo> {
     let mut out = Vec::new();
     control::for_each_live(|co| {
+        let finished = co.state() == State::Finished;
         out.push(CoroutineInfo {
             name: co.name().map(str::to_owned),
-            state: match co.state.get() {
-                State::Created => "created",
-                State::Suspended => "suspended",
+            state: match co.state() {
+                State::Ready if co.is_unstarted() => "created",
+                State::Ready => "suspended",
                 State::Entered => "entered",
                 State::Finished => "finished",
                 State::Free => "free",
             },
-            stack_size: co.stack().map_or(0, |s| s.size()),
-            stack_high_water: co.stack().and_then(|s| s.high_water()),
+            stack_size: if finished {
+                0
+            } else {
+                co.stack().map_or(0, |s| s.size())
+            },
+            stack_high_water: co
+                .stack()
+                .filter(|_| !finished)
+                .and_then(|s| s.high_water()),
         });
     });
     out

@@ -68,6 +68,24 @@ impl Stack {
         self.size
     }
 
+    /// Makes the stack fit for a new coroutine. Under AddressSanitizer
+    /// (feature `asan`) that clears stale poison: a coroutine's first
+    /// frames never return (they leave by a switch), so their redzones
+    /// stay poisoned in the shadow memory and would trip the next
+    /// coroutine on this stack, in this thread or, after the stack went
+    /// back to the arena, another.
+    #[inline(always)]
+    pub(crate) fn prepare(&self) {
+        #[cfg(feature = "asan")]
+        {
+            extern "C" {
+                fn __asan_unpoison_memory_region(addr: *const u8, size: usize);
+            }
+            // SAFETY: the stack is ours and nothing runs on it.
+            unsafe { __asan_unpoison_memory_region(self.bottom, self.size) };
+        }
+    }
+
     /// The guard: the `guard_size()` bytes right below `bottom`.
     pub(crate) fn guard(&self) -> (usize, usize) {
         let lo = self.bottom as usize - guard_size();
