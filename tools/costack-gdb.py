@@ -57,13 +57,18 @@ def _backtrace_at(sp, from_tty):
 
 def _field(value, *names):
     """Follows fields, stepping through one-field wrappers (Cell, UnsafeCell,
-    NonNull, Option's Some) whose names differ between Rust versions."""
+    NonNull, MaybeUninit, Option's Some) whose names differ between Rust
+    versions."""
     for name in names:
         value = value[name]
-    while value.type.strip_typedefs().code == gdb.TYPE_CODE_STRUCT:
+    while value.type.strip_typedefs().code in (gdb.TYPE_CODE_STRUCT, gdb.TYPE_CODE_UNION):
         fields = [f.name for f in value.type.strip_typedefs().fields()]
-        if fields in (["value"], ["pointer"], ["__0"]):
+        if fields in (["value"], ["pointer"], ["__0"], ["0"]):
             value = value[fields[0]]
+        elif fields == ["uninit", "value"]:
+            # MaybeUninit (a union): the context is initialised while the
+            # coroutine has not finished.
+            value = value["value"]
         elif fields and fields[-1] == "Some":
             # gdb shows an Option as a variant part (unnamed discriminant
             # field) plus one field per data-carrying variant.
@@ -96,9 +101,15 @@ class CostackBt(gdb.Command):
     def invoke(self, arg, from_tty):
         handle = gdb.parse_and_eval(arg)
         ctl = _field(handle, "ctl").dereference()
-        state = str(_field(ctl, "state"))
-        if "Suspended" not in state:
-            raise gdb.GdbError("costack-bt: the coroutine is " + state + ", not suspended")
+        # The low bits of `status` hold the state: 1 is Ready (created, or
+        # suspended once it has started: its closure is taken then).
+        status = int(_field(ctl, "status"))
+        started = "None" in str(_field(ctl, "drop_closure"))
+        if status & 3 != 1 or not started:
+            names = {0: "free", 1: "created", 2: "entered", 3: "finished"}
+            raise gdb.GdbError(
+                "costack-bt: the coroutine is " + names[status & 3] + ", not suspended"
+            )
         context = _field(ctl, "context")
         sp = int(_field(context, "sp"))
         _backtrace_at(sp, from_tty)
