@@ -65,6 +65,8 @@ pub(crate) struct Control {
     pub(crate) status: Cell<u8>,
     /// Whether this coroutine sits in some wake list or run queue.
     pub(crate) queued: Cell<bool>,
+    /// Whether the block has a name or a home to drop when it is freed.
+    extras: Cell<bool>,
     pub(crate) index: u32,
     /// While entered: the coroutine that entered it (null: the thread's
     /// own stack), made current again when it yields or finishes.
@@ -93,6 +95,7 @@ impl Control {
         Control {
             status: Cell::new(State::Free as u8),
             queued: Cell::new(false),
+            extras: Cell::new(false),
             index,
             caller: Cell::new(ptr::null()),
             context: UnsafeCell::new(MaybeUninit::uninit()),
@@ -161,9 +164,30 @@ impl Control {
     }
 
     pub(crate) fn set_home(&self, home: Option<Rc<dyn Home>>) {
+        if home.is_some() {
+            self.extras.set(true);
+        }
         // SAFETY: as `home`; the old value is dropped after the write, so
         // its destructor cannot observe a half-written cell.
         drop(unsafe { ptr::replace(self.home.get(), home) });
+    }
+
+    /// Sets the name of a block no handle refers to yet.
+    pub(crate) fn set_name(&self, name: Box<str>) {
+        self.extras.set(true);
+        // SAFETY: called by `create` only, before any handle exists, so no
+        // borrow of the name is live.
+        unsafe { *self.name.get() = Some(name) };
+    }
+
+    /// Drops the name and home of a block being freed.
+    #[cold]
+    fn drop_extras(&self) {
+        self.extras.set(false);
+        // SAFETY: no handle refers to the block any more, so no borrow of
+        // its name is live.
+        unsafe { *self.name.get() = None };
+        self.set_home(None);
     }
 
     /// Queues `co` to run after this (running) coroutine yields; `co`
@@ -322,8 +346,9 @@ fn pop_list(head: &Cell<*const Control>) -> Option<*const Control> {
     if co.is_null() {
         return None;
     }
-    // SAFETY: list members are blocks of our chunks.
-    head.set(unsafe { (*co).next.replace(ptr::null()) });
+    // SAFETY: list members are blocks of our chunks. The popped block's
+    // stale link is overwritten by whichever list takes it next.
+    head.set(unsafe { (*co).next.get() });
     Some(co)
 }
 
@@ -514,18 +539,13 @@ pub(crate) fn free(ptr: *const Control) {
     let co = unsafe { &*ptr };
     co.status.set(State::Free as u8);
     co.generation.set(co.generation.get().wrapping_add(1));
-    // SAFETY: no handle refers to the block any more; the context was
-    // initialised by `create` and is not used again until the next one.
-    unsafe {
-        if std::mem::needs_drop::<Context>() {
-            (*co.context.get()).assume_init_drop();
-        }
-        if (*co.name.get()).is_some() {
-            *co.name.get() = None;
-        }
-        if (*co.home.get()).is_some() {
-            co.set_home(None);
-        }
+    if std::mem::needs_drop::<Context>() {
+        // SAFETY: no handle refers to the block any more; the context was
+        // initialised by `create` and is not used again until the next one.
+        unsafe { (*co.context.get()).assume_init_drop() };
+    }
+    if co.extras.get() {
+        co.drop_extras();
     }
     // A panic payload is always taken by whoever saw the coroutine finish.
     debug_assert!({

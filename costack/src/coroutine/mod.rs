@@ -289,8 +289,8 @@ impl Drop for Coroutine {
         if refs != 1 {
             co.refs.set(refs - 1);
         } else if co.state() == State::Finished {
-            // The common end of a coroutine's life: straight back to the pool.
-            co.refs.set(0);
+            // The common end of a coroutine's life: straight back to the
+            // pool (a free block's count is not read; `alloc` sets it).
             control::free(self.ctl.as_ptr());
         } else {
             release(self.ctl.as_ptr());
@@ -409,11 +409,9 @@ fn create_with<F: FnOnce() + 'static>(
     let context = unsafe { Context::new(top, stack.bottom(), start::<F>, ptr as *mut u8) };
     // SAFETY: the block is ours alone (see above); its context slot is
     // uninitialised (freed blocks have dropped theirs).
-    unsafe {
-        (*co.context.get()).write(context);
-        if let Some(name) = name {
-            *co.name.get() = Some(name.into_boxed_str());
-        }
+    unsafe { (*co.context.get()).write(context) };
+    if let Some(name) = name {
+        co.set_name(name.into_boxed_str());
     }
     trace_event!("create", co);
     Ok(Coroutine {
