@@ -89,6 +89,7 @@ fn run(cli: Cli) -> io::Result<()> {
     // Extra event-loop threads; connections are spread over all loops.
     let mut workers = Vec::new();
     let mut handles = Vec::new();
+    let poll_max = cli.poll_max();
     for i in 1..cli.threads {
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = shared.clone();
@@ -97,6 +98,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 .name(format!("nbd-loop-{i}"))
                 .spawn(move || -> io::Result<()> {
                     let ev = EventLoop::new()?;
+                    ev.set_poll_max(poll_max);
                     tx.send(ev.handle())
                         .expect("main thread waits for the handle");
                     ev.block_on(move || wait_until_stopped(&shared));
@@ -115,6 +117,7 @@ fn run(cli: Cli) -> io::Result<()> {
 
     let max_clients = cli.shared as usize;
     let ev = EventLoop::new()?;
+    ev.set_poll_max(poll_max);
     let accept_shared = shared.clone();
     ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
     for w in workers {
