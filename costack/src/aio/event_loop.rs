@@ -323,22 +323,31 @@ impl Inner {
     }
 
     /// Asks epoll again and again without waiting, until something made
-    /// progress or `until` passed; returns whether something did.
+    /// progress or `until` passed. Returns whether something did, and
+    /// whether the thread was switched out meanwhile.
     ///
     /// Each round yields the CPU to whatever else is runnable on it: a
     /// peer on the same CPU (a client sharing it, a compiler) must not
     /// wait for our poll, and [`wait_blocking`](Inner::wait_blocking)
-    /// takes the preemption as a sign that polling does not pay.
-    fn poll_events(&self, until: Instant) -> io::Result<bool> {
+    /// takes the switch as a sign that polling does not pay.
+    fn poll_events(&self, until: Instant) -> io::Result<(bool, bool)> {
+        // Counted from the first yield on: an event found at once costs
+        // no more system calls than a blocking wait would.
+        let mut switches = None;
+        let preempted =
+            |before: Option<u64>| before.is_some_and(|n| sys::involuntary_switches() != n);
         loop {
             if self.remote.is_notified() && self.take_remote() {
-                return Ok(true);
+                return Ok((true, preempted(switches)));
             }
             if self.wait_events(0)? {
-                return Ok(true);
+                return Ok((true, preempted(switches)));
             }
             if Instant::now() >= until {
-                return Ok(false);
+                return Ok((false, preempted(switches)));
+            }
+            if switches.is_none() {
+                switches = Some(sys::involuntary_switches());
             }
             sys::yield_cpu();
         }
@@ -361,12 +370,10 @@ impl Inner {
         let mut preempted = false;
         if !window.is_zero() {
             let until = start + window;
-            let switches = sys::involuntary_switches();
-            progress = self.poll_events(deadline.map_or(until, |d| d.min(until)))?;
-            // Something else wanted this CPU while we polled: the event
-            // probably came from it, or it is load that polling takes
-            // the CPU from.
-            preempted = sys::involuntary_switches() != switches;
+            // Something else wanting this CPU while we poll is probably
+            // the source of the event, or load we take the CPU from.
+            (progress, preempted) =
+                self.poll_events(deadline.map_or(until, |d| d.min(until)))?;
         }
         if !progress {
             progress = self.wait_events(timeout(Instant::now()))?;
