@@ -19,7 +19,10 @@
 //!   round to whatever else is runnable there): something else needs
 //!   this CPU, quite possibly the peer whose event we wait for, and our
 //!   polling only delays it; the window shrinks as above;
-//! - within the window: the poll found the event; no change;
+//! - within the window: the poll found the event; no change, unless it
+//!   found it at once (under 4 µs): that is the next piece of a burst,
+//!   which a sleep would let pile up and be taken in fewer, larger reads;
+//!   the window drops to zero and stays there for the next 16 waits;
 //! - in between: a longer window would have caught it; the window grows
 //!   (from 0 to 4 µs, then times `grow`), up to the maximum.
 //!
@@ -31,6 +34,15 @@ use std::time::Duration;
 
 /// The first window a loop polls once polling looks worthwhile (QEMU's).
 const INITIAL_NS: u64 = 4_000;
+
+/// A poll that finds its event sooner than this caught the next piece of
+/// a burst (a payload still arriving, requests streaming in), not a reply
+/// to what the loop just did: sleeping instead lets the burst pile up and
+/// be taken in fewer, larger reads.
+const BURST_NS: u64 = 4_000;
+
+/// Waits after a burst during which the window does not grow again.
+const REST_WAITS: u32 = 16;
 
 /// The maximum window new loops take from `COSTACK_POLL_MAX_NS`, if set
 /// (0 without it: no polling).
@@ -49,6 +61,8 @@ pub(crate) struct BusyPoll {
     ns: Cell<u64>,
     grow: Cell<u32>,
     shrink: Cell<u32>,
+    /// Waits left before the window may grow again after a burst.
+    rest: Cell<u32>,
 }
 
 impl BusyPoll {
@@ -58,6 +72,7 @@ impl BusyPoll {
             ns: Cell::new(0),
             grow: Cell::new(2),
             shrink: Cell::new(0),
+            rest: Cell::new(0),
         };
         p.set_max(max);
         p
@@ -83,6 +98,7 @@ impl BusyPoll {
         self.max_ns
             .set(u64::try_from(max.as_nanos()).unwrap_or(u64::MAX));
         self.ns.set(0);
+        self.rest.set(0);
     }
 
     /// Sets the growth factor (values below 2 count as 2) and the shrink
@@ -111,7 +127,13 @@ impl BusyPoll {
             // Divisor 0: straight back to zero.
             self.ns.set(ns.checked_div(shrink).unwrap_or(0));
         } else if block <= ns {
-            // Caught by the poll.
+            // Caught by the poll; straight away means a burst.
+            if block < BURST_NS {
+                self.ns.set(0);
+                self.rest.set(REST_WAITS);
+            }
+        } else if self.rest.get() > 0 {
+            self.rest.set(self.rest.get() - 1);
         } else if ns < max {
             let next = if ns == 0 {
                 INITIAL_NS
@@ -187,6 +209,28 @@ mod tests {
         // Caught within the window, but another thread had to run first.
         p.adjust(us(5), true);
         assert_eq!(p.window(), Duration::ZERO);
+    }
+
+    #[test]
+    fn an_event_caught_at_once_stops_polling_for_a_while() {
+        let p = BusyPoll::new(us(128));
+        for _ in 0..10 {
+            p.adjust(us(30), false);
+        }
+        assert_eq!(p.window(), us(32));
+        // The next piece of a burst: found at once.
+        p.adjust(us(1), false);
+        assert_eq!(p.window(), Duration::ZERO);
+        for _ in 0..REST_WAITS {
+            p.adjust(us(30), false);
+            assert_eq!(p.window(), Duration::ZERO);
+        }
+        p.adjust(us(30), false);
+        assert_eq!(p.window(), us(4));
+        // Waits shorter than a burst's gap while not polling do not count.
+        p.set_max(us(128));
+        p.adjust(us(1), false);
+        assert_eq!(p.window(), us(4));
     }
 
     #[test]

@@ -657,7 +657,10 @@ impl EventLoop {
     /// grows while events come a little later than it, and drops to zero
     /// after a wait longer than the maximum (see
     /// [`set_poll_factors`](EventLoop::set_poll_factors)), so an idle
-    /// loop does not spin.
+    /// loop does not spin; it also drops to zero for a few waits after
+    /// the poll was preempted (something else needs this CPU) or found an
+    /// event at once (the rest of a burst, better left to pile up while
+    /// the thread sleeps, so it is read in fewer, larger reads).
     ///
     /// Polling trades CPU time for latency: an event that arrives while
     /// the loop polls spares the thread a sleep and a wake-up. It pays off
