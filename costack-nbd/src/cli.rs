@@ -94,6 +94,22 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub threads: u32,
 
+    /// Busy-poll for requests up to NS nanoseconds before sleeping (an
+    /// adaptive window, as QEMU's iothread `poll-max-ns`); 0 turns polling
+    /// off. Default: `COSTACK_POLL_MAX_NS` if set, else 128000.
+    #[arg(long = "poll-max-ns", value_name = "NS")]
+    pub poll_max_ns: Option<u64>,
+
+    /// Factor the polling window grows by when a longer one would have
+    /// caught the request (QEMU's `poll-grow`; below 2 counts as 2).
+    #[arg(long = "poll-grow", value_name = "N", default_value_t = 2)]
+    pub poll_grow: u32,
+
+    /// Divisor the polling window shrinks by after a wait longer than the
+    /// maximum (QEMU's `poll-shrink`; 0 or 1: back to zero).
+    #[arg(long = "poll-shrink", value_name = "N", default_value_t = 0)]
+    pub poll_shrink: u32,
+
     /// Host cache mode for file exports.
     #[arg(long = "cache", value_enum, value_name = "MODE", default_value_t = CacheMode::Writeback)]
     pub cache: CacheMode,
@@ -101,6 +117,27 @@ pub struct Cli {
     /// Log more (repeat for more detail).
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+/// The polling maximum when neither `--poll-max-ns` nor
+/// `COSTACK_POLL_MAX_NS` sets one: covers a request/reply round trip over
+/// loopback with one request in flight.
+pub const DEFAULT_POLL_MAX_NS: u64 = 128_000;
+
+impl Cli {
+    /// How long event loops busy-poll at most before sleeping:
+    /// `--poll-max-ns`, else `COSTACK_POLL_MAX_NS`, else
+    /// [`DEFAULT_POLL_MAX_NS`].
+    pub fn poll_max(&self) -> std::time::Duration {
+        let env = || {
+            std::env::var("COSTACK_POLL_MAX_NS")
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+        };
+        std::time::Duration::from_nanos(
+            self.poll_max_ns.or_else(env).unwrap_or(DEFAULT_POLL_MAX_NS),
+        )
+    }
 }
 
 /// Parses a size such as `4096`, `512K`, `1.5G` or `2TiB`.
@@ -216,6 +253,8 @@ mod tests {
         assert_eq!(c.size, 1 << 30);
         assert_eq!(c.shared, 16);
         assert_eq!(c.threads, 1);
+        assert_eq!(c.poll_max_ns, None);
+        assert_eq!((c.poll_grow, c.poll_shrink), (2, 0));
         assert_eq!(c.cache, CacheMode::Writeback);
         assert_eq!(c.verbose, 0);
     }
@@ -237,6 +276,12 @@ mod tests {
             "4",
             "--threads",
             "2",
+            "--poll-max-ns",
+            "0",
+            "--poll-grow",
+            "4",
+            "--poll-shrink",
+            "2",
             "--cache",
             "none",
             "-vv",
@@ -251,8 +296,14 @@ mod tests {
         assert_eq!(c.size, 64 << 20);
         assert_eq!(c.shared, 4);
         assert_eq!(c.threads, 2);
+        assert_eq!(c.poll_max_ns, Some(0));
+        assert_eq!(c.poll_max(), std::time::Duration::ZERO);
+        assert_eq!((c.poll_grow, c.poll_shrink), (4, 2));
         assert_eq!(c.cache, CacheMode::None);
         assert_eq!(c.verbose, 2);
+
+        let c = Cli::try_parse_from(["costack-nbd", "--poll-max-ns=50000"]).unwrap();
+        assert_eq!(c.poll_max(), std::time::Duration::from_micros(50));
 
         let c = Cli::try_parse_from([
             "costack-nbd",
@@ -277,6 +328,7 @@ mod tests {
             &["costack-nbd", "-s", "12Q"][..],
             &["costack-nbd", "--threads", "0"],
             &["costack-nbd", "--cache", "bogus"],
+            &["costack-nbd", "--poll-max-ns", "-1"],
             &["costack-nbd", "-p", "70000"],
             &["costack-nbd", "-k", "/tmp/s", "-p", "1"],
             &["costack-nbd", "a", "b"],

@@ -89,6 +89,8 @@ fn run(cli: Cli) -> io::Result<()> {
     // Extra event-loop threads; connections are spread over all loops.
     let mut workers = Vec::new();
     let mut handles = Vec::new();
+    let poll_max = cli.poll_max();
+    let poll_factors = (cli.poll_grow, cli.poll_shrink);
     for i in 1..cli.threads {
         let (tx, rx) = std::sync::mpsc::channel();
         let shared = shared.clone();
@@ -97,6 +99,8 @@ fn run(cli: Cli) -> io::Result<()> {
                 .name(format!("nbd-loop-{i}"))
                 .spawn(move || -> io::Result<()> {
                     let ev = EventLoop::new()?;
+                    ev.set_poll_max(poll_max);
+                    ev.set_poll_factors(poll_factors.0, poll_factors.1);
                     tx.send(ev.handle())
                         .expect("main thread waits for the handle");
                     ev.block_on(move || wait_until_stopped(&shared));
@@ -115,6 +119,8 @@ fn run(cli: Cli) -> io::Result<()> {
 
     let max_clients = cli.shared as usize;
     let ev = EventLoop::new()?;
+    ev.set_poll_max(poll_max);
+    ev.set_poll_factors(poll_factors.0, poll_factors.1);
     let accept_shared = shared.clone();
     ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
     for w in workers {

@@ -673,3 +673,113 @@ fn thread_pool_is_bounded_and_parallel() {
     // 100 jobs of 100 ms on at most 64 threads: two rounds, not 100.
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 }
+
+/// Busy-polling before blocking (`set_poll_max`) must not change what the
+/// loop delivers: fd events from another thread, cross-thread posts and
+/// timers, in order, with a window far longer than their spacing.
+#[test]
+fn polling_loop_delivers_fd_events_posts_and_timers() {
+    use std::io::{Read, Write};
+    let lp = EventLoop::new().unwrap();
+    if std::env::var_os("COSTACK_POLL_MAX_NS").is_none() {
+        assert_eq!(lp.poll_max(), Duration::ZERO, "polling is off by default");
+    }
+    lp.set_poll_max(Duration::from_millis(50));
+    assert_eq!(lp.poll_max(), Duration::from_millis(50));
+
+    // Echo peer on another thread.
+    let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let echo = thread::spawn(move || {
+        let mut buf = [0u8; 8];
+        while theirs.read_exact(&mut buf).is_ok() {
+            theirs.write_all(&buf).unwrap();
+        }
+    });
+    let ours = costack::net::UnixStream::from_std(ours).unwrap();
+    let echoed = lp.spawn(move || {
+        let mut s = &ours;
+        for i in 0..500u64 {
+            s.write_all(&i.to_le_bytes()).unwrap();
+            let mut buf = [0u8; 8];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(u64::from_le_bytes(buf), i);
+        }
+    });
+
+    // Timers in deadline order, spaced shorter and longer than a window.
+    let order = Rc::new(RefCell::new(Vec::new()));
+    for (i, ms) in [(0, 90u64), (1, 3), (2, 40), (3, 1)] {
+        let order = order.clone();
+        lp.spawn(move || {
+            aio::sleep(Duration::from_millis(ms));
+            order.borrow_mut().push(i);
+        });
+    }
+
+    // Posts from another thread.
+    let posted = Rc::new(Cell::new(0));
+    let (tx, rx) = mpsc::channel::<()>();
+    let h = lp.handle();
+    let poster = thread::spawn(move || {
+        for _ in 0..100 {
+            let tx = tx.clone();
+            h.call_soon(move || tx.send(()).unwrap());
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lp.task_count() > 0 || posted.get() < 100 {
+        assert!(Instant::now() < deadline, "events lost while polling");
+        lp.poll(true);
+        while rx.try_recv().is_ok() {
+            posted.set(posted.get() + 1);
+        }
+    }
+    assert!(echoed.is_finished());
+    assert_eq!(*order.borrow(), [3, 1, 2, 0]);
+    assert_eq!(posted.get(), 100);
+    poster.join().unwrap();
+    drop(lp); // closes our end: the echo thread reads EOF
+    echo.join().unwrap();
+}
+
+/// The polling window grows from zero after a wait shorter than the
+/// maximum, and falls back to zero after one longer than it; with
+/// polling off it stays zero.
+#[test]
+fn polling_window_grows_and_falls_back_to_zero() {
+    let lp = EventLoop::new().unwrap();
+    lp.set_poll_max(Duration::ZERO);
+    lp.block_on(|| aio::sleep(Duration::from_millis(2)));
+    assert_eq!(lp.poll_window(), Duration::ZERO, "polling is off");
+
+    // Waits of about 1 ms, far below a 10 s maximum: any wait the window
+    // did not cover makes it grow (a wait the poll was preempted in sets
+    // it back to zero, so look at every step).
+    lp.set_poll_max(Duration::from_secs(10));
+    lp.set_poll_factors(4, 0);
+    let windows = Rc::new(RefCell::new(Vec::new()));
+    let w = windows.clone();
+    let lp2 = lp.clone();
+    lp.block_on(move || {
+        for _ in 0..20 {
+            aio::sleep(Duration::from_millis(1));
+            w.borrow_mut().push(lp2.poll_window());
+        }
+    });
+    let windows = windows.borrow();
+    assert!(
+        windows.iter().any(|w| !w.is_zero()),
+        "never polled: {windows:?}"
+    );
+    assert!(windows.iter().all(|w| *w <= Duration::from_secs(10)));
+
+    // A wait longer than the maximum: back to zero.
+    lp.set_poll_max(Duration::from_micros(100));
+    lp.block_on(|| aio::sleep(Duration::from_millis(1)));
+    lp.block_on(|| aio::sleep(Duration::from_millis(20)));
+    assert_eq!(lp.poll_window(), Duration::ZERO);
+    lp.set_poll_max(Duration::ZERO);
+    assert_eq!(lp.poll_max(), Duration::ZERO);
+}

@@ -2,8 +2,9 @@
 //!
 //! One iteration: run due timers, bottom halves and the coroutines on the
 //! run queue; wait in `epoll_wait` (not at all if that made progress, else
-//! until the next timer or an fd/eventfd event); dispatch the events; run
-//! what they made runnable.
+//! until the next timer or an fd/eventfd event, after busy-polling for a
+//! while if [polling](EventLoop::set_poll_max) is on); dispatch the
+//! events; run what they made runnable.
 //!
 //! Ownership: [`EventLoop`] handles share an `Owner`; when the last one
 //! goes, the owner shuts the loop down, unwinding the coroutines it
@@ -18,8 +19,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use super::busy_poll::{self, BusyPoll};
 use super::handle::{LoopHandle, Remote};
 use super::io::{FdEntry, Registrations, REG_BIT};
 use super::sys;
@@ -149,6 +151,8 @@ pub(crate) struct Inner {
     /// Iterations since the loop last asked epoll; bounds how long busy
     /// coroutines can keep fd events waiting.
     busy_ticks: Cell<u32>,
+    /// Adaptive polling before blocking (see [`busy_poll`]).
+    busy_poll: BusyPoll,
     closed: Cell<bool>,
 }
 
@@ -318,6 +322,66 @@ impl Inner {
         res.map(|()| progress)
     }
 
+    /// Asks epoll again and again without waiting, until something made
+    /// progress or `until` passed. Returns whether something did, and
+    /// whether the thread was switched out meanwhile.
+    ///
+    /// Each round yields the CPU to whatever else is runnable on it: a
+    /// peer on the same CPU (a client sharing it, a compiler) must not
+    /// wait for our poll, and [`wait_blocking`](Inner::wait_blocking)
+    /// takes the switch as a sign that polling does not pay.
+    fn poll_events(&self, until: Instant) -> io::Result<(bool, bool)> {
+        // Counted from the first yield on: an event found at once costs
+        // no more system calls than a blocking wait would.
+        let mut switches = None;
+        let preempted =
+            |before: Option<u64>| before.is_some_and(|n| sys::involuntary_switches() != n);
+        loop {
+            if self.remote.is_notified() && self.take_remote() {
+                return Ok((true, preempted(switches)));
+            }
+            if self.wait_events(0)? {
+                return Ok((true, preempted(switches)));
+            }
+            if Instant::now() >= until {
+                return Ok((false, preempted(switches)));
+            }
+            if switches.is_none() {
+                switches = Some(sys::involuntary_switches());
+            }
+            sys::yield_cpu();
+        }
+    }
+
+    /// Waits for fd events until `deadline` (the next timer; `None`:
+    /// forever), polling first for the current window if polling is on,
+    /// and adapts the window to how long the wait took.
+    fn wait_blocking(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        let timeout = |now: Instant| match deadline {
+            Some(d) => sys::ms_ceil(d.saturating_duration_since(now)),
+            None => -1,
+        };
+        if !self.busy_poll.enabled() {
+            return self.wait_events(timeout(Instant::now()));
+        }
+        let start = Instant::now();
+        let window = self.busy_poll.window();
+        let mut progress = false;
+        let mut preempted = false;
+        if !window.is_zero() {
+            let until = start + window;
+            // Something else wanting this CPU while we poll is probably
+            // the source of the event, or load we take the CPU from.
+            (progress, preempted) =
+                self.poll_events(deadline.map_or(until, |d| d.min(until)))?;
+        }
+        if !progress {
+            progress = self.wait_events(timeout(Instant::now()))?;
+        }
+        self.busy_poll.adjust(start.elapsed(), preempted);
+        Ok(progress)
+    }
+
     /// Unwinds the spawned coroutines and drops all queued work.
     fn shutdown(&self) {
         self.closed.set(true);
@@ -476,6 +540,7 @@ impl EventLoop {
             events: RefCell::new(Vec::with_capacity(256)),
             uring,
             busy_ticks: Cell::new(0),
+            busy_poll: BusyPoll::new(busy_poll::default_max()),
             closed: Cell::new(false),
         });
         // Cross-thread wakes of this thread's coroutines notify this loop.
@@ -542,7 +607,7 @@ impl EventLoop {
         let _current = CurrentGuard::enter(inner);
         let mut progress = inner.dispatch();
         loop {
-            let timeout = if progress || !blocking {
+            if progress || !blocking {
                 // Busy: ask epoll only every few iterations, so coroutines
                 // waking each other do not pay a syscall per switch.
                 // Cross-thread posts are seen without it (`dispatch` checks
@@ -554,17 +619,18 @@ impl EventLoop {
                         return true;
                     }
                 }
-                0
-            } else {
-                match inner.timers.borrow_mut().next_deadline() {
-                    Some(d) => sys::ms_ceil(d.saturating_duration_since(Instant::now())),
-                    None => -1,
+                inner.busy_ticks.set(0);
+                match inner.wait_events(0) {
+                    Ok(p) => progress |= p,
+                    Err(e) => panic!("costack: epoll_wait failed: {e}"),
                 }
-            };
-            inner.busy_ticks.set(0);
-            match inner.wait_events(timeout) {
-                Ok(p) => progress |= p,
-                Err(e) => panic!("costack: epoll_wait failed: {e}"),
+            } else {
+                inner.busy_ticks.set(0);
+                let deadline = inner.timers.borrow_mut().next_deadline();
+                match inner.wait_blocking(deadline) {
+                    Ok(p) => progress |= p,
+                    Err(e) => panic!("costack: epoll_wait failed: {e}"),
+                }
             }
             progress |= inner.dispatch();
             if progress || !blocking {
@@ -583,6 +649,59 @@ impl EventLoop {
     /// How many spawned coroutines have not finished yet.
     pub fn task_count(&self) -> usize {
         self.inner().tasks.borrow().len
+    }
+
+    /// Sets how long, at most, the loop busy-polls for events before it
+    /// blocks in `epoll_wait` (QEMU's `poll-max-ns`); zero turns polling
+    /// off. The window it polls adapts between zero and this maximum: it
+    /// grows while events come a little later than it, and drops to zero
+    /// after a wait longer than the maximum (see
+    /// [`set_poll_factors`](EventLoop::set_poll_factors)), so an idle
+    /// loop does not spin; it also drops to zero for a few waits after
+    /// the poll was preempted (something else needs this CPU) or found an
+    /// event at once (the rest of a burst, better left to pile up while
+    /// the thread sleeps, so it is read in fewer, larger reads).
+    ///
+    /// Polling trades CPU time for latency: an event that arrives while
+    /// the loop polls spares the thread a sleep and a wake-up. It pays off
+    /// for request/reply traffic with one request outstanding (a few tens
+    /// of microseconds cover a round trip over loopback).
+    ///
+    /// New loops take the maximum from the environment variable
+    /// `COSTACK_POLL_MAX_NS` (nanoseconds), or zero: no polling.
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use std::time::Duration;
+    ///
+    /// let lp = EventLoop::new().unwrap();
+    /// lp.set_poll_max(Duration::from_micros(50));
+    /// assert_eq!(lp.poll_max(), Duration::from_micros(50));
+    /// lp.block_on(|| aio::sleep(Duration::from_millis(1)));
+    /// ```
+    pub fn set_poll_max(&self, max: Duration) {
+        self.inner().busy_poll.set_max(max);
+    }
+
+    /// The longest the loop busy-polls before blocking (zero: it never
+    /// does); see [`set_poll_max`](EventLoop::set_poll_max).
+    pub fn poll_max(&self) -> Duration {
+        self.inner().busy_poll.max()
+    }
+
+    /// Sets how the polling window adapts (QEMU's `poll-grow` and
+    /// `poll-shrink`): after a wait that a longer window would have
+    /// caught, it is multiplied by `grow` (at least 2; from zero it starts
+    /// at 4 µs); after a wait longer than the maximum, divided by `shrink`
+    /// (0 or 1: back to zero). The defaults are 2 and 0.
+    pub fn set_poll_factors(&self, grow: u32, shrink: u32) {
+        self.inner().busy_poll.set_factors(grow, shrink);
+    }
+
+    /// How long the loop would busy-poll if it had to wait now: the
+    /// adaptive window, between zero and [`poll_max`](EventLoop::poll_max).
+    pub fn poll_window(&self) -> Duration {
+        self.inner().busy_poll.window()
     }
 
     /// Whether [`fs`](crate::fs) I/O of this loop goes through io_uring

@@ -132,3 +132,22 @@ pub(crate) fn ms_ceil(d: std::time::Duration) -> i32 {
     let ms = d.as_nanos().div_ceil(1_000_000);
     ms.min(i32::MAX as u128) as i32
 }
+
+/// Lets other threads runnable on this CPU run first (`sched_yield`);
+/// returns at once if there are none.
+pub(crate) fn yield_cpu() {
+    // SAFETY: no arguments, no memory touched; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}
+
+/// How many times the calling thread was switched out while runnable
+/// (preempted, or after yielding to another thread): `ru_nivcsw` of
+/// `getrusage(RUSAGE_THREAD)`.
+pub(crate) fn involuntary_switches() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value of the plain C struct.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a live, writable rusage for the kernel to fill; the
+    // call cannot fail with a valid pointer and RUSAGE_THREAD.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    ru.ru_nivcsw as u64
+}
