@@ -488,6 +488,16 @@ fn name_and_stack_size() {
     assert!(format!("{co:?}").contains("named"));
     co.enter();
     assert_eq!(Coroutine::new(|| {}).name(), None);
+    assert_eq!(co.stack_size(), 0, "finished");
+    // Its block and stack go back to the pool without the name: the next
+    // coroutine of that stack size reuses them, unnamed.
+    drop(co);
+    let next = Coroutine::builder()
+        .stack_size(100_000)
+        .create(|| {})
+        .unwrap();
+    assert_eq!(next.name(), None);
+    assert!(!format!("{next:?}").contains("named"));
 }
 
 #[test]
