@@ -163,6 +163,12 @@ impl Control {
         unsafe { (*self.home.get()).clone() }
     }
 
+    /// Whether the coroutine belongs to an event loop.
+    pub(crate) fn has_home(&self) -> bool {
+        // SAFETY: as `home`; only reads the discriminant.
+        unsafe { (*self.home.get()).is_some() }
+    }
+
     pub(crate) fn set_home(&self, home: Option<Rc<dyn Home>>) {
         if home.is_some() {
             self.extras.set(true);

@@ -256,7 +256,7 @@ impl Coroutine {
     }
 
     pub(crate) fn has_home(&self) -> bool {
-        self.ctl().home().is_some()
+        self.ctl().has_home()
     }
 
     /// Unwinds a suspended coroutine's stack now, as dropping its last
