@@ -116,7 +116,7 @@ for w in "${WANT[@]}"; do
                 --skip backtrace
             ;;
         asan)
-            rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (run .ci/setup-cross.sh)"
+            grep -q '^nightly' <<<"$(rustup toolchain list)" || die "no nightly toolchain (run .ci/setup-cross.sh)"
             STEP="$w"
             echo "backends: == $w" >&2
             # Without the annotations ASan warns that it ignores
@@ -129,7 +129,7 @@ for w in "${WANT[@]}"; do
             grep "test result" <<<"$out"
             ;;
         tsan)
-            rustup toolchain list | grep -q '^nightly' || die "no nightly toolchain (run .ci/setup-cross.sh)"
+            grep -q '^nightly' <<<"$(rustup toolchain list)" || die "no nightly toolchain (run .ci/setup-cross.sh)"
             STEP="$w"
             echo "backends: == $w" >&2
             # TSan needs an instrumented std (-Zbuild-std).

@@ -91,7 +91,11 @@ STEP="rustup targets"
 command -v rustup >/dev/null 2>&1 || die "rustup not found on PATH"
 CROSS_TARGETS=(aarch64-unknown-linux-gnu riscv64gc-unknown-linux-gnu x86_64-pc-windows-gnu)
 
-have_toolchain() { rustup toolchain list | awk '{print $1}' | grep -q "^$1\(-\|$\)"; }
+have_toolchain() { # no pipe into grep -q: under pipefail the writer may die of SIGPIPE
+    local list
+    list=$(rustup toolchain list) || return 1
+    awk -v t="$1" '$1 == t || index($1, t "-") == 1 { found = 1 } END { exit !found }' <<<"$list"
+}
 
 ensure_targets() { # toolchain
     local tc=$1 t need=() installed
@@ -172,7 +176,7 @@ if [[ "${COSTACK_SKIP_WINE:-0}" != 1 ]]; then
     if [[ ! -f "$WINEPREFIX/system.reg" ]]; then
         boot_mode="-i"
     elif [[ -f /usr/share/wine/wine.inf && -f "$WINEPREFIX/.update-timestamp" ]]; then
-        stamp=$(tr -dc "0-9a-z" <"$WINEPREFIX/.update-timestamp" | head -c 64)  # file ends in CRLF
+        stamp=$(tr -dc "0-9a-z" <"$WINEPREFIX/.update-timestamp")  # file ends in CRLF
         if [[ "$stamp" != disable* && "$stamp" != "$(stat -c %Y /usr/share/wine/wine.inf)" ]]; then
             boot_mode="-u"
         fi
@@ -221,7 +225,11 @@ if [[ "${COSTACK_SKIP_WINE:-0}" != 1 ]]; then
         x86_64-w64-mingw32-gcc -shared -O2 -s -Wall -Wextra -Werror \
             -o "$tmp_dll" "$DLL_SRC" -ladvapi32 \
             || { rm -f "$tmp_dll"; die "x86_64-w64-mingw32-gcc failed to build $DLL_SRC"; }
-        x86_64-w64-mingw32-objdump -p "$tmp_dll" | grep -q '\] ProcessPrng$' \
+        # Capture first: under pipefail, `objdump | grep -q` fails at random when
+        # grep exits at the match and objdump dies of SIGPIPE (exit 141).
+        dll_headers=$(x86_64-w64-mingw32-objdump -p "$tmp_dll") \
+            || { rm -f "$tmp_dll"; die "x86_64-w64-mingw32-objdump cannot read $tmp_dll"; }
+        grep -q '\] ProcessPrng$' <<<"$dll_headers" \
             || { rm -f "$tmp_dll"; die "built DLL does not export ProcessPrng"; }
         install -m 0644 "$tmp_dll" "$DLL_DST" || { rm -f "$tmp_dll"; die "cannot install $DLL_DST"; }
         rm -f "$tmp_dll"
