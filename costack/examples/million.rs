@@ -25,6 +25,7 @@ thread_local! {
 
 /// How far below `addr` the nearest guard page ends, if the kernel reports
 /// one in /proc/self/pagemap (bit 58: guard region, Linux 6.15+).
+#[cfg(target_os = "linux")]
 fn guard_below(addr: usize) -> Option<usize> {
     use std::os::unix::fs::FileExt;
     let page = 4096;
@@ -37,6 +38,11 @@ fn guard_below(addr: usize) -> Option<usize> {
             .ok()?;
         (u64::from_le_bytes(entry) & (1 << 58) != 0).then_some(addr - (p + page))
     })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn guard_below(_addr: usize) -> Option<usize> {
+    None
 }
 
 /// A field of /proc/self/status, in KiB.

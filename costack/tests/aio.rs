@@ -1,6 +1,9 @@
 //! The event loop: block_on, spawn, timers, bottom halves, threads,
 //! run_blocking, wait_future, shutdown.
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::os::fd::AsFd;

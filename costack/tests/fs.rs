@@ -1,5 +1,8 @@
 //! Coroutine file I/O, through io_uring and through the thread pool.
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use std::cell::Cell;
 use std::io::ErrorKind;
 use std::path::PathBuf;

@@ -1,6 +1,9 @@
 //! File I/O that cannot wait for a device is done on the loop thread:
 //! results as on the other paths, and the loop stays fair.
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use std::cell::Cell;
 use std::path::PathBuf;
 use std::rc::Rc;

@@ -1,6 +1,9 @@
 //! `COSTACK_NO_IO_URING=1` forces the thread-pool fallback (a separate
 //! test binary, since it sets the environment of its process).
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use costack::aio::EventLoop;
 use costack::fs::File;
 

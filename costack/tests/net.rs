@@ -1,6 +1,9 @@
 //! Coroutine sockets: TCP and Unix echo, concurrent halves, shutdown,
 //! timeouts, blocking use outside a loop.
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;

@@ -3,6 +3,9 @@
 //! tests check that no wakeup is lost whichever way the data comes (Unix
 //! sockets, which do not cache, must behave the same).
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The locks with coroutines on several event-loop threads: wakes cross
 //! threads through the loops' mailboxes, never by hand.
 
+// The event loop, sockets and files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
