@@ -11,7 +11,9 @@
 //! difference of two runs with different iteration counts, divided by the
 //! difference in iterations); `--count list` names the cases.
 //!
-//! Cases: `round_trip` (enter + yield back), `lifecycle` (create, enter,
+//! Cases: `round_trip` (enter + yield back; `corosensei_tracked` is
+//! corosensei doing by hand the bookkeeping costack's API requires, see
+//! [`Tracked`]), `lifecycle` (create, enter,
 //! finish with a pooled/reused stack), `nesting_1000` (a coroutine creates and
 //! enters a child, 1000 deep, 16 KiB stacks, as QEMU's perf/nesting) and
 //! `drop_suspended` (drop a coroutine suspended once, which unwinds it).
@@ -68,6 +70,52 @@ fn corosensei_yielder() -> CsLoop {
     CsCoroutine::new(|y: &Yielder<(), ()>, ()| loop {
         y.suspend(());
     })
+}
+
+/// What `enter` and `yield_now` keep besides the switch, for a peer doing
+/// the same work: the thread's current coroutine (for `current()`,
+/// `in_coroutine()` and a handle-less `yield_now`), saved and restored
+/// around each entry, and a status byte (for `is_entered`, misuse checks and
+/// the cancel flag of an unwinding drop), checked before and after.
+struct Tracked {
+    status: Cell<u8>,
+    caller: Cell<*const Tracked>,
+}
+
+const TRACKED_READY: u8 = 1;
+const TRACKED_ENTERED: u8 = 2;
+const TRACKED_CANCELLED: u8 = 8;
+
+thread_local! {
+    static TRACKED_CURRENT: Cell<*const Tracked> = const { Cell::new(std::ptr::null()) };
+}
+
+/// corosensei's loop with [`Tracked`]'s bookkeeping; resume it through
+/// [`tracked_resume`].
+fn corosensei_tracked() -> (Box<Tracked>, CsLoop) {
+    let ctl = Box::new(Tracked {
+        status: Cell::new(TRACKED_READY),
+        caller: Cell::new(std::ptr::null()),
+    });
+    let co = CsCoroutine::new(|y: &Yielder<(), ()>, ()| loop {
+        let cur = TRACKED_CURRENT.with(Cell::get);
+        assert!(!cur.is_null(), "yield outside a coroutine");
+        // SAFETY: the current block is live while its coroutine runs.
+        let ctl = unsafe { &*cur };
+        ctl.status.set(ctl.status.get() - 1);
+        TRACKED_CURRENT.with(|c| c.set(ctl.caller.get()));
+        y.suspend(());
+        assert!(ctl.status.get() & TRACKED_CANCELLED == 0, "cancelled");
+    });
+    (ctl, co)
+}
+
+fn tracked_resume(ctl: &Tracked, co: &mut CsLoop) {
+    assert!(ctl.status.get() == TRACKED_READY, "cannot enter");
+    ctl.caller.set(TRACKED_CURRENT.with(|c| c.replace(ctl)));
+    ctl.status.set(TRACKED_ENTERED);
+    co.resume(());
+    assert!(ctl.status.get() == TRACKED_READY, "finished");
 }
 
 fn costack_lifecycle() {
@@ -169,6 +217,11 @@ fn round_trip(c: &mut Criterion) {
     let mut cs = corosensei_yielder();
     g.bench_function("corosensei", |b| b.iter(|| cs.resume(())));
     drop(cs);
+    let (ctl, mut cs) = corosensei_tracked();
+    g.bench_function("corosensei_tracked", |b| {
+        b.iter(|| tracked_resume(&ctl, &mut cs))
+    });
+    drop(cs);
     g.finish();
 }
 
@@ -269,11 +322,12 @@ fn point_estimate(json: &str, key: &str) -> Option<f64> {
 fn print_ratios(since: SystemTime) {
     println!();
     println!(
-        "{:<16} {:>13} {:>13} {:>13} {:>11} {:>11}",
+        "{:<26} {:>13} {:>13} {:>13} {:>11} {:>11}",
         "case", "costack", "corosensei", "call", "/corosensei", "/call"
     );
     for (group, peer) in [
         ("round_trip", "corosensei"),
+        ("round_trip", "corosensei_tracked"),
         ("lifecycle", "corosensei"),
         ("nesting_1000", "corosensei"),
         ("nesting_1000", "corosensei_fresh"),
@@ -297,7 +351,7 @@ fn print_ratios(since: SystemTime) {
             format!("  vs {peer}")
         };
         println!(
-            "{:<16} {:>13} {:>13} {:>13} {:>11} {:>11}",
+            "{:<26} {:>13} {:>13} {:>13} {:>11} {:>11}",
             label,
             fmt(Some(ours)),
             fmt(theirs),
@@ -315,6 +369,7 @@ const CASES: &[&str] = &[
     "round_trip/call",
     "round_trip/costack",
     "round_trip/corosensei",
+    "round_trip/corosensei_tracked",
     "lifecycle/costack",
     "lifecycle/corosensei",
     "nesting_1000/costack",
@@ -348,6 +403,10 @@ fn count(case: &str, n: u64) {
             (0..n).for_each(|_| {
                 co.resume(());
             });
+        }
+        "round_trip/corosensei_tracked" => {
+            let (ctl, mut co) = corosensei_tracked();
+            (0..n).for_each(|_| tracked_resume(&ctl, &mut co));
         }
         "lifecycle/costack" => (0..n).for_each(|_| costack_lifecycle()),
         "lifecycle/corosensei" => {
