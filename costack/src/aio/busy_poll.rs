@@ -153,13 +153,18 @@ mod tests {
         Duration::from_micros(n)
     }
 
+    /// `times` waits of `wait` each, none of them preempted.
+    fn waits(p: &BusyPoll, times: usize, wait: Duration) {
+        for _ in 0..times {
+            p.adjust(wait, false);
+        }
+    }
+
     #[test]
     fn off_by_default_and_never_grows_when_off() {
         let p = BusyPoll::new(Duration::ZERO);
         assert!(!p.enabled());
-        for _ in 0..10 {
-            p.adjust(us(1), false);
-        }
+        waits(&p, 10, us(1));
         assert_eq!(p.window(), Duration::ZERO);
     }
 
@@ -183,9 +188,7 @@ mod tests {
     #[test]
     fn a_wait_past_the_maximum_stops_polling_or_divides() {
         let p = BusyPoll::new(us(64));
-        for _ in 0..10 {
-            p.adjust(us(60), false);
-        }
+        waits(&p, 10, us(60));
         assert_eq!(p.window(), us(64));
         p.adjust(Duration::from_millis(5), false);
         assert_eq!(p.window(), Duration::ZERO);
@@ -202,9 +205,7 @@ mod tests {
     #[test]
     fn a_preempted_poll_counts_as_a_miss() {
         let p = BusyPoll::new(us(64));
-        for _ in 0..10 {
-            p.adjust(us(30), false);
-        }
+        waits(&p, 10, us(30));
         assert_eq!(p.window(), us(32));
         // Caught within the window, but another thread had to run first.
         p.adjust(us(5), true);
@@ -214,9 +215,7 @@ mod tests {
     #[test]
     fn an_event_caught_at_once_stops_polling_for_a_while() {
         let p = BusyPoll::new(us(128));
-        for _ in 0..10 {
-            p.adjust(us(30), false);
-        }
+        waits(&p, 10, us(30));
         assert_eq!(p.window(), us(32));
         // The next piece of a burst: found at once.
         p.adjust(us(1), false);
@@ -236,15 +235,11 @@ mod tests {
     #[test]
     fn setting_the_maximum_restarts_and_caps() {
         let p = BusyPoll::new(us(1000));
-        for _ in 0..20 {
-            p.adjust(us(900), false);
-        }
+        waits(&p, 20, us(900));
         assert_eq!(p.window(), us(1000));
         p.set_max(us(10));
         assert_eq!(p.window(), Duration::ZERO);
-        for _ in 0..20 {
-            p.adjust(us(9), false);
-        }
+        waits(&p, 20, us(9));
         assert_eq!(p.window(), us(10));
         assert_eq!(p.max(), us(10));
     }
