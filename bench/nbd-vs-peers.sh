@@ -9,6 +9,8 @@
 #   bench/nbd-vs-peers.sh            # full run (a few minutes)
 #   ROUNDS=1 QUICK=1 bench/nbd-vs-peers.sh   # smoke run
 #   ONLY='4k-read' bench/nbd-vs-peers.sh     # workloads matching a regex
+#   BASELINE=/tmp/old-costack-nbd bench/nbd-vs-peers.sh
+#       # also serve another costack-nbd build in the same rotation (A/B)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,8 @@ for tool in qemu-img qemu-nbd nbdkit nbdcopy; do
 done
 cargo build --release -q -p costack-nbd
 COSTACK=${COSTACK:-target/release/costack-nbd}   # or another build, to compare
+BASELINE=${BASELINE:-}
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
 
 if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((SIZE_MB << 20)) ]; then
     echo "creating $IMG ($SIZE_MB MiB of data)"
@@ -37,6 +41,7 @@ trap cleanup EXIT
 start_server() { # name port
     case $1 in
         costack) "$COSTACK" -p "$2" "$IMG" >/dev/null & ;;
+        baseline) "$BASELINE" -p "$2" "$IMG" >/dev/null & ;;
         qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
         nbdkit) nbdkit -f -p "$2" file "$IMG" & ;;
     esac
@@ -49,6 +54,7 @@ start_server() { # name port
 }
 
 servers=(costack qemu-nbd nbdkit)
+[ -z "$BASELINE" ] || servers+=(baseline)
 declare -A port
 i=0
 for s in "${servers[@]}"; do
@@ -98,7 +104,7 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[in
 
 for w in "${selected[@]}"; do
     name=${w%%|*}; args=${w#*|}
-    for r in $(seq "$ROUNDS"); do
+    for _ in $(seq "$ROUNDS"); do
         for s in "${servers[@]}"; do
             if [ "$name" = nbdcopy-read ]; then v=$(copy_once "$s"); else v=$(bench_once "$s" "$args"); fi
             results[$name,$s]="${results[$name,$s]:-} $v"
@@ -107,15 +113,22 @@ for w in "${selected[@]}"; do
     echo "done: $name" >&2
 done
 
-printf '\n%-16s %12s %12s %12s %10s %10s\n' workload costack-nbd qemu-nbd nbdkit vs-qemu vs-nbdkit
+extra_head=(); [ -z "$BASELINE" ] || extra_head=(baseline vs-base)
+printf '\n%-16s %12s %12s %12s %10s %10s' workload costack-nbd qemu-nbd nbdkit vs-qemu vs-nbdkit
+[ -z "$BASELINE" ] || printf ' %12s %10s' "${extra_head[@]}"
+echo
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print a / b }'; }
 for w in "${selected[@]}"; do
     name=${w%%|*}
     c=$(median <<<"${results[$name,costack]}")
     q=$(median <<<"${results[$name,qemu-nbd]}")
     k=$(median <<<"${results[$name,nbdkit]}")
-    printf '%-16s %12s %12s %12s %9.2fx %9.2fx\n' "$name" "$c" "$q" "$k" \
-        "$(awk -v a="$c" -v b="$q" 'BEGIN { print a / b }')" \
-        "$(awk -v a="$c" -v b="$k" 'BEGIN { print a / b }')"
+    printf '%-16s %12s %12s %12s %9.2fx %9.2fx' "$name" "$c" "$q" "$k" "$(ratio "$c" "$q")" "$(ratio "$c" "$k")"
+    if [ -n "$BASELINE" ]; then
+        b=$(median <<<"${results[$name,baseline]}")
+        printf ' %12s %9.2fx' "$b" "$(ratio "$c" "$b")"
+    fi
+    echo
 done
 echo "(IOPS for qemu-img bench workloads, MB/s for nbdcopy; medians of $ROUNDS interleaved rounds)"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"

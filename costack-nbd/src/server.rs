@@ -3,24 +3,23 @@
 //! Code here reads like blocking I/O — `read_request`, `device.read_at`,
 //! `stream.write_all` — while every call that would block yields to the
 //! thread's costack event loop instead. A connection's coroutine reads
-//! requests in order and spawns a coroutine for each. Replies go to the
-//! connection's outbox, which one sender coroutine drains: it runs after
-//! the requests that were runnable with it, so the replies finished in one
-//! loop pass leave in one `writev` (an `Outbox`). Read data is not copied
+//! requests in order and spawns a coroutine for each, which replies
+//! under a `CoMutex` on the socket's write side, taking along the replies
+//! of the other requests finished in the same loop pass: one `writev` for
+//! them all (an `Outbox`). Read data is not copied
 //! into the reply: the reply refers to the read buffer, which is recycled
 //! once sent. A `CoSemaphore` bounds the requests in flight per client,
 //! counting each until its reply is on the socket.
 
-use std::cell::{Cell, RefCell};
-use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::cell::RefCell;
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use costack::aio;
-use costack::sync::CoSemaphore;
-use costack::Coroutine;
+use costack::sync::{CoMutex, CoSemaphore};
 
 use crate::backend::BlockDevice;
 use crate::handshake::{negotiate, Duplex, HandshakeConfig};
@@ -154,17 +153,10 @@ where
     };
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
     let params = Rc::new(TransmissionParams::from_negotiated(&negotiated));
-    let in_flight = Rc::new(CoSemaphore::new(MAX_IN_FLIGHT));
-    let budget = Rc::new(CoSemaphore::new(MAX_BYTES_IN_FLIGHT));
-    let outbox = Outbox::start(
-        stream.clone(),
-        in_flight.clone(),
-        budget.clone(),
-        peer.clone(),
-    );
+    let outbox = Rc::new(Outbox::new(stream.clone(), peer.clone()));
     let mut reader = BufReader::with_capacity(128 << 10, &*stream);
     loop {
-        let incoming = match read_incoming(&mut reader, &params, &outbox.pool, &budget) {
+        let incoming = match read_incoming(&mut reader, &params, &outbox.pool, &outbox.budget) {
             Ok(incoming) => incoming,
             Err(ReadError::Disconnected) => break,
             Err(e) => {
@@ -173,24 +165,24 @@ where
             }
         };
         // Every reply holds a permit until it is sent.
-        in_flight.acquire(1);
+        outbox.in_flight.acquire(1);
         match incoming {
             Incoming::Request(req) if req.op == Op::Disconnect => {
-                in_flight.release(1);
+                outbox.in_flight.release(1);
                 break;
             }
             Incoming::Request(mut req) => {
                 // A write's share was taken before its payload was read.
                 let cost = data_cost(&req.op);
                 if matches!(req.op, Op::Read { .. }) {
-                    budget.acquire(cost);
+                    outbox.budget.acquire(cost);
                 }
                 let (outbox, params) = (outbox.clone(), params.clone());
                 let device = shared.device.clone();
                 aio::spawn(move || {
                     let reply = execute(&*device, &params, &req, &outbox.pool);
                     outbox.pool.give(std::mem::take(&mut req.payload));
-                    outbox.push(reply, cost);
+                    outbox.send(reply, cost);
                 });
             }
             Incoming::Rejected { header, error } => {
@@ -198,15 +190,14 @@ where
                     length = header.length, error = error.name(), "request refused");
                 let mut out = Vec::new();
                 let _ = write_rejection(&mut out, &header, error, params.structured_replies);
-                outbox.push(Reply::bytes(out), 0);
+                let outbox = outbox.clone();
+                aio::spawn(move || outbox.send(Reply::bytes(out), 0));
             }
         }
     }
     // Let every request in flight finish and its reply go out before
     // closing.
-    in_flight.acquire(MAX_IN_FLIGHT);
-    in_flight.release(MAX_IN_FLIGHT);
-    outbox.close();
+    outbox.in_flight.acquire(MAX_IN_FLIGHT);
     tracing::info!(%peer, "client disconnected");
 }
 
@@ -216,7 +207,7 @@ where
 /// [`Request::payload`], a rejected one's is read and discarded, and one
 /// longer than `max_payload` is fatal.
 fn read_incoming<R: Read>(
-    r: &mut R,
+    r: &mut BufReader<R>,
     p: &TransmissionParams,
     pool: &Pool,
     budget: &CoSemaphore,
@@ -238,7 +229,7 @@ fn read_incoming<R: Read>(
                 let cost = data_cost(&op);
                 budget.acquire(cost);
                 payload = pool.take(header.length as usize);
-                if let Err(e) = r.read_exact(&mut payload) {
+                if let Err(e) = read_payload(r, &mut payload) {
                     pool.give(payload);
                     budget.release(cost);
                     return Err(e.into());
@@ -262,6 +253,16 @@ fn read_incoming<R: Read>(
             Ok(Incoming::Rejected { header, error })
         }
     }
+}
+
+/// Fills `buf` from `r`: what `r` has buffered, then the rest straight
+/// from the stream. `BufReader` would pass a payload shorter than its
+/// buffer through the buffer, copying it once more.
+fn read_payload<R: Read>(r: &mut BufReader<R>, buf: &mut [u8]) -> io::Result<()> {
+    let n = r.buffer().len().min(buf.len());
+    buf[..n].copy_from_slice(&r.buffer()[..n]);
+    r.consume(n);
+    r.get_mut().read_exact(&mut buf[n..])
 }
 
 /// Spare data buffers of a connection (for reads and write payloads), so
@@ -381,83 +382,76 @@ impl Write for Scatter<'_> {
 /// Most buffers one `writev` takes (`IOV_MAX`).
 const MAX_IOV: usize = 1024;
 
-/// A connection's replies waiting to be sent, and their sender.
-struct Outbox {
+/// A connection's replies on their way to the socket.
+///
+/// Replies are serialized by a `CoMutex` on the socket's write side, as in
+/// QEMU's server, with one twist (flat combining): the request holding it
+/// sends every reply queued, not just its own, until none is left. A
+/// request queues its reply, lets the requests runnable in the same loop
+/// pass queue theirs ([`aio::yield_now`]), then sends the lot in one
+/// `writev` — unless the lock is held, in which case the holder sends its
+/// reply too and it is done. Nobody waits for the lock, so no reply waits
+/// behind requests whose replies are already gone.
+struct Outbox<S> {
     /// Replies, each with its share of the byte budget.
     queue: RefCell<Vec<(Reply, usize)>>,
-    /// The sender, while it waits for replies.
-    idle: RefCell<Option<Coroutine>>,
-    closed: Cell<bool>,
+    /// The socket's write side.
+    sender: CoMutex<Sender<S>>,
+    /// A permit per request until its reply is sent.
+    in_flight: CoSemaphore,
+    /// Bytes of request data held (see [`MAX_BYTES_IN_FLIGHT`]).
+    budget: CoSemaphore,
     pool: Pool,
 }
 
-impl Outbox {
-    /// An outbox whose sender writes to `stream`, releasing one permit of
-    /// `in_flight` per reply sent (or dropped, once the stream failed).
-    fn start<S>(
-        stream: Rc<S>,
-        in_flight: Rc<CoSemaphore>,
-        budget: Rc<CoSemaphore>,
-        peer: String,
-    ) -> Rc<Outbox>
-    where
-        S: 'static,
-        for<'a> &'a S: Write,
-    {
-        let outbox = Rc::new(Outbox {
+struct Sender<S> {
+    stream: Rc<S>,
+    peer: String,
+    /// A write failed: later replies are dropped (the reader sees the
+    /// connection end).
+    failed: bool,
+}
+
+impl<S> Outbox<S>
+where
+    for<'a> &'a S: Write,
+{
+    fn new(stream: Rc<S>, peer: String) -> Self {
+        Outbox {
             queue: RefCell::new(Vec::new()),
-            idle: RefCell::new(None),
-            closed: Cell::new(false),
+            sender: CoMutex::new(Sender {
+                stream,
+                peer,
+                failed: false,
+            }),
+            in_flight: CoSemaphore::new(MAX_IN_FLIGHT),
+            budget: CoSemaphore::new(MAX_BYTES_IN_FLIGHT),
             pool: Pool::default(),
-        });
-        let me = outbox.clone();
-        aio::spawn(move || me.run(&*stream, &in_flight, &budget, &peer));
-        outbox
-    }
-
-    /// Queues a reply; the sender sends it after the coroutines runnable
-    /// now ran (their replies join it).
-    fn push(&self, reply: Reply, cost: usize) {
-        self.queue.borrow_mut().push((reply, cost));
-        self.kick();
-    }
-
-    /// No more replies: the sender ends once the queue is empty.
-    fn close(&self) {
-        self.closed.set(true);
-        self.kick();
-    }
-
-    fn kick(&self) {
-        if let Some(sender) = self.idle.borrow_mut().take() {
-            // At the back of the run queue: after the other requests
-            // that are ready to reply in this pass.
-            aio::schedule(&sender);
         }
     }
 
-    fn run<S>(&self, stream: &S, in_flight: &CoSemaphore, budget: &CoSemaphore, peer: &str)
-    where
-        for<'a> &'a S: Write,
-    {
-        let mut failed = false;
+    /// Sends `reply` (with its share `cost` of the byte budget), together
+    /// with the other replies ready in this loop pass, and releases their
+    /// permits and shares; or leaves it to the request already sending.
+    fn send(&self, reply: Reply, cost: usize) {
+        self.queue.borrow_mut().push((reply, cost));
+        aio::yield_now();
+        let Some(mut sender) = self.sender.try_lock() else {
+            // The holder sends until the queue is empty: ours too.
+            return;
+        };
         loop {
             let batch = std::mem::take(&mut *self.queue.borrow_mut());
             if batch.is_empty() {
-                if self.closed.get() {
-                    return;
-                }
-                *self.idle.borrow_mut() = costack::current();
-                while self.idle.borrow().is_some() {
-                    costack::yield_now();
-                }
-                continue;
+                // No yield between this check and the unlock: a reply
+                // queued from now on finds the lock free.
+                return;
             }
-            if !failed {
+            if !sender.failed {
                 let replies: Vec<&Reply> = batch.iter().map(|(r, _)| r).collect();
-                if let Err(e) = send_all(stream, &replies) {
-                    tracing::debug!(%peer, error = %e, "replies not sent");
-                    failed = true;
+                if let Err(e) = send_all(&*sender.stream, &replies) {
+                    tracing::debug!(peer = %sender.peer, error = %e, "replies not sent");
+                    sender.failed = true;
                 }
             }
             let n = batch.len();
@@ -466,8 +460,8 @@ impl Outbox {
                 self.pool.give(reply.data);
                 cost += c;
             }
-            budget.release(cost);
-            in_flight.release(n);
+            self.budget.release(cost);
+            self.in_flight.release(n);
         }
     }
 }
@@ -672,6 +666,8 @@ mod tests {
         // Past the end: rejected, payload consumed.
         push(req(Command::Write, 0, 1 << 20, 3), b"xyz");
         push(req(Command::Write, 0, 0, 4), b"abcd");
+        let long: Vec<u8> = (0..100u8).collect();
+        push(req(Command::Write, 0, 8192, 100), &long);
         push(req(Command::Flush, 0, 0, 0), b"");
         // Too large: fatal.
         push(req(Command::Write, 0, 0, 1 << 17), b"");
@@ -679,8 +675,18 @@ mod tests {
         pool.give(vec![0xEE; 100]);
         // Never short here, so no waiting (which only works in a coroutine).
         let budget = CoSemaphore::new(MAX_BYTES_IN_FLIGHT);
-        let (mut a, mut b) = (&wire[..], &wire[..]);
-        for _ in 0..5 {
+        // Reads of at most 7 bytes through a 16-byte buffer: payloads come
+        // partly from the buffer, partly straight from the stream.
+        struct Trickle<'a>(&'a [u8]);
+        impl Read for Trickle<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(7);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let mut a = &wire[..];
+        let mut b = BufReader::with_capacity(16, Trickle(&wire));
+        for _ in 0..6 {
             let want = read_request(&mut a, &params).unwrap();
             let got = read_incoming(&mut b, &params, &pool, &budget).unwrap();
             assert_eq!(got, want);
@@ -696,7 +702,7 @@ mod tests {
         // A payload cut short is a disconnection, as there.
         let short = [&req(Command::Write, 0, 0, 8).encode()[..], b"abc"].concat();
         assert!(matches!(
-            read_incoming(&mut &short[..], &params, &pool, &budget),
+            read_incoming(&mut BufReader::new(&short[..]), &params, &pool, &budget),
             Err(ReadError::Disconnected)
         ));
     }

@@ -520,6 +520,7 @@ fn free_functions_panic_outside_coroutine() {
             Box::new(|| aio::schedule(&Coroutine::new(|| ()))),
         ),
         ("sleep", Box::new(|| aio::sleep(Duration::from_millis(1)))),
+        ("yield_now", Box::new(aio::yield_now)),
         (
             "wait_readable",
             Box::new(|| drop(aio::wait_readable(r.as_fd()))),
@@ -559,6 +560,42 @@ fn free_functions_panic_outside_coroutine() {
             msg.borrow()
         );
     }
+}
+
+#[test]
+fn yield_now_takes_turns_with_the_runnable_coroutines() {
+    let lp = EventLoop::new().unwrap();
+    let log = Rc::new(RefCell::new(Vec::new()));
+    for name in ["a", "b", "c"] {
+        let log = log.clone();
+        lp.spawn(move || {
+            for i in 0..3 {
+                log.borrow_mut().push(format!("{name}{i}"));
+                aio::yield_now();
+            }
+        });
+    }
+    while lp.poll(false) {}
+    assert_eq!(lp.task_count(), 0);
+    assert_eq!(
+        log.borrow().join(" "),
+        "a0 b0 c0 a1 b1 c1 a2 b2 c2",
+        "each yield_now lets the others run once"
+    );
+    // On the loop's thread but outside any coroutine: there is nothing
+    // to yield.
+    let msg = Rc::new(RefCell::new(String::new()));
+    let m = msg.clone();
+    lp.call_soon(move || {
+        let p = catch_unwind(aio::yield_now).unwrap_err();
+        *m.borrow_mut() = panic_message(&*p);
+    });
+    while lp.poll(false) {}
+    assert!(
+        msg.borrow().contains("not in a coroutine"),
+        "{}",
+        msg.borrow()
+    );
 }
 
 #[test]

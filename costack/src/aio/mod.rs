@@ -44,8 +44,9 @@
 //!   coroutine, in order.
 //! - **Run queue**: [`schedule`], spawned coroutines and wakes from outside
 //!   any coroutine enter coroutines from the loop, once per iteration for
-//!   what was queued before it started (aio_co_schedule). Wakes from inside
-//!   a coroutine bypass the loop (see [`Coroutine::wake`]).
+//!   what was queued before it started (aio_co_schedule); [`yield_now`]
+//!   goes to its back. Wakes from inside a coroutine bypass the loop (see
+//!   [`Coroutine::wake`]).
 //! - **Blocking work**: [`run_blocking`] on a bounded
 //!   [`thread_pool`]; file I/O in [`fs`](crate::fs) on io_uring when the
 //!   kernel has it (its completion eventfd sits in the epoll set), else on
@@ -144,6 +145,40 @@ use crate::Coroutine;
 #[track_caller]
 pub fn schedule(co: &Coroutine) {
     context("aio::schedule").schedule(co)
+}
+
+/// Lets every other coroutine that is runnable on the current loop run
+/// first, then continues: [`schedule`]s the caller and yields. (A bare
+/// [`crate::yield_now`] in a loop coroutine instead waits until something
+/// wakes it.) Useful to gather the work of one loop pass, as costack-nbd
+/// does to send the replies finished together in one `writev`.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::cell::RefCell;
+/// use std::rc::Rc;
+///
+/// let order = Rc::new(RefCell::new(Vec::new()));
+/// let log = order.clone();
+/// EventLoop::new().unwrap().block_on(move || {
+///     let spawned = log.clone();
+///     aio::spawn(move || spawned.borrow_mut().push("spawned"));
+///     aio::yield_now();
+///     log.borrow_mut().push("resumed");
+/// });
+/// assert_eq!(*order.borrow(), ["spawned", "resumed"]);
+/// ```
+///
+/// # Panics
+/// When not in a coroutine on an event loop: "not in a coroutine".
+#[track_caller]
+pub fn yield_now() {
+    let inner = context("aio::yield_now");
+    let Some(me) = crate::current() else {
+        panic!("aio::yield_now called when not in a coroutine on an event loop");
+    };
+    inner.schedule(&me);
+    crate::yield_now();
 }
 
 /// Suspends the calling coroutine for `duration` (qemu_co_sleep_ns); the
