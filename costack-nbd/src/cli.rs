@@ -96,9 +96,15 @@ pub struct Cli {
 
     /// Busy-poll for requests up to NS nanoseconds before sleeping (an
     /// adaptive window, as QEMU's iothread `poll-max-ns`); 0 turns polling
-    /// off. Default: `COSTACK_POLL_MAX_NS` if set, else 128000.
-    #[arg(long = "poll-max-ns", value_name = "NS")]
-    pub poll_max_ns: Option<u64>,
+    /// off. The environment variable is the one costack's event loops
+    /// read.
+    #[arg(
+        long = "poll-max-ns",
+        value_name = "NS",
+        env = "COSTACK_POLL_MAX_NS",
+        default_value_t = DEFAULT_POLL_MAX_NS
+    )]
+    pub poll_max_ns: u64,
 
     /// Factor the polling window grows by when a longer one would have
     /// caught the request (QEMU's `poll-grow`; below 2 counts as 2).
@@ -125,18 +131,9 @@ pub struct Cli {
 pub const DEFAULT_POLL_MAX_NS: u64 = 128_000;
 
 impl Cli {
-    /// How long event loops busy-poll at most before sleeping:
-    /// `--poll-max-ns`, else `COSTACK_POLL_MAX_NS`, else
-    /// [`DEFAULT_POLL_MAX_NS`].
+    /// How long event loops busy-poll at most before sleeping.
     pub fn poll_max(&self) -> std::time::Duration {
-        let env = || {
-            std::env::var("COSTACK_POLL_MAX_NS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-        };
-        std::time::Duration::from_nanos(
-            self.poll_max_ns.or_else(env).unwrap_or(DEFAULT_POLL_MAX_NS),
-        )
+        std::time::Duration::from_nanos(self.poll_max_ns)
     }
 }
 
@@ -253,7 +250,9 @@ mod tests {
         assert_eq!(c.size, 1 << 30);
         assert_eq!(c.shared, 16);
         assert_eq!(c.threads, 1);
-        assert_eq!(c.poll_max_ns, None);
+        if std::env::var_os("COSTACK_POLL_MAX_NS").is_none() {
+            assert_eq!(c.poll_max_ns, DEFAULT_POLL_MAX_NS);
+        }
         assert_eq!((c.poll_grow, c.poll_shrink), (2, 0));
         assert_eq!(c.cache, CacheMode::Writeback);
         assert_eq!(c.verbose, 0);
@@ -296,7 +295,7 @@ mod tests {
         assert_eq!(c.size, 64 << 20);
         assert_eq!(c.shared, 4);
         assert_eq!(c.threads, 2);
-        assert_eq!(c.poll_max_ns, Some(0));
+        assert_eq!(c.poll_max_ns, 0);
         assert_eq!(c.poll_max(), std::time::Duration::ZERO);
         assert_eq!((c.poll_grow, c.poll_shrink), (4, 2));
         assert_eq!(c.cache, CacheMode::None);

@@ -16,56 +16,6 @@ use std::collections::HashMap;
 
 use support::*;
 
-/// The model: expected contents, and which bytes are known.
-struct Model {
-    data: Vec<u8>,
-    known: Vec<bool>,
-}
-
-impl Model {
-    fn new(data: Vec<u8>) -> Model {
-        let known = vec![true; data.len()];
-        Model { data, known }
-    }
-
-    fn write(&mut self, offset: u64, bytes: &[u8]) {
-        let o = offset as usize;
-        self.data[o..o + bytes.len()].copy_from_slice(bytes);
-        self.known[o..o + bytes.len()].fill(true);
-    }
-
-    fn zero(&mut self, offset: u64, len: u32) {
-        let (o, n) = (offset as usize, len as usize);
-        self.data[o..o + n].fill(0);
-        self.known[o..o + n].fill(true);
-    }
-
-    fn forget(&mut self, offset: u64, len: u32) {
-        let (o, n) = (offset as usize, len as usize);
-        self.known[o..o + n].fill(false);
-    }
-
-    /// Panics with the first difference between `got` and the model.
-    fn check(&self, offset: u64, got: &[u8], what: &str) {
-        let o = offset as usize;
-        for (i, &b) in got.iter().enumerate() {
-            if self.known[o + i] && self.data[o + i] != b {
-                panic!(
-                    "{what}: byte at {} is {b:#04x}, model says {:#04x}",
-                    o + i,
-                    self.data[o + i]
-                );
-            }
-        }
-    }
-
-    /// Whether every known byte of the range is zero.
-    fn zero_where_known(&self, offset: u64, len: u64) -> bool {
-        let (o, n) = (offset as usize, len as usize);
-        (o..o + n).all(|i| !self.known[i] || self.data[i] == 0)
-    }
-}
-
 /// What a reply must look like, and how it changes the model.
 #[derive(Debug)]
 enum Expect {

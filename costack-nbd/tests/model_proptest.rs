@@ -110,42 +110,13 @@ fn batches(ops: &[Op]) -> Vec<&[Op]> {
     out
 }
 
-/// The disk as the client knows it: trimmed bytes are unspecified.
-struct Model {
-    data: Vec<u8>,
-    known: Vec<bool>,
-}
-
-impl Model {
-    fn apply(&mut self, op: &Op) {
-        let Some((s, e)) = op.range() else { return };
-        let (s, e) = (s as usize, e as usize);
-        match *op {
-            Op::Write { at, len, seed, .. } => {
-                self.data[s..e].copy_from_slice(&pattern(at, len, seed));
-                self.known[s..e].fill(true);
-            }
-            Op::Zero { .. } => {
-                self.data[s..e].fill(0);
-                self.known[s..e].fill(true);
-            }
-            Op::Trim { .. } => self.known[s..e].fill(false),
-            Op::Read { .. } | Op::Flush => {}
-        }
-    }
-
-    fn check_read(&self, at: u64, got: &[u8]) -> Result<(), TestCaseError> {
-        let at = at as usize;
-        for (i, &b) in got.iter().enumerate() {
-            let j = at + i;
-            if self.known[j] && self.data[j] != b {
-                return Err(TestCaseError::fail(format!(
-                    "byte {j}: read {b:#04x}, the model has {:#04x}",
-                    self.data[j]
-                )));
-            }
-        }
-        Ok(())
+/// What `op` does to the model.
+fn apply(model: &mut Model, op: &Op) {
+    match *op {
+        Op::Write { at, len, seed, .. } => model.write(at, &pattern(at, len, seed)),
+        Op::Zero { at, len, .. } => model.zero(at, len),
+        Op::Trim { at, len } => model.forget(at, len),
+        Op::Read { .. } | Op::Flush => {}
     }
 }
 
@@ -158,10 +129,7 @@ fn run_stream(server: &Server, structured: bool, ops: &[Op]) -> Result<(), TestC
         .request(CMD_WRITE_ZEROES, 0, 0, DISK as u32, &[])
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     prop_assert_eq!(r.error, 0);
-    let mut model = Model {
-        data: vec![0; DISK as usize],
-        known: vec![true; DISK as usize],
-    };
+    let mut model = Model::new(vec![0; DISK as usize]);
     let io = |e: std::io::Error| TestCaseError::fail(format!("connection: {e}"));
     for batch in batches(ops) {
         let mut sent = HashMap::new();
@@ -185,7 +153,7 @@ fn run_stream(server: &Server, structured: bool, ops: &[Op]) -> Result<(), TestC
         // The batch's writes commute with its reads (no overlap), so the
         // model may take them all before the reads are checked.
         for op in batch {
-            model.apply(op);
+            apply(&mut model, op);
         }
         for _ in 0..batch.len() {
             let reply = client.recv().map_err(io)?;
@@ -198,7 +166,11 @@ fn run_stream(server: &Server, structured: bool, ops: &[Op]) -> Result<(), TestC
             prop_assert_eq!(reply.error, 0, "{:?} failed", batch[i]);
             if let Op::Read { at, len } = batch[i] {
                 prop_assert_eq!(reply.data.len(), len as usize);
-                model.check_read(at, &reply.data)?;
+                if let Some((byte, got, want)) = model.first_difference(at, &reply.data) {
+                    return Err(TestCaseError::fail(format!(
+                        "byte {byte}: read {got:#04x}, the model has {want:#04x}"
+                    )));
+                }
             }
         }
     }

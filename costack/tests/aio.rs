@@ -144,17 +144,24 @@ fn thousand_sleepers_finish_on_time() {
     );
 }
 
-#[test]
-fn timers_fire_in_deadline_order() {
-    let lp = EventLoop::new().unwrap();
+/// Spawns one coroutine per entry of `ms`, sleeping that many milliseconds
+/// and then logging its index: the log is the order the timers fired in.
+fn spawn_sleepers(lp: &EventLoop, ms: &[u64]) -> Rc<RefCell<Vec<usize>>> {
     let order = Rc::new(RefCell::new(Vec::new()));
-    for (i, ms) in [(0, 60u64), (1, 20), (2, 40), (3, 1)] {
+    for (i, &ms) in ms.iter().enumerate() {
         let order = order.clone();
         lp.spawn(move || {
             aio::sleep(Duration::from_millis(ms));
             order.borrow_mut().push(i);
         });
     }
+    order
+}
+
+#[test]
+fn timers_fire_in_deadline_order() {
+    let lp = EventLoop::new().unwrap();
+    let order = spawn_sleepers(&lp, &[60, 20, 40, 1]);
     while lp.task_count() > 0 {
         lp.poll(true);
     }
@@ -747,14 +754,7 @@ fn polling_loop_delivers_fd_events_posts_and_timers() {
     });
 
     // Timers in deadline order, spaced shorter and longer than a window.
-    let order = Rc::new(RefCell::new(Vec::new()));
-    for (i, ms) in [(0, 90u64), (1, 3), (2, 40), (3, 1)] {
-        let order = order.clone();
-        lp.spawn(move || {
-            aio::sleep(Duration::from_millis(ms));
-            order.borrow_mut().push(i);
-        });
-    }
+    let order = spawn_sleepers(&lp, &[90, 3, 40, 1]);
 
     // Posts from another thread.
     let posted = Rc::new(Cell::new(0));

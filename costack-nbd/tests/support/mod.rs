@@ -1,5 +1,6 @@
-//! Test support shared by `model.rs` and `faults.rs`: starting the real
-//! `costack-nbd` binary and a small synchronous NBD client.
+//! Test support shared by the integration tests: starting the real
+//! `costack-nbd` binary, a small synchronous NBD client, and a model of
+//! the disk's contents.
 //!
 //! The client writes the wire format by hand (it does not use the crate's
 //! `proto` module) so that an encoder bug in the server cannot be mirrored
@@ -646,4 +647,61 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
     let n = N.fetch_add(1, Ordering::Relaxed);
     std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("{name}-{}-{n}.img", std::process::id()))
+}
+
+/// A model of an export's contents: the expected bytes, and which of them
+/// are known (trimmed bytes are unspecified until written again).
+pub struct Model {
+    pub data: Vec<u8>,
+    pub known: Vec<bool>,
+}
+
+impl Model {
+    /// A model of a disk holding `data`.
+    pub fn new(data: Vec<u8>) -> Model {
+        let known = vec![true; data.len()];
+        Model { data, known }
+    }
+
+    pub fn write(&mut self, offset: u64, bytes: &[u8]) {
+        let o = offset as usize;
+        self.data[o..o + bytes.len()].copy_from_slice(bytes);
+        self.known[o..o + bytes.len()].fill(true);
+    }
+
+    pub fn zero(&mut self, offset: u64, len: u32) {
+        let (o, n) = (offset as usize, len as usize);
+        self.data[o..o + n].fill(0);
+        self.known[o..o + n].fill(true);
+    }
+
+    /// Trimmed: the range's contents are unspecified now.
+    pub fn forget(&mut self, offset: u64, len: u32) {
+        let (o, n) = (offset as usize, len as usize);
+        self.known[o..o + n].fill(false);
+    }
+
+    /// The first known byte that `got`, read at `offset`, has wrong:
+    /// `(position, read, expected)`.
+    pub fn first_difference(&self, offset: u64, got: &[u8]) -> Option<(usize, u8, u8)> {
+        let o = offset as usize;
+        got.iter()
+            .enumerate()
+            .map(|(i, &b)| (o + i, b))
+            .find(|&(at, b)| self.known[at] && self.data[at] != b)
+            .map(|(at, b)| (at, b, self.data[at]))
+    }
+
+    /// Panics with the first difference between `got` and the model.
+    pub fn check(&self, offset: u64, got: &[u8], what: &str) {
+        if let Some((at, b, want)) = self.first_difference(offset, got) {
+            panic!("{what}: byte at {at} is {b:#04x}, model says {want:#04x}");
+        }
+    }
+
+    /// Whether every known byte of the range is zero.
+    pub fn zero_where_known(&self, offset: u64, len: u64) -> bool {
+        let (o, n) = (offset as usize, len as usize);
+        (o..o + n).all(|i| !self.known[i] || self.data[i] == 0)
+    }
 }

@@ -607,30 +607,28 @@ impl EventLoop {
         let _current = CurrentGuard::enter(inner);
         let mut progress = inner.dispatch();
         loop {
-            if progress || !blocking {
+            let waiting = !progress && blocking;
+            if progress {
                 // Busy: ask epoll only every few iterations, so coroutines
                 // waking each other do not pay a syscall per switch.
                 // Cross-thread posts are seen without it (`dispatch` checks
                 // the notification flag).
-                if progress {
-                    let ticks = inner.busy_ticks.get().wrapping_add(1);
-                    inner.busy_ticks.set(ticks);
-                    if !ticks.is_multiple_of(32) {
-                        return true;
-                    }
+                let ticks = inner.busy_ticks.get().wrapping_add(1);
+                inner.busy_ticks.set(ticks);
+                if !ticks.is_multiple_of(32) {
+                    return true;
                 }
-                inner.busy_ticks.set(0);
-                match inner.wait_events(0) {
-                    Ok(p) => progress |= p,
-                    Err(e) => panic!("costack: epoll_wait failed: {e}"),
-                }
-            } else {
-                inner.busy_ticks.set(0);
+            }
+            inner.busy_ticks.set(0);
+            let events = if waiting {
                 let deadline = inner.timers.borrow_mut().next_deadline();
-                match inner.wait_blocking(deadline) {
-                    Ok(p) => progress |= p,
-                    Err(e) => panic!("costack: epoll_wait failed: {e}"),
-                }
+                inner.wait_blocking(deadline)
+            } else {
+                inner.wait_events(0)
+            };
+            match events {
+                Ok(p) => progress |= p,
+                Err(e) => panic!("costack: epoll_wait failed: {e}"),
             }
             progress |= inner.dispatch();
             if progress || !blocking {
