@@ -17,7 +17,7 @@
 # are cached in target/<triple>/.
 #
 #   bash .ci/backends.sh            # all of the above
-#   bash .ci/backends.sh miri       # core tests under Miri (thread backend;
+#   bash .ci/backends.sh miri       # sync, generator, core tests under Miri (thread backend;
 #                                   # opt-in: needs nightly, minutes)
 #   bash .ci/backends.sh asan       # core tests under AddressSanitizer with
 #                                   # the fiber annotations (opt-in: nightly)
@@ -97,7 +97,10 @@ for w in "${WANT[@]}"; do
         thread)
             # The 100k-coroutine test would start 100k OS threads; an
             # overflow is std's thread-overflow abort here, not costack's.
+            # The locks and generators too: their per-thread state must be
+            # the logical thread's (a coroutine is an OS thread here).
             run "$w" --features thread-backend --test core --test backends \
+                --test sync --test generator \
                 -- --skip a_hundred_thousand_live_coroutines
             ;;
         miri)
@@ -110,6 +113,9 @@ for w in "${WANT[@]}"; do
             # the core. The overflow test's child cannot run under Miri.
             STEP="$w"
             echo "backends: == $w" >&2
+            # The locks first: their intrusive waiter lists are the riskiest
+            # unsafe code of the crate.
+            cargo +nightly miri test -p costack --test sync --test generator
             cargo +nightly miri test -p costack --test core -- \
                 --skip a_hundred_thousand_live_coroutines --skip chain_of_25000 \
                 --skip nesting_to_depth_1000 --skip coroutines_on_several_threads \

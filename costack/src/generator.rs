@@ -26,6 +26,21 @@ use crate::coroutine::{self, Coroutine};
 /// Dropping a generator before it finishes unwinds its coroutine, so the
 /// destructors of its locals run. A panic in the generator's body continues
 /// out of [`next`](Iterator::next).
+///
+/// `next` returns `None` only once the body has returned, and from then on
+/// always (the iterator is fused).
+///
+/// # Panics
+///
+/// The body runs only inside `next`, so it cannot wait: if it suspends
+/// without a value (a bare [`yield_now`](crate::yield_now), a contended
+/// lock, a sleep or I/O), that `next` panics with a message containing
+/// "without a value" (the body stays suspended where it yielded).
+///
+/// ```should_panic
+/// let mut g = costack::Generator::<u32>::new(|_| costack::yield_now());
+/// g.next(); // panics: the body yielded without a value
+/// ```
 pub struct Generator<T> {
     co: Coroutine,
     slot: Rc<Cell<Option<T>>>,
@@ -86,8 +101,22 @@ impl<T> Iterator for Generator<T> {
             return None;
         }
         self.co.enter();
-        self.slot.take()
+        match self.slot.take() {
+            Some(value) => Some(value),
+            None if self.co.is_finished() => None,
+            None => yielded_without_value(),
+        }
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn yielded_without_value() -> ! {
+    panic!(
+        "generator body yielded without a value (a bare yield_now, or a lock or I/O \
+         call that waits): a generator only runs inside next() and cannot wait"
+    )
 }
 
 impl<T> std::iter::FusedIterator for Generator<T> {}

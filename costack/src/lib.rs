@@ -31,6 +31,7 @@
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 // Without the event loop (Linux only for now), its hooks in the core and
 // the mailbox are unused.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]

@@ -484,6 +484,81 @@ fn dropping_loop_unwinds_suspended_coroutines() {
     assert!(t.elapsed() < Duration::from_secs(5));
 }
 
+/// Runs a closure when dropped: a destructor that may wait.
+struct OnDrop<F: FnMut()>(F);
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+#[test]
+fn dropping_loop_drives_destructors_that_wait() {
+    let lp = EventLoop::new().unwrap();
+    let lock = Rc::new(costack::sync::CoMutex::new(0));
+    let done = Rc::new(RefCell::new(Vec::new()));
+    // Spawned first, so unwound first: its destructor waits for the lock
+    // the second task holds until that one is unwound too.
+    let (l, d) = (lock.clone(), done.clone());
+    lp.spawn(move || {
+        let _wait = OnDrop(move || {
+            *l.lock() += 1;
+            d.borrow_mut().push("locked");
+        });
+        aio::sleep(Duration::from_secs(3600));
+    });
+    let l = lock.clone();
+    lp.spawn(move || {
+        let _held = l.lock();
+        aio::sleep(Duration::from_secs(3600));
+    });
+    let d = done.clone();
+    lp.spawn(move || {
+        let _wait = OnDrop(move || {
+            aio::sleep(Duration::from_millis(5));
+            let v = aio::run_blocking(|| 6 * 7);
+            d.borrow_mut()
+                .push(if v == 42 { "slept, ran" } else { "wrong" });
+        });
+        aio::sleep(Duration::from_secs(3600));
+    });
+    while lp.poll(false) {}
+    assert_eq!(lp.task_count(), 3);
+    assert!(lock.is_locked());
+    let t = Instant::now();
+    drop(lp);
+    let mut done = done.borrow().clone();
+    done.sort();
+    assert_eq!(done, ["locked", "slept, ran"]);
+    assert!(!lock.is_locked());
+    assert_eq!(*lock.try_lock().unwrap(), 1);
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_waker_of_wait_future_woken_from_a_nested_coroutine() {
+    // The future's poll enters a coroutine that wakes the poller's waker:
+    // the polling coroutine is its entered ancestor.
+    struct WakeFromInside(bool);
+    impl Future for WakeFromInside {
+        type Output = &'static str;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<&'static str> {
+            if self.0 {
+                return Poll::Ready("woken");
+            }
+            self.0 = true;
+            let w = cx.waker().clone();
+            Coroutine::new(move || w.wake()).enter();
+            Poll::Pending
+        }
+    }
+    let lp = EventLoop::new().unwrap();
+    assert_eq!(
+        lp.block_on(|| aio::wait_future(WakeFromInside(false))),
+        "woken"
+    );
+}
+
 #[test]
 fn panic_in_bottom_half_propagates_and_loop_survives() {
     let lp = EventLoop::new().unwrap();

@@ -392,17 +392,47 @@ fn waking_oneself_runs_again_after_the_yield() {
 }
 
 #[test]
-fn waking_an_entered_ancestor_panics() {
-    let outer = Coroutine::new(|| {
-        let outer = current().unwrap();
-        let inner = Coroutine::new(move || {
-            let err = panic::catch_unwind(AssertUnwindSafe(|| outer.wake())).unwrap_err();
-            assert!(panic_message(&*err).contains("re-entered recursively"));
+fn waking_an_entered_ancestor_runs_it_once_it_has_yielded() {
+    let l = log();
+    let (l1, l2) = (l.clone(), l.clone());
+    let outer = Coroutine::new(move || {
+        let me = current().unwrap();
+        let l3 = l1.clone();
+        let middle = Coroutine::new(move || {
+            let l4 = l3.clone();
+            // Two levels down: wakes its grandparent, then its parent.
+            let grandparent = me.clone();
+            let parent = current().unwrap();
+            let inner = Coroutine::new(move || {
+                grandparent.wake();
+                grandparent.wake(); // queued already: coalesced
+                parent.wake();
+                l4.borrow_mut().push("inner done");
+            });
+            inner.enter();
+            assert!(inner.is_finished());
+            l3.borrow_mut().push("middle yields");
+            yield_now();
+            l3.borrow_mut().push("middle resumed");
         });
-        inner.enter();
+        middle.enter();
+        assert!(middle.is_finished(), "woken parent ran after its yield");
+        l1.borrow_mut().push("outer yields");
+        yield_now();
+        l1.borrow_mut().push("outer resumed");
     });
     outer.enter();
-    assert!(outer.is_finished());
+    assert!(outer.is_finished(), "woken grandparent ran after its yield");
+    assert_eq!(
+        *l2.borrow(),
+        [
+            "inner done",
+            "middle yields",
+            "middle resumed",
+            "outer yields",
+            "outer resumed"
+        ]
+    );
 }
 
 /// QEMU's test-aio "queue-chaining": two coroutines wake each other back and

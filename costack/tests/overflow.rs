@@ -217,3 +217,47 @@ fn mprotect_guards_fallback_also_reports_overflow() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_destructor_that_waits_while_its_coroutine_is_dropped_aborts_with_its_name() {
+    use std::rc::Rc;
+    child("drop-wait", || {
+        struct LockOnDrop(Rc<costack::sync::CoMutex<()>>);
+        impl Drop for LockOnDrop {
+            fn drop(&mut self) {
+                let _g = self.0.lock(); // contended: would have to wait
+            }
+        }
+        let lock = Rc::new(costack::sync::CoMutex::new(()));
+        let held = lock.clone();
+        let holder = costack::Coroutine::new(move || {
+            let _g = held.lock();
+            costack::yield_now();
+        });
+        holder.enter();
+        let victim = costack::Coroutine::builder()
+            .name("locks-in-drop")
+            .create(move || {
+                let _d = LockOnDrop(lock);
+                costack::yield_now();
+            })
+            .unwrap();
+        victim.enter();
+        drop(victim);
+        eprintln!("survived the drop");
+    });
+    let out = run_case(
+        "a_destructor_that_waits_while_its_coroutine_is_dropped_aborts_with_its_name",
+        "drop-wait",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    #[cfg(unix)]
+    if runner().is_none() {
+        assert_eq!(signal_of(&out), Some(libc::SIGABRT), "{stderr}");
+    }
+    assert!(stderr.contains("yielded while being dropped"), "{stderr}");
+    assert!(stderr.contains("'locks-in-drop'"), "{stderr}");
+    assert!(!stderr.contains("survived"), "{stderr}");
+    assert!(!stderr.contains("panic in a destructor"), "{stderr}");
+}

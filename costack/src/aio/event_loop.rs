@@ -37,7 +37,7 @@ const TOKEN_NOTIFY: u64 = u64::MAX;
 /// epoll data of the io_uring completion eventfd.
 pub(crate) const TOKEN_URING: u64 = u64::MAX - 1;
 
-thread_local! {
+crate::arch::logical_thread_local! {
     /// The loop that is polling on this thread (innermost, if nested).
     static CURRENT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
     /// The loop the thread's mailbox notifies: the one that polled last.
@@ -175,7 +175,8 @@ impl Inner {
     /// (aio_co_schedule). A coroutine already queued (here, or in a wake
     /// list) is not queued twice.
     pub(crate) fn schedule(&self, co: &Coroutine) {
-        if co.is_finished() || self.closed.get() {
+        // A closed loop runs only the unwinds it drives (see `shutdown`).
+        if co.is_finished() || (self.closed.get() && !co.is_draining()) {
             return;
         }
         if !co.swap_queued(true) {
@@ -383,14 +384,16 @@ impl Inner {
     }
 
     /// Unwinds the spawned coroutines and drops all queued work.
+    ///
+    /// A destructor that waits while its coroutine unwinds (a lock held by
+    /// another task, a sleep, a thread-pool job) suspends it; the loop then
+    /// keeps running timers, fd events and cross-thread wakes, entering
+    /// only such unwinding coroutines, until every unwind has finished.
     fn shutdown(&self) {
         self.closed.set(true);
         self.remote.close();
-        if MAILBOX_LOOP.try_with(Cell::get).ok() == Some(self as *const Inner) {
-            self.mailbox.set_notify(None);
-            let _ = MAILBOX_LOOP.try_with(|m| m.set(std::ptr::null()));
-        }
         let mut first_panic = None;
+        let mut draining = Vec::new();
         loop {
             let tasks = self.tasks.borrow_mut().drain();
             let queued: Vec<Coroutine> = self.run_queue.borrow_mut().drain(..).collect();
@@ -407,7 +410,15 @@ impl Inner {
                 if let Some(p) = co.cancel() {
                     first_panic.get_or_insert(p);
                 }
+                if co.is_draining() {
+                    draining.push(co);
+                }
             }
+            self.drive_unwinds(&mut draining, &mut first_panic);
+        }
+        if MAILBOX_LOOP.try_with(Cell::get).ok() == Some(self as *const Inner) {
+            self.mailbox.set_notify(None);
+            let _ = MAILBOX_LOOP.try_with(|m| m.set(std::ptr::null()));
         }
         drop(self.timers.borrow_mut().take_all());
         self.fds.borrow_mut().clear();
@@ -418,6 +429,36 @@ impl Inner {
         if let Some(p) = first_panic {
             if !std::thread::panicking() {
                 panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Runs the closed loop until the unwinds in `draining` have finished.
+    /// Each iteration is `poll(true)`'s, but the run queue only ever holds
+    /// unwinding coroutines (see `schedule`).
+    fn drive_unwinds(
+        &self,
+        draining: &mut Vec<Coroutine>,
+        first_panic: &mut Option<Box<dyn std::any::Any + Send>>,
+    ) {
+        loop {
+            draining.retain(Coroutine::is_draining);
+            if draining.is_empty() {
+                return;
+            }
+            let step = panic::catch_unwind(AssertUnwindSafe(|| {
+                if !self.dispatch() {
+                    let deadline = self.timers.borrow_mut().next_deadline();
+                    if let Err(e) = self.wait_blocking(deadline) {
+                        panic!("costack: epoll_wait failed: {e}");
+                    }
+                    self.dispatch();
+                }
+            }));
+            if let Err(p) = step {
+                first_panic.get_or_insert(p);
             }
         }
     }

@@ -70,15 +70,18 @@ pub fn waker() -> Waker {
 }
 
 /// A thread's queue of wakes posted by other threads.
+///
+/// The mailbox also stands for its (logical) thread: a waker is local when
+/// the calling thread's mailbox is the waker's. Under the thread backend a
+/// coroutine body runs on an OS thread of its own, so `ThreadId`s would
+/// call the coroutine's own thread foreign.
 pub(crate) struct Mailbox {
-    owner: std::thread::ThreadId,
     queue: Mutex<Vec<CoId>>,
     notify: Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
-thread_local! {
+crate::arch::logical_thread_local! {
     static MAILBOX: Arc<Mailbox> = Arc::new(Mailbox {
-        owner: std::thread::current().id(),
         queue: Mutex::new(Vec::new()),
         notify: Mutex::new(None),
     });
@@ -90,8 +93,14 @@ pub(crate) fn mailbox() -> Arc<Mailbox> {
 }
 
 impl Mailbox {
-    fn is_local(&self) -> bool {
-        std::thread::current().id() == self.owner
+    /// Whether this is the calling thread's mailbox. (A mailbox lives as
+    /// long as a waker holds it, so its address names one thread.) False
+    /// once the thread's thread-locals are gone: mail posted then is never
+    /// read, which is right for a thread that is exiting.
+    pub(crate) fn is_local(&self) -> bool {
+        MAILBOX
+            .try_with(|m| std::ptr::eq(Arc::as_ptr(m), self))
+            .unwrap_or(false)
     }
 
     fn post(&self, id: CoId) {
@@ -143,6 +152,21 @@ impl Mailbox {
 }
 
 impl Waker {
+    /// Whether the waker's coroutine belongs to the calling thread.
+    pub(crate) fn is_local(&self) -> bool {
+        self.mailbox.is_local()
+    }
+
+    /// The waker's coroutine, if it is alive on the calling thread. `None`
+    /// for another thread's (or a finished) coroutine.
+    pub(crate) fn local_coroutine(&self) -> Option<Coroutine> {
+        if self.mailbox.is_local() {
+            Coroutine::from_id(self.id)
+        } else {
+            None
+        }
+    }
+
     /// Whether the waker names the coroutine running right now.
     pub(crate) fn is_current(&self) -> bool {
         self.mailbox.is_local()

@@ -39,6 +39,13 @@ pub(crate) const WAKES: u8 = 0b100;
 pub(crate) const CANCELLED: u8 = 0b1000;
 /// Flag: the coroutine finished with a panic, kept in `panic`.
 pub(crate) const PANICKED: u8 = 0b1_0000;
+/// Flag, with [`CANCELLED`]: an event loop drives the unwind, so a
+/// destructor that waits (a contended lock, a sleep) suspends for real and
+/// the loop enters the coroutine again when the wait completes.
+pub(crate) const DRAINING: u8 = 0b10_0000;
+/// The flags an unwind keeps across the coroutine's yields; a Ready
+/// coroutine with only these may be entered (and keeps them).
+pub(crate) const UNWIND_FLAGS: u8 = CANCELLED | DRAINING;
 
 /// `status` of a coroutine that may be entered and has nothing pending:
 /// the one value `enter` checks for, and the one it expects back after a
@@ -60,8 +67,8 @@ pub(crate) trait Home {
 /// The fields a round trip touches come first, together in one cache line.
 #[repr(C)]
 pub(crate) struct Control {
-    /// A [`State`] in the low bits, [`WAKES`], [`CANCELLED`] and
-    /// [`PANICKED`] above.
+    /// A [`State`] in the low bits, [`WAKES`], [`CANCELLED`],
+    /// [`PANICKED`] and [`DRAINING`] above.
     pub(crate) status: Cell<u8>,
     /// Whether this coroutine sits in some wake list or run queue.
     pub(crate) queued: Cell<bool>,
@@ -120,6 +127,14 @@ impl Control {
             2 => State::Entered,
             _ => State::Finished,
         }
+    }
+
+    /// The status to resume this coroutine with, if it may be entered now:
+    /// Ready, with no flags but those of an unwind in progress (kept).
+    #[inline]
+    pub(crate) fn resume_status(&self) -> Option<u8> {
+        let status = self.status.get();
+        (status & !UNWIND_FLAGS == READY).then_some(ENTERED | (status & UNWIND_FLAGS))
     }
 
     /// Whether the coroutine was created and never entered.

@@ -29,7 +29,7 @@ use std::ptr::{self, NonNull};
 
 use crate::arch::{Context, Switch};
 use crate::stack::{self, DEFAULT_STACK_SIZE};
-use control::{CoId, Control, State, WakeList, CANCELLED, ENTERED, PANICKED, READY};
+use control::{CoId, Control, State, WakeList, CANCELLED, DRAINING, ENTERED, PANICKED, READY};
 
 crate::arch::logical_thread_local! {
     /// The innermost entered coroutine of this thread.
@@ -68,6 +68,19 @@ struct ForcedUnwind;
 /// `catch_unwind`, it may run on, but every further [`yield_now`] resumes
 /// the unwind at once instead of suspending; if it returns normally it is
 /// simply finished.
+///
+/// # Aborts
+///
+/// - A destructor that waits while its coroutine is unwound because its
+///   last handle was dropped (a contended [`CoMutex`](crate::sync::CoMutex),
+///   a sleep, I/O) can never be resumed: nothing holds the coroutine any
+///   more. The process aborts with a message on stderr containing
+///   `yielded while being dropped` and the coroutine's name. (Coroutines
+///   still on an [`EventLoop`](crate::aio::EventLoop) when it is dropped are
+///   unwound by the loop instead, which keeps running until such waits
+///   complete.)
+/// - Overflowing the coroutine's stack aborts with `stack overflow in
+///   coroutine '<name>'` on stderr.
 ///
 /// ```
 /// use std::cell::Cell;
@@ -148,19 +161,21 @@ impl Coroutine {
     pub fn enter(&self) {
         let co = self.ctl();
         if co.status.get() != READY {
-            cannot_enter(co.state());
+            return enter_flagged(co);
         }
-        run(co);
+        run(co, ENTERED);
     }
 
     /// Enters the coroutine unless it is entered already or finished;
     /// returns whether it entered (qemu_coroutine_enter_if_inactive).
     pub fn enter_if_inactive(&self) -> bool {
-        if self.ctl().status.get() != READY {
-            return false;
+        match self.ctl().resume_status() {
+            Some(status) => {
+                run(self.ctl(), status);
+                true
+            }
+            None => false,
         }
-        run(self.ctl());
-        true
     }
 
     /// Whether the coroutine is on the active chain: running, or having
@@ -184,21 +199,35 @@ impl Coroutine {
     /// - Outside any coroutine, a coroutine that belongs to an event loop is
     ///   scheduled on it; any other is entered at once.
     ///
-    /// Waking a finished coroutine, or one already queued, does nothing.
+    /// - A coroutine that is entered (an ancestor of the caller, which
+    ///   entered the caller directly or through others) is queued the same
+    ///   way: it runs once it has yielded, right after the yield.
     ///
-    /// # Panics
-    /// If the target is entered (an ancestor of the caller):
-    /// "re-entered recursively".
+    /// Waking a finished coroutine, or one already queued, does nothing;
+    /// `wake` never panics for the target's state.
+    ///
+    /// ```
+    /// use costack::{current, yield_now, Coroutine};
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    ///
+    /// let rounds = Rc::new(Cell::new(0));
+    /// let r = rounds.clone();
+    /// let outer = Coroutine::new(move || {
+    ///     let me = current().unwrap();
+    ///     // A coroutine we enter wakes us, its entered ancestor: we run
+    ///     // again right after our next yield.
+    ///     Coroutine::new(move || me.wake()).enter();
+    ///     r.set(1);
+    ///     yield_now();
+    ///     r.set(2);
+    /// });
+    /// outer.enter();
+    /// assert_eq!(rounds.get(), 2);
+    /// ```
     pub fn wake(&self) {
         let co = self.ctl();
-        match co.state() {
-            State::Finished => return,
-            State::Entered if !ptr::eq(co, current_ptr()) => {
-                panic!("coroutine re-entered recursively (woken while entered)")
-            }
-            _ => {}
-        }
-        if co.queued.get() {
+        if co.state() == State::Finished || co.queued.get() {
             return;
         }
         let cur = current_ptr();
@@ -209,9 +238,12 @@ impl Coroutine {
             unsafe { (*cur).push_wake(co) };
             return;
         }
+        // Outside any coroutine nothing is entered, so `co` is Ready.
         match co.home() {
             Some(home) => home.schedule(self.clone()),
-            None => run(co),
+            None => {
+                self.enter_if_inactive();
+            }
         }
     }
 
@@ -259,9 +291,12 @@ impl Coroutine {
         self.ctl().has_home()
     }
 
-    /// Unwinds a suspended coroutine's stack now, as dropping its last
-    /// handle would, even though other handles exist. Used by event loops
-    /// that own coroutines. Returns the panic of a destructor, if any.
+    /// Starts unwinding a suspended coroutine's stack now, as dropping its
+    /// last handle would, even though other handles exist: for event loops
+    /// that own coroutines. The loop drives the unwind: a destructor that
+    /// waits suspends the coroutine, and waking it (through its home)
+    /// resumes the destructor; see [`is_draining`](Coroutine::is_draining).
+    /// Returns the panic of a destructor, if any.
     pub(crate) fn cancel(&self) -> Option<Box<dyn Any + Send>> {
         let co = self.ctl();
         match co.state() {
@@ -269,9 +304,18 @@ impl Coroutine {
                 drop_unstarted(co);
                 None
             }
-            State::Ready => unwind(co),
+            State::Ready if co.status.get() == READY => {
+                run_collect(co, ENTERED | CANCELLED | DRAINING)
+            }
             _ => None,
         }
+    }
+
+    /// Whether a loop's [`cancel`](Coroutine::cancel) is still unwinding
+    /// the coroutine: a destructor of it waits.
+    pub(crate) fn is_draining(&self) -> bool {
+        let co = self.ctl();
+        co.state() == State::Ready && co.status.get() & DRAINING != 0
     }
 }
 
@@ -489,6 +533,17 @@ fn drop_stack(co: &Control) {
     drop(co.take_stack());
 }
 
+/// `enter` of a coroutine whose status is not plain Ready: one being
+/// unwound by its loop (entered with its flags kept), or a misuse.
+#[cold]
+#[inline(never)]
+fn enter_flagged(co: &Control) {
+    match co.resume_status() {
+        Some(status) => run(co, status),
+        None => cannot_enter(co.state()),
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn cannot_enter(state: State) -> ! {
@@ -501,11 +556,12 @@ fn cannot_enter(state: State) -> ! {
     }
 }
 
-/// Enters `first`, then every coroutine woken meanwhile, in order; resumes
-/// the first panic once all of them have run.
+/// Enters `first` with `status` (`ENTERED`, plus the flags of an unwind in
+/// progress), then every coroutine woken meanwhile, in order; resumes the
+/// first panic once all of them have run.
 #[inline(always)]
-fn run(first: &Control) {
-    resume(first, ENTERED);
+fn run(first: &Control, status: u8) {
+    resume(first, status);
     // One compare: Ready without flags is the plain yield.
     let status = first.status.get();
     if status != READY {
@@ -554,17 +610,18 @@ fn run_woken(first: &Control, panicked: &mut Option<Box<dyn Any + Send>>) {
         let next = Coroutine::adopt(next);
         let co = next.ctl();
         co.queued.set(false);
-        match co.state() {
-            State::Ready if co.status.get() == READY => resume(co, ENTERED),
-            State::Finished => continue,
-            State::Entered | State::Ready => {
+        match (co.state(), co.resume_status()) {
+            (State::Ready, Some(status)) => resume(co, status),
+            (State::Finished, _) => continue,
+            (State::Entered | State::Ready, _) => {
                 // An ancestor of ours was woken (or a coroutine its own
                 // enterer is still busy with); entering it would be
-                // recursive. Queue it for our own caller instead.
+                // recursive. Queue it for our own caller instead: it runs
+                // once it has yielded.
                 requeue(co);
                 continue;
             }
-            State::Free => unreachable!(),
+            (State::Free, _) => unreachable!(),
         }
         co.take_wakes(&pending);
         if co.state() == State::Finished {
@@ -578,9 +635,11 @@ fn run_woken(first: &Control, panicked: &mut Option<Box<dyn Any + Send>>) {
 /// Hands a woken-but-entered coroutine to the current coroutine's wake list.
 fn requeue(co: &Control) {
     let cur = current_ptr();
+    // An entered coroutine is on the active chain, and the chain below the
+    // coroutine that just yielded is ours: there is a current coroutine.
     assert!(
         !cur.is_null(),
-        "coroutine re-entered recursively (woken while entered)"
+        "costack: woken coroutine is entered, but no coroutine is current"
     );
     co.queued.set(true);
     co.refs.set(co.refs.get() + 1);
@@ -623,8 +682,9 @@ fn release(ptr: *const Control) {
 
 /// Unwinds a suspended coroutine's stack: it is resumed with `CANCELLED`
 /// set, so the `yield_now` it waits in resumes a forced unwind. Should it
-/// catch that unwind and yield again, it is resumed again, until it
-/// finishes. Returns the first panic other than the forced unwind.
+/// catch that unwind and yield again, that yield resumes the unwind (see
+/// `yield_cancelled`). Returns the first panic other than the forced
+/// unwind.
 fn unwind(co: &Control) -> Option<Box<dyn Any + Send>> {
     let mut payload = None;
     while co.state() == State::Ready {
@@ -662,8 +722,12 @@ pub fn yield_now() {
     // SAFETY: CURRENT is live while it runs.
     let co = unsafe { &*cur };
     debug_assert_eq!(co.state(), State::Entered);
+    let status = co.status.get();
+    if status & CANCELLED != 0 {
+        return yield_cancelled(co);
+    }
     // Entered becomes Ready; the flags stay for the enterer.
-    co.status.set(co.status.get() - 1);
+    co.status.set(status - 1);
     set_current(co.caller.get());
     trace_event!("yield", co);
     // SAFETY: we run on `co`'s stack.
@@ -671,6 +735,45 @@ pub fn yield_now() {
     if co.status.get() & CANCELLED != 0 {
         cancelled();
     }
+}
+
+/// A yield of a coroutine that is being unwound because it was dropped.
+///
+/// - Not panicking: the coroutine caught the forced unwind and runs on;
+///   the yield resumes the unwind instead of suspending.
+/// - Panicking: a destructor run by the unwind waits (a contended lock, a
+///   sleep, I/O). With a loop driving the unwind (`DRAINING`) it suspends
+///   for real and returns, to the destructor, once the loop enters it
+///   again. Without one nothing can ever resume it, and unwinding from a
+///   destructor would abort with an opaque message: abort with one that
+///   names the coroutine instead.
+#[cold]
+#[inline(never)]
+fn yield_cancelled(co: &Control) {
+    if !std::thread::panicking() {
+        cancelled();
+    }
+    if co.status.get() & DRAINING == 0 {
+        yielded_while_dropped(co);
+    }
+    co.status.set(co.status.get() - 1);
+    set_current(co.caller.get());
+    trace_event!("yield", co);
+    // SAFETY: we run on `co`'s stack.
+    unsafe { co.context().suspend() };
+}
+
+#[cold]
+fn yielded_while_dropped(co: &Control) -> ! {
+    use std::io::Write;
+    let name = co.name().unwrap_or("<unnamed>");
+    let _ = writeln!(
+        io::stderr(),
+        "costack: coroutine '{name}' yielded while being dropped: a destructor \
+         run by the unwind of its dropped last handle waits (a contended lock, \
+         a sleep, I/O), and nothing can resume it; aborting"
+    );
+    std::process::abort()
 }
 
 // Inlined (but cold) so that the forced unwind starts in `yield_now`'s

@@ -101,8 +101,11 @@ pub(super) fn install() {
 /// A handler for a stack overflow must itself run on another stack.
 /// Threads started by Rust's std have one; others get ours.
 fn ensure_alt_stack() {
-    // SAFETY: querying the current signal stack has no preconditions.
+    // SAFETY: `stack_t` is plain data (integers and a pointer), for which
+    // all zeroes is a valid value.
     let mut current: libc::stack_t = unsafe { std::mem::zeroed() };
+    // SAFETY: with a null new stack, sigaltstack only writes the current
+    // one into `current`, a valid, writable `stack_t`.
     unsafe { libc::sigaltstack(ptr::null(), &mut current) };
     if current.ss_flags & libc::SS_DISABLE == 0 {
         return;

@@ -49,7 +49,7 @@ pub(crate) const BUDGET: u32 = 64;
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6_u32 as i64;
 
-thread_local! {
+crate::arch::logical_thread_local! {
     /// Inline I/O done on this thread since its last fairness yield.
     static SPENT: Cell<u32> = const { Cell::new(0) };
 }

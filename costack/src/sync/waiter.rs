@@ -26,11 +26,9 @@ use std::panic::{self, AssertUnwindSafe};
 use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::thread::ThreadId;
 
 use crate::aio::Waker;
-use crate::coroutine::control::CoId;
-use crate::coroutine::{self, Coroutine};
+use crate::coroutine;
 
 /// Not granted yet (linked, or about to be).
 pub(crate) const WAITING: u8 = 0;
@@ -50,8 +48,6 @@ pub(crate) struct Waiter {
     /// written by its owner before it is pushed, or under the lock.
     tag: Cell<usize>,
     state: AtomicU8,
-    id: CoId,
-    thread: ThreadId,
 }
 
 impl Waiter {
@@ -68,8 +64,6 @@ impl Waiter {
                 waker: UnsafeCell::new(Some(Waker::for_coroutine(co))),
                 tag: Cell::new(tag),
                 state: AtomicU8::new(WAITING),
-                id: co.id(),
-                thread: this_thread(),
             },
             None => coroutine::not_in_coroutine(what),
         })
@@ -94,33 +88,19 @@ impl Waiter {
     }
 }
 
-thread_local! {
-    static THREAD: ThreadId = std::thread::current().id();
-}
-
-fn this_thread() -> ThreadId {
-    THREAD
-        .try_with(|t| *t)
-        .unwrap_or_else(|_| std::thread::current().id())
-}
-
 /// How to wake a granted waiter, copied out of its node.
 pub(crate) struct Wake {
     waker: Waker,
-    id: CoId,
-    thread: ThreadId,
 }
 
 impl Wake {
-    /// Wakes the waiter as [`Coroutine::wake`] would: deferred inside a
+    /// Wakes the waiter as [`Coroutine::wake`](crate::Coroutine::wake) would: deferred inside a
     /// coroutine, at once (or on its loop) outside; through its thread's
     /// mailbox from another thread.
     pub(crate) fn wake(self) {
-        if self.thread != this_thread() {
+        let Some(co) = self.waker.local_coroutine() else {
+            // Another thread's (or gone): its mailbox delivers it.
             return self.waker.wake();
-        }
-        let Some(co) = Coroutine::from_id(self.id) else {
-            return;
         };
         if std::thread::panicking() && !coroutine::in_coroutine() {
             // A guard dropped while unwinding enters the waiter right now; a
@@ -136,8 +116,8 @@ impl Wake {
     /// of this thread is entered at once even if it belongs to an event
     /// loop (aio_co_enter).
     pub(crate) fn enter(self) {
-        if self.thread == this_thread() && !coroutine::in_coroutine() {
-            if let Some(co) = Coroutine::from_id(self.id) {
+        if !coroutine::in_coroutine() && self.waker.is_local() {
+            if let Some(co) = self.waker.local_coroutine() {
                 co.enter_if_inactive();
             }
         } else {
@@ -262,11 +242,7 @@ impl List {
         self.unlink(node);
         // SAFETY: `waker` is only touched under the lock we hold.
         let waker = unsafe { (*node.waker.get()).take() }.expect("waiter granted twice");
-        let wake = Wake {
-            waker,
-            id: node.id,
-            thread: node.thread,
-        };
+        let wake = Wake { waker };
         // The last access: publishes the hand-off (and, through it, the
         // data the previous owner wrote) to the waiter.
         node.state.store(kind, Ordering::Release);
