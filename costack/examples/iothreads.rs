@@ -1,7 +1,8 @@
-//! N event loops on N threads (QEMU's iothreads) sharing work through
-//! `LoopHandle::spawn`: a dispatcher hands out jobs round-robin; each job
-//! is a coroutine on its loop's thread that sleeps (standing in for I/O)
-//! and reports back through an `aio::Waker`.
+//! N event loops on N threads (QEMU's iothreads) sharing work: a
+//! dispatcher on the main thread's loop hands out jobs round-robin with
+//! `LoopHandle::spawn`; each job is a coroutine on its iothread that sleeps
+//! (standing in for I/O), and the dispatcher joins the handles, yielding
+//! meanwhile.
 //!
 //! `cargo run --example iothreads -- 4 1000` (threads, jobs).
 
@@ -18,77 +19,45 @@ fn main() {
 
 #[cfg(target_os = "linux")]
 mod linux {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::collections::BTreeMap;
     use std::thread;
     use std::time::{Duration, Instant};
 
-    use costack::aio::{self, EventLoop, LoopHandle};
+    use costack::aio::{self, EventLoop, IoThread};
 
     pub fn main() {
         let mut args = std::env::args().skip(1);
         let threads: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(4);
         let jobs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1000);
 
-        // Start the iothreads; each sends back its loop's handle and runs its
-        // loop until told to stop.
-        let stop = Arc::new(AtomicUsize::new(0));
-        let (tx, rx) = mpsc::channel::<LoopHandle>();
-        let workers: Vec<_> = (0..threads)
-            .map(|i| {
-                let tx = tx.clone();
-                let stop = stop.clone();
-                thread::Builder::new()
-                    .name(format!("iothread-{i}"))
-                    .spawn(move || {
-                        let lp = EventLoop::new().unwrap();
-                        tx.send(lp.handle()).unwrap();
-                        while stop.load(Ordering::Acquire) == 0 {
-                            lp.poll(true);
-                        }
-                    })
-                    .unwrap()
-            })
+        let iothreads: Vec<IoThread> = (0..threads)
+            .map(|i| IoThread::spawn(&format!("iothread-{i}")).expect("iothread"))
             .collect();
-        let handles: Vec<LoopHandle> = rx.iter().take(threads).collect();
+        let handles: Vec<_> = iothreads.iter().map(IoThread::handle).collect();
 
-        // The dispatcher is a coroutine on the main thread's loop.
-        let main_loop = EventLoop::new().unwrap();
         let t = Instant::now();
-        let per_thread = main_loop.block_on(move || {
-            let done = Arc::new(AtomicUsize::new(0));
-            let seen = Arc::new(Mutex::new(std::collections::HashMap::<String, usize>::new()));
-            let me = aio::waker();
-            for j in 0..jobs {
-                let (done, seen, me) = (done.clone(), seen.clone(), me.clone());
-                handles[j % handles.len()].spawn(move || {
-                    aio::sleep(Duration::from_millis(1 + (j % 10) as u64));
-                    let name = thread::current().name().unwrap_or("?").to_owned();
-                    *seen.lock().unwrap().entry(name).or_default() += 1;
-                    if done.fetch_add(1, Ordering::AcqRel) + 1 == jobs {
-                        me.wake(); // from the iothread to the main loop
-                    }
-                });
+        let per_thread = EventLoop::new().unwrap().block_on(move || {
+            let pending: Vec<_> = (0..jobs)
+                .map(|j| {
+                    handles[j % handles.len()].spawn(move || {
+                        aio::sleep(Duration::from_millis(1 + (j % 10) as u64));
+                        thread::current().name().unwrap_or("?").to_owned()
+                    })
+                })
+                .collect();
+            let mut seen = BTreeMap::<String, usize>::new();
+            for h in pending {
+                // Yields to this loop until that job's iothread is done.
+                *seen.entry(h.join().expect("job panicked")).or_default() += 1;
             }
-            while done.load(Ordering::Acquire) < jobs {
-                costack::yield_now(); // until the last job wakes us
-            }
-            let seen = seen.lock().unwrap();
-            let mut v: Vec<_> = seen.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            v.sort();
-            (v, handles)
+            seen
         });
-        let (per_thread, handles) = per_thread;
         println!("{jobs} jobs on {threads} iothreads in {:?}", t.elapsed());
         for (name, n) in per_thread {
             println!("  {name}: {n} jobs");
         }
-        stop.store(1, Ordering::Release);
-        for h in &handles {
-            h.call_soon(|| {}); // wake each loop so it sees `stop`
-        }
-        for w in workers {
-            w.join().unwrap();
+        for io in iothreads {
+            io.stop();
         }
     }
 }

@@ -68,7 +68,7 @@ pub(crate) fn run_borrowed<T: Send, F: FnOnce() -> T + Send>(
                 std::mem::forget(join);
                 return r.unwrap_or_else(|p| panic::resume_unwind(p));
             }
-            None => crate::yield_now(),
+            None => crate::coroutine::park(),
         }
     }
 }

@@ -27,6 +27,7 @@ use super::io::{FdEntry, Registrations, REG_BIT};
 use super::sys;
 use super::timer::Timers;
 use super::uring::UringState;
+use super::join::{catch_task, JoinHandle, JoinSlot};
 use super::wait::Outcome;
 use super::waker::{mailbox, Mailbox};
 use crate::coroutine::control::{CoId, Home};
@@ -179,6 +180,10 @@ impl Inner {
         if co.is_finished() || (self.closed.get() && !co.is_draining()) {
             return;
         }
+        if co.is_polled() {
+            // A future's coroutine runs only in its poll: wake the poller.
+            return co.wake();
+        }
         if !co.swap_queued(true) {
             self.run_queue.borrow_mut().push_back(co.clone());
         }
@@ -192,12 +197,29 @@ impl Inner {
         }
     }
 
-    pub(crate) fn spawn<F: FnOnce() + 'static>(self: &Rc<Self>, f: F) -> Coroutine {
+    /// Spawns a task whose panic is caught at its boundary and handed to
+    /// the returned handle (aio::spawn, EventLoop::spawn).
+    pub(crate) fn spawn<T: 'static, F: FnOnce() -> T + 'static>(
+        self: &Rc<Self>,
+        f: F,
+    ) -> JoinHandle<T> {
+        let slot = JoinSlot::new();
+        let theirs = slot.clone();
+        let co = self.spawn_task(move || theirs.finish(catch_task(f)));
+        JoinHandle::new(co, slot, self.clone())
+    }
+
+    /// Spawns a coroutine the loop owns until it finishes; `f` must not
+    /// panic (callers catch).
+    pub(crate) fn spawn_task<F: FnOnce() + 'static>(self: &Rc<Self>, f: F) -> Coroutine {
         if self.closed.get() {
             // Spawned by a destructor while the loop unwinds its
             // coroutines: the coroutine never runs (a panic here would
-            // abort, being raised during unwinding).
-            return Coroutine::new(f);
+            // abort, being raised during unwinding). Dropped unstarted, it
+            // is finished: its handle reports it cancelled.
+            let co = Coroutine::new(f);
+            co.cancel();
+            return co;
         }
         let index = self.tasks.borrow_mut().reserve();
         let done = TaskDone {
@@ -435,6 +457,42 @@ impl Inner {
 }
 
 impl Inner {
+    /// One iteration (see [`EventLoop::poll`]).
+    pub(crate) fn poll(self: &Rc<Self>, blocking: bool) -> bool {
+        let inner = self;
+        let _current = CurrentGuard::enter(inner);
+        let mut progress = inner.dispatch();
+        loop {
+            let waiting = !progress && blocking;
+            if progress {
+                // Busy: ask epoll only every few iterations, so coroutines
+                // waking each other do not pay a syscall per switch.
+                // Cross-thread posts are seen without it (`dispatch` checks
+                // the notification flag).
+                let ticks = inner.busy_ticks.get().wrapping_add(1);
+                inner.busy_ticks.set(ticks);
+                if !ticks.is_multiple_of(32) {
+                    return true;
+                }
+            }
+            inner.busy_ticks.set(0);
+            let events = if waiting {
+                let deadline = inner.timers.borrow_mut().next_deadline();
+                inner.wait_blocking(deadline)
+            } else {
+                inner.wait_events(0)
+            };
+            match events {
+                Ok(p) => progress |= p,
+                Err(e) => panic!("costack: epoll_wait failed: {e}"),
+            }
+            progress |= inner.dispatch();
+            if progress || !blocking {
+                return progress;
+            }
+        }
+    }
+
     /// Runs the closed loop until the unwinds in `draining` have finished.
     /// Each iteration is `poll(true)`'s, but the run queue only ever holds
     /// unwinding coroutines (see `schedule`).
@@ -597,35 +655,33 @@ impl EventLoop {
     }
 
     /// Runs `f` in a coroutine on this loop, and the loop until `f`
-    /// returns; returns its value. A panic in `f` is resumed here; a panic
-    /// in another coroutine or a bottom half propagates out of `block_on`
-    /// (the loop stays usable).
+    /// returns; returns its value. A panic in `f` is resumed here. A panic
+    /// in a spawned coroutine is caught at its boundary (see
+    /// [`JoinHandle::join`]); one in a bottom half propagates out of
+    /// `block_on` (the loop stays usable).
     ///
     /// If `f` waits for something that can never happen, `block_on` waits
     /// forever, as a thread would.
     pub fn block_on<T: 'static, F: FnOnce() -> T + 'static>(&self, f: F) -> T {
-        let result: Rc<Cell<Option<std::thread::Result<T>>>> = Rc::new(Cell::new(None));
-        let slot = result.clone();
-        self.spawn(move || slot.set(Some(panic::catch_unwind(AssertUnwindSafe(f)))));
-        loop {
-            if let Some(r) = result.take() {
-                return r.unwrap_or_else(|p| panic::resume_unwind(p));
-            }
-            self.poll(true);
-        }
+        self.spawn(f)
+            .run_loop_until_done()
+            .unwrap_or_else(|p| panic::resume_unwind(p))
     }
 
     /// Spawns a coroutine running `f` on this loop; it starts in a coming
     /// iteration. The loop owns it until it finishes: dropping the returned
-    /// handle does not cancel it. A panic in it propagates out of
-    /// [`poll`](EventLoop::poll) (or `block_on`).
+    /// handle detaches it, as with `std::thread::spawn`. A panic in it is
+    /// caught at its boundary: [`JoinHandle::join`] returns it as `Err`;
+    /// with the handle dropped, the panic hook has reported it and the loop
+    /// and its other coroutines go on (one bad connection handler never
+    /// takes a server down).
     ///
     /// Coroutines spawned by destructors while the loop is being dropped
-    /// never run.
+    /// never run (their handles report [`CANCELLED`](super::CANCELLED)).
     ///
     /// # Panics
     /// If no coroutine stack can be allocated.
-    pub fn spawn<F: FnOnce() + 'static>(&self, f: F) -> Coroutine {
+    pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(&self, f: F) -> JoinHandle<T> {
         self.inner().spawn(f)
     }
 
@@ -644,38 +700,7 @@ impl EventLoop {
     /// A panic in a coroutine or bottom half propagates out of `poll`;
     /// work not yet run stays queued for the next call.
     pub fn poll(&self, blocking: bool) -> bool {
-        let inner = self.inner();
-        let _current = CurrentGuard::enter(inner);
-        let mut progress = inner.dispatch();
-        loop {
-            let waiting = !progress && blocking;
-            if progress {
-                // Busy: ask epoll only every few iterations, so coroutines
-                // waking each other do not pay a syscall per switch.
-                // Cross-thread posts are seen without it (`dispatch` checks
-                // the notification flag).
-                let ticks = inner.busy_ticks.get().wrapping_add(1);
-                inner.busy_ticks.set(ticks);
-                if !ticks.is_multiple_of(32) {
-                    return true;
-                }
-            }
-            inner.busy_ticks.set(0);
-            let events = if waiting {
-                let deadline = inner.timers.borrow_mut().next_deadline();
-                inner.wait_blocking(deadline)
-            } else {
-                inner.wait_events(0)
-            };
-            match events {
-                Ok(p) => progress |= p,
-                Err(e) => panic!("costack: epoll_wait failed: {e}"),
-            }
-            progress |= inner.dispatch();
-            if progress || !blocking {
-                return progress;
-            }
-        }
+        self.inner().poll(blocking)
     }
 
     /// A thread-safe handle to post work to this loop from other threads.

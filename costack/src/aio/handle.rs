@@ -6,6 +6,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use super::join::{catch_task, remote_pair, RemoteJoinHandle};
 use super::sys;
 
 type RemoteBh = Box<dyn FnOnce() + Send>;
@@ -104,13 +105,33 @@ impl LoopHandle {
     }
 
     /// Runs `f` in a new coroutine spawned on the loop (as
-    /// [`EventLoop::spawn`](super::EventLoop::spawn) there).
-    pub fn spawn<F: FnOnce() + Send + 'static>(&self, f: F) {
+    /// [`EventLoop::spawn`](super::EventLoop::spawn) there); the handle
+    /// gives its value or its panic, from any thread. If the loop is
+    /// dropped before the coroutine finishes (or starts), the join returns
+    /// `Err(`[`CANCELLED`](super::CANCELLED)`)`.
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use std::time::Duration;
+    ///
+    /// let lp = EventLoop::new().unwrap();
+    /// let h = lp.handle().spawn(|| 6 * 7);
+    /// let waiter = std::thread::spawn(move || h.join().unwrap());
+    /// // The loop's thread runs the coroutine while it runs its loop.
+    /// lp.block_on(|| aio::sleep(Duration::from_millis(10)));
+    /// assert_eq!(waiter.join().unwrap(), 42);
+    /// ```
+    pub fn spawn<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(
+        &self,
+        f: F,
+    ) -> RemoteJoinHandle<T> {
+        let (completer, handle) = remote_pair();
         self.call_soon(move || {
             let inner =
                 super::event_loop::current_inner().expect("bottom halves run on their loop");
-            inner.spawn(f);
+            inner.spawn_task(move || completer.finish(catch_task(f)));
         });
+        handle
     }
 
     /// Whether both handles name the same loop.

@@ -81,6 +81,8 @@ mod busy_poll;
 mod event_loop;
 mod future;
 mod handle;
+mod iothread;
+mod join;
 pub(crate) mod io;
 pub(crate) mod sys;
 pub mod thread_pool;
@@ -97,6 +99,8 @@ pub(crate) use borrowed::run_borrowed;
 pub use event_loop::EventLoop;
 pub(crate) use event_loop::{current_inner, Inner};
 pub use handle::LoopHandle;
+pub use iothread::IoThread;
+pub use join::{JoinHandle, RemoteJoinHandle, CANCELLED};
 
 use crate::coroutine;
 use io::Direction;
@@ -115,12 +119,22 @@ pub(crate) fn context(what: &str) -> Rc<Inner> {
 }
 
 /// Spawns a coroutine running `f` on the current loop (see
-/// [`EventLoop::spawn`]).
+/// [`EventLoop::spawn`]); its handle gives its value or its panic.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+///
+/// let total = EventLoop::new().unwrap().block_on(|| {
+///     let parts: Vec<_> = (1..=4).map(|i| aio::spawn(move || i * 10)).collect();
+///     parts.into_iter().map(|h| h.join().unwrap()).sum::<i32>()
+/// });
+/// assert_eq!(total, 100);
+/// ```
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
 #[track_caller]
-pub fn spawn<F: FnOnce() + 'static>(f: F) -> Coroutine {
+pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(f: F) -> JoinHandle<T> {
     context("aio::spawn").spawn(f)
 }
 
@@ -317,7 +331,7 @@ pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) 
         match done {
             Some(Ok(v)) => return v,
             Some(Err(p)) => std::panic::resume_unwind(p),
-            None => crate::yield_now(),
+            None => crate::coroutine::park(),
         }
     }
 }

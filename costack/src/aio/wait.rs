@@ -48,7 +48,7 @@ impl Wait {
     /// Yields until the wait completes.
     pub(crate) fn suspend(&self) -> Outcome {
         while self.outcome.get() == Outcome::Pending {
-            coroutine::yield_now();
+            coroutine::park();
         }
         self.outcome.get()
     }

@@ -74,6 +74,12 @@ pub(crate) struct Control {
     pub(crate) queued: Cell<bool>,
     /// Whether the block has a name or a home to drop when it is freed.
     extras: Cell<bool>,
+    /// Set by a wait that something will end with a wake (`park`), as
+    /// opposed to a bare `yield_now`; read (and cleared) by a future poller.
+    pub(crate) parked: Cell<bool>,
+    /// Whether the coroutine runs only inside a future's `poll` (a
+    /// `CoFuture`): it is never entered by a wake, which goes to its home.
+    pub(crate) polled: Cell<bool>,
     pub(crate) index: u32,
     /// While entered: the coroutine that entered it (null: the thread's
     /// own stack), made current again when it yields or finishes.
@@ -103,6 +109,8 @@ impl Control {
             status: Cell::new(State::Free as u8),
             queued: Cell::new(false),
             extras: Cell::new(false),
+            parked: Cell::new(false),
+            polled: Cell::new(false),
             index,
             caller: Cell::new(ptr::null()),
             context: UnsafeCell::new(MaybeUninit::uninit()),
@@ -205,6 +213,7 @@ impl Control {
     #[cold]
     fn drop_extras(&self) {
         self.extras.set(false);
+        self.polled.set(false);
         // SAFETY: no handle refers to the block any more, so no borrow of
         // its name is live.
         unsafe { *self.name.get() = None };

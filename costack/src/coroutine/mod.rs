@@ -230,6 +230,13 @@ impl Coroutine {
         if co.state() == State::Finished || co.queued.get() {
             return;
         }
+        if co.polled.get() {
+            // Only its future's poll may enter it: tell the poller.
+            if let Some(home) = co.home() {
+                home.schedule(self.clone());
+            }
+            return;
+        }
         let cur = current_ptr();
         if !cur.is_null() {
             co.queued.set(true);
@@ -289,6 +296,25 @@ impl Coroutine {
 
     pub(crate) fn has_home(&self) -> bool {
         self.ctl().has_home()
+    }
+
+    /// Makes the coroutine one that only a future's poll enters (see
+    /// `Control::polled`), with `home` told of its wakes.
+    pub(crate) fn set_polled(&self, home: std::rc::Rc<dyn control::Home>) {
+        let co = self.ctl();
+        co.set_home(Some(home));
+        co.polled.set(true);
+    }
+
+    /// Whether only a future's poll enters the coroutine.
+    pub(crate) fn is_polled(&self) -> bool {
+        self.ctl().polled.get()
+    }
+
+    /// Whether the coroutine's last suspension was a [`park`], and clears
+    /// the note.
+    pub(crate) fn take_parked(&self) -> bool {
+        self.ctl().parked.replace(false)
     }
 
     /// Starts unwinding a suspended coroutine's stack now, as dropping its
@@ -735,6 +761,28 @@ pub fn yield_now() {
     if co.status.get() & CANCELLED != 0 {
         cancelled();
     }
+}
+
+/// Suspends the current coroutine in a wait that whoever ends it will wake
+/// it for (a lock's grant, a timer, I/O, a job): `yield_now` for costack's
+/// own waits. A future polling the coroutine wakes its executor after a
+/// bare `yield_now`, not after a park.
+///
+/// # Panics
+/// Outside a coroutine: "not in a coroutine".
+pub(crate) fn park() {
+    let cur = current_ptr();
+    if !cur.is_null() {
+        // SAFETY: CURRENT is live while it runs.
+        unsafe { (*cur).parked.set(true) };
+    }
+    yield_now();
+}
+
+/// Whether a panic payload is the forced unwind of a dropped coroutine,
+/// which must reach the coroutine's base (catchers re-raise it).
+pub(crate) fn is_forced_unwind(payload: &(dyn Any + Send)) -> bool {
+    payload.is::<ForcedUnwind>()
 }
 
 /// A yield of a coroutine that is being unwound because it was dropped.

@@ -117,8 +117,13 @@ impl Wake {
     /// loop (aio_co_enter).
     pub(crate) fn enter(self) {
         if !coroutine::in_coroutine() && self.waker.is_local() {
-            if let Some(co) = self.waker.local_coroutine() {
-                co.enter_if_inactive();
+            match self.waker.local_coroutine() {
+                // Only its future's poll enters a polled coroutine.
+                Some(co) if co.is_polled() => co.wake(),
+                Some(co) => {
+                    co.enter_if_inactive();
+                }
+                None => {}
             }
         } else {
             self.wake();
@@ -295,7 +300,7 @@ impl<'a, S: Abandon + ?Sized> Ticket<'a, S> {
             }
             // A stale or spurious wake just loops; a forced unwind of this
             // coroutine panics out of here and `drop` cleans up.
-            coroutine::yield_now();
+            coroutine::park();
         }
     }
 }

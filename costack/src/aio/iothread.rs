@@ -1,0 +1,116 @@
+//! QEMU's iothread: a named thread that runs an event loop until stopped.
+
+use std::fmt;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+
+use super::{EventLoop, LoopHandle};
+
+/// A named thread running an [`EventLoop`] (QEMU's iothread).
+///
+/// Work reaches it through its [`handle`](IoThread::handle):
+/// [`LoopHandle::spawn`] starts coroutines on it, [`LoopHandle::call_soon`]
+/// runs bottom halves. A panic in a bottom half is reported by the panic
+/// hook and the loop goes on; panics of its coroutines are caught as on any
+/// loop (see [`LoopHandle::spawn`]).
+///
+/// [`stop`](IoThread::stop) (or dropping the `IoThread`) stops the loop,
+/// unwinds the coroutines still suspended on it, and joins the thread.
+///
+/// ```
+/// use costack::aio::{self, IoThread};
+/// use std::time::Duration;
+///
+/// let io = IoThread::spawn("disk-io").unwrap();
+/// let jobs: Vec<_> = (0..4u64)
+///     .map(|i| io.handle().spawn(move || { aio::sleep(Duration::from_millis(i)); i * i }))
+///     .collect();
+/// let squares: Vec<u64> = jobs.into_iter().map(|h| h.join().unwrap()).collect();
+/// assert_eq!(squares, [0, 1, 4, 9]);
+/// io.stop();
+/// ```
+pub struct IoThread {
+    handle: LoopHandle,
+    stopping: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl IoThread {
+    /// Starts a thread named `name` with a new event loop on it.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned or its loop cannot be created.
+    pub fn spawn(name: &str) -> io::Result<IoThread> {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let flag = stopping.clone();
+        let (tx, rx) = mpsc::sync_channel(1);
+        let thread = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let lp = match EventLoop::new() {
+                    Ok(lp) => lp,
+                    Err(e) => return drop(tx.send(Err(e))),
+                };
+                if tx.send(Ok(lp.handle())).is_err() {
+                    return;
+                }
+                while !flag.load(Ordering::Acquire) {
+                    // A panicking bottom half was reported by the hook; an
+                    // iothread serves everyone else on.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| lp.poll(true)));
+                }
+                // Dropping the loop here unwinds its coroutines.
+            })?;
+        match rx.recv() {
+            Ok(Ok(handle)) => Ok(IoThread {
+                handle,
+                stopping,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(io::Error::other("costack: the iothread died while starting")),
+        }
+    }
+
+    /// A handle to post work to the thread's loop.
+    pub fn handle(&self) -> LoopHandle {
+        self.handle.clone()
+    }
+
+    /// Stops the loop (coroutines still suspended on it are unwound, so
+    /// their destructors run) and joins the thread.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stopping.store(true, Ordering::Release);
+        // Wakes the loop so that it sees the flag.
+        self.handle.call_soon(|| {});
+        if thread.join().is_err() && !thread::panicking() {
+            panic!("costack: an iothread panicked while stopping");
+        }
+    }
+}
+
+impl Drop for IoThread {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+impl fmt::Debug for IoThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.thread.as_ref().and_then(|t| t.thread().name());
+        f.debug_struct("IoThread").field("name", &name).finish()
+    }
+}

@@ -1,0 +1,285 @@
+//! Handles to spawned coroutines: their result, or their panic, caught at
+//! the coroutine's boundary as `std::thread` does.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+
+use super::event_loop::Inner;
+use super::waker::{waker, Waker};
+use crate::coroutine::{self, Coroutine};
+
+/// The `Err` payload of a join whose coroutine never finished: its loop
+/// was dropped first (the coroutine was unwound, or never started).
+pub const CANCELLED: &str = "costack: the coroutine was cancelled: its event loop was dropped";
+
+fn cancelled() -> Box<dyn Any + Send> {
+    Box::new(CANCELLED)
+}
+
+/// Runs a spawned coroutine's body, catching its panic; the forced unwind
+/// of a dropped coroutine goes on to the coroutine's base.
+pub(crate) fn catch_task<T>(f: impl FnOnce() -> T) -> thread::Result<T> {
+    match panic::catch_unwind(AssertUnwindSafe(f)) {
+        Err(p) if coroutine::is_forced_unwind(&*p) => panic::resume_unwind(p),
+        r => r,
+    }
+}
+
+/// Where a local task leaves its result for its [`JoinHandle`].
+pub(crate) struct JoinSlot<T> {
+    result: Cell<Option<thread::Result<T>>>,
+    joiner: Cell<Option<Waker>>,
+}
+
+impl<T> JoinSlot<T> {
+    pub(crate) fn new() -> Rc<JoinSlot<T>> {
+        Rc::new(JoinSlot {
+            result: Cell::new(None),
+            joiner: Cell::new(None),
+        })
+    }
+
+    /// Stores the task's result and wakes the joiner. With the handle
+    /// dropped (this is the last reference) the result is dropped: a
+    /// panic was reported by the panic hook when it happened.
+    pub(crate) fn finish(self: Rc<Self>, result: thread::Result<T>) {
+        if Rc::strong_count(&self) == 1 {
+            return;
+        }
+        self.result.set(Some(result));
+        if let Some(w) = self.joiner.take() {
+            w.wake();
+        }
+    }
+}
+
+/// An owned permission to join a coroutine spawned on an event loop
+/// ([`aio::spawn`](super::spawn), [`EventLoop::spawn`](super::EventLoop::spawn)).
+///
+/// Dropping the handle detaches the coroutine: the loop still runs it to
+/// the end, and a panic in it is only reported by the panic hook. Like the
+/// loop, the handle is bound to its thread.
+///
+/// It is neither `Send` nor `Sync`:
+///
+/// ```compile_fail
+/// fn send<T: Send>(_: T) {}
+/// let lp = costack::aio::EventLoop::new().unwrap();
+/// send(lp.spawn(|| ()));
+/// ```
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+///
+/// let lp = EventLoop::new().unwrap();
+/// let sum = lp.block_on(|| {
+///     let a = aio::spawn(|| 20);
+///     let b = aio::spawn(|| -> u32 { panic!("bad handler") });
+///     assert!(b.join().is_err()); // caught at the coroutine's boundary
+///     a.join().unwrap() + 22
+/// });
+/// assert_eq!(sum, 42);
+/// ```
+pub struct JoinHandle<T> {
+    co: Coroutine,
+    slot: Rc<JoinSlot<T>>,
+    inner: Rc<Inner>,
+}
+
+impl<T> JoinHandle<T> {
+    pub(crate) fn new(co: Coroutine, slot: Rc<JoinSlot<T>>, inner: Rc<Inner>) -> Self {
+        JoinHandle { co, slot, inner }
+    }
+
+    /// Waits for the coroutine to finish and returns its value, or the
+    /// payload of its panic.
+    ///
+    /// In a coroutine this suspends the caller (the loop runs on); outside
+    /// any coroutine, on the loop's thread, it runs the loop until the
+    /// coroutine has finished. If the loop is dropped before that, the
+    /// coroutine is unwound and `join` returns `Err` with the payload
+    /// [`CANCELLED`] (a `&str`).
+    ///
+    /// # Panics
+    /// If a coroutine joins itself (it would wait forever). Outside a
+    /// coroutine, a panic of a bottom half the loop runs meanwhile
+    /// propagates.
+    pub fn join(self) -> thread::Result<T> {
+        if coroutine::in_coroutine() {
+            assert!(
+                crate::current().as_ref() != Some(&self.co),
+                "a coroutine cannot join itself"
+            );
+            loop {
+                if let Some(r) = self.take() {
+                    return r;
+                }
+                self.slot.joiner.set(Some(waker()));
+                coroutine::park();
+            }
+        }
+        self.run_loop_until_done()
+    }
+
+    /// Runs the loop until the coroutine has finished (`block_on`, and
+    /// `join` outside a coroutine).
+    pub(crate) fn run_loop_until_done(self) -> thread::Result<T> {
+        loop {
+            if let Some(r) = self.take() {
+                return r;
+            }
+            self.inner.poll(true);
+        }
+    }
+
+    /// The result, once the coroutine has finished.
+    fn take(&self) -> Option<thread::Result<T>> {
+        match self.slot.result.take() {
+            Some(r) => Some(r),
+            None if self.co.is_finished() => Some(Err(cancelled())),
+            None => None,
+        }
+    }
+
+    /// Whether the coroutine has finished (returned, panicked or been
+    /// cancelled), so that [`join`](JoinHandle::join) would not wait.
+    pub fn is_finished(&self) -> bool {
+        self.co.is_finished()
+    }
+
+    /// The spawned coroutine.
+    pub fn coroutine(&self) -> &Coroutine {
+        &self.co
+    }
+}
+
+impl<T> fmt::Debug for JoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle").field("co", &self.co).finish()
+    }
+}
+
+struct RemoteState<T> {
+    /// `Some` from the end of the coroutine until `join` takes it.
+    result: Option<thread::Result<T>>,
+    finished: bool,
+    joiner: Option<Waker>,
+}
+
+pub(crate) struct RemoteSlot<T> {
+    state: Mutex<RemoteState<T>>,
+    done: Condvar,
+}
+
+impl<T> RemoteSlot<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RemoteState<T>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The task side of a [`RemoteJoinHandle`]: finishing it stores the result;
+/// dropping it unfinished (the loop dropped the bottom half that would
+/// have spawned the coroutine, or unwound the coroutine) stores
+/// [`CANCELLED`].
+pub(crate) struct Completer<T>(Arc<RemoteSlot<T>>);
+
+impl<T> Completer<T> {
+    pub(crate) fn finish(self, result: thread::Result<T>) {
+        self.store(result);
+    }
+
+    fn store(&self, result: thread::Result<T>) {
+        let joiner = {
+            let mut st = self.0.lock();
+            if st.finished {
+                return;
+            }
+            st.finished = true;
+            st.result = Some(result);
+            st.joiner.take()
+        };
+        self.0.done.notify_all();
+        if let Some(w) = joiner {
+            w.wake();
+        }
+    }
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        self.store(Err(cancelled()));
+    }
+}
+
+/// A handle to a coroutine spawned on a loop of another thread with
+/// [`LoopHandle::spawn`](super::LoopHandle::spawn); `Send` and `Sync` when
+/// the result is `Send`.
+///
+/// ```
+/// use costack::aio::IoThread;
+///
+/// let io = IoThread::spawn("worker").unwrap();
+/// let h = io.handle().spawn(|| {
+///     costack::aio::sleep(std::time::Duration::from_millis(1));
+///     std::thread::current().name().map(str::to_owned)
+/// });
+/// assert_eq!(h.join().unwrap().as_deref(), Some("worker"));
+/// ```
+pub struct RemoteJoinHandle<T> {
+    slot: Arc<RemoteSlot<T>>,
+}
+
+pub(crate) fn remote_pair<T>() -> (Completer<T>, RemoteJoinHandle<T>) {
+    let slot = Arc::new(RemoteSlot {
+        state: Mutex::new(RemoteState {
+            result: None,
+            finished: false,
+            joiner: None,
+        }),
+        done: Condvar::new(),
+    });
+    (Completer(slot.clone()), RemoteJoinHandle { slot })
+}
+
+impl<T: Send> RemoteJoinHandle<T> {
+    /// Waits for the coroutine to finish and returns its value, or the
+    /// payload of its panic ([`CANCELLED`] if its loop was dropped before
+    /// it finished).
+    ///
+    /// In a coroutine this suspends the caller; on a plain thread it
+    /// blocks the thread.
+    pub fn join(self) -> thread::Result<T> {
+        let in_co = coroutine::in_coroutine();
+        let mut st = self.slot.lock();
+        loop {
+            if st.finished {
+                return st.result.take().unwrap_or_else(|| Err(cancelled()));
+            }
+            if in_co {
+                st.joiner = Some(waker());
+                drop(st);
+                coroutine::park();
+                st = self.slot.lock();
+            } else {
+                st = self.slot.done.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        }
+    }
+
+    /// Whether the coroutine has finished (or was cancelled), so that
+    /// [`join`](RemoteJoinHandle::join) would not wait.
+    pub fn is_finished(&self) -> bool {
+        self.slot.lock().finished
+    }
+}
+
+impl<T> fmt::Debug for RemoteJoinHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteJoinHandle").finish_non_exhaustive()
+    }
+}
