@@ -6,6 +6,7 @@
 #                                                # assembly is assembled for
 #                                                # Mach-O or ELF
 #   cargo check -p costack --tests --examples --benches --target T
+#   cargo clippy -p costack --all-targets --target T -- -D warnings
 #
 # with warnings as errors (a warning that only one target's cfg shows is
 # caught here, not on a Mac). Nothing is linked or run: an rlib and a check
@@ -51,6 +52,9 @@ for t in "${WANT[@]}"; do
     STEP="$t: check --tests --examples --benches"
     echo "targets: == $STEP" >&2
     cargo check -p costack --tests --examples --benches --target "$t"
+    STEP="$t: clippy --all-targets"
+    echo "targets: == $STEP" >&2
+    cargo clippy -p costack --all-targets --target "$t" -- -D warnings
     echo "targets: == $t passed in $((SECONDS - t0)) s" >&2
 done
 echo "targets: all passed (${WANT[*]}): compiled only, nothing run" >&2

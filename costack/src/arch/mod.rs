@@ -63,6 +63,7 @@ pub(crate) unsafe trait Switch: Sized {
 
 /// Opens the assembly function `$name`: the string for a `global_asm!`.
 #[cfg(not(target_vendor = "apple"))]
+#[allow(unused_macros)] // unused where no assembly backend is selected
 macro_rules! asm_function_begin {
     ($visibility:ident, $name:literal) => {
         concat!(
@@ -80,6 +81,7 @@ macro_rules! asm_function_begin {
     };
 }
 #[cfg(target_vendor = "apple")]
+#[allow(unused_macros)] // unused where no assembly backend is selected
 macro_rules! asm_function_begin {
     ($visibility:ident, $name:literal) => {
         concat!(
@@ -95,12 +97,14 @@ macro_rules! asm_function_begin {
 
 /// Closes what `asm_function_begin!` opened.
 #[cfg(not(target_vendor = "apple"))]
+#[allow(unused_macros)] // unused where no assembly backend is selected
 macro_rules! asm_function_end {
     ($name:literal) => {
         concat!(".size ", $name, ", . - ", $name, "\n.popsection")
     };
 }
 #[cfg(target_vendor = "apple")]
+#[allow(unused_macros)] // unused where no assembly backend is selected
 macro_rules! asm_function_end {
     ($name:literal) => {
         ".popsection"
@@ -109,6 +113,7 @@ macro_rules! asm_function_end {
 
 /// The symbol directives of `asm_function_begin!`.
 #[cfg(not(target_vendor = "apple"))]
+#[allow(unused_macros)] // unused where no assembly backend is selected
 macro_rules! asm_function_visibility {
     (global, $name:literal) => {
         concat!(".globl ", $name, "\n.hidden ", $name, "\n")
@@ -118,6 +123,7 @@ macro_rules! asm_function_visibility {
     };
 }
 #[cfg(target_vendor = "apple")]
+#[allow(unused_macros)] // unused where no assembly backend is selected
 macro_rules! asm_function_visibility {
     (global, $name:literal) => {
         concat!(".globl _", $name, "\n.private_extern _", $name, "\n")

@@ -87,6 +87,8 @@ impl Stack {
     }
 
     /// The guard: the `guard_size()` bytes right below `bottom`.
+    // Only the overflow handlers ask, and the thread backend has none.
+    #[cfg_attr(any(miri, feature = "thread-backend"), allow(dead_code))]
     pub(crate) fn guard(&self) -> (usize, usize) {
         let lo = self.bottom as usize - guard_size();
         (lo, self.bottom as usize)
@@ -139,6 +141,7 @@ impl Drop for Stack {
 }
 
 /// Bytes of guard below each stack.
+#[cfg_attr(any(miri, feature = "thread-backend"), allow(dead_code))]
 pub(crate) fn guard_size() -> usize {
     sys::GUARD_PAGES * page_size()
 }
