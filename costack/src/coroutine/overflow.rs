@@ -103,16 +103,17 @@ pub(super) fn install() {
     }
     INSTALL.call_once(|| {
         // SAFETY: sigaction with a valid handler and a zeroed, then filled,
-        // struct; each PREVIOUS slot is written before the handler can run
-        // for its signal.
+        // struct; each PREVIOUS slot is written (through a raw pointer: the
+        // handler may already read an earlier slot) before the handler can
+        // run for its signal. MaybeUninit<T> has the layout of T.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = handler as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
-            let previous = &mut *PREVIOUS.0.get();
-            for (&sig, prev) in FAULT_SIGNALS.iter().zip(previous) {
-                libc::sigaction(sig, &action, prev.as_mut_ptr());
+            let previous = PREVIOUS.0.get().cast::<libc::sigaction>();
+            for (i, &sig) in FAULT_SIGNALS.iter().enumerate() {
+                libc::sigaction(sig, &action, previous.add(i));
             }
         }
     });
@@ -171,13 +172,17 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ucontext: *m
         }
     }
     // Not ours: hand the fault to the previous handler of this signal.
+    // The handler is installed for FAULT_SIGNALS only, so `sig` is found.
     let slot = FAULT_SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
-    // SAFETY: PREVIOUS was filled in before this handler was installed.
-    let prev = unsafe { (*PREVIOUS.0.get())[slot].assume_init_ref() };
+    let slots = PREVIOUS.0.get().cast::<MaybeUninit<libc::sigaction>>();
+    // SAFETY: this signal's slot was filled in before this handler was
+    // installed for it, and is never written again; only that slot is
+    // borrowed.
+    let prev = unsafe { (*slots.add(slot)).assume_init_ref() };
     let h = prev.sa_sigaction;
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
         // Restore the default and return: the faulting access runs again
-        // and the kernel kills the process with SIGSEGV as usual.
+        // and the kernel kills the process with the signal as usual.
         // SAFETY: resetting a disposition is async-signal-safe.
         unsafe {
             let mut dfl: libc::sigaction = std::mem::zeroed();
