@@ -53,7 +53,7 @@ pub(super) unsafe fn discard(bottom: *mut u8, size: usize) {
 
 /// The advice that gives a range's pages back. Linux's `MADV_DONTNEED`
 /// frees them at once; on macOS and FreeBSD `MADV_DONTNEED` only lowers
-/// their priority, and `MADV_FREE` is what frees them.
+/// their priority, and `MADV_FREE` is what lets the kernel take them.
 #[cfg(target_os = "linux")]
 const DISCARD_ADVICE: libc::c_int = libc::MADV_DONTNEED;
 #[cfg(not(target_os = "linux"))]
