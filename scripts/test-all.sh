@@ -36,6 +36,7 @@ tools/test-gdb.sh
 # nightly).
 bash .ci/backends.sh
 bash .ci/backends.sh miri asan tsan
+bash .ci/targets.sh # macOS (aarch64, x86_64), FreeBSD (x86_64): compiled, not run
 
 # The NBD parsers under libFuzzer, for a bounded time per target.
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash .ci/fuzz.sh

@@ -1,4 +1,7 @@
-//! AArch64 (AAPCS64, Linux) switch.
+//! AArch64 switch: AAPCS64 on Linux, and Apple's arm64 ABI on macOS, which
+//! differs in nothing the switch touches (x18 is reserved there, and never
+//! touched here; callee-saved registers are x19–x28 and d8–d15 on both).
+//! One body; `asm_function_begin!` adds the object format's directives.
 //!
 //! Same design as the x86_64 switch: resuming is a `blr` through the word at
 //! the bottom of the suspended context and suspending is a `ret` to the
@@ -57,10 +60,7 @@ pub(crate) struct Context {
 // a signal frame and why the label after the entry call is followed by an
 // instruction of this function.
 global_asm!(
-    ".pushsection .text.costack_trampoline,\"ax\",%progbits",
-    ".balign 16",
-    ".type costack_trampoline,%function",
-    "costack_trampoline:",
+    asm_function_begin!(local, "costack_trampoline"),
     ".cfi_startproc",
     ".cfi_signal_frame",
     "str x30, [sp, #-16]!",
@@ -83,8 +83,7 @@ global_asm!(
     "2:",
     "brk #0",
     ".cfi_endproc",
-    ".size costack_trampoline, . - costack_trampoline",
-    ".popsection",
+    asm_function_end!("costack_trampoline"),
 );
 
 extern "C" {

@@ -49,6 +49,90 @@ pub(crate) unsafe trait Switch: Sized {
     unsafe fn exit(&self) -> !;
 }
 
+// The switches' assembly functions (their first-entry trampolines) are
+// written once per architecture; these macros wrap a body in the directives
+// of the target's object format. ELF (Linux, FreeBSD): a section of its own,
+// `.type` and `.size` for debuggers and profilers. Mach-O (macOS): C symbols
+// carry a leading underscore, sections are named by segment, and there is
+// no `.type`/`.size` (`.p2align` for the alignment, `.private_extern` for
+// hidden visibility). The CFI directives of the bodies assemble for both.
+//
+// `global`: visible to the whole link (generic code inlined into other
+// crates names it) but hidden from other linked images; `local`: only this
+// object names it.
+
+/// Opens the assembly function `$name`: the string for a `global_asm!`.
+#[cfg(not(target_vendor = "apple"))]
+#[allow(unused_macros)] // unused where no assembly backend is selected
+macro_rules! asm_function_begin {
+    ($visibility:ident, $name:literal) => {
+        concat!(
+            ".pushsection .text.",
+            $name,
+            ",\"ax\",%progbits\n",
+            ".balign 16\n",
+            asm_function_visibility!($visibility, $name),
+            ".type ",
+            $name,
+            ",%function\n",
+            $name,
+            ":",
+        )
+    };
+}
+#[cfg(target_vendor = "apple")]
+#[allow(unused_macros)] // unused where no assembly backend is selected
+macro_rules! asm_function_begin {
+    ($visibility:ident, $name:literal) => {
+        concat!(
+            ".pushsection __TEXT,__text,regular,pure_instructions\n",
+            ".p2align 4\n",
+            asm_function_visibility!($visibility, $name),
+            "_",
+            $name,
+            ":",
+        )
+    };
+}
+
+/// Closes what `asm_function_begin!` opened.
+#[cfg(not(target_vendor = "apple"))]
+#[allow(unused_macros)] // unused where no assembly backend is selected
+macro_rules! asm_function_end {
+    ($name:literal) => {
+        concat!(".size ", $name, ", . - ", $name, "\n.popsection")
+    };
+}
+#[cfg(target_vendor = "apple")]
+#[allow(unused_macros)] // unused where no assembly backend is selected
+macro_rules! asm_function_end {
+    ($name:literal) => {
+        ".popsection"
+    };
+}
+
+/// The symbol directives of `asm_function_begin!`.
+#[cfg(not(target_vendor = "apple"))]
+#[allow(unused_macros)] // unused where no assembly backend is selected
+macro_rules! asm_function_visibility {
+    (global, $name:literal) => {
+        concat!(".globl ", $name, "\n.hidden ", $name, "\n")
+    };
+    (local, $name:literal) => {
+        ""
+    };
+}
+#[cfg(target_vendor = "apple")]
+#[allow(unused_macros)] // unused where no assembly backend is selected
+macro_rules! asm_function_visibility {
+    (global, $name:literal) => {
+        concat!(".globl _", $name, "\n.private_extern _", $name, "\n")
+    };
+    (local, $name:literal) => {
+        ""
+    };
+}
+
 #[cfg(all(target_arch = "x86_64", unix, not(feature = "ucontext")))]
 #[cfg(not(any(miri, feature = "thread-backend")))]
 mod asan;
@@ -78,14 +162,14 @@ pub(crate) use x86_64::Context;
 #[cfg(not(any(miri, feature = "thread-backend")))]
 #[cfg(all(
     target_arch = "aarch64",
-    target_os = "linux",
+    any(target_os = "linux", target_vendor = "apple"),
     not(feature = "ucontext")
 ))]
 mod aarch64;
 #[cfg(not(any(miri, feature = "thread-backend")))]
 #[cfg(all(
     target_arch = "aarch64",
-    target_os = "linux",
+    any(target_os = "linux", target_vendor = "apple"),
     not(feature = "ucontext")
 ))]
 pub(crate) use aarch64::Context;

@@ -1,4 +1,5 @@
-//! x86_64 System V switch.
+//! x86_64 System V switch (Linux, FreeBSD, macOS: one body, the object
+//! format's directives from `asm_function_begin!`).
 //!
 //! Resuming is a `call` through the word at the top of the suspended stack and
 //! suspending is a `ret` on the resumer's stack, so the CPU's return-address
@@ -83,14 +84,9 @@ impl Context {
 macro_rules! trampoline {
     ($($operands:tt)*) => {
 global_asm!(
-    ".pushsection .text.costack_trampoline,\"ax\",@progbits",
-    ".balign 16",
     // Global (generic code in other crates refers to it), but hidden: it is
     // never called through a PLT.
-    ".globl costack_trampoline",
-    ".hidden costack_trampoline",
-    ".type costack_trampoline,@function",
-    "costack_trampoline:",
+    asm_function_begin!(global, "costack_trampoline"),
     ".cfi_startproc",
     ".cfi_signal_frame",
     "mov [rdx], rsp",
@@ -114,8 +110,7 @@ global_asm!(
     "2:",
     "ud2",
     ".cfi_endproc",
-    ".size costack_trampoline, . - costack_trampoline",
-    ".popsection",
+    asm_function_end!("costack_trampoline"),
     $($operands)*
 );
     };

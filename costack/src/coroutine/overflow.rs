@@ -4,6 +4,11 @@
 //! other fault goes to the handler that was installed before ours, so Rust's
 //! own "has overflowed its stack" message for threads keeps working.
 //!
+//! macOS reports a touch of a `PROT_NONE` page as SIGBUS, and FreeBSD may
+//! too (`machdep.prot_fault_translation`), so there the same handler also
+//! takes SIGBUS, as Rust's own guard does; the fault address comes from
+//! libc's `si_addr()` accessor on every system.
+//!
 //! On Windows a vectored exception handler does the same
 //! (`overflow_windows.rs`).
 
@@ -31,16 +36,29 @@ use std::sync::Once;
 #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
 use super::current_ptr;
 
+/// The signals a guard-page fault raises.
+#[cfg(all(target_os = "linux", not(any(miri, feature = "thread-backend"))))]
+const FAULT_SIGNALS: [libc::c_int; 1] = [libc::SIGSEGV];
+#[cfg(all(
+    unix,
+    not(target_os = "linux"),
+    not(any(miri, feature = "thread-backend"))
+))]
+const FAULT_SIGNALS: [libc::c_int; 2] = [libc::SIGSEGV, libc::SIGBUS];
+
 #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
-/// The SIGSEGV disposition before ours; written once, before our handler
-/// is installed, and read only by the handler afterwards.
-struct Previous(std::cell::UnsafeCell<MaybeUninit<libc::sigaction>>);
+/// The dispositions of [`FAULT_SIGNALS`] before ours, in that order;
+/// written once, before our handler is installed, and read only by the
+/// handler afterwards.
+struct Previous(std::cell::UnsafeCell<[MaybeUninit<libc::sigaction>; FAULT_SIGNALS.len()]>);
 #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
 // SAFETY: written once inside `Once::call_once` before the handler that
 // reads it exists; never written again.
 unsafe impl Sync for Previous {}
 #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
-static PREVIOUS: Previous = Previous(std::cell::UnsafeCell::new(MaybeUninit::zeroed()));
+static PREVIOUS: Previous = Previous(std::cell::UnsafeCell::new(
+    [const { MaybeUninit::zeroed() }; FAULT_SIGNALS.len()],
+));
 #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
 static INSTALL: Once = Once::new();
 
@@ -85,13 +103,18 @@ pub(super) fn install() {
     }
     INSTALL.call_once(|| {
         // SAFETY: sigaction with a valid handler and a zeroed, then filled,
-        // struct; PREVIOUS is written before the handler can run.
+        // struct; each PREVIOUS slot is written (through a raw pointer: the
+        // handler may already read an earlier slot) before the handler can
+        // run for its signal. MaybeUninit<T> has the layout of T.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = handler as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
             libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(libc::SIGSEGV, &action, (*PREVIOUS.0.get()).as_mut_ptr());
+            let previous = PREVIOUS.0.get().cast::<libc::sigaction>();
+            for (i, &sig) in FAULT_SIGNALS.iter().enumerate() {
+                libc::sigaction(sig, &action, previous.add(i));
+            }
         }
     });
     ensure_alt_stack();
@@ -151,13 +174,18 @@ extern "C" fn handler(sig: libc::c_int, info: *mut libc::siginfo_t, ucontext: *m
             }
         }
     }
-    // Not ours: hand the fault to the previous handler.
-    // SAFETY: PREVIOUS was filled in before this handler was installed.
-    let prev = unsafe { (*PREVIOUS.0.get()).assume_init_ref() };
+    // Not ours: hand the fault to the previous handler of this signal.
+    // The handler is installed for FAULT_SIGNALS only, so `sig` is found.
+    let slot = FAULT_SIGNALS.iter().position(|&s| s == sig).unwrap_or(0);
+    let slots = PREVIOUS.0.get().cast::<MaybeUninit<libc::sigaction>>();
+    // SAFETY: this signal's slot was filled in before this handler was
+    // installed for it, and is never written again; only that slot is
+    // borrowed.
+    let prev = unsafe { (*slots.add(slot)).assume_init_ref() };
     let h = prev.sa_sigaction;
     if h == libc::SIG_DFL || h == libc::SIG_IGN {
         // Restore the default and return: the faulting access runs again
-        // and the kernel kills the process with SIGSEGV as usual.
+        // and the kernel kills the process with the signal as usual.
         // SAFETY: resetting a disposition is async-signal-safe.
         unsafe {
             let mut dfl: libc::sigaction = std::mem::zeroed();

@@ -87,7 +87,7 @@ impl Stack {
     }
 
     /// The guard: the `guard_size()` bytes right below `bottom`.
-    // Read by the overflow handler, which the thread backend does not have.
+    // Only the overflow handlers ask, and the thread backend has none.
     #[cfg_attr(any(miri, feature = "thread-backend"), allow(dead_code))]
     pub(crate) fn guard(&self) -> (usize, usize) {
         let lo = self.bottom as usize - guard_size();

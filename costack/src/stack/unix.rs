@@ -1,17 +1,20 @@
 //! Unix stacks: carved from large `mmap` arenas, each with a guard page
 //! below it.
 //!
-//! An arena is one `MAP_NORESERVE` mapping cut into equal slots; only the
-//! pages a coroutine touches cost memory. Guard pages are installed with
-//! `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+), which marks page-table
-//! entries and so does not split the mapping: a million stacks stay a few
-//! dozen kernel mappings. Where the kernel lacks guard regions, each guard is
-//! an `mprotect(PROT_NONE)` page, which costs two mappings per stack and runs
-//! into `vm.max_map_count`; that failure is reported by name.
+//! An arena is one lazily committed mapping (`MAP_NORESERVE` on Linux;
+//! macOS and FreeBSD commit anonymous memory lazily anyway) cut into equal
+//! slots; only the pages a coroutine touches cost memory. On Linux, guard
+//! pages are installed with `madvise(MADV_GUARD_INSTALL)` (Linux 6.13+),
+//! which marks page-table entries and so does not split the mapping: a
+//! million stacks stay a few dozen kernel mappings. Where the kernel lacks
+//! guard regions (older Linux, and always on macOS and FreeBSD), each guard
+//! is an `mprotect(PROT_NONE)` page, which costs two mappings per stack; on
+//! Linux that runs into `vm.max_map_count`, and that failure is reported by
+//! name. The `mprotect` path is the one Linux takes with
+//! `COSTACK_MPROTECT_GUARDS` set, so the other systems share a tested path.
 
 use std::io;
 use std::ptr;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 /// One guard page below each stack.
@@ -33,18 +36,35 @@ pub(super) unsafe fn free(bottom: *mut u8, size: usize) {
         .free(bottom, size);
 }
 
-/// Drops the pages of a stack from `alloc`; it reads as zeroes afterwards.
+/// Drops the pages of a stack from `alloc`. On Linux it reads as zeroes
+/// afterwards; elsewhere its contents are undefined (nothing reads a stack
+/// before writing it).
 ///
 /// # Safety
 /// Nothing may run on the stack.
 pub(super) unsafe fn discard(bottom: *mut u8, size: usize) {
     // SAFETY: `[bottom, bottom + size)` is a private anonymous mapping we
-    // own and nothing runs on it (caller's contract). DONTNEED only drops
+    // own and nothing runs on it (caller's contract). The advice only drops
     // its pages.
     unsafe {
-        libc::madvise(bottom.cast(), size, libc::MADV_DONTNEED);
+        libc::madvise(bottom.cast(), size, DISCARD_ADVICE);
     }
 }
+
+/// The advice that gives a range's pages back. Linux's `MADV_DONTNEED`
+/// frees them at once; on macOS and FreeBSD `MADV_DONTNEED` only lowers
+/// their priority, and `MADV_FREE` is what lets the kernel take them.
+#[cfg(target_os = "linux")]
+const DISCARD_ADVICE: libc::c_int = libc::MADV_DONTNEED;
+#[cfg(not(target_os = "linux"))]
+const DISCARD_ADVICE: libc::c_int = libc::MADV_FREE;
+
+/// Arena mappings are committed page by page as touched. Only Linux needs
+/// asking (`MAP_NORESERVE`): macOS ignores the flag and FreeBSD has none.
+#[cfg(target_os = "linux")]
+const MAP_LAZY: libc::c_int = libc::MAP_NORESERVE;
+#[cfg(not(target_os = "linux"))]
+const MAP_LAZY: libc::c_int = 0;
 
 pub(crate) fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
@@ -52,32 +72,75 @@ pub(crate) fn page_size() -> usize {
     *PAGE.get_or_init(|| unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize })
 }
 
-const MADV_GUARD_INSTALL: libc::c_int = 102;
-const MADV_GUARD_REMOVE: libc::c_int = 103;
-
-/// How guard pages are made; probed once.
-static GUARD_KIND: AtomicU8 = AtomicU8::new(GUARD_UNKNOWN);
-const GUARD_UNKNOWN: u8 = 0;
-const GUARD_MADVISE: u8 = 1;
-const GUARD_MPROTECT: u8 = 2;
-
 /// Puts a guard on the page at `addr`.
 fn install_guard(addr: *mut u8) -> io::Result<()> {
-    let page = page_size();
-    if GUARD_KIND.load(Ordering::Relaxed) == GUARD_UNKNOWN
-        && std::env::var_os("COSTACK_MPROTECT_GUARDS").is_some()
-    {
-        // Forces the fallback, as on a kernel without guard regions (for
-        // tests, and to compare the two).
-        GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+    #[cfg(target_os = "linux")]
+    if let Some(done) = guard_region::install(addr) {
+        return done;
     }
-    if GUARD_KIND.load(Ordering::Relaxed) != GUARD_MPROTECT {
+    mprotect_guard(addr)
+}
+
+/// The portable guard: the page made inaccessible.
+fn mprotect_guard(addr: *mut u8) -> io::Result<()> {
+    // SAFETY: `addr` is a page of an anonymous private mapping we own and
+    // that nothing uses; PROT_NONE only makes it fault.
+    if unsafe { libc::mprotect(addr.cast(), page_size(), libc::PROT_NONE) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    #[cfg(target_os = "linux")]
+    if err.raw_os_error() == Some(libc::ENOMEM) {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "cannot install a stack guard page: out of kernel memory mappings \
+                 (this kernel lacks MADV_GUARD_INSTALL, so every stack costs two \
+                 mappings; raise vm.max_map_count, currently {})",
+                guard_region::read_max_map_count()
+            ),
+        ));
+    }
+    Err(err)
+}
+
+/// Linux guard regions (`MADV_GUARD_INSTALL`), probed once; `mprotect`
+/// where the kernel has none.
+#[cfg(target_os = "linux")]
+mod guard_region {
+    use super::page_size;
+    use std::io;
+    use std::sync::atomic::{AtomicU8, Ordering};
+
+    const MADV_GUARD_INSTALL: libc::c_int = 102;
+    const MADV_GUARD_REMOVE: libc::c_int = 103;
+
+    /// How guard pages are made; probed once.
+    static GUARD_KIND: AtomicU8 = AtomicU8::new(GUARD_UNKNOWN);
+    const GUARD_UNKNOWN: u8 = 0;
+    const GUARD_MADVISE: u8 = 1;
+    const GUARD_MPROTECT: u8 = 2;
+
+    /// Installs a guard region on the page at `addr`; `None` when the
+    /// caller must use `mprotect` instead.
+    pub(super) fn install(addr: *mut u8) -> Option<io::Result<()>> {
+        let page = page_size();
+        if GUARD_KIND.load(Ordering::Relaxed) == GUARD_UNKNOWN
+            && std::env::var_os("COSTACK_MPROTECT_GUARDS").is_some()
+        {
+            // Forces the fallback, as on a kernel without guard regions (for
+            // tests, and to compare the two).
+            GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
+        }
+        if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MPROTECT {
+            return None;
+        }
         // SAFETY: `addr` is a page of an anonymous private mapping we own
         // and that nothing uses; a guard marker only makes it fault.
         if unsafe { libc::madvise(addr.cast(), page, MADV_GUARD_INSTALL) } == 0 {
             if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE || guard_holds(addr) {
                 GUARD_KIND.store(GUARD_MADVISE, Ordering::Relaxed);
-                return Ok(());
+                return Some(Ok(()));
             }
             // An emulator (qemu-user) accepted the advice without acting on
             // it: take the marker away again and use mprotect for good.
@@ -88,57 +151,42 @@ fn install_guard(addr: *mut u8) -> io::Result<()> {
         } else {
             let err = io::Error::last_os_error();
             if GUARD_KIND.load(Ordering::Relaxed) == GUARD_MADVISE {
-                return Err(err);
+                return Some(Err(err));
             }
             // EINVAL: this kernel has no guard regions. Fall back for good.
             GUARD_KIND.store(GUARD_MPROTECT, Ordering::Relaxed);
         }
+        None
     }
-    // SAFETY: as above; PROT_NONE on our own page.
-    if unsafe { libc::mprotect(addr.cast(), page, libc::PROT_NONE) } == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::ENOMEM) {
-        return Err(io::Error::new(
-            io::ErrorKind::OutOfMemory,
-            format!(
-                "cannot install a stack guard page: out of kernel memory mappings \
-                 (this kernel lacks MADV_GUARD_INSTALL, so every stack costs two \
-                 mappings; raise vm.max_map_count, currently {})",
-                read_max_map_count()
-            ),
-        ));
-    }
-    Err(err)
-}
 
-/// Whether the kernel refuses to read the page at `addr`, as it must once a
-/// guard marker is installed: a `write` from it into a pipe fails with
-/// EFAULT instead of faulting. Checked once, on the first guard.
-fn guard_holds(addr: *mut u8) -> bool {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return true; // Cannot check: trust the kernel's answer.
+    /// Whether the kernel refuses to read the page at `addr`, as it must
+    /// once a guard marker is installed: a `write` from it into a pipe
+    /// fails with EFAULT instead of faulting. Checked once, on the first
+    /// guard.
+    fn guard_holds(addr: *mut u8) -> bool {
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return true; // Cannot check: trust the kernel's answer.
+        }
+        // SAFETY: the kernel validates the source range itself; a guarded
+        // page makes the call fail, it never faults in user space. The
+        // descriptors are ours and closed right after.
+        let n = unsafe { libc::write(fds[1], addr.cast(), 1) };
+        let err = io::Error::last_os_error();
+        // SAFETY: as above.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        n < 0 && err.raw_os_error() == Some(libc::EFAULT)
     }
-    // SAFETY: the kernel validates the source range itself; a guarded page
-    // makes the call fail, it never faults in user space. The descriptors
-    // are ours and closed right after.
-    let n = unsafe { libc::write(fds[1], addr.cast(), 1) };
-    let err = io::Error::last_os_error();
-    // SAFETY: as above.
-    unsafe {
-        libc::close(fds[0]);
-        libc::close(fds[1]);
-    }
-    n < 0 && err.raw_os_error() == Some(libc::EFAULT)
-}
 
-fn read_max_map_count() -> String {
-    std::fs::read_to_string("/proc/sys/vm/max_map_count")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".to_owned())
+    pub(super) fn read_max_map_count() -> String {
+        std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned())
+    }
 }
 
 /// All arenas of the process, by slot size.
@@ -198,13 +246,13 @@ impl Arenas {
                 let slots = class.next_slots;
                 let len = slots * slot;
                 // SAFETY: a fresh anonymous mapping; no existing memory is
-                // affected. NORESERVE: only touched pages are committed.
+                // affected. Only touched pages are committed (MAP_LAZY).
                 let base = unsafe {
                     libc::mmap(
                         ptr::null_mut(),
                         len,
                         libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | MAP_LAZY,
                         -1,
                         0,
                     )
