@@ -63,6 +63,7 @@ mod coroutine;
 pub mod debug;
 #[cfg(target_os = "linux")]
 pub mod fs;
+pub mod future;
 mod generator;
 #[cfg(target_os = "linux")]
 pub mod net;

@@ -103,7 +103,11 @@ fn a_coroutine_joining_itself_panics() {
     while lp.task_count() > 0 {
         lp.poll(true);
     }
-    assert!(msg.borrow().contains("cannot join itself"), "{}", msg.borrow());
+    assert!(
+        msg.borrow().contains("cannot join itself"),
+        "{}",
+        msg.borrow()
+    );
 }
 
 #[test]

@@ -53,11 +53,11 @@ pub(crate) fn block_on_future<F: Future>(
             // It woke itself (a yielding future): let the loop run the
             // rest of its work once before polling again.
             inner.schedule(&me);
-            crate::yield_now();
+            crate::coroutine::park();
             continue;
         }
         while !fw.woken.load(Ordering::Acquire) {
-            crate::yield_now();
+            crate::coroutine::park();
         }
     }
 }

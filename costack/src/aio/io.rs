@@ -377,7 +377,7 @@ impl Registration {
         dir: Direction,
         deadline: Option<Instant>,
     ) -> io::Result<()> {
-        let inner = match crate::in_coroutine().then(current_inner).flatten() {
+        let inner = match super::io_loop("net") {
             Some(inner) => inner,
             None => {
                 let events = match dir {

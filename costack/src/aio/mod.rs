@@ -112,10 +112,37 @@ pub(crate) fn context(what: &str) -> Rc<Inner> {
     if !crate::in_coroutine() {
         coroutine::not_in_coroutine(what);
     }
-    match current_inner() {
+    match io_loop(what) {
         Some(inner) => inner,
         None => panic!("{what} called when not in a coroutine on an event loop"),
     }
+}
+
+/// The loop that I/O of the calling code waits on: the current loop, from
+/// a coroutine on it; `None` elsewhere (plain threads block instead).
+///
+/// # Panics
+/// In a [`CoFuture`](crate::future::CoFuture)'s coroutine, which its
+/// executor drives: blocking that thread would stall the executor.
+#[track_caller]
+pub(crate) fn io_loop(what: &str) -> Option<Rc<Inner>> {
+    if !crate::in_coroutine() {
+        return None;
+    }
+    if coroutine::current_is_polled() {
+        needs_event_loop(what);
+    }
+    current_inner()
+}
+
+#[cold]
+#[track_caller]
+fn needs_event_loop(what: &str) -> ! {
+    panic!(
+        "{what} needs a costack event loop: it was called in a CoFuture, which its \
+         executor polls (use the executor's own I/O and timers there, through \
+         aio::wait_future)"
+    )
 }
 
 /// Spawns a coroutine running `f` on the current loop (see
@@ -187,6 +214,11 @@ pub fn schedule(co: &Coroutine) {
 /// When not in a coroutine on an event loop: "not in a coroutine".
 #[track_caller]
 pub fn yield_now() {
+    if coroutine::current_is_polled() {
+        // A CoFuture: a bare yield wakes its poller, which polls it again
+        // after the executor's other work.
+        return crate::yield_now();
+    }
     let inner = context("aio::yield_now");
     let Some(me) = crate::current() else {
         panic!("aio::yield_now called when not in a coroutine on an event loop");
@@ -386,10 +418,19 @@ pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) 
 /// t.join().unwrap();
 /// ```
 ///
+/// In a [`CoFuture`](crate::future::CoFuture)'s coroutine it polls
+/// `future` with the context of the CoFuture's own poll instead, so the
+/// future's wakes go to that poller; the future's `poll` must not wait on
+/// costack then (it would panic).
+///
 /// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
+/// When not in a coroutine on an event loop (or a CoFuture): "not in a
+/// coroutine".
 #[track_caller]
 pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
+    if coroutine::current_is_polled() {
+        return crate::future::wait_in_poll(future);
+    }
     let inner = context("aio::wait_future");
     future::block_on_future(&inner, future)
 }

@@ -23,6 +23,10 @@ use crate::coroutine::{self, Coroutine};
 pub struct Waker {
     mailbox: Arc<Mailbox>,
     id: CoId,
+    /// For a coroutine polled as a future ([`CoFuture`](crate::future::CoFuture)):
+    /// its poller's waker, which other threads wake instead of posting to a
+    /// mailbox that no costack loop may be reading.
+    poller: Option<std::task::Waker>,
 }
 
 impl Waker {
@@ -32,6 +36,7 @@ impl Waker {
         Waker {
             mailbox: mailbox(),
             id: co.id(),
+            poller: co.task_waker(),
         }
     }
 
@@ -41,6 +46,8 @@ impl Waker {
             if let Some(co) = Coroutine::from_id(self.id) {
                 co.wake();
             }
+        } else if let Some(poller) = &self.poller {
+            poller.wake_by_ref();
         } else {
             self.mailbox.post(self.id);
         }

@@ -43,6 +43,10 @@ pub(crate) const PANICKED: u8 = 0b1_0000;
 /// destructor that waits (a contended lock, a sleep) suspends for real and
 /// the loop enters the coroutine again when the wait completes.
 pub(crate) const DRAINING: u8 = 0b10_0000;
+/// Flag: the coroutine is inside a `Future::poll` with its poller's
+/// `Context` (`aio::wait_future` in a `CoFuture`): it must not yield, since
+/// that poll, and so the context, ends when it does.
+pub(crate) const IN_POLL: u8 = 0b100_0000;
 /// The flags an unwind keeps across the coroutine's yields; a Ready
 /// coroutine with only these may be entered (and keeps them).
 pub(crate) const UNWIND_FLAGS: u8 = CANCELLED | DRAINING;
@@ -62,6 +66,12 @@ const _: () = assert!(State::Entered as u8 + 1 == State::Finished as u8);
 /// the event loop it belongs to.
 pub(crate) trait Home {
     fn schedule(&self, co: super::Coroutine);
+
+    /// For a coroutine polled as a future: the `std::task::Waker` that
+    /// makes its poller poll it again, from any thread.
+    fn task_waker(&self) -> Option<std::task::Waker> {
+        None
+    }
 }
 
 /// The fields a round trip touches come first, together in one cache line.

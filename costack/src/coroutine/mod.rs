@@ -29,7 +29,9 @@ use std::ptr::{self, NonNull};
 
 use crate::arch::{Context, Switch};
 use crate::stack::{self, DEFAULT_STACK_SIZE};
-use control::{CoId, Control, State, WakeList, CANCELLED, DRAINING, ENTERED, PANICKED, READY};
+use control::{
+    CoId, Control, State, WakeList, CANCELLED, DRAINING, ENTERED, IN_POLL, PANICKED, READY,
+};
 
 crate::arch::logical_thread_local! {
     /// The innermost entered coroutine of this thread.
@@ -309,6 +311,14 @@ impl Coroutine {
     /// Whether only a future's poll enters the coroutine.
     pub(crate) fn is_polled(&self) -> bool {
         self.ctl().polled.get()
+    }
+
+    /// For a polled coroutine: the `std::task::Waker` of its poller.
+    pub(crate) fn task_waker(&self) -> Option<std::task::Waker> {
+        if !self.is_polled() {
+            return None;
+        }
+        self.ctl().home().and_then(|h| h.task_waker())
     }
 
     /// Whether the coroutine's last suspension was a [`park`], and clears
@@ -749,8 +759,8 @@ pub fn yield_now() {
     let co = unsafe { &*cur };
     debug_assert_eq!(co.state(), State::Entered);
     let status = co.status.get();
-    if status & CANCELLED != 0 {
-        return yield_cancelled(co);
+    if status & (CANCELLED | IN_POLL) != 0 {
+        return yield_flagged(co);
     }
     // Entered becomes Ready; the flags stay for the enterer.
     co.status.set(status - 1);
@@ -783,6 +793,49 @@ pub(crate) fn park() {
 /// which must reach the coroutine's base (catchers re-raise it).
 pub(crate) fn is_forced_unwind(payload: &(dyn Any + Send)) -> bool {
     payload.is::<ForcedUnwind>()
+}
+
+/// A yield of a coroutine with a flag that forbids a plain one.
+#[cold]
+#[inline(never)]
+fn yield_flagged(co: &Control) {
+    if co.status.get() & IN_POLL != 0 {
+        panic!(
+            "costack: a coroutine cannot wait inside Future::poll: the future given to \
+             aio::wait_future in a CoFuture must not yield, lock or sleep in its poll"
+        );
+    }
+    yield_cancelled(co)
+}
+
+/// Marks the current coroutine as inside a `Future::poll` (it may not
+/// yield) until the returned guard drops.
+pub(crate) fn enter_poll() -> InPoll {
+    let cur = current_ptr();
+    assert!(!cur.is_null(), "enter_poll outside a coroutine");
+    // SAFETY: CURRENT is live while it runs.
+    let co = unsafe { &*cur };
+    co.status.set(co.status.get() | IN_POLL);
+    InPoll(cur)
+}
+
+/// See [`enter_poll`].
+pub(crate) struct InPoll(*const Control);
+
+impl Drop for InPoll {
+    fn drop(&mut self) {
+        // SAFETY: the coroutine that made the guard runs (the guard lives
+        // on its stack, and it cannot yield while IN_POLL is set).
+        let co = unsafe { &*self.0 };
+        co.status.set(co.status.get() & !IN_POLL);
+    }
+}
+
+/// Whether the running coroutine is one a future's poll drives.
+pub(crate) fn current_is_polled() -> bool {
+    let cur = current_ptr();
+    // SAFETY: CURRENT is live while it runs.
+    !cur.is_null() && unsafe { (*cur).polled.get() }
 }
 
 /// A yield of a coroutine that is being unwound because it was dropped.

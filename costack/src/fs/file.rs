@@ -14,12 +14,9 @@ use super::OpenOptions;
 use crate::aio::{self, sys::cvt, Inner};
 
 /// The loop to do I/O on: the current one, from a coroutine on it.
+#[track_caller]
 fn loop_context() -> Option<Rc<Inner>> {
-    if crate::in_coroutine() {
-        aio::current_inner()
-    } else {
-        None
-    }
+    aio::io_loop("fs")
 }
 
 /// Runs a blocking call: on the thread pool from a coroutine on a loop,

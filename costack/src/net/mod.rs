@@ -43,7 +43,7 @@ mod sys;
 mod tcp;
 mod unix;
 
-pub use tcp::{TcpListener, TcpStream};
+pub use tcp::{ListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};
 
 use std::io;
@@ -120,10 +120,8 @@ pub(crate) fn retry_read(
 /// Waits until `fd` is ready for `dir` (for sockets not yet wrapped):
 /// on the loop from a coroutine on one, else by blocking the thread.
 pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
-    if crate::in_coroutine() {
-        if let Some(inner) = crate::aio::current_inner() {
-            return wait_fd(&inner, fd, dir, deadline);
-        }
+    if let Some(inner) = crate::aio::io_loop("net") {
+        return wait_fd(&inner, fd, dir, deadline);
     }
     let events = match dir {
         Direction::Read => libc::POLLIN,

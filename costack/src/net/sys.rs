@@ -100,6 +100,57 @@ impl RawAddr {
     }
 }
 
+/// Sets an integer socket option.
+fn set_int_option(
+    fd: &OwnedFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int and its size is passed with it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// A new non-blocking stream socket of `addr`'s family, bound to it and
+/// listening with `backlog`; `SO_REUSEADDR` (as std sets it) and, with
+/// `reuse_port`, `SO_REUSEPORT`, set before the bind.
+pub(crate) fn listen(addr: &RawAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success we own the new descriptor.
+    let fd = cvt(unsafe {
+        libc::socket(
+            addr.family(),
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: just created, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+    if reuse_port {
+        set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+    }
+    // SAFETY: `addr` holds a valid sockaddr of `len` bytes.
+    cvt(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr.storage as *const libc::sockaddr_storage).cast(),
+            addr.len,
+        )
+    })?;
+    // SAFETY: plain syscall on our socket.
+    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    Ok(fd)
+}
+
 /// A new non-blocking stream socket of `addr`'s family, connected to it;
 /// waits for the connection (or `timeout`) like the other calls.
 pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> io::Result<OwnedFd> {
@@ -136,7 +187,7 @@ pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> i
                 if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                if crate::in_coroutine() && crate::aio::current_inner().is_some() {
+                if crate::aio::io_loop("net::connect").is_some() {
                     crate::aio::sleep(std::time::Duration::from_millis(1));
                 } else {
                     std::thread::sleep(std::time::Duration::from_millis(1));

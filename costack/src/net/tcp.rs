@@ -6,7 +6,7 @@ use std::net::{self, Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::sys::{connect, RawAddr};
+use super::sys::{connect, listen, RawAddr};
 use super::{impl_fd, impl_stream_io, retry, retry_read, Timeout};
 use crate::aio::io::{Direction, Registration};
 
@@ -29,6 +29,38 @@ impl TcpListener {
     /// As `std::net::TcpListener::bind`.
     pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<Self> {
         Self::from_std(net::TcpListener::bind(addr)?)
+    }
+
+    /// Binds a listening socket with `options` (a backlog, `SO_REUSEPORT`)
+    /// to the first of `addr`'s addresses that works.
+    ///
+    /// With [`reuse_port`](ListenOptions::reuse_port), several listeners
+    /// (one per event loop, typically one loop per core) bind the same
+    /// address and the kernel spreads incoming connections among them.
+    ///
+    /// ```
+    /// use costack::net::{ListenOptions, TcpListener};
+    ///
+    /// let opts = ListenOptions::new().reuse_port(true).backlog(4096);
+    /// let a = TcpListener::bind_with("127.0.0.1:0", &opts).unwrap();
+    /// let b = TcpListener::bind_with(a.local_addr().unwrap(), &opts).unwrap();
+    /// assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    /// ```
+    ///
+    /// # Errors
+    /// As `socket(2)`, `setsockopt(2)`, `bind(2)` and `listen(2)`; the last
+    /// address's error if none works.
+    pub fn bind_with<A: ToSocketAddrs>(addr: A, options: &ListenOptions) -> io::Result<Self> {
+        let mut last = None;
+        for a in addr.to_socket_addrs()? {
+            match listen(&RawAddr::inet(&a), options.backlog, options.reuse_port) {
+                Ok(fd) => return Self::from_std(net::TcpListener::from(fd)),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "no addresses to bind to")
+        }))
     }
 
     /// Wraps a std listener, making it non-blocking.
@@ -78,6 +110,44 @@ impl TcpListener {
 }
 
 impl_fd!(TcpListener);
+
+/// How [`TcpListener::bind_with`] sets up a listening socket.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    backlog: i32,
+    reuse_port: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        ListenOptions {
+            backlog: 1024,
+            reuse_port: false,
+        }
+    }
+}
+
+impl ListenOptions {
+    /// A backlog of 1024 (the kernel caps it at `net.core.somaxconn`) and
+    /// no `SO_REUSEPORT`, as `TcpListener::bind`; `SO_REUSEADDR` is always
+    /// set, as std does.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many connections not yet accepted the kernel queues.
+    pub fn backlog(mut self, backlog: u32) -> Self {
+        self.backlog = backlog.min(i32::MAX as u32) as i32;
+        self
+    }
+
+    /// Sets `SO_REUSEPORT`: listeners that all set it may bind the same
+    /// address, and the kernel balances connections among them.
+    pub fn reuse_port(mut self, reuse: bool) -> Self {
+        self.reuse_port = reuse;
+        self
+    }
+}
 
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
