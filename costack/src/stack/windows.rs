@@ -30,8 +30,11 @@ pub(super) const GUARD_PAGES: usize = 4;
 pub(crate) fn page_size() -> usize {
     static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *PAGE.get_or_init(|| {
-        // SAFETY: GetSystemInfo fills in the struct it is given.
+        // SAFETY: SYSTEM_INFO is plain data (integers and pointers), for
+        // which all-zero bytes are a valid value.
         let mut info: SYSTEM_INFO = unsafe { std::mem::zeroed() };
+        // SAFETY: GetSystemInfo only writes the struct it is given, which is
+        // a valid, exclusively borrowed SYSTEM_INFO.
         unsafe { GetSystemInfo(&mut info) };
         info.dwPageSize as usize
     })
