@@ -27,6 +27,9 @@ export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
 # The tracing feature's events (zero cost, and not compiled, when off).
 cargo test -p costack --features tracing --test tracing --test core
+# The tokio feature: a current_thread runtime entered on costack's loop is
+# refused clearly instead of hanging.
+cargo test -p costack --features tokio --test future
 
 # The gdb helper backtraces a suspended coroutine.
 tools/test-gdb.sh

@@ -211,14 +211,23 @@ impl Conn {
     }
 
     fn serve(self, peer: String, shared: Arc<Shared>) {
+        // Gives the client's slot back however the handler ends: a panic
+        // is caught at the coroutine's boundary and the server goes on, so
+        // the slot must not leak with it (nor hold up a clean stop).
+        struct Slot(Arc<Shared>);
+        impl Drop for Slot {
+            fn drop(&mut self) {
+                self.0.clients.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let slot = Slot(shared);
         match self {
             Conn::Tcp(s) => {
                 let _ = s.set_nodelay(true);
-                serve(s, peer, shared.clone())
+                serve(s, peer, slot.0.clone())
             }
-            Conn::Unix(s) => serve(s, peer, shared.clone()),
+            Conn::Unix(s) => serve(s, peer, slot.0.clone()),
         }
-        shared.clients.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -5,7 +5,6 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -188,6 +187,7 @@ fn a_panic_inside_resumes_out_of_poll() {
     assert_eq!(message(&*err), "inside the coroutine");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn calls_that_need_costacks_loop_panic_clearly() {
     fn check(what: &str, f: fn()) {
@@ -201,7 +201,6 @@ fn calls_that_need_costacks_loop_panic_clearly() {
     check("sleep", || aio::sleep(Duration::from_millis(1)));
     check("spawn", || drop(aio::spawn(|| ())));
     check("run_blocking", || aio::run_blocking(|| ()));
-    #[cfg(target_os = "linux")]
     check("net", || {
         let _ = costack::net::TcpStream::connect("127.0.0.1:9");
     });
@@ -298,7 +297,7 @@ impl Future for ReadyOn {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_lock_held_on_a_costack_iothread_wakes_a_cofuture_on_tokio() {
-    let lock = Arc::new(CoMutex::new(0u32));
+    let lock = std::sync::Arc::new(CoMutex::new(0u32));
     let io = aio::IoThread::spawn("holder").unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let l = lock.clone();
@@ -333,4 +332,92 @@ fn a_cofuture_awaited_from_a_coroutine_on_an_event_loop() {
         aio::wait_future(inner) * 2
     });
     assert_eq!(v, 42);
+}
+
+// ---- tokio futures on costack's own loop ----------------------------------
+
+#[cfg(target_os = "linux")]
+fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn tokio_timers_and_sockets_on_a_loop_with_a_multi_thread_runtime_entered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = multi_thread();
+    let _entered = rt.enter();
+    let lp = aio::EventLoop::new().unwrap();
+    let echoed = lp.block_on(|| {
+        let listener = aio::wait_future(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A coroutine of the loop serves while this one is the client.
+        let server = aio::spawn(move || {
+            let (mut s, _) = aio::wait_future(listener.accept()).unwrap();
+            let mut buf = [0u8; 5];
+            aio::wait_future(s.read_exact(&mut buf)).unwrap();
+            aio::wait_future(s.write_all(&buf)).unwrap();
+        });
+        let t = Instant::now();
+        aio::wait_future(tokio::time::sleep(Duration::from_millis(20)));
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        let mut c = aio::wait_future(tokio::net::TcpStream::connect(addr)).unwrap();
+        aio::wait_future(c.write_all(b"hello")).unwrap();
+        let mut back = [0u8; 5];
+        aio::wait_future(c.read_exact(&mut back)).unwrap();
+        server.join().unwrap();
+        back
+    });
+    assert_eq!(&echoed, b"hello");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn tokio_work_spawned_on_a_runtime_is_joined_without_entering_it() {
+    let rt = multi_thread();
+    let handle = rt.handle().clone();
+    let lp = aio::EventLoop::new().unwrap();
+    let v = lp.block_on(move || {
+        let task = handle.spawn(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            7
+        });
+        aio::wait_future(task).unwrap()
+    });
+    assert_eq!(v, 7);
+}
+
+/// With the `tokio` feature, a current_thread runtime entered on the loop's
+/// thread is refused with a clear panic instead of a silent hang.
+#[cfg(all(target_os = "linux", feature = "tokio"))]
+#[test]
+fn a_current_thread_runtime_entered_on_the_loop_is_refused_clearly() {
+    let rt = current_thread();
+    let _entered = rt.enter();
+    let lp = aio::EventLoop::new().unwrap();
+    let err = catch_unwind(AssertUnwindSafe(|| {
+        lp.block_on(|| aio::wait_future(tokio::time::sleep(Duration::from_millis(1))))
+    }))
+    .unwrap_err();
+    let msg = message(&*err);
+    assert!(msg.contains("tokio current_thread"), "{msg}");
+    // A future that is ready at once never needed the runtime: no panic.
+    assert_eq!(lp.block_on(|| aio::wait_future(async { 5 })), 5);
+}
+
+/// The check is about costack's loop only: inside a CoFuture polled by that
+/// same current_thread runtime, tokio's futures work.
+#[cfg(feature = "tokio")]
+#[test]
+fn a_cofuture_on_a_current_thread_runtime_is_not_refused() {
+    let rt = current_thread();
+    let v = rt.block_on(CoFuture::new(|| {
+        aio::wait_future(tokio::time::sleep(Duration::from_millis(1)));
+        9
+    }));
+    assert_eq!(v, 9);
 }

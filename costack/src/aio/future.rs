@@ -49,6 +49,8 @@ pub(crate) fn block_on_future<F: Future>(
         if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
             return v;
         }
+        #[cfg(feature = "tokio")]
+        refuse_undriven_tokio_runtime();
         if fw.woken.load(Ordering::Acquire) {
             // It woke itself (a yielding future): let the loop run the
             // rest of its work once before polling again.
@@ -58,6 +60,29 @@ pub(crate) fn block_on_future<F: Future>(
         }
         while !fw.woken.load(Ordering::Acquire) {
             crate::coroutine::park();
+        }
+    }
+}
+
+/// Panics if a tokio `current_thread` runtime is entered on this thread.
+///
+/// Such a runtime drives its timers, sockets and tasks only inside its own
+/// `block_on`, on this very thread, which costack's loop occupies: a tokio
+/// future waiting on it is never woken, and the coroutine would hang
+/// without a word. A multi-thread runtime drives them on its own workers,
+/// so entering its handle here is the pattern that works.
+#[cfg(feature = "tokio")]
+fn refuse_undriven_tokio_runtime() {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    if let Ok(rt) = Handle::try_current() {
+        if rt.runtime_flavor() == RuntimeFlavor::CurrentThread {
+            panic!(
+                "costack: aio::wait_future on an event loop with a tokio current_thread \
+                 runtime entered on its thread: that runtime cannot run while the loop \
+                 does, so its timers, sockets and tasks would never wake this coroutine; \
+                 enter a multi-thread runtime's handle instead, or run the coroutine as a \
+                 costack::future::CoFuture on the current_thread runtime"
+            );
         }
     }
 }

@@ -368,20 +368,57 @@ pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) 
     }
 }
 
+}
+
 /// Drives a `std::future::Future` to completion from the calling
 /// coroutine, yielding to the loop while it is pending.
 ///
 /// The future's `std::task::Waker` may be woken from any thread; it
 /// re-enters the coroutine on its own loop. This runs futures that need no
 /// particular runtime (channels, `futures` combinators, hand-written
-/// futures); futures bound to another runtime's reactor (tokio sockets,
-/// timers) need that runtime running somewhere to be woken.
+/// futures) as they are.
 ///
-/// The reverse, awaiting a coroutine from async code, is deliberately not
-/// offered: an executor may poll a future on any of its threads, but a
-/// coroutine is bound to its thread and its loop. To wait for coroutine
-/// work from async code, post it with [`LoopHandle::spawn`] and send the
-/// result back through a channel whose receiver is a future.
+/// # Tokio futures on costack's loop
+///
+/// Futures bound to a runtime's reactor (tokio sockets, timers,
+/// `JoinHandle`s) are woken only while that runtime's driver runs, and
+/// that driver must not be this thread, which costack's loop occupies.
+/// The patterns that work keep a **multi-thread** tokio runtime, whose
+/// workers drive the reactor: enter its handle on the loop's thread for as
+/// long as the loop runs (below), or hand the future to it with
+/// `handle.spawn(future)` and wait for the returned `JoinHandle`, which
+/// needs no runtime context at all (`examples/tokio_interop.rs` shows
+/// both):
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::time::Duration;
+///
+/// let rt = tokio::runtime::Builder::new_multi_thread()
+///     .worker_threads(1)
+///     .enable_time()
+///     .build()
+///     .unwrap();
+/// let _entered = rt.enter(); // tokio's context for this thread
+/// let v = EventLoop::new().unwrap().block_on(|| {
+///     aio::wait_future(async {
+///         tokio::time::sleep(Duration::from_millis(1)).await;
+///         42
+///     })
+/// });
+/// assert_eq!(v, 42);
+/// ```
+///
+/// A tokio `current_thread` runtime entered on the loop's thread can never
+/// run while the loop does, so its futures would wait forever. With the
+/// crate's `tokio` feature, `wait_future` detects that runtime and panics
+/// with a message saying so instead of hanging; without the feature it is
+/// up to you. (To run coroutine code *on* a `current_thread` runtime, turn
+/// it around: poll it there as a [`CoFuture`](crate::future::CoFuture).)
+///
+/// Waiting for an async value computed elsewhere (another thread, another
+/// runtime) needs only a future woken from there, such as a channel's
+/// receiver:
 ///
 /// ```
 /// use costack::aio::{self, EventLoop};
@@ -425,13 +462,28 @@ pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) 
 ///
 /// # Panics
 /// When not in a coroutine on an event loop (or a CoFuture): "not in a
-/// coroutine".
+/// coroutine". With the `tokio` feature, when the future is pending on an
+/// event loop whose thread has a tokio `current_thread` runtime entered
+/// (it could never wake the coroutine): "tokio current_thread".
 #[track_caller]
 pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
-    if coroutine::current_is_polled() {
+    if crate::coroutine::current_is_polled() {
         return crate::future::wait_in_poll(future);
     }
-    let inner = context("aio::wait_future");
-    future::block_on_future(&inner, future)
-}
+    #[cfg(target_os = "linux")]
+    {
+        let inner = context("aio::wait_future");
+        future::block_on_future(&inner, future)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        drop(future);
+        if !crate::in_coroutine() {
+            crate::coroutine::not_in_coroutine("aio::wait_future");
+        }
+        panic!(
+            "aio::wait_future outside a CoFuture needs a costack event loop, which \
+             is Linux-only for now"
+        )
+    }
 }
