@@ -61,14 +61,8 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake};
 
-use crate::coroutine::control::{CoId, Home};
+use crate::coroutine::control::Home;
 use crate::coroutine::{self, Builder, Coroutine};
-
-crate::arch::logical_thread_local! {
-    /// The poll in progress on this thread: the coroutine it entered and
-    /// its context, lent for as long as that poll runs.
-    static POLL: Cell<Option<(CoId, *mut Context<'static>)>> = const { Cell::new(None) };
-}
 
 /// The waker of a `CoFuture`'s latest poll.
 #[derive(Default)]
@@ -153,6 +147,9 @@ pub struct CoFuture<T> {
     co: Coroutine,
     result: Rc<Cell<Option<T>>>,
     poller: Arc<Poller>,
+    /// The waker the last poll was given (its data and vtable pointers),
+    /// to compare without the poller's lock.
+    last_waker: Option<(*const (), *const std::task::RawWakerVTable)>,
 }
 
 impl<T: 'static> CoFuture<T> {
@@ -193,7 +190,12 @@ impl<T: 'static> CoFuture<T> {
         let co = builder.create(move || slot.set(Some(f())))?;
         let poller = Arc::new(Poller::default());
         co.set_polled(Rc::new(PollerHome(poller.clone())));
-        Ok(CoFuture { co, result, poller })
+        Ok(CoFuture {
+            co,
+            result,
+            poller,
+            last_waker: None,
+        })
     }
 }
 
@@ -206,18 +208,18 @@ impl<T> CoFuture<T> {
 
 /// Lends a poll's context to the coroutine it enters, until dropped (also
 /// by a panic coming out of the coroutine).
-struct LentContext(Option<(CoId, *mut Context<'static>)>);
+struct LentContext<'a>(&'a Coroutine);
 
-impl LentContext {
-    fn lend(co: CoId, cx: &mut Context<'_>) -> LentContext {
-        let cx = ptr::from_mut(cx).cast::<Context<'static>>();
-        LentContext(POLL.with(|p| p.replace(Some((co, cx)))))
+impl<'a> LentContext<'a> {
+    fn lend(co: &'a Coroutine, cx: &mut Context<'_>) -> LentContext<'a> {
+        co.lent_cx().set(ptr::from_mut(cx).cast());
+        LentContext(co)
     }
 }
 
-impl Drop for LentContext {
+impl Drop for LentContext<'_> {
     fn drop(&mut self) {
-        let _ = POLL.try_with(|p| p.set(self.0));
+        self.0.lent_cx().set(ptr::null_mut());
     }
 }
 
@@ -233,10 +235,19 @@ impl<T> Future for CoFuture<T> {
             !this.co.is_finished(),
             "costack: CoFuture polled after it completed"
         );
-        this.poller.set(cx.waker());
+        // Most polls come with the same waker as the last: skip the
+        // poller's lock then. Compared with what the last poll *passed*,
+        // not with the poller's clone of it: a clone may carry another
+        // vtable pointer (tokio's do), which `will_wake` takes as another
+        // task.
+        let given = (cx.waker().data(), ptr::from_ref(cx.waker().vtable()));
+        if this.last_waker != Some(given) {
+            this.poller.set(cx.waker());
+            this.last_waker = Some(given);
+        }
         this.co.take_parked();
         {
-            let _lent = LentContext::lend(this.co.id(), cx);
+            let _lent = LentContext::lend(&this.co, cx);
             this.co.enter();
         }
         if let Some(v) = this.result.take() {
@@ -259,27 +270,24 @@ impl<T> fmt::Debug for CoFuture<T> {
 /// `aio::wait_future` in a coroutine a `CoFuture` polls: polls `future`
 /// with the poller's context and parks while it is pending.
 pub(crate) fn wait_in_poll<F: Future>(future: F) -> F::Output {
-    let me = crate::current().expect("called in a coroutine").id();
     let mut future = std::pin::pin!(future);
     loop {
         // Taken while in use: a nested wait_future inside `poll` finds no
         // context (and then may not yield: see `enter_poll`).
-        let lent = POLL.with(|p| match p.get() {
-            Some((co, cx)) if co == me => p.take().map(|_| cx),
-            _ => None,
-        });
-        if let Some(cx) = lent {
+        let lent = coroutine::with_current_lent_cx(|slot| slot.replace(ptr::null_mut()))
+            .expect("called in a coroutine");
+        if !lent.is_null() {
             let ready = {
                 let _in_poll = coroutine::enter_poll();
-                let _give_back = GiveBack(me, cx);
+                let _give_back = GiveBack(lent);
                 // SAFETY: the context was lent by the `CoFuture::poll` that
                 // entered this coroutine, which is suspended in `enter`
                 // below us and does not touch it until we yield or finish.
                 // We cannot yield while `_in_poll` lives (yield_now panics
                 // instead), so the poll, and with it the context, outlives
-                // this borrow; and the pointer was taken out of POLL, so no
-                // other borrow of it exists meanwhile.
-                let cx = unsafe { &mut *cx };
+                // this borrow; and the pointer was taken out of the slot,
+                // so no other borrow of it exists meanwhile.
+                let cx = unsafe { &mut *lent.cast::<Context<'_>>() };
                 future.as_mut().poll(cx)
             };
             if let Poll::Ready(v) = ready {
@@ -292,11 +300,12 @@ pub(crate) fn wait_in_poll<F: Future>(future: F) -> F::Output {
     }
 }
 
-/// Puts a lent context back for the rest of its poll.
-struct GiveBack(CoId, *mut Context<'static>);
+/// Puts a lent context back into the running coroutine's slot for the
+/// rest of its poll.
+struct GiveBack(*mut ());
 
 impl Drop for GiveBack {
     fn drop(&mut self) {
-        let _ = POLL.try_with(|p| p.set(Some((self.0, self.1))));
+        coroutine::with_current_lent_cx(|slot| slot.set(self.0));
     }
 }

@@ -111,6 +111,10 @@ pub(crate) struct Control {
     pub(crate) name: UnsafeCell<Option<Box<str>>>,
     pub(crate) panic: Cell<Option<Box<dyn Any + Send>>>,
     pub(crate) home: UnsafeCell<Option<Rc<dyn Home>>>,
+    /// For a `CoFuture`'s coroutine: the `Context` its poll lends it while
+    /// that poll runs (null otherwise, and while the coroutine has taken
+    /// it); see `future.rs`.
+    pub(crate) lent_cx: Cell<*mut ()>,
 }
 
 impl Control {
@@ -134,6 +138,7 @@ impl Control {
             name: UnsafeCell::new(None),
             panic: Cell::new(None),
             home: UnsafeCell::new(None),
+            lent_cx: Cell::new(ptr::null_mut()),
         }
     }
 
@@ -224,6 +229,7 @@ impl Control {
     fn drop_extras(&self) {
         self.extras.set(false);
         self.polled.set(false);
+        self.lent_cx.set(ptr::null_mut());
         // SAFETY: no handle refers to the block any more, so no borrow of
         // its name is live.
         unsafe { *self.name.get() = None };

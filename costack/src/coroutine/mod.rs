@@ -308,6 +308,12 @@ impl Coroutine {
         co.polled.set(true);
     }
 
+    /// The slot where a `CoFuture`'s poll lends its `Context` to this
+    /// coroutine (see `future.rs`).
+    pub(crate) fn lent_cx(&self) -> &Cell<*mut ()> {
+        &self.ctl().lent_cx
+    }
+
     /// Whether only a future's poll enters the coroutine.
     pub(crate) fn is_polled(&self) -> bool {
         self.ctl().polled.get()
@@ -832,6 +838,15 @@ impl Drop for InPoll {
 }
 
 /// Whether the running coroutine is one a future's poll drives.
+/// The lent-context slot of the running coroutine, if there is one
+/// (`future.rs` keeps a poll's `Context` there). The slot lives in the
+/// coroutine's control block, which outlives the call (it runs).
+pub(crate) fn with_current_lent_cx<R>(f: impl FnOnce(&Cell<*mut ()>) -> R) -> Option<R> {
+    let cur = current_ptr();
+    // SAFETY: CURRENT is live while it runs, and `f` cannot outlive it.
+    (!cur.is_null()).then(|| f(unsafe { &(*cur).lent_cx }))
+}
+
 pub(crate) fn current_is_polled() -> bool {
     let cur = current_ptr();
     // SAFETY: CURRENT is live while it runs.
