@@ -27,6 +27,15 @@ export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
 # The tracing feature's events (zero cost, and not compiled, when off).
 cargo test -p costack --features tracing --test tracing --test core
+# The event loop's suites on each backend, chosen as users choose them
+# (COSTACK_AIO; the default run above took io_uring where the kernel has
+# it). A backend that is unavailable fails the run: never a silent skip.
+for backend in io_uring epoll poll; do
+    echo "test-all: event loop suites on COSTACK_AIO=$backend"
+    COSTACK_AIO=$backend cargo test -p costack --test aio --test aio_backend --test net \
+        --test net_ready --test fs --test fs_inline --test fs_no_uring --test sync \
+        --test sync_loops --test join --test future
+done
 # The tokio feature: a current_thread runtime entered on costack's loop is
 # refused clearly instead of hanging.
 cargo test -p costack --features tokio --test future

@@ -11,6 +11,13 @@ use costack::fs::File;
 fn env_var_forces_thread_pool() {
     // The only test of this binary: nothing else reads the environment.
     std::env::set_var("COSTACK_NO_IO_URING", "1");
+    if std::env::var("COSTACK_AIO").as_deref() == Ok("io_uring") {
+        // Asked for io_uring and denied it: an error, never a silent
+        // fallback to the thread pool.
+        let err = EventLoop::new().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::Unsupported, "{err}");
+        return;
+    }
     let lp = EventLoop::new().unwrap();
     assert!(!lp.uses_io_uring());
     let dir = std::env::temp_dir().join(format!("costack-fs-nouring-{}", std::process::id()));

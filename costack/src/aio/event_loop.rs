@@ -1,7 +1,7 @@
 //! The event loop proper (QEMU's AioContext and aio_poll).
 //!
 //! One iteration: run due timers, bottom halves and the coroutines on the
-//! run queue; wait in `epoll_wait` (not at all if that made progress, else
+//! run queue; wait in the reactor (not at all if that made progress, else
 //! until the next timer or an fd/eventfd event, after busy-polling for a
 //! while if [polling](EventLoop::set_poll_max) is on); dispatch the
 //! events; run what they made runnable.
@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use super::busy_poll::{self, BusyPoll};
 use super::handle::{LoopHandle, Remote};
 use super::io::{FdEntry, Registrations, REG_BIT};
+use super::reactor::{Backend, Event, Reactor};
 use super::sys;
 use super::timer::Timers;
 use super::uring::UringState;
@@ -33,9 +34,9 @@ use super::waker::{mailbox, Mailbox};
 use crate::coroutine::control::{CoId, Home};
 use crate::coroutine::{self, Builder, Coroutine};
 
-/// epoll data of the loop's own eventfd; fds use their number.
+/// Token of the loop's own eventfd; one-shot armed fds use their number.
 const TOKEN_NOTIFY: u64 = u64::MAX;
-/// epoll data of the io_uring completion eventfd.
+/// Token of the io_uring completion eventfd.
 pub(crate) const TOKEN_URING: u64 = u64::MAX - 1;
 
 crate::arch::logical_thread_local! {
@@ -137,7 +138,7 @@ impl Tasks {
 /// A loop's state, shared by its handles, its coroutines' homes and waits.
 pub(crate) struct Inner {
     pub(crate) id: u64,
-    pub(crate) epoll: OwnedFd,
+    pub(crate) reactor: Reactor,
     pub(crate) remote: Arc<Remote>,
     mailbox: Arc<Mailbox>,
     run_queue: RefCell<VecDeque<Coroutine>>,
@@ -147,9 +148,9 @@ pub(crate) struct Inner {
     pub(crate) regs: RefCell<Registrations>,
     tasks: RefCell<Tasks>,
     home: Rc<dyn Home>,
-    events: RefCell<Vec<libc::epoll_event>>,
+    events: RefCell<Vec<Event>>,
     pub(crate) uring: UringState,
-    /// Iterations since the loop last asked epoll; bounds how long busy
+    /// Iterations since the loop last asked the reactor; bounds how long busy
     /// coroutines can keep fd events waiting.
     busy_ticks: Cell<u32>,
     /// Adaptive polling before blocking (see [`busy_poll`]).
@@ -328,11 +329,10 @@ impl Inner {
         if events.capacity() == 0 {
             events.reserve(256);
         }
-        let res = sys::epoll_wait(&self.epoll, &mut events, timeout_ms);
+        let res = self.reactor.wait(&mut events, timeout_ms);
         let mut progress = false;
         if res.is_ok() {
-            for ev in events.iter() {
-                let (token, bits) = (ev.u64, ev.events);
+            for &Event { token, bits } in events.iter() {
                 match token {
                     TOKEN_NOTIFY => progress |= self.take_remote(),
                     TOKEN_URING => progress |= self.uring.reap(self),
@@ -345,7 +345,7 @@ impl Inner {
         res.map(|()| progress)
     }
 
-    /// Asks epoll again and again without waiting, until something made
+    /// Asks the reactor again and again without waiting, until something made
     /// progress or `until` passed. Returns whether something did, and
     /// whether the thread was switched out meanwhile.
     ///
@@ -465,7 +465,7 @@ impl Inner {
         loop {
             let waiting = !progress && blocking;
             if progress {
-                // Busy: ask epoll only every few iterations, so coroutines
+                // Busy: ask the reactor only every few iterations, so coroutines
                 // waking each other do not pay a syscall per switch.
                 // Cross-thread posts are seen without it (`dispatch` checks
                 // the notification flag).
@@ -484,7 +484,7 @@ impl Inner {
             };
             match events {
                 Ok(p) => progress |= p,
-                Err(e) => panic!("costack: epoll_wait failed: {e}"),
+                Err(e) => panic!("costack: waiting for events failed: {e}"),
             }
             progress |= inner.dispatch();
             if progress || !blocking {
@@ -510,7 +510,7 @@ impl Inner {
                 if !self.dispatch() {
                     let deadline = self.timers.borrow_mut().next_deadline();
                     if let Err(e) = self.wait_blocking(deadline) {
-                        panic!("costack: epoll_wait failed: {e}");
+                        panic!("costack: waiting for events failed: {e}");
                     }
                     self.dispatch();
                 }
@@ -596,37 +596,105 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// Creates a loop: an epoll instance and an eventfd for cross-thread
-    /// notifications. io_uring, for [`fs`](crate::fs), is set up on first
-    /// use, unless `COSTACK_NO_IO_URING=1` is set or the kernel refuses it.
+    /// Creates a loop on the backend that the environment variable
+    /// `COSTACK_AIO` names (`io_uring`, `epoll` or `poll`; see
+    /// [`with_backend`](EventLoop::with_backend)), or by default: epoll for
+    /// descriptors, and io_uring for [`fs`](crate::fs) where the kernel
+    /// allows it (probed on first use; `COSTACK_NO_IO_URING=1` turns it
+    /// off), else the thread pool.
+    ///
+    /// ```
+    /// use costack::aio::{Backend, EventLoop};
+    ///
+    /// let lp = EventLoop::new().unwrap();
+    /// match std::env::var("COSTACK_AIO").ok().as_deref() {
+    ///     Some("poll") => assert_eq!(lp.backend(), Backend::Poll),
+    ///     Some("epoll") => assert_eq!(lp.backend(), Backend::Epoll),
+    ///     _ => assert!(matches!(lp.backend(), Backend::IoUring | Backend::Epoll)),
+    /// }
+    /// ```
     ///
     /// # Errors
-    /// If the epoll instance or eventfd cannot be created (fd limits).
+    /// If `COSTACK_AIO` holds anything else, or a backend that is not
+    /// available here (`ErrorKind::InvalidInput`, `Unsupported`): never a
+    /// silent fallback. If the loop's descriptors cannot be created (fd
+    /// limits).
     pub fn new() -> io::Result<EventLoop> {
-        Self::with_uring(UringState::new(true))
+        match Self::backend_from_env()? {
+            Some(backend) => Self::with_backend(backend),
+            None => Self::build(Reactor::epoll()?, UringState::new(true)),
+        }
+    }
+
+    /// Creates a loop on `backend`:
+    ///
+    /// - [`Backend::IoUring`]: epoll for descriptors and io_uring for
+    ///   [`fs`](crate::fs), which must be available;
+    /// - [`Backend::Epoll`]: epoll, `fs` on the thread pool;
+    /// - [`Backend::Poll`]: poll(2) (QEMU's fdmon-poll), `fs` on the
+    ///   thread pool.
+    ///
+    /// # Errors
+    /// `ErrorKind::Unsupported` if the kernel refuses io_uring (or
+    /// `COSTACK_NO_IO_URING` is set) for `IoUring`; as
+    /// [`new`](EventLoop::new) otherwise.
+    pub fn with_backend(backend: Backend) -> io::Result<EventLoop> {
+        match backend {
+            Backend::IoUring => {
+                let lp = Self::build(Reactor::epoll()?, UringState::new(true))?;
+                if !lp.uses_io_uring() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "costack: the io_uring backend is not available here (the kernel \
+                         refused a ring or an opcode, io_uring_disabled is set, or \
+                         COSTACK_NO_IO_URING is)",
+                    ));
+                }
+                Ok(lp)
+            }
+            Backend::Epoll => Self::build(Reactor::epoll()?, UringState::new(false)),
+            Backend::Poll => Self::build(Reactor::poll(), UringState::new(false)),
+        }
     }
 
     /// As [`new`](EventLoop::new), but [`fs`](crate::fs) I/O always goes
-    /// to the thread pool, never to io_uring.
+    /// to the thread pool, never to io_uring (`COSTACK_AIO=poll` still
+    /// selects poll(2); anything else gives epoll).
+    ///
+    /// # Errors
+    /// As [`new`](EventLoop::new).
     pub fn without_io_uring() -> io::Result<EventLoop> {
-        Self::with_uring(UringState::new(false))
+        match Self::backend_from_env()? {
+            Some(Backend::Poll) => Self::with_backend(Backend::Poll),
+            _ => Self::with_backend(Backend::Epoll),
+        }
     }
 
-    fn with_uring(uring: UringState) -> io::Result<EventLoop> {
-        let epoll = sys::epoll_create()?;
+    /// The backend `COSTACK_AIO` asks for, if it is set (and not empty).
+    fn backend_from_env() -> io::Result<Option<Backend>> {
+        let value = match std::env::var("COSTACK_AIO") {
+            Err(std::env::VarError::NotPresent) => return Ok(None),
+            Ok(v) if v.is_empty() => return Ok(None),
+            Ok(v) => v,
+            Err(std::env::VarError::NotUnicode(v)) => v.to_string_lossy().into_owned(),
+        };
+        match Backend::from_name(&value) {
+            Some(b) => Ok(Some(b)),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("costack: COSTACK_AIO={value:?} is not one of io_uring, epoll, poll"),
+            )),
+        }
+    }
+
+    fn build(reactor: Reactor, uring: UringState) -> io::Result<EventLoop> {
         let remote = Arc::new(Remote::new()?);
-        sys::epoll_ctl(
-            &epoll,
-            libc::EPOLL_CTL_ADD,
-            remote.efd.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            TOKEN_NOTIFY,
-        )?;
+        reactor.watch(remote.efd.as_raw_fd(), TOKEN_NOTIFY)?;
         let mailbox = mailbox();
         let id = NEXT_LOOP_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let inner = Rc::new_cyclic(|weak: &Weak<Inner>| Inner {
             id,
-            epoll,
+            reactor,
             remote: remote.clone(),
             mailbox: mailbox.clone(),
             run_queue: RefCell::new(VecDeque::new()),
@@ -716,7 +784,7 @@ impl EventLoop {
     }
 
     /// Sets how long, at most, the loop busy-polls for events before it
-    /// blocks in `epoll_wait` (QEMU's `poll-max-ns`); zero turns polling
+    /// blocks in the reactor (QEMU's `poll-max-ns`); zero turns polling
     /// off. The window it polls adapts between zero and this maximum: it
     /// grows while events come a little later than it, and drops to zero
     /// after a wait longer than the maximum (see
@@ -773,13 +841,26 @@ impl EventLoop {
     pub fn uses_io_uring(&self) -> bool {
         self.inner().uring.available(self.inner())
     }
+
+    /// The backend the loop runs on (probing io_uring on first call, as
+    /// [`uses_io_uring`](EventLoop::uses_io_uring)).
+    pub fn backend(&self) -> Backend {
+        if !self.inner().reactor.is_epoll() {
+            Backend::Poll
+        } else if self.uses_io_uring() {
+            Backend::IoUring
+        } else {
+            Backend::Epoll
+        }
+    }
 }
 
 impl fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.inner();
         f.debug_struct("EventLoop")
-            .field("epoll", &inner.epoll.as_raw_fd())
+            .field("backend", &self.backend())
+            .field("reactor_fd", &inner.reactor.raw_fd())
             .field("tasks", &inner.tasks.borrow().len)
             .field("run_queue", &inner.run_queue.borrow().len())
             .finish()

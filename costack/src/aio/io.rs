@@ -1,29 +1,30 @@
 //! Waiting for fd readiness (QEMU's aio_set_fd_handler, as a blocking-
-//! looking call).
+//! looking call), on whichever [reactor](super::reactor) the loop has.
 //!
-//! Registrations are level-triggered and one-shot (`EPOLLONESHOT`): each
-//! wait arms the fd for what its waiters want, and the first event disarms
-//! it. Level-triggered arming reports readiness that exists already, so
-//! there is no lost-wakeup window between the `EAGAIN` a caller saw and the
+//! Plain fds are armed level-triggered and one-shot: each wait arms the fd
+//! for what its waiters want, and the first event disarms it.
+//! Level-triggered arming reports readiness that exists already, so there
+//! is no lost-wakeup window between the `EAGAIN` a caller saw and the
 //! arming; one-shot means an fd nobody waits on never wakes the loop, and
 //! the loop keeps no state for idle fds: an fd the caller closes between
 //! two waits leaves nothing stale behind (the next wait re-adds it).
 //!
-//! Sockets of [`net`](crate::net) register once instead, edge-triggered,
-//! for as long as they live ([`Registration`]): a wait then costs no
-//! `epoll_ctl`. Edge triggering is race-free here because the loop is
-//! single-threaded: between a coroutine's `EAGAIN` and its wait no
-//! `epoll_wait` runs, so an edge that came meanwhile is still queued in
-//! the kernel and will wake it; an edge that comes while nobody waits is
-//! dropped, and whoever reads next finds the data without waiting. A
-//! registration is removed when its socket is dropped (by a bottom half if
-//! it is dropped on another thread), and each has a fresh token, so a
-//! recycled fd number never inherits a stale one.
+//! Sockets of [`net`](crate::net) register once instead, for as long as
+//! they live ([`Registration`]). Under epoll that is edge-triggered, and a
+//! wait costs no `epoll_ctl`. Edge triggering is race-free here because
+//! the loop is single-threaded: between a coroutine's `EAGAIN` and its
+//! wait no `epoll_wait` runs, so an edge that came meanwhile is still
+//! queued in the kernel and will wake it; an edge that comes while nobody
+//! waits is dropped, and whoever reads next finds the data without
+//! waiting. Under poll(2) a wait tells the reactor which direction it
+//! expects, watched level-triggered until it fires. A registration is
+//! removed when its socket is dropped (by a bottom half if it is dropped
+//! on another thread), and each has a fresh token, so a recycled fd
+//! number never inherits a stale one.
 //!
-//! Hang-ups and errors (`EPOLLHUP`, `EPOLLERR`, `EPOLLRDHUP`) wake readers
-//! and writers alike, so a socket shut down or reset while a coroutine
-//! waits on it ends the wait; the following read or write reports EOF or
-//! the error.
+//! Hang-ups and errors wake readers and writers alike, so a socket shut
+//! down or reset while a coroutine waits on it ends the wait; the
+//! following read or write reports EOF or the error.
 
 use std::collections::HashMap;
 use std::io;
@@ -37,12 +38,10 @@ use super::event_loop::{current_inner, loop_by_id};
 use super::handle::Remote;
 
 use super::event_loop::Inner;
+use super::reactor::{ANY_END, PRIORITY, READ_EVENTS, READ_HANGUP, WRITE_EVENTS};
 use super::sys;
 use super::wait::{Outcome, Wait};
 
-const READ_EVENTS: u32 = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
-const WRITE_EVENTS: u32 = libc::EPOLLOUT as u32;
-const ANY_END: u32 = (libc::EPOLLHUP | libc::EPOLLERR) as u32;
 
 /// The coroutines waiting on one fd.
 #[derive(Default)]
@@ -71,15 +70,19 @@ pub(crate) enum Direction {
     Write,
 }
 
-/// Arms `fd` for `interest`, adding it to the epoll set if needed.
-fn arm(inner: &Inner, fd: RawFd, interest: u32) -> io::Result<()> {
-    let ev = interest | libc::EPOLLONESHOT as u32;
-    match sys::epoll_ctl(&inner.epoll, libc::EPOLL_CTL_MOD, fd, ev, fd as u64) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-            sys::epoll_ctl(&inner.epoll, libc::EPOLL_CTL_ADD, fd, ev, fd as u64)
+impl Direction {
+    /// The poll(2) events that end a wait in this direction.
+    pub(crate) fn poll_events(self) -> libc::c_short {
+        match self {
+            Direction::Read => libc::POLLIN | libc::POLLPRI,
+            Direction::Write => libc::POLLOUT,
         }
-        r => r,
     }
+}
+
+/// Arms `fd` one-shot for `interest`; its events carry its number.
+fn arm(inner: &Inner, fd: RawFd, interest: u32) -> io::Result<()> {
+    inner.reactor.arm(fd, fd as u64, interest)
 }
 
 /// Removes a finished or abandoned wait from its fd's waiters.
@@ -117,7 +120,14 @@ pub(crate) fn wait_fd(
     let token = inner.regs.borrow().by_fd.get(&fd).copied();
     if let Some(token) = token {
         // A socket's persistent registration: re-arming it one-shot would
-        // take its events away from it.
+        // take its events away from it. Its edges came and went before
+        // this caller (who need not have seen `EAGAIN`) asked: readiness
+        // that is there already must be seen now, as level-triggered
+        // arming would. No reactor wait runs between this look and the
+        // suspension, so an edge after it still wakes the wait.
+        if sys::is_ready(fd, dir.poll_events())? {
+            return Ok(());
+        }
         return wait_reg(inner, token, dir, deadline);
     }
     let me = crate::current().expect("wait_fd runs in a coroutine");
@@ -148,7 +158,7 @@ pub(crate) fn wait_fd(
 }
 
 impl Inner {
-    /// An epoll event for `fd`: completes the waits it satisfies and
+    /// An event for one-shot armed `fd`: completes the waits it satisfies and
     /// re-arms the fd for the others (one-shot disarmed it).
     pub(crate) fn fd_event(&self, fd: RawFd, bits: u32) -> bool {
         let (woken, rearm) = {
@@ -187,8 +197,8 @@ impl Inner {
     }
 }
 
-/// epoll data bit of persistent registrations (below the loop's own
-/// tokens, which sit at the top of the range).
+/// Token bit of persistent registrations (below the loop's own tokens,
+/// which sit at the top of the range).
 pub(crate) const REG_BIT: u64 = 1 << 62;
 
 /// The waiters of one persistent registration.
@@ -231,14 +241,7 @@ impl Inner {
             regs.next += 1;
             REG_BIT | regs.next
         };
-        let ev = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32;
-        match sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_ADD, fd, ev, token) {
-            // Left armed or disarmed by a one-shot wait: take it over.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_MOD, fd, ev, token)?
-            }
-            r => r?,
-        }
+        self.reactor.register(fd, token)?;
         // Coroutines in a one-shot wait on this fd now wait here: its
         // events carry the new token from now on.
         let waiters = self.fds.borrow_mut().remove(&fd).unwrap_or_default();
@@ -257,11 +260,11 @@ impl Inner {
         Ok(token)
     }
 
-    /// Removes a registration; `fd` is still open (so `EPOLL_CTL_DEL`).
+    /// Removes a registration; `fd` is still open.
     fn deregister(&self, token: u64) {
         let entry = self.regs.borrow_mut().forget(token);
         if let Some(entry) = entry {
-            let _ = sys::epoll_ctl(&self.epoll, libc::EPOLL_CTL_DEL, entry.fd, 0, 0);
+            self.reactor.deregister(entry.fd, token);
             for w in entry
                 .waiters
                 .readers
@@ -334,10 +337,17 @@ fn wait_reg(
             // Deregistered meanwhile: let the caller retry its call.
             return Ok(());
         };
-        match dir {
-            Direction::Read => entry.waiters.readers.push(wait.clone()),
-            Direction::Write => entry.waiters.writers.push(wait.clone()),
-        }
+        let interest = match dir {
+            Direction::Read => {
+                entry.waiters.readers.push(wait.clone());
+                READ_EVENTS
+            }
+            Direction::Write => {
+                entry.waiters.writers.push(wait.clone());
+                WRITE_EVENTS
+            }
+        };
+        inner.reactor.expect(entry.fd, token, interest);
     }
     let _guard = RegGuard {
         inner,
@@ -379,13 +389,7 @@ impl Registration {
     ) -> io::Result<()> {
         let inner = match super::io_loop("net") {
             Some(inner) => inner,
-            None => {
-                let events = match dir {
-                    Direction::Read => libc::POLLIN,
-                    Direction::Write => libc::POLLOUT,
-                };
-                return sys::poll_blocking(fd, events, deadline);
-            }
+            None => return sys::poll_blocking(fd, dir.poll_events(), deadline),
         };
         let token = {
             let mut reg = self.reg.lock().unwrap_or_else(|e| e.into_inner());
@@ -426,10 +430,11 @@ impl Registration {
 /// data left and no edge to come, so Unix sockets do not use it.
 ///
 /// No wakeup is lost: the state becomes drained right after the short
-/// read, and no `epoll_wait` runs in between (the loop is
+/// read, and no reactor wait runs in between (the loop is
 /// single-threaded), so data arriving after the read raises an edge that
-/// the loop harvests later. An end that came before the read is in the
-/// bits of an edge harvested before it (epoll reports the state at
+/// the loop harvests later (under poll(2), the drained reader's next wait
+/// finds the data level-triggered). An end that came before the read is in the
+/// bits of an event harvested before it (the reactor reports the state at
 /// harvest time), so the socket is already ended and never drained. A
 /// stale edge for data read already only costs one `EAGAIN`.
 #[derive(Clone, Default)]
@@ -455,7 +460,7 @@ impl ReadState {
 
     /// The loop saw a readable edge with these event bits.
     fn readable(&self, bits: u32) {
-        if bits & ((libc::EPOLLRDHUP | libc::EPOLLPRI) as u32 | ANY_END) != 0 {
+        if bits & (READ_HANGUP | PRIORITY | ANY_END) != 0 {
             self.0.store(ENDED, Ordering::Relaxed);
         } else {
             let _ = self
@@ -484,12 +489,16 @@ impl Drop for Registration {
             // The loop's own thread: remove it now, while the fd is open.
             Some(inner) => inner.deregister(reg.token),
             // Another thread: the loop forgets the token in a bottom half
-            // (closing the fd removes it from epoll).
+            // (closing the fd removed it from epoll; poll(2) must forget
+            // it before the number is reused).
             None => {
                 let token = reg.token;
                 reg.remote.post(Box::new(move || {
                     if let Some(inner) = current_inner() {
-                        inner.regs.borrow_mut().forget(token);
+                        let entry = inner.regs.borrow_mut().forget(token);
+                        if let Some(entry) = entry {
+                            inner.reactor.forget(entry.fd, token);
+                        }
                     }
                 }));
             }

@@ -28,11 +28,14 @@
 //!
 //! # Design (after QEMU's AioContext)
 //!
-//! - **Readiness**: one epoll instance per loop. Sockets of
-//!   [`net`](crate::net) register once, edge-triggered, so waiting costs no
-//!   system call; other fds ([`wait_readable`]) are armed level-triggered
-//!   and one-shot per wait, so nothing is left behind for fds the caller
-//!   closes later.
+//! - **Readiness**: one reactor per loop, behind a small internal
+//!   interface with one implementation per OS call, chosen per loop
+//!   ([`Backend`], `COSTACK_AIO`): epoll, or poll(2) (QEMU's fdmon-poll,
+//!   the one every unix has). Sockets of [`net`](crate::net) register once
+//!   (edge-triggered under epoll, so waiting costs no system call; under
+//!   poll(2) only the directions someone waits for are watched); other
+//!   fds ([`wait_readable`]) are armed level-triggered and one-shot per
+//!   wait, so nothing is left behind for fds the caller closes later.
 //! - **Cross-thread notification**: one eventfd per loop. [`LoopHandle`]
 //!   posts and cross-thread [`Waker`] wakes go to a queue and write the
 //!   eventfd only if no notification is pending (coalesced); the loop
@@ -49,17 +52,31 @@
 //!   [`Coroutine::wake`]).
 //! - **Blocking work**: [`run_blocking`] on a bounded
 //!   [`thread_pool`]; file I/O in [`fs`](crate::fs) on io_uring when the
-//!   kernel has it (its completion eventfd sits in the epoll set), else on
-//!   the thread pool.
+//!   kernel has it (its completion eventfd is watched by the reactor), else
+//!   on the thread pool.
 //!
 //! An iteration ([`EventLoop::poll`]) runs due timers, bottom halves and
-//! the run queue; then asks epoll for events (not waiting if that made
+//! the run queue; then asks the reactor for events (not waiting if that made
 //! progress, and only every 32nd busy iteration, so coroutines that keep
 //! each other busy do not pay a system call per switch) and runs what they
 //! made ready. With [polling](EventLoop::set_poll_max) on, a loop about to
-//! block first asks epoll without waiting for an adaptive window of up to
+//! block first asks the reactor without waiting for an adaptive window of up to
 //! tens of microseconds (QEMU's `poll-max-ns`), which spares request/reply
 //! traffic a sleep and a wake-up per message.
+//!
+//! # Backends
+//!
+//! | `COSTACK_AIO` | descriptors | [`fs`](crate::fs) I/O | where |
+//! |---|---|---|---|
+//! | unset | epoll | io_uring if the kernel allows it, else the thread pool | Linux default |
+//! | `io_uring` | epoll | io_uring (an error from [`EventLoop::new`] if unavailable) | Linux |
+//! | `epoll` | epoll | thread pool | Linux |
+//! | `poll` | poll(2) | thread pool | Linux (and the backend for other unix systems) |
+//!
+//! Any other value makes [`EventLoop::new`] fail: a backend is never
+//! swapped for another silently. [`EventLoop::with_backend`] picks one in
+//! code, and [`EventLoop::backend`] tells which a loop runs on. The whole
+//! event-loop suite runs on each of the three in CI.
 
 // Cross-thread wakes are portable (the locks use them everywhere); the
 // event loop itself is epoll/eventfd/io_uring, so Linux only for now.
@@ -79,6 +96,7 @@ linux_only! {
 mod borrowed;
 mod busy_poll;
 mod event_loop;
+mod reactor;
 mod future;
 mod handle;
 mod iothread;
@@ -97,6 +115,7 @@ use std::time::{Duration, Instant};
 
 pub(crate) use borrowed::run_borrowed;
 pub use event_loop::EventLoop;
+pub use reactor::Backend;
 pub(crate) use event_loop::{current_inner, Inner};
 pub use handle::LoopHandle;
 pub use iothread::IoThread;

@@ -1,4 +1,4 @@
-//! Thin wrappers over the Linux calls the loop makes: epoll and eventfd.
+//! Thin wrappers over the OS calls the loop makes: epoll, poll and eventfd.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -88,6 +88,33 @@ pub(crate) fn eventfd_drain(fd: RawFd) {
     unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
 }
 
+/// poll(2) over `fds`, at most `timeout_ms` (-1: forever); returns how
+/// many have events. EINTR counts as none.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+    // SAFETY: `fds` is a live, writable slice of pollfd for the kernel to
+    // fill in `revents`; its length is passed with it.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    Ok(n as usize)
+}
+
+/// Whether `fd` has one of `events` (or a hang-up or error) right now.
+pub(crate) fn is_ready(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
+    let mut pfd = [libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }];
+    Ok(poll(&mut pfd, 0)? > 0)
+}
+
 /// Blocks the thread in poll(2) until `fd` has one of `events` or the
 /// deadline passes; used when no event loop runs on the thread.
 pub(crate) fn poll_blocking(
@@ -106,21 +133,12 @@ pub(crate) fn poll_blocking(
                 ms_ceil(left)
             }
         };
-        let mut pfd = libc::pollfd {
+        let mut pfd = [libc::pollfd {
             fd,
             events,
             revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n > 0 {
+        }];
+        if poll(&mut pfd, timeout)? > 0 {
             return Ok(());
         }
     }

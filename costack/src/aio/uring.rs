@@ -1,8 +1,8 @@
 //! io_uring for file I/O (QEMU's io_uring.c LuringState), probed at run
 //! time per loop.
 //!
-//! The ring's completions signal an eventfd that sits in the loop's epoll
-//! set, so the loop sleeps in one place. A request is submitted at once
+//! The ring's completions signal an eventfd that the loop's reactor
+//! watches, so the loop sleeps in one place. A request is submitted at once
 //! (one `io_uring_enter`) and its coroutine yields until the completion is
 //! reaped. The kernel writes into the caller's buffer until then, so a
 //! request is never abandoned: if its coroutine is unwound meanwhile, the
@@ -212,13 +212,7 @@ impl Ring {
         }
         let efd = sys::eventfd()?;
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
-        sys::epoll_ctl(
-            &inner.epoll,
-            libc::EPOLL_CTL_ADD,
-            efd.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            TOKEN_URING,
-        )?;
+        inner.reactor.watch(efd.as_raw_fd(), TOKEN_URING)?;
         Ok(Ring {
             fallocate: probe.is_supported(opcode::Fallocate::CODE),
             ring,
