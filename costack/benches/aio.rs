@@ -5,18 +5,18 @@
 //! repetitions). Prints each figure and the ratio costack/tokio as
 //! throughput (higher is better for costack).
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 fn main() {
     linux::main()
 }
 
-// The event loop is Linux-only for now.
-#[cfg(not(target_os = "linux"))]
+// The event loop runs on unix systems (Windows: not yet).
+#[cfg(not(unix))]
 fn main() {
-    eprintln!("this needs costack's event loop, which is Linux-only for now");
+    eprintln!("this needs costack's event loop, which runs on unix systems only for now");
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 mod linux {
     use std::cell::Cell;
     use std::io::{Read, Write};

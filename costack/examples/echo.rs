@@ -3,19 +3,19 @@
 //!
 //! `cargo run --example echo -- 127.0.0.1:7000`, then `nc 127.0.0.1 7000`.
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 fn main() -> std::io::Result<()> {
     linux::main()
 }
 
-// The event loop is Linux-only for now.
-#[cfg(not(target_os = "linux"))]
+// The event loop runs on unix systems (Windows: not yet).
+#[cfg(not(unix))]
 fn main() -> std::io::Result<()> {
-    eprintln!("this needs costack's event loop, which is Linux-only for now");
+    eprintln!("this needs costack's event loop, which runs on unix systems only for now");
     Ok(())
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 mod linux {
     use std::io::{Read, Write};
 

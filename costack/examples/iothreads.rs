@@ -6,18 +6,18 @@
 //!
 //! `cargo run --example iothreads -- 4 1000` (threads, jobs).
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 fn main() {
     linux::main()
 }
 
-// The event loop is Linux-only for now.
-#[cfg(not(target_os = "linux"))]
+// The event loop runs on unix systems (Windows: not yet).
+#[cfg(not(unix))]
 fn main() {
-    eprintln!("this needs costack's event loop, which is Linux-only for now");
+    eprintln!("this needs costack's event loop, which runs on unix systems only for now");
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 mod linux {
     use std::collections::BTreeMap;
     use std::thread;

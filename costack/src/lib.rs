@@ -32,9 +32,9 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
-// Without the event loop (Linux only for now), its hooks in the core and
+// Without the event loop (unix only for now), its hooks in the core and
 // the mailbox are unused.
-#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
+#![cfg_attr(not(unix), allow(dead_code))]
 
 /// Emits a `tracing` event for a coroutine life-cycle point when the
 /// `tracing` feature is on; nothing otherwise.
@@ -65,7 +65,7 @@ pub mod debug;
 pub mod fs;
 pub mod future;
 mod generator;
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 pub mod net;
 mod stack;
 pub mod sync;

@@ -1,8 +1,8 @@
 //! The event loop: block_on, spawn, timers, bottom halves, threads,
 //! run_blocking, wait_future, shutdown.
 
-// The event loop, sockets and files are Linux-only (see the crate docs).
-#![cfg(target_os = "linux")]
+// The event loop and sockets run on unix systems (see the crate docs).
+#![cfg(unix)]
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;

@@ -1,7 +1,7 @@
 //! Join handles of spawned coroutines (local and remote) and iothreads.
 
-// The event loop is Linux-only (see the crate docs).
-#![cfg(target_os = "linux")]
+// The event loop runs on unix systems (see the crate docs).
+#![cfg(unix)]
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};

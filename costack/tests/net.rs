@@ -1,8 +1,8 @@
 //! Coroutine sockets: TCP and Unix echo, concurrent halves, shutdown,
 //! timeouts, blocking use outside a loop.
 
-// The event loop, sockets and files are Linux-only (see the crate docs).
-#![cfg(target_os = "linux")]
+// The event loop and sockets run on unix systems (see the crate docs).
+#![cfg(unix)]
 
 use std::cell::Cell;
 use std::io::{ErrorKind, Read, Write};

@@ -1,8 +1,8 @@
 //! The locks with coroutines on several event-loop threads: wakes cross
 //! threads through the loops' mailboxes, never by hand.
 
-// The event loop, sockets and files are Linux-only (see the crate docs).
-#![cfg(target_os = "linux")]
+// The event loop and sockets run on unix systems (see the crate docs).
+#![cfg(unix)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};

@@ -2,7 +2,7 @@
 //!
 //! One iteration: run due timers, bottom halves and the coroutines on the
 //! run queue; wait in the reactor (not at all if that made progress, else
-//! until the next timer or an fd/eventfd event, after busy-polling for a
+//! until the next timer or an fd or notification event, after busy-polling for a
 //! while if [polling](EventLoop::set_poll_max) is on); dispatch the
 //! events; run what they made runnable.
 //!
@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -34,7 +34,7 @@ use super::waker::{mailbox, Mailbox};
 use crate::coroutine::control::{CoId, Home};
 use crate::coroutine::{self, Builder, Coroutine};
 
-/// Token of the loop's own eventfd; one-shot armed fds use their number.
+/// Token of the loop's own notifier; one-shot armed fds use their number.
 const TOKEN_NOTIFY: u64 = u64::MAX;
 /// Token of the io_uring completion eventfd.
 pub(crate) const TOKEN_URING: u64 = u64::MAX - 1;
@@ -622,7 +622,10 @@ impl EventLoop {
     pub fn new() -> io::Result<EventLoop> {
         match Self::backend_from_env()? {
             Some(backend) => Self::with_backend(backend),
+            #[cfg(target_os = "linux")]
             None => Self::build(Reactor::epoll()?, UringState::new(true)),
+            #[cfg(not(target_os = "linux"))]
+            None => Self::with_backend(Backend::Poll),
         }
     }
 
@@ -639,7 +642,15 @@ impl EventLoop {
     /// `COSTACK_NO_IO_URING` is set) for `IoUring`; as
     /// [`new`](EventLoop::new) otherwise.
     pub fn with_backend(backend: Backend) -> io::Result<EventLoop> {
+        #[cfg(not(target_os = "linux"))]
+        if backend != Backend::Poll {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("costack: the {backend} backend is Linux-only; poll is this system's"),
+            ));
+        }
         match backend {
+            #[cfg(target_os = "linux")]
             Backend::IoUring => {
                 let lp = Self::build(Reactor::epoll()?, UringState::new(true))?;
                 if !lp.uses_io_uring() {
@@ -652,8 +663,11 @@ impl EventLoop {
                 }
                 Ok(lp)
             }
+            #[cfg(target_os = "linux")]
             Backend::Epoll => Self::build(Reactor::epoll()?, UringState::new(false)),
             Backend::Poll => Self::build(Reactor::poll(), UringState::new(false)),
+            #[cfg(not(target_os = "linux"))]
+            _ => unreachable!("refused above"),
         }
     }
 
@@ -665,8 +679,9 @@ impl EventLoop {
     /// As [`new`](EventLoop::new).
     pub fn without_io_uring() -> io::Result<EventLoop> {
         match Self::backend_from_env()? {
-            Some(Backend::Poll) => Self::with_backend(Backend::Poll),
-            _ => Self::with_backend(Backend::Epoll),
+            #[cfg(target_os = "linux")]
+            Some(Backend::IoUring | Backend::Epoll) | None => Self::with_backend(Backend::Epoll),
+            _ => Self::with_backend(Backend::Poll),
         }
     }
 
@@ -688,8 +703,13 @@ impl EventLoop {
     }
 
     fn build(reactor: Reactor, uring: UringState) -> io::Result<EventLoop> {
-        let remote = Arc::new(Remote::new()?);
-        reactor.watch(remote.efd.as_raw_fd(), TOKEN_NOTIFY)?;
+        let notifier = match &reactor {
+            #[cfg(target_os = "linux")]
+            Reactor::Epoll(_) => sys::Notifier::eventfd()?,
+            Reactor::Poll(_) => sys::Notifier::pipe()?,
+        };
+        let remote = Arc::new(Remote::new(notifier));
+        reactor.watch(remote.notifier.fd(), TOKEN_NOTIFY)?;
         let mailbox = mailbox();
         let id = NEXT_LOOP_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let inner = Rc::new_cyclic(|weak: &Weak<Inner>| Inner {

@@ -1,8 +1,7 @@
-//! The thread-safe side of a loop: its eventfd and the queue of bottom
+//! The thread-safe side of a loop: its notifier and the queue of bottom
 //! halves posted from other threads (QEMU's aio_notify and the BH list).
 
 use std::fmt;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -12,28 +11,28 @@ use super::sys;
 type RemoteBh = Box<dyn FnOnce() + Send>;
 
 pub(crate) struct Remote {
-    pub(crate) efd: OwnedFd,
+    pub(crate) notifier: sys::Notifier,
     /// Set by the first notification since the loop last looked; later
-    /// ones skip the eventfd write (coalescing).
+    /// ones skip the notifier's write (coalescing).
     notified: AtomicBool,
     queue: Mutex<Vec<RemoteBh>>,
     closed: AtomicBool,
 }
 
 impl Remote {
-    pub(crate) fn new() -> std::io::Result<Remote> {
-        Ok(Remote {
-            efd: sys::eventfd()?,
+    pub(crate) fn new(notifier: sys::Notifier) -> Remote {
+        Remote {
+            notifier,
             notified: AtomicBool::new(false),
             queue: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
-        })
+        }
     }
 
-    /// Wakes the loop (aio_notify): one eventfd write per batch.
+    /// Wakes the loop (aio_notify): one notifier write per batch.
     pub(crate) fn notify(&self) {
         if !self.notified.swap(true, Ordering::AcqRel) {
-            sys::eventfd_write(self.efd.as_raw_fd());
+            self.notifier.notify();
         }
     }
 
@@ -48,7 +47,7 @@ impl Remote {
     /// racing with us either is taken now or notifies again.
     pub(crate) fn take(&self) -> Vec<RemoteBh> {
         self.notified.store(false, Ordering::SeqCst);
-        sys::eventfd_drain(self.efd.as_raw_fd());
+        self.notifier.drain();
         std::mem::take(&mut *self.queue.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
@@ -72,7 +71,7 @@ impl Remote {
 /// to it from any thread.
 ///
 /// Each post is one push onto the loop's cross-thread queue; the loop's
-/// eventfd is written only by the first post since the loop last drained
+/// notifier (an eventfd) is written only by the first post since the loop last drained
 /// the queue, so a burst of posts costs one wake-up. Work posted after the
 /// loop was dropped is dropped (on the posting thread).
 ///
@@ -143,7 +142,7 @@ impl LoopHandle {
 impl fmt::Debug for LoopHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoopHandle")
-            .field("efd", &self.remote.efd.as_raw_fd())
+            .field("notifier", &self.remote.notifier.fd())
             .finish()
     }
 }

@@ -71,7 +71,7 @@
 //! | unset | epoll | io_uring if the kernel allows it, else the thread pool | Linux default |
 //! | `io_uring` | epoll | io_uring (an error from [`EventLoop::new`] if unavailable) | Linux |
 //! | `epoll` | epoll | thread pool | Linux |
-//! | `poll` | poll(2) | thread pool | Linux (and the backend for other unix systems) |
+//! | `poll` | poll(2) | thread pool | every unix; the default (and only) backend off Linux |
 //!
 //! Any other value makes [`EventLoop::new`] fail: a backend is never
 //! swapped for another silently. [`EventLoop::with_backend`] picks one in
@@ -79,20 +79,22 @@
 //! event-loop suite runs on each of the three in CI.
 
 // Cross-thread wakes are portable (the locks use them everywhere); the
-// event loop itself is epoll/eventfd/io_uring, so Linux only for now.
+// event loop needs epoll or poll(2), so it is built on unix systems.
 mod waker;
 pub use waker::{waker, Waker};
 // Kept for crate-internal users of the mailbox (the loop takes its own).
 #[allow(unused_imports)]
 pub(crate) use waker::{mailbox, Mailbox};
 
-/// Applies `#[cfg(target_os = "linux")]` to each item.
-macro_rules! linux_only {
-    ($($item:item)*) => { $( #[cfg(target_os = "linux")] $item )* };
+/// Applies `#[cfg(unix)]` to each item.
+macro_rules! unix_only {
+    ($($item:item)*) => { $( #[cfg(unix)] $item )* };
 }
 
-linux_only! {
+unix_only! {
 
+// Borrowed buffers handed to the thread pool: `fs` (Linux) needs them.
+#[cfg(target_os = "linux")]
 mod borrowed;
 mod busy_poll;
 mod event_loop;
@@ -105,7 +107,29 @@ pub(crate) mod io;
 pub(crate) mod sys;
 pub mod thread_pool;
 mod timer;
+#[cfg(target_os = "linux")]
 pub(crate) mod uring;
+/// Where there is no io_uring: a loop never has a ring, and `fs` I/O goes
+/// to the thread pool.
+#[cfg(not(target_os = "linux"))]
+pub(crate) mod uring {
+    use super::Inner;
+
+    pub(crate) struct UringState;
+
+    impl UringState {
+        pub(crate) fn new(_allowed: bool) -> UringState {
+            UringState
+        }
+        pub(crate) fn available(&self, _inner: &Inner) -> bool {
+            false
+        }
+        pub(crate) fn reap(&self, _inner: &Inner) -> bool {
+            false
+        }
+        pub(crate) fn shutdown(&self, _inner: &Inner) {}
+    }
+}
 mod wait;
 
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -113,6 +137,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+#[cfg(target_os = "linux")]
 pub(crate) use borrowed::run_borrowed;
 pub use event_loop::EventLoop;
 pub use reactor::Backend;
@@ -489,12 +514,12 @@ pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
     if crate::coroutine::current_is_polled() {
         return crate::future::wait_in_poll(future);
     }
-    #[cfg(target_os = "linux")]
+    #[cfg(unix)]
     {
         let inner = context("aio::wait_future");
         future::block_on_future(&inner, future)
     }
-    #[cfg(not(target_os = "linux"))]
+    #[cfg(not(unix))]
     {
         drop(future);
         if !crate::in_coroutine() {
@@ -502,7 +527,7 @@ pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
         }
         panic!(
             "aio::wait_future outside a CoFuture needs a costack event loop, which \
-             is Linux-only for now"
+             runs on unix systems only for now"
         )
     }
 }

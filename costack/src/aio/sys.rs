@@ -1,4 +1,5 @@
-//! Thin wrappers over the OS calls the loop makes: epoll, poll and eventfd.
+//! Thin wrappers over the OS calls the loop makes: epoll, poll, and the
+//! loop's notification descriptor.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -12,6 +13,7 @@ pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+#[cfg(target_os = "linux")]
 pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success we own the returned descriptor.
     let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
@@ -20,6 +22,7 @@ pub(crate) fn epoll_create() -> io::Result<OwnedFd> {
 }
 
 /// `epoll_ctl(op)` for `fd` with `events`; the event's data is `data`.
+#[cfg(target_os = "linux")]
 pub(crate) fn epoll_ctl(
     ep: &OwnedFd,
     op: libc::c_int,
@@ -35,6 +38,7 @@ pub(crate) fn epoll_ctl(
 
 /// Waits for events, at most `timeout_ms` (-1: forever). EINTR counts as
 /// no events.
+#[cfg(target_os = "linux")]
 pub(crate) fn epoll_wait(
     ep: &OwnedFd,
     events: &mut Vec<libc::epoll_event>,
@@ -64,6 +68,7 @@ pub(crate) fn epoll_wait(
     Ok(())
 }
 
+#[cfg(target_os = "linux")]
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; on success we own the returned descriptor.
     let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
@@ -71,21 +76,95 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Adds one to an eventfd counter (never blocks: the counter cannot
-/// overflow from our few writes).
-pub(crate) fn eventfd_write(fd: RawFd) {
-    let one: u64 = 1;
-    // SAFETY: writes 8 bytes from a live u64. A failure (EAGAIN at a
-    // counter near u64::MAX) still leaves the fd readable, which is all a
-    // notification needs.
-    unsafe { libc::write(fd, (&one as *const u64).cast(), 8) };
-}
-
 /// Resets an eventfd counter to zero.
+#[cfg(target_os = "linux")]
 pub(crate) fn eventfd_drain(fd: RawFd) {
     let mut buf: u64 = 0;
     // SAFETY: reads 8 bytes into a live u64; EAGAIN (already zero) is fine.
     unsafe { libc::read(fd, (&mut buf as *mut u64).cast(), 8) };
+}
+
+/// A descriptor that becomes readable when another thread notifies the
+/// loop (QEMU's EventNotifier): an eventfd for the epoll backends, a pipe
+/// for poll(2), so the pipe that other unix systems use is the one the
+/// poll backend runs on Linux too.
+pub(crate) struct Notifier {
+    read: OwnedFd,
+    /// The pipe's write end; `None` for an eventfd (one fd for both).
+    write: Option<OwnedFd>,
+}
+
+impl Notifier {
+    #[cfg(target_os = "linux")]
+    pub(crate) fn eventfd() -> io::Result<Notifier> {
+        Ok(Notifier {
+            read: eventfd()?,
+            write: None,
+        })
+    }
+
+    pub(crate) fn pipe() -> io::Result<Notifier> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid out-array of two ints.
+        cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+        // SAFETY: both were just created and are owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        for fd in [&read, &write] {
+            set_nonblocking_cloexec(fd.as_raw_fd())?;
+        }
+        Ok(Notifier {
+            read,
+            write: Some(write),
+        })
+    }
+
+    /// The descriptor the loop watches for reads.
+    pub(crate) fn fd(&self) -> RawFd {
+        self.read.as_raw_fd()
+    }
+
+    /// Makes the descriptor readable (never blocks: a full pipe or an
+    /// eventfd counter near its maximum is readable already, which is all
+    /// a notification needs).
+    pub(crate) fn notify(&self) {
+        let (fd, buf) = match &self.write {
+            Some(w) => (w.as_raw_fd(), &[1u8][..]),
+            None => (self.read.as_raw_fd(), &1u64.to_ne_bytes()[..]),
+        };
+        // SAFETY: writes `buf.len()` bytes from a live buffer; failures
+        // leave the fd readable, as said above.
+        unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+    }
+
+    /// Consumes pending notifications, so the descriptor stops being
+    /// readable.
+    pub(crate) fn drain(&self) {
+        let fd = self.read.as_raw_fd();
+        if self.write.is_none() {
+            let mut counter = [0u8; 8];
+            // SAFETY: reads 8 bytes into a live buffer; EAGAIN (already
+            // zero) is fine.
+            unsafe { libc::read(fd, counter.as_mut_ptr().cast(), 8) };
+            return;
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: reads into a live buffer of its length; stops at EAGAIN
+        // (empty) or a short read.
+        while unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) } == buf.len() as isize {}
+    }
+}
+
+/// Sets `O_NONBLOCK` and `FD_CLOEXEC` on `fd` (for calls that cannot set
+/// them at creation everywhere).
+pub(crate) fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns; reads and sets flags.
+    unsafe {
+        let fl = cvt(libc::fcntl(fd, libc::F_GETFL))?;
+        cvt(libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK))?;
+        let fd_fl = cvt(libc::fcntl(fd, libc::F_GETFD))?;
+        cvt(libc::fcntl(fd, libc::F_SETFD, fd_fl | libc::FD_CLOEXEC))?;
+    }
+    Ok(())
 }
 
 /// poll(2) over `fds`, at most `timeout_ms` (-1: forever); returns how
@@ -154,18 +233,23 @@ pub(crate) fn ms_ceil(d: std::time::Duration) -> i32 {
 /// Lets other threads runnable on this CPU run first (`sched_yield`);
 /// returns at once if there are none.
 pub(crate) fn yield_cpu() {
-    // SAFETY: no arguments, no memory touched; it cannot fail on Linux.
+    // SAFETY: no arguments, no memory touched; it cannot fail.
     unsafe { libc::sched_yield() };
 }
 
 /// How many times the calling thread was switched out while runnable
 /// (preempted, or after yielding to another thread): `ru_nivcsw` of
-/// `getrusage(RUSAGE_THREAD)`.
+/// `getrusage(RUSAGE_THREAD)`. macOS has no per-thread count: there it
+/// is the process's, which still changes when this thread is preempted.
 pub(crate) fn involuntary_switches() -> u64 {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    const WHO: libc::c_int = libc::RUSAGE_THREAD;
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    const WHO: libc::c_int = libc::RUSAGE_SELF;
     // SAFETY: an all-zero rusage is a valid value of the plain C struct.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a live, writable rusage for the kernel to fill; the
-    // call cannot fail with a valid pointer and RUSAGE_THREAD.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    // call cannot fail with a valid pointer and a valid `who`.
+    unsafe { libc::getrusage(WHO, &mut ru) };
     ru.ru_nivcsw as u64
 }

@@ -22,13 +22,13 @@ impl RawAddr {
         let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
         let len = match addr {
             SocketAddr::V4(a) => {
-                let sin = libc::sockaddr_in {
-                    sin_family: libc::AF_INET as libc::sa_family_t,
-                    sin_port: a.port().to_be(),
-                    sin_addr: libc::in_addr {
-                        s_addr: u32::from_ne_bytes(a.ip().octets()),
-                    },
-                    sin_zero: [0; 8],
+                // SAFETY: sockaddr_in is plain data; all zeroes is valid
+                // (and fills the fields some systems add, `sin_len`).
+                let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = a.port().to_be();
+                sin.sin_addr = libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
                 };
                 // SAFETY: sockaddr_storage is larger than and aligned for
                 // any sockaddr type.
@@ -40,15 +40,15 @@ impl RawAddr {
                 mem::size_of::<libc::sockaddr_in>()
             }
             SocketAddr::V6(a) => {
-                let sin6 = libc::sockaddr_in6 {
-                    sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                    sin6_port: a.port().to_be(),
-                    sin6_flowinfo: a.flowinfo(),
-                    sin6_addr: libc::in6_addr {
-                        s6_addr: a.ip().octets(),
-                    },
-                    sin6_scope_id: a.scope_id(),
+                // SAFETY: as above, for sockaddr_in6.
+                let mut sin6: libc::sockaddr_in6 = unsafe { mem::zeroed() };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = a.port().to_be();
+                sin6.sin6_flowinfo = a.flowinfo();
+                sin6.sin6_addr = libc::in6_addr {
+                    s6_addr: a.ip().octets(),
                 };
+                sin6.sin6_scope_id = a.scope_id();
                 // SAFETY: as above.
                 unsafe {
                     (&mut storage as *mut libc::sockaddr_storage)
@@ -120,20 +120,27 @@ fn set_int_option(
     .map(drop)
 }
 
+/// A new non-blocking, close-on-exec stream socket of `family`.
+fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    const FLAGS: libc::c_int = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // Elsewhere (macOS) the flags are set after creation.
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    const FLAGS: libc::c_int = 0;
+    // SAFETY: plain syscall; on success we own the new descriptor.
+    let fd = cvt(unsafe { libc::socket(family, libc::SOCK_STREAM | FLAGS, 0) })?;
+    // SAFETY: just created, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
+    crate::aio::sys::set_nonblocking_cloexec(fd.as_raw_fd())?;
+    Ok(fd)
+}
+
 /// A new non-blocking stream socket of `addr`'s family, bound to it and
 /// listening with `backlog`; `SO_REUSEADDR` (as std sets it) and, with
 /// `reuse_port`, `SO_REUSEPORT`, set before the bind.
 pub(crate) fn listen(addr: &RawAddr, backlog: i32, reuse_port: bool) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; on success we own the new descriptor.
-    let fd = cvt(unsafe {
-        libc::socket(
-            addr.family(),
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: just created, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = stream_socket(addr.family())?;
     set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
     if reuse_port {
         set_int_option(&fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
@@ -154,16 +161,7 @@ pub(crate) fn listen(addr: &RawAddr, backlog: i32, reuse_port: bool) -> io::Resu
 /// A new non-blocking stream socket of `addr`'s family, connected to it;
 /// waits for the connection (or `timeout`) like the other calls.
 pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; on success we own the new descriptor.
-    let fd = cvt(unsafe {
-        libc::socket(
-            addr.family(),
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: just created, owned by nobody else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = stream_socket(addr.family())?;
     let deadline = timeout.map(|t| std::time::Instant::now() + t);
     loop {
         // SAFETY: `addr` holds a valid sockaddr of `len` bytes.

@@ -17,6 +17,7 @@
 //!   says what it [expects](Reactor::expect) and the reactor watches that
 //!   direction until it fires.
 
+#[cfg(target_os = "linux")]
 mod epoll;
 mod poll;
 
@@ -101,12 +102,14 @@ impl fmt::Display for Backend {
 /// loop calls it on every wait, and a match inlines where a vtable call
 /// would not.
 pub(crate) enum Reactor {
+    #[cfg(target_os = "linux")]
     Epoll(epoll::Epoll),
     Poll(poll::Poll),
 }
 
 impl Reactor {
     /// epoll (Linux).
+    #[cfg(target_os = "linux")]
     pub(crate) fn epoll() -> io::Result<Reactor> {
         epoll::Epoll::new().map(Reactor::Epoll)
     }
@@ -119,12 +122,16 @@ impl Reactor {
     /// Whether events of registered fds come as edges whether or not
     /// anyone waits (epoll), so [`expect`](Reactor::expect) is not needed.
     pub(crate) fn is_epoll(&self) -> bool {
-        matches!(self, Reactor::Epoll(_))
+        #[cfg(target_os = "linux")]
+        return matches!(self, Reactor::Epoll(_));
+        #[cfg(not(target_os = "linux"))]
+        false
     }
 
     /// Watches `fd` for reads for good, level-triggered.
     pub(crate) fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.watch(fd, token),
             Reactor::Poll(p) => p.watch(fd, token),
         }
@@ -135,6 +142,7 @@ impl Reactor {
     /// registered for.
     pub(crate) fn arm(&self, fd: RawFd, token: u64, interest: u32) -> io::Result<()> {
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.arm(fd, token, interest),
             Reactor::Poll(p) => p.arm(fd, token, interest),
         }
@@ -145,6 +153,7 @@ impl Reactor {
     /// for.
     pub(crate) fn register(&self, fd: RawFd, token: u64) -> io::Result<()> {
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.register(fd, token),
             Reactor::Poll(p) => p.register(fd, token),
         }
@@ -155,6 +164,7 @@ impl Reactor {
     pub(crate) fn expect(&self, fd: RawFd, token: u64, interest: u32) {
         match self {
             // Edges come anyway.
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(_) => {}
             Reactor::Poll(p) => p.expect(fd, token, interest),
         }
@@ -163,6 +173,7 @@ impl Reactor {
     /// Stops watching registered `fd`, which is still open.
     pub(crate) fn deregister(&self, fd: RawFd, token: u64) {
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.deregister(fd),
             Reactor::Poll(p) => p.forget(fd, token),
         }
@@ -173,6 +184,7 @@ impl Reactor {
     /// number may be reused).
     pub(crate) fn forget(&self, fd: RawFd, token: u64) {
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(_) => {}
             Reactor::Poll(p) => p.forget(fd, token),
         }
@@ -183,6 +195,7 @@ impl Reactor {
     pub(crate) fn wait(&self, out: &mut Vec<Event>, timeout_ms: i32) -> io::Result<()> {
         out.clear();
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.wait(out, timeout_ms),
             Reactor::Poll(p) => p.wait(out, timeout_ms),
         }
@@ -191,6 +204,7 @@ impl Reactor {
     /// The fd to show in `Debug` output, if the reactor has one.
     pub(crate) fn raw_fd(&self) -> Option<RawFd> {
         match self {
+            #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => Some(e.raw_fd()),
             Reactor::Poll(_) => None,
         }

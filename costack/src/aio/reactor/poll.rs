@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 
-use super::{Event, ANY_END, ERROR, HANGUP, PRIORITY, READABLE, READ_EVENTS, READ_HANGUP, WRITABLE, WRITE_EVENTS};
+use super::{
+    Event, ANY_END, ERROR, HANGUP, PRIORITY, READABLE, READ_EVENTS, WRITABLE, WRITE_EVENTS,
+};
 use crate::aio::sys;
 
 #[derive(Clone, Copy)]
@@ -179,7 +181,7 @@ fn from_poll(revents: libc::c_short) -> u32 {
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
     if revents & libc::POLLRDHUP != 0 {
-        bits |= READ_HANGUP;
+        bits |= super::READ_HANGUP;
     }
     bits
 }
