@@ -69,6 +69,8 @@ mod generator;
 pub mod net;
 mod stack;
 pub mod sync;
+#[cfg(unix)]
+mod sys;
 
 pub use coroutine::{current, in_coroutine, yield_now, Builder, Coroutine};
 pub use generator::{Generator, Yielder};

@@ -25,7 +25,7 @@ use super::busy_poll::{self, BusyPoll};
 use super::handle::{LoopHandle, Remote};
 use super::io::{FdEntry, Registrations, REG_BIT};
 use super::reactor::{Backend, Event, Reactor};
-use super::sys;
+use crate::sys;
 use super::timer::Timers;
 use super::uring::UringState;
 use super::join::{catch_task, JoinHandle, JoinSlot};

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::join::{catch_task, remote_pair, RemoteJoinHandle};
-use super::sys;
+use crate::sys;
 
 type RemoteBh = Box<dyn FnOnce() + Send>;
 

@@ -39,7 +39,7 @@ use super::handle::Remote;
 
 use super::event_loop::Inner;
 use super::reactor::{ANY_END, PRIORITY, READ_EVENTS, READ_HANGUP, WRITE_EVENTS};
-use super::sys;
+use crate::sys;
 use super::wait::{Outcome, Wait};
 
 

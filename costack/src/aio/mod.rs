@@ -104,7 +104,6 @@ mod handle;
 mod iothread;
 mod join;
 pub(crate) mod io;
-pub(crate) mod sys;
 pub mod thread_pool;
 mod timer;
 #[cfg(target_os = "linux")]

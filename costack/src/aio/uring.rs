@@ -21,7 +21,7 @@ use std::rc::Rc;
 use io_uring::{opcode, squeue, IoUring, Probe};
 
 use super::event_loop::{Inner, TOKEN_URING};
-use super::sys;
+use crate::sys;
 use super::wait::{Outcome, Wait};
 
 const ENTRIES: u32 = 256;

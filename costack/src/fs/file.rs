@@ -11,7 +11,8 @@ use io_uring::{opcode, types};
 
 use super::inline::Inline;
 use super::OpenOptions;
-use crate::aio::{self, sys::cvt, Inner};
+use crate::aio::{self, Inner};
+use crate::sys::cvt;
 
 /// The loop to do I/O on: the current one, from a coroutine on it.
 #[track_caller]

@@ -39,7 +39,7 @@
 //! });
 //! ```
 
-mod sys;
+mod socket;
 mod tcp;
 mod unix;
 
@@ -47,87 +47,47 @@ pub use tcp::{ListenOptions, TcpListener, TcpStream};
 pub use unix::{UnixListener, UnixStream};
 
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::aio::io::{wait_fd, Direction, Registration};
-
-/// Runs the non-blocking `op` until it does not report `WouldBlock`,
-/// waiting for readiness in between, for at most `timeout` in all.
-pub(crate) fn retry<T>(
-    reg: &Registration,
-    fd: RawFd,
-    dir: Direction,
-    timeout: Option<Duration>,
-    mut op: impl FnMut() -> io::Result<T>,
-) -> io::Result<T> {
-    let mut deadline = None;
-    loop {
-        match op() {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if deadline.is_none() {
-                    deadline = timeout.map(|t| Instant::now() + t);
-                }
-                reg.wait(fd, dir, deadline)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r,
-        }
-    }
-}
-
-/// Reads with the non-blocking `op` into a buffer of `len` bytes, as
-/// [`retry`], but skips the `recv` known to fail: after a read that came
-/// back short, the next one waits for the loop to see new data first
-/// (see [`ReadState`](crate::aio::io::ReadState); TCP only).
-pub(crate) fn retry_read(
-    reg: &Registration,
-    fd: RawFd,
-    timeout: Option<Duration>,
-    len: usize,
-    mut op: impl FnMut() -> io::Result<usize>,
-) -> io::Result<usize> {
-    let mut deadline = None;
-    if len > 0 && reg.read_state().is_some_and(|r| r.is_drained()) {
-        deadline = timeout.map(|t| Instant::now() + t);
-        reg.wait(fd, Direction::Read, deadline)?;
-    }
-    loop {
-        match op() {
-            Ok(n) => {
-                // Short, not EOF: the socket's receive queue is empty now.
-                // (EOF stays readable, and sees no further edge.)
-                if n > 0 && n < len {
-                    if let Some(r) = reg.read_state() {
-                        r.set_drained();
-                    }
-                }
-                return Ok(n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if deadline.is_none() {
-                    deadline = timeout.map(|t| Instant::now() + t);
-                }
-                reg.wait(fd, Direction::Read, deadline)?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
+use crate::aio::io::{wait_fd, Direction};
+use crate::sys::socket::{start_connect, stream_socket, take_error, Connect, RawAddr};
 
 /// Waits until `fd` is ready for `dir` (for sockets not yet wrapped):
 /// on the loop from a coroutine on one, else by blocking the thread.
-pub(crate) fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
     if let Some(inner) = crate::aio::io_loop("net") {
         return wait_fd(&inner, fd, dir, deadline);
     }
-    let events = match dir {
-        Direction::Read => libc::POLLIN,
-        Direction::Write => libc::POLLOUT,
-    };
-    crate::aio::sys::poll_blocking(fd, events, deadline)
+    crate::sys::poll_blocking(fd, dir.poll_events(), deadline)
+}
+
+/// A new non-blocking stream socket of `addr`'s family, connected to it;
+/// waits for the connection (or `timeout`) like the other calls.
+pub(crate) fn connect(addr: &RawAddr, timeout: Option<Duration>) -> io::Result<OwnedFd> {
+    let fd = stream_socket(addr.family())?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        match start_connect(&fd, addr)? {
+            Connect::Done => return Ok(fd),
+            Connect::InProgress => break,
+            Connect::Busy => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                let pause = Duration::from_millis(1);
+                if crate::aio::io_loop("net::connect").is_some() {
+                    crate::aio::sleep(pause);
+                } else {
+                    std::thread::sleep(pause);
+                }
+            }
+        }
+    }
+    wait(fd.as_raw_fd(), Direction::Write, deadline)?;
+    take_error(&fd)?;
+    Ok(fd)
 }
 
 /// A read or write timeout, shared by a stream's users (0 = none).
@@ -159,58 +119,57 @@ impl Timeout {
     }
 }
 
-/// The descriptor traits of a socket type with `reg` and `inner` fields:
-/// giving the descriptor away deregisters it from its loop first.
+/// The descriptor traits of a socket type with a `sock` field (a
+/// [`Socket`](socket::Socket)): giving the descriptor away deregisters it
+/// from its loop first.
 macro_rules! impl_fd {
     ($t:ty) => {
         impl std::os::fd::AsFd for $t {
             fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-                std::os::fd::AsFd::as_fd(&self.inner)
+                std::os::fd::AsFd::as_fd(self.sock.get())
             }
         }
 
         impl std::os::fd::AsRawFd for $t {
             fn as_raw_fd(&self) -> std::os::fd::RawFd {
-                std::os::fd::AsRawFd::as_raw_fd(&self.inner)
+                std::os::fd::AsRawFd::as_raw_fd(self.sock.get())
             }
         }
 
         impl std::os::fd::IntoRawFd for $t {
             fn into_raw_fd(self) -> std::os::fd::RawFd {
-                drop(self.reg);
-                std::os::fd::IntoRawFd::into_raw_fd(self.inner)
+                std::os::fd::IntoRawFd::into_raw_fd(self.sock.into_inner())
             }
         }
 
         impl From<$t> for std::os::fd::OwnedFd {
             fn from(s: $t) -> std::os::fd::OwnedFd {
-                drop(s.reg);
-                s.inner.into()
+                s.sock.into_inner().into()
             }
         }
     };
 }
 
 /// Implements `Read` and `Write` for a stream type and its shared
-/// reference, through its `read_impl`/`write_impl`.
+/// reference, through its `sock` field.
 macro_rules! impl_stream_io {
     ($t:ty) => {
         impl std::io::Read for $t {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                self.read_impl(buf)
+                self.sock.read(buf)
             }
         }
         impl std::io::Read for &$t {
             fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                self.read_impl(buf)
+                self.sock.read(buf)
             }
         }
         impl std::io::Write for $t {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.write_impl(buf)
+                self.sock.write(buf)
             }
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-                self.write_vectored_impl(bufs)
+                self.sock.write_vectored(bufs)
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())
@@ -218,10 +177,10 @@ macro_rules! impl_stream_io {
         }
         impl std::io::Write for &$t {
             fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.write_impl(buf)
+                self.sock.write(buf)
             }
             fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> std::io::Result<usize> {
-                self.write_vectored_impl(bufs)
+                self.sock.write_vectored(bufs)
             }
             fn flush(&mut self) -> std::io::Result<()> {
                 Ok(())

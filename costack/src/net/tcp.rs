@@ -1,14 +1,15 @@
 //! TCP sockets.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{self, Shutdown, SocketAddr, ToSocketAddrs};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use super::sys::{connect, listen, RawAddr};
-use super::{impl_fd, impl_stream_io, retry, retry_read, Timeout};
-use crate::aio::io::{Direction, Registration};
+use super::socket::Socket;
+use super::{connect, impl_fd, impl_stream_io};
+use crate::aio::io::Direction;
+use crate::sys::socket::{listen, RawAddr};
 
 /// A TCP listening socket whose [`accept`](TcpListener::accept) yields to
 /// the event loop (see the [module documentation](super)).
@@ -16,9 +17,7 @@ use crate::aio::io::{Direction, Registration};
 /// `Send + Sync`: a listener may be created on one thread and moved to
 /// another; accept calls then use that thread's loop.
 pub struct TcpListener {
-    // Declared first: deregisters before the socket closes.
-    reg: Registration,
-    inner: net::TcpListener,
+    sock: Socket<net::TcpListener>,
 }
 
 impl TcpListener {
@@ -70,15 +69,13 @@ impl TcpListener {
     pub fn from_std(listener: net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(TcpListener {
-            reg: Registration::default(),
-            inner: listener,
+            sock: Socket::new(listener, false),
         })
     }
 
     /// The std listener (non-blocking).
     pub fn into_std(self) -> net::TcpListener {
-        drop(self.reg);
-        self.inner
+        self.sock.into_inner()
     }
 
     /// Accepts a connection, waiting for one.
@@ -86,9 +83,9 @@ impl TcpListener {
     /// # Errors
     /// As `accept(2)`.
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || {
-            self.inner.accept()
-        })?;
+        let (s, addr) = self
+            .sock
+            .wait_for_untimed(Direction::Read, |l| l.accept())?;
         Ok((TcpStream::from_std(s)?, addr))
     }
 
@@ -97,7 +94,7 @@ impl TcpListener {
     /// # Errors
     /// As `getsockname(2)`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.sock.get().local_addr()
     }
 
     /// Sets the IP time-to-live of accepted sockets.
@@ -105,7 +102,7 @@ impl TcpListener {
     /// # Errors
     /// As `setsockopt(2)`.
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
-        self.inner.set_ttl(ttl)
+        self.sock.get().set_ttl(ttl)
     }
 }
 
@@ -152,7 +149,7 @@ impl ListenOptions {
 impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpListener")
-            .field("addr", &self.inner.local_addr().ok())
+            .field("addr", &self.sock.get().local_addr().ok())
             .field("fd", &self.as_raw_fd())
             .finish()
     }
@@ -164,11 +161,7 @@ impl fmt::Debug for TcpListener {
 /// `Read` and `Write` are implemented for `TcpStream` and `&TcpStream`.
 /// `Send + Sync`, like std's.
 pub struct TcpStream {
-    // Declared first: deregisters before the socket closes.
-    reg: Registration,
-    inner: net::TcpStream,
-    read_timeout: Timeout,
-    write_timeout: Timeout,
+    sock: Socket<net::TcpStream>,
 }
 
 impl TcpStream {
@@ -203,10 +196,7 @@ impl TcpStream {
 
     fn from_nonblocking(inner: net::TcpStream) -> TcpStream {
         TcpStream {
-            reg: Registration::default(),
-            inner,
-            read_timeout: Timeout::default(),
-            write_timeout: Timeout::default(),
+            sock: Socket::new(inner, true),
         }
     }
 
@@ -221,8 +211,7 @@ impl TcpStream {
 
     /// The std stream (non-blocking).
     pub fn into_std(self) -> net::TcpStream {
-        drop(self.reg);
-        self.inner
+        self.sock.into_inner()
     }
 
     /// Shuts down the read half, write half or both. Coroutines waiting
@@ -231,7 +220,7 @@ impl TcpStream {
     /// # Errors
     /// As `shutdown(2)`.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.inner.shutdown(how)
+        self.sock.get().shutdown(how)
     }
 
     /// The peer's address.
@@ -239,7 +228,7 @@ impl TcpStream {
     /// # Errors
     /// As `getpeername(2)`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.peer_addr()
+        self.sock.get().peer_addr()
     }
 
     /// The local address.
@@ -247,7 +236,7 @@ impl TcpStream {
     /// # Errors
     /// As `getsockname(2)`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.sock.get().local_addr()
     }
 
     /// Sets `TCP_NODELAY` (no Nagle delay for small writes).
@@ -255,7 +244,7 @@ impl TcpStream {
     /// # Errors
     /// As `setsockopt(2)`.
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        self.inner.set_nodelay(nodelay)
+        self.sock.get().set_nodelay(nodelay)
     }
 
     /// Whether `TCP_NODELAY` is set.
@@ -263,7 +252,7 @@ impl TcpStream {
     /// # Errors
     /// As `getsockopt(2)`.
     pub fn nodelay(&self) -> io::Result<bool> {
-        self.inner.nodelay()
+        self.sock.get().nodelay()
     }
 
     /// Makes reads that wait longer than `timeout` fail with
@@ -272,7 +261,7 @@ impl TcpStream {
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(timeout)
+        self.sock.read_timeout().set(timeout)
     }
 
     /// Makes writes that wait longer than `timeout` fail with
@@ -281,17 +270,17 @@ impl TcpStream {
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(timeout)
+        self.sock.write_timeout().set(timeout)
     }
 
     /// The read timeout.
     pub fn read_timeout(&self) -> Option<Duration> {
-        self.read_timeout.get()
+        self.sock.read_timeout().get()
     }
 
     /// The write timeout.
     pub fn write_timeout(&self) -> Option<Duration> {
-        self.write_timeout.get()
+        self.sock.write_timeout().get()
     }
 
     /// Reads without consuming (`MSG_PEEK`), waiting for data.
@@ -299,44 +288,7 @@ impl TcpStream {
     /// # Errors
     /// As `recv(2)`.
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
-        retry(
-            &self.reg,
-            self.as_raw_fd(),
-            Direction::Read,
-            self.read_timeout.get(),
-            || self.inner.peek(buf),
-        )
-    }
-
-    fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len();
-        retry_read(
-            &self.reg,
-            self.as_raw_fd(),
-            self.read_timeout.get(),
-            len,
-            || (&self.inner).read(buf),
-        )
-    }
-
-    fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(
-            &self.reg,
-            self.as_raw_fd(),
-            Direction::Write,
-            self.write_timeout.get(),
-            || (&self.inner).write(buf),
-        )
-    }
-
-    fn write_vectored_impl(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        retry(
-            &self.reg,
-            self.as_raw_fd(),
-            Direction::Write,
-            self.write_timeout.get(),
-            || (&self.inner).write_vectored(bufs),
-        )
+        self.sock.wait_for(Direction::Read, |s| s.peek(buf))
     }
 }
 
@@ -347,8 +299,8 @@ impl_fd!(TcpStream);
 impl fmt::Debug for TcpStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpStream")
-            .field("local", &self.inner.local_addr().ok())
-            .field("peer", &self.inner.peer_addr().ok())
+            .field("local", &self.sock.get().local_addr().ok())
+            .field("peer", &self.sock.get().peer_addr().ok())
             .field("fd", &self.as_raw_fd())
             .finish()
     }

@@ -1,23 +1,22 @@
 //! Unix-domain stream sockets.
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::Shutdown;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{self, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
-use super::sys::{connect, RawAddr};
-use super::{impl_fd, impl_stream_io, retry, Timeout};
-use crate::aio::io::{Direction, Registration};
+use super::socket::Socket;
+use super::{connect, impl_fd, impl_stream_io};
+use crate::aio::io::Direction;
+use crate::sys::socket::RawAddr;
 
 /// A Unix-domain listening socket whose [`accept`](UnixListener::accept)
 /// yields to the event loop (see the [module documentation](super)).
 pub struct UnixListener {
-    // Declared first: deregisters before the socket closes.
-    reg: Registration,
-    inner: net::UnixListener,
+    sock: Socket<net::UnixListener>,
 }
 
 impl UnixListener {
@@ -36,15 +35,13 @@ impl UnixListener {
     pub fn from_std(listener: net::UnixListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(UnixListener {
-            reg: Registration::default(),
-            inner: listener,
+            sock: Socket::new(listener, false),
         })
     }
 
     /// The std listener (non-blocking).
     pub fn into_std(self) -> net::UnixListener {
-        drop(self.reg);
-        self.inner
+        self.sock.into_inner()
     }
 
     /// Accepts a connection, waiting for one.
@@ -52,9 +49,9 @@ impl UnixListener {
     /// # Errors
     /// As `accept(2)`.
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
-        let (s, addr) = retry(&self.reg, self.as_raw_fd(), Direction::Read, None, || {
-            self.inner.accept()
-        })?;
+        let (s, addr) = self
+            .sock
+            .wait_for_untimed(Direction::Read, |l| l.accept())?;
         Ok((UnixStream::from_std(s)?, addr))
     }
 
@@ -63,7 +60,7 @@ impl UnixListener {
     /// # Errors
     /// As `getsockname(2)`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.sock.get().local_addr()
     }
 }
 
@@ -72,7 +69,7 @@ impl_fd!(UnixListener);
 impl fmt::Debug for UnixListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixListener")
-            .field("addr", &self.inner.local_addr().ok())
+            .field("addr", &self.sock.get().local_addr().ok())
             .field("fd", &self.as_raw_fd())
             .finish()
     }
@@ -83,11 +80,7 @@ impl fmt::Debug for UnixListener {
 ///
 /// `Read` and `Write` are implemented for `UnixStream` and `&UnixStream`.
 pub struct UnixStream {
-    // Declared first: deregisters before the socket closes.
-    reg: Registration,
-    inner: net::UnixStream,
-    read_timeout: Timeout,
-    write_timeout: Timeout,
+    sock: Socket<net::UnixStream>,
 }
 
 impl UnixStream {
@@ -111,10 +104,7 @@ impl UnixStream {
 
     fn from_nonblocking(inner: net::UnixStream) -> UnixStream {
         UnixStream {
-            reg: Registration::default(),
-            inner,
-            read_timeout: Timeout::default(),
-            write_timeout: Timeout::default(),
+            sock: Socket::new(inner, false),
         }
     }
 
@@ -129,8 +119,7 @@ impl UnixStream {
 
     /// The std stream (non-blocking).
     pub fn into_std(self) -> net::UnixStream {
-        drop(self.reg);
-        self.inner
+        self.sock.into_inner()
     }
 
     /// Shuts down the read half, write half or both. Coroutines waiting
@@ -139,7 +128,7 @@ impl UnixStream {
     /// # Errors
     /// As `shutdown(2)`.
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        self.inner.shutdown(how)
+        self.sock.get().shutdown(how)
     }
 
     /// The local address.
@@ -147,7 +136,7 @@ impl UnixStream {
     /// # Errors
     /// As `getsockname(2)`.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
+        self.sock.get().local_addr()
     }
 
     /// The peer's address.
@@ -155,7 +144,7 @@ impl UnixStream {
     /// # Errors
     /// As `getpeername(2)`.
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.peer_addr()
+        self.sock.get().peer_addr()
     }
 
     /// Makes reads that wait longer than `timeout` fail with
@@ -164,7 +153,7 @@ impl UnixStream {
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(timeout)
+        self.sock.read_timeout().set(timeout)
     }
 
     /// Makes writes that wait longer than `timeout` fail with
@@ -173,49 +162,17 @@ impl UnixStream {
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(timeout)
+        self.sock.write_timeout().set(timeout)
     }
 
     /// The read timeout.
     pub fn read_timeout(&self) -> Option<Duration> {
-        self.read_timeout.get()
+        self.sock.read_timeout().get()
     }
 
     /// The write timeout.
     pub fn write_timeout(&self) -> Option<Duration> {
-        self.write_timeout.get()
-    }
-
-    fn read_impl(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // Not `retry_read`: a short read may leave data queued here (see
-        // `ReadState`), so every read tries `recv` first.
-        retry(
-            &self.reg,
-            self.as_raw_fd(),
-            Direction::Read,
-            self.read_timeout.get(),
-            || (&self.inner).read(buf),
-        )
-    }
-
-    fn write_impl(&self, buf: &[u8]) -> io::Result<usize> {
-        retry(
-            &self.reg,
-            self.as_raw_fd(),
-            Direction::Write,
-            self.write_timeout.get(),
-            || (&self.inner).write(buf),
-        )
-    }
-
-    fn write_vectored_impl(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        retry(
-            &self.reg,
-            self.as_raw_fd(),
-            Direction::Write,
-            self.write_timeout.get(),
-            || (&self.inner).write_vectored(bufs),
-        )
+        self.sock.write_timeout().get()
     }
 }
 
@@ -226,8 +183,8 @@ impl_fd!(UnixStream);
 impl fmt::Debug for UnixStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UnixStream")
-            .field("local", &self.inner.local_addr().ok())
-            .field("peer", &self.inner.peer_addr().ok())
+            .field("local", &self.sock.get().local_addr().ok())
+            .field("peer", &self.sock.get().peer_addr().ok())
             .field("fd", &self.as_raw_fd())
             .finish()
     }

@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::Event;
-use crate::aio::sys;
+use crate::sys;
 
 pub(crate) struct Epoll {
     fd: OwnedFd,

@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use super::{
     Event, ANY_END, ERROR, HANGUP, PRIORITY, READABLE, READ_EVENTS, WRITABLE, WRITE_EVENTS,
 };
-use crate::aio::sys;
+use crate::sys;
 
 #[derive(Clone, Copy)]
 enum Kind {

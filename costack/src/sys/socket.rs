@@ -1,4 +1,4 @@
-//! Socket addresses and non-blocking connect.
+//! Sockets: addresses in the C layout, creation, listen and connect calls.
 
 use std::io;
 use std::mem;
@@ -7,8 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::aio::io::Direction;
-use crate::aio::sys::cvt;
+use super::cvt;
 
 /// A socket address in the C layout, with its length.
 pub(crate) struct RawAddr {
@@ -95,7 +94,7 @@ impl RawAddr {
         })
     }
 
-    fn family(&self) -> libc::c_int {
+    pub(crate) fn family(&self) -> libc::c_int {
         self.storage.ss_family as libc::c_int
     }
 }
@@ -121,7 +120,7 @@ fn set_int_option(
 }
 
 /// A new non-blocking, close-on-exec stream socket of `family`.
-fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
+pub(crate) fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     #[cfg(any(target_os = "linux", target_os = "freebsd"))]
     const FLAGS: libc::c_int = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
     // Elsewhere (macOS) the flags are set after creation.
@@ -132,7 +131,7 @@ fn stream_socket(family: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: just created, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
-    crate::aio::sys::set_nonblocking_cloexec(fd.as_raw_fd())?;
+    super::set_nonblocking_cloexec(fd.as_raw_fd())?;
     Ok(fd)
 }
 
@@ -158,11 +157,19 @@ pub(crate) fn listen(addr: &RawAddr, backlog: i32, reuse_port: bool) -> io::Resu
     Ok(fd)
 }
 
-/// A new non-blocking stream socket of `addr`'s family, connected to it;
-/// waits for the connection (or `timeout`) like the other calls.
-pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> io::Result<OwnedFd> {
-    let fd = stream_socket(addr.family())?;
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+/// What one `connect(2)` call on a non-blocking socket did.
+pub(crate) enum Connect {
+    /// Connected.
+    Done,
+    /// Under way: the socket becomes writable when it is done.
+    InProgress,
+    /// A Unix socket whose listener's backlog is full: nothing to wait
+    /// for, try again shortly.
+    Busy,
+}
+
+/// Starts connecting `fd` to `addr` (EINTR retried).
+pub(crate) fn start_connect(fd: &OwnedFd, addr: &RawAddr) -> io::Result<Connect> {
     loop {
         // SAFETY: `addr` holds a valid sockaddr of `len` bytes.
         let r = unsafe {
@@ -173,28 +180,20 @@ pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> i
             )
         };
         if r == 0 {
-            return Ok(fd);
+            return Ok(Connect::Done);
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::EINPROGRESS) => break,
-            // A Unix socket whose listener's backlog is full: try again
-            // shortly (there is no readiness to wait for).
-            Some(libc::EAGAIN) if addr.family() == libc::AF_UNIX => {
-                if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                if crate::aio::io_loop("net::connect").is_some() {
-                    crate::aio::sleep(std::time::Duration::from_millis(1));
-                } else {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
-            }
+            Some(libc::EINPROGRESS) => return Ok(Connect::InProgress),
+            Some(libc::EAGAIN) if addr.family() == libc::AF_UNIX => return Ok(Connect::Busy),
             _ => return Err(e),
         }
     }
-    super::wait(fd.as_raw_fd(), Direction::Write, deadline)?;
+}
+
+/// The error a finished non-blocking connect left (`SO_ERROR`).
+pub(crate) fn take_error(fd: &OwnedFd) -> io::Result<()> {
     let mut err: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `err`/`len` are a valid out-buffer for SO_ERROR.
@@ -207,8 +206,8 @@ pub(crate) fn connect(addr: &RawAddr, timeout: Option<std::time::Duration>) -> i
             &mut len,
         )
     })?;
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err));
+    match err {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
     }
-    Ok(fd)
 }

@@ -1,5 +1,8 @@
-//! Thin wrappers over the OS calls the loop makes: epoll, poll, and the
-//! loop's notification descriptor.
+//! Thin wrappers over the OS calls of the event loop and the sockets (unix):
+//! epoll, poll, the loop's notification descriptor, and sockets
+//! ([`socket`]). Everything above them is written against these.
+
+pub(crate) mod socket;
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};

@@ -1,0 +1,143 @@
+//! What every socket type of this module shares: the std socket it wraps
+//! (non-blocking), its registration with the loop it is used on, its
+//! timeouts, and calls that wait for readiness instead of failing with
+//! `WouldBlock`.
+
+use std::io::{self, IoSlice, Read, Write};
+use std::os::fd::AsRawFd;
+use std::time::Instant;
+
+use super::Timeout;
+use crate::aio::io::{Direction, Registration};
+
+pub(crate) struct Socket<S> {
+    // Declared first: deregisters before the socket closes.
+    reg: Registration,
+    io: S,
+    read_timeout: Timeout,
+    write_timeout: Timeout,
+    /// TCP: a read that comes back short left the receive queue empty, so
+    /// the next read may wait for the loop first (see
+    /// [`ReadState`](crate::aio::io::ReadState)). Not so for Unix sockets.
+    short_read_drains: bool,
+}
+
+impl<S: AsRawFd> Socket<S> {
+    /// Wraps `io`, which must be non-blocking already.
+    pub(crate) fn new(io: S, short_read_drains: bool) -> Socket<S> {
+        Socket {
+            reg: Registration::default(),
+            io,
+            read_timeout: Timeout::default(),
+            write_timeout: Timeout::default(),
+            short_read_drains,
+        }
+    }
+
+    /// The std socket.
+    pub(crate) fn get(&self) -> &S {
+        &self.io
+    }
+
+    /// The std socket, deregistered from its loop.
+    pub(crate) fn into_inner(self) -> S {
+        let Socket { reg, io, .. } = self;
+        drop(reg);
+        io
+    }
+
+    pub(crate) fn read_timeout(&self) -> &Timeout {
+        &self.read_timeout
+    }
+
+    pub(crate) fn write_timeout(&self) -> &Timeout {
+        &self.write_timeout
+    }
+
+    /// Runs the non-blocking `op` until it does not report `WouldBlock`,
+    /// waiting for readiness for `dir` in between, within `dir`'s timeout
+    /// in all.
+    pub(crate) fn wait_for<T>(
+        &self,
+        dir: Direction,
+        op: impl FnMut(&S) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.retry(dir, None, op)
+    }
+
+    /// As [`wait_for`](Socket::wait_for), but without a timeout (accept).
+    pub(crate) fn wait_for_untimed<T>(
+        &self,
+        dir: Direction,
+        op: impl FnMut(&S) -> io::Result<T>,
+    ) -> io::Result<T> {
+        self.retry(dir, Some(None), op)
+    }
+
+    /// The loop of [`wait_for`](Socket::wait_for). `deadline` is `None`
+    /// until the first wait fixes it from `dir`'s timeout.
+    fn retry<T>(
+        &self,
+        dir: Direction,
+        mut deadline: Option<Option<Instant>>,
+        mut op: impl FnMut(&S) -> io::Result<T>,
+    ) -> io::Result<T> {
+        loop {
+            match op(&self.io) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let d = *deadline.get_or_insert_with(|| self.deadline(dir));
+                    self.reg.wait(self.io.as_raw_fd(), dir, d)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// When a wait for `dir` that starts now must give up.
+    fn deadline(&self, dir: Direction) -> Option<Instant> {
+        self.timeout(dir).get().map(|t| Instant::now() + t)
+    }
+
+    fn timeout(&self, dir: Direction) -> &Timeout {
+        match dir {
+            Direction::Read => &self.read_timeout,
+            Direction::Write => &self.write_timeout,
+        }
+    }
+}
+
+impl<S: AsRawFd> Socket<S>
+where
+    for<'a> &'a S: Read + Write,
+{
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.short_read_drains {
+            return self.wait_for(Direction::Read, |mut io| io.read(buf));
+        }
+        let len = buf.len();
+        let mut deadline = None;
+        if len > 0 && self.reg.read_state().is_some_and(|r| r.is_drained()) {
+            // The `recv` would fail: wait for the loop to see data first.
+            let d = *deadline.insert(self.deadline(Direction::Read));
+            self.reg.wait(self.io.as_raw_fd(), Direction::Read, d)?;
+        }
+        let n = self.retry(Direction::Read, deadline, |mut io| io.read(buf))?;
+        // Short, not EOF: the socket's receive queue is empty now. (EOF
+        // stays readable, and sees no further edge.)
+        if n > 0 && n < len {
+            if let Some(r) = self.reg.read_state() {
+                r.set_drained();
+            }
+        }
+        Ok(n)
+    }
+
+    pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.wait_for(Direction::Write, |mut io| io.write(buf))
+    }
+
+    pub(crate) fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        self.wait_for(Direction::Write, |mut io| io.write_vectored(bufs))
+    }
+}
