@@ -50,5 +50,9 @@ bash .ci/backends.sh
 bash .ci/backends.sh miri asan tsan
 bash .ci/targets.sh # macOS (aarch64, x86_64), FreeBSD (x86_64): compiled, not run
 
+# The docs as docs.rs builds them (nightly, `--cfg docsrs`: platform badges),
+# warnings denied; nightly was installed by backends.sh above.
+RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo +nightly doc -p costack --no-deps --features tracing,tokio
+
 # The NBD parsers under libFuzzer, for a bounded time per target.
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash .ci/fuzz.sh

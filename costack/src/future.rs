@@ -158,6 +158,26 @@ impl<T: 'static> CoFuture<T> {
     /// # Panics
     /// If no stack can be allocated; use
     /// [`with_builder`](CoFuture::with_builder) to handle that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio;
+    /// use costack::future::CoFuture;
+    ///
+    /// let v = block_on(CoFuture::new(|| {
+    ///     // Blocking-looking code, awaiting a future through the poll's context.
+    ///     aio::wait_future(async { 20 }) + 1
+    /// }));
+    /// assert_eq!(v, 21);
+    /// # fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    /// #     let mut f = std::pin::pin!(f);
+    /// #     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    /// #     loop {
+    /// #         if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; }
+    /// #     }
+    /// # }
+    /// ```
     pub fn new<F: FnOnce() -> T + 'static>(f: F) -> CoFuture<T> {
         match Self::with_builder(Builder::new(), f) {
             Ok(fut) => fut,
@@ -201,6 +221,15 @@ impl<T: 'static> CoFuture<T> {
 
 impl<T> CoFuture<T> {
     /// The coroutine the future runs on.
+    ///
+    /// ```
+    /// use costack::future::CoFuture;
+    /// use costack::Builder;
+    ///
+    /// let fut = CoFuture::with_builder(Builder::new().name("job"), || 1).unwrap();
+    /// assert_eq!(fut.coroutine().name(), Some("job"));
+    /// assert!(!fut.coroutine().is_finished()); // nothing runs before a poll
+    /// ```
     pub fn coroutine(&self) -> &Coroutine {
         &self.co
     }

@@ -47,6 +47,22 @@ pub struct Generator<T> {
 }
 
 /// Hands values from a generator's body to its consumer.
+///
+/// ```
+/// use costack::{Generator, Yielder};
+///
+/// // A recursive walk that hands out values from any depth.
+/// fn walk(y: &Yielder<u32>, depth: u32) {
+///     if depth == 0 {
+///         return;
+///     }
+///     walk(y, depth - 1);
+///     y.suspend(depth);
+///     walk(y, depth - 1);
+/// }
+/// let g = Generator::new(|y| walk(y, 3));
+/// assert_eq!(g.collect::<Vec<_>>(), [1, 2, 1, 3, 1, 2, 1]);
+/// ```
 pub struct Yielder<T> {
     slot: Rc<Cell<Option<T>>>,
     /// The generator's coroutine, by id: a handle here would keep the

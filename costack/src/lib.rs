@@ -7,6 +7,12 @@
 //! Coroutines of one thread never run at the same time: races can only
 //! happen across a yield.
 //!
+//! # A tour
+//!
+//! **Coroutines.** [`Coroutine::new`] creates one and runs nothing;
+//! [`enter`](Coroutine::enter) runs it on its own stack until it calls
+//! [`yield_now`] or returns, then returns to the caller.
+//!
 //! ```
 //! use costack::{yield_now, Coroutine};
 //! use std::cell::RefCell;
@@ -23,13 +29,226 @@
 //! log.borrow_mut().push("two");
 //! co.enter();
 //! assert_eq!(*log.borrow(), ["one", "two", "three"]);
+//! assert!(co.is_finished());
 //! ```
+//!
+//! **Generators.** A [`Generator`] is a coroutine that hands out values:
+//! an `Iterator` written as a plain loop.
+//!
+//! ```
+//! use costack::Generator;
+//!
+//! let fib = Generator::new(|y| {
+//!     let (mut a, mut b) = (0u64, 1);
+//!     loop {
+//!         y.suspend(a);
+//!         (a, b) = (b, a + b);
+//!     }
+//! });
+//! assert_eq!(fib.take(8).collect::<Vec<_>>(), [0, 1, 1, 2, 3, 5, 8, 13]);
+//! ```
+//!
+//! **The event loop.** An [`aio::EventLoop`] runs coroutines on one thread
+//! and enters them again when what they wait for is there: a timer, a
+//! descriptor, a thread-pool job, a future. [`block_on`](aio::EventLoop::block_on)
+//! runs a closure as the first coroutine; [`aio::spawn`] adds more.
+//!
+//! ```
+//! use costack::aio::{self, EventLoop};
+//! use std::time::{Duration, Instant};
+//!
+//! let t = Instant::now();
+//! let sum = EventLoop::new().unwrap().block_on(|| {
+//!     let jobs: Vec<_> = (1..=3u64)
+//!         .map(|i| aio::spawn(move || { aio::sleep(Duration::from_millis(10)); i }))
+//!         .collect();
+//!     jobs.into_iter().map(|j| j.join().unwrap()).sum::<u64>()
+//! });
+//! assert_eq!(sum, 6);
+//! assert!(t.elapsed() < Duration::from_millis(500)); // the sleeps overlapped
+//! ```
+//!
+//! **I/O.** [`net`] sockets and [`fs`] files (unix; `fs` on Linux) are
+//! `Read`/`Write` types whose calls yield instead of blocking (the `net`
+//! module shows an echo server and client). Outside a loop they block
+//! like std's, so the same types work everywhere.
+//!
+//! **Locks.** [`sync`] has [`CoMutex`](sync::CoMutex),
+//! [`CoRwLock`](sync::CoRwLock), [`CoQueue`](sync::CoQueue) and
+//! [`CoSemaphore`](sync::CoSemaphore): a contended lock suspends the
+//! coroutine, not the thread. They are `Send + Sync` and work between
+//! loops on different threads.
+//!
+//! ```
+//! use costack::aio::{self, EventLoop};
+//! use costack::sync::CoMutex;
+//! use std::rc::Rc;
+//! use std::time::Duration;
+//!
+//! let total = EventLoop::new().unwrap().block_on(|| {
+//!     let m = Rc::new(CoMutex::new(0));
+//!     let workers: Vec<_> = (0..4)
+//!         .map(|_| {
+//!             let m = m.clone();
+//!             aio::spawn(move || {
+//!                 let mut g = m.lock();
+//!                 aio::sleep(Duration::from_millis(1)); // others queue meanwhile
+//!                 *g += 1;
+//!             })
+//!         })
+//!         .collect();
+//!     workers.into_iter().for_each(|w| w.join().unwrap());
+//!     let v = *m.lock();
+//!     v
+//! });
+//! assert_eq!(total, 4);
+//! ```
+//!
+//! **Several threads.** An [`aio::IoThread`] (QEMU's iothread) is a named
+//! thread running its own loop; its [`LoopHandle`](aio::LoopHandle) starts
+//! coroutines there from anywhere and [`RemoteJoinHandle`](aio::RemoteJoinHandle)s
+//! bring their results back. Work crosses threads only this way (and
+//! through [`aio::Waker`]): a coroutine never moves.
+//!
+//! ```
+//! use costack::aio::IoThread;
+//!
+//! let io = IoThread::spawn("worker").unwrap();
+//! let h = io.handle().spawn(|| std::thread::current().name().map(str::to_owned));
+//! assert_eq!(h.join().unwrap().as_deref(), Some("worker"));
+//! ```
+//!
+//! **Async Rust.** A [`future::CoFuture`] is a coroutine polled as a
+//! `Future` by any executor (tokio, `futures`), and
+//! [`aio::wait_future`] waits for a future from coroutine code; see the
+//! [`future`] module and `examples/tokio_interop.rs`.
+//!
+//! # When to use it, and what it costs
+//!
+//! Use costack for code that waits a lot and reads best as straight-line
+//! code: protocol servers and clients, storage stacks, deep recursion that
+//! waits at the leaves (a parser fed by a socket, a tree walk over remote
+//! data), or for porting blocking code without rewriting it as `async`.
+//! Async Rust keeps each task's state in a compiler-sized struct, so a
+//! million idle tasks cost little; a coroutine owns a whole stack. Here a
+//! stack's address space is reserved (1 MiB by default) but only the pages
+//! it touches are memory: about 4 KiB for a small coroutine, and guard
+//! pages cost no extra mappings on recent kernels. Switching is a few
+//! nanoseconds. Compared with corosensei or generator, costack adds the
+//! event loop, the locks, I/O and async interop around the same kind of
+//! switch.
+//!
+//! # Threads: why the types are `!Send`
+//!
+//! [`Coroutine`], [`aio::EventLoop`], [`aio::JoinHandle`] and the lock
+//! guards are `!Send`: a coroutine runs on the thread that created it, for
+//! ever, so a thread-local read before a yield is the same one after it,
+//! and `Rc`/`RefCell` are safe to share between the coroutines of a
+//! thread. To use another thread, post work to its loop
+//! ([`aio::LoopHandle`]) or wake a coroutine from there ([`aio::Waker`]).
+//!
+//! # Stacks
+//!
+//! The default size is [`pool::DEFAULT_STACK_SIZE`] (1 MiB, as QEMU's and
+//! corosensei's); [`Builder::stack_size`] picks another (at least
+//! [`pool::MIN_STACK_SIZE`]). Size a stack for the deepest call chain the
+//! coroutine makes, with room for what it calls (formatting, TLS
+//! libraries and the like want tens of KiB). Every stack has a guard page
+//! below it: overflowing it aborts the process with `stack overflow in
+//! coroutine '<name>'` on stderr, never memory corruption. Finished
+//! coroutines' stacks are pooled per thread ([`pool`]), so creating one is
+//! cheap after the first few.
+//!
+//! # Panics, in one place
+//!
+//! - A panic inside a coroutine finishes it and comes out of the
+//!   [`enter`](Coroutine::enter) (or wake, or loop poll) that resumed it,
+//!   with the same payload.
+//! - [`aio::spawn`] and friends catch a spawned coroutine's panic at its
+//!   boundary, as `std::thread` does: [`join`](aio::JoinHandle::join)
+//!   returns it as `Err`, and with the handle dropped the panic hook reports
+//!   it and the loop goes on.
+//! - [`block_on`](aio::EventLoop::block_on) resumes its own closure's panic.
+//! - A [`Generator`]'s body panicking makes `next()` panic.
+//! - Misuse panics with a clear message: entering a running coroutine
+//!   (`re-entered recursively`), a finished one (`finished`), yielding
+//!   outside one (`not in a coroutine`).
+//! - Dropping a suspended coroutine unwinds its stack, so its destructors
+//!   run. A destructor that then waits (a contended lock, a sleep) cannot
+//!   be resumed by anyone: the process aborts naming the coroutine
+//!   (`yielded while being dropped`). An event loop that is dropped drives
+//!   such waits to their end instead.
+//!
+//! # Pitfalls
+//!
+//! - **Blocking the loop.** A loop runs one coroutine at a time: std I/O,
+//!   `std::thread::sleep`, a blocking mutex held across a long wait, or a
+//!   CPU-bound loop stalls every other coroutine of that thread. Use
+//!   [`net`]/[`fs`], [`aio::sleep`], the [`sync`] locks, and
+//!   [`aio::run_blocking`] for work that must block or compute for long.
+//! - **`costack::yield_now` is not `aio::yield_now`.** [`yield_now`]
+//!   suspends the coroutine until *someone* enters or wakes it; in a
+//!   coroutine of a loop, nobody will unless you arranged it.
+//!   [`aio::yield_now`] lets the loop's other work run and then continues.
+//!   When a loop's [`block_on`](aio::EventLoop::block_on) (or a
+//!   [`join`](aio::JoinHandle::join) outside a coroutine) sees that
+//!   nothing could ever wake its coroutine again (no timers, descriptors,
+//!   bottom halves, I/O in flight, [`aio::Waker`]s or
+//!   [`LoopHandle`](aio::LoopHandle)s left), it panics with a message
+//!   saying so instead of hanging:
+//!
+//! ```should_panic
+//! use costack::aio::EventLoop;
+//!
+//! // Panics: "the event loop would wait forever: ..."
+//! EventLoop::new().unwrap().block_on(costack::yield_now);
+//! ```
+//!
+//! - **Tokio futures on costack's loop** need a runtime whose driver runs
+//!   elsewhere: see [`aio::wait_future`].
+//!
+//! # Cargo features
+//!
+//! | feature | what it does |
+//! |---|---|
+//! | `tracing` | emits `tracing` events at create, enter, yield and terminate (QEMU's trace points); nothing is compiled in without it |
+//! | `tokio` | lets [`aio::wait_future`] detect a tokio `current_thread` runtime entered on the loop's thread, which could never wake it, and panic instead of hanging |
+//! | `ucontext` | switches with glibc's `makecontext`/`swapcontext` instead of assembly (x86_64 Linux) |
+//! | `fibers` | switches with Windows fibers (`CreateFiberEx`/`SwitchToFiber`) instead of assembly |
+//! | `thread-backend` | runs each coroutine on an OS thread handed a baton (portable and slow; always on under Miri) |
+//! | `asan`, `tsan` | tell AddressSanitizer/ThreadSanitizer about stack switches (nightly, with `-Zsanitizer`) |
+//!
+//! # Platforms
+//!
+//! The core, generators, locks and [`future`] build on Linux (x86_64,
+//! aarch64, riscv64), macOS (x86_64, aarch64), FreeBSD and Windows
+//! (x86_64). The event loop and [`net`] need a unix system (epoll, io_uring
+//! or poll(2) on Linux, chosen with [`aio::Backend`]; poll(2) elsewhere);
+//! [`fs`] needs Linux.
+//!
+//! # Glossary: QEMU's names and costack's
+//!
+//! | QEMU | costack |
+//! |---|---|
+//! | `qemu_coroutine_create` / `_enter` / `_yield` / `_self` | [`Coroutine::new`], [`Coroutine::enter`], [`yield_now`], [`current`] |
+//! | `qemu_in_coroutine`, `qemu_coroutine_entered` | [`in_coroutine`], [`Coroutine::is_entered`] |
+//! | `aio_co_wake`, `aio_co_schedule` | [`Coroutine::wake`], [`aio::Waker`], [`aio::schedule`] |
+//! | `AioContext`, `aio_poll` | [`aio::EventLoop`], [`EventLoop::poll`](aio::EventLoop::poll) |
+//! | bottom half (`aio_bh_schedule_oneshot`) | [`LoopHandle::call_soon`](aio::LoopHandle::call_soon) |
+//! | `qemu_co_sleep_ns` | [`aio::sleep`] |
+//! | `thread_pool_submit_co` | [`aio::run_blocking`] |
+//! | fdmon-epoll / fdmon-poll / io_uring | [`aio::Backend`] |
+//! | iothread | [`aio::IoThread`] |
+//! | `CoMutex`, `CoRwlock`, `CoQueue`, co-shared-resource | [`sync::CoMutex`], [`sync::CoRwLock`], [`sync::CoQueue`], [`sync::CoSemaphore`] |
+//! | `qemu_co_queue_next` / `_restart_all` / `qemu_co_enter_next` | [`CoQueue::restart_next`](sync::CoQueue::restart_next), [`restart_all`](sync::CoQueue::restart_all), [`enter_next`](sync::CoQueue::enter_next) |
+//! | `poll-max-ns` | [`EventLoop::set_poll_max`](aio::EventLoop::set_poll_max) |
 //!
 //! Layers, each depending only on those below: `net`/`fs` (coroutine I/O) →
 //! [`aio`] (event loop) and [`sync`] (locks) → the coroutine core (this
 //! crate's root) → stacks and the per-architecture switch.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 // Without the event loop (unix only for now), its hooks in the core and
@@ -62,10 +281,12 @@ mod arch;
 mod coroutine;
 pub mod debug;
 #[cfg(target_os = "linux")]
+#[cfg_attr(docsrs, doc(cfg(target_os = "linux")))]
 pub mod fs;
 pub mod future;
 mod generator;
 #[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 pub mod net;
 mod stack;
 pub mod sync;

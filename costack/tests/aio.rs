@@ -907,3 +907,66 @@ fn polling_window_grows_and_falls_back_to_zero() {
     lp.set_poll_max(Duration::ZERO);
     assert_eq!(lp.poll_max(), Duration::ZERO);
 }
+
+// ---- a block_on that could never finish ------------------------------------
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn block_on_with_nothing_left_to_wake_it_fails_clearly() {
+    let lp = EventLoop::new().unwrap();
+    let err = catch_unwind(AssertUnwindSafe(|| {
+        // The classic mistake: costack::yield_now suspends until woken, and
+        // nobody holds anything that could wake this coroutine.
+        lp.block_on(costack::yield_now)
+    }))
+    .unwrap_err();
+    let msg = panic_text(&*err);
+    assert!(msg.contains("would wait forever"), "{msg}");
+    assert!(msg.contains("aio::yield_now"), "{msg}");
+    // aio::yield_now is the one that comes back.
+    lp.block_on(aio::yield_now);
+    // Joining from outside the loop runs the loop: the same check.
+    let h = lp.spawn(costack::yield_now);
+    let err = catch_unwind(AssertUnwindSafe(|| h.join())).unwrap_err();
+    assert!(panic_text(&*err).contains("would wait forever"));
+}
+
+#[test]
+fn block_on_waits_while_a_waker_or_a_loop_handle_could_still_wake_it() {
+    // A waker held by another thread.
+    let lp = EventLoop::new().unwrap();
+    lp.block_on(|| {
+        let w = aio::waker();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            w.wake();
+        });
+        costack::yield_now();
+        t.join().unwrap();
+    });
+
+    // Only a loop handle: its bottom half, on the loop's thread, wakes the
+    // coroutine it finds there.
+    thread_local! {
+        static PARKED: RefCell<Option<costack::Coroutine>> = const { RefCell::new(None) };
+    }
+    let handle = lp.handle();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        handle.call_soon(|| {
+            let co = PARKED.with(|p| p.borrow_mut().take()).expect("parked");
+            co.wake();
+        });
+    });
+    lp.block_on(|| {
+        PARKED.with(|p| *p.borrow_mut() = costack::current());
+        costack::yield_now();
+    });
+    t.join().unwrap();
+}

@@ -405,6 +405,37 @@ impl Inner {
         Ok(progress)
     }
 
+    /// Whether no coroutine of this loop can ever run again: nothing is
+    /// queued, and nothing is left that could wake one (a timer, a wait
+    /// on a descriptor or io_uring, a bottom half, a [`Waker`] of a
+    /// coroutine of this thread, a [`LoopHandle`]). Blocking then would
+    /// hang the thread for good. (Wakers held by waiters of a lock count,
+    /// so a deadlock between locks is not seen; a coroutine suspended with
+    /// nobody to wake it, the common mistake, is.)
+    ///
+    /// [`Waker`]: super::Waker
+    pub(crate) fn is_stuck(&self) -> bool {
+        self.run_queue.borrow().is_empty()
+            && self.bhs.borrow().is_empty()
+            && self.timers.borrow().is_empty()
+            && self.fds.borrow().is_empty()
+            && !self.regs.borrow().has_waiters()
+            && !self.uring.busy()
+            && !self.remote.is_notified()
+            && !self.remote.has_handles()
+            && self.thread_wakers() == 0
+    }
+
+    /// How many [`Waker`](super::Waker)s of this thread's coroutines are
+    /// alive: the holders of the thread's mailbox beyond the thread itself
+    /// and its loops (which are all there is besides wakers).
+    fn thread_wakers(&self) -> usize {
+        let loops = LOOPS
+            .try_with(|l| l.borrow().iter().filter(|(_, w)| w.strong_count() > 0).count())
+            .unwrap_or(0);
+        Arc::strong_count(&self.mailbox).saturating_sub(1 + loops)
+    }
+
     /// Unwinds the spawned coroutines and drops all queued work.
     ///
     /// A destructor that waits while its coroutine unwinds (a lock held by
@@ -793,9 +824,7 @@ impl EventLoop {
 
     /// A thread-safe handle to post work to this loop from other threads.
     pub fn handle(&self) -> LoopHandle {
-        LoopHandle {
-            remote: self.inner().remote.clone(),
-        }
+        self.inner().remote.handle()
     }
 
     /// How many spawned coroutines have not finished yet.

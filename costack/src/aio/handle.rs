@@ -2,7 +2,7 @@
 //! halves posted from other threads (QEMU's aio_notify and the BH list).
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::join::{catch_task, remote_pair, RemoteJoinHandle};
@@ -17,6 +17,8 @@ pub(crate) struct Remote {
     notified: AtomicBool,
     queue: Mutex<Vec<RemoteBh>>,
     closed: AtomicBool,
+    /// Live [`LoopHandle`]s: other threads that may still post work.
+    handles: AtomicUsize,
 }
 
 impl Remote {
@@ -26,7 +28,23 @@ impl Remote {
             notified: AtomicBool::new(false),
             queue: Mutex::new(Vec::new()),
             closed: AtomicBool::new(false),
+            handles: AtomicUsize::new(0),
         }
+    }
+
+    /// A handle for other threads (counted: see [`has_handles`]).
+    ///
+    /// [`has_handles`]: Remote::has_handles
+    pub(crate) fn handle(self: &Arc<Self>) -> LoopHandle {
+        self.handles.fetch_add(1, Ordering::Relaxed);
+        LoopHandle {
+            remote: self.clone(),
+        }
+    }
+
+    /// Whether some [`LoopHandle`] of the loop is alive.
+    pub(crate) fn has_handles(&self) -> bool {
+        self.handles.load(Ordering::Acquire) > 0
     }
 
     /// Wakes the loop (aio_notify): one notifier write per batch.
@@ -89,9 +107,20 @@ impl Remote {
 /// while lp.poll(false) {}
 /// assert_eq!(rx.recv().unwrap(), std::thread::current().id());
 /// ```
-#[derive(Clone)]
 pub struct LoopHandle {
     pub(crate) remote: Arc<Remote>,
+}
+
+impl Clone for LoopHandle {
+    fn clone(&self) -> Self {
+        self.remote.handle()
+    }
+}
+
+impl Drop for LoopHandle {
+    fn drop(&mut self) {
+        self.remote.handles.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl LoopHandle {

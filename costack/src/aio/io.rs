@@ -218,6 +218,13 @@ pub(crate) struct Registrations {
 }
 
 impl Registrations {
+    /// Whether a coroutine waits on one of the registered sockets.
+    pub(crate) fn has_waiters(&self) -> bool {
+        self.by_token
+            .values()
+            .any(|e| !e.waiters.readers.is_empty() || !e.waiters.writers.is_empty())
+    }
+
     pub(crate) fn clear(&mut self) {
         self.by_token.clear();
         self.by_fd.clear();

@@ -133,6 +133,9 @@ impl<T> JoinHandle<T> {
             if let Some(r) = self.take() {
                 return r;
             }
+            if self.inner.is_stuck() {
+                never_woken(&self.co);
+            }
             self.inner.poll(true);
         }
     }
@@ -282,4 +285,17 @@ impl<T> fmt::Debug for RemoteJoinHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteJoinHandle").finish_non_exhaustive()
     }
+}
+
+/// The loop has nothing left that could wake `co`, whose end a thread
+/// waits for: say so instead of hanging.
+#[cold]
+fn never_woken(co: &Coroutine) -> ! {
+    let name = co.name().map(|n| format!(" '{n}'")).unwrap_or_default();
+    panic!(
+        "costack: the event loop would wait forever: coroutine{name} is suspended and nothing \
+         can wake it (no timers, descriptors, io_uring requests, bottom halves, aio::Wakers \
+         or LoopHandles are left). costack::yield_now() suspends until someone wakes the \
+         coroutine; to let the loop's other work run and continue, call aio::yield_now()"
+    )
 }

@@ -88,7 +88,7 @@ pub(crate) use waker::{mailbox, Mailbox};
 
 /// Applies `#[cfg(unix)]` to each item.
 macro_rules! unix_only {
-    ($($item:item)*) => { $( #[cfg(unix)] $item )* };
+    ($($item:item)*) => { $( #[cfg(unix)] #[cfg_attr(docsrs, doc(cfg(unix)))] $item )* };
 }
 
 unix_only! {
@@ -127,6 +127,9 @@ pub(crate) mod uring {
             false
         }
         pub(crate) fn shutdown(&self, _inner: &Inner) {}
+        pub(crate) fn busy(&self) -> bool {
+            false
+        }
     }
 }
 mod wait;
@@ -275,6 +278,17 @@ pub fn yield_now() {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::time::{Duration, Instant};
+///
+/// let t = Instant::now();
+/// EventLoop::new().unwrap().block_on(|| aio::sleep(Duration::from_millis(5)));
+/// assert!(t.elapsed() >= Duration::from_millis(5));
+/// ```
 #[track_caller]
 pub fn sleep(duration: Duration) {
     let inner = context("aio::sleep");
@@ -285,6 +299,17 @@ pub fn sleep(duration: Duration) {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::time::{Duration, Instant};
+///
+/// let deadline = Instant::now() + Duration::from_millis(5);
+/// EventLoop::new().unwrap().block_on(move || aio::sleep_until(deadline));
+/// assert!(Instant::now() >= deadline);
+/// ```
 #[track_caller]
 pub fn sleep_until(deadline: Instant) {
     let inner = context("aio::sleep_until");
@@ -312,6 +337,27 @@ fn sleep_until_on(inner: &Rc<Inner>, deadline: Instant) {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::io::{Read, Write};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (mut a, mut b) = UnixStream::pair().unwrap();
+/// b.set_nonblocking(true).unwrap();
+/// let got = EventLoop::new().unwrap().block_on(move || {
+///     let writer = aio::spawn(move || a.write_all(b"ping").unwrap());
+///     aio::wait_readable(b.as_fd()).unwrap(); // yields until the data is there
+///     let mut buf = [0; 4];
+///     b.read_exact(&mut buf).unwrap();
+///     writer.join().unwrap();
+///     buf
+/// });
+/// assert_eq!(&got, b"ping");
+/// ```
 #[track_caller]
 pub fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let inner = context("aio::wait_readable");
@@ -326,6 +372,22 @@ pub fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::io::Write;
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+///
+/// let (mut a, _b) = UnixStream::pair().unwrap();
+/// a.set_nonblocking(true).unwrap();
+/// EventLoop::new().unwrap().block_on(move || {
+///     aio::wait_writable(a.as_fd()).unwrap(); // an empty socket buffer: at once
+///     a.write_all(b"x").unwrap();
+/// });
+/// ```
 #[track_caller]
 pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
     let inner = context("aio::wait_writable");
@@ -340,6 +402,22 @@ pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::io::ErrorKind;
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+///
+/// let (a, _b) = UnixStream::pair().unwrap();
+/// let r = EventLoop::new().unwrap().block_on(move || {
+///     aio::wait_readable_timeout(a.as_fd(), Duration::from_millis(5))
+/// });
+/// assert_eq!(r.unwrap_err().kind(), ErrorKind::TimedOut);
+/// ```
 #[track_caller]
 pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_readable_timeout");
@@ -359,6 +437,20 @@ pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::os::fd::AsFd;
+/// use std::os::unix::net::UnixStream;
+/// use std::time::Duration;
+///
+/// let (a, _b) = UnixStream::pair().unwrap();
+/// EventLoop::new().unwrap().block_on(move || {
+///     aio::wait_writable_timeout(a.as_fd(), Duration::from_secs(1)).unwrap();
+/// });
+/// ```
 #[track_caller]
 pub fn wait_writable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_writable_timeout");
@@ -385,6 +477,18 @@ struct Job<T> {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+///
+/// let n = EventLoop::new().unwrap().block_on(|| {
+///     // Blocking std I/O, on a worker thread: the loop runs on meanwhile.
+///     aio::run_blocking(|| std::fs::read_dir(".").map(|d| d.count()).unwrap_or(0))
+/// });
+/// assert!(n > 0);
+/// ```
 #[track_caller]
 pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) -> T {
     let inner = context("aio::run_blocking");

@@ -79,6 +79,13 @@ fn worker() {
 }
 
 /// How many worker threads exist now (for tests and diagnostics).
+///
+/// ```
+/// use costack::aio::{self, thread_pool, EventLoop};
+///
+/// EventLoop::new().unwrap().block_on(|| aio::run_blocking(|| ()));
+/// assert!(thread_pool::worker_count() <= thread_pool::MAX_THREADS);
+/// ```
 pub fn worker_count() -> usize {
     POOL.state.lock().unwrap_or_else(|e| e.into_inner()).threads
 }

@@ -73,6 +73,12 @@ impl UringState {
         self.ring.borrow().is_some()
     }
 
+    /// Whether requests are in the kernel, whose completions will wake
+    /// their coroutines.
+    pub(crate) fn busy(&self) -> bool {
+        self.ring.borrow().as_ref().is_some_and(|r| r.in_flight > 0)
+    }
+
     /// Whether fallocate requests can go through the ring.
     pub(crate) fn has_fallocate(&self, inner: &Inner) -> bool {
         self.available(inner) && self.ring.borrow().as_ref().is_some_and(|r| r.fallocate)

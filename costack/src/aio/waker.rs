@@ -19,6 +19,22 @@ use crate::coroutine::{self, Coroutine};
 /// coroutine's thread and its event loop is notified; it is delivered when
 /// that loop next polls. Waking a coroutine that finished meanwhile does
 /// nothing. Wakes are coalesced like [`Coroutine::wake`]'s.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+///
+/// let on = EventLoop::new().unwrap().block_on(|| {
+///     let waker = aio::waker(); // for this coroutine; Send + Sync
+///     let t = std::thread::spawn(move || {
+///         std::thread::sleep(std::time::Duration::from_millis(5));
+///         waker.wake(); // from another thread: the loop enters it again
+///     });
+///     costack::yield_now(); // suspended until woken
+///     t.join().unwrap();
+///     std::thread::current().id()
+/// });
+/// assert_eq!(on, std::thread::current().id()); // it never moved
+/// ```
 #[derive(Clone)]
 pub struct Waker {
     mailbox: Arc<Mailbox>,
@@ -69,6 +85,18 @@ impl fmt::Debug for Waker {
 ///
 /// # Panics
 /// Outside a coroutine: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+///
+/// EventLoop::new().unwrap().block_on(|| {
+///     let a = aio::waker();
+///     let b = aio::waker();
+///     assert!(a.will_wake(&b)); // both name this coroutine
+/// });
+/// ```
 pub fn waker() -> Waker {
     coroutine::with_current(|co| match co {
         Some(co) => Waker::for_coroutine(co),

@@ -35,6 +35,27 @@ const MAX_IO: usize = 1 << 30;
 /// A file with coroutine I/O (see the [module documentation](super)).
 ///
 /// `Send + Sync`; all I/O is positional, so coroutines may share `&File`.
+///
+/// ```
+/// use costack::aio::EventLoop;
+/// use costack::fs::File;
+///
+/// let path = std::env::temp_dir().join(format!("costack-doc-file-{}", std::process::id()));
+/// let p = path.clone();
+/// EventLoop::new().unwrap().block_on(move || {
+///     let f = File::create(&p).unwrap();
+///     f.write_all_at(b"world", 6).unwrap(); // positional: no shared cursor
+///     f.write_all_at(b"hello ", 0).unwrap();
+///     f.sync_data().unwrap(); // on disk before going on
+///     let mut buf = [0; 11];
+///     f.read_exact_at(&mut buf, 0).unwrap();
+///     assert_eq!(&buf, b"hello world");
+///     assert_eq!(f.len().unwrap(), 11);
+///     f.set_len(5).unwrap();
+///     assert_eq!(f.len().unwrap(), 5);
+/// });
+/// std::fs::remove_file(path).unwrap();
+/// ```
 pub struct File {
     inner: std::fs::File,
     inline: Inline,

@@ -16,6 +16,27 @@ use crate::sys::socket::{listen, RawAddr};
 ///
 /// `Send + Sync`: a listener may be created on one thread and moved to
 /// another; accept calls then use that thread's loop.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use costack::net::{TcpListener, TcpStream};
+/// use std::io::{Read, Write};
+///
+/// EventLoop::new().unwrap().block_on(|| {
+///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+///     let addr = listener.local_addr().unwrap();
+///     let client = aio::spawn(move || {
+///         let mut s = TcpStream::connect(addr).unwrap();
+///         s.write_all(b"hi").unwrap();
+///     });
+///     let (mut conn, peer) = listener.accept().unwrap(); // yields until a client comes
+///     assert!(peer.ip().is_loopback());
+///     let mut buf = String::new();
+///     conn.read_to_string(&mut buf).unwrap();
+///     assert_eq!(buf, "hi");
+///     client.join().unwrap();
+/// });
+/// ```
 pub struct TcpListener {
     sock: Socket<net::TcpListener>,
 }
@@ -82,6 +103,19 @@ impl TcpListener {
     ///
     /// # Errors
     /// As `accept(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// // Outside an event loop the same calls block the thread, like std's.
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let (s, peer) = listener.accept().unwrap();
+    /// assert_eq!(peer, c.local_addr().unwrap());
+    /// assert_eq!(s.peer_addr().unwrap(), c.local_addr().unwrap());
+    /// ```
     pub fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
         let (s, addr) = self
             .sock
@@ -160,6 +194,33 @@ impl fmt::Debug for TcpListener {
 ///
 /// `Read` and `Write` are implemented for `TcpStream` and `&TcpStream`.
 /// `Send + Sync`, like std's.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use costack::net::{TcpListener, TcpStream};
+/// use std::io::{BufRead, BufReader, Write};
+/// use std::time::Duration;
+///
+/// EventLoop::new().unwrap().block_on(|| {
+///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+///     let addr = listener.local_addr().unwrap();
+///     let server = aio::spawn(move || {
+///         let (s, _) = listener.accept().unwrap();
+///         // One coroutine may read while another writes the same stream.
+///         let mut lines = BufReader::new(&s).lines();
+///         let line = lines.next().unwrap().unwrap();
+///         (&s).write_all(format!("echo: {line}\n").as_bytes()).unwrap();
+///     });
+///     let mut c = TcpStream::connect(addr).unwrap();
+///     c.set_nodelay(true).unwrap();
+///     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+///     c.write_all(b"hello\n").unwrap();
+///     let mut reply = String::new();
+///     BufReader::new(&c).read_line(&mut reply).unwrap();
+///     assert_eq!(reply, "echo: hello\n");
+///     server.join().unwrap();
+/// });
+/// ```
 pub struct TcpStream {
     sock: Socket<net::TcpStream>,
 }
@@ -219,6 +280,25 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `shutdown(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::net::{TcpListener, TcpStream};
+    /// use std::io::Read;
+    /// use std::net::Shutdown;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    ///     let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    ///     let (s, _) = listener.accept().unwrap();
+    ///     let reader = aio::spawn(move || (&s).read(&mut [0; 8]).unwrap());
+    ///     aio::yield_now(); // the reader waits now
+    ///     c.shutdown(Shutdown::Write).unwrap(); // ...and wakes to read EOF
+    ///     assert_eq!(reader.join().unwrap(), 0);
+    /// });
+    /// ```
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.sock.get().shutdown(how)
     }
@@ -260,6 +340,24 @@ impl TcpStream {
     ///
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::net::{TcpListener, TcpStream};
+    /// use std::io::{ErrorKind, Read};
+    /// use std::time::Duration;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    ///     let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    ///     let _server_side = listener.accept().unwrap(); // says nothing
+    ///     c.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    ///     let err = c.read(&mut [0; 8]).unwrap_err();
+    ///     assert_eq!(err.kind(), ErrorKind::TimedOut);
+    /// });
+    /// ```
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.sock.read_timeout().set(timeout)
     }

@@ -15,6 +15,25 @@ use crate::sys::socket::RawAddr;
 
 /// A Unix-domain listening socket whose [`accept`](UnixListener::accept)
 /// yields to the event loop (see the [module documentation](super)).
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use costack::net::{UnixListener, UnixStream};
+/// use std::io::{Read, Write};
+///
+/// let path = std::env::temp_dir().join(format!("costack-doc-{}.sock", std::process::id()));
+/// let p = path.clone();
+/// EventLoop::new().unwrap().block_on(move || {
+///     let listener = UnixListener::bind(&p).unwrap();
+///     let client = aio::spawn(move || UnixStream::connect(&p).unwrap().write_all(b"hi").unwrap());
+///     let (mut conn, _) = listener.accept().unwrap();
+///     let mut buf = String::new();
+///     conn.read_to_string(&mut buf).unwrap();
+///     assert_eq!(buf, "hi");
+///     client.join().unwrap();
+/// });
+/// std::fs::remove_file(path).unwrap();
+/// ```
 pub struct UnixListener {
     sock: Socket<net::UnixListener>,
 }
@@ -79,6 +98,26 @@ impl fmt::Debug for UnixListener {
 /// event loop (see the [module documentation](super)).
 ///
 /// `Read` and `Write` are implemented for `UnixStream` and `&UnixStream`.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use costack::net::UnixStream;
+/// use std::io::{Read, Write};
+///
+/// EventLoop::new().unwrap().block_on(|| {
+///     let (mut a, mut b) = UnixStream::pair().unwrap();
+///     let echo = aio::spawn(move || {
+///         let mut buf = [0; 4];
+///         b.read_exact(&mut buf).unwrap(); // yields until the bytes are there
+///         b.write_all(&buf).unwrap();
+///     });
+///     a.write_all(b"ping").unwrap();
+///     let mut back = [0; 4];
+///     a.read_exact(&mut back).unwrap();
+///     assert_eq!(&back, b"ping");
+///     echo.join().unwrap();
+/// });
+/// ```
 pub struct UnixStream {
     sock: Socket<net::UnixStream>,
 }

@@ -11,11 +11,27 @@ pub use crate::coroutine::control::POOL_BYTES;
 /// Pooled stacks keep the pages their coroutines touched; a thread that ran
 /// many deep coroutines once and will not again can call this to release
 /// that memory. Later coroutines simply allocate afresh.
+///
+/// ```
+/// use costack::{pool, Coroutine};
+///
+/// Coroutine::new(|| ()).enter(); // its finished stack goes to the pool
+/// pool::trim();
+/// assert_eq!(pool::pooled(), 0);
+/// ```
 pub fn trim() {
     crate::coroutine::control::trim_pool();
 }
 
 /// How many stacks the calling thread's pool holds.
+///
+/// ```
+/// use costack::{pool, Coroutine};
+///
+/// pool::trim();
+/// Coroutine::new(|| ()).enter();
+/// assert!(pool::pooled() >= 1); // kept for the next coroutine
+/// ```
 pub fn pooled() -> usize {
     crate::coroutine::control::pooled()
 }

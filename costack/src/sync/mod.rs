@@ -22,11 +22,34 @@
 //!   queue; if it had just been granted what it waited for, the grant goes
 //!   to the next waiter, so nobody misses a wake-up.
 //!
-//! Implementation: each waiter's queue node lives on its own coroutine
-//! stack (see `waiter.rs`); nothing is allocated per wait. The only
-//! lock-free code is CoMutex's state word (one compare-exchange to lock, one
-//! `fetch_sub` to unlock); everything else runs under a plain std mutex, so
-//! the module needs no loom model. CI runs its tests under Miri.
+//! Cost: a waiter's queue entry lives on its own coroutine's stack, so
+//! waiting allocates nothing; an uncontended `CoMutex` lock is one
+//! compare-exchange and its unlock one atomic subtraction, about what
+//! `std::sync::Mutex` costs.
+//!
+//! ```
+//! use costack::aio::{self, EventLoop};
+//! use costack::sync::{CoQueue, CoMutex};
+//! use std::rc::Rc;
+//!
+//! // A one-slot mailbox: a CoMutex for the data, a CoQueue to wait on it.
+//! let slot = Rc::new((CoMutex::new(None::<u32>), CoQueue::new()));
+//! let got = EventLoop::new().unwrap().block_on(move || {
+//!     let s = slot.clone();
+//!     let consumer = aio::spawn(move || {
+//!         let mut g = s.0.lock();
+//!         while g.is_none() {
+//!             g = s.1.wait_with(g); // unlocks while waiting
+//!         }
+//!         g.take().unwrap()
+//!     });
+//!     aio::yield_now(); // the consumer waits now
+//!     *slot.0.lock() = Some(7);
+//!     slot.1.restart_next();
+//!     consumer.join().unwrap()
+//! });
+//! assert_eq!(got, 7);
+//! ```
 
 mod mutex;
 mod queue;

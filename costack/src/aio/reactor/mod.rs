@@ -62,6 +62,14 @@ pub(crate) struct Event {
 }
 
 /// Which readiness API a loop waits in (see the [`aio`](super) docs).
+///
+/// ```
+/// use costack::aio::{Backend, EventLoop};
+///
+/// let lp = EventLoop::with_backend(Backend::Poll).unwrap();
+/// assert_eq!(lp.backend(), Backend::Poll);
+/// assert_eq!(Backend::Poll.to_string(), "poll"); // as COSTACK_AIO names it
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Backend {
