@@ -53,6 +53,15 @@ bash .ci/targets.sh # macOS (aarch64, x86_64), FreeBSD (x86_64): compiled, not r
 # The docs as docs.rs builds them (nightly, `--cfg docsrs`: platform badges),
 # warnings denied; nightly was installed by backends.sh above.
 RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo +nightly doc -p costack --no-deps --features tracing,tokio
+# Every public item rustdoc expects an example on has one.
+cargo +nightly rustdoc -q -p costack --lib -- -Z unstable-options --show-coverage \
+    --output-format json | python3 -c '
+import json, sys
+missing = {f: c["total_examples"] - c["with_examples"]
+           for f, c in json.load(sys.stdin).items() if c["with_examples"] < c["total_examples"]}
+if missing:
+    sys.exit(f"test-all: public items without an example: {missing}")
+print("test-all: every public item rustdoc counts has an example")'
 
 # The NBD parsers under libFuzzer, for a bounded time per target.
 FUZZ_SECONDS=${FUZZ_SECONDS:-30} bash .ci/fuzz.sh
