@@ -6,6 +6,7 @@
 //!
 //! Without `FILE` an in-memory disk of `--size` bytes is exported.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
@@ -80,9 +81,17 @@ pub struct Cli {
     #[arg(short = 'r', long = "read-only")]
     pub read_only: bool,
 
-    /// Size of the in-memory disk, with an optional K, M, G, T, P or E
-    /// suffix (powers of 1024).
-    #[arg(short = 's', long = "size", value_name = "SIZE", default_value = "1G", value_parser = parse_size)]
+    /// Size of the in-memory disk: a multiple of 512, with an optional K,
+    /// M, G, T, P or E suffix (powers of 1024). Not with FILE, whose size
+    /// is the file's.
+    #[arg(
+        short = 's',
+        long = "size",
+        value_name = "SIZE",
+        default_value = "1G",
+        value_parser = parse_disk_size,
+        conflicts_with = "file"
+    )]
     pub size: u64,
 
     /// Number of clients served at once (0 means unlimited).
@@ -184,6 +193,29 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     u64::try_from(total).map_err(|_| too_big())
 }
 
+/// Sector size that `--size` must be a multiple of: what block-device
+/// clients (the kernel's nbd driver, qemu) address in.
+pub const SECTOR_SIZE: u64 = 512;
+
+/// Parses `--size` as [`parse_size`] does, refusing sizes that are not a
+/// whole number of [`SECTOR_SIZE`] sectors: sector-addressed clients could
+/// not reach the tail.
+pub fn parse_disk_size(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    if !size.is_multiple_of(SECTOR_SIZE) {
+        let down = size / SECTOR_SIZE * SECTOR_SIZE;
+        let suggestion = match down.checked_add(SECTOR_SIZE) {
+            Some(up) => format!("{down} or {up}"),
+            None => down.to_string(),
+        };
+        return Err(format!(
+            "{size} bytes is not a multiple of {SECTOR_SIZE} (the sector size); \
+             try {suggestion}"
+        ));
+    }
+    Ok(size)
+}
+
 /// Installs a `tracing` subscriber writing to stderr; `verbosity` counts
 /// `-v` flags: 0 warnings, 1 info, 2 debug, 3 or more trace.
 pub fn init_logging(verbosity: u8) {
@@ -194,9 +226,11 @@ pub fn init_logging(verbosity: u8) {
         _ => tracing::Level::TRACE,
     };
     // Ignore the error if a subscriber is already installed (e.g. in tests).
+    // Colour only for a person at a terminal, not in a log file or pipe.
     let _ = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
 }
 
@@ -239,6 +273,71 @@ mod tests {
     }
 
     #[test]
+    fn disk_sizes_are_whole_sectors() {
+        assert_eq!(parse_disk_size("0"), Ok(0));
+        assert_eq!(parse_disk_size("512"), Ok(512));
+        assert_eq!(parse_disk_size("1.5K"), Ok(1536));
+        let e = parse_disk_size("1000").unwrap_err();
+        assert!(e.contains("1000") && e.contains("512"), "{e}");
+        assert!(e.contains("try 512 or 1024"), "{e}");
+        let e = parse_disk_size(&u64::MAX.to_string()).unwrap_err();
+        assert!(e.contains("try 18446744073709551104"), "{e}");
+    }
+
+    #[test]
+    fn size_is_for_the_memory_disk_only() {
+        let e = Cli::try_parse_from(["costack-nbd", "-s", "1M", "disk.img"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::ArgumentConflict);
+        // The default size does not conflict with a file.
+        let c = Cli::try_parse_from(["costack-nbd", "disk.img"]).unwrap();
+        assert_eq!(c.file, Some(PathBuf::from("disk.img")));
+    }
+
+    /// Every option, with its default, is in the READMEs' tables, so
+    /// that neither falls behind the command line.
+    #[test]
+    fn readmes_list_every_option() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut readmes = vec![dir.join("README.md")];
+        // The repository's README too, in the workspace (a published
+        // crate holds only its own).
+        if dir.join("../Cargo.toml").exists() {
+            readmes.push(dir.join("../README.md"));
+        }
+        for path in readmes {
+            let text = std::fs::read_to_string(&path).unwrap();
+            for arg in Cli::command().get_arguments() {
+                let Some(long) = arg.get_long() else { continue };
+                // | `-s`, `--size SIZE` | `1G` | meaning |
+                let cells = text
+                    .lines()
+                    .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+                    .find(|c| {
+                        c.len() == 5
+                            && c[1].split(", ").any(|o| {
+                                o.strip_prefix(&format!("`--{long}"))
+                                    .is_some_and(|rest| rest.starts_with(['`', ' ']))
+                            })
+                    })
+                    .unwrap_or_else(|| panic!("--{long} missing from {}", path.display()));
+                if let Some(short) = arg.get_short() {
+                    assert!(
+                        cells[1].contains(&format!("`-{short}`")),
+                        "-{short}: {cells:?}"
+                    );
+                }
+                for default in arg.get_default_values() {
+                    let shown = match default.to_str().unwrap() {
+                        "" => "`\"\"`".to_owned(),
+                        d => format!("`{d}`"),
+                    };
+                    assert!(cells[2].contains(&shown), "default {shown}: {cells:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn defaults() {
         let c = Cli::try_parse_from(["costack-nbd"]).unwrap();
         assert_eq!(c.file, None);
@@ -246,6 +345,7 @@ mod tests {
         assert_eq!(c.port, 10809);
         assert_eq!(c.socket, None);
         assert_eq!(c.export_name, "");
+        assert_eq!(c.description, "");
         assert!(!c.read_only);
         assert_eq!(c.size, 1 << 30);
         assert_eq!(c.shared, 16);
@@ -284,10 +384,9 @@ mod tests {
             "--cache",
             "none",
             "-vv",
-            "image.raw",
         ])
         .unwrap();
-        assert_eq!(c.file, Some(PathBuf::from("image.raw")));
+        assert_eq!(c.file, None);
         assert_eq!(c.bind, "0.0.0.0");
         assert_eq!(c.port, 10810);
         assert_eq!(c.export_name, "disk");
@@ -303,6 +402,10 @@ mod tests {
 
         let c = Cli::try_parse_from(["costack-nbd", "--poll-max-ns=50000"]).unwrap();
         assert_eq!(c.poll_max(), std::time::Duration::from_micros(50));
+
+        let c = Cli::try_parse_from(["costack-nbd", "-D", "boot disk", "image.raw"]).unwrap();
+        assert_eq!(c.file, Some(PathBuf::from("image.raw")));
+        assert_eq!(c.description, "boot disk");
 
         let c = Cli::try_parse_from([
             "costack-nbd",
@@ -331,6 +434,8 @@ mod tests {
             &["costack-nbd", "-p", "70000"],
             &["costack-nbd", "-k", "/tmp/s", "-p", "1"],
             &["costack-nbd", "a", "b"],
+            &["costack-nbd", "-s", "1000"],
+            &["costack-nbd", "-s", "1M", "image.raw"],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }

@@ -33,7 +33,15 @@ impl FileDisk {
             options.custom_flags(libc::O_DIRECT);
         }
         let std_file = options.open(path)?;
-        let size = std_file.metadata()?.len();
+        let metadata = std_file.metadata()?;
+        // Read-only, a directory opens fine and fails at the first read.
+        if metadata.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a directory, not a disk image",
+            ));
+        }
+        let size = metadata.len();
         Ok(FileDisk {
             file: File::from_std(std_file),
             size,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use costack_nbd::backend::MemDisk;
-use costack_nbd::cli::{init_logging, CacheMode, Cli};
+use costack_nbd::backend::{BlockDevice, MemDisk};
+use costack_nbd::cli::{init_logging, CacheMode, Cli, SECTOR_SIZE};
 use costack_nbd::file::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::handshake::{ExportInfo, HandshakeConfig};
 use costack_nbd::server::{serve, Shared, SharedDevice};
@@ -41,9 +41,17 @@ fn run(cli: Cli) -> io::Result<()> {
 
     let (device, direct): (SharedDevice, bool) = match &cli.file {
         Some(path) => {
-            let disk = FileDisk::open(path, cli.read_only, cli.cache == CacheMode::None)
-                .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            let direct = disk.is_direct();
+            let direct = cli.cache == CacheMode::None;
+            let disk = FileDisk::open(path, cli.read_only, direct).map_err(|e| {
+                let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
+                    let hint = "--cache none needs O_DIRECT, which this filesystem may not support";
+                    io::Error::new(e.kind(), format!("{e} ({hint})"))
+                } else {
+                    e
+                };
+                context(e, format!("cannot open {}", path.display()))
+            })?;
+            warn_unreachable_tail(path, disk.size(), direct);
             (Arc::new(disk), direct)
         }
         None => (
@@ -62,15 +70,23 @@ fn run(cli: Cli) -> io::Result<()> {
     }
     let shared = Shared::new(HandshakeConfig::new(vec![export]), device.clone());
 
+    // The main loop first: a bad COSTACK_AIO fails before anything listens.
+    let ev = EventLoop::new().map_err(|e| context(e, "cannot start the event loop"))?;
     let (listener, url) = match &cli.socket {
         Some(path) => {
             let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path)?;
+            let l = UnixListener::bind(path).map_err(|e| {
+                let what = format!("cannot listen on Unix socket {}", path.display());
+                context(e, what)
+            })?;
             let url = format!("nbd+unix:///{}?socket={}", cli.export_name, path.display());
             (Listener::Unix(l, path.clone()), url)
         }
         None => {
-            let l = TcpListener::bind((cli.bind.as_str(), cli.port))?;
+            let l = TcpListener::bind((cli.bind.as_str(), cli.port)).map_err(|e| {
+                let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
+                context(e, what)
+            })?;
             let addr = l.local_addr()?;
             let host = match addr.ip() {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -97,42 +113,99 @@ fn run(cli: Cli) -> io::Result<()> {
         workers.push(
             std::thread::Builder::new()
                 .name(format!("nbd-loop-{i}"))
-                .spawn(move || -> io::Result<()> {
-                    let ev = EventLoop::new()?;
+                .spawn(move || {
+                    // The loop's creation error goes back to the main
+                    // thread, which reports it.
+                    let ev = match EventLoop::new() {
+                        Ok(ev) => ev,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
                     ev.set_poll_max(poll_max);
                     ev.set_poll_factors(poll_factors.0, poll_factors.1);
-                    tx.send(ev.handle())
+                    tx.send(Ok(ev.handle()))
                         .expect("main thread waits for the handle");
                     ev.block_on(move || wait_until_stopped(&shared));
-                    Ok(())
-                })?,
+                })
+                .map_err(|e| context(e, "cannot start an event-loop thread"))?,
         );
-        handles.push(
-            rx.recv()
-                .map_err(|_| io::Error::other("loop thread died"))?,
-        );
+        let handle = rx
+            .recv()
+            .map_err(|_| io::Error::other("an event-loop thread died while starting"))?
+            .map_err(|e| context(e, "cannot start the event loop"))?;
+        handles.push(handle);
     }
 
-    println!("{url}");
-    io::stdout().flush()?;
+    let mut stdout = io::stdout();
+    writeln!(stdout, "{url}")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| context(e, "cannot print the URL on stdout"))?;
     tracing::info!(%url, threads = cli.threads, "serving");
 
     let max_clients = cli.shared as usize;
-    let ev = EventLoop::new()?;
     ev.set_poll_max(poll_max);
     ev.set_poll_factors(poll_factors.0, poll_factors.1);
     let accept_shared = shared.clone();
     ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
     for w in workers {
         w.join()
-            .map_err(|_| io::Error::other("loop thread panicked"))??;
+            .map_err(|_| io::Error::other("an event-loop thread panicked"))?;
     }
-    device.flush()?;
+    device.flush().map_err(|e| {
+        let what = match &cli.file {
+            Some(path) => format!("cannot flush {}", path.display()),
+            None => "cannot flush the disk".to_owned(),
+        };
+        context(e, what)
+    })?;
     if let Some(path) = &cli.socket {
         let _ = std::fs::remove_file(path);
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Prefixes `e` with what failed, keeping its kind: the one line printed
+/// says what, where and why.
+fn context(e: io::Error, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// `ADDR:PORT` as a URL writes it, brackets around an IPv6 address.
+fn host_port(addr: &str, port: u16) -> String {
+    if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]:{port}")
+    } else {
+        format!("{addr}:{port}")
+    }
+}
+
+/// Says what happens to an image's last bytes when its size is not a
+/// whole number of the blocks clients address: the export keeps the exact
+/// size, so nothing is cut off, but some clients cannot reach the tail.
+fn warn_unreachable_tail(path: &std::path::Path, size: u64, direct: bool) {
+    let path = path.display();
+    if direct && !size.is_multiple_of(DIRECT_ALIGN as u64) {
+        // Requests must be DIRECT_ALIGN-aligned (the minimum block size
+        // advertised), and one covering the tail would run past the end.
+        let tail = size % DIRECT_ALIGN as u64;
+        eprintln!(
+            "costack-nbd: warning: {path} is {size} bytes, not a multiple of \
+             {DIRECT_ALIGN} (--cache none's alignment): it is exported at that size, \
+             but its last {tail} bytes cannot be read or written"
+        );
+    } else if !size.is_multiple_of(SECTOR_SIZE) {
+        let tail = size % SECTOR_SIZE;
+        eprintln!(
+            "costack-nbd: warning: {path} is {size} bytes, not a multiple of {SECTOR_SIZE}: \
+             it is exported at that exact size, but clients that address whole \
+             {SECTOR_SIZE}-byte sectors (such as the Linux nbd driver) see {} bytes \
+             and cannot reach the last {tail}",
+            size - tail
+        );
+    }
 }
 
 /// Accepts clients until the server stops, then waits for connections on
