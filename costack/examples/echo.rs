@@ -3,19 +3,19 @@
 //!
 //! `cargo run --example echo -- 127.0.0.1:7000`, then `nc 127.0.0.1 7000`.
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 fn main() -> std::io::Result<()> {
     linux::main()
 }
 
-// The event loop runs on unix systems (Windows: not yet).
-#[cfg(not(unix))]
+// The event loop runs on unix systems and Windows.
+#[cfg(not(any(unix, windows)))]
 fn main() -> std::io::Result<()> {
-    eprintln!("this needs costack's event loop, which runs on unix systems only for now");
+    eprintln!("this needs costack's event loop, which runs on unix systems and Windows only");
     Ok(())
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 mod linux {
     use std::io::{Read, Write};
 

@@ -105,7 +105,7 @@ fn respond(req: &Request, out: &mut Vec<u8>) {
 
 const SLEEP: Duration = Duration::from_millis(1);
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 mod on_costack {
     use std::io::{self, Read, Write};
 
@@ -252,11 +252,11 @@ fn main() -> std::io::Result<()> {
         None => 1,
     };
     match runtime {
-        #[cfg(unix)]
+        #[cfg(any(unix, windows))]
         "costack" => on_costack::run(addr, loops),
-        #[cfg(not(unix))]
+        #[cfg(not(any(unix, windows)))]
         "costack" => Err(std::io::Error::other(format!(
-            "costack's event loop runs on unix systems only for now (asked for {loops} loop(s))"
+            "costack's event loop runs on unix systems and Windows only (asked for {loops} loop(s))"
         ))),
         "tokio" => on_tokio::run(addr),
         _ => Err(std::io::Error::other(usage)),

@@ -6,18 +6,18 @@
 //!
 //! `cargo run --example iothreads -- 4 1000` (threads, jobs).
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 fn main() {
     linux::main()
 }
 
-// The event loop runs on unix systems (Windows: not yet).
-#[cfg(not(unix))]
+// The event loop runs on unix systems and Windows.
+#[cfg(not(any(unix, windows)))]
 fn main() {
-    eprintln!("this needs costack's event loop, which runs on unix systems only for now");
+    eprintln!("this needs costack's event loop, which runs on unix systems and Windows only");
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 mod linux {
     use std::collections::BTreeMap;
     use std::thread;

@@ -59,7 +59,7 @@ fn coroutines_on_tokio() {
 }
 
 /// Part 2: tokio futures awaited from coroutines of costack's own loop.
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 fn tokio_on_costack() {
     use costack::aio::EventLoop;
 
@@ -88,9 +88,9 @@ fn tokio_on_costack() {
     });
 }
 
-#[cfg(not(unix))]
+#[cfg(not(any(unix, windows)))]
 fn tokio_on_costack() {
-    println!("tokio on costack: costack's event loop runs on unix systems only for now");
+    println!("tokio on costack: costack's event loop runs on unix systems and Windows only");
 }
 
 fn main() {

@@ -220,11 +220,12 @@
 //!
 //! # Platforms
 //!
-//! The core, generators, locks and [`future`] build on Linux (x86_64,
-//! aarch64, riscv64), macOS (x86_64, aarch64), FreeBSD and Windows
-//! (x86_64). The event loop and [`net`] need a unix system (epoll, io_uring
-//! or poll(2) on Linux, chosen with [`aio::Backend`]; poll(2) elsewhere);
-//! [`fs`] needs Linux.
+//! Everything but [`fs`] builds on Linux (x86_64, aarch64, riscv64), macOS
+//! (x86_64, aarch64), FreeBSD and Windows (x86_64); [`fs`] needs Linux. The
+//! event loop waits in epoll, io_uring or poll(2) on Linux (chosen with
+//! [`aio::Backend`]), in poll(2) on the other unix systems and in `WSAPoll`
+//! on Windows, where [`aio::wait_readable`] and friends take a
+//! `BorrowedSocket` and [`net`] has TCP only.
 //!
 //! # Glossary: QEMU's names and costack's
 //!
@@ -253,7 +254,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 // Without the event loop (unix only for now), its hooks in the core and
 // the mailbox are unused.
-#![cfg_attr(not(unix), allow(dead_code))]
+#![cfg_attr(not(any(unix, windows)), allow(dead_code))]
 
 /// Emits a `tracing` event for a coroutine life-cycle point when the
 /// `tracing` feature is on; nothing otherwise.
@@ -285,12 +286,12 @@ pub mod debug;
 pub mod fs;
 pub mod future;
 mod generator;
-#[cfg(unix)]
-#[cfg_attr(docsrs, doc(cfg(unix)))]
+#[cfg(any(unix, windows))]
+#[cfg_attr(docsrs, doc(cfg(any(unix, windows))))]
 pub mod net;
 mod stack;
 pub mod sync;
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 mod sys;
 
 pub use coroutine::{current, in_coroutine, yield_now, Builder, Coroutine};

@@ -187,7 +187,7 @@ fn a_panic_inside_resumes_out_of_poll() {
     assert_eq!(message(&*err), "inside the coroutine");
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 #[test]
 fn calls_that_need_costacks_loop_panic_clearly() {
     fn check(what: &str, f: fn()) {
@@ -294,7 +294,7 @@ impl Future for ReadyOn {
     }
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 #[test]
 fn a_lock_held_on_a_costack_iothread_wakes_a_cofuture_on_tokio() {
     let lock = std::sync::Arc::new(CoMutex::new(0u32));
@@ -319,7 +319,7 @@ fn a_lock_held_on_a_costack_iothread_wakes_a_cofuture_on_tokio() {
     holder.join().unwrap();
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 #[test]
 fn a_cofuture_awaited_from_a_coroutine_on_an_event_loop() {
     let lp = aio::EventLoop::new().unwrap();
@@ -336,7 +336,7 @@ fn a_cofuture_awaited_from_a_coroutine_on_an_event_loop() {
 
 // ---- tokio futures on costack's own loop ----------------------------------
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 fn multi_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -345,7 +345,7 @@ fn multi_thread() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 #[test]
 fn tokio_timers_and_sockets_on_a_loop_with_a_multi_thread_runtime_entered() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -375,7 +375,7 @@ fn tokio_timers_and_sockets_on_a_loop_with_a_multi_thread_runtime_entered() {
     assert_eq!(&echoed, b"hello");
 }
 
-#[cfg(unix)]
+#[cfg(any(unix, windows))]
 #[test]
 fn tokio_work_spawned_on_a_runtime_is_joined_without_entering_it() {
     let rt = multi_thread();

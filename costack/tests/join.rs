@@ -1,7 +1,7 @@
 //! Join handles of spawned coroutines (local and remote) and iothreads.
 
 // The event loop runs on unix systems (see the crate docs).
-#![cfg(unix)]
+#![cfg(any(unix, windows))]
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -2,7 +2,7 @@
 //! threads through the loops' mailboxes, never by hand.
 
 // The event loop and sockets run on unix systems (see the crate docs).
-#![cfg(unix)]
+#![cfg(any(unix, windows))]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};

@@ -15,7 +15,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use crate::sys::RawSock;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
@@ -144,7 +144,7 @@ pub(crate) struct Inner {
     run_queue: RefCell<VecDeque<Coroutine>>,
     bhs: RefCell<VecDeque<Box<dyn FnOnce()>>>,
     pub(crate) timers: RefCell<Timers>,
-    pub(crate) fds: RefCell<HashMap<RawFd, FdEntry>>,
+    pub(crate) fds: RefCell<HashMap<RawSock, FdEntry>>,
     pub(crate) regs: RefCell<Registrations>,
     tasks: RefCell<Tasks>,
     home: Rc<dyn Home>,
@@ -337,7 +337,7 @@ impl Inner {
                     TOKEN_NOTIFY => progress |= self.take_remote(),
                     TOKEN_URING => progress |= self.uring.reap(self),
                     token if token & REG_BIT != 0 => progress |= self.reg_event(token, bits),
-                    fd => progress |= self.fd_event(fd as RawFd, bits),
+                    fd => progress |= self.fd_event(fd as RawSock, bits),
                 }
             }
         }
@@ -737,7 +737,7 @@ impl EventLoop {
         let notifier = match &reactor {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(_) => sys::Notifier::eventfd()?,
-            Reactor::Poll(_) => sys::Notifier::pipe()?,
+            Reactor::Poll(_) => sys::Notifier::new()?,
         };
         let remote = Arc::new(Remote::new(notifier));
         reactor.watch(remote.notifier.fd(), TOKEN_NOTIFY)?;

@@ -28,7 +28,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::RawFd;
+use crate::sys::RawSock;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -72,23 +72,25 @@ pub(crate) enum Direction {
 
 impl Direction {
     /// The poll(2) events that end a wait in this direction.
-    pub(crate) fn poll_events(self) -> libc::c_short {
+    pub(crate) fn poll_events(self) -> i16 {
         match self {
-            Direction::Read => libc::POLLIN | libc::POLLPRI,
-            Direction::Write => libc::POLLOUT,
+            Direction::Read => sys::POLL_READ,
+            Direction::Write => sys::POLLOUT,
         }
     }
 }
 
 /// Arms `fd` one-shot for `interest`; its events carry its number.
-fn arm(inner: &Inner, fd: RawFd, interest: u32) -> io::Result<()> {
-    inner.reactor.arm(fd, fd as u64, interest)
+fn arm(inner: &Inner, fd: RawSock, interest: u32) -> io::Result<()> {
+    #[allow(clippy::unnecessary_cast)] // an i32 on unix, a u64 on Windows
+    let token = fd as u64;
+    inner.reactor.arm(fd, token, interest)
 }
 
 /// Removes a finished or abandoned wait from its fd's waiters.
 struct FdGuard<'a> {
     inner: &'a Inner,
-    fd: RawFd,
+    fd: RawSock,
     dir: Direction,
     wait: Rc<Wait>,
 }
@@ -113,7 +115,7 @@ impl Drop for FdGuard<'_> {
 /// for `dir`, or until `deadline` (then `TimedOut`).
 pub(crate) fn wait_fd(
     inner: &Rc<Inner>,
-    fd: RawFd,
+    fd: RawSock,
     dir: Direction,
     deadline: Option<Instant>,
 ) -> io::Result<()> {
@@ -160,7 +162,7 @@ pub(crate) fn wait_fd(
 impl Inner {
     /// An event for one-shot armed `fd`: completes the waits it satisfies and
     /// re-arms the fd for the others (one-shot disarmed it).
-    pub(crate) fn fd_event(&self, fd: RawFd, bits: u32) -> bool {
+    pub(crate) fn fd_event(&self, fd: RawSock, bits: u32) -> bool {
         let (woken, rearm) = {
             let mut fds = self.fds.borrow_mut();
             let Some(entry) = fds.get_mut(&fd) else {
@@ -203,7 +205,7 @@ pub(crate) const REG_BIT: u64 = 1 << 62;
 
 /// The waiters of one persistent registration.
 struct RegEntry {
-    fd: RawFd,
+    fd: RawSock,
     waiters: FdEntry,
     /// Shared with the socket's [`Registration`].
     drained: ReadState,
@@ -213,7 +215,7 @@ struct RegEntry {
 #[derive(Default)]
 pub(crate) struct Registrations {
     by_token: HashMap<u64, RegEntry>,
-    pub(crate) by_fd: HashMap<RawFd, u64>,
+    pub(crate) by_fd: HashMap<RawSock, u64>,
     next: u64,
 }
 
@@ -242,7 +244,7 @@ impl Registrations {
 impl Inner {
     /// Registers `fd` edge-triggered for reads and writes; returns its
     /// token. Readable edges clear `drained`.
-    fn register(&self, fd: RawFd, drained: ReadState) -> io::Result<u64> {
+    fn register(&self, fd: RawSock, drained: ReadState) -> io::Result<u64> {
         let token = {
             let mut regs = self.regs.borrow_mut();
             regs.next += 1;
@@ -390,7 +392,7 @@ impl Registration {
     /// one-shot arming.
     pub(crate) fn wait(
         &self,
-        fd: RawFd,
+        fd: RawSock,
         dir: Direction,
         deadline: Option<Instant>,
     ) -> io::Result<()> {

@@ -71,7 +71,7 @@
 //! | unset | epoll | io_uring if the kernel allows it, else the thread pool | Linux default |
 //! | `io_uring` | epoll | io_uring (an error from [`EventLoop::new`] if unavailable) | Linux |
 //! | `epoll` | epoll | thread pool | Linux |
-//! | `poll` | poll(2) | thread pool | every unix; the default (and only) backend off Linux |
+//! | `poll` | poll(2) (`WSAPoll` on Windows) | thread pool | everywhere; the default (and only) backend off Linux |
 //!
 //! Any other value makes [`EventLoop::new`] fail: a backend is never
 //! swapped for another silently. [`EventLoop::with_backend`] picks one in
@@ -79,19 +79,22 @@
 //! event-loop suite runs on each of the three in CI.
 
 // Cross-thread wakes are portable (the locks use them everywhere); the
-// event loop needs epoll or poll(2), so it is built on unix systems.
+// event loop needs epoll or poll(2) (WSAPoll on Windows).
 mod waker;
 pub use waker::{waker, Waker};
 // Kept for crate-internal users of the mailbox (the loop takes its own).
 #[allow(unused_imports)]
 pub(crate) use waker::{mailbox, Mailbox};
 
-/// Applies `#[cfg(unix)]` to each item.
-macro_rules! unix_only {
-    ($($item:item)*) => { $( #[cfg(unix)] #[cfg_attr(docsrs, doc(cfg(unix)))] $item )* };
+/// Applies `#[cfg(any(unix, windows))]` to each item: the systems the
+/// event loop runs on.
+macro_rules! with_loop {
+    ($($item:item)*) => {
+        $( #[cfg(any(unix, windows))] #[cfg_attr(docsrs, doc(cfg(any(unix, windows))))] $item )*
+    };
 }
 
-unix_only! {
+with_loop! {
 
 // Borrowed buffers handed to the thread pool: `fs` (Linux) needs them.
 #[cfg(target_os = "linux")]
@@ -134,7 +137,12 @@ pub(crate) mod uring {
 }
 mod wait;
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+// A socket (any descriptor on unix) borrowed for a wait: `BorrowedFd` on
+// unix, `BorrowedSocket` on Windows.
+#[cfg(unix)]
+use std::os::fd::BorrowedFd as BorrowedSock;
+#[cfg(windows)]
+use std::os::windows::io::BorrowedSocket as BorrowedSock;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -359,9 +367,9 @@ fn sleep_until_on(inner: &Rc<Inner>, deadline: Instant) {
 /// assert_eq!(&got, b"ping");
 /// ```
 #[track_caller]
-pub fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+pub fn wait_readable(fd: BorrowedSock<'_>) -> std::io::Result<()> {
     let inner = context("aio::wait_readable");
-    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Read, None)
+    io::wait_fd(&inner, crate::sys::raw_sock(fd), Direction::Read, None)
 }
 
 /// Suspends the calling coroutine until `fd` is writable (or hung up, or
@@ -389,9 +397,9 @@ pub fn wait_readable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 /// });
 /// ```
 #[track_caller]
-pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
+pub fn wait_writable(fd: BorrowedSock<'_>) -> std::io::Result<()> {
     let inner = context("aio::wait_writable");
-    io::wait_fd(&inner, fd.as_raw_fd(), Direction::Write, None)
+    io::wait_fd(&inner, crate::sys::raw_sock(fd), Direction::Write, None)
 }
 
 /// As [`wait_readable`], giving up with `ErrorKind::TimedOut` after
@@ -419,11 +427,11 @@ pub fn wait_writable(fd: BorrowedFd<'_>) -> std::io::Result<()> {
 /// assert_eq!(r.unwrap_err().kind(), ErrorKind::TimedOut);
 /// ```
 #[track_caller]
-pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
+pub fn wait_readable_timeout(fd: BorrowedSock<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_readable_timeout");
     io::wait_fd(
         &inner,
-        fd.as_raw_fd(),
+        crate::sys::raw_sock(fd),
         Direction::Read,
         Some(Instant::now() + timeout),
     )
@@ -452,11 +460,11 @@ pub fn wait_readable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::
 /// });
 /// ```
 #[track_caller]
-pub fn wait_writable_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> std::io::Result<()> {
+pub fn wait_writable_timeout(fd: BorrowedSock<'_>, timeout: Duration) -> std::io::Result<()> {
     let inner = context("aio::wait_writable_timeout");
     io::wait_fd(
         &inner,
-        fd.as_raw_fd(),
+        crate::sys::raw_sock(fd),
         Direction::Write,
         Some(Instant::now() + timeout),
     )
@@ -617,12 +625,12 @@ pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
     if crate::coroutine::current_is_polled() {
         return crate::future::wait_in_poll(future);
     }
-    #[cfg(unix)]
+    #[cfg(any(unix, windows))]
     {
         let inner = context("aio::wait_future");
         future::block_on_future(&inner, future)
     }
-    #[cfg(not(unix))]
+    #[cfg(not(any(unix, windows)))]
     {
         drop(future);
         if !crate::in_coroutine() {
@@ -630,7 +638,7 @@ pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
         }
         panic!(
             "aio::wait_future outside a CoFuture needs a costack event loop, which \
-             runs on unix systems only for now"
+             runs on unix systems and Windows only"
         )
     }
 }

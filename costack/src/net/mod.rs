@@ -41,22 +41,25 @@
 
 mod socket;
 mod tcp;
+#[cfg(unix)]
 mod unix;
 
 pub use tcp::{ListenOptions, TcpListener, TcpStream};
+#[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use unix::{UnixListener, UnixStream};
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::aio::io::{wait_fd, Direction};
-use crate::sys::socket::{start_connect, stream_socket, take_error, Connect, RawAddr};
+use crate::sys::socket::{start_connect, stream_socket, take_error, Connect, OwnedSock, RawAddr};
+use crate::sys::{AsRawSock, RawSock};
 
 /// Waits until `fd` is ready for `dir` (for sockets not yet wrapped):
 /// on the loop from a coroutine on one, else by blocking the thread.
-fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
+fn wait(fd: RawSock, dir: Direction, deadline: Option<Instant>) -> io::Result<()> {
     if let Some(inner) = crate::aio::io_loop("net") {
         return wait_fd(&inner, fd, dir, deadline);
     }
@@ -65,7 +68,7 @@ fn wait(fd: RawFd, dir: Direction, deadline: Option<Instant>) -> io::Result<()> 
 
 /// A new non-blocking stream socket of `addr`'s family, connected to it;
 /// waits for the connection (or `timeout`) like the other calls.
-pub(crate) fn connect(addr: &RawAddr, timeout: Option<Duration>) -> io::Result<OwnedFd> {
+pub(crate) fn connect(addr: &RawAddr, timeout: Option<Duration>) -> io::Result<OwnedSock> {
     let fd = stream_socket(addr.family())?;
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
@@ -85,7 +88,7 @@ pub(crate) fn connect(addr: &RawAddr, timeout: Option<Duration>) -> io::Result<O
             }
         }
     }
-    wait(fd.as_raw_fd(), Direction::Write, deadline)?;
+    wait(fd.raw_sock(), Direction::Write, deadline)?;
     take_error(&fd)?;
     Ok(fd)
 }
@@ -124,26 +127,58 @@ impl Timeout {
 /// from its loop first.
 macro_rules! impl_fd {
     ($t:ty) => {
+        #[cfg(unix)]
         impl std::os::fd::AsFd for $t {
             fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
                 std::os::fd::AsFd::as_fd(self.sock.get())
             }
         }
 
+        #[cfg(unix)]
         impl std::os::fd::AsRawFd for $t {
             fn as_raw_fd(&self) -> std::os::fd::RawFd {
                 std::os::fd::AsRawFd::as_raw_fd(self.sock.get())
             }
         }
 
+        #[cfg(unix)]
         impl std::os::fd::IntoRawFd for $t {
             fn into_raw_fd(self) -> std::os::fd::RawFd {
                 std::os::fd::IntoRawFd::into_raw_fd(self.sock.into_inner())
             }
         }
 
+        #[cfg(unix)]
         impl From<$t> for std::os::fd::OwnedFd {
             fn from(s: $t) -> std::os::fd::OwnedFd {
+                s.sock.into_inner().into()
+            }
+        }
+
+        #[cfg(windows)]
+        impl std::os::windows::io::AsSocket for $t {
+            fn as_socket(&self) -> std::os::windows::io::BorrowedSocket<'_> {
+                std::os::windows::io::AsSocket::as_socket(self.sock.get())
+            }
+        }
+
+        #[cfg(windows)]
+        impl std::os::windows::io::AsRawSocket for $t {
+            fn as_raw_socket(&self) -> std::os::windows::io::RawSocket {
+                std::os::windows::io::AsRawSocket::as_raw_socket(self.sock.get())
+            }
+        }
+
+        #[cfg(windows)]
+        impl std::os::windows::io::IntoRawSocket for $t {
+            fn into_raw_socket(self) -> std::os::windows::io::RawSocket {
+                std::os::windows::io::IntoRawSocket::into_raw_socket(self.sock.into_inner())
+            }
+        }
+
+        #[cfg(windows)]
+        impl From<$t> for std::os::windows::io::OwnedSocket {
+            fn from(s: $t) -> std::os::windows::io::OwnedSocket {
                 s.sock.into_inner().into()
             }
         }

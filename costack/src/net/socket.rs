@@ -4,11 +4,11 @@
 //! `WouldBlock`.
 
 use std::io::{self, IoSlice, Read, Write};
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use super::Timeout;
 use crate::aio::io::{Direction, Registration};
+use crate::sys::AsRawSock;
 
 pub(crate) struct Socket<S> {
     // Declared first: deregisters before the socket closes.
@@ -22,7 +22,7 @@ pub(crate) struct Socket<S> {
     short_read_drains: bool,
 }
 
-impl<S: AsRawFd> Socket<S> {
+impl<S: AsRawSock> Socket<S> {
     /// Wraps `io`, which must be non-blocking already.
     pub(crate) fn new(io: S, short_read_drains: bool) -> Socket<S> {
         Socket {
@@ -86,7 +86,7 @@ impl<S: AsRawFd> Socket<S> {
             match op(&self.io) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let d = *deadline.get_or_insert_with(|| self.deadline(dir));
-                    self.reg.wait(self.io.as_raw_fd(), dir, d)?;
+                    self.reg.wait(self.io.raw_sock(), dir, d)?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 r => return r,
@@ -107,7 +107,7 @@ impl<S: AsRawFd> Socket<S> {
     }
 }
 
-impl<S: AsRawFd> Socket<S>
+impl<S: AsRawSock> Socket<S>
 where
     for<'a> &'a S: Read + Write,
 {
@@ -120,7 +120,7 @@ where
         if len > 0 && self.reg.read_state().is_some_and(|r| r.is_drained()) {
             // The `recv` would fail: wait for the loop to see data first.
             let d = *deadline.insert(self.deadline(Direction::Read));
-            self.reg.wait(self.io.as_raw_fd(), Direction::Read, d)?;
+            self.reg.wait(self.io.raw_sock(), Direction::Read, d)?;
         }
         let n = self.retry(Direction::Read, deadline, |mut io| io.read(buf))?;
         // Short, not EOF: the socket's receive queue is empty now. (EOF

@@ -3,13 +3,13 @@
 use std::fmt;
 use std::io;
 use std::net::{self, Shutdown, SocketAddr, ToSocketAddrs};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use super::socket::Socket;
 use super::{connect, impl_fd, impl_stream_io};
 use crate::aio::io::Direction;
 use crate::sys::socket::{listen, RawAddr};
+use crate::sys::AsRawSock;
 
 /// A TCP listening socket whose [`accept`](TcpListener::accept) yields to
 /// the event loop (see the [module documentation](super)).
@@ -184,7 +184,7 @@ impl fmt::Debug for TcpListener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpListener")
             .field("addr", &self.sock.get().local_addr().ok())
-            .field("fd", &self.as_raw_fd())
+            .field("socket", &self.raw_sock())
             .finish()
     }
 }
@@ -399,7 +399,7 @@ impl fmt::Debug for TcpStream {
         f.debug_struct("TcpStream")
             .field("local", &self.sock.get().local_addr().ok())
             .field("peer", &self.sock.get().peer_addr().ok())
-            .field("fd", &self.as_raw_fd())
+            .field("socket", &self.raw_sock())
             .finish()
     }
 }

@@ -9,6 +9,9 @@ use std::path::Path;
 
 use super::cvt;
 
+/// An owned socket.
+pub(crate) type OwnedSock = OwnedFd;
+
 /// A socket address in the C layout, with its length.
 pub(crate) struct RawAddr {
     storage: libc::sockaddr_storage,

@@ -1,8 +1,4 @@
-//! Thin wrappers over the OS calls of the event loop and the sockets (unix):
-//! epoll, poll, the loop's notification descriptor, and sockets
-//! ([`socket`]). Everything above them is written against these.
-
-pub(crate) mod socket;
+//! The unix side of [`sys`](super): libc calls.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -106,7 +102,8 @@ impl Notifier {
         })
     }
 
-    pub(crate) fn pipe() -> io::Result<Notifier> {
+    /// A pipe: what every unix has.
+    pub(crate) fn new() -> io::Result<Notifier> {
         let mut fds = [0; 2];
         // SAFETY: `fds` is a valid out-array of two ints.
         cvt(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
@@ -170,9 +167,35 @@ pub(crate) fn set_nonblocking_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A socket or other descriptor, as the loop names it.
+pub(crate) type RawSock = RawFd;
+
+/// The number of a borrowed descriptor.
+pub(crate) fn raw_sock(fd: std::os::fd::BorrowedFd<'_>) -> RawSock {
+    fd.as_raw_fd()
+}
+
+/// One entry of a [`poll`] set.
+pub(crate) type PollFd = libc::pollfd;
+
+pub(crate) use libc::{POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI};
+/// What a wait for reading asks poll for.
+pub(crate) const POLL_READ: i16 = POLLIN | POLLPRI;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) use libc::POLLRDHUP;
+
+/// A [`poll`] entry asking `fd` for `events`.
+pub(crate) fn pollfd(fd: RawSock, events: libc::c_short) -> PollFd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
 /// poll(2) over `fds`, at most `timeout_ms` (-1: forever); returns how
 /// many have events. EINTR counts as none.
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usize> {
+pub(crate) fn poll(fds: &mut [PollFd], timeout_ms: i32) -> io::Result<usize> {
     // SAFETY: `fds` is a live, writable slice of pollfd for the kernel to
     // fill in `revents`; its length is passed with it.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
@@ -185,52 +208,6 @@ pub(crate) fn poll(fds: &mut [libc::pollfd], timeout_ms: i32) -> io::Result<usiz
         };
     }
     Ok(n as usize)
-}
-
-/// Whether `fd` has one of `events` (or a hang-up or error) right now.
-pub(crate) fn is_ready(fd: RawFd, events: libc::c_short) -> io::Result<bool> {
-    let mut pfd = [libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }];
-    Ok(poll(&mut pfd, 0)? > 0)
-}
-
-/// Blocks the thread in poll(2) until `fd` has one of `events` or the
-/// deadline passes; used when no event loop runs on the thread.
-pub(crate) fn poll_blocking(
-    fd: RawFd,
-    events: libc::c_short,
-    deadline: Option<std::time::Instant>,
-) -> io::Result<()> {
-    loop {
-        let timeout = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(std::time::Instant::now());
-                if left.is_zero() {
-                    return Err(io::ErrorKind::TimedOut.into());
-                }
-                ms_ceil(left)
-            }
-        };
-        let mut pfd = [libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        }];
-        if poll(&mut pfd, timeout)? > 0 {
-            return Ok(());
-        }
-    }
-}
-
-/// A duration in whole milliseconds, rounded up (so a timer never fires
-/// early), clamped to what epoll/poll accept.
-pub(crate) fn ms_ceil(d: std::time::Duration) -> i32 {
-    let ms = d.as_nanos().div_ceil(1_000_000);
-    ms.min(i32::MAX as u128) as i32
 }
 
 /// Lets other threads runnable on this CPU run first (`sched_yield`);

@@ -23,7 +23,7 @@ mod poll;
 
 use std::fmt;
 use std::io;
-use std::os::fd::RawFd;
+use crate::sys::RawSock;
 
 /// Readiness bits of an [`Event`]. On Linux they are epoll's own, so
 /// epoll's events need no translation.
@@ -77,8 +77,9 @@ pub enum Backend {
     IoUring,
     /// epoll for descriptors; `fs` I/O on the thread pool.
     Epoll,
-    /// poll(2) for descriptors (QEMU's fdmon-poll); `fs` I/O on the thread
-    /// pool. The backend of unix systems without epoll.
+    /// poll(2) for descriptors (QEMU's fdmon-poll; `WSAPoll` for sockets on
+    /// Windows); `fs` I/O on the thread pool. The backend of every system
+    /// but Linux.
     Poll,
 }
 
@@ -137,7 +138,7 @@ impl Reactor {
     }
 
     /// Watches `fd` for reads for good, level-triggered.
-    pub(crate) fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(crate) fn watch(&self, fd: RawSock, token: u64) -> io::Result<()> {
         match self {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.watch(fd, token),
@@ -148,7 +149,7 @@ impl Reactor {
     /// Arms `fd` level-triggered and one-shot for `interest`
     /// ([`READ_EVENTS`]/[`WRITE_EVENTS`]), replacing what it was armed or
     /// registered for.
-    pub(crate) fn arm(&self, fd: RawFd, token: u64, interest: u32) -> io::Result<()> {
+    pub(crate) fn arm(&self, fd: RawSock, token: u64, interest: u32) -> io::Result<()> {
         match self {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.arm(fd, token, interest),
@@ -159,7 +160,7 @@ impl Reactor {
     /// Registers `fd` for reads and writes for as long as it lives (until
     /// [`deregister`](Reactor::deregister)), replacing what it was armed
     /// for.
-    pub(crate) fn register(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(crate) fn register(&self, fd: RawSock, token: u64) -> io::Result<()> {
         match self {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.register(fd, token),
@@ -169,7 +170,7 @@ impl Reactor {
 
     /// A coroutine is about to wait on registered `fd` for `interest`.
     #[inline]
-    pub(crate) fn expect(&self, fd: RawFd, token: u64, interest: u32) {
+    pub(crate) fn expect(&self, fd: RawSock, token: u64, interest: u32) {
         match self {
             // Edges come anyway.
             #[cfg(target_os = "linux")]
@@ -179,7 +180,7 @@ impl Reactor {
     }
 
     /// Stops watching registered `fd`, which is still open.
-    pub(crate) fn deregister(&self, fd: RawFd, token: u64) {
+    pub(crate) fn deregister(&self, fd: RawSock, token: u64) {
         match self {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => e.deregister(fd),
@@ -190,7 +191,7 @@ impl Reactor {
     /// Forgets registered `fd`, closed on another thread: epoll dropped it
     /// with its last descriptor; poll(2) must not ask about it again (the
     /// number may be reused).
-    pub(crate) fn forget(&self, fd: RawFd, token: u64) {
+    pub(crate) fn forget(&self, fd: RawSock, token: u64) {
         match self {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(_) => {}
@@ -210,7 +211,7 @@ impl Reactor {
     }
 
     /// The fd to show in `Debug` output, if the reactor has one.
-    pub(crate) fn raw_fd(&self) -> Option<RawFd> {
+    pub(crate) fn raw_fd(&self) -> Option<RawSock> {
         match self {
             #[cfg(target_os = "linux")]
             Reactor::Epoll(e) => Some(e.raw_fd()),

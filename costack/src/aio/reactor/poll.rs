@@ -11,12 +11,11 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::RawFd;
 
 use super::{
     Event, ANY_END, ERROR, HANGUP, PRIORITY, READABLE, READ_EVENTS, WRITABLE, WRITE_EVENTS,
 };
-use crate::sys;
+use crate::sys::{self, RawSock};
 
 #[derive(Clone, Copy)]
 enum Kind {
@@ -35,19 +34,21 @@ struct Entry {
     kind: Kind,
 }
 
+/// The set handed to poll, and the fd and token of each entry.
+type Scratch = (Vec<sys::PollFd>, Vec<(RawSock, u64)>);
+
 #[derive(Default)]
 pub(crate) struct Poll {
-    entries: RefCell<HashMap<RawFd, Entry>>,
-    /// The set handed to poll(2), and the token of each of its fds.
-    scratch: RefCell<(Vec<libc::pollfd>, Vec<u64>)>,
+    entries: RefCell<HashMap<RawSock, Entry>>,
+    scratch: RefCell<Scratch>,
 }
 
 impl Poll {
-    fn set(&self, fd: RawFd, entry: Entry) {
+    fn set(&self, fd: RawSock, entry: Entry) {
         self.entries.borrow_mut().insert(fd, entry);
     }
 
-    pub(super) fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(super) fn watch(&self, fd: RawSock, token: u64) -> io::Result<()> {
         self.set(
             fd,
             Entry {
@@ -59,7 +60,7 @@ impl Poll {
         Ok(())
     }
 
-    pub(super) fn arm(&self, fd: RawFd, token: u64, interest: u32) -> io::Result<()> {
+    pub(super) fn arm(&self, fd: RawSock, token: u64, interest: u32) -> io::Result<()> {
         self.set(
             fd,
             Entry {
@@ -71,7 +72,7 @@ impl Poll {
         Ok(())
     }
 
-    pub(super) fn register(&self, fd: RawFd, token: u64) -> io::Result<()> {
+    pub(super) fn register(&self, fd: RawSock, token: u64) -> io::Result<()> {
         self.set(
             fd,
             Entry {
@@ -83,7 +84,7 @@ impl Poll {
         Ok(())
     }
 
-    pub(super) fn expect(&self, fd: RawFd, token: u64, interest: u32) {
+    pub(super) fn expect(&self, fd: RawSock, token: u64, interest: u32) {
         if let Some(e) = self.entries.borrow_mut().get_mut(&fd) {
             if e.token == token {
                 e.interest |= interest;
@@ -91,7 +92,7 @@ impl Poll {
         }
     }
 
-    pub(super) fn forget(&self, fd: RawFd, token: u64) {
+    pub(super) fn forget(&self, fd: RawSock, token: u64) {
         let mut entries = self.entries.borrow_mut();
         if entries.get(&fd).is_some_and(|e| e.token == token) {
             entries.remove(&fd);
@@ -105,31 +106,27 @@ impl Poll {
         tokens.clear();
         for (&fd, e) in self.entries.borrow().iter() {
             if e.interest != 0 {
-                pollfds.push(libc::pollfd {
-                    fd,
-                    events: to_poll(e.interest),
-                    revents: 0,
-                });
-                tokens.push(e.token);
+                pollfds.push(sys::pollfd(fd, to_poll(e.interest)));
+                tokens.push((fd, e.token));
             }
         }
         if sys::poll(pollfds, timeout_ms)? == 0 {
             return Ok(());
         }
         let mut entries = self.entries.borrow_mut();
-        for (pfd, &token) in pollfds.iter().zip(tokens.iter()) {
+        for (pfd, &(fd, token)) in pollfds.iter().zip(tokens.iter()) {
             if pfd.revents == 0 {
                 continue;
             }
             let bits = from_poll(pfd.revents);
             out.push(Event { token, bits });
-            let Some(e) = entries.get_mut(&pfd.fd) else {
+            let Some(e) = entries.get_mut(&fd) else {
                 continue;
             };
             match e.kind {
                 Kind::Watched => {}
                 Kind::Armed => {
-                    entries.remove(&pfd.fd);
+                    entries.remove(&fd);
                 }
                 Kind::Registered => {
                     // The directions that fired are served; the others
@@ -149,38 +146,38 @@ impl Poll {
     }
 }
 
-fn to_poll(interest: u32) -> libc::c_short {
+fn to_poll(interest: u32) -> i16 {
     let mut ev = 0;
     if interest & READ_EVENTS != 0 {
-        ev |= libc::POLLIN | libc::POLLPRI;
+        ev |= sys::POLL_READ;
         #[cfg(any(target_os = "linux", target_os = "android"))]
         {
-            ev |= libc::POLLRDHUP;
+            ev |= sys::POLLRDHUP;
         }
     }
     if interest & WRITE_EVENTS != 0 {
-        ev |= libc::POLLOUT;
+        ev |= sys::POLLOUT;
     }
     ev
 }
 
-fn from_poll(revents: libc::c_short) -> u32 {
+fn from_poll(revents: i16) -> u32 {
     let mut bits = 0;
     for (flag, bit) in [
-        (libc::POLLIN, READABLE),
-        (libc::POLLOUT, WRITABLE),
-        (libc::POLLPRI, PRIORITY),
-        (libc::POLLHUP, HANGUP),
-        (libc::POLLERR, ERROR),
+        (sys::POLLIN, READABLE),
+        (sys::POLLOUT, WRITABLE),
+        (sys::POLLPRI, PRIORITY),
+        (sys::POLLHUP, HANGUP),
+        (sys::POLLERR, ERROR),
         // A closed fd: its waiters wake to find out from their own call.
-        (libc::POLLNVAL, ERROR),
+        (sys::POLLNVAL, ERROR),
     ] {
         if revents & flag != 0 {
             bits |= bit;
         }
     }
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if revents & libc::POLLRDHUP != 0 {
+    if revents & sys::POLLRDHUP != 0 {
         bits |= super::READ_HANGUP;
     }
     bits
