@@ -98,6 +98,17 @@ pub struct Cli {
     #[arg(short = 'e', long = "shared", value_name = "N", default_value_t = 16)]
     pub shared: u32,
 
+    /// Seconds a client may take to finish the handshake before it is
+    /// dropped (0: no limit), as qemu-nbd's `--handshake-limit`.
+    #[arg(long = "handshake-limit", value_name = "SECS", default_value_t = 10)]
+    pub handshake_limit: u64,
+
+    /// Connections that may negotiate at once, apart from the `-e`
+    /// clients; a newcomer beyond it drops the one negotiating longest.
+    #[arg(long = "max-handshakes", value_name = "N", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
+
     /// Number of event-loop threads.
     #[arg(long = "threads", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..))]

@@ -68,7 +68,14 @@ fn run(cli: Cli) -> io::Result<()> {
         export.block_sizes.minimum = DIRECT_ALIGN as u32;
         export.block_sizes.preferred = export.block_sizes.preferred.max(DIRECT_ALIGN as u32);
     }
-    let shared = Shared::new(HandshakeConfig::new(vec![export]), device.clone());
+    let handshake_limit =
+        (cli.handshake_limit > 0).then(|| Duration::from_secs(cli.handshake_limit));
+    let shared = Shared::with_handshake_limits(
+        HandshakeConfig::new(vec![export]),
+        device.clone(),
+        handshake_limit,
+        cli.max_handshakes as usize,
+    );
 
     // The main loop first: a bad COSTACK_AIO fails before anything listens.
     let ev = EventLoop::new().map_err(|e| context(e, "cannot start the event loop"))?;
@@ -234,10 +241,20 @@ fn accept_loop(
                 continue;
             }
         };
-        if max_clients != 0 && shared.clients.load(Ordering::SeqCst) >= max_clients {
+        // Only established clients count against -e: connections still
+        // negotiating are bounded on their own, the oldest making room, so
+        // sockets that never finish cannot lock real clients out.
+        if max_clients != 0 && shared.established.load(Ordering::SeqCst) >= max_clients {
             tracing::warn!(%peer, max_clients, "refusing client: too many connected (-e)");
             drop(conn);
             continue;
+        }
+        let dropped = shared.make_room_to_negotiate();
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped the longest-negotiating connections to make room"
+            );
         }
         shared.clients.fetch_add(1, Ordering::SeqCst);
         // Round-robin over this loop (index 0) and the worker loops.
@@ -245,11 +262,12 @@ fn accept_loop(
         next = next.wrapping_add(1);
         if target == 0 {
             let shared = shared.clone();
-            aio::spawn(move || conn.serve(peer, shared));
+            aio::spawn(move || conn.serve(peer, shared, max_clients));
         } else {
             let shared = shared.clone();
             let conn = conn.into_std();
-            loops[target - 1].spawn(move || StdConn::into_costack(conn).serve(peer, shared));
+            loops[target - 1]
+                .spawn(move || StdConn::into_costack(conn).serve(peer, shared, max_clients));
         }
     }
     drop(listener);
@@ -283,7 +301,7 @@ impl Conn {
         }
     }
 
-    fn serve(self, peer: String, shared: Arc<Shared>) {
+    fn serve(self, peer: String, shared: Arc<Shared>, max_clients: usize) {
         // Gives the client's slot back however the handler ends: a panic
         // is caught at the coroutine's boundary and the server goes on, so
         // the slot must not leak with it (nor hold up a clean stop).
@@ -297,9 +315,9 @@ impl Conn {
         match self {
             Conn::Tcp(s) => {
                 let _ = s.set_nodelay(true);
-                serve(s, peer, slot.0.clone())
+                serve(s, peer, slot.0.clone(), max_clients)
             }
-            Conn::Unix(s) => serve(s, peer, slot.0.clone()),
+            Conn::Unix(s) => serve(s, peer, slot.0.clone(), max_clients),
         }
     }
 }

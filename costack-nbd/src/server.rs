@@ -12,11 +12,13 @@
 //! counting each until its reply is on the socket.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use costack::aio;
 use costack::sync::{CoMutex, CoSemaphore};
@@ -60,9 +62,27 @@ pub struct Shared {
     pub stopping: AtomicBool,
     /// Sockets of live connections, so shutdown can interrupt their reads.
     pub live: Mutex<Vec<RawFd>>,
-    /// Connections being served now.
+    /// Connections open now, negotiating or established (a stop waits
+    /// for them).
     pub clients: AtomicUsize,
+    /// Connections past their handshake: what `-e/--shared` bounds.
+    pub established: AtomicUsize,
+    /// How long a client may take to negotiate (`None`: as long as it
+    /// likes); past it the connection is dropped.
+    pub handshake_limit: Option<Duration>,
+    /// How many connections may negotiate at once; a newcomer beyond it
+    /// drops the one that has been negotiating longest.
+    pub max_negotiating: usize,
+    /// Connections still negotiating, oldest first: id and socket.
+    negotiating: Mutex<VecDeque<(u64, RawFd)>>,
+    next_id: AtomicU64,
 }
+
+/// Default of [`Shared::handshake_limit`]: qemu-nbd's (CVE-2024-7409).
+pub const DEFAULT_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Default of [`Shared::max_negotiating`].
+pub const DEFAULT_MAX_NEGOTIATING: usize = 64;
 
 impl Shared {
     /// Shared state for `device` exported as described by `config`.
@@ -73,7 +93,43 @@ impl Shared {
             stopping: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
             clients: AtomicUsize::new(0),
+            established: AtomicUsize::new(0),
+            handshake_limit: Some(DEFAULT_HANDSHAKE_LIMIT),
+            max_negotiating: DEFAULT_MAX_NEGOTIATING,
+            negotiating: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
         })
+    }
+
+    /// As [`new`](Shared::new), with the handshake limits set: `limit`
+    /// (`None`: none) and at most `max_negotiating` (at least 1)
+    /// connections negotiating at once.
+    pub fn with_handshake_limits(
+        config: HandshakeConfig,
+        device: SharedDevice,
+        limit: Option<Duration>,
+        max_negotiating: usize,
+    ) -> Arc<Shared> {
+        let mut shared = Shared::new(config, device);
+        let s = Arc::get_mut(&mut shared).expect("just made");
+        s.handshake_limit = limit;
+        s.max_negotiating = max_negotiating.max(1);
+        shared
+    }
+
+    /// Makes room for one more negotiating connection: while
+    /// [`max_negotiating`](Shared::max_negotiating) are, the one that has
+    /// negotiated longest is shut down (it ends its handshake with an
+    /// error and leaves). Returns how many were dropped.
+    pub fn make_room_to_negotiate(&self) -> usize {
+        let q = self.negotiating.lock().unwrap_or_else(|e| e.into_inner());
+        let excess = (q.len() + 1).saturating_sub(self.max_negotiating);
+        for &(_, fd) in q.iter().take(excess) {
+            // SAFETY: a socket of a connection still negotiating: it leaves
+            // the queue (under this lock) before it closes its socket.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        excess
     }
 
     /// Stops every connection from reading further requests: their reads
@@ -128,18 +184,157 @@ impl Drop for LiveGuard<'_> {
     }
 }
 
+/// Keeps a connection in [`Shared`]'s negotiating queue while it lives.
+struct Negotiating<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Negotiating<'a> {
+    fn new(shared: &'a Shared, fd: RawFd) -> Self {
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        shared
+            .negotiating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((id, fd));
+        Negotiating { shared, id }
+    }
+}
+
+impl Drop for Negotiating<'_> {
+    fn drop(&mut self) {
+        let mut q = self
+            .shared
+            .negotiating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = q.iter().position(|&(id, _)| id == self.id) {
+            q.remove(i);
+        }
+    }
+}
+
+/// Sockets whose waits can be bounded: the handshake's deadline is
+/// enforced as a timeout on each read and write, set to what is left of
+/// it.
+pub trait Timeouts {
+    /// As `TcpStream::set_read_timeout`.
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    /// As `TcpStream::set_write_timeout`.
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+}
+
+impl Timeouts for costack::net::TcpStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        costack::net::TcpStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        costack::net::TcpStream::set_write_timeout(self, t)
+    }
+}
+
+impl Timeouts for costack::net::UnixStream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        costack::net::UnixStream::set_read_timeout(self, t)
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        costack::net::UnixStream::set_write_timeout(self, t)
+    }
+}
+
+/// A stream whose every read and write must end by `deadline`: a client
+/// that trickles a byte at a time still runs out of it.
+struct Deadlined<'a, S> {
+    stream: &'a S,
+    deadline: Instant,
+}
+
+impl<S: Timeouts> Deadlined<'_, S> {
+    /// What is left of the deadline, or `TimedOut`.
+    fn left(&self) -> io::Result<Duration> {
+        match self.deadline.checked_duration_since(Instant::now()) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not finish the handshake in time",
+            )),
+        }
+    }
+}
+
+impl<S: Timeouts> Read for Deadlined<'_, S>
+where
+    for<'b> &'b S: Read,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.stream.set_read_timeout(Some(self.left()?))?;
+        let mut s = self.stream;
+        s.read(buf)
+    }
+}
+
+impl<S: Timeouts> Write for Deadlined<'_, S>
+where
+    for<'b> &'b S: Write,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream.set_write_timeout(Some(self.left()?))?;
+        let mut s = self.stream;
+        s.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the handshake on `stream`, within the server's handshake limit.
+fn negotiate_within<S>(
+    stream: &S,
+    shared: &Shared,
+) -> Result<crate::handshake::Negotiated, crate::handshake::HandshakeError>
+where
+    S: Timeouts,
+    for<'a> &'a S: Read + Write,
+{
+    let Some(limit) = shared.handshake_limit else {
+        let mut duplex = Duplex::new(stream, stream);
+        return negotiate(&mut duplex, &shared.config);
+    };
+    let deadline = Instant::now() + limit;
+    let mut duplex = Duplex::new(
+        Deadlined { stream, deadline },
+        Deadlined { stream, deadline },
+    );
+    let r = negotiate(&mut duplex, &shared.config);
+    // Established connections wait as long as their clients like.
+    let _ = stream.set_read_timeout(None);
+    let _ = stream.set_write_timeout(None);
+    r
+}
+
+/// Gives an established connection's `-e` slot back when it ends.
+struct EstablishedSlot<'a>(&'a Shared);
+
+impl Drop for EstablishedSlot<'_> {
+    fn drop(&mut self) {
+        self.0.established.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Serves one client on `stream` until it disconnects (or the server
 /// stops). Runs inside a coroutine on an event loop.
-pub fn serve<S>(stream: S, peer: String, shared: Arc<Shared>)
+pub fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, max_clients: usize)
 where
-    S: AsRawFd + 'static,
+    S: AsRawFd + Timeouts + 'static,
     for<'a> &'a S: Read + Write,
 {
     let _live = LiveGuard::new(&shared, stream.as_raw_fd());
     let stream = Rc::new(stream);
     let negotiated = {
-        let mut duplex = Duplex::new(&*stream, &*stream);
-        match negotiate(&mut duplex, &shared.config) {
+        let _negotiating = Negotiating::new(&shared, stream.as_raw_fd());
+        match negotiate_within(&*stream, &shared) {
             Ok(n) => n,
             Err(e) if e.is_clean_disconnect() => {
                 tracing::debug!(%peer, "client left during the handshake");
@@ -151,6 +346,14 @@ where
             }
         }
     };
+    // `-e` counts established clients only: a slot is taken now, and
+    // refused if others took them all while this one negotiated.
+    let taken = shared.established.fetch_add(1, Ordering::SeqCst);
+    let _slot = EstablishedSlot(&shared);
+    if max_clients != 0 && taken >= max_clients {
+        tracing::warn!(%peer, max_clients, "dropping client: too many connected (-e)");
+        return;
+    }
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
     let params = Rc::new(TransmissionParams::from_negotiated(&negotiated));
     let outbox = Rc::new(Outbox::new(stream.clone(), peer.clone()));

@@ -445,6 +445,15 @@ fn shared_limit_is_enforced() {
     let mut first = TcpStream::connect(server.addr()).unwrap();
     let mut greeting = [0u8; 18];
     first.read_exact(&mut greeting).unwrap();
+    // Only established clients take `-e` slots: `first` finishes its
+    // handshake (fixed newstyle, no zeroes, NBD_OPT_EXPORT_NAME "").
+    first.write_all(&3u32.to_be_bytes()).unwrap();
+    first.write_all(b"IHAVEOPT").unwrap();
+    first.write_all(&1u32.to_be_bytes()).unwrap();
+    first.write_all(&0u32.to_be_bytes()).unwrap();
+    let mut export = [0u8; 10]; // size and transmission flags
+    first.read_exact(&mut export).unwrap();
+    assert_eq!(u64::from_be_bytes(export[..8].try_into().unwrap()), 1 << 20);
     // While `first` is connected, a second client is turned away.
     let mut second = TcpStream::connect(server.addr()).unwrap();
     second
