@@ -74,6 +74,17 @@ pub struct Yielder<T> {
 
 impl<T: 'static> Generator<T> {
     /// A generator running `f`; nothing runs until the first `next`.
+    ///
+    /// ```
+    /// use costack::Generator;
+    ///
+    /// let squares = Generator::new(|y| {
+    ///     for i in 1..=4u32 {
+    ///         y.suspend(i * i);
+    ///     }
+    /// });
+    /// assert_eq!(squares.collect::<Vec<_>>(), [1, 4, 9, 16]);
+    /// ```
     pub fn new<F: FnOnce(&Yielder<T>) + 'static>(f: F) -> Generator<T> {
         let slot = Rc::new(Cell::new(None));
         let body_slot = slot.clone();
@@ -98,6 +109,20 @@ impl<T> Yielder<T> {
     /// # Panics
     /// If called from any coroutine but the generator's own (for example a
     /// coroutine the body entered).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::Generator;
+    ///
+    /// let mut g = Generator::new(|y| {
+    ///     y.suspend("first"); // next() returns this; the body waits here
+    ///     y.suspend("second");
+    /// });
+    /// assert_eq!(g.next(), Some("first"));
+    /// assert_eq!(g.next(), Some("second"));
+    /// assert_eq!(g.next(), None);
+    /// ```
     pub fn suspend(&self, value: T) {
         let here = coroutine::with_current(|co| co.map(Coroutine::id));
         assert!(

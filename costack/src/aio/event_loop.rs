@@ -672,6 +672,15 @@ impl EventLoop {
     /// `ErrorKind::Unsupported` if the kernel refuses io_uring (or
     /// `COSTACK_NO_IO_URING` is set) for `IoUring`; as
     /// [`new`](EventLoop::new) otherwise.
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::{Backend, EventLoop};
+///
+/// let lp = EventLoop::with_backend(Backend::Poll).unwrap();
+/// assert_eq!(lp.block_on(|| 1 + 1), 2);
+/// ```
     pub fn with_backend(backend: Backend) -> io::Result<EventLoop> {
         #[cfg(not(target_os = "linux"))]
         if backend != Backend::Poll {
@@ -708,6 +717,15 @@ impl EventLoop {
     ///
     /// # Errors
     /// As [`new`](EventLoop::new).
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::without_io_uring().unwrap();
+/// assert!(!lp.uses_io_uring());
+/// ```
     pub fn without_io_uring() -> io::Result<EventLoop> {
         match Self::backend_from_env()? {
             #[cfg(target_os = "linux")]
@@ -781,6 +799,18 @@ impl EventLoop {
     ///
     /// If `f` waits for something that can never happen, `block_on` waits
     /// forever, as a thread would.
+///
+/// ```
+/// use costack::aio::{self, EventLoop};
+/// use std::time::Duration;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let v = lp.block_on(|| {
+///     aio::sleep(Duration::from_millis(1)); // the loop runs meanwhile
+///     "done"
+/// });
+/// assert_eq!(v, "done");
+/// ```
     pub fn block_on<T: 'static, F: FnOnce() -> T + 'static>(&self, f: F) -> T {
         self.spawn(f)
             .run_loop_until_done()
@@ -800,6 +830,16 @@ impl EventLoop {
     ///
     /// # Panics
     /// If no coroutine stack can be allocated.
+///
+/// # Examples
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let h = lp.spawn(|| 6 * 7); // starts in a coming iteration
+/// assert_eq!(h.join().unwrap(), 42); // runs the loop until it is done
+/// ```
     pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(&self, f: F) -> JoinHandle<T> {
         self.inner().spawn(f)
     }
@@ -807,6 +847,20 @@ impl EventLoop {
     /// Runs `f` on this loop, outside any coroutine, in a coming iteration
     /// (a bottom half); the thread-local counterpart of
     /// [`LoopHandle::call_soon`].
+///
+/// ```
+/// use costack::aio::EventLoop;
+/// use std::cell::Cell;
+/// use std::rc::Rc;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let ran = Rc::new(Cell::new(false));
+/// let r = ran.clone();
+/// lp.call_soon(move || r.set(true));
+/// while !ran.get() {
+///     lp.poll(true);
+/// }
+/// ```
     pub fn call_soon<F: FnOnce() + 'static>(&self, f: F) {
         self.inner().call_soon_local(Box::new(f));
     }
@@ -818,16 +872,47 @@ impl EventLoop {
     ///
     /// A panic in a coroutine or bottom half propagates out of `poll`;
     /// work not yet run stays queued for the next call.
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::new().unwrap();
+/// assert!(!lp.poll(false)); // nothing to do: returns at once
+/// let h = lp.spawn(|| ());
+/// while !h.is_finished() {
+///     lp.poll(true); // runs what is ready, waits when nothing is
+/// }
+/// ```
     pub fn poll(&self, blocking: bool) -> bool {
         self.inner().poll(blocking)
     }
 
     /// A thread-safe handle to post work to this loop from other threads.
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let handle = lp.handle(); // Send + Sync
+/// let t = std::thread::spawn(move || handle.spawn(|| std::thread::current().id()));
+/// let remote = t.join().unwrap();
+/// lp.block_on(move || assert_eq!(remote.join().unwrap(), std::thread::current().id()));
+/// ```
     pub fn handle(&self) -> LoopHandle {
         self.inner().remote.handle()
     }
 
     /// How many spawned coroutines have not finished yet.
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let h = lp.spawn(|| ());
+/// assert_eq!(lp.task_count(), 1);
+/// h.join().unwrap();
+/// assert_eq!(lp.task_count(), 0);
+/// ```
     pub fn task_count(&self) -> usize {
         self.inner().tasks.borrow().len
     }
@@ -866,6 +951,15 @@ impl EventLoop {
 
     /// The longest the loop busy-polls before blocking (zero: it never
     /// does); see [`set_poll_max`](EventLoop::set_poll_max).
+///
+/// ```
+/// use costack::aio::EventLoop;
+/// use std::time::Duration;
+///
+/// let lp = EventLoop::new().unwrap();
+/// lp.set_poll_max(Duration::from_micros(20));
+/// assert_eq!(lp.poll_max(), Duration::from_micros(20));
+/// ```
     pub fn poll_max(&self) -> Duration {
         self.inner().busy_poll.max()
     }
@@ -875,24 +969,54 @@ impl EventLoop {
     /// caught, it is multiplied by `grow` (at least 2; from zero it starts
     /// at 4 µs); after a wait longer than the maximum, divided by `shrink`
     /// (0 or 1: back to zero). The defaults are 2 and 0.
+///
+/// ```
+/// use costack::aio::EventLoop;
+/// use std::time::Duration;
+///
+/// let lp = EventLoop::new().unwrap();
+/// lp.set_poll_max(Duration::from_micros(100));
+/// lp.set_poll_factors(4, 2); // grow fast, halve after a long wait
+/// ```
     pub fn set_poll_factors(&self, grow: u32, shrink: u32) {
         self.inner().busy_poll.set_factors(grow, shrink);
     }
 
     /// How long the loop would busy-poll if it had to wait now: the
     /// adaptive window, between zero and [`poll_max`](EventLoop::poll_max).
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::new().unwrap();
+/// assert!(lp.poll_window() <= lp.poll_max());
+/// ```
     pub fn poll_window(&self) -> Duration {
         self.inner().busy_poll.window()
     }
 
     /// Whether [`fs`](crate::fs) I/O of this loop goes through io_uring
     /// (probing the kernel on first call), rather than the thread pool.
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let lp = EventLoop::new().unwrap();
+/// println!("fs I/O through io_uring: {}", lp.uses_io_uring());
+/// ```
     pub fn uses_io_uring(&self) -> bool {
         self.inner().uring.available(self.inner())
     }
 
     /// The backend the loop runs on (probing io_uring on first call, as
     /// [`uses_io_uring`](EventLoop::uses_io_uring)).
+///
+/// ```
+/// use costack::aio::{Backend, EventLoop};
+///
+/// let lp = EventLoop::with_backend(Backend::Epoll).unwrap();
+/// assert_eq!(lp.backend(), Backend::Epoll);
+/// ```
     pub fn backend(&self) -> Backend {
         if !self.inner().reactor.is_epoll() {
             Backend::Poll

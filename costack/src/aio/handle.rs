@@ -128,6 +128,22 @@ impl LoopHandle {
     /// iteration of the loop (a bottom half: aio_bh_schedule_oneshot).
     /// A panic in `f` propagates out of the loop's
     /// [`poll`](super::EventLoop::poll).
+///
+/// ```
+/// use costack::aio::EventLoop;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+///
+/// let lp = EventLoop::new().unwrap();
+/// let flag = Arc::new(AtomicBool::new(false));
+/// let (f, handle) = (flag.clone(), lp.handle());
+/// std::thread::spawn(move || handle.call_soon(move || f.store(true, Ordering::SeqCst)))
+///     .join()
+///     .unwrap();
+/// while !flag.load(Ordering::SeqCst) {
+///     lp.poll(true);
+/// }
+/// ```
     pub fn call_soon<F: FnOnce() + Send + 'static>(&self, f: F) {
         self.remote.post(Box::new(f));
     }
@@ -163,6 +179,14 @@ impl LoopHandle {
     }
 
     /// Whether both handles name the same loop.
+///
+/// ```
+/// use costack::aio::EventLoop;
+///
+/// let (a, b) = (EventLoop::new().unwrap(), EventLoop::new().unwrap());
+/// assert!(a.handle().same_loop(&a.handle()));
+/// assert!(!a.handle().same_loop(&b.handle()));
+/// ```
     pub fn same_loop(&self, other: &LoopHandle) -> bool {
         Arc::ptr_eq(&self.remote, &other.remote)
     }

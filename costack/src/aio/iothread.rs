@@ -43,6 +43,16 @@ impl IoThread {
     ///
     /// # Errors
     /// If the thread cannot be spawned or its loop cannot be created.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::IoThread;
+    ///
+    /// let io = IoThread::spawn("disk").unwrap();
+    /// assert_eq!(io.handle().spawn(|| 2 + 2).join().unwrap(), 4);
+    /// // Dropped (or stopped): its loop stops and the thread is joined.
+    /// ```
     pub fn spawn(name: &str) -> io::Result<IoThread> {
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = stopping.clone();
@@ -79,12 +89,31 @@ impl IoThread {
     }
 
     /// A handle to post work to the thread's loop.
+///
+/// ```
+/// use costack::aio::IoThread;
+///
+/// let io = IoThread::spawn("bh").unwrap();
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// io.handle().call_soon(move || tx.send(std::thread::current().name().map(str::to_owned)).unwrap());
+/// assert_eq!(rx.recv().unwrap().as_deref(), Some("bh"));
+/// ```
     pub fn handle(&self) -> LoopHandle {
         self.handle.clone()
     }
 
     /// Stops the loop (coroutines still suspended on it are unwound, so
     /// their destructors run) and joins the thread.
+///
+/// ```
+/// use costack::aio::{self, IoThread};
+/// use std::time::Duration;
+///
+/// let io = IoThread::spawn("stopping").unwrap();
+/// let never = io.handle().spawn(|| aio::sleep(Duration::from_secs(3600)));
+/// io.stop(); // unwinds the sleeper and joins the thread
+/// assert!(never.join().is_err()); // cancelled
+/// ```
     pub fn stop(mut self) {
         self.shut_down();
     }

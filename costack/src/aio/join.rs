@@ -109,6 +109,19 @@ impl<T> JoinHandle<T> {
     /// If a coroutine joins itself (it would wait forever). Outside a
     /// coroutine, a panic of a bottom half the loop runs meanwhile
     /// propagates.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let ok = aio::spawn(|| 1);
+    ///     let bad = aio::spawn(|| -> i32 { panic!("boom") });
+    ///     assert_eq!(ok.join().unwrap(), 1); // in a coroutine: yields until done
+    ///     assert!(bad.join().is_err()); // the panic, caught at its boundary
+    /// });
+    /// ```
     pub fn join(self) -> thread::Result<T> {
         if coroutine::in_coroutine() {
             assert!(
@@ -151,11 +164,31 @@ impl<T> JoinHandle<T> {
 
     /// Whether the coroutine has finished (returned, panicked or been
     /// cancelled), so that [`join`](JoinHandle::join) would not wait.
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let h = aio::spawn(|| ());
+    ///     assert!(!h.is_finished()); // not started yet
+    ///     aio::yield_now();
+    ///     assert!(h.is_finished());
+    /// });
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.co.is_finished()
     }
 
     /// The spawned coroutine.
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    ///
+    /// let lp = EventLoop::new().unwrap();
+    /// let h = lp.spawn(|| ());
+    /// assert!(!h.coroutine().is_finished());
+    /// h.join().unwrap();
+    /// ```
     pub fn coroutine(&self) -> &Coroutine {
         &self.co
     }
@@ -256,6 +289,14 @@ impl<T: Send> RemoteJoinHandle<T> {
     ///
     /// In a coroutine this suspends the caller; on a plain thread it
     /// blocks the thread.
+    ///
+    /// ```
+    /// use costack::aio::IoThread;
+    ///
+    /// let io = IoThread::spawn("io").unwrap();
+    /// let h = io.handle().spawn(|| 40 + 2);
+    /// assert_eq!(h.join().unwrap(), 42); // on a plain thread: blocks until done
+    /// ```
     pub fn join(self) -> thread::Result<T> {
         let in_co = coroutine::in_coroutine();
         let mut st = self.slot.lock();
@@ -276,6 +317,17 @@ impl<T: Send> RemoteJoinHandle<T> {
 
     /// Whether the coroutine has finished (or was cancelled), so that
     /// [`join`](RemoteJoinHandle::join) would not wait.
+    ///
+    /// ```
+    /// use costack::aio::IoThread;
+    ///
+    /// let io = IoThread::spawn("io").unwrap();
+    /// let h = io.handle().spawn(|| ());
+    /// while !h.is_finished() {
+    ///     std::thread::yield_now();
+    /// }
+    /// h.join().unwrap();
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.slot.lock().finished
     }

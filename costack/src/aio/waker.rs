@@ -57,6 +57,16 @@ impl Waker {
     }
 
     /// Wakes the coroutine (see the type's documentation).
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let w = aio::waker();
+    ///     std::thread::spawn(move || w.wake()); // from anywhere
+    ///     costack::yield_now(); // until then
+    /// });
+    /// ```
     pub fn wake(&self) {
         if self.mailbox.is_local() {
             if let Some(co) = Coroutine::from_id(self.id) {
@@ -70,6 +80,17 @@ impl Waker {
     }
 
     /// Whether both wakers wake the same coroutine.
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let mine = aio::waker();
+    ///     let other = aio::spawn(aio::waker).join().unwrap();
+    ///     assert!(mine.will_wake(&aio::waker()));
+    ///     assert!(!mine.will_wake(&other));
+    /// });
+    /// ```
     pub fn will_wake(&self, other: &Waker) -> bool {
         Arc::ptr_eq(&self.mailbox, &other.mailbox) && self.id == other.id
     }

@@ -112,6 +112,17 @@ impl Coroutine {
     ///
     /// # Panics
     /// If no stack can be allocated; use [`Builder::create`] to handle that.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::Coroutine;
+    ///
+    /// let co = Coroutine::new(|| println!("runs on its own stack"));
+    /// assert!(!co.is_finished()); // created, not started
+    /// co.enter();
+    /// assert!(co.is_finished());
+    /// ```
     pub fn new<F: FnOnce() + 'static>(f: F) -> Coroutine {
         match create(DEFAULT_STACK_SIZE, None, f) {
             Ok(co) => co,
@@ -120,6 +131,13 @@ impl Coroutine {
     }
 
     /// A builder to set the stack size or name of a new coroutine.
+    ///
+    /// ```
+    /// use costack::Coroutine;
+    ///
+    /// let co = Coroutine::builder().name("worker").stack_size(64 << 10).create(|| ()).unwrap();
+    /// assert_eq!(co.name(), Some("worker"));
+    /// ```
     pub fn builder() -> Builder {
         Builder::new()
     }
@@ -159,6 +177,27 @@ impl Coroutine {
     /// # Panics
     /// If the coroutine is entered already (running, or waiting for a
     /// coroutine it entered): "re-entered recursively"; if it has finished.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::{yield_now, Coroutine};
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    ///
+    /// let steps = Rc::new(Cell::new(0));
+    /// let s = steps.clone();
+    /// let co = Coroutine::new(move || {
+    ///     s.set(1);
+    ///     yield_now(); // back to the caller of enter
+    ///     s.set(2);
+    /// });
+    /// co.enter();
+    /// assert_eq!(steps.get(), 1);
+    /// co.enter();
+    /// assert_eq!(steps.get(), 2);
+    /// assert!(co.is_finished());
+    /// ```
     #[inline]
     pub fn enter(&self) {
         let co = self.ctl();
@@ -170,6 +209,15 @@ impl Coroutine {
 
     /// Enters the coroutine unless it is entered already or finished;
     /// returns whether it entered (qemu_coroutine_enter_if_inactive).
+    ///
+    /// ```
+    /// use costack::{yield_now, Coroutine};
+    ///
+    /// let co = Coroutine::new(yield_now);
+    /// assert!(co.enter_if_inactive()); // ran until it yielded
+    /// assert!(co.enter_if_inactive()); // ran to the end
+    /// assert!(!co.enter_if_inactive()); // finished: nothing to do
+    /// ```
     pub fn enter_if_inactive(&self) -> bool {
         match self.ctl().resume_status() {
             Some(status) => {
@@ -183,11 +231,31 @@ impl Coroutine {
     /// Whether the coroutine is on the active chain: running, or having
     /// entered another coroutine that has not yielded back yet
     /// (qemu_coroutine_entered).
+    ///
+    /// ```
+    /// use costack::{current, yield_now, Coroutine};
+    ///
+    /// let co = Coroutine::new(|| {
+    ///     assert!(current().unwrap().is_entered()); // running
+    ///     yield_now();
+    /// });
+    /// co.enter();
+    /// assert!(!co.is_entered()); // suspended
+    /// ```
     pub fn is_entered(&self) -> bool {
         self.ctl().state() == State::Entered
     }
 
     /// Whether the coroutine has returned or panicked.
+    ///
+    /// ```
+    /// use costack::Coroutine;
+    ///
+    /// let co = Coroutine::new(|| ());
+    /// assert!(!co.is_finished());
+    /// co.enter();
+    /// assert!(co.is_finished());
+    /// ```
     pub fn is_finished(&self) -> bool {
         self.ctl().state() == State::Finished
     }
@@ -257,11 +325,26 @@ impl Coroutine {
     }
 
     /// The name given by [`Builder::name`].
+    ///
+    /// ```
+    /// use costack::{Builder, Coroutine};
+    ///
+    /// assert_eq!(Coroutine::new(|| ()).name(), None);
+    /// let named = Builder::new().name("reader").create(|| ()).unwrap();
+    /// assert_eq!(named.name(), Some("reader"));
+    /// ```
     pub fn name(&self) -> Option<&str> {
         self.ctl().name()
     }
 
     /// The usable size of the coroutine's stack (0 once finished).
+    ///
+    /// ```
+    /// use costack::Builder;
+    ///
+    /// let co = Builder::new().stack_size(100 << 10).create(|| ()).unwrap();
+    /// assert!(co.stack_size() >= 100 << 10); // rounded up to whole pages
+    /// ```
     pub fn stack_size(&self) -> usize {
         let co = self.ctl();
         if co.state() == State::Finished {
@@ -426,12 +509,28 @@ pub struct Builder {
 
 impl Builder {
     /// A builder with the default stack size (1 MiB) and no name.
+    ///
+    /// ```
+    /// use costack::Builder;
+    ///
+    /// let co = Builder::new().create(|| ()).unwrap(); // the defaults
+    /// co.enter();
+    /// ```
     pub fn new() -> Builder {
         Builder::default()
     }
 
     /// Sets the stack size in bytes; rounded up to whole pages, and to at
     /// least 16 KiB. A guard page comes on top of it.
+    ///
+    /// ```
+    /// use costack::Builder;
+    ///
+    /// // Deep recursion wants a bigger stack than the default 1 MiB.
+    /// fn depth(n: u32) -> u32 { if n == 0 { 0 } else { 1 + depth(n - 1) } }
+    /// let co = Builder::new().stack_size(8 << 20).create(|| assert_eq!(depth(50_000), 50_000)).unwrap();
+    /// co.enter();
+    /// ```
     pub fn stack_size(mut self, bytes: usize) -> Builder {
         self.stack_size = Some(bytes);
         self
@@ -439,6 +538,16 @@ impl Builder {
 
     /// Names the coroutine: shown by `Debug`, [`Coroutine::name`], tracing
     /// events and the stack-overflow message.
+    ///
+    /// ```
+    /// use costack::{current, Builder};
+    ///
+    /// let co = Builder::new()
+    ///     .name("conn 7") // shown in panics, overflow reports and debug::coroutines
+    ///     .create(|| assert_eq!(current().unwrap().name(), Some("conn 7")))
+    ///     .unwrap();
+    /// co.enter();
+    /// ```
     pub fn name(mut self, name: impl Into<String>) -> Builder {
         self.name = Some(name.into());
         self
@@ -449,6 +558,17 @@ impl Builder {
     /// # Errors
     /// If no stack can be mapped (address space or kernel mappings
     /// exhausted).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::Builder;
+    ///
+    /// match Builder::new().stack_size(256 << 10).create(|| ()) {
+    ///     Ok(co) => co.enter(),
+    ///     Err(e) => eprintln!("no stack for a coroutine: {e}"), // out of address space
+    /// }
+    /// ```
     pub fn create<F: FnOnce() + 'static>(self, f: F) -> io::Result<Coroutine> {
         let size = self
             .stack_size
@@ -755,6 +875,22 @@ fn drop_unstarted(co: &Control) {
 ///
 /// # Panics
 /// Outside a coroutine: "not in a coroutine".
+///
+/// # Examples
+///
+/// ```
+/// use costack::{yield_now, Coroutine};
+///
+/// let co = Coroutine::new(|| {
+///     for _ in 0..3 {
+///         yield_now(); // suspends; the next enter continues here
+///     }
+/// });
+/// for _ in 0..4 {
+///     co.enter();
+/// }
+/// assert!(co.is_finished());
+/// ```
 #[inline]
 pub fn yield_now() {
     let cur = current_ptr();
@@ -909,12 +1045,27 @@ pub(crate) fn not_in_coroutine(what: &str) -> ! {
 
 /// The running coroutine, or `None` on a thread's own stack
 /// (qemu_coroutine_self).
+///
+/// ```
+/// use costack::{current, Coroutine};
+///
+/// assert!(current().is_none()); // the thread's own stack
+/// let co = Coroutine::new(|| assert!(current().is_some()));
+/// co.enter();
+/// ```
 pub fn current() -> Option<Coroutine> {
     let cur = current_ptr();
     (!cur.is_null()).then(|| Coroutine::from_ptr(cur))
 }
 
 /// Whether the caller runs in a coroutine (qemu_in_coroutine).
+///
+/// ```
+/// use costack::{in_coroutine, Coroutine};
+///
+/// assert!(!in_coroutine());
+/// Coroutine::new(|| assert!(in_coroutine())).enter();
+/// ```
 #[inline]
 pub fn in_coroutine() -> bool {
     !current_ptr().is_null()

@@ -66,6 +66,20 @@ impl File {
     ///
     /// # Errors
     /// As `open(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// std::fs::write(&path, b"data").unwrap();
+    /// let p = path.clone();
+    /// let n = EventLoop::new().unwrap().block_on(move || File::open(&p).unwrap().len().unwrap());
+    /// assert_eq!(n, 4);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn open<P: AsRef<Path>>(path: P) -> io::Result<Self> {
         OpenOptions::new().read(true).open(path)
     }
@@ -74,6 +88,19 @@ impl File {
     ///
     /// # Errors
     /// As `open(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let p = path.clone();
+    /// EventLoop::new().unwrap().block_on(move || File::create(&p).unwrap().write_all_at(b"new", 0).unwrap());
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn create<P: AsRef<Path>>(path: P) -> io::Result<Self> {
         OpenOptions::new()
             .read(true)
@@ -84,11 +111,29 @@ impl File {
     }
 
     /// Options to open a file with (such as `O_DIRECT`).
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::options().write(true).create(true).open(&path).unwrap();
+    /// f.write_all_at(b"x", 0).unwrap(); // outside a loop: plain blocking I/O
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn options() -> OpenOptions {
         OpenOptions::new()
     }
 
     /// Wraps an open std file.
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::from_std(std::fs::File::create(&path).unwrap());
+    /// f.write_all_at(b"wrapped", 0).unwrap();
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn from_std(file: std::fs::File) -> File {
         File {
             inner: file,
@@ -97,6 +142,16 @@ impl File {
     }
 
     /// The std file.
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::create(&path).unwrap();
+    /// let std_file: std::fs::File = f.into_std();
+    /// assert_eq!(std_file.metadata().unwrap().len(), 0);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn into_std(self) -> std::fs::File {
         self.inner
     }
@@ -105,6 +160,24 @@ impl File {
     ///
     /// # Errors
     /// As `pread(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// std::fs::write(&path, b"hello").unwrap();
+    /// let p = path.clone();
+    /// let got = EventLoop::new().unwrap().block_on(move || {
+    ///     let mut buf = [0; 16];
+    ///     let n = File::open(&p).unwrap().read_at(&mut buf, 1).unwrap(); // may be short
+    ///     buf[..n].to_vec()
+    /// });
+    /// assert_eq!(got, b"ello");
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
         let len = buf.len().min(MAX_IO);
         let Some(inner) = loop_context() else {
@@ -130,6 +203,20 @@ impl File {
     ///
     /// # Errors
     /// As `pwrite(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let p = path.clone();
+    /// let n = EventLoop::new().unwrap().block_on(move || File::create(&p).unwrap().write_at(b"abc", 2).unwrap());
+    /// assert_eq!(n, 3);
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"\0\0abc");
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
         let len = buf.len().min(MAX_IO);
         let Some(inner) = loop_context() else {
@@ -155,6 +242,24 @@ impl File {
     ///
     /// # Errors
     /// `UnexpectedEof` if the file ends first; else as `pread(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// std::fs::write(&path, b"0123456789").unwrap();
+    /// let p = path.clone();
+    /// let got = EventLoop::new().unwrap().block_on(move || {
+    ///     let mut buf = [0; 4];
+    ///     File::open(&p).unwrap().read_exact_at(&mut buf, 3).unwrap();
+    ///     buf
+    /// });
+    /// assert_eq!(&got, b"3456");
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn read_exact_at(&self, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
             match self.read_at(buf, offset) {
@@ -179,6 +284,23 @@ impl File {
     ///
     /// # Errors
     /// `WriteZero` if the file takes no more; else as `pwrite(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let p = path.clone();
+    /// EventLoop::new().unwrap().block_on(move || {
+    ///     let f = File::create(&p).unwrap();
+    ///     f.write_all_at(b"tail", 4).unwrap();
+    ///     f.write_all_at(b"head", 0).unwrap();
+    /// });
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"headtail");
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn write_all_at(&self, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
         while !buf.is_empty() {
             match self.write_at(buf, offset) {
@@ -233,6 +355,22 @@ impl File {
     ///
     /// # Errors
     /// As `fdatasync(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let p = path.clone();
+    /// EventLoop::new().unwrap().block_on(move || {
+    ///     let f = File::create(&p).unwrap();
+    ///     f.write_all_at(b"durable", 0).unwrap();
+    ///     f.sync_data().unwrap(); // fdatasync: on the device when this returns
+    /// });
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn sync_data(&self) -> io::Result<()> {
         self.fsync(true)
     }
@@ -241,6 +379,22 @@ impl File {
     ///
     /// # Errors
     /// As `fsync(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::EventLoop;
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let p = path.clone();
+    /// EventLoop::new().unwrap().block_on(move || {
+    ///     let f = File::create(&p).unwrap();
+    ///     f.set_len(4096).unwrap();
+    ///     f.sync_all().unwrap(); // fsync: the size (metadata) too
+    /// });
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn sync_all(&self) -> io::Result<()> {
         self.fsync(false)
     }
@@ -249,6 +403,17 @@ impl File {
     ///
     /// # Errors
     /// As `fstat(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// std::fs::write(&path, [0u8; 100]).unwrap();
+    /// assert_eq!(File::open(&path).unwrap().len().unwrap(), 100);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn len(&self) -> io::Result<u64> {
         Ok(self.inner.metadata()?.len())
     }
@@ -257,6 +422,16 @@ impl File {
     ///
     /// # Errors
     /// As `fstat(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// assert!(File::create(&path).unwrap().is_empty().unwrap());
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn is_empty(&self) -> io::Result<bool> {
         Ok(self.len()? == 0)
     }
@@ -265,6 +440,18 @@ impl File {
     ///
     /// # Errors
     /// As `ftruncate(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::create(&path).unwrap();
+    /// f.set_len(1 << 20).unwrap(); // sparse: no data written
+    /// assert_eq!(f.len().unwrap(), 1 << 20);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn set_len(&self, len: u64) -> io::Result<()> {
         let f = &self.inner;
         blocking(move || f.set_len(len))
@@ -293,6 +480,26 @@ impl File {
     /// # Errors
     /// As `fallocate(2)`; `Unsupported`-like errors (`EOPNOTSUPP`) on file
     /// systems without holes.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::create(&path).unwrap();
+    /// f.write_all_at(&[1u8; 8192], 0).unwrap();
+    /// match f.punch_hole(0, 4096) {
+    ///     Ok(()) => {
+    ///         let mut b = [9u8; 4096];
+    ///         f.read_exact_at(&mut b, 0).unwrap();
+    ///         assert!(b.iter().all(|&x| x == 0)); // reads as zeroes now
+    ///         assert_eq!(f.len().unwrap(), 8192); // same size
+    ///     }
+    ///     Err(e) => println!("no hole punching on this file system: {e}"),
+    /// }
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
         self.fallocate(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
@@ -306,6 +513,22 @@ impl File {
     ///
     /// # Errors
     /// As `fallocate(2)`; `EOPNOTSUPP` where the file system cannot.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::create(&path).unwrap();
+    /// f.write_all_at(&[1u8; 8192], 0).unwrap();
+    /// if f.zero_range(4096, 4096).is_ok() {
+    ///     let mut b = [9u8; 4096];
+    ///     f.read_exact_at(&mut b, 4096).unwrap();
+    ///     assert!(b.iter().all(|&x| x == 0));
+    /// }
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
         self.fallocate(
             libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
@@ -320,6 +543,22 @@ impl File {
     ///
     /// # Errors
     /// As `lseek(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::create(&path).unwrap();
+    /// f.set_len(1 << 20).unwrap();
+    /// f.write_all_at(b"x", 512 << 10).unwrap();
+    /// // Where data starts at or after 0 (file systems may round to their blocks).
+    /// let data = f.seek_data(0).unwrap().unwrap();
+    /// assert!(data <= 512 << 10);
+    /// assert_eq!(f.seek_data(1 << 20).unwrap(), None); // at the end: no data
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
         match lseek(self.as_raw_fd(), offset, libc::SEEK_DATA) {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
@@ -332,6 +571,19 @@ impl File {
     ///
     /// # Errors
     /// As `lseek(2)`; `ENXIO` when `offset` is past the end.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::fs::File;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-{}-{}", std::process::id(), line!()));
+    /// let f = File::create(&path).unwrap();
+    /// f.write_all_at(&[1u8; 4096], 0).unwrap();
+    /// // The end of the file counts as a hole.
+    /// assert_eq!(f.seek_hole(0).unwrap(), 4096);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn seek_hole(&self, offset: u64) -> io::Result<u64> {
         lseek(self.as_raw_fd(), offset, libc::SEEK_HOLE)
     }

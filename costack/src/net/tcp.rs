@@ -47,6 +47,15 @@ impl TcpListener {
     ///
     /// # Errors
     /// As `std::net::TcpListener::bind`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::TcpListener;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap(); // port 0: any free one
+    /// assert!(listener.local_addr().unwrap().port() > 0);
+    /// ```
     pub fn bind<A: ToSocketAddrs>(addr: A) -> io::Result<Self> {
         Self::from_std(net::TcpListener::bind(addr)?)
     }
@@ -87,6 +96,17 @@ impl TcpListener {
     ///
     /// # Errors
     /// If it cannot be made non-blocking.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let listener = TcpListener::from_std(std_listener).unwrap();
+    /// let _c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// listener.accept().unwrap();
+    /// ```
     pub fn from_std(listener: net::TcpListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(TcpListener {
@@ -95,6 +115,14 @@ impl TcpListener {
     }
 
     /// The std listener (non-blocking).
+    ///
+    /// ```
+    /// use costack::net::TcpListener;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let std_listener = listener.into_std(); // still non-blocking
+    /// assert!(std_listener.accept().is_err()); // WouldBlock: nobody connected
+    /// ```
     pub fn into_std(self) -> net::TcpListener {
         self.sock.into_inner()
     }
@@ -127,6 +155,15 @@ impl TcpListener {
     ///
     /// # Errors
     /// As `getsockname(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::TcpListener;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// assert!(listener.local_addr().unwrap().ip().is_loopback());
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.get().local_addr()
     }
@@ -135,6 +172,15 @@ impl TcpListener {
     ///
     /// # Errors
     /// As `setsockopt(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::TcpListener;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// listener.set_ttl(64).unwrap();
+    /// ```
     pub fn set_ttl(&self, ttl: u32) -> io::Result<()> {
         self.sock.get().set_ttl(ttl)
     }
@@ -162,11 +208,26 @@ impl ListenOptions {
     /// A backlog of 1024 (the kernel caps it at `net.core.somaxconn`) and
     /// no `SO_REUSEPORT`, as `TcpListener::bind`; `SO_REUSEADDR` is always
     /// set, as std does.
+    ///
+    /// ```
+    /// use costack::net::{ListenOptions, TcpListener};
+    ///
+    /// let opts = ListenOptions::new().backlog(128);
+    /// let listener = TcpListener::bind_with("127.0.0.1:0", &opts).unwrap();
+    /// # drop(listener);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many connections not yet accepted the kernel queues.
+    ///
+    /// ```
+    /// use costack::net::{ListenOptions, TcpListener};
+    ///
+    /// let listener = TcpListener::bind_with("127.0.0.1:0", &ListenOptions::new().backlog(4096)).unwrap();
+    /// # drop(listener);
+    /// ```
     pub fn backlog(mut self, backlog: u32) -> Self {
         self.backlog = backlog.min(i32::MAX as u32) as i32;
         self
@@ -174,6 +235,16 @@ impl ListenOptions {
 
     /// Sets `SO_REUSEPORT`: listeners that all set it may bind the same
     /// address, and the kernel balances connections among them.
+    ///
+    /// ```
+    /// use costack::net::{ListenOptions, TcpListener};
+    ///
+    /// // Two listeners, say one per event-loop thread, on one port.
+    /// let opts = ListenOptions::new().reuse_port(true);
+    /// let a = TcpListener::bind_with("127.0.0.1:0", &opts).unwrap();
+    /// let b = TcpListener::bind_with(a.local_addr().unwrap(), &opts).unwrap();
+    /// assert_eq!(a.local_addr().unwrap(), b.local_addr().unwrap());
+    /// ```
     pub fn reuse_port(mut self, reuse: bool) -> Self {
         self.reuse_port = reuse;
         self
@@ -231,6 +302,22 @@ impl TcpStream {
     ///
     /// # Errors
     /// The last address's error; `InvalidInput` if there were none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// use costack::aio::EventLoop;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let addr = listener.local_addr().unwrap();
+    /// EventLoop::new().unwrap().block_on(move || {
+    ///     let c = TcpStream::connect(addr).unwrap(); // yields until connected
+    ///     let (s, _) = listener.accept().unwrap();
+    ///     assert_eq!(c.local_addr().unwrap(), s.peer_addr().unwrap());
+    /// });
+    /// ```
     pub fn connect<A: ToSocketAddrs>(addr: A) -> io::Result<Self> {
         Self::connect_each(addr, None)
     }
@@ -240,6 +327,18 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `connect`, or `TimedOut`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// use std::time::Duration;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect_timeout(&listener.local_addr().unwrap(), Duration::from_secs(1));
+    /// assert!(c.is_ok());
+    /// ```
     pub fn connect_timeout(addr: &SocketAddr, timeout: Duration) -> io::Result<Self> {
         Self::connect_each(addr, Some(timeout))
     }
@@ -265,12 +364,32 @@ impl TcpStream {
     ///
     /// # Errors
     /// If it cannot be made non-blocking.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let std_stream = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let s = TcpStream::from_std(std_stream).unwrap(); // now non-blocking, yields on a loop
+    /// # drop(s);
+    /// ```
     pub fn from_std(stream: net::TcpStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         Ok(Self::from_nonblocking(stream))
     }
 
     /// The std stream (non-blocking).
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let std_stream: std::net::TcpStream = c.into_std();
+    /// # drop(std_stream);
+    /// ```
     pub fn into_std(self) -> net::TcpStream {
         self.sock.into_inner()
     }
@@ -307,6 +426,16 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `getpeername(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// assert_eq!(c.peer_addr().unwrap(), listener.local_addr().unwrap());
+    /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.sock.get().peer_addr()
     }
@@ -315,6 +444,18 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `getsockname(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let (s, peer) = listener.accept().unwrap();
+    /// assert_eq!(c.local_addr().unwrap(), peer);
+    /// # drop(s);
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.get().local_addr()
     }
@@ -323,6 +464,17 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `setsockopt(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// c.set_nodelay(true).unwrap(); // small request/reply messages go out at once
+    /// assert!(c.nodelay().unwrap());
+    /// ```
     pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
         self.sock.get().set_nodelay(nodelay)
     }
@@ -331,6 +483,16 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `getsockopt(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// assert!(!c.nodelay().unwrap()); // the kernel's default
+    /// ```
     pub fn nodelay(&self) -> io::Result<bool> {
         self.sock.get().nodelay()
     }
@@ -367,16 +529,50 @@ impl TcpStream {
     ///
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// use std::time::Duration;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    /// assert_eq!(c.write_timeout(), Some(Duration::from_secs(30)));
+    /// assert!(c.set_write_timeout(Some(Duration::ZERO)).is_err()); // as std
+    /// ```
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.sock.write_timeout().set(timeout)
     }
 
     /// The read timeout.
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// use std::time::Duration;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// assert_eq!(c.read_timeout(), None);
+    /// c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    /// assert_eq!(c.read_timeout(), Some(Duration::from_secs(1)));
+    /// ```
     pub fn read_timeout(&self) -> Option<Duration> {
         self.sock.read_timeout().get()
     }
 
     /// The write timeout.
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// assert_eq!(c.write_timeout(), None);
+    /// ```
     pub fn write_timeout(&self) -> Option<Duration> {
         self.sock.write_timeout().get()
     }
@@ -385,6 +581,23 @@ impl TcpStream {
     ///
     /// # Errors
     /// As `recv(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{TcpListener, TcpStream};
+    ///
+    /// use std::io::{Read, Write};
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let (mut s, _) = listener.accept().unwrap();
+    /// c.write_all(b"GET").unwrap();
+    /// let mut buf = [0; 3];
+    /// s.peek(&mut buf).unwrap(); // waits for data, leaves it queued
+    /// s.read_exact(&mut buf).unwrap();
+    /// assert_eq!(&buf, b"GET");
+    /// ```
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.sock.wait_for(Direction::Read, |s| s.peek(buf))
     }

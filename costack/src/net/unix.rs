@@ -43,6 +43,18 @@ impl UnixListener {
     ///
     /// # Errors
     /// As `std::os::unix::net::UnixListener::bind`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixListener;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-u-{}-{}", std::process::id(), line!()));
+    /// let listener = UnixListener::bind(&path).unwrap();
+    /// assert!(path.exists());
+    /// # drop(listener);
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn bind<P: AsRef<Path>>(path: P) -> io::Result<Self> {
         Self::from_std(net::UnixListener::bind(path)?)
     }
@@ -51,6 +63,18 @@ impl UnixListener {
     ///
     /// # Errors
     /// If it cannot be made non-blocking.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{UnixListener, UnixStream};
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-u-{}-{}", std::process::id(), line!()));
+    /// let listener = UnixListener::from_std(std::os::unix::net::UnixListener::bind(&path).unwrap()).unwrap();
+    /// let _c = UnixStream::connect(&path).unwrap();
+    /// listener.accept().unwrap();
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn from_std(listener: net::UnixListener) -> io::Result<Self> {
         listener.set_nonblocking(true)?;
         Ok(UnixListener {
@@ -59,6 +83,15 @@ impl UnixListener {
     }
 
     /// The std listener (non-blocking).
+    ///
+    /// ```
+    /// use costack::net::UnixListener;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-u-{}-{}", std::process::id(), line!()));
+    /// let std_listener = UnixListener::bind(&path).unwrap().into_std();
+    /// assert!(std_listener.accept().is_err()); // non-blocking: WouldBlock
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn into_std(self) -> net::UnixListener {
         self.sock.into_inner()
     }
@@ -67,6 +100,24 @@ impl UnixListener {
     ///
     /// # Errors
     /// As `accept(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{UnixListener, UnixStream};
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-u-{}-{}", std::process::id(), line!()));
+    /// use std::io::{Read, Write};
+    ///
+    /// let listener = UnixListener::bind(&path).unwrap();
+    /// let mut c = UnixStream::connect(&path).unwrap();
+    /// let (mut s, _) = listener.accept().unwrap();
+    /// c.write_all(b"hi").unwrap();
+    /// let mut buf = [0; 2];
+    /// s.read_exact(&mut buf).unwrap();
+    /// assert_eq!(&buf, b"hi");
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn accept(&self) -> io::Result<(UnixStream, SocketAddr)> {
         let (s, addr) = self
             .sock
@@ -78,6 +129,17 @@ impl UnixListener {
     ///
     /// # Errors
     /// As `getsockname(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixListener;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-u-{}-{}", std::process::id(), line!()));
+    /// let listener = UnixListener::bind(&path).unwrap();
+    /// assert_eq!(listener.local_addr().unwrap().as_pathname(), Some(path.as_path()));
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.get().local_addr()
     }
@@ -127,6 +189,24 @@ impl UnixStream {
     ///
     /// # Errors
     /// As `connect(2)`; `InvalidInput` for a path too long for a socket.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::{UnixListener, UnixStream};
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-u-{}-{}", std::process::id(), line!()));
+    /// use costack::aio::EventLoop;
+    ///
+    /// let listener = UnixListener::bind(&path).unwrap();
+    /// let p = path.clone();
+    /// EventLoop::new().unwrap().block_on(move || {
+    ///     let c = UnixStream::connect(&p).unwrap();
+    ///     let (s, _) = listener.accept().unwrap();
+    ///     # drop((c, s));
+    /// });
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn connect<P: AsRef<Path>>(path: P) -> io::Result<Self> {
         let fd = connect(&RawAddr::unix(path.as_ref())?, None)?;
         Ok(Self::from_nonblocking(net::UnixStream::from(fd)))
@@ -136,6 +216,20 @@ impl UnixStream {
     ///
     /// # Errors
     /// As `socketpair(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    ///
+    /// use std::io::{Read, Write};
+    ///
+    /// let (mut a, mut b) = UnixStream::pair().unwrap();
+    /// a.write_all(b"ping").unwrap();
+    /// let mut buf = [0; 4];
+    /// b.read_exact(&mut buf).unwrap();
+    /// assert_eq!(&buf, b"ping");
+    /// ```
     pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
         let (a, b) = net::UnixStream::pair()?;
         Ok((Self::from_std(a)?, Self::from_std(b)?))
@@ -151,12 +245,30 @@ impl UnixStream {
     ///
     /// # Errors
     /// If it cannot be made non-blocking.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    ///
+    /// let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+    /// let a = UnixStream::from_std(a).unwrap(); // non-blocking now
+    /// # drop(a);
+    /// ```
     pub fn from_std(stream: net::UnixStream) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
         Ok(Self::from_nonblocking(stream))
     }
 
     /// The std stream (non-blocking).
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// let std_stream: std::os::unix::net::UnixStream = a.into_std();
+    /// # drop(std_stream);
+    /// ```
     pub fn into_std(self) -> net::UnixStream {
         self.sock.into_inner()
     }
@@ -166,6 +278,18 @@ impl UnixStream {
     ///
     /// # Errors
     /// As `shutdown(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    /// use std::io::Read;
+    /// use std::net::Shutdown;
+    ///
+    /// let (a, mut b) = UnixStream::pair().unwrap();
+    /// a.shutdown(Shutdown::Write).unwrap();
+    /// assert_eq!(b.read(&mut [0; 4]).unwrap(), 0); // EOF
+    /// ```
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.sock.get().shutdown(how)
     }
@@ -174,6 +298,15 @@ impl UnixStream {
     ///
     /// # Errors
     /// As `getsockname(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// assert!(a.local_addr().unwrap().is_unnamed()); // a pair has no paths
+    /// ```
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.get().local_addr()
     }
@@ -182,6 +315,18 @@ impl UnixStream {
     ///
     /// # Errors
     /// As `getpeername(2)`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # let path = std::env::temp_dir().join(format!("costack-doc-us-{}-{}", std::process::id(), line!()));
+    /// use costack::net::{UnixListener, UnixStream};
+    ///
+    /// let _listener = UnixListener::bind(&path).unwrap();
+    /// let c = UnixStream::connect(&path).unwrap();
+    /// assert_eq!(c.peer_addr().unwrap().as_pathname(), Some(path.as_path()));
+    /// # std::fs::remove_file(&path).ok();
+    /// ```
     pub fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.sock.get().peer_addr()
     }
@@ -191,6 +336,18 @@ impl UnixStream {
     ///
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    /// use std::io::{ErrorKind, Read};
+    /// use std::time::Duration;
+    ///
+    /// let (mut a, _b) = UnixStream::pair().unwrap();
+    /// a.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    /// assert_eq!(a.read(&mut [0; 4]).unwrap_err().kind(), ErrorKind::TimedOut);
+    /// ```
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.sock.read_timeout().set(timeout)
     }
@@ -200,16 +357,41 @@ impl UnixStream {
     ///
     /// # Errors
     /// `InvalidInput` for a zero duration, as std.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    /// use std::time::Duration;
+    ///
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// a.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    /// assert_eq!(a.write_timeout(), Some(Duration::from_secs(5)));
+    /// ```
     pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
         self.sock.write_timeout().set(timeout)
     }
 
     /// The read timeout.
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// assert_eq!(a.read_timeout(), None);
+    /// ```
     pub fn read_timeout(&self) -> Option<Duration> {
         self.sock.read_timeout().get()
     }
 
     /// The write timeout.
+    ///
+    /// ```
+    /// use costack::net::UnixStream;
+    ///
+    /// let (a, _b) = UnixStream::pair().unwrap();
+    /// assert_eq!(a.write_timeout(), None);
+    /// ```
     pub fn write_timeout(&self) -> Option<Duration> {
         self.sock.write_timeout().get()
     }

@@ -73,6 +73,13 @@ unsafe impl<T: ?Sized + Send> Sync for CoMutex<T> {}
 
 impl<T> CoMutex<T> {
     /// A new unlocked mutex holding `value`.
+    ///
+    /// ```
+    /// use costack::sync::CoMutex;
+    ///
+    /// static COUNTER: CoMutex<u64> = CoMutex::new(0); // const: fine in a static
+    /// *COUNTER.try_lock().unwrap() += 1;
+    /// ```
     pub const fn new(value: T) -> Self {
         CoMutex {
             state: AtomicU32::new(UNLOCKED),
@@ -82,6 +89,14 @@ impl<T> CoMutex<T> {
     }
 
     /// Consumes the mutex, returning the data.
+    ///
+    /// ```
+    /// use costack::sync::CoMutex;
+    ///
+    /// let m = CoMutex::new(vec![1]);
+    /// m.try_lock().unwrap().push(2);
+    /// assert_eq!(m.into_inner(), [1, 2]);
+    /// ```
     pub fn into_inner(self) -> T {
         self.data.into_inner()
     }
@@ -95,6 +110,31 @@ impl<T: ?Sized> CoMutex<T> {
     /// If the mutex is held and the caller is not in a coroutine:
     /// "not in a coroutine". Locking a mutex the calling coroutine already
     /// holds never returns (like QEMU's; unless the coroutine is dropped).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::sync::CoMutex;
+    /// use std::rc::Rc;
+    /// use std::time::Duration;
+    ///
+    /// let order = EventLoop::new().unwrap().block_on(|| {
+    ///     let m = Rc::new(CoMutex::new(Vec::new()));
+    ///     let m2 = m.clone();
+    ///     let holder = aio::spawn(move || {
+    ///         let mut g = m2.lock();
+    ///         aio::sleep(Duration::from_millis(5)); // holds it across a wait
+    ///         g.push("holder");
+    ///     });
+    ///     aio::yield_now(); // the holder has the lock now
+    ///     m.lock().push("waiter"); // suspends until the holder unlocks
+    ///     holder.join().unwrap();
+    ///     let v = m.lock().clone();
+    ///     v
+    /// });
+    /// assert_eq!(order, ["holder", "waiter"]);
+    /// ```
     #[inline]
     pub fn lock(&self) -> CoMutexGuard<'_, T> {
         if self
@@ -109,6 +149,16 @@ impl<T: ?Sized> CoMutex<T> {
 
     /// Locks the mutex if it is free right now; never waits. It does not
     /// jump the queue: with waiters queued the mutex is held anyway.
+    ///
+    /// ```
+    /// use costack::sync::CoMutex;
+    ///
+    /// let m = CoMutex::new(0);
+    /// let g = m.try_lock().unwrap();
+    /// assert!(m.try_lock().is_none()); // held
+    /// drop(g);
+    /// assert!(m.try_lock().is_some());
+    /// ```
     #[inline]
     pub fn try_lock(&self) -> Option<CoMutexGuard<'_, T>> {
         self.state
@@ -119,12 +169,30 @@ impl<T: ?Sized> CoMutex<T> {
 
     /// Whether some coroutine (or thread) holds the lock. Only a snapshot
     /// when other threads use the mutex.
+    ///
+    /// ```
+    /// use costack::sync::CoMutex;
+    ///
+    /// let m = CoMutex::new(());
+    /// let g = m.try_lock().unwrap();
+    /// assert!(m.is_locked());
+    /// drop(g);
+    /// assert!(!m.is_locked());
+    /// ```
     #[inline]
     pub fn is_locked(&self) -> bool {
         self.state.load(Ordering::Relaxed) != UNLOCKED
     }
 
     /// The data, through a unique borrow: no locking needed.
+    ///
+    /// ```
+    /// use costack::sync::CoMutex;
+    ///
+    /// let mut m = CoMutex::new(1);
+    /// *m.get_mut() += 1; // no locking: the borrow is exclusive
+    /// assert_eq!(m.into_inner(), 2);
+    /// ```
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }

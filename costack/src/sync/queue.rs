@@ -51,6 +51,13 @@ struct Inner {
 
 impl CoQueue {
     /// An empty queue.
+    ///
+    /// ```
+    /// use costack::sync::CoQueue;
+    ///
+    /// let q = CoQueue::new();
+    /// assert!(!q.restart_next()); // nobody waits yet
+    /// ```
     pub const fn new() -> CoQueue {
         CoQueue {
             inner: Mutex::new(Inner {
@@ -65,6 +72,24 @@ impl CoQueue {
     ///
     /// # Panics
     /// Outside a coroutine: "not in a coroutine".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::sync::CoQueue;
+    /// use std::rc::Rc;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let q = Rc::new(CoQueue::new());
+    ///     let q2 = q.clone();
+    ///     let waiter = aio::spawn(move || q2.wait()); // until restarted
+    ///     aio::yield_now();
+    ///     assert!(!q.is_empty());
+    ///     q.restart_next();
+    ///     waiter.join().unwrap();
+    /// });
+    /// ```
     pub fn wait(&self) {
         let node = Waiter::new(0, "CoQueue::wait");
         let ticket = Ticket::new(self, &node);
@@ -80,6 +105,29 @@ impl CoQueue {
     /// # Panics
     /// Outside a coroutine: "not in a coroutine" (the guard is dropped,
     /// so the mutex is released).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::sync::{CoMutex, CoQueue};
+    /// use std::rc::Rc;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let state = Rc::new((CoMutex::new(false), CoQueue::new()));
+    ///     let s = state.clone();
+    ///     let waiter = aio::spawn(move || {
+    ///         let mut ready = s.0.lock();
+    ///         while !*ready {
+    ///             ready = s.1.wait_with(ready); // unlocks, waits, locks again
+    ///         }
+    ///     });
+    ///     aio::yield_now();
+    ///     *state.0.lock() = true; // free: the waiter let go of it
+    ///     state.1.restart_next();
+    ///     waiter.join().unwrap();
+    /// });
+    /// ```
     pub fn wait_with<'a, T: ?Sized>(&self, guard: CoMutexGuard<'a, T>) -> CoMutexGuard<'a, T> {
         let mutex = guard.mutex;
         let node = Waiter::new(0, "CoQueue::wait_with");
@@ -102,6 +150,22 @@ impl CoQueue {
     /// Restarts the first waiter, if any; returns whether there was one
     /// (qemu_co_queue_next). Inside a coroutine the waiter runs after the
     /// caller yields; outside, at once (or on its event loop).
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::sync::CoQueue;
+    /// use std::rc::Rc;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let q = Rc::new(CoQueue::new());
+    ///     assert!(!q.restart_next()); // nobody waits
+    ///     let q2 = q.clone();
+    ///     let w = aio::spawn(move || q2.wait());
+    ///     aio::yield_now();
+    ///     assert!(q.restart_next());
+    ///     w.join().unwrap();
+    /// });
+    /// ```
     pub fn restart_next(&self) -> bool {
         let wake = waiter::lock(&self.inner).list.grant_front(GRANTED_ONE);
         wake.map(|w| w.wake()).is_some()
@@ -110,6 +174,21 @@ impl CoQueue {
     /// Restarts every coroutine waiting now, in order
     /// (qemu_co_queue_restart_all). Coroutines that start waiting
     /// meanwhile (a restarted one waiting again) stay queued.
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::sync::CoQueue;
+    /// use std::rc::Rc;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let q = Rc::new(CoQueue::new());
+    ///     let waiters: Vec<_> = (0..3).map(|_| { let q = q.clone(); aio::spawn(move || q.wait()) }).collect();
+    ///     aio::yield_now();
+    ///     q.restart_all();
+    ///     waiters.into_iter().for_each(|w| w.join().unwrap());
+    ///     assert!(q.is_empty());
+    /// });
+    /// ```
     pub fn restart_all(&self) {
         let end = waiter::lock(&self.inner).next_seq;
         let mut wakes = WakeAll::default();
@@ -137,12 +216,33 @@ impl CoQueue {
     /// waiter of another thread, it is woken like
     /// [`restart_next`](CoQueue::restart_next). Returns whether there was
     /// a waiter.
+    ///
+    /// ```
+    /// use costack::sync::CoQueue;
+    /// use costack::Coroutine;
+    /// use std::cell::Cell;
+    /// use std::rc::Rc;
+    ///
+    /// let q = Rc::new(CoQueue::new());
+    /// let woke = Rc::new(Cell::new(false));
+    /// let (q2, w2) = (q.clone(), woke.clone());
+    /// let waiter = Coroutine::new(move || { q2.wait(); w2.set(true); });
+    /// waiter.enter(); // now waiting on the queue
+    /// assert!(q.enter_next()); // outside a coroutine: entered right here
+    /// assert!(woke.get());
+    /// ```
     pub fn enter_next(&self) -> bool {
         let wake = waiter::lock(&self.inner).list.grant_front(GRANTED_ONE);
         wake.map(|w| w.enter()).is_some()
     }
 
     /// Whether no coroutine waits (qemu_co_queue_empty).
+    ///
+    /// ```
+    /// use costack::sync::CoQueue;
+    ///
+    /// assert!(CoQueue::new().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         waiter::lock(&self.inner).list.is_empty()
     }

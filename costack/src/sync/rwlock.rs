@@ -66,6 +66,13 @@ unsafe impl<T: ?Sized + Send + Sync> Sync for CoRwLock<T> {}
 
 impl<T> CoRwLock<T> {
     /// A new unlocked lock holding `value`.
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// static CONFIG: CoRwLock<&str> = CoRwLock::new("default");
+    /// assert_eq!(*CONFIG.try_read().unwrap(), "default");
+    /// ```
     pub const fn new(value: T) -> Self {
         CoRwLock {
             inner: Mutex::new(Inner {
@@ -77,6 +84,14 @@ impl<T> CoRwLock<T> {
     }
 
     /// Consumes the lock, returning the data.
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// let l = CoRwLock::new(String::from("a"));
+    /// l.try_write().unwrap().push('b');
+    /// assert_eq!(l.into_inner(), "ab");
+    /// ```
     pub fn into_inner(self) -> T {
         self.data.into_inner()
     }
@@ -89,6 +104,16 @@ impl<T: ?Sized> CoRwLock<T> {
     /// # Panics
     /// If it must wait and the caller is not in a coroutine: "not in a
     /// coroutine".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// let l = CoRwLock::new(5);
+    /// let (a, b) = (l.read(), l.read()); // readers share
+    /// assert_eq!(*a + *b, 10);
+    /// ```
     pub fn read(&self) -> CoRwLockReadGuard<'_, T> {
         self.acquire(READ, "CoRwLock::read");
         CoRwLockReadGuard::new(self)
@@ -100,24 +125,62 @@ impl<T: ?Sized> CoRwLock<T> {
     /// # Panics
     /// If it must wait and the caller is not in a coroutine: "not in a
     /// coroutine".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// let l = CoRwLock::new(5);
+    /// *l.write() += 1; // free: never waits
+    /// assert_eq!(*l.read(), 6);
+    /// ```
     pub fn write(&self) -> CoRwLockWriteGuard<'_, T> {
         self.acquire(WRITE, "CoRwLock::write");
         CoRwLockWriteGuard::new(self)
     }
 
     /// Takes a read lock if that needs no waiting.
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// let l = CoRwLock::new(0);
+    /// let w = l.try_write().unwrap();
+    /// assert!(l.try_read().is_none()); // a writer holds it
+    /// drop(w);
+    /// assert!(l.try_read().is_some());
+    /// ```
     pub fn try_read(&self) -> Option<CoRwLockReadGuard<'_, T>> {
         let mut inner = waiter::lock(&self.inner);
         try_take(&mut inner, READ).then(|| CoRwLockReadGuard::new(self))
     }
 
     /// Takes the write lock if that needs no waiting.
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// let l = CoRwLock::new(0);
+    /// let r = l.try_read().unwrap();
+    /// assert!(l.try_write().is_none()); // a reader holds it
+    /// drop(r);
+    /// assert!(l.try_write().is_some());
+    /// ```
     pub fn try_write(&self) -> Option<CoRwLockWriteGuard<'_, T>> {
         let mut inner = waiter::lock(&self.inner);
         try_take(&mut inner, WRITE).then(|| CoRwLockWriteGuard::new(self))
     }
 
     /// The data, through a unique borrow: no locking needed.
+    ///
+    /// ```
+    /// use costack::sync::CoRwLock;
+    ///
+    /// let mut l = CoRwLock::new(1);
+    /// *l.get_mut() = 2;
+    /// assert_eq!(l.into_inner(), 2);
+    /// ```
     pub fn get_mut(&mut self) -> &mut T {
         self.data.get_mut()
     }
@@ -275,6 +338,20 @@ impl<'a, T: ?Sized> CoRwLockReadGuard<'a, T> {
     /// # Panics
     /// If it must wait and the caller is not in a coroutine: "not in a
     /// coroutine" (the read lock is released).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::sync::{CoRwLock, CoRwLockReadGuard};
+    ///
+    /// let l = CoRwLock::new(1);
+    /// let r = l.read();
+    /// if *r == 1 {
+    ///     let mut w = CoRwLockReadGuard::upgrade(r); // the sole reader: at once
+    ///     *w = 2;
+    /// }
+    /// assert_eq!(*l.read(), 2);
+    /// ```
     pub fn upgrade(this: Self) -> CoRwLockWriteGuard<'a, T> {
         let lock = this.lock;
         if take_upgrade(&mut waiter::lock(&lock.inner)) {
@@ -324,6 +401,17 @@ impl<'a, T: ?Sized> CoRwLockWriteGuard<'a, T> {
     /// Turns the write lock into a read lock without ever blocking
     /// (qemu_co_rwlock_downgrade); readers at the front of the queue are
     /// let in as well.
+    ///
+    /// ```
+    /// use costack::sync::{CoRwLock, CoRwLockWriteGuard};
+    ///
+    /// let l = CoRwLock::new(1);
+    /// let mut w = l.write();
+    /// *w = 3;
+    /// let r = CoRwLockWriteGuard::downgrade(w); // never blocks
+    /// assert_eq!(*r, 3);
+    /// assert!(l.try_read().is_some()); // other readers may join now
+    /// ```
     pub fn downgrade(this: Self) -> CoRwLockReadGuard<'a, T> {
         let lock = ManuallyDrop::new(this).lock;
         let mut inner = waiter::lock(&lock.inner);

@@ -39,6 +39,13 @@ struct Inner {
 
 impl CoSemaphore {
     /// A semaphore with `permits` free permits.
+    ///
+    /// ```
+    /// use costack::sync::CoSemaphore;
+    ///
+    /// static SLOTS: CoSemaphore = CoSemaphore::new(4); // const: fine in a static
+    /// assert_eq!(SLOTS.available(), 4);
+    /// ```
     pub const fn new(permits: usize) -> Self {
         CoSemaphore {
             inner: Mutex::new(Inner {
@@ -55,6 +62,31 @@ impl CoSemaphore {
     /// # Panics
     /// If it must wait and the caller is not in a coroutine: "not in a
     /// coroutine".
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::{self, EventLoop};
+    /// use costack::sync::CoSemaphore;
+    /// use std::rc::Rc;
+    /// use std::time::Duration;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let sem = Rc::new(CoSemaphore::new(2)); // at most 2 at once
+    ///     let jobs: Vec<_> = (0..6)
+    ///         .map(|_| {
+    ///             let sem = sem.clone();
+    ///             aio::spawn(move || {
+    ///                 sem.acquire(1); // waits while 2 are busy
+    ///                 aio::sleep(Duration::from_millis(1));
+    ///                 sem.release(1);
+    ///             })
+    ///         })
+    ///         .collect();
+    ///     jobs.into_iter().for_each(|j| j.join().unwrap());
+    ///     assert_eq!(sem.available(), 2);
+    /// });
+    /// ```
     pub fn acquire(&self, n: usize) {
         if take(&mut waiter::lock(&self.inner), n) {
             return;
@@ -76,6 +108,15 @@ impl CoSemaphore {
 
     /// Takes `n` permits if they are free and nobody is queued before us;
     /// never waits.
+    ///
+    /// ```
+    /// use costack::sync::CoSemaphore;
+    ///
+    /// let sem = CoSemaphore::new(3);
+    /// assert!(sem.try_acquire(2));
+    /// assert!(!sem.try_acquire(2)); // only 1 left
+    /// sem.release(2);
+    /// ```
     pub fn try_acquire(&self, n: usize) -> bool {
         take(&mut waiter::lock(&self.inner), n)
     }
@@ -86,6 +127,16 @@ impl CoSemaphore {
     ///
     /// # Panics
     /// If the number of free permits would overflow `usize`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::sync::CoSemaphore;
+    ///
+    /// let sem = CoSemaphore::new(0);
+    /// sem.release(4);
+    /// assert_eq!(sem.available(), 4);
+    /// ```
     pub fn release(&self, n: usize) {
         let mut inner = waiter::lock(&self.inner);
         inner.available = match inner.available.checked_add(n) {
@@ -99,6 +150,14 @@ impl CoSemaphore {
     }
 
     /// The number of free permits right now.
+    ///
+    /// ```
+    /// use costack::sync::CoSemaphore;
+    ///
+    /// let sem = CoSemaphore::new(8);
+    /// assert!(sem.try_acquire(3));
+    /// assert_eq!(sem.available(), 5);
+    /// ```
     pub fn available(&self) -> usize {
         waiter::lock(&self.inner).available
     }

@@ -85,6 +85,12 @@ pub enum Backend {
 
 impl Backend {
     /// The name `COSTACK_AIO` takes for it.
+    ///
+    /// ```
+    /// use costack::aio::Backend;
+    ///
+    /// assert_eq!(Backend::IoUring.name(), "io_uring");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             Backend::IoUring => "io_uring",
