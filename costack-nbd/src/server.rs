@@ -87,18 +87,12 @@ pub const DEFAULT_MAX_NEGOTIATING: usize = 64;
 impl Shared {
     /// Shared state for `device` exported as described by `config`.
     pub fn new(config: HandshakeConfig, device: SharedDevice) -> Arc<Shared> {
-        Arc::new(Shared {
+        Self::with_handshake_limits(
             config,
             device,
-            stopping: AtomicBool::new(false),
-            live: Mutex::new(Vec::new()),
-            clients: AtomicUsize::new(0),
-            established: AtomicUsize::new(0),
-            handshake_limit: Some(DEFAULT_HANDSHAKE_LIMIT),
-            max_negotiating: DEFAULT_MAX_NEGOTIATING,
-            negotiating: Mutex::new(VecDeque::new()),
-            next_id: AtomicU64::new(0),
-        })
+            Some(DEFAULT_HANDSHAKE_LIMIT),
+            DEFAULT_MAX_NEGOTIATING,
+        )
     }
 
     /// As [`new`](Shared::new), with the handshake limits set: `limit`
@@ -110,11 +104,18 @@ impl Shared {
         limit: Option<Duration>,
         max_negotiating: usize,
     ) -> Arc<Shared> {
-        let mut shared = Shared::new(config, device);
-        let s = Arc::get_mut(&mut shared).expect("just made");
-        s.handshake_limit = limit;
-        s.max_negotiating = max_negotiating.max(1);
-        shared
+        Arc::new(Shared {
+            config,
+            device,
+            stopping: AtomicBool::new(false),
+            live: Mutex::new(Vec::new()),
+            clients: AtomicUsize::new(0),
+            established: AtomicUsize::new(0),
+            handshake_limit: limit,
+            max_negotiating: max_negotiating.max(1),
+            negotiating: Mutex::new(VecDeque::new()),
+            next_id: AtomicU64::new(0),
+        })
     }
 
     /// Makes room for one more negotiating connection: while

@@ -910,13 +910,6 @@ fn polling_window_grows_and_falls_back_to_zero() {
 
 // ---- a block_on that could never finish ------------------------------------
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
 #[test]
 fn block_on_with_nothing_left_to_wake_it_fails_clearly() {
     let lp = EventLoop::new().unwrap();
@@ -926,7 +919,7 @@ fn block_on_with_nothing_left_to_wake_it_fails_clearly() {
         lp.block_on(costack::yield_now)
     }))
     .unwrap_err();
-    let msg = panic_text(&*err);
+    let msg = panic_message(&*err);
     assert!(msg.contains("would wait forever"), "{msg}");
     assert!(msg.contains("aio::yield_now"), "{msg}");
     // aio::yield_now is the one that comes back.
@@ -934,7 +927,7 @@ fn block_on_with_nothing_left_to_wake_it_fails_clearly() {
     // Joining from outside the loop runs the loop: the same check.
     let h = lp.spawn(costack::yield_now);
     let err = catch_unwind(AssertUnwindSafe(|| h.join())).unwrap_err();
-    assert!(panic_text(&*err).contains("would wait forever"));
+    assert!(panic_message(&*err).contains("would wait forever"));
 }
 
 #[test]

@@ -415,15 +415,17 @@ impl Inner {
     ///
     /// [`Waker`]: super::Waker
     pub(crate) fn is_stuck(&self) -> bool {
+        // Cheap checks first: this runs before every blocking iteration of
+        // `block_on`, and the walk over registrations last.
         self.run_queue.borrow().is_empty()
             && self.bhs.borrow().is_empty()
             && self.timers.borrow().is_empty()
             && self.fds.borrow().is_empty()
-            && !self.regs.borrow().has_waiters()
             && !self.uring.busy()
             && !self.remote.is_notified()
             && !self.remote.has_handles()
             && self.thread_wakers() == 0
+            && !self.regs.borrow().has_waiters()
     }
 
     /// How many [`Waker`](super::Waker)s of this thread's coroutines are
@@ -682,13 +684,6 @@ impl EventLoop {
 /// assert_eq!(lp.block_on(|| 1 + 1), 2);
 /// ```
     pub fn with_backend(backend: Backend) -> io::Result<EventLoop> {
-        #[cfg(not(target_os = "linux"))]
-        if backend != Backend::Poll {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("costack: the {backend} backend is Linux-only; poll is this system's"),
-            ));
-        }
         match backend {
             #[cfg(target_os = "linux")]
             Backend::IoUring => {
@@ -707,7 +702,10 @@ impl EventLoop {
             Backend::Epoll => Self::build(Reactor::epoll()?, UringState::new(false)),
             Backend::Poll => Self::build(Reactor::poll(), UringState::new(false)),
             #[cfg(not(target_os = "linux"))]
-            _ => unreachable!("refused above"),
+            _ => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("costack: the {backend} backend is Linux-only; poll is this system's"),
+            )),
         }
     }
 
@@ -1032,7 +1030,8 @@ impl fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = self.inner();
         f.debug_struct("EventLoop")
-            .field("backend", &self.backend())
+            // Not `backend()`: formatting must not probe for io_uring.
+            .field("reactor", &inner.reactor.name())
             .field("reactor_fd", &inner.reactor.raw_fd())
             .field("tasks", &inner.tasks.borrow().len)
             .field("run_queue", &inner.run_queue.borrow().len())

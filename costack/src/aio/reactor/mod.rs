@@ -216,6 +216,18 @@ impl Reactor {
         }
     }
 
+    /// The readiness call it makes, for `Debug` output.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            #[cfg(target_os = "linux")]
+            Reactor::Epoll(_) => "epoll",
+            #[cfg(unix)]
+            Reactor::Poll(_) => "poll",
+            #[cfg(windows)]
+            Reactor::Poll(_) => "WSAPoll",
+        }
+    }
+
     /// The fd to show in `Debug` output, if the reactor has one.
     pub(crate) fn raw_fd(&self) -> Option<RawSock> {
         match self {
