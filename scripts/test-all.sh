@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
-for pkg in qemu-utils libnbd-bin python3-libnbd nbdkit fio gdb; do
+for pkg in qemu-utils libnbd-bin python3-libnbd nbdkit fio gdb gnutls-bin libssl-dev pkg-config; do
     dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -18,13 +18,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy nbdkit fio gdb; do
+for tool in qemu-img qemu-io qemu-nbd nbdinfo nbdcopy nbdkit fio gdb certtool psktool; do
     command -v "$tool" >/dev/null || { echo "test-all: required tool '$tool' is missing" >&2; exit 1; }
 done
 
 # Real clients are required: the NBD tests must not skip them.
 export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
+# costack-nbd with TLS (the `tls` feature, system OpenSSL): its unit tests
+# and NBD over TLS against qemu, nbdinfo/nbdcopy and libnbd's Python.
+cargo test -p costack-nbd --features tls
 # The tracing feature's events (zero cost, and not compiled, when off).
 cargo test -p costack --features tracing --test tracing --test core
 # The event loop's suites on each backend, chosen as users choose them

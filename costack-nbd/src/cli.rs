@@ -20,6 +20,17 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// TLS mode (`--tls`), as nbdkit's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TlsMode {
+    /// No TLS: `NBD_OPT_STARTTLS` is refused.
+    Off,
+    /// TLS offered; clients may also negotiate in the clear.
+    On,
+    /// TLS required before any export is served.
+    Require,
+}
+
 /// Command-line options of `costack-nbd`.
 #[derive(Debug, Clone, PartialEq, Eq, Parser)]
 #[command(
@@ -136,6 +147,28 @@ pub struct Cli {
     #[arg(long = "poll-shrink", value_name = "N", default_value_t = 0)]
     pub poll_shrink: u32,
 
+    /// TLS: `off`, `on` (offered) or `require`. Needs `--tls-certificates`
+    /// or `--tls-psk`, and a build with the `tls` feature.
+    #[arg(long = "tls", value_enum, value_name = "MODE", default_value_t = TlsMode::Off)]
+    pub tls: TlsMode,
+
+    /// Directory of the X.509 credentials: `server-cert.pem`,
+    /// `server-key.pem`, and `ca-cert.pem` for `--tls-verify-peer`.
+    #[arg(
+        long = "tls-certificates",
+        value_name = "DIR",
+        conflicts_with = "tls_psk"
+    )]
+    pub tls_certificates: Option<PathBuf>,
+
+    /// Require a client certificate signed by the CA in `ca-cert.pem`.
+    #[arg(long = "tls-verify-peer", requires = "tls_certificates")]
+    pub tls_verify_peer: bool,
+
+    /// Pre-shared keys file, `identity:hexkey` lines as `psktool` writes.
+    #[arg(long = "tls-psk", value_name = "FILE")]
+    pub tls_psk: Option<PathBuf>,
+
     /// Host cache mode for file exports.
     #[arg(long = "cache", value_enum, value_name = "MODE", default_value_t = CacheMode::Writeback)]
     pub cache: CacheMode,
@@ -151,6 +184,29 @@ pub struct Cli {
 pub const DEFAULT_POLL_MAX_NS: u64 = 128_000;
 
 impl Cli {
+    /// Checks that the TLS options fit together: `--tls on|require` needs
+    /// credentials, and credentials need TLS on.
+    ///
+    /// # Errors
+    /// The message to show, naming the options.
+    pub fn check_tls(&self) -> Result<(), String> {
+        let has_credentials = self.tls_certificates.is_some() || self.tls_psk.is_some();
+        match self.tls {
+            TlsMode::Off if has_credentials => Err(
+                "TLS credentials were given but --tls is off: add --tls on or --tls require".into(),
+            ),
+            TlsMode::On | TlsMode::Require if !has_credentials => Err(format!(
+                "--tls {} needs --tls-certificates DIR or --tls-psk FILE",
+                if self.tls == TlsMode::On {
+                    "on"
+                } else {
+                    "require"
+                }
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// How long event loops busy-poll at most before sleeping.
     pub fn poll_max(&self) -> std::time::Duration {
         std::time::Duration::from_nanos(self.poll_max_ns)

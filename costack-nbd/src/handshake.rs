@@ -9,9 +9,11 @@
 //! handshake flags; options `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`
 //! (with `NBD_INFO_EXPORT`, `NAME`, `DESCRIPTION`, `BLOCK_SIZE`),
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the
-//! `base:allocation` context). `STARTTLS` is refused with
-//! `NBD_REP_ERR_POLICY` (this server runs in NOTLS mode); any other option
-//! gets `NBD_REP_ERR_UNSUP` and negotiation continues.
+//! `base:allocation` context), and `STARTTLS` as [`TlsPolicy`] says: the
+//! handshake code knows no TLS library, it only tells its caller (through
+//! [`negotiate_options`]) to upgrade the stream, and [`resume_after_tls`]
+//! goes on over the encrypted one. Any other option gets
+//! `NBD_REP_ERR_UNSUP` and negotiation continues.
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -184,6 +186,43 @@ pub struct HandshakeConfig {
     pub max_option_len: u32,
     /// Most options accepted before the session is dropped as abusive.
     pub max_options: u32,
+    /// What `NBD_OPT_STARTTLS` does, and whether TLS is required first.
+    pub tls: TlsPolicy,
+}
+
+/// How the handshake treats TLS (`--tls`), as the NBD specification's TLS
+/// section names the modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsPolicy {
+    /// NOTLS mode: `NBD_OPT_STARTTLS` gets `NBD_REP_ERR_POLICY`.
+    #[default]
+    Off,
+    /// TLS is offered but not required: clients may negotiate in the clear
+    /// or upgrade first.
+    On,
+    /// FORCEDTLS mode: before TLS, every option but `STARTTLS` and `ABORT`
+    /// gets `NBD_REP_ERR_TLS_REQD`, and `EXPORT_NAME` ends the session.
+    Require,
+}
+
+/// Where [`negotiate_options`] stopped.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The client entered the transmission phase.
+    Transmission(Negotiated),
+    /// `NBD_OPT_STARTTLS` was acknowledged: the caller runs the TLS
+    /// handshake on the stream, then [`resume_after_tls`] over TLS.
+    StartTls(Resume),
+}
+
+/// What a handshake interrupted by `NBD_OPT_STARTTLS` carries over into
+/// TLS: the client's flags and what is left of its option budget. The
+/// options negotiated in the clear are forgotten, as the specification
+/// requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    client_flags: u32,
+    options_left: u32,
 }
 
 impl HandshakeConfig {
@@ -193,6 +232,7 @@ impl HandshakeConfig {
             exports,
             max_option_len: DEFAULT_MAX_OPTION_LEN,
             max_options: DEFAULT_MAX_OPTIONS,
+            tls: TlsPolicy::Off,
         }
     }
 
@@ -254,6 +294,12 @@ pub enum HandshakeError {
     UnknownExport(String),
     /// The client sent `NBD_OPT_ABORT` (a normal soft disconnect).
     Aborted,
+    /// The client sent `NBD_OPT_EXPORT_NAME` in the clear while TLS is
+    /// required (the protocol cannot refuse it, so the session ends).
+    TlsRequired,
+    /// `NBD_OPT_STARTTLS` was acknowledged to a caller that cannot upgrade
+    /// the stream ([`negotiate`] rather than [`negotiate_options`]).
+    TlsNotHandled,
 }
 
 impl HandshakeError {
@@ -279,6 +325,12 @@ impl fmt::Display for HandshakeError {
             Self::TooManyOptions => f.write_str("too many options during handshake"),
             Self::UnknownExport(n) => write!(f, "client requested unknown export {n:?}"),
             Self::Aborted => f.write_str("client aborted the handshake"),
+            Self::TlsRequired => {
+                f.write_str("client asked for an export without TLS, which is required")
+            }
+            Self::TlsNotHandled => {
+                f.write_str("client asked for TLS, which this caller cannot start")
+            }
         }
     }
 }
@@ -364,10 +416,27 @@ fn reply_err(out: &mut Vec<u8>, option: u32, ty: ReplyType, msg: &str) {
 /// reply, and anything that desynchronises the stream (bad magic, absurd
 /// lengths, truncation) is returned as a [`HandshakeError`], after which the
 /// caller should drop the connection.
-pub fn negotiate<S: Read + Write>(
+///
+/// For a stream that can be upgraded to TLS use [`negotiate_options`]:
+/// here a `STARTTLS` that [`HandshakeConfig::tls`] allows ends the session
+/// with [`HandshakeError::TlsNotHandled`].
+pub fn negotiate<S: Read + Write + ?Sized>(
     stream: &mut S,
     config: &HandshakeConfig,
 ) -> Result<Negotiated, HandshakeError> {
+    match negotiate_options(stream, config)? {
+        Outcome::Transmission(n) => Ok(n),
+        Outcome::StartTls(_) => Err(HandshakeError::TlsNotHandled),
+    }
+}
+
+/// As [`negotiate`], but stops at an acknowledged `NBD_OPT_STARTTLS`
+/// ([`Outcome::StartTls`]) so that the caller can run the TLS handshake on
+/// the stream and then [`resume_after_tls`].
+pub fn negotiate_options<S: Read + Write + ?Sized>(
+    stream: &mut S,
+    config: &HandshakeConfig,
+) -> Result<Outcome, HandshakeError> {
     stream.write_all(&proto::encode_greeting(
         NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES,
     ))?;
@@ -379,13 +448,48 @@ pub fn negotiate<S: Read + Write>(
     if client_flags & !(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES) != 0 {
         return Err(HandshakeError::UnknownClientFlags(client_flags));
     }
+    debug!(client_flags, "client flags received");
+    let resume = Resume {
+        client_flags,
+        options_left: config.max_options,
+    };
+    haggle(stream, config, resume, false)
+}
+
+/// Goes on with a handshake that [`negotiate_options`] interrupted for
+/// `NBD_OPT_STARTTLS`, over `stream`, the TLS session now established on
+/// the same connection. No greeting is sent again; options negotiated in
+/// the clear are forgotten, and a second `STARTTLS` gets
+/// `NBD_REP_ERR_INVALID`.
+pub fn resume_after_tls<S: Read + Write + ?Sized>(
+    stream: &mut S,
+    config: &HandshakeConfig,
+    resume: Resume,
+) -> Result<Negotiated, HandshakeError> {
+    match haggle(stream, config, resume, true)? {
+        Outcome::Transmission(n) => Ok(n),
+        // `haggle` never restarts TLS inside TLS.
+        Outcome::StartTls(_) => Err(HandshakeError::TlsNotHandled),
+    }
+}
+
+/// The option loop, in the clear or (`tls_active`) over TLS.
+fn haggle<S: Read + Write + ?Sized>(
+    stream: &mut S,
+    config: &HandshakeConfig,
+    resume: Resume,
+    tls_active: bool,
+) -> Result<Outcome, HandshakeError> {
+    let client_flags = resume.client_flags;
     let fixed = client_flags & NBD_FLAG_C_FIXED_NEWSTYLE != 0;
     let no_zeroes = client_flags & NBD_FLAG_C_NO_ZEROES != 0;
-    debug!(client_flags, "client flags received");
+    // Before TLS is up, FORCEDTLS mode answers all but STARTTLS and ABORT
+    // with ERR_TLS_REQD.
+    let tls_required = config.tls == TlsPolicy::Require && !tls_active;
 
     let mut st = State::default();
     let mut out = Vec::new();
-    for _ in 0..config.max_options {
+    for used in 0..resume.options_left {
         let mut hb = [0u8; OPTION_HEADER_LEN];
         stream.read_exact(&mut hb)?;
         let hdr = OptionHeader::decode(&hb).map_err(|e| match e {
@@ -416,6 +520,7 @@ pub fn negotiate<S: Read + Write>(
 
         out.clear();
         match hdr.option {
+            OptionCode::ExportName if tls_required => return Err(HandshakeError::TlsRequired),
             OptionCode::ExportName => {
                 let Some(idx) = config.find_export(&data) else {
                     return Err(HandshakeError::UnknownExport(
@@ -429,13 +534,48 @@ pub fn negotiate<S: Read + Write>(
                     no_zeroes,
                 ))?;
                 stream.flush()?;
-                return Ok(neg);
+                return Ok(Outcome::Transmission(neg));
             }
             OptionCode::Abort => {
                 reply(&mut out, opt, ReplyType::Ack, &[]);
                 // The client may already have hung up; that is fine.
                 let _ = stream.write_all(&out).and_then(|()| stream.flush());
                 return Err(HandshakeError::Aborted);
+            }
+            OptionCode::StartTls => {
+                if config.tls == TlsPolicy::Off {
+                    reply_err(&mut out, opt, ReplyType::ErrPolicy, "TLS is not configured");
+                } else if tls_active {
+                    reply_err(
+                        &mut out,
+                        opt,
+                        ReplyType::ErrInvalid,
+                        "TLS is already active",
+                    );
+                } else if !data.is_empty() {
+                    reply_err(
+                        &mut out,
+                        opt,
+                        ReplyType::ErrInvalid,
+                        "NBD_OPT_STARTTLS takes no data",
+                    );
+                } else {
+                    reply(&mut out, opt, ReplyType::Ack, &[]);
+                    stream.write_all(&out)?;
+                    stream.flush()?;
+                    return Ok(Outcome::StartTls(Resume {
+                        client_flags,
+                        options_left: resume.options_left - used - 1,
+                    }));
+                }
+            }
+            _ if tls_required => {
+                reply_err(
+                    &mut out,
+                    opt,
+                    ReplyType::ErrTlsReqd,
+                    "TLS is required first",
+                );
             }
             OptionCode::List => {
                 if data.is_empty() {
@@ -453,15 +593,12 @@ pub fn negotiate<S: Read + Write>(
                     );
                 }
             }
-            OptionCode::StartTls => {
-                reply_err(&mut out, opt, ReplyType::ErrPolicy, "TLS is not configured");
-            }
             OptionCode::Info | OptionCode::Go => {
                 if let Some(neg) = st.info_or_go(&mut out, config, hdr.option, &data, client_flags)
                 {
                     stream.write_all(&out)?;
                     stream.flush()?;
-                    return Ok(neg);
+                    return Ok(Outcome::Transmission(neg));
                 }
             }
             OptionCode::StructuredReply => {
@@ -859,6 +996,116 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// Option, reply type and data of one option reply.
+    type OptionReply = (u32, ReplyType, Vec<u8>);
+
+    /// Runs `negotiate_options` on `input`; returns the outcome and the
+    /// replies after the greeting.
+    fn run_options(
+        input: Vec<u8>,
+        cfg: &HandshakeConfig,
+    ) -> (Result<Outcome, HandshakeError>, Vec<OptionReply>) {
+        let mut s: Mem = Duplex::new(Cursor::new(input), Vec::new());
+        let r = negotiate_options(&mut s, cfg);
+        (r, replies(&s.writer))
+    }
+
+    #[test]
+    fn tls_required_refuses_all_but_starttls_and_abort() {
+        let mut cfg = config();
+        cfg.tls = TlsPolicy::Require;
+        let input = script(
+            BOTH,
+            &[
+                (OptionCode::List, vec![]),
+                (OptionCode::StructuredReply, vec![]),
+                (OptionCode::Go, go("", &[])),
+                (OptionCode::Info, go("", &[])),
+                (OptionCode::SetMetaContext, vec![]),
+                (OptionCode::Unknown(99), vec![]),
+                (OptionCode::StartTls, vec![1]),
+                (OptionCode::StartTls, vec![]),
+            ],
+        );
+        let (r, rs) = run_options(input, &cfg);
+        let Ok(Outcome::StartTls(resume)) = r else {
+            panic!("expected STARTTLS, got {r:?}");
+        };
+        let kinds: Vec<ReplyType> = rs.iter().map(|r| r.1).collect();
+        assert_eq!(kinds[..6], [ReplyType::ErrTlsReqd; 6]);
+        assert_eq!(kinds[6..], [ReplyType::ErrInvalid, ReplyType::Ack]);
+        assert_eq!(resume.options_left, cfg.max_options - 8);
+
+        // EXPORT_NAME in the clear cannot be refused: the session ends.
+        let input = script(BOTH, &[(OptionCode::ExportName, vec![])]);
+        let (r, rs) = run_options(input, &cfg);
+        assert!(matches!(r, Err(HandshakeError::TlsRequired)), "{r:?}");
+        assert!(rs.is_empty());
+        // ABORT is answered.
+        let input = script(BOTH, &[(OptionCode::Abort, vec![])]);
+        let (r, rs) = run_options(input, &cfg);
+        assert!(matches!(r, Err(HandshakeError::Aborted)));
+        assert_eq!(rs[0].1, ReplyType::Ack);
+    }
+
+    #[test]
+    fn after_starttls_options_start_afresh() {
+        for policy in [TlsPolicy::On, TlsPolicy::Require] {
+            let mut cfg = config();
+            cfg.tls = policy;
+            // Structured replies negotiated in the clear, then STARTTLS.
+            let input = script(
+                BOTH,
+                &[
+                    (OptionCode::StructuredReply, vec![]),
+                    (OptionCode::StartTls, vec![]),
+                ],
+            );
+            let (r, rs) = run_options(input, &cfg);
+            let expect_structured = if policy == TlsPolicy::On {
+                ReplyType::Ack
+            } else {
+                ReplyType::ErrTlsReqd
+            };
+            assert_eq!(rs[0].1, expect_structured);
+            assert_eq!(rs[1].1, ReplyType::Ack);
+            let Ok(Outcome::StartTls(resume)) = r else {
+                panic!("expected STARTTLS, got {r:?}");
+            };
+            // Over "TLS": no greeting, a second STARTTLS is invalid, the
+            // structured replies of before are forgotten.
+            let mut input = Vec::new();
+            input.extend(encode_option(OptionCode::StartTls, &[]));
+            input.extend(encode_option(OptionCode::ExportName, b""));
+            let mut s: Mem = Duplex::new(Cursor::new(input), Vec::new());
+            let n = resume_after_tls(&mut s, &cfg, resume).unwrap();
+            assert!(!n.structured_replies);
+            let h = OptionReplyHeader::decode(&s.writer).unwrap();
+            assert_eq!(h.reply, ReplyType::ErrInvalid);
+        }
+    }
+
+    #[test]
+    fn tls_on_still_serves_clear_clients_and_off_refuses_starttls() {
+        let mut cfg = config();
+        cfg.tls = TlsPolicy::On;
+        let input = script(BOTH, &[(OptionCode::ExportName, vec![])]);
+        let mut s: Mem = Duplex::new(Cursor::new(input), Vec::new());
+        let r = negotiate_options(&mut s, &cfg);
+        assert!(matches!(r, Ok(Outcome::Transmission(_))), "{r:?}");
+        // negotiate() cannot upgrade: an accepted STARTTLS ends the session.
+        let input = script(BOTH, &[(OptionCode::StartTls, vec![])]);
+        let (r, _) = run(input, &cfg);
+        assert!(matches!(r, Err(HandshakeError::TlsNotHandled)), "{r:?}");
+        cfg.tls = TlsPolicy::Off;
+        let input = script(
+            BOTH,
+            &[(OptionCode::StartTls, vec![]), (OptionCode::Abort, vec![])],
+        );
+        let (_, rs) = run_options(input, &cfg);
+        assert_eq!(rs[0].1, ReplyType::ErrPolicy);
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //!   in-memory [`backend::MemDisk`];
 //! * [`file`](mod@file) — a raw image file as a block device, through `costack::fs`;
 //! * [`server`] — one coroutine per connection and per request;
+//! * `tls` (feature `tls`) — `NBD_OPT_STARTTLS` with OpenSSL, on
+//!   coroutine I/O;
 //! * [`cli`] — the qemu-nbd style command line.
 //!
 //! A connection's coroutine runs [`handshake::negotiate`], builds
@@ -27,3 +29,6 @@ pub mod handshake;
 pub mod proto;
 pub mod request;
 pub mod server;
+#[cfg(feature = "tls")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tls")))]
+pub mod tls;

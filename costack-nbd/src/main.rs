@@ -11,9 +11,9 @@ use clap::Parser;
 use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use costack_nbd::backend::{BlockDevice, MemDisk};
-use costack_nbd::cli::{init_logging, CacheMode, Cli, SECTOR_SIZE};
+use costack_nbd::cli::{init_logging, CacheMode, Cli, TlsMode, SECTOR_SIZE};
 use costack_nbd::file::{FileDisk, DIRECT_ALIGN};
-use costack_nbd::handshake::{ExportInfo, HandshakeConfig};
+use costack_nbd::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
@@ -28,12 +28,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The TLS credentials of the command line, loaded (errors name the file).
+#[cfg(feature = "tls")]
+fn load_tls(cli: &Cli) -> io::Result<costack_nbd::tls::TlsConfig> {
+    use costack_nbd::tls::{Credentials, TlsConfig};
+    let credentials = match (&cli.tls_certificates, &cli.tls_psk) {
+        (Some(dir), _) => Credentials::Certificates {
+            dir: dir.clone(),
+            verify_peer: cli.tls_verify_peer,
+        },
+        (None, Some(file)) => Credentials::Psk(file.clone()),
+        // Cli::check_tls refused this already.
+        (None, None) => unreachable!("--tls without credentials"),
+    };
+    TlsConfig::load(&credentials).map_err(|e| context(e, "cannot set up TLS"))
+}
+
 enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener, std::path::PathBuf),
 }
 
 fn run(cli: Cli) -> io::Result<()> {
+    cli.check_tls()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     tune_malloc();
     // SIGINT/SIGTERM are taken by a dedicated thread (sigwait): block them
     // before any other thread starts so that all inherit the mask.
@@ -70,15 +88,39 @@ fn run(cli: Cli) -> io::Result<()> {
     }
     let handshake_limit =
         (cli.handshake_limit > 0).then(|| Duration::from_secs(cli.handshake_limit));
-    let shared = Shared::with_handshake_limits(
-        HandshakeConfig::new(vec![export]),
+    let mut config = HandshakeConfig::new(vec![export]);
+    config.tls = match cli.tls {
+        TlsMode::Off => TlsPolicy::Off,
+        TlsMode::On => TlsPolicy::On,
+        TlsMode::Require => TlsPolicy::Require,
+    };
+    #[cfg_attr(not(feature = "tls"), allow(unused_mut))]
+    let mut shared = Shared::with_handshake_limits(
+        config,
         device.clone(),
         handshake_limit,
         cli.max_handshakes as usize,
     );
+    if cli.tls != TlsMode::Off {
+        #[cfg(feature = "tls")]
+        shared.set_tls(load_tls(&cli)?);
+        #[cfg(not(feature = "tls"))]
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this costack-nbd was built without TLS: build it with `--features tls` \
+             (links the system OpenSSL: apt-get install libssl-dev pkg-config) or \
+             `--features tls-vendored` (compiles OpenSSL)",
+        ));
+    }
 
     // The main loop first: a bad COSTACK_AIO fails before anything listens.
     let ev = EventLoop::new().map_err(|e| context(e, "cannot start the event loop"))?;
+    // The URL clients need: `nbds` when TLS is required.
+    let scheme = if cli.tls == TlsMode::Require {
+        "nbds"
+    } else {
+        "nbd"
+    };
     let (listener, url) = match &cli.socket {
         Some(path) => {
             let _ = std::fs::remove_file(path);
@@ -86,7 +128,11 @@ fn run(cli: Cli) -> io::Result<()> {
                 let what = format!("cannot listen on Unix socket {}", path.display());
                 context(e, what)
             })?;
-            let url = format!("nbd+unix:///{}?socket={}", cli.export_name, path.display());
+            let url = format!(
+                "{scheme}+unix:///{}?socket={}",
+                cli.export_name,
+                path.display()
+            );
             (Listener::Unix(l, path.clone()), url)
         }
         None => {
@@ -99,7 +145,7 @@ fn run(cli: Cli) -> io::Result<()> {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
                 ip => ip.to_string(),
             };
-            let url = format!("nbd://{host}:{}/{}", addr.port(), cli.export_name);
+            let url = format!("{scheme}://{host}:{}/{}", addr.port(), cli.export_name);
             (Listener::Tcp(l), url)
         }
     };
@@ -312,6 +358,7 @@ impl Conn {
             }
         }
         let slot = Slot(shared);
+        let _here = LoopConnection::new();
         match self {
             Conn::Tcp(s) => {
                 let _ = s.set_nodelay(true);
@@ -341,6 +388,43 @@ fn tune_malloc() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+thread_local! {
+    /// Connections served by this thread's event loop.
+    static LOOP_CONNECTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Counts a connection on its loop; when the loop's last one ends, gives
+/// idle memory back to the system: the coroutine stacks its requests left
+/// in the pool (up to `costack::pool::POOL_BYTES` a thread, each with the
+/// pages it touched) and the heap that freed buffers left behind. A busy
+/// server keeps both for the next requests; an idle one need not.
+struct LoopConnection;
+
+impl LoopConnection {
+    fn new() -> Self {
+        LOOP_CONNECTIONS.with(|n| n.set(n.get() + 1));
+        LoopConnection
+    }
+}
+
+impl Drop for LoopConnection {
+    fn drop(&mut self) {
+        let left = LOOP_CONNECTIONS.with(|n| {
+            n.set(n.get() - 1);
+            n.get()
+        });
+        if left == 0 {
+            costack::pool::trim();
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only returns free heap pages to the
+            // kernel; it takes glibc's own locks.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
     }
 }
 

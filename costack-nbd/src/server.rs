@@ -24,7 +24,11 @@ use costack::aio;
 use costack::sync::{CoMutex, CoSemaphore};
 
 use crate::backend::BlockDevice;
-use crate::handshake::{negotiate, Duplex, HandshakeConfig};
+#[cfg(feature = "tls")]
+use crate::handshake::resume_after_tls;
+use crate::handshake::{
+    negotiate_options, Duplex, HandshakeConfig, HandshakeError, Negotiated, Outcome,
+};
 use crate::proto::{Command, ErrorCode, NBD_CMD_FLAG_FUA};
 use crate::request::{
     read_request_header, validate, write_block_status_reply, write_error, write_ok,
@@ -73,6 +77,10 @@ pub struct Shared {
     /// How many connections may negotiate at once; a newcomer beyond it
     /// drops the one that has been negotiating longest.
     pub max_negotiating: usize,
+    /// TLS credentials, when `NBD_OPT_STARTTLS` is offered
+    /// ([`HandshakeConfig::tls`] not `Off`).
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Connections still negotiating, oldest first: id and socket.
     negotiating: Mutex<VecDeque<(u64, RawFd)>>,
     next_id: AtomicU64,
@@ -113,9 +121,21 @@ impl Shared {
             established: AtomicUsize::new(0),
             handshake_limit: limit,
             max_negotiating: max_negotiating.max(1),
+            #[cfg(feature = "tls")]
+            tls: None,
             negotiating: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(0),
         })
+    }
+
+    /// Offers TLS with `tls` (the policy is [`HandshakeConfig::tls`]).
+    /// Call before the `Arc` is shared.
+    ///
+    /// # Panics
+    /// If the `Arc` is shared already.
+    #[cfg(feature = "tls")]
+    pub fn set_tls(self: &mut Arc<Self>, tls: crate::tls::TlsConfig) {
+        Arc::get_mut(self).expect("set_tls before sharing").tls = Some(tls);
     }
 
     /// Makes room for one more negotiating connection: while
@@ -290,29 +310,41 @@ where
     }
 }
 
-/// Runs the handshake on `stream`, within the server's handshake limit.
-fn negotiate_within<S>(
+/// Runs `step` of the handshake on `stream`, within `deadline`.
+fn negotiate_within<S, T>(
     stream: &S,
-    shared: &Shared,
-) -> Result<crate::handshake::Negotiated, crate::handshake::HandshakeError>
+    deadline: Option<Instant>,
+    step: impl FnOnce(&mut dyn ReadWrite) -> Result<T, HandshakeError>,
+) -> Result<T, HandshakeError>
 where
     S: Timeouts,
     for<'a> &'a S: Read + Write,
 {
-    let Some(limit) = shared.handshake_limit else {
-        let mut duplex = Duplex::new(stream, stream);
-        return negotiate(&mut duplex, &shared.config);
+    let Some(deadline) = deadline else {
+        return step(&mut Duplex::new(stream, stream));
     };
-    let deadline = Instant::now() + limit;
     let mut duplex = Duplex::new(
         Deadlined { stream, deadline },
         Deadlined { stream, deadline },
     );
-    let r = negotiate(&mut duplex, &shared.config);
+    let r = step(&mut duplex);
     // Established connections wait as long as their clients like.
     let _ = stream.set_read_timeout(None);
     let _ = stream.set_write_timeout(None);
     r
+}
+
+/// `Read + Write` as one object type, for [`negotiate_within`]'s steps.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
+/// Logs why a handshake ended without a client.
+fn log_handshake_end(peer: &str, e: &HandshakeError) {
+    if e.is_clean_disconnect() {
+        tracing::debug!(%peer, "client left during the handshake");
+    } else {
+        tracing::warn!(%peer, error = %e, "handshake refused");
+    }
 }
 
 /// Gives an established connection's `-e` slot back when it ends.
@@ -332,29 +364,87 @@ where
     for<'a> &'a S: Read + Write,
 {
     let _live = LiveGuard::new(&shared, stream.as_raw_fd());
-    let stream = Rc::new(stream);
-    let negotiated = {
-        let _negotiating = Negotiating::new(&shared, stream.as_raw_fd());
-        match negotiate_within(&*stream, &shared) {
-            Ok(n) => n,
-            Err(e) if e.is_clean_disconnect() => {
-                tracing::debug!(%peer, "client left during the handshake");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "handshake refused");
-                return;
+    let negotiating = Negotiating::new(&shared, stream.as_raw_fd());
+    let deadline = shared.handshake_limit.map(|limit| Instant::now() + limit);
+    let config = &shared.config;
+    let outcome = negotiate_within(&stream, deadline, |s| negotiate_options(s, config));
+    match outcome {
+        Ok(Outcome::Transmission(negotiated)) => {
+            drop(negotiating);
+            transmit(stream, peer, &shared, max_clients, negotiated);
+        }
+        Ok(Outcome::StartTls(resume)) => {
+            #[cfg(feature = "tls")]
+            serve_tls(
+                stream,
+                peer,
+                &shared,
+                max_clients,
+                deadline,
+                resume,
+                negotiating,
+            );
+            #[cfg(not(feature = "tls"))]
+            {
+                let _ = resume;
+                tracing::error!(%peer, "STARTTLS accepted in a build without TLS");
             }
         }
+        Err(e) => log_handshake_end(&peer, &e),
+    }
+}
+
+/// Upgrades a connection whose client sent `NBD_OPT_STARTTLS` to TLS,
+/// finishes its handshake over TLS, then serves it. (Apart from [`serve`]
+/// so that its `&S: Read` bound does not stand for `&TlsStream<S>`'s.)
+#[cfg(feature = "tls")]
+fn serve_tls<S: AsRawFd + 'static>(
+    stream: S,
+    peer: String,
+    shared: &Shared,
+    max_clients: usize,
+    deadline: Option<Instant>,
+    resume: crate::handshake::Resume,
+    negotiating: Negotiating<'_>,
+) {
+    let Some(tls) = &shared.tls else {
+        // The policy offers TLS only with credentials (see main).
+        tracing::error!(%peer, "STARTTLS accepted without TLS credentials");
+        return;
     };
+    let stream = match crate::tls::TlsStream::accept(stream, tls, deadline) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    tracing::debug!(%peer, version = stream.version(), "TLS established");
+    let config = &shared.config;
+    match negotiate_within(&stream, deadline, |s| resume_after_tls(s, config, resume)) {
+        Ok(negotiated) => {
+            drop(negotiating);
+            transmit(stream, peer, shared, max_clients, negotiated);
+        }
+        Err(e) => log_handshake_end(&peer, &e),
+    }
+}
+
+/// The transmission phase of an established client.
+fn transmit<S>(stream: S, peer: String, shared: &Shared, max_clients: usize, negotiated: Negotiated)
+where
+    S: 'static,
+    for<'a> &'a S: Read + Write,
+{
     // `-e` counts established clients only: a slot is taken now, and
     // refused if others took them all while this one negotiated.
     let taken = shared.established.fetch_add(1, Ordering::SeqCst);
-    let _slot = EstablishedSlot(&shared);
+    let _slot = EstablishedSlot(shared);
     if max_clients != 0 && taken >= max_clients {
         tracing::warn!(%peer, max_clients, "dropping client: too many connected (-e)");
         return;
     }
+    let stream = Rc::new(stream);
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
     let params = Rc::new(TransmissionParams::from_negotiated(&negotiated));
     let outbox = Rc::new(Outbox::new(stream.clone(), peer.clone()));

@@ -1,0 +1,159 @@
+//! FLUSH and FUA reach the disk, on every event-loop backend.
+//!
+//! A `kill -9` cannot show it (the page cache outlives the process), so
+//! this test looks at the page cache itself: it maps the image, finds the
+//! physical pages behind the mapping (`/proc/self/pagemap`) and reads
+//! their dirty bit (`/proc/kpageflags`). A plain write leaves the pages
+//! dirty; once the server has answered a FLUSH, or a write with FUA, they
+//! must be clean — written back by the `fdatasync` the server asked for,
+//! whether it went through io_uring (`IORING_OP_FSYNC`) or a syscall.
+//!
+//! Physical page numbers need root (CAP_SYS_ADMIN). Without it the test is
+//! skipped, except under `COSTACK_REQUIRE_CLIENTS=1` (CI), where it fails.
+
+#![cfg(target_os = "linux")]
+
+mod support;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use support::{Client, Opts, FLAG_FUA};
+
+const PAGE: usize = 4096;
+/// `KPF_DIRTY` in /proc/kpageflags.
+const KPF_DIRTY: u64 = 1 << 4;
+
+/// How many of the pages of `path` in `offset..offset + len` are dirty in
+/// the page cache; `None` when physical page numbers are hidden (not root).
+fn dirty_pages(path: &Path, offset: u64, len: usize) -> Option<usize> {
+    let file = File::open(path).unwrap();
+    // SAFETY: a fresh read-only shared mapping of an open file, unmapped
+    // below; nothing else refers to it.
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            offset as libc::off_t,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED, "mmap {}", path.display());
+    let mut pagemap = File::open("/proc/self/pagemap").unwrap();
+    let mut kpageflags = File::open("/proc/kpageflags").ok();
+    let mut dirty = Some(0);
+    for i in 0..len / PAGE {
+        // SAFETY: inside the mapping, which covers the file's pages; the
+        // read faults the page-cache page in so that it has a frame.
+        let addr = unsafe { map.cast::<u8>().add(i * PAGE) };
+        // SAFETY: as above: a readable byte of the mapping.
+        unsafe { std::ptr::read_volatile(addr) };
+        let mut entry = [0u8; 8];
+        pagemap
+            .seek(SeekFrom::Start((addr as u64 / PAGE as u64) * 8))
+            .unwrap();
+        pagemap.read_exact(&mut entry).unwrap();
+        let entry = u64::from_le_bytes(entry);
+        let pfn = entry & ((1 << 55) - 1);
+        let Some(flags_file) = kpageflags.as_mut().filter(|_| entry >> 63 == 1 && pfn != 0) else {
+            dirty = None;
+            break;
+        };
+        let mut flags = [0u8; 8];
+        flags_file.seek(SeekFrom::Start(pfn * 8)).unwrap();
+        flags_file.read_exact(&mut flags).unwrap();
+        if u64::from_le_bytes(flags) & KPF_DIRTY != 0 {
+            *dirty.as_mut().unwrap() += 1;
+        }
+    }
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(map, len) };
+    dirty
+}
+
+/// Writes `len` bytes at `offset` without FUA until the page cache shows
+/// them dirty (background writeback may clean them first, rarely), so
+/// that a clean result later means the server made them clean.
+fn write_dirty(client: &mut Client, image: &Path, offset: u64, len: usize) {
+    for attempt in 0..5u8 {
+        client.write(offset, &vec![0xa0 + attempt; len], 0).unwrap();
+        if dirty_pages(image, offset, len).unwrap() > 0 {
+            return;
+        }
+    }
+    panic!("writes without FUA never left dirty pages: the check cannot see them");
+}
+
+#[test]
+fn flush_and_fua_write_back_on_every_backend() {
+    let image = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("durability-{}.img", std::process::id()));
+    std::fs::write(&image, vec![0u8; 4 << 20]).unwrap();
+    File::open(&image).unwrap().sync_all().unwrap();
+    let Some(0) = dirty_pages(&image, 0, 4 << 20) else {
+        let e = "physical pages are hidden (not root): cannot check write-back";
+        assert!(
+            std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+            "{e}"
+        );
+        eprintln!("skipping: {e}");
+        return;
+    };
+    /// Kills the server however the test ends (it holds the test's stderr).
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    for backend in ["io_uring", "epoll", "poll"] {
+        let mut server = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+            .args(["-p", "0"])
+            .arg(&image)
+            .env("COSTACK_AIO", backend)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = server.stdout.take().unwrap();
+        let _server = Killed(server);
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("nbd://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| panic!("{backend}: unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        let mut client = Client::connect(addr, Opts::SIMPLE).unwrap();
+
+        // FLUSH: what was written before it is on the disk when it returns.
+        write_dirty(&mut client, &image, 0, 64 << 10);
+        client.flush().unwrap();
+        assert_eq!(
+            dirty_pages(&image, 0, 64 << 10),
+            Some(0),
+            "{backend}: pages still dirty after FLUSH"
+        );
+
+        // FUA: the write itself is on the disk when it returns; the same
+        // write without FUA, just before, left its pages dirty.
+        write_dirty(&mut client, &image, 1 << 20, 64 << 10);
+        client.write(2 << 20, &[0x5a; 64 << 10], FLAG_FUA).unwrap();
+        assert_eq!(
+            dirty_pages(&image, 2 << 20, 64 << 10),
+            Some(0),
+            "{backend}: pages of a FUA write still dirty"
+        );
+        client.flush().unwrap();
+        client.disconnect().unwrap();
+    }
+    let _ = std::fs::remove_file(&image);
+}

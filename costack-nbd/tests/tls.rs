@@ -1,0 +1,739 @@
+//! NBD over TLS against real clients: qemu-img/qemu-io (GnuTLS, X.509 and
+//! PSK, TLS 1.3 and 1.2), nbdinfo/nbdcopy and libnbd's Python binding.
+//! Credentials are made here as qemu's and nbdkit's own tests make them,
+//! with `certtool` and `psktool` (gnutls-bin).
+//!
+//! A missing tool skips a test, except under `COSTACK_REQUIRE_CLIENTS=1`
+//! (set by CI), where it is a failure.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
+const OPT_STARTTLS: u32 = 5;
+const OPT_LIST: u32 = 3;
+const OPT_EXPORT_NAME: u32 = 1;
+const REP_ACK: u32 = 1;
+const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
+
+struct Server {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Starts `costack-nbd -p 0 ARGS`, its log (`-vv`) kept in a file.
+    fn start(args: &[&str]) -> Server {
+        let log = scratch("server.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+            .args(["-p", "0", "-vv"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start costack-nbd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the URL line");
+        let url = line.trim().to_owned();
+        assert!(
+            url.starts_with("nbd://") || url.starts_with("nbds://"),
+            "unexpected first line {url:?}: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        Server { child, url, log }
+    }
+
+    fn port(&self) -> String {
+        let rest = self.url.split("://").nth(1).unwrap();
+        let hostport = rest.split('/').next().unwrap();
+        hostport.rsplit(':').next().unwrap().to_owned()
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether the server process is still running.
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{}-{n}-{name}", std::process::id()))
+}
+
+/// Whether every tool is there; without one the test is skipped, or fails
+/// in CI.
+fn have(tools: &[&str]) -> bool {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+                "required tool `{tool}` is not installed"
+            );
+            eprintln!("skipping: `{tool}` is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+}
+
+fn ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fails, and returns what it said.
+fn fails(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{cmd} {args:?} succeeded: {said}");
+    said
+}
+
+/// Credentials, made once per test run.
+struct Creds {
+    /// ca-cert.pem, server-cert.pem, server-key.pem.
+    server: PathBuf,
+    /// ca-cert.pem, client-cert.pem, client-key.pem (signed by the CA).
+    client: PathBuf,
+    /// ca-cert.pem only: no client certificate.
+    anonymous: PathBuf,
+    /// A client whose certificate and CA are another CA's.
+    stranger: PathBuf,
+    /// keys.psk with identity "alice" (a directory, as qemu wants it).
+    psk_dir: PathBuf,
+    /// keys.psk with the same identity and another key.
+    wrong_psk_dir: PathBuf,
+}
+
+fn certtool(args: &[&str], out: &Path) {
+    let o = run("certtool", args);
+    assert!(
+        o.status.success(),
+        "certtool {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    if !args.contains(&"--outfile") {
+        std::fs::write(out, &o.stdout).unwrap();
+    }
+}
+
+/// A CA in `dir` (ca-cert.pem, ca-key.pem).
+fn make_ca(dir: &Path, cn: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let info = dir.join("ca.info");
+    std::fs::write(&info, format!("cn = {cn}\nca\ncert_signing_key\n")).unwrap();
+    let key = dir.join("ca-key.pem");
+    certtool(&["--generate-privkey"], &key);
+    certtool(
+        &[
+            "--generate-self-signed",
+            "--load-privkey",
+            key.to_str().unwrap(),
+            "--template",
+            info.to_str().unwrap(),
+            "--outfile",
+            dir.join("ca-cert.pem").to_str().unwrap(),
+        ],
+        &key,
+    );
+}
+
+/// `role`-cert.pem and `role`-key.pem in `out`, signed by the CA in `ca`,
+/// with `ca-cert.pem` beside them.
+fn make_cert(ca: &Path, out: &Path, role: &str, template: &str) {
+    std::fs::create_dir_all(out).unwrap();
+    let info = out.join(format!("{role}.info"));
+    std::fs::write(&info, template).unwrap();
+    let key = out.join(format!("{role}-key.pem"));
+    certtool(&["--generate-privkey"], &key);
+    certtool(
+        &[
+            "--generate-certificate",
+            "--load-ca-certificate",
+            ca.join("ca-cert.pem").to_str().unwrap(),
+            "--load-ca-privkey",
+            ca.join("ca-key.pem").to_str().unwrap(),
+            "--load-privkey",
+            key.to_str().unwrap(),
+            "--template",
+            info.to_str().unwrap(),
+            "--outfile",
+            out.join(format!("{role}-cert.pem")).to_str().unwrap(),
+        ],
+        &key,
+    );
+    std::fs::copy(ca.join("ca-cert.pem"), out.join("ca-cert.pem")).unwrap();
+    std::fs::remove_file(info).unwrap();
+}
+
+const SERVER_INFO: &str = "organization = costack\ncn = localhost\ndns_name = localhost\n\
+    ip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\n";
+const CLIENT_INFO: &str = "organization = costack\ncn = client\ntls_www_client\n\
+    encryption_key\nsigning_key\n";
+
+fn creds() -> &'static Creds {
+    static CREDS: OnceLock<Creds> = OnceLock::new();
+    CREDS.get_or_init(|| {
+        let root = scratch("creds");
+        let ca = root.join("ca");
+        make_ca(&ca, "costack test CA");
+        let server = root.join("server");
+        make_cert(&ca, &server, "server", SERVER_INFO);
+        let client = root.join("client");
+        make_cert(&ca, &client, "client", CLIENT_INFO);
+        let anonymous = root.join("anonymous");
+        std::fs::create_dir_all(&anonymous).unwrap();
+        std::fs::copy(ca.join("ca-cert.pem"), anonymous.join("ca-cert.pem")).unwrap();
+        let other_ca = root.join("other-ca");
+        make_ca(&other_ca, "another CA");
+        let stranger = root.join("stranger");
+        make_cert(&other_ca, &stranger, "client", CLIENT_INFO);
+
+        let psk_dir = root.join("psk");
+        let wrong_psk_dir = root.join("wrong-psk");
+        for dir in [&psk_dir, &wrong_psk_dir] {
+            std::fs::create_dir_all(dir).unwrap();
+            let file = dir.join("keys.psk");
+            let o = run("psktool", &["-u", "alice", "-p", file.to_str().unwrap()]);
+            assert!(
+                o.status.success(),
+                "psktool: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        Creds {
+            server,
+            client,
+            anonymous,
+            stranger,
+            psk_dir,
+            wrong_psk_dir,
+        }
+    })
+}
+
+fn tools() -> bool {
+    have(&[
+        "certtool", "psktool", "qemu-img", "qemu-io", "nbdinfo", "nbdcopy",
+    ])
+}
+
+/// `--object` for qemu's X.509 client credentials in `dir`; `priority`
+/// restricts GnuTLS (for example to TLS 1.2).
+fn x509_object(dir: &Path, priority: Option<&str>) -> String {
+    let mut o = format!(
+        "tls-creds-x509,id=tls0,endpoint=client,dir={}",
+        dir.display()
+    );
+    if let Some(p) = priority {
+        o += &format!(",priority={p}");
+    }
+    o
+}
+
+fn psk_object(dir: &Path, priority: Option<&str>) -> String {
+    let mut o = format!(
+        "tls-creds-psk,id=tls0,endpoint=client,username=alice,dir={}",
+        dir.display()
+    );
+    if let Some(p) = priority {
+        o += &format!(",priority={p}");
+    }
+    o
+}
+
+fn nbd_opts(server: &Server) -> String {
+    format!(
+        "driver=nbd,host=127.0.0.1,port={},tls-creds=tls0",
+        server.port()
+    )
+}
+
+/// qemu-io over TLS with `object`; `cmds` run in order.
+fn qemu_io_tls(server: &Server, object: &str, cmds: &[&str]) -> Output {
+    let opts = nbd_opts(server);
+    let mut args = vec!["--object", object, "--image-opts"];
+    for c in cmds {
+        args.extend(["-c", c]);
+    }
+    args.push(&opts);
+    run("qemu-io", &args)
+}
+
+fn assert_io_ok(out: &Output) -> String {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "qemu-io failed: {text}");
+    assert!(
+        !text.contains("Pattern verification failed") && !text.contains("failed:"),
+        "{text}"
+    );
+    text
+}
+
+#[test]
+fn x509_with_qemu_on_tls13_and_tls12() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let server = Server::start(&[
+        "--tls",
+        "require",
+        "--tls-certificates",
+        c.server.to_str().unwrap(),
+    ]);
+    assert!(server.url.starts_with("nbds://"), "{}", server.url);
+    for (i, priority) in [None, Some("NORMAL:-VERS-TLS1.3")].into_iter().enumerate() {
+        let object = x509_object(&c.client, priority);
+        let pattern = format!("0x{:x}", 0x31 + i);
+        let w = format!("write -P {pattern} 1M 3M");
+        let r = format!("read -P {pattern} 1M 3M");
+        assert_io_ok(&qemu_io_tls(&server, &object, &[&w, &r, "flush"]));
+        // Written over one session, read over another.
+        assert_io_ok(&qemu_io_tls(&server, &object, &[&r, "read -P 0 0 1M"]));
+    }
+    let log = server.log();
+    assert!(log.contains("TLSv1.3") && log.contains("TLSv1.2"), "{log}");
+    let info = ok(
+        "qemu-img",
+        &[
+            "info",
+            "--object",
+            &x509_object(&c.client, None),
+            "--image-opts",
+            &nbd_opts(&server),
+        ],
+    );
+    assert!(info.contains("1 GiB"), "{info}");
+}
+
+#[test]
+fn psk_with_qemu_and_python_libnbd() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let keys = c.psk_dir.join("keys.psk");
+    let server = Server::start(&["--tls", "require", "--tls-psk", keys.to_str().unwrap()]);
+    for priority in [None, Some("NORMAL:-VERS-TLS1.3")] {
+        let object = psk_object(&c.psk_dir, priority);
+        assert_io_ok(&qemu_io_tls(
+            &server,
+            &object,
+            &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"],
+        ));
+    }
+    // libnbd's Python binding with the same key file; and a wrong key.
+    let Some(python) = python_with_libnbd() else {
+        return;
+    };
+    let script = format!(
+        r#"
+import nbd, sys
+def connect(keys):
+    h = nbd.NBD()
+    h.set_tls(nbd.TLS_REQUIRE)
+    h.set_tls_psk_file(keys)
+    h.set_tls_username("alice")
+    h.connect_tcp("127.0.0.1", "{port}")
+    return h
+h = connect("{good}")
+assert h.get_tls_negotiated()
+assert h.pread(4, 0) == b"\x5a" * 4
+h.pwrite(b"python", 4096)
+assert h.pread(6, 4096) == b"python"
+h.shutdown()
+try:
+    connect("{bad}")
+    sys.exit("connected with the wrong key")
+except nbd.Error as e:
+    print("refused:", e)
+"#,
+        port = server.port(),
+        good = keys.display(),
+        bad = c.wrong_psk_dir.join("keys.psk").display(),
+    );
+    let out = ok(&python, &["-c", &script]);
+    assert!(out.contains("refused"), "{out}");
+    // The wrong key cost that client only.
+    assert_io_ok(&qemu_io_tls(
+        &server,
+        &psk_object(&c.psk_dir, None),
+        &["read -P 0x5a 0 4k"],
+    ));
+}
+
+/// A Python that can `import nbd` (Debian's python3-libnbd is for the
+/// system interpreter, which need not be the first `python3`).
+fn python_with_libnbd() -> Option<String> {
+    for python in ["/usr/bin/python3", "python3"] {
+        if Command::new(python)
+            .args(["-c", "import nbd"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Some(python.to_owned());
+        }
+    }
+    assert!(
+        std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+        "libnbd's Python binding (python3-libnbd) is not installed"
+    );
+    eprintln!("skipping: no Python with libnbd");
+    None
+}
+
+#[test]
+fn nbdinfo_and_nbdcopy_with_several_connections() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let server = Server::start(&[
+        "--tls",
+        "require",
+        "--tls-certificates",
+        c.server.to_str().unwrap(),
+        "-s",
+        "64M",
+    ]);
+    let uri = format!(
+        "nbds://localhost:{}/?tls-certificates={}",
+        server.port(),
+        c.client.display()
+    );
+    let info = ok("nbdinfo", &[&uri]);
+    assert!(info.contains("with TLS"), "{info}");
+    // Random data in, through 4 connections with 16 requests each in
+    // flight; then out again, and compared.
+    let src = scratch("src.img");
+    let mut data = vec![0u8; 64 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    std::fs::write(&src, &data).unwrap();
+    let dst = scratch("dst.img");
+    let flags = ["--connections=4", "--requests=16"];
+    ok(
+        "nbdcopy",
+        &[&flags[..], &[src.to_str().unwrap(), &uri]].concat(),
+    );
+    ok(
+        "nbdcopy",
+        &[&flags[..], &[&uri, dst.to_str().unwrap()]].concat(),
+    );
+    assert!(
+        std::fs::read(&dst).unwrap() == data,
+        "data changed on its way"
+    );
+    let _ = std::fs::remove_file(src);
+    let _ = std::fs::remove_file(dst);
+}
+
+#[test]
+fn tls_policies_refuse_clearly() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let certs = c.server.to_str().unwrap();
+    // A plain client against `require`: refused, and told why.
+    let server = Server::start(&["--tls", "require", "--tls-certificates", certs]);
+    let said = fails("qemu-img", &["info", &format!("nbd://{}", server.addr())]);
+    assert!(said.contains("TLS"), "{said}");
+    // By hand: options get ERR_TLS_REQD, EXPORT_NAME ends the session.
+    let mut s = plain_session(&server.addr());
+    send_option(&mut s, OPT_LIST, &[]);
+    assert_eq!(option_reply(&mut s).1, REP_ERR_TLS_REQD);
+    send_option(&mut s, OPT_EXPORT_NAME, b"");
+    assert!(closed(&mut s), "EXPORT_NAME in the clear was answered");
+    drop(server);
+
+    // `on`: plain and TLS clients both served.
+    let server = Server::start(&["--tls", "on", "--tls-certificates", certs]);
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "write -P 7 0 4k",
+            &format!("nbd://{}", server.addr()),
+        ],
+    );
+    assert_io_ok(&qemu_io_tls(
+        &server,
+        &x509_object(&c.client, None),
+        &["read -P 7 0 4k"],
+    ));
+    drop(server);
+
+    // A TLS client against a plain server: a clean refusal.
+    let server = Server::start(&[]);
+    let out = qemu_io_tls(&server, &x509_object(&c.client, None), &["read 0 4k"]);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "TLS client served in the clear");
+    assert!(said.to_lowercase().contains("tls"), "{said}");
+    let uri = format!(
+        "nbds://localhost:{}/?tls-certificates={}",
+        server.port(),
+        c.client.display()
+    );
+    fails("nbdinfo", &[&uri]);
+    // The server is fine and serves plain clients.
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read 0 4k",
+            &format!("nbd://{}", server.addr()),
+        ],
+    );
+}
+
+#[test]
+fn peer_verification_and_wrong_cas() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let mut server = Server::start(&[
+        "--tls",
+        "require",
+        "--tls-certificates",
+        c.server.to_str().unwrap(),
+        "--tls-verify-peer",
+    ]);
+    let port = server.port();
+    let uri = |dir: &Path| {
+        format!(
+            "nbds://localhost:{port}/?tls-certificates={}",
+            dir.display()
+        )
+    };
+    ok("nbdinfo", &["--size", &uri(&c.client)]);
+    // No client certificate, or one from another CA: refused.
+    fails("nbdinfo", &["--size", &uri(&c.anonymous)]);
+    let out = qemu_io_tls(&server, &x509_object(&c.anonymous, None), &["read 0 4k"]);
+    assert!(!out.status.success());
+    fails("nbdinfo", &["--size", &uri(&c.stranger)]);
+    assert!(server.alive());
+    let log = server.log();
+    assert!(log.contains("TLS handshake failed"), "{log}");
+    // The client does not trust a server whose CA it does not know.
+    let plain = Server::start(&[
+        "--tls",
+        "require",
+        "--tls-certificates",
+        c.server.to_str().unwrap(),
+    ]);
+    let stranger_uri = format!(
+        "nbds://localhost:{}/?tls-certificates={}",
+        plain.port(),
+        c.stranger.display()
+    );
+    fails("nbdinfo", &["--size", &stranger_uri]);
+    // Still serving the right client.
+    ok("nbdinfo", &["--size", &uri(&c.client)]);
+}
+
+/// Greeting read, fixed-newstyle flags sent: ready for options.
+fn plain_session(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut greeting = [0u8; 18];
+    s.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    s.write_all(&3u32.to_be_bytes()).unwrap();
+    s
+}
+
+fn send_option(s: &mut TcpStream, option: u32, data: &[u8]) {
+    let mut m = IHAVEOPT.to_be_bytes().to_vec();
+    m.extend(option.to_be_bytes());
+    m.extend((data.len() as u32).to_be_bytes());
+    m.extend(data);
+    s.write_all(&m).unwrap();
+}
+
+/// (option, reply type) of the next option reply, its data skipped.
+fn option_reply(s: &mut TcpStream) -> (u32, u32) {
+    let mut h = [0u8; 20];
+    s.read_exact(&mut h).unwrap();
+    let option = u32::from_be_bytes(h[8..12].try_into().unwrap());
+    let ty = u32::from_be_bytes(h[12..16].try_into().unwrap());
+    let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
+    let mut data = vec![0u8; len as usize];
+    s.read_exact(&mut data).unwrap();
+    (option, ty)
+}
+
+/// Whether the server closed `s` (rather than leaving it open). Bytes
+/// before the end (a TLS alert) are skipped.
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn garbage_or_silence_instead_of_a_client_hello() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let mut server = Server::start(&[
+        "--tls",
+        "require",
+        "--tls-certificates",
+        c.server.to_str().unwrap(),
+        "--handshake-limit",
+        "2",
+    ]);
+    // STARTTLS acknowledged, then no TLS at all.
+    let mut garbage = plain_session(&server.addr());
+    send_option(&mut garbage, OPT_STARTTLS, &[]);
+    assert_eq!(option_reply(&mut garbage), (OPT_STARTTLS, REP_ACK));
+    garbage.write_all(&[0x42; 517]).unwrap();
+    let started = Instant::now();
+    assert!(closed(&mut garbage), "garbage was taken for a ClientHello");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "dropped only by the deadline"
+    );
+    // STARTTLS, then silence: the handshake limit covers TLS too.
+    let mut silent = plain_session(&server.addr());
+    send_option(&mut silent, OPT_STARTTLS, &[]);
+    assert_eq!(option_reply(&mut silent), (OPT_STARTTLS, REP_ACK));
+    // Others are served meanwhile.
+    assert_io_ok(&qemu_io_tls(
+        &server,
+        &x509_object(&c.client, None),
+        &["read 0 4k"],
+    ));
+    let started = Instant::now();
+    assert!(closed(&mut silent), "a silent TLS handshake was kept");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(server.alive());
+}
+
+#[test]
+fn bad_credentials_fail_at_start() {
+    let c = if have(&["certtool", "psktool"]) {
+        Some(creds())
+    } else {
+        None
+    };
+    let start = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+            .args(["-p", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = scratch("no-such-dir");
+    let e = start(&[
+        "--tls",
+        "on",
+        "--tls-certificates",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("server-cert.pem") && e.contains("No such file"),
+        "{e}"
+    );
+    let e = start(&["--tls", "on"]);
+    assert!(
+        e.contains("--tls-certificates DIR or --tls-psk FILE"),
+        "{e}"
+    );
+    let e = start(&["--tls-psk", "/dev/null"]);
+    assert!(e.contains("--tls is off"), "{e}");
+    let e = start(&["--tls", "on", "--tls-psk", "/dev/null"]);
+    assert!(e.contains("/dev/null holds no keys"), "{e}");
+    let Some(c) = c else { return };
+    // A directory without the CA, with --tls-verify-peer.
+    let dir = scratch("no-ca");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["server-cert.pem", "server-key.pem"] {
+        std::fs::copy(c.server.join(f), dir.join(f)).unwrap();
+    }
+    let e = start(&[
+        "--tls",
+        "on",
+        "--tls-certificates",
+        dir.to_str().unwrap(),
+        "--tls-verify-peer",
+    ]);
+    assert!(e.contains("ca-cert.pem"), "{e}");
+    // A key that does not belong to the certificate.
+    std::fs::copy(c.client.join("client-key.pem"), dir.join("server-key.pem")).unwrap();
+    let e = start(&["--tls", "on", "--tls-certificates", dir.to_str().unwrap()]);
+    assert!(e.contains("does not match"), "{e}");
+    // A directory that cannot be read: a file where it should be.
+    let e = start(&["--tls", "on", "--tls-certificates", "/dev/null"]);
+    assert!(e.contains("cannot read /dev/null/server-cert.pem"), "{e}");
+}
