@@ -20,6 +20,15 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// Image format (`-f`), as qemu-nbd's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// The file's bytes are the disk's.
+    Raw,
+    /// QEMU's copy-on-write format (served read-only).
+    Qcow2,
+}
+
 /// TLS mode (`--tls`), as nbdkit's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TlsMode {
@@ -42,6 +51,17 @@ pub struct Cli {
     /// Disk image to export; without it a sparse in-memory disk is used.
     #[arg(value_name = "FILE")]
     pub file: Option<PathBuf>,
+
+    /// Format of FILE; without it, a file starting with the qcow2 magic is
+    /// qcow2 and anything else raw (as qemu-nbd probes).
+    #[arg(
+        short = 'f',
+        long = "format",
+        value_enum,
+        value_name = "FORMAT",
+        requires = "file"
+    )]
+    pub format: Option<Format>,
 
     /// Interface address to listen on.
     #[arg(

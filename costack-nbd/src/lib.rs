@@ -9,6 +9,8 @@
 //! * [`backend`] — the [`backend::BlockDevice`] storage trait and the sparse
 //!   in-memory [`backend::MemDisk`];
 //! * [`file`](mod@file) — a raw image file as a block device, through `costack::fs`;
+//! * [`qcow2`] — qcow2 images (read-only), with compressed clusters and
+//!   backing files;
 //! * [`server`] — one coroutine per connection and per request;
 //! * `tls` (feature `tls`) — `NBD_OPT_STARTTLS` with OpenSSL, on
 //!   coroutine I/O;
@@ -27,6 +29,7 @@ pub mod cli;
 pub mod file;
 pub mod handshake;
 pub mod proto;
+pub mod qcow2;
 pub mod request;
 pub mod server;
 #[cfg(feature = "tls")]

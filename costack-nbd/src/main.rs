@@ -11,7 +11,7 @@ use clap::Parser;
 use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use costack_nbd::backend::{BlockDevice, MemDisk};
-use costack_nbd::cli::{init_logging, CacheMode, Cli, TlsMode, SECTOR_SIZE};
+use costack_nbd::cli::{init_logging, CacheMode, Cli, Format, TlsMode, SECTOR_SIZE};
 use costack_nbd::file::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
@@ -26,6 +26,34 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Opens a qcow2 image (read-only: writing qcow2 is not implemented).
+fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
+    let refuse = |why: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: {why}", path.display()),
+        ))
+    };
+    if !cli.read_only {
+        return refuse(
+            "qcow2 images are served read-only (writing qcow2 is not implemented yet): add -r",
+        );
+    }
+    if cli.cache == CacheMode::None {
+        return refuse("--cache none is for raw images");
+    }
+    let image = costack_nbd::qcow2::Qcow2::open(path)
+        .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
+    if image.header().dirty {
+        eprintln!(
+            "costack-nbd: warning: {} was not closed cleanly (its refcounts may be stale; \
+             reading is not affected)",
+            path.display()
+        );
+    }
+    Ok(Arc::new(image))
 }
 
 /// The TLS credentials of the command line, loaded (errors name the file).
@@ -59,18 +87,28 @@ fn run(cli: Cli) -> io::Result<()> {
 
     let (device, direct): (SharedDevice, bool) = match &cli.file {
         Some(path) => {
-            let direct = cli.cache == CacheMode::None;
-            let disk = FileDisk::open(path, cli.read_only, direct).map_err(|e| {
-                let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
-                    let hint = "--cache none needs O_DIRECT, which this filesystem may not support";
-                    io::Error::new(e.kind(), format!("{e} ({hint})"))
-                } else {
-                    e
-                };
-                context(e, format!("cannot open {}", path.display()))
-            })?;
-            warn_unreachable_tail(path, disk.size(), direct);
-            (Arc::new(disk), direct)
+            let qcow2 = match cli.format {
+                Some(f) => f == Format::Qcow2,
+                None => costack_nbd::qcow2::probe(path)
+                    .map_err(|e| context(e, format!("cannot open {}", path.display())))?,
+            };
+            if qcow2 {
+                (open_qcow2(&cli, path)?, false)
+            } else {
+                let direct = cli.cache == CacheMode::None;
+                let disk = FileDisk::open(path, cli.read_only, direct).map_err(|e| {
+                    let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
+                        let hint =
+                            "--cache none needs O_DIRECT, which this filesystem may not support";
+                        io::Error::new(e.kind(), format!("{e} ({hint})"))
+                    } else {
+                        e
+                    };
+                    context(e, format!("cannot open {}", path.display()))
+                })?;
+                warn_unreachable_tail(path, disk.size(), direct);
+                (Arc::new(disk), direct)
+            }
         }
         None => (
             Arc::new(MemDisk::new(cli.size).with_read_only(cli.read_only)),

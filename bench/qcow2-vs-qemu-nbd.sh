@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# qcow2 reads: costack-nbd against qemu-nbd -f qcow2, in one run,
+# interleaved (both read-only: costack-nbd does not write qcow2 yet).
+#
+# The image is a fully allocated qcow2 (64 KiB clusters, QEMU's default)
+# converted from random data, in /dev/shm. Each workload runs ROUNDS
+# times, alternating the servers; prints medians and the ratio of
+# costack-nbd to qemu-nbd (higher is better for costack-nbd).
+#
+#   bench/qcow2-vs-qemu-nbd.sh          # full run (about 2 minutes)
+#   ROUNDS=1 bench/qcow2-vs-qemu-nbd.sh # smoke run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-5}
+RAW=${RAW:-/dev/shm/costack-nbd-bench.raw}
+IMG=${IMG:-/dev/shm/costack-nbd-bench.qcow2}
+SIZE_MB=${SIZE_MB:-1024}
+PORT_BASE=${PORT_BASE:-21009}
+
+for tool in qemu-img qemu-nbd; do
+    command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install qemu-utils)" >&2; exit 1; }
+done
+cargo build --release -q -p costack-nbd
+COSTACK=${COSTACK:-target/release/costack-nbd}
+
+if [ ! -f "$RAW" ] || [ "$(stat -c %s "$RAW")" -ne $((SIZE_MB << 20)) ]; then
+    echo "creating $RAW ($SIZE_MB MiB of data)"
+    head -c $((SIZE_MB << 20)) /dev/urandom > "$RAW"
+fi
+if [ ! -f "$IMG" ] || [ "$RAW" -nt "$IMG" ]; then
+    echo "converting to $IMG"
+    qemu-img convert -f raw -O qcow2 "$RAW" "$IMG"
+fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+start_server() { # name port
+    case $1 in
+        costack) "$COSTACK" -r -f qcow2 -p "$2" "$IMG" >/dev/null & ;;
+        qemu-nbd) qemu-nbd -r -f qcow2 -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
+    esac
+    pids+=($!)
+    for _ in $(seq 100); do
+        qemu-img info "nbd://127.0.0.1:$2" >/dev/null 2>&1 && return 0
+        sleep 0.05
+    done
+    echo "server $1 did not come up" >&2; exit 1
+}
+
+servers=(costack qemu-nbd)
+declare -A port
+i=0
+for s in "${servers[@]}"; do
+    port[$s]=$((PORT_BASE + i)); i=$((i + 1))
+    start_server "$s" "${port[$s]}"
+done
+
+workloads=(
+    "4k-read-qd1|-c 100000 -d 1 -s 4k -S 1236992"
+    "4k-read-qd32|-c 400000 -d 32 -s 4k -S 1236992"
+    "64k-read-qd16|-c 60000 -d 16 -s 64k -S 1245184"
+)
+
+declare -A results
+bench_once() { # server args -> ops/s
+    local out secs count
+    # shellcheck disable=SC2086
+    out=$(qemu-img bench -f raw -t none -i threads $2 "nbd://127.0.0.1:${port[$1]}" 2>&1)
+    secs=$(sed -n 's/.*Run completed in \([0-9.]*\) seconds.*/\1/p' <<<"$out")
+    count=$(sed -n 's/.*-c \([0-9]*\).*/\1/p' <<<"$2")
+    [ -n "$secs" ] || { echo "qemu-img bench failed on $1: $out" >&2; exit 1; }
+    awk -v c="$count" -v s="$secs" 'BEGIN { printf "%.0f", c / s }'
+}
+median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+
+for w in "${workloads[@]}"; do
+    name=${w%%|*}; args=${w#*|}
+    for _ in $(seq "$ROUNDS"); do
+        for s in "${servers[@]}"; do
+            results[$name,$s]="${results[$name,$s]:-} $(bench_once "$s" "$args")"
+        done
+    done
+    echo "done: $name" >&2
+done
+
+printf '\n%-16s %12s %12s %10s\n' workload costack-nbd qemu-nbd vs-qemu
+for w in "${workloads[@]}"; do
+    name=${w%%|*}
+    c=$(median <<<"${results[$name,costack]}")
+    q=$(median <<<"${results[$name,qemu-nbd]}")
+    printf '%-16s %12s %12s %9.2fx\n' "$name" "$c" "$q" "$(awk -v a="$c" -v b="$q" 'BEGIN { print a / b }')"
+done
+echo "(qcow2, read-only, IOPS of qemu-img bench; medians of $ROUNDS interleaved rounds)"
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"

@@ -1,0 +1,445 @@
+//! qcow2 images made by qemu-img, served (read-only) by costack-nbd and
+//! read back by qemu's own tools: every cluster size, both versions,
+//! compressed clusters, backing chains (qcow2 and raw), the allocation
+//! map, and damaged images (refused at open, or I/O errors for the bad
+//! range while the rest is served).
+//!
+//! A missing tool skips a test, except under `COSTACK_REQUIRE_CLIENTS=1`
+//! (set by CI), where it is a failure.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+            .args(["-p", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start costack-nbd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line.trim().to_owned();
+        assert!(url.starts_with("nbd://"), "unexpected first line {url:?}");
+        Server { child, url }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have(tools: &[&str]) -> bool {
+    for tool in tools {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+                "required tool `{tool}` is not installed"
+            );
+            eprintln!("skipping: `{tool}` is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd).args(args).output().unwrap()
+}
+
+fn ok(cmd: &str, args: &[&str]) -> String {
+    let out = run(cmd, args);
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("qcow2-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// 8 MiB: 3 MiB of random-looking data, a hole, then 1 MiB of data at 6 MiB.
+fn make_raw(path: &Path) {
+    let mut data = vec![0u8; 8 << 20];
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for (i, b) in data.iter_mut().enumerate() {
+        if i < 3 << 20 || (6 << 20..7 << 20).contains(&i) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+    // Sparse: the zeros are a hole in the file, as the map test expects.
+    let f = std::fs::File::create(path).unwrap();
+    f.write_all_at(&data[..3 << 20], 0).unwrap();
+    f.write_all_at(&data[6 << 20..7 << 20], 6 << 20).unwrap();
+    f.set_len(8 << 20).unwrap();
+}
+
+/// `qemu-img compare` of a raw file against the export.
+fn same(raw: &Path, server: &Server) {
+    ok(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "raw", s(raw), &server.url],
+    );
+}
+
+fn tools() -> bool {
+    have(&["qemu-img", "qemu-io", "nbdinfo", "nbdcopy"])
+}
+
+#[test]
+fn images_of_every_cluster_size_and_version_read_back() {
+    if !tools() {
+        return;
+    }
+    let d = dir("sizes");
+    let raw = d.join("disk.raw");
+    make_raw(&raw);
+    for (cluster, compat, compressed) in [
+        ("512", "1.1", false),
+        ("4k", "0.10", false),
+        ("64k", "1.1", false),
+        ("2M", "1.1", false),
+        ("64k", "1.1", true),
+        ("4k", "0.10", true),
+        ("2M", "1.1", true),
+    ] {
+        let img = d.join(format!("{cluster}-{compat}-{compressed}.qcow2"));
+        let opts = format!("cluster_size={cluster},compat={compat}");
+        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2", "-o", &opts];
+        if compressed {
+            args.push("-c");
+        }
+        args.extend([s(&raw), s(&img)]);
+        ok("qemu-img", &args);
+        // Probed (no -f) on one half, named on the other.
+        let server = if compressed {
+            Server::start(&["-r", s(&img)])
+        } else {
+            Server::start(&["-r", "-f", "qcow2", s(&img)])
+        };
+        same(&raw, &server);
+        // Several connections, many requests in flight.
+        let copy = d.join("copy.raw");
+        ok(
+            "nbdcopy",
+            &["--connections=4", "--requests=32", &server.url, s(&copy)],
+        );
+        assert!(
+            std::fs::read(&copy).unwrap() == std::fs::read(&raw).unwrap(),
+            "{}: nbdcopy read different bytes",
+            img.display()
+        );
+    }
+}
+
+#[test]
+fn backing_chains_read_through() {
+    if !tools() {
+        return;
+    }
+    let d = dir("backing");
+    let base = d.join("base.raw");
+    make_raw(&base);
+    // base.raw <- mid.qcow2 <- top.qcow2, each layer written by qemu-io;
+    // the same writes on a raw copy make the model.
+    let model = d.join("model.raw");
+    std::fs::copy(&base, &model).unwrap();
+    let mid = d.join("mid.qcow2");
+    let top = d.join("top.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "raw",
+            s(&mid),
+        ],
+    );
+    let layers: [(&Path, &[&str]); 2] = [
+        (
+            &mid,
+            &[
+                "write -P 0x11 1M 64k",
+                "write -z 2M 128k",
+                "write -P 0x22 5M 8k",
+            ],
+        ),
+        (
+            &top,
+            &[
+                "write -P 0x33 1040k 4k",
+                "write -z 6M 64k",
+                "write -P 0x44 7M 1M",
+            ],
+        ),
+    ];
+    for (i, (image, cmds)) in layers.iter().enumerate() {
+        if i == 1 {
+            ok(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-b",
+                    s(&mid),
+                    "-F",
+                    "qcow2",
+                    s(&top),
+                ],
+            );
+        }
+        for target in [(*image, "qcow2"), (&model as &Path, "raw")] {
+            let mut args = vec!["-f", target.1];
+            for c in *cmds {
+                args.extend(["-c", c]);
+            }
+            args.push(s(target.0));
+            ok("qemu-io", &args);
+        }
+    }
+    let server = Server::start(&["-r", s(&top)]);
+    same(&model, &server);
+    // Backing files are never written: their checksums stay.
+    let before = std::fs::read(&base).unwrap();
+    drop(server);
+    assert!(std::fs::read(&base).unwrap() == before);
+
+    // The allocation map: the top's zero cluster, its data, and the raw
+    // base's hole (3 to 6 MiB, not written by any layer) read through.
+    let server = Server::start(&["-r", s(&top)]);
+    let map = ok("nbdinfo", &["--map", &server.url]);
+    let kind_at = |offset: u64| -> u32 {
+        for line in map.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (start, len, kind): (u64, u64, u32) = (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            );
+            if (start..start + len).contains(&offset) {
+                return kind;
+            }
+        }
+        panic!("{offset} not in the map:\n{map}");
+    };
+    assert_eq!(kind_at(6 << 20), 2, "zero cluster:\n{map}");
+    assert_eq!(kind_at(7 << 20), 0, "data:\n{map}");
+    assert_eq!(kind_at(1 << 20), 0, "the middle layer's data:\n{map}");
+    assert_eq!(kind_at(4 << 20), 3, "the raw base's hole:\n{map}");
+    assert_eq!(
+        kind_at(2 << 20),
+        2,
+        "the middle layer's zero cluster:\n{map}"
+    );
+}
+
+/// Runs costack-nbd expecting it to refuse to start; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["-p", "0"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{args:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn patch(path: &Path, at: u64, bytes: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, at).unwrap();
+}
+
+#[test]
+fn damaged_images_are_refused_at_open() {
+    if !tools() {
+        return;
+    }
+    let d = dir("damaged");
+    let make = |name: &str| {
+        let p = d.join(name);
+        ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "64M"]);
+        p
+    };
+    // Writable qcow2 is not served (yet).
+    let img = make("rw.qcow2");
+    let e = refused(&[s(&img)]);
+    assert!(e.contains("read-only") && e.contains("-r"), "{e}");
+
+    let cases: [(&str, u64, &[u8], &str); 5] = [
+        ("version.qcow2", 4, &[0, 0, 0, 9], "version 9"),
+        ("clusters.qcow2", 20, &[0, 0, 0, 40], "cluster size"),
+        ("l1.qcow2", 40, &[0, 0, 0, 1, 0, 0, 0, 0], "L1 table"),
+        (
+            "feature.qcow2",
+            72,
+            &[0, 0, 0, 0, 0, 0, 1, 0],
+            "unknown incompatible feature",
+        ),
+        (
+            "size.qcow2",
+            24,
+            &[0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
+            "too large",
+        ),
+    ];
+    for (name, at, bytes, why) in cases {
+        let img = make(name);
+        patch(&img, at, bytes);
+        let e = refused(&["-r", s(&img)]);
+        assert!(e.contains(why) && e.contains(name), "{name}: {e}");
+    }
+    // Not qcow2 at all, named as qcow2.
+    let raw = d.join("plain.raw");
+    std::fs::write(&raw, vec![0u8; 1 << 20]).unwrap();
+    let e = refused(&["-r", "-f", "qcow2", s(&raw)]);
+    assert!(e.contains("no qcow2 magic"), "{e}");
+
+    // A backing chain that loops, and one whose file is missing.
+    let a = d.join("a.qcow2");
+    let b = d.join("b.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&b), "64M"]);
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&b),
+            "-F",
+            "qcow2",
+            s(&a),
+        ],
+    );
+    ok(
+        "qemu-img",
+        &["rebase", "-u", "-b", s(&a), "-F", "qcow2", s(&b)],
+    );
+    let e = refused(&["-r", s(&a)]);
+    assert!(e.contains("loops"), "{e}");
+    let c = d.join("c.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "gone.qcow2",
+            "-F",
+            "qcow2",
+            "-u",
+            s(&c),
+            "64M",
+        ],
+    );
+    let e = refused(&["-r", s(&c)]);
+    assert!(
+        e.contains("gone.qcow2") && e.contains("No such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_tables_fail_their_range_only() {
+    if !tools() {
+        return;
+    }
+    let d = dir("tables");
+    let raw = d.join("disk.raw");
+    make_raw(&raw);
+    let img = d.join("disk.qcow2");
+    // 4 KiB clusters: one L2 table maps 2 MiB.
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            s(&raw),
+            s(&img),
+        ],
+    );
+    let header = std::fs::read(&img).unwrap();
+    let l1 = u64::from_be_bytes(header[40..48].try_into().unwrap());
+    let len = header.len() as u64;
+    // L1[0] past the end of the file; L1[1] misaligned.
+    patch(
+        &img,
+        l1,
+        &((len + (1 << 20)) & !4095 | 1 << 63).to_be_bytes(),
+    );
+    patch(&img, l1 + 8, &(0x1200u64 | 1 << 63).to_be_bytes());
+    let mut server = Server::start(&["-r", s(&img)]);
+    let io = |cmd: &str| run("qemu-io", &["-r", "-f", "raw", "-c", cmd, &server.url]);
+    for cmd in ["read 0 4k", "read 1M 64k", "read 2M 4k"] {
+        let out = io(cmd);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("Input/output error"), "{cmd}: {text}");
+    }
+    // The rest reads as the raw image does.
+    let out = io("read -v 6M 16");
+    assert!(out.status.success());
+    let mut expect = vec![0u8; 16];
+    std::fs::File::open(&raw)
+        .unwrap()
+        .read_exact_at(&mut expect, 6 << 20)
+        .unwrap();
+    let first = format!("{:02x} {:02x}", expect[0], expect[1]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&first),
+        "{first}"
+    );
+    assert!(server.alive());
+}
