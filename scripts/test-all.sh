@@ -27,7 +27,7 @@ export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
 # costack-nbd with TLS (the `tls` feature, system OpenSSL): its unit tests
 # and NBD over TLS against qemu, nbdinfo/nbdcopy and libnbd's Python.
-cargo test -p costack-nbd --features tls
+cargo test -p costack-nbd --features tls --lib --test tls
 # The tracing feature's events (zero cost, and not compiled, when off).
 cargo test -p costack --features tracing --test tracing --test core
 # The event loop's suites on each backend, chosen as users choose them

@@ -10,10 +10,10 @@ use std::time::Duration;
 use clap::Parser;
 use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-use costack_nbd::backend::{BlockDevice, MemDisk};
+use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
+use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{init_logging, CacheMode, Cli, Format, TlsMode, SECTOR_SIZE};
-use costack_nbd::file::{FileDisk, DIRECT_ALIGN};
-use costack_nbd::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
+use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
@@ -44,7 +44,7 @@ fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
     if cli.cache == CacheMode::None {
         return refuse("--cache none is for raw images");
     }
-    let image = costack_nbd::qcow2::Qcow2::open(path)
+    let image = costack_nbd::block::qcow2::Qcow2::open(path)
         .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
     if image.header().dirty {
         eprintln!(
@@ -89,7 +89,7 @@ fn run(cli: Cli) -> io::Result<()> {
         Some(path) => {
             let qcow2 = match cli.format {
                 Some(f) => f == Format::Qcow2,
-                None => costack_nbd::qcow2::probe(path)
+                None => costack_nbd::block::qcow2::probe(path)
                     .map_err(|e| context(e, format!("cannot open {}", path.display())))?,
             };
             if qcow2 {

@@ -23,14 +23,14 @@ use std::time::{Duration, Instant};
 use costack::aio;
 use costack::sync::{CoMutex, CoSemaphore};
 
-use crate::backend::BlockDevice;
+use crate::block::BlockDevice;
 #[cfg(feature = "tls")]
-use crate::handshake::resume_after_tls;
-use crate::handshake::{
+use crate::protocol::handshake::resume_after_tls;
+use crate::protocol::handshake::{
     negotiate_options, Duplex, HandshakeConfig, HandshakeError, Negotiated, Outcome,
 };
-use crate::proto::{Command, ErrorCode, NBD_CMD_FLAG_FUA};
-use crate::request::{
+use crate::protocol::proto::{Command, ErrorCode, NBD_CMD_FLAG_FUA};
+use crate::protocol::request::{
     read_request_header, validate, write_block_status_reply, write_error, write_ok,
     write_read_reply, write_rejection, Incoming, Op, ReadError, Request, TransmissionParams,
 };
@@ -404,7 +404,7 @@ fn serve_tls<S: AsRawFd + 'static>(
     shared: &Shared,
     max_clients: usize,
     deadline: Option<Instant>,
-    resume: crate::handshake::Resume,
+    resume: crate::protocol::handshake::Resume,
     negotiating: Negotiating<'_>,
 ) {
     let Some(tls) = &shared.tls else {
@@ -495,7 +495,7 @@ where
     tracing::info!(%peer, "client disconnected");
 }
 
-/// [`read_request`](crate::request::read_request), with the write payload
+/// [`read_request`](crate::protocol::request::read_request), with the write payload
 /// read into a pooled buffer rather than a freshly zeroed one. The same
 /// validation and stream handling: a valid write's payload lands in
 /// [`Request::payload`], a rejected one's is read and discarded, and one
@@ -930,13 +930,13 @@ mod tests {
 
     #[test]
     fn read_incoming_matches_read_request() {
-        use crate::proto::RequestHeader;
-        use crate::request::read_request;
+        use crate::protocol::proto::RequestHeader;
+        use crate::protocol::request::read_request;
         let params = TransmissionParams {
             size: 1 << 20,
-            transmission_flags: crate::proto::NBD_FLAG_HAS_FLAGS
-                | crate::proto::NBD_FLAG_SEND_FUA
-                | crate::proto::NBD_FLAG_SEND_FLUSH,
+            transmission_flags: crate::protocol::proto::NBD_FLAG_HAS_FLAGS
+                | crate::protocol::proto::NBD_FLAG_SEND_FUA
+                | crate::protocol::proto::NBD_FLAG_SEND_FLUSH,
             read_only: false,
             structured_replies: true,
             base_allocation: None,

@@ -3,12 +3,12 @@
 
 use std::io::Cursor;
 
-use costack_nbd::handshake::{negotiate, Duplex, ExportInfo, HandshakeConfig};
-use costack_nbd::proto::{
+use costack_nbd::protocol::handshake::{negotiate, Duplex, ExportInfo, HandshakeConfig};
+use costack_nbd::protocol::proto::{
     self, ChunkHeader, Command, InfoRequest, MetaContextRequest, OptionCode, RequestHeader,
     NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, REQUEST_MAGIC,
 };
-use costack_nbd::request::{read_request, validate, Incoming, TransmissionParams};
+use costack_nbd::protocol::request::{read_request, validate, Incoming, TransmissionParams};
 use proptest::prelude::*;
 
 fn config() -> HandshakeConfig {

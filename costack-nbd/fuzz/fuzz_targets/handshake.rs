@@ -8,12 +8,12 @@
 
 use std::io::Cursor;
 
-use costack_nbd::handshake::{negotiate, BlockSizes, Duplex, ExportInfo, HandshakeConfig};
-use costack_nbd::proto::{
+use costack_nbd::protocol::handshake::{negotiate, BlockSizes, Duplex, ExportInfo, HandshakeConfig};
+use costack_nbd::protocol::proto::{
     self, Info, OptionCode, OptionReplyHeader, ReplyType, EXPORT_NAME_ZEROES, NBD_FLAG_C_NO_ZEROES,
     OPTION_REPLY_HEADER_LEN, OPTION_REPLY_MAGIC,
 };
-use costack_nbd::request::TransmissionParams;
+use costack_nbd::protocol::request::TransmissionParams;
 use libfuzzer_sys::fuzz_target;
 
 fn config(selector: u8) -> HandshakeConfig {
@@ -42,7 +42,7 @@ fn config(selector: u8) -> HandshakeConfig {
 /// Checks the server's output; panics (a finding) if it is malformed.
 fn check_output(
     out: &[u8],
-    result: &Result<costack_nbd::handshake::Negotiated, impl std::fmt::Debug>,
+    result: &Result<costack_nbd::protocol::handshake::Negotiated, impl std::fmt::Debug>,
     client_flags: Option<u32>,
 ) {
     assert!(out.len() >= proto::GREETING_LEN, "no greeting");

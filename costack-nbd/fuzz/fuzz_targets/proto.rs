@@ -5,7 +5,7 @@
 
 #![no_main]
 
-use costack_nbd::proto::{
+use costack_nbd::protocol::proto::{
     self, Chunk, ChunkHeader, ChunkType, Info, InfoRequest, MetaContextRequest, OptionHeader,
     OptionReplyHeader, Reader, RequestHeader, SimpleReplyHeader, STRUCTURED_REPLY_HEADER_LEN,
 };

@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use costack_nbd::qcow2::{classify, Cluster, Header};
+use costack_nbd::block::qcow2::{classify, Cluster, Header};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

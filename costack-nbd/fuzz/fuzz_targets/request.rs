@@ -9,10 +9,10 @@
 
 use std::io::{Cursor, Read};
 
-use costack_nbd::backend::Extent;
-use costack_nbd::handshake::{BlockSizes, ExportInfo};
-use costack_nbd::proto::{Command, REQUEST_HEADER_LEN};
-use costack_nbd::request::{
+use costack_nbd::block::Extent;
+use costack_nbd::protocol::handshake::{BlockSizes, ExportInfo};
+use costack_nbd::protocol::proto::{Command, REQUEST_HEADER_LEN};
+use costack_nbd::protocol::request::{
     block_status_descriptors, read_request, write_block_status_reply, write_read_reply,
     write_rejection, Incoming, Op, ReadError, TransmissionParams,
 };

@@ -24,9 +24,9 @@ use std::sync::{Arc, Mutex};
 
 use costack::fs::File;
 
-use crate::backend::{BlockDevice, Extent};
-use crate::file::FileDisk;
-use crate::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
+use crate::block::raw::FileDisk;
+use crate::block::{BlockDevice, Extent};
+use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// `QFI\xfb`, the first four bytes of every qcow2 image.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";

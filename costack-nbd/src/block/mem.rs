@@ -1,77 +1,11 @@
-//! Storage abstraction used by the server, and a sparse in-memory disk.
-//!
-//! The server only needs the operations of [`BlockDevice`]. Every method
-//! takes `&self`: requests on one connection (and requests from several
-//! connections) run concurrently, so implementations use interior
-//! mutability. Callers validate offsets and lengths against
-//! [`BlockDevice::size`] before calling; implementations still reject
-//! out-of-range accesses with [`io::ErrorKind::InvalidInput`] rather than
-//! panicking.
+//! A sparse in-memory disk (the export without a FILE).
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
-
-/// One run of bytes sharing the same allocation status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Extent {
-    /// Length in bytes (non-zero).
-    pub length: u64,
-    /// `base:allocation` flags: [`NBD_STATE_HOLE`] and/or [`NBD_STATE_ZERO`].
-    pub flags: u32,
-}
-
-/// What the NBD server needs from a storage backend.
-///
-/// Implementations that are shared between threads should also be
-/// `Send + Sync` (the provided [`MemDisk`] is).
-pub trait BlockDevice {
-    /// Size of the device in bytes.
-    fn size(&self) -> u64;
-
-    /// Whether writes are refused.
-    fn is_read_only(&self) -> bool;
-
-    /// Fills `buf` with the bytes at `offset`.
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-
-    /// Writes `buf` at `offset`.
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
-
-    /// Makes every completed write durable.
-    fn flush(&self) -> io::Result<()>;
-
-    /// Discards (punches a hole in) `len` bytes at `offset`. Advisory: an
-    /// implementation may discard less, and the contents of the range are
-    /// unspecified afterwards.
-    fn trim(&self, offset: u64, len: u64) -> io::Result<()>;
-
-    /// Makes `len` bytes at `offset` read back as zero. With
-    /// `may_punch_hole` false (`NBD_CMD_FLAG_NO_HOLE`) the range must stay
-    /// allocated.
-    fn write_zeroes(&self, offset: u64, len: u64, may_punch_hole: bool) -> io::Result<()>;
-
-    /// Whether [`write_zeroes`](Self::write_zeroes) is cheaper than writing
-    /// a buffer of zeroes (controls `NBD_FLAG_SEND_FAST_ZERO`).
-    fn can_fast_zero(&self) -> bool {
-        false
-    }
-
-    /// Allocation status of `len` bytes at `offset`, as consecutive extents
-    /// starting at `offset`. The extents may cover less than `len` (but at
-    /// least one byte when `len > 0`) and never extend past the end of the
-    /// device.
-    fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
-
-    /// Hint that `len` bytes at `offset` will be accessed soon
-    /// (`NBD_CMD_CACHE`). The default does nothing.
-    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
-        let _ = (offset, len);
-        Ok(())
-    }
-}
+use crate::block::{BlockDevice, Extent};
+use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// Size of one [`MemDisk`] allocation unit.
 pub const MEM_CHUNK_SIZE: usize = 64 * 1024;

@@ -15,9 +15,9 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
-use crate::backend::Extent;
-use crate::handshake::{BlockSizes, Negotiated, DEFAULT_MAX_BLOCK};
-use crate::proto::{
+use crate::block::Extent;
+use crate::protocol::handshake::{BlockSizes, Negotiated, DEFAULT_MAX_BLOCK};
+use crate::protocol::proto::{
     self, BlockStatusDescriptor, Command, ErrorCode, RequestHeader, SimpleReplyHeader,
     NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
     NBD_CMD_FLAG_REQ_ONE, NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH,
@@ -619,8 +619,8 @@ pub fn write_block_status_reply<W: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::ExportInfo;
-    use crate::proto::*;
+    use crate::protocol::handshake::ExportInfo;
+    use crate::protocol::proto::*;
     use std::io::Cursor;
 
     #[test]
@@ -1195,7 +1195,7 @@ mod tests {
 
     #[test]
     fn params_from_negotiated() {
-        use crate::handshake::{negotiate, Duplex, HandshakeConfig};
+        use crate::protocol::handshake::{negotiate, Duplex, HandshakeConfig};
         let cfg = HandshakeConfig::new(vec![ExportInfo::new("", 8192)]);
         let mut input = (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES)
             .to_be_bytes()

@@ -10,8 +10,8 @@ use std::path::Path;
 use costack::aio;
 use costack::fs::File;
 
-use crate::backend::{BlockDevice, Extent};
-use crate::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
+use crate::block::{BlockDevice, Extent};
+use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// Alignment `O_DIRECT` needs for buffers, offsets and lengths.
 pub const DIRECT_ALIGN: usize = 4096;

@@ -20,8 +20,8 @@ use std::io::{self, Read, Write};
 
 use tracing::debug;
 
-use crate::backend::BlockDevice;
-use crate::proto::{
+use crate::block::BlockDevice;
+use crate::protocol::proto::{
     self, encode_option_reply, InfoRequest, InfoType, MetaContextRequest, OptionCode, OptionHeader,
     ReplyType, BASE_ALLOCATION, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_C_FIXED_NEWSTYLE,
     NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_HAS_FLAGS, NBD_FLAG_NO_ZEROES,
@@ -784,8 +784,8 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::MemDisk;
-    use crate::proto::*;
+    use crate::block::MemDisk;
+    use crate::protocol::proto::*;
     use std::io::Cursor;
 
     type Mem = Duplex<Cursor<Vec<u8>>, Vec<u8>>;
