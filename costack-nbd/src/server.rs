@@ -29,10 +29,10 @@ use crate::protocol::handshake::resume_after_tls;
 use crate::protocol::handshake::{
     negotiate_options, Duplex, HandshakeConfig, HandshakeError, Negotiated, Outcome,
 };
-use crate::protocol::proto::{Command, ErrorCode, NBD_CMD_FLAG_FUA};
+use crate::protocol::proto::ErrorCode;
 use crate::protocol::request::{
-    read_request_header, validate, write_block_status_reply, write_error, write_ok,
-    write_read_reply, write_rejection, Incoming, Op, ReadError, Request, TransmissionParams,
+    plan_read_reply, read_request_with, write_block_status_reply, write_error, write_ok,
+    write_rejection, Incoming, Op, ReadError, ReplyPiece, ReplyPlan, Request, TransmissionParams,
 };
 
 /// Requests one client may have in flight at once.
@@ -495,58 +495,21 @@ where
     tracing::info!(%peer, "client disconnected");
 }
 
-/// [`read_request`](crate::protocol::request::read_request), with the write payload
-/// read into a pooled buffer rather than a freshly zeroed one. The same
-/// validation and stream handling: a valid write's payload lands in
-/// [`Request::payload`], a rejected one's is read and discarded, and one
-/// longer than `max_payload` is fatal.
+/// Reads one request with the parser the fuzzers and tests drive
+/// ([`read_request_with`]), a write's payload going into a pooled buffer
+/// once its share of the connection's byte budget is free (the share goes
+/// back when the reply is sent).
 fn read_incoming<R: Read>(
     r: &mut BufReader<R>,
     p: &TransmissionParams,
     pool: &Pool,
     budget: &CoSemaphore,
 ) -> Result<Incoming, ReadError> {
-    let header = read_request_header(r)?;
-    let has_payload = header.command == Command::Write;
-    if has_payload && header.length > p.max_payload {
-        return Err(ReadError::PayloadTooLarge {
-            handle: header.handle,
-            length: header.length,
-        });
-    }
-    match validate(&header, p) {
-        Ok(op) => {
-            let mut payload = Vec::new();
-            if has_payload {
-                // Wait for room before taking the payload into memory; the
-                // share goes back when the reply is sent.
-                let cost = data_cost(&op);
-                budget.acquire(cost);
-                payload = pool.take(header.length as usize);
-                if let Err(e) = read_payload(r, &mut payload) {
-                    pool.give(payload);
-                    budget.release(cost);
-                    return Err(e.into());
-                }
-            }
-            Ok(Incoming::Request(Request {
-                header,
-                op,
-                fua: header.flags & NBD_CMD_FLAG_FUA != 0,
-                payload,
-            }))
-        }
-        Err(error) => {
-            if has_payload {
-                let want = u64::from(header.length);
-                let got = io::copy(&mut r.take(want), &mut io::sink())?;
-                if got != want {
-                    return Err(ReadError::Disconnected);
-                }
-            }
-            Ok(Incoming::Rejected { header, error })
-        }
-    }
+    let take = |op: &Op, len: usize| {
+        budget.acquire(data_cost(op));
+        pool.take(len)
+    };
+    read_request_with(r, p, take, read_payload)
 }
 
 /// Fills `buf` from `r`: what `r` has buffered, then the rest straight
@@ -590,86 +553,27 @@ impl Pool {
     }
 }
 
-/// Where a piece of an encoded reply lies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Piece {
-    /// `head[start..end]`
-    Head(usize, usize),
-    /// `data[start..end]`
-    Data(usize, usize),
-}
-
-/// An encoded reply: headers in `head`, read data left in `data`, in the
-/// order `pieces` says.
+/// An encoded reply: the plan of its bytes ([`ReplyPlan`]) and the read
+/// data it refers to (empty but for reads).
 struct Reply {
-    head: Vec<u8>,
+    plan: ReplyPlan,
     data: Vec<u8>,
-    pieces: Vec<Piece>,
 }
 
 impl Reply {
     fn bytes(head: Vec<u8>) -> Reply {
-        let pieces = vec![Piece::Head(0, head.len())];
-        Reply {
+        let plan = ReplyPlan {
+            pieces: vec![ReplyPiece::Head(0..head.len())],
             head,
+        };
+        Reply {
+            plan,
             data: Vec::new(),
-            pieces,
         }
     }
 
     fn slices(&self) -> impl Iterator<Item = IoSlice<'_>> {
-        self.pieces.iter().map(|p| match *p {
-            Piece::Head(a, b) => IoSlice::new(&self.head[a..b]),
-            Piece::Data(a, b) => IoSlice::new(&self.data[a..b]),
-        })
-    }
-}
-
-/// Encodes a reply around `data` without copying it: writes of slices of
-/// `data` are recorded as references, anything else is copied to `head`.
-struct Scatter<'a> {
-    data: &'a [u8],
-    head: Vec<u8>,
-    pieces: Vec<Piece>,
-}
-
-impl<'a> Scatter<'a> {
-    fn new(data: &'a [u8]) -> Self {
-        Scatter {
-            data,
-            head: Vec::with_capacity(64),
-            pieces: Vec::with_capacity(2),
-        }
-    }
-
-    /// Where `b` starts in `data`, if it is a slice of it.
-    fn offset_in_data(&self, b: &[u8]) -> Option<usize> {
-        let (start, base) = (b.as_ptr() as usize, self.data.as_ptr() as usize);
-        (!b.is_empty() && start >= base && start + b.len() <= base + self.data.len())
-            .then(|| start - base)
-    }
-}
-
-impl Write for Scatter<'_> {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        let piece = match self.offset_in_data(b) {
-            Some(at) => Piece::Data(at, at + b.len()),
-            None => {
-                let at = self.head.len();
-                self.head.extend_from_slice(b);
-                Piece::Head(at, at + b.len())
-            }
-        };
-        match (self.pieces.last_mut(), piece) {
-            (Some(Piece::Head(_, end)), Piece::Head(a, b)) if *end == a => *end = b,
-            (Some(Piece::Data(_, end)), Piece::Data(a, b)) if *end == a => *end = b,
-            _ => self.pieces.push(piece),
-        }
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        self.plan.slices(&self.data).map(IoSlice::new)
     }
 }
 
@@ -793,24 +697,11 @@ fn execute(
     let result = match req.op {
         Op::Read { offset, length, df } => {
             let mut buf = pool.take(length as usize);
-            match device.read_at(&mut buf, offset) {
-                Ok(()) => {
-                    let mut reply = Scatter::new(&buf);
-                    match write_read_reply(&mut reply, handle, offset, &buf, structured, df) {
-                        Ok(()) => {
-                            let (head, pieces) = (reply.head, reply.pieces);
-                            return Reply {
-                                head,
-                                data: buf,
-                                pieces,
-                            };
-                        }
-                        Err(e) => {
-                            pool.give(buf);
-                            Some(e)
-                        }
-                    }
-                }
+            let planned = device
+                .read_at(&mut buf, offset)
+                .and_then(|()| plan_read_reply(handle, offset, &buf, structured, df));
+            match planned {
+                Ok(plan) => return Reply { plan, data: buf },
                 Err(e) => {
                     pool.give(buf);
                     Some(e)
@@ -881,25 +772,24 @@ mod tests {
     }
 
     #[test]
-    fn scattered_read_replies_encode_like_copied_ones() {
+    fn planned_read_replies_encode_like_written_ones() {
+        use crate::protocol::request::write_read_reply;
         // Data with zero runs (holes in structured replies) and without.
         let mut mixed = vec![0u8; 3 * 65536];
         mixed[70000..80000].fill(7);
         let cases: [(Vec<u8>, u64); 3] = [(vec![0xAB; 4096], 4096), (mixed, 0), (Vec::new(), 0)];
         for (data, offset) in cases {
             for (structured, df) in [(false, false), (true, false), (true, true)] {
-                let mut copied = Vec::new();
-                write_read_reply(&mut copied, 42, offset, &data, structured, df).unwrap();
-                let mut sc = Scatter::new(&data);
-                write_read_reply(&mut sc, 42, offset, &data, structured, df).unwrap();
+                let mut written = Vec::new();
+                write_read_reply(&mut written, 42, offset, &data, structured, df).unwrap();
+                let plan = plan_read_reply(42, offset, &data, structured, df).unwrap();
                 // The data is referenced, not copied.
-                assert!(sc.head.len() < 128 + data.len() / 2);
+                assert!(plan.head.len() < 128 + data.len() / 2);
                 let reply = Reply {
-                    head: sc.head,
-                    pieces: sc.pieces,
+                    plan,
                     data: data.clone(),
                 };
-                assert_eq!(flatten(&reply), copied, "structured={structured} df={df}");
+                assert_eq!(flatten(&reply), written, "structured={structured} df={df}");
             }
         }
     }
@@ -931,6 +821,7 @@ mod tests {
     #[test]
     fn read_incoming_matches_read_request() {
         use crate::protocol::proto::RequestHeader;
+        use crate::protocol::proto::{Command, NBD_CMD_FLAG_FUA};
         use crate::protocol::request::read_request;
         let params = TransmissionParams {
             size: 1 << 20,

@@ -340,6 +340,25 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
 /// in sync. A longer payload cannot be skipped safely and yields
 /// [`ReadError::PayloadTooLarge`].
 pub fn read_request<R: Read>(r: &mut R, p: &TransmissionParams) -> Result<Incoming, ReadError> {
+    read_request_with(r, p, |_, len| vec![0u8; len], |r, buf| r.read_exact(buf))
+}
+
+/// [`read_request`] with the caller's payload handling: `buffer(op, len)`
+/// gives the buffer a valid write's payload is read into (a pooled one,
+/// say, after waiting for memory), and `fill(r, buf)` reads it (past a
+/// `BufReader`'s buffer, say). The server reads requests with this, so it
+/// parses exactly as the fuzzers and tests that drive `read_request` do.
+pub fn read_request_with<R, B, F>(
+    r: &mut R,
+    p: &TransmissionParams,
+    buffer: B,
+    fill: F,
+) -> Result<Incoming, ReadError>
+where
+    R: Read,
+    B: FnOnce(&Op, usize) -> Vec<u8>,
+    F: FnOnce(&mut R, &mut [u8]) -> io::Result<()>,
+{
     let header = read_request_header(r)?;
     let has_payload = header.command == Command::Write;
     if has_payload && header.length > p.max_payload {
@@ -352,8 +371,11 @@ pub fn read_request<R: Read>(r: &mut R, p: &TransmissionParams) -> Result<Incomi
         Ok(op) => {
             let mut payload = Vec::new();
             if has_payload {
-                payload = vec![0u8; header.length as usize];
-                r.read_exact(&mut payload)?;
+                let len = header.length as usize;
+                payload = buffer(&op, len);
+                debug_assert_eq!(payload.len(), len, "payload buffer of the wrong size");
+                payload.resize(len, 0);
+                fill(r, &mut payload)?;
             }
             Ok(Incoming::Request(Request {
                 header,
@@ -487,7 +509,77 @@ pub fn write_read_reply<W: Write>(
     structured: bool,
     df: bool,
 ) -> io::Result<()> {
-    write_read_reply_limited(w, handle, offset, data, structured, df, MAX_CHUNK_DATA)
+    plan_read_reply(handle, offset, data, structured, df)?.write_to(w, data)
+}
+
+/// The bytes of a read reply, in order: encoded headers, and ranges of the
+/// data read, so that the data can be sent from where it was read into
+/// (one `writev`), never copied into the reply.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyPlan {
+    /// Every header of the reply, back to back.
+    pub head: Vec<u8>,
+    /// The order of the reply's bytes.
+    pub pieces: Vec<ReplyPiece>,
+}
+
+/// One run of a [`ReplyPlan`]'s bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplyPiece {
+    /// `head[range]`.
+    Head(std::ops::Range<usize>),
+    /// `data[range]`, of the data read.
+    Data(std::ops::Range<usize>),
+}
+
+impl ReplyPlan {
+    fn head(&mut self, bytes: &[u8]) {
+        let at = self.head.len();
+        self.head.extend_from_slice(bytes);
+        match self.pieces.last_mut() {
+            Some(ReplyPiece::Head(r)) if r.end == at => r.end = self.head.len(),
+            _ => self.pieces.push(ReplyPiece::Head(at..self.head.len())),
+        }
+    }
+
+    fn data(&mut self, range: std::ops::Range<usize>) {
+        self.pieces.push(ReplyPiece::Data(range));
+    }
+
+    /// The reply's bytes as slices, `data` being what was read.
+    ///
+    /// # Panics
+    /// If `data` is shorter than the plan's ranges (not the data it was
+    /// planned for).
+    pub fn slices<'a>(&'a self, data: &'a [u8]) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.pieces.iter().map(move |p| match p {
+            ReplyPiece::Head(r) => &self.head[r.clone()],
+            ReplyPiece::Data(r) => &data[r.clone()],
+        })
+    }
+
+    /// Writes the reply, `data` being what was read.
+    ///
+    /// # Errors
+    /// As `w`'s.
+    pub fn write_to<W: Write>(&self, w: &mut W, data: &[u8]) -> io::Result<()> {
+        self.slices(data).try_for_each(|b| w.write_all(b))
+    }
+}
+
+/// Plans the reply to a successful read of `data` at `offset`: the
+/// encoding of [`write_read_reply`], as headers and ranges of `data`.
+///
+/// # Errors
+/// `InvalidInput` if `df` asks for one chunk that cannot hold `data`.
+pub fn plan_read_reply(
+    handle: u64,
+    offset: u64,
+    data: &[u8],
+    structured: bool,
+    df: bool,
+) -> io::Result<ReplyPlan> {
+    plan_read_reply_limited(handle, offset, data, structured, df, MAX_CHUNK_DATA)
 }
 
 /// Largest data payload of one `OFFSET_DATA` chunk (its length field also
@@ -495,6 +587,7 @@ pub fn write_read_reply<W: Write>(
 const MAX_CHUNK_DATA: usize = (u32::MAX - 8) as usize;
 
 /// [`write_read_reply`] with a configurable chunk size limit (for tests).
+#[cfg(test)]
 fn write_read_reply_limited<W: Write>(
     w: &mut W,
     handle: u64,
@@ -504,26 +597,41 @@ fn write_read_reply_limited<W: Write>(
     df: bool,
     max_chunk: usize,
 ) -> io::Result<()> {
+    plan_read_reply_limited(handle, offset, data, structured, df, max_chunk)?.write_to(w, data)
+}
+
+fn plan_read_reply_limited(
+    handle: u64,
+    offset: u64,
+    data: &[u8],
+    structured: bool,
+    df: bool,
+    max_chunk: usize,
+) -> io::Result<ReplyPlan> {
+    let len = data.len();
+    let mut plan = ReplyPlan::default();
     if !structured {
-        return write_simple_reply(w, handle, None, data);
+        let hdr = SimpleReplyHeader { error: 0, handle };
+        plan.head(&hdr.encode());
+        if len > 0 {
+            plan.data(0..len);
+        }
+        return Ok(plan);
     }
-    if data.is_empty() {
-        return w.write_all(&proto::encode_none_chunk(handle));
+    if len == 0 {
+        plan.head(&proto::encode_none_chunk(handle));
+        return Ok(plan);
     }
     if df {
-        if data.len() > max_chunk {
+        if len > max_chunk {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "unfragmented read too large for one chunk",
             ));
         }
-        w.write_all(&proto::encode_offset_data_header(
-            handle,
-            offset,
-            data.len(),
-            true,
-        ))?;
-        return w.write_all(data);
+        plan.head(&proto::encode_offset_data_header(handle, offset, len, true));
+        plan.data(0..len);
+        return Ok(plan);
     }
     // Runs longer than one chunk can carry are split.
     let pieces: Vec<(usize, usize, bool)> = zero_runs(offset, data)
@@ -541,13 +649,13 @@ fn write_read_reply_limited<W: Write>(
         if zero {
             // `len` ≤ max_chunk < 2^32.
             let hole = u32::try_from(len).map_err(io::Error::other)?;
-            w.write_all(&proto::encode_offset_hole(handle, at, hole, done))?;
+            plan.head(&proto::encode_offset_hole(handle, at, hole, done));
         } else {
-            w.write_all(&proto::encode_offset_data_header(handle, at, len, done))?;
-            w.write_all(&data[start..start + len])?;
+            plan.head(&proto::encode_offset_data_header(handle, at, len, done));
+            plan.data(start..start + len);
         }
     }
-    Ok(())
+    Ok(plan)
 }
 
 /// Turns backend extents into wire descriptors for a block status request
