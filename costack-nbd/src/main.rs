@@ -28,23 +28,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens a qcow2 image (read-only: writing qcow2 is not implemented).
+/// Opens a qcow2 image, writable unless `-r`.
 fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
-    let refuse = |why: &str| {
-        Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("{}: {why}", path.display()),
-        ))
-    };
-    if !cli.read_only {
-        return refuse(
-            "qcow2 images are served read-only (writing qcow2 is not implemented yet): add -r",
-        );
-    }
     if cli.cache == CacheMode::None {
-        return refuse("--cache none is for raw images");
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{}: --cache none is for raw images", path.display()),
+        ));
     }
-    let image = costack_nbd::block::qcow2::Qcow2::open(path)
+    let image = costack_nbd::block::qcow2::Qcow2::open(path, !cli.read_only)
         .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
     if image.header().dirty {
         eprintln!(

@@ -195,6 +195,59 @@ fn random_request_streams_match_a_model_disk() {
     }
 }
 
+/// The same streams against a qcow2 image (4 KiB clusters, so requests
+/// straddle clusters and allocate L2 tables and refcount blocks); then
+/// `qemu-img check` must find it clean.
+#[test]
+fn random_request_streams_match_a_model_disk_on_qcow2() {
+    let have = std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !have {
+        assert!(
+            std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
+            "qemu-img is not installed"
+        );
+        eprintln!("skipping: qemu-img is not installed");
+        return;
+    }
+    let image = support::scratch("model-qcow2");
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-o", "cluster_size=4096"])
+        .arg(&image)
+        .arg(DISK.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let server = Server::start(&[image.to_str().unwrap()]);
+    let config = Config {
+        cases: 32,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let streams = (any::<bool>(), proptest::collection::vec(op(), 1..120));
+    let result = TestRunner::new(config).run(&streams, |(structured, ops)| {
+        run_stream(&server, structured, &ops)
+    });
+    drop(server);
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    let check = std::process::Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "qemu-img check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let _ = std::fs::remove_file(image);
+}
+
 #[test]
 fn batches_never_reorder_conflicting_requests() {
     let w = |at, len| Op::Write {

@@ -1,8 +1,10 @@
-//! qcow2 images made by qemu-img, served (read-only) by costack-nbd and
-//! read back by qemu's own tools: every cluster size, both versions,
-//! compressed clusters, backing chains (qcow2 and raw), the allocation
-//! map, and damaged images (refused at open, or I/O errors for the bad
-//! range while the rest is served).
+//! qcow2 images made by qemu-img, served by costack-nbd and read back by
+//! qemu's own tools: every cluster size, both versions, compressed
+//! clusters, backing chains (qcow2 and raw), the allocation map, damaged
+//! images (refused at open, or I/O errors for the bad range while the rest
+//! is served); written through costack-nbd by qemu-io and nbdcopy, then
+//! `qemu-img check` clean and `qemu-img compare` equal to a raw model; and
+//! `kill -9` under load leaves at worst leaked clusters.
 //!
 //! A missing tool skips a test, except under `COSTACK_REQUIRE_CLIENTS=1`
 //! (set by CI), where it is a failure.
@@ -304,10 +306,29 @@ fn damaged_images_are_refused_at_open() {
         ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "64M"]);
         p
     };
-    // Writable qcow2 is not served (yet).
-    let img = make("rw.qcow2");
+    // Writable only what this driver can write: internal snapshots and
+    // other refcount widths are served read-only.
+    let img = make("snap.qcow2");
+    ok("qemu-img", &["snapshot", "-c", "one", s(&img)]);
     let e = refused(&[s(&img)]);
-    assert!(e.contains("read-only") && e.contains("-r"), "{e}");
+    assert!(e.contains("snapshots") && e.contains("-r"), "{e}");
+    let img = d.join("rc64.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "refcount_bits=64",
+            s(&img),
+            "64M",
+        ],
+    );
+    let e = refused(&[s(&img)]);
+    assert!(e.contains("16-bit refcounts"), "{e}");
+    drop(Server::start(&["-r", s(&img)]));
 
     let cases: [(&str, u64, &[u8], &str); 5] = [
         ("version.qcow2", 4, &[0, 0, 0, 9], "version 9"),
@@ -442,4 +463,217 @@ fn bad_tables_fail_their_range_only() {
         "{first}"
     );
     assert!(server.alive());
+}
+
+/// The same qemu-io commands on the export and on a raw model.
+fn io_both(server: &Server, model: &Path, cmds: &[&str]) {
+    for (target, format) in [(server.url.as_str(), "raw"), (s(model), "raw")] {
+        let mut args = vec!["-f", format];
+        for c in cmds {
+            args.extend(["-c", c]);
+        }
+        args.push(target);
+        let out = ok("qemu-io", &args);
+        assert!(!out.contains("error") && !out.contains("failed"), "{out}");
+    }
+}
+
+/// `qemu-img check` exit status: 0 clean, 3 leaks only, 2 corruption.
+fn check(img: &Path) -> i32 {
+    run("qemu-img", &["check", "-q", s(img)])
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// Text-like data, which compresses (random data would be stored raw).
+fn make_text(path: &Path, len: usize) {
+    let words: [&[u8]; 6] = [
+        b"alpha ",
+        b"beta ",
+        b"gamma ",
+        b"costack ",
+        b"qcow2 ",
+        b"cluster ",
+    ];
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = 7u64;
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        out.extend_from_slice(words[(x >> 60) as usize % words.len()]);
+    }
+    out.truncate(len);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn writes_keep_images_clean_and_equal_to_a_model() {
+    if !tools() {
+        return;
+    }
+    let d = dir("writes");
+    let cmds = [
+        "write -P 0x61 4k 512",
+        "write -P 0x62 70k 1k",
+        "write -z 200k 64k",
+        "write -P 0x63 129k 130k",
+        "write -z 1001k 3k",
+        "write -P 0x64 3M 1M",
+        "discard 6M 1M",
+        "write -P 0x65 6M 4k",
+        "flush",
+    ];
+    let text = d.join("text.raw");
+    make_text(&text, 8 << 20);
+    // Fresh images of several cluster sizes (512 B makes the refcount
+    // table grow), version 2, and an image of compressed clusters.
+    let cases: [(&str, &[&str]); 4] = [
+        ("c512.qcow2", &["-o", "cluster_size=512"]),
+        ("c64k.qcow2", &[]),
+        ("v2.qcow2", &["-o", "compat=0.10,cluster_size=4k"]),
+        ("compressed.qcow2", &["-c", "-o", "cluster_size=4k"]),
+    ];
+    for (name, opts) in cases {
+        let img = d.join(name);
+        let model = d.join(format!("{name}.model"));
+        if opts.contains(&"-c") {
+            let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
+            args.extend(opts);
+            args.extend([s(&text), s(&img)]);
+            ok("qemu-img", &args);
+            std::fs::copy(&text, &model).unwrap();
+        } else {
+            let mut args = vec!["create", "-q", "-f", "qcow2"];
+            args.extend(opts);
+            args.extend([s(&img), "8M"]);
+            ok("qemu-img", &args);
+            std::fs::File::create(&model)
+                .unwrap()
+                .set_len(8 << 20)
+                .unwrap();
+        }
+        let server = Server::start(&[s(&img)]);
+        io_both(&server, &model, &cmds);
+        // Many requests in flight over several connections.
+        let random = d.join("random.raw");
+        make_raw(&random);
+        let half = d.join("half.raw");
+        std::fs::write(&half, &std::fs::read(&random).unwrap()[..4 << 20]).unwrap();
+        ok(
+            "nbdcopy",
+            &["--connections=4", "--requests=16", s(&half), &server.url],
+        );
+        {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&model)
+                .unwrap();
+            f.write_all_at(&std::fs::read(&half).unwrap(), 0).unwrap();
+        }
+        same(&model, &server);
+        drop(server);
+        assert_eq!(check(&img), 0, "{name}: qemu-img check is not clean");
+        ok(
+            "qemu-img",
+            &[
+                "compare",
+                "-q",
+                "-f",
+                "raw",
+                "-F",
+                "qcow2",
+                s(&model),
+                s(&img),
+            ],
+        );
+    }
+
+    // An overlay: written through, its backing file never touched.
+    let base = d.join("base.qcow2");
+    ok(
+        "qemu-img",
+        &["convert", "-f", "raw", "-O", "qcow2", s(&text), s(&base)],
+    );
+    let before = std::fs::read(&base).unwrap();
+    let top = d.join("top.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&top),
+        ],
+    );
+    let model = d.join("top.model");
+    std::fs::copy(&text, &model).unwrap();
+    let server = Server::start(&[s(&top)]);
+    io_both(&server, &model, &cmds);
+    drop(server);
+    assert!(
+        std::fs::read(&base).unwrap() == before,
+        "the backing file changed"
+    );
+    assert_eq!(check(&top), 0);
+    ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-q",
+            "-f",
+            "raw",
+            "-F",
+            "qcow2",
+            s(&model),
+            s(&top),
+        ],
+    );
+}
+
+#[test]
+fn kill_9_under_load_leaves_at_worst_leaks() {
+    if !tools() {
+        return;
+    }
+    let d = dir("kill");
+    let random = d.join("random.raw");
+    make_raw(&random);
+    for round in 0..4u64 {
+        let img = d.join(format!("k{round}.qcow2"));
+        ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=4k",
+                s(&img),
+                "8M",
+            ],
+        );
+        let server = Server::start(&[s(&img)]);
+        let mut copy = Command::new("nbdcopy")
+            .args(["--connections=4", "--requests=16", s(&random), &server.url])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + 40 * round));
+        drop(server); // SIGKILL
+        let _ = copy.kill();
+        let _ = copy.wait();
+        let rc = check(&img);
+        assert!(
+            rc == 0 || rc == 3,
+            "round {round}: qemu-img check exit {rc} (2 is corruption)"
+        );
+    }
 }

@@ -1,4 +1,4 @@
-//! qcow2 images, read-only: QEMU's copy-on-write format as `qemu-img`
+//! qcow2 images: QEMU's copy-on-write format as `qemu-img`
 //! writes it (version 2 and 3, cluster sizes 512 B to 2 MiB).
 //!
 //! Served: allocated clusters, zero clusters (version 3), compressed
@@ -6,7 +6,8 @@
 //! files (qcow2 or raw, to any depth up to [`MAX_BACKING_DEPTH`]) read
 //! through for clusters the image does not hold. `base:allocation` reports
 //! the image's own allocation, the backing file's where it reads through.
-//! Writing to qcow2 is not implemented: [`Qcow2::open`] serves it read-only.
+//! Writes allocate clusters and L2 tables, keep refcounts (growing the
+//! refcount table) and never touch a backing file; see [`Qcow2::open`].
 //!
 //! Everything taken from the file is checked before use. The header is
 //! parsed by [`Header::parse`], a pure function the fuzzer drives; a bad
@@ -20,9 +21,11 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use costack::fs::File;
+use costack::sync::CoMutex;
 
 use crate::block::raw::FileDisk;
 use crate::block::{BlockDevice, Extent};
@@ -101,7 +104,19 @@ pub struct Header {
     /// The image was not closed cleanly (refcounts may be stale; reading
     /// is unaffected).
     pub dirty: bool,
+    /// Where the refcount table starts in the file.
+    pub refcount_table_offset: u64,
+    /// Clusters the refcount table takes.
+    pub refcount_table_clusters: u32,
+    /// log2 of the refcount width in bits (4: 16-bit refcounts).
+    pub refcount_order: u32,
+    /// Internal snapshots in the image.
+    pub snapshots: u32,
 }
+
+/// Largest refcount table accepted, in bytes (QEMU's
+/// `QCOW_MAX_REFTABLE_SIZE`).
+const MAX_REFTABLE_BYTES: u64 = 8 << 20;
 
 impl Header {
     /// Bytes of the file [`Header::parse`] wants: the first cluster at
@@ -171,6 +186,25 @@ impl Header {
             )));
         }
 
+        let refcount_table_offset = be64(data, 48);
+        let refcount_table_clusters = be32(data, 56);
+        let reftable_bytes = u64::from(refcount_table_clusters) << cluster_bits;
+        if reftable_bytes == 0
+            || reftable_bytes > MAX_REFTABLE_BYTES
+            || !refcount_table_offset.is_multiple_of(cluster_size)
+            || refcount_table_offset < cluster_size
+            || refcount_table_offset
+                .checked_add(reftable_bytes)
+                .is_none_or(|end| end > file_len)
+        {
+            return Err(invalid(format!(
+                "refcount table at {refcount_table_offset:#x} ({refcount_table_clusters} \
+                 clusters) is empty, too large, misaligned, in the header or past the end \
+                 of the file"
+            )));
+        }
+        let snapshots = be32(data, 60);
+        let mut refcount_order = 4;
         let (header_len, dirty) = if version == 2 {
             (72usize, false)
         } else {
@@ -182,7 +216,7 @@ impl Header {
             if header_len < 104 || header_len as u64 > cluster_size || header_len > data.len() {
                 return Err(invalid(format!("header length {header_len} is invalid")));
             }
-            let refcount_order = be32(data, 96);
+            refcount_order = be32(data, 96);
             if refcount_order > 6 {
                 return Err(invalid(format!(
                     "refcount order {refcount_order} is invalid"
@@ -278,6 +312,10 @@ impl Header {
             backing_file,
             backing_format,
             dirty,
+            refcount_table_offset,
+            refcount_table_clusters,
+            refcount_order,
+            snapshots,
         })
     }
 }
@@ -327,14 +365,21 @@ pub fn classify(entry: u64, cluster_bits: u32, version: u32) -> Result<Cluster, 
     Ok(Cluster::Data(host))
 }
 
-/// A read-only qcow2 image.
+/// A qcow2 image: read-only, or writable (see [`Qcow2::open`]).
 pub struct Qcow2 {
     file: File,
-    file_len: u64,
     header: Header,
-    l1: Vec<u64>,
+    /// Bytes in the file; grows as clusters are allocated.
+    file_len: AtomicU64,
+    /// The L1 table (never held across a yield).
+    l1: RwLock<Vec<u64>>,
     backing: Option<Box<dyn BlockDevice + Send + Sync>>,
     l2_cache: Mutex<L2Cache>,
+    /// Bumped by every L2 change: a table read from the file while it
+    /// changed is used once but not cached (it may predate the change).
+    l2_epoch: AtomicU64,
+    /// Allocation state, for a writable image.
+    meta: Option<CoMutex<Meta>>,
 }
 
 #[derive(Default)]
@@ -343,10 +388,20 @@ struct L2Cache {
     order: VecDeque<u64>,
 }
 
+/// What allocating writes change, under one coroutine lock (QEMU's
+/// `s->lock`): the refcount table and where the next cluster goes.
+/// Clusters are allocated at the end of the file, never reused.
+struct Meta {
+    refcount_table: Vec<u64>,
+    refcount_table_offset: u64,
+    next_free: u64,
+}
+
 impl fmt::Debug for Qcow2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Qcow2")
             .field("header", &self.header)
+            .field("writable", &self.meta.is_some())
             .field("backing", &self.backing.is_some())
             .finish_non_exhaustive()
     }
@@ -371,17 +426,29 @@ fn bad_data(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
+/// L1 and L2 entries: the cluster (or table) has refcount 1, so it may be
+/// written in place.
+const COPIED: u64 = 1 << 63;
+
 impl Qcow2 {
-    /// Opens the qcow2 image at `path` and its backing chain, read-only.
+    /// Opens the qcow2 image at `path` and its backing chain (always
+    /// read-only). `writable` images must have 16-bit refcounts, no
+    /// internal snapshots and a clean shutdown behind them.
+    ///
+    /// Writes allocate clusters at the end of the file, in an order that
+    /// a crash at any point leaves at worst leaked clusters: data first,
+    /// then refcounts, then the L2 entry, then (for a new L2 table) the L1
+    /// entry. A FLUSH is `fdatasync` of the image.
     ///
     /// # Errors
     /// The file cannot be read, or `InvalidData` naming what is wrong with
-    /// the image or its backing chain (too deep, a loop, a file missing).
-    pub fn open(path: &Path) -> io::Result<Qcow2> {
-        Self::open_in_chain(path, &mut Vec::new())
+    /// the image or its backing chain (too deep, a loop, a file missing),
+    /// or `Unsupported` for a writable image this driver cannot write.
+    pub fn open(path: &Path, writable: bool) -> io::Result<Qcow2> {
+        Self::open_in_chain(path, writable, &mut Vec::new())
     }
 
-    fn open_in_chain(path: &Path, chain: &mut Vec<PathBuf>) -> io::Result<Qcow2> {
+    fn open_in_chain(path: &Path, writable: bool, chain: &mut Vec<PathBuf>) -> io::Result<Qcow2> {
         let canonical = std::fs::canonicalize(path)?;
         if chain.contains(&canonical) {
             return Err(bad_data(format!(
@@ -395,7 +462,10 @@ impl Qcow2 {
             )));
         }
         chain.push(canonical.clone());
-        let std_file = std::fs::File::open(path)?;
+        let std_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)?;
         let file_len = std_file.metadata()?.len();
         let mut head = vec![0u8; (Header::READ_LEN as u64).min(file_len) as usize];
         std_file.read_exact_at(&mut head, 0)?;
@@ -403,6 +473,36 @@ impl Qcow2 {
         let mut raw_l1 = vec![0u8; header.l1_size as usize * 8];
         std_file.read_exact_at(&mut raw_l1, header.l1_offset)?;
         let l1 = raw_l1.chunks_exact(8).map(|c| be64(c, 0)).collect();
+        let meta = if writable {
+            let unsupported = |why: &str| {
+                Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{why}: serve it read-only (-r)"),
+                ))
+            };
+            if header.refcount_order != 4 {
+                return unsupported("only 16-bit refcounts are written");
+            }
+            if header.snapshots != 0 {
+                return unsupported("images with internal snapshots are not written");
+            }
+            if header.dirty {
+                return unsupported(
+                    "the image was not closed cleanly (repair it with qemu-img check -r all)",
+                );
+            }
+            let mut raw =
+                vec![0u8; (header.refcount_table_clusters as usize) << header.cluster_bits];
+            std_file.read_exact_at(&mut raw, header.refcount_table_offset)?;
+            let cs = 1u64 << header.cluster_bits;
+            Some(CoMutex::new(Meta {
+                refcount_table: raw.chunks_exact(8).map(|c| be64(c, 0)).collect(),
+                refcount_table_offset: header.refcount_table_offset,
+                next_free: file_len.next_multiple_of(cs),
+            }))
+        } else {
+            None
+        };
         let backing = match &header.backing_file {
             None => None,
             Some(name) => {
@@ -420,11 +520,13 @@ impl Qcow2 {
         };
         Ok(Qcow2 {
             file: File::from_std(std_file),
-            file_len,
             header,
-            l1,
+            file_len: AtomicU64::new(file_len),
+            l1: RwLock::new(l1),
             backing,
             l2_cache: Mutex::new(L2Cache::default()),
+            l2_epoch: AtomicU64::new(0),
+            meta,
         })
     }
 
@@ -437,34 +539,45 @@ impl Qcow2 {
         1 << self.header.cluster_bits
     }
 
+    fn l2_entries(&self) -> u64 {
+        self.cluster_size() / 8
+    }
+
     /// Checks that `len` bytes at host offset `at` lie inside the file and
     /// outside its header cluster.
     fn check_host(&self, at: u64, len: u64, what: &str) -> io::Result<()> {
-        let inside = at >= self.cluster_size()
-            && at.checked_add(len).is_some_and(|end| end <= self.file_len);
+        let file_len = self.file_len.load(Ordering::Acquire);
+        let inside =
+            at >= self.cluster_size() && at.checked_add(len).is_some_and(|end| end <= file_len);
         if inside {
             Ok(())
         } else {
             Err(bad_data(format!(
-                "{what} at {at:#x} ({len} bytes) lies outside the image ({} bytes) or in its header",
-                self.file_len
+                "{what} at {at:#x} ({len} bytes) lies outside the image ({file_len} bytes) \
+                 or in its header"
             )))
         }
     }
 
-    /// What the image holds for cluster number `index`.
-    fn cluster(&self, index: u64) -> io::Result<Cluster> {
-        let l2_bits = self.header.cluster_bits - 3;
-        let l1_index = (index >> l2_bits) as usize;
-        let Some(&l1_entry) = self.l1.get(l1_index) else {
-            return Ok(Cluster::Unallocated);
-        };
-        let table = l1_entry & OFFSET_MASK;
+    fn l1_entry(&self, index: usize) -> u64 {
+        let l1 = self.l1.read().unwrap_or_else(|e| e.into_inner());
+        l1.get(index).copied().unwrap_or(0)
+    }
+
+    /// The raw L2 entry of cluster number `index` (0: no L2 table).
+    fn l2_entry(&self, index: u64) -> io::Result<u64> {
+        let l1_index = (index / self.l2_entries()) as usize;
+        let table = self.l1_entry(l1_index) & OFFSET_MASK;
         if table == 0 {
-            return Ok(Cluster::Unallocated);
+            return Ok(0);
         }
         let table = self.l2_table(table)?;
-        let entry = table[(index & ((1 << l2_bits) - 1)) as usize];
+        Ok(table[(index % self.l2_entries()) as usize])
+    }
+
+    /// What the image holds for cluster number `index`.
+    fn cluster(&self, index: u64) -> io::Result<Cluster> {
+        let entry = self.l2_entry(index)?;
         classify(entry, self.header.cluster_bits, self.header.version).map_err(|e| bad_data(e.0))
     }
 
@@ -477,11 +590,13 @@ impl Qcow2 {
         }
         self.check_host(at, self.cluster_size(), "L2 table")?;
         // Read without the lock held: the read yields to other requests.
+        let epoch = self.l2_epoch.load(Ordering::Acquire);
         let mut raw = vec![0u8; self.cluster_size() as usize];
         self.file.read_exact_at(&mut raw, at)?;
         let table: Arc<[u64]> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let mut cache = self.lock_cache();
-        if cache.tables.insert(at, table.clone()).is_none() {
+        if self.l2_epoch.load(Ordering::Acquire) == epoch && !cache.tables.contains_key(&at) {
+            cache.tables.insert(at, table.clone());
             cache.order.push_back(at);
             if cache.order.len() > L2_CACHE_TABLES {
                 let old = cache.order.pop_front().expect("non-empty");
@@ -509,7 +624,8 @@ impl Qcow2 {
             Cluster::Compressed { at, len } => {
                 // The last compressed cluster may end short of its last
                 // sector: read what the file has.
-                let len = len.min(self.file_len.saturating_sub(at));
+                let file_len = self.file_len.load(Ordering::Acquire);
+                let len = len.min(file_len.saturating_sub(at));
                 self.check_host(at, len, "compressed cluster")?;
                 let mut packed = vec![0u8; len as usize];
                 self.file.read_exact_at(&mut packed, at)?;
@@ -533,6 +649,312 @@ impl Qcow2 {
         }
         buf[have..].fill(0);
         Ok(())
+    }
+
+    // --- Writing -------------------------------------------------------
+
+    fn meta(&self) -> io::Result<&CoMutex<Meta>> {
+        self.meta.as_ref().ok_or_else(read_only)
+    }
+
+    fn write_file(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        self.file.write_all_at(buf, at)?;
+        self.file_len
+            .fetch_max(at + buf.len() as u64, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Takes the next cluster at the end of the file (its refcount is the
+    /// caller's to set).
+    fn take_cluster(&self, meta: &mut Meta) -> u64 {
+        let at = meta.next_free;
+        meta.next_free += self.cluster_size();
+        at
+    }
+
+    /// Sets the refcount of the cluster at host offset `host` to `value`,
+    /// making a refcount block (and growing the refcount table) as needed.
+    fn set_refcount(&self, meta: &mut Meta, host: u64, value: u16) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let per_block = cs / 2;
+        let index = host / cs;
+        let t = (index / per_block) as usize;
+        if t >= meta.refcount_table.len() {
+            self.grow_refcount_table(meta, t)?;
+        }
+        let mut block = meta.refcount_table[t] & OFFSET_MASK;
+        if block == 0 {
+            block = self.new_refcount_block(meta, t)?;
+        }
+        self.check_host(block, cs, "refcount block")?;
+        let at = block + (index % per_block) * 2;
+        self.write_file(&value.to_be_bytes(), at)
+    }
+
+    fn refcount(&self, meta: &Meta, host: u64) -> io::Result<u16> {
+        let cs = self.cluster_size();
+        let index = host / cs;
+        let t = (index / (cs / 2)) as usize;
+        let block = meta.refcount_table.get(t).copied().unwrap_or(0) & OFFSET_MASK;
+        if block == 0 {
+            return Ok(0);
+        }
+        self.check_host(block, cs, "refcount block")?;
+        let mut b = [0u8; 2];
+        self.file
+            .read_exact_at(&mut b, block + (index % (cs / 2)) * 2)?;
+        Ok(u16::from_be_bytes(b))
+    }
+
+    /// Makes refcount block number `t` at the end of the file. Its own
+    /// refcount is set (in itself, or in another block first) before the
+    /// refcount table points at it: a crash in between leaks, no more.
+    fn new_refcount_block(&self, meta: &mut Meta, t: usize) -> io::Result<u64> {
+        let cs = self.cluster_size();
+        let per_block = cs / 2;
+        let at = self.take_cluster(meta);
+        let mut block = vec![0u8; cs as usize];
+        let own = at / cs;
+        if (own / per_block) as usize == t {
+            let i = ((own % per_block) * 2) as usize;
+            block[i..i + 2].copy_from_slice(&1u16.to_be_bytes());
+            self.write_file(&block, at)?;
+        } else {
+            self.write_file(&block, at)?;
+            self.set_refcount(meta, at, 1)?;
+        }
+        meta.refcount_table[t] = at;
+        let entry_at = meta.refcount_table_offset + t as u64 * 8;
+        self.write_file(&at.to_be_bytes(), entry_at)?;
+        Ok(at)
+    }
+
+    /// Moves the refcount table to the end of the file, large enough for
+    /// block number `t` and the blocks that describe the table itself.
+    /// The new table and blocks are written first, then the header is
+    /// switched to them in one write; the old table's clusters are freed
+    /// last.
+    fn grow_refcount_table(&self, meta: &mut Meta, t: usize) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let per_block = cs / 2;
+        let entries_per_cluster = (cs / 8) as usize;
+        let old_offset = meta.refcount_table_offset;
+        let old_clusters = meta.refcount_table.len().div_ceil(entries_per_cluster) as u64;
+        let mut entries = (t + 1).max(meta.refcount_table.len() * 2);
+        // Lay out [new table][new blocks] from the end of the file, until
+        // the blocks cover everything up to their own end.
+        let (table_at, table_clusters, blocks) = loop {
+            let table_clusters = entries.div_ceil(entries_per_cluster) as u64;
+            let table_at = meta.next_free;
+            let mut end = table_at + table_clusters * cs;
+            let mut blocks = Vec::new();
+            loop {
+                let last = (end - 1) / cs / per_block;
+                let mut missing = false;
+                for b in 0..=last as usize {
+                    let have = meta
+                        .refcount_table
+                        .get(b)
+                        .is_some_and(|&e| e & OFFSET_MASK != 0)
+                        || blocks.iter().any(|&(i, _)| i == b);
+                    if !have {
+                        blocks.push((b, end));
+                        end += cs;
+                        missing = true;
+                        break;
+                    }
+                }
+                if !missing {
+                    break;
+                }
+            }
+            let needed = blocks.iter().map(|&(b, _)| b + 1).max().unwrap_or(0);
+            if needed <= entries {
+                break (table_at, table_clusters, blocks);
+            }
+            entries = needed.max(entries * 2);
+        };
+        if table_clusters * cs > MAX_REFTABLE_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "the refcount table would exceed its limit",
+            ));
+        }
+        let mut table = meta.refcount_table.clone();
+        table.resize(entries.next_multiple_of(entries_per_cluster), 0);
+        for &(b, at) in &blocks {
+            table[b] = at;
+        }
+        let new_end = blocks
+            .last()
+            .map_or(table_at + table_clusters * cs, |&(_, at)| at + cs);
+        // The new blocks, with the refcounts of the table and of
+        // themselves; then the table.
+        let mut block_data: HashMap<usize, Vec<u8>> = blocks
+            .iter()
+            .map(|&(b, _)| (b, vec![0u8; cs as usize]))
+            .collect();
+        let mut c = table_at;
+        while c < new_end {
+            let index = c / cs;
+            let b = (index / per_block) as usize;
+            let i = ((index % per_block) * 2) as usize;
+            match block_data.get_mut(&b) {
+                Some(data) => data[i..i + 2].copy_from_slice(&1u16.to_be_bytes()),
+                None => {
+                    // An existing block: written in place.
+                    let at = table[b] + i as u64;
+                    self.check_host(table[b] & OFFSET_MASK, cs, "refcount block")?;
+                    self.write_file(&1u16.to_be_bytes(), at)?;
+                }
+            }
+            c += cs;
+        }
+        for &(b, at) in &blocks {
+            self.write_file(&block_data[&b], at)?;
+        }
+        let mut raw = Vec::with_capacity(table.len() * 8);
+        for e in &table {
+            raw.extend_from_slice(&e.to_be_bytes());
+        }
+        self.write_file(&raw, table_at)?;
+        // Switch the header to the new table in one write of its two fields.
+        let mut fields = [0u8; 12];
+        fields[..8].copy_from_slice(&table_at.to_be_bytes());
+        fields[8..].copy_from_slice(&((raw.len() as u64 / cs) as u32).to_be_bytes());
+        self.write_file(&fields, 48)?;
+        meta.refcount_table = table;
+        meta.refcount_table_offset = table_at;
+        meta.next_free = new_end;
+        // The old table's clusters are free now.
+        for k in 0..old_clusters {
+            self.set_refcount(meta, old_offset + k * cs, 0)?;
+        }
+        Ok(())
+    }
+
+    /// The L2 table for guest cluster `index`, made if missing (a zeroed
+    /// cluster, its refcount, then the L1 entry).
+    fn l2_table_for_write(&self, meta: &mut Meta, index: u64) -> io::Result<u64> {
+        let l1_index = (index / self.l2_entries()) as usize;
+        let entry = self.l1_entry(l1_index);
+        let table = entry & OFFSET_MASK;
+        if table != 0 {
+            if entry & COPIED == 0 {
+                return Err(bad_data(format!(
+                    "L2 table at {table:#x} is shared (a snapshot's); not written"
+                )));
+            }
+            return Ok(table);
+        }
+        if l1_index >= self.header.l1_size as usize {
+            return Err(bad_data("write past the L1 table"));
+        }
+        let at = self.take_cluster(meta);
+        self.write_file(&vec![0u8; self.cluster_size() as usize], at)?;
+        self.set_refcount(meta, at, 1)?;
+        let l1_entry = at | COPIED;
+        self.write_file(
+            &l1_entry.to_be_bytes(),
+            self.header.l1_offset + l1_index as u64 * 8,
+        )?;
+        self.l1.write().unwrap_or_else(|e| e.into_inner())[l1_index] = l1_entry;
+        Ok(at)
+    }
+
+    /// Points guest cluster `index` at `entry`, on disk and in the cache.
+    fn set_l2_entry(&self, meta: &mut Meta, index: u64, entry: u64) -> io::Result<()> {
+        let table = self.l2_table_for_write(meta, index)?;
+        let slot = (index % self.l2_entries()) as usize;
+        self.l2_epoch.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut cache = self.lock_cache();
+            if let Some(t) = cache.tables.get_mut(&table) {
+                let mut copy = t.to_vec();
+                copy[slot] = entry;
+                *t = copy.into();
+            }
+        }
+        self.write_file(&entry.to_be_bytes(), table + slot as u64 * 8)
+    }
+
+    /// Gives back what an L2 entry being replaced held: a compressed
+    /// cluster's host clusters, or a preallocated zero cluster.
+    fn release(&self, meta: &mut Meta, old: u64) -> io::Result<()> {
+        let cs = self.cluster_size();
+        match classify(old, self.header.cluster_bits, self.header.version) {
+            Ok(Cluster::Compressed { at, len }) => {
+                let (first, last) = (at / cs, (at + len - 1) / cs);
+                for c in first..=last {
+                    let n = self.refcount(meta, c * cs)?;
+                    self.set_refcount(meta, c * cs, n.saturating_sub(1))?;
+                }
+            }
+            Ok(Cluster::Zero) if old & OFFSET_MASK != 0 => {
+                self.set_refcount(meta, old & OFFSET_MASK, 0)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at guest `offset`, inside one cluster.
+    fn write_in_cluster(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let index = offset / cs;
+        let in_cluster = offset % cs;
+        // In place when the cluster is ours alone.
+        let entry = self.l2_entry(index)?;
+        if let Ok(Cluster::Data(host)) =
+            classify(entry, self.header.cluster_bits, self.header.version)
+        {
+            if entry & COPIED != 0 {
+                self.check_host(host + in_cluster, buf.len() as u64, "data cluster")?;
+                return self.file.write_all_at(buf, host + in_cluster);
+            }
+        }
+        let mut meta = self.meta()?.lock();
+        // Look again: another request may have allocated it meanwhile.
+        let entry = self.l2_entry(index)?;
+        let what = classify(entry, self.header.cluster_bits, self.header.version)
+            .map_err(|e| bad_data(e.0))?;
+        if let Cluster::Data(host) = what {
+            if entry & COPIED != 0 {
+                drop(meta);
+                self.check_host(host + in_cluster, buf.len() as u64, "data cluster")?;
+                return self.file.write_all_at(buf, host + in_cluster);
+            }
+            return Err(bad_data(format!(
+                "data cluster at {host:#x} is shared (a snapshot's); not written"
+            )));
+        }
+        // Copy on write: the cluster's old contents around the new bytes.
+        let mut cluster = vec![0u8; cs as usize];
+        if buf.len() as u64 != cs {
+            self.read_in_cluster(what, &mut cluster, index * cs)?;
+        }
+        cluster[in_cluster as usize..in_cluster as usize + buf.len()].copy_from_slice(buf);
+        let host = self.take_cluster(&mut meta);
+        self.write_file(&cluster, host)?;
+        self.set_refcount(&mut meta, host, 1)?;
+        self.set_l2_entry(&mut meta, index, host | COPIED)?;
+        self.release(&mut meta, entry)
+    }
+
+    /// Makes whole cluster `index` read as zeros with the version 3 zero
+    /// flag, keeping a data cluster allocated (preallocated zero).
+    fn zero_cluster(&self, index: u64) -> io::Result<()> {
+        let mut meta = self.meta()?.lock();
+        let entry = self.l2_entry(index)?;
+        let what = classify(entry, self.header.cluster_bits, self.header.version)
+            .map_err(|e| bad_data(e.0))?;
+        let new = match what {
+            Cluster::Data(host) if entry & COPIED != 0 => host | COPIED | L2_ZERO,
+            Cluster::Zero => return Ok(()),
+            _ => L2_ZERO,
+        };
+        self.set_l2_entry(&mut meta, index, new)?;
+        self.release(&mut meta, entry)
     }
 }
 
@@ -567,7 +989,7 @@ fn open_backing(
         None => probe(path)?,
     };
     if qcow2 {
-        Ok(Box::new(Qcow2::open_in_chain(path, chain)?))
+        Ok(Box::new(Qcow2::open_in_chain(path, false, chain)?))
     } else {
         Ok(Box::new(FileDisk::open(path, true, false)?))
     }
@@ -583,7 +1005,7 @@ impl BlockDevice for Qcow2 {
     }
 
     fn is_read_only(&self) -> bool {
-        true
+        self.meta.is_none()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -618,20 +1040,56 @@ impl BlockDevice for Qcow2 {
         Ok(())
     }
 
-    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
-        Err(read_only())
-    }
-
-    fn flush(&self) -> io::Result<()> {
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.meta()?;
+        let cs = self.cluster_size();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let n = ((cs - at % cs) as usize).min(buf.len() - done);
+            self.write_in_cluster(&buf[done..done + n], at)?;
+            done += n;
+        }
         Ok(())
     }
 
-    fn trim(&self, _offset: u64, _len: u64) -> io::Result<()> {
-        Err(read_only())
+    fn flush(&self) -> io::Result<()> {
+        if self.meta.is_some() {
+            self.file.sync_data()?;
+        }
+        Ok(())
     }
 
-    fn write_zeroes(&self, _offset: u64, _len: u64, _may_punch_hole: bool) -> io::Result<()> {
-        Err(read_only())
+    /// Advisory: whole clusters of a version 3 image become zero clusters
+    /// (their space stays allocated); anything else is left as it is.
+    fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.meta()?;
+        if self.header.version < 3 {
+            return Ok(());
+        }
+        let cs = self.cluster_size();
+        let (first, end) = (offset.div_ceil(cs), (offset + len) / cs);
+        for index in first..end {
+            self.zero_cluster(index)?;
+        }
+        Ok(())
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, _may_punch_hole: bool) -> io::Result<()> {
+        self.meta()?;
+        let cs = self.cluster_size();
+        let end = offset + len;
+        let mut at = offset;
+        while at < end {
+            let n = (cs - at % cs).min(end - at);
+            if n == cs && self.header.version >= 3 {
+                self.zero_cluster(at / cs)?;
+            } else {
+                self.write_in_cluster(&vec![0u8; n as usize], at)?;
+            }
+            at += n;
+        }
+        Ok(())
     }
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
@@ -692,6 +1150,8 @@ mod tests {
         h[24..32].copy_from_slice(&(1u64 << 30).to_be_bytes());
         h[36..40].copy_from_slice(&2u32.to_be_bytes());
         h[40..48].copy_from_slice(&65536u64.to_be_bytes());
+        h[48..56].copy_from_slice(&65536u64.to_be_bytes());
+        h[56..60].copy_from_slice(&1u32.to_be_bytes());
         h[96..100].copy_from_slice(&4u32.to_be_bytes());
         h[100..104].copy_from_slice(&104u32.to_be_bytes());
         h
@@ -736,6 +1196,11 @@ mod tests {
             (Box::new(|h| h[79] = INCOMPAT_CORRUPT as u8), "corrupt"),
             (Box::new(|h| h[79] = INCOMPAT_EXTL2 as u8), "extended L2"),
             (Box::new(|h| h[103] = 50), "header length"),
+            (Box::new(|h| h[59] = 0), "refcount table"),
+            (
+                Box::new(|h| h[48..56].copy_from_slice(&(1u64 << 40).to_be_bytes())),
+                "refcount table",
+            ),
             (
                 Box::new(|h| {
                     h[79] = INCOMPAT_COMPRESSION as u8;
