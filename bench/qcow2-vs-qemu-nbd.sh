@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# qcow2 reads: costack-nbd against qemu-nbd -f qcow2, in one run,
-# interleaved (both read-only: costack-nbd does not write qcow2 yet).
+# qcow2: costack-nbd against qemu-nbd -f qcow2, in one run, interleaved.
 #
-# The image is a fully allocated qcow2 (64 KiB clusters, QEMU's default)
-# converted from random data, in /dev/shm. Each workload runs ROUNDS
-# times, alternating the servers; prints medians and the ratio of
-# costack-nbd to qemu-nbd (higher is better for costack-nbd).
+# Reads and 4 KiB overwrites go to a fully allocated qcow2 (64 KiB
+# clusters, QEMU's default) converted from random data, one copy per
+# server, in /dev/shm. Allocating writes go to a fresh, empty 8 GiB image
+# per server, each round into a new 512 MiB region, so that every write
+# allocates. Each workload runs ROUNDS times, alternating the servers;
+# prints medians and the ratio of costack-nbd to qemu-nbd (higher is
+# better for costack-nbd).
 #
-#   bench/qcow2-vs-qemu-nbd.sh          # full run (about 2 minutes)
+#   bench/qcow2-vs-qemu-nbd.sh          # full run (about 3 minutes)
 #   ROUNDS=1 bench/qcow2-vs-qemu-nbd.sh # smoke run
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,15 +34,27 @@ if [ ! -f "$IMG" ] || [ "$RAW" -nt "$IMG" ]; then
     echo "converting to $IMG"
     qemu-img convert -f raw -O qcow2 "$RAW" "$IMG"
 fi
+# Each server writes its own copies.
+for who in costack qemu-nbd; do
+    cp "$IMG" "/dev/shm/qcow2-bench-$who.qcow2"
+    rm -f "/dev/shm/qcow2-bench-$who-fresh.qcow2"
+    qemu-img create -q -f qcow2 "/dev/shm/qcow2-bench-$who-fresh.qcow2" 8G
+done
 
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -f /dev/shm/qcow2-bench-*.qcow2
+}
 trap cleanup EXIT
 
 start_server() { # name port
+    local img=/dev/shm/qcow2-bench-${1%-fresh}.qcow2
+    [[ $1 == *-fresh ]] && img=/dev/shm/qcow2-bench-$1.qcow2
     case $1 in
-        costack) "$COSTACK" -r -f qcow2 -p "$2" "$IMG" >/dev/null & ;;
-        qemu-nbd) qemu-nbd -r -f qcow2 -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
+        costack*) "$COSTACK" -f qcow2 -p "$2" "$img" >/dev/null & ;;
+        qemu-nbd*) qemu-nbd -f qcow2 -t -e 8 --cache=writeback --aio=threads -p "$2" "$img" & ;;
     esac
     pids+=($!)
     for _ in $(seq 100); do
@@ -53,7 +67,7 @@ start_server() { # name port
 servers=(costack qemu-nbd)
 declare -A port
 i=0
-for s in "${servers[@]}"; do
+for s in "${servers[@]}" costack-fresh qemu-nbd-fresh; do
     port[$s]=$((PORT_BASE + i)); i=$((i + 1))
     start_server "$s" "${port[$s]}"
 done
@@ -62,6 +76,8 @@ workloads=(
     "4k-read-qd1|-c 100000 -d 1 -s 4k -S 1236992"
     "4k-read-qd32|-c 400000 -d 32 -s 4k -S 1236992"
     "64k-read-qd16|-c 60000 -d 16 -s 64k -S 1245184"
+    "4k-overwrite-qd32|-w -c 400000 -d 32 -s 4k -S 1236992"
+    "64k-alloc-write-qd16|-w -c 8192 -d 16 -s 64k"
 )
 
 declare -A results
@@ -78,9 +94,15 @@ median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[in
 
 for w in "${workloads[@]}"; do
     name=${w%%|*}; args=${w#*|}
-    for _ in $(seq "$ROUNDS"); do
+    for round in $(seq "$ROUNDS"); do
         for s in "${servers[@]}"; do
-            results[$name,$s]="${results[$name,$s]:-} $(bench_once "$s" "$args")"
+            if [[ $name == *alloc* ]]; then
+                # A new 512 MiB region of the fresh image each round.
+                v=$(bench_once "$s-fresh" "$args -o $(( (round - 1) * 512 ))M")
+            else
+                v=$(bench_once "$s" "$args")
+            fi
+            results[$name,$s]="${results[$name,$s]:-} $v"
         done
     done
     echo "done: $name" >&2
@@ -93,5 +115,5 @@ for w in "${workloads[@]}"; do
     q=$(median <<<"${results[$name,qemu-nbd]}")
     printf '%-16s %12s %12s %9.2fx\n' "$name" "$c" "$q" "$(awk -v a="$c" -v b="$q" 'BEGIN { print a / b }')"
 done
-echo "(qcow2, read-only, IOPS of qemu-img bench; medians of $ROUNDS interleaved rounds)"
+echo "(qcow2, IOPS of qemu-img bench; medians of $ROUNDS interleaved rounds)"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"

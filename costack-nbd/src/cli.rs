@@ -25,7 +25,7 @@ pub enum CacheMode {
 pub enum Format {
     /// The file's bytes are the disk's.
     Raw,
-    /// QEMU's copy-on-write format (served read-only).
+    /// QEMU's copy-on-write format.
     Qcow2,
 }
 

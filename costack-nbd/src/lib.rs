@@ -9,7 +9,7 @@
 //! * [`block`] — block drivers behind the [`block::BlockDevice`] trait,
 //!   one module per format: [`block::mem`] (a sparse memory disk),
 //!   [`block::raw`] (a raw image file, through `costack::fs`) and
-//!   [`block::qcow2`] (qcow2 images, read-only);
+//!   [`block::qcow2`] (qcow2 images);
 //! * [`server`] — one coroutine per connection and per request (and
 //!   `tls`, feature `tls`: `NBD_OPT_STARTTLS` with OpenSSL, on coroutine
 //!   I/O);

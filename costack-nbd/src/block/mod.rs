@@ -10,7 +10,7 @@
 //!
 //! Each format is one module and the protocol code knows none of them:
 //! [`mem`] (a sparse memory disk), [`raw`] (a raw image file) and
-//! [`qcow2`] (qcow2 images, read-only).
+//! [`qcow2`] (qcow2 images).
 
 use std::io;
 

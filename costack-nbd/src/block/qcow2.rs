@@ -875,7 +875,11 @@ impl Qcow2 {
                 *t = copy.into();
             }
         }
-        self.write_file(&entry.to_be_bytes(), table + slot as u64 * 8)
+        self.write_file(&entry.to_be_bytes(), table + slot as u64 * 8)?;
+        // Again once the entry is in the file: a table read from the file
+        // while it was being written is not cached either.
+        self.l2_epoch.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Gives back what an L2 entry being replaced held: a compressed
