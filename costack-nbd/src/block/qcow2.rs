@@ -16,16 +16,16 @@
 //! into its header) is found when a request reaches it, and that request
 //! gets an I/O error; nothing outside the file is ever read.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 use costack::fs::File;
-use costack::sync::CoMutex;
+use costack::sync::{CoMutex, CoMutexGuard, CoQueue};
 
 use crate::block::raw::FileDisk;
 use crate::block::{BlockDevice, Extent};
@@ -380,12 +380,18 @@ pub struct Qcow2 {
     l2_epoch: AtomicU64,
     /// Allocation state, for a writable image.
     meta: Option<CoMutex<Meta>>,
+    /// Writers waiting for a cluster another request is allocating (QEMU's
+    /// dependent requests), restarted when an allocation completes.
+    allocations: CoQueue,
 }
 
 #[derive(Default)]
 struct L2Cache {
-    tables: HashMap<u64, Arc<[u64]>>,
+    tables: HashMap<u64, Vec<u64>>,
     order: VecDeque<u64>,
+    /// L2 entries set in memory but not yet in the file, by file offset:
+    /// a table read from the file meanwhile gets them laid over it.
+    unwritten: HashMap<u64, u64>,
 }
 
 /// What allocating writes change, under one coroutine lock (QEMU's
@@ -395,7 +401,17 @@ struct Meta {
     refcount_table: Vec<u64>,
     refcount_table_offset: u64,
     next_free: u64,
+    /// Guest clusters whose new data is being written, with the meta lock
+    /// released; their L2 entries are set once it is.
+    in_flight: HashSet<u64>,
+    /// Data clusters whose refcounts are set already, `next..end`: taken
+    /// without a refcount write each. A crash leaks what is left of them;
+    /// a FLUSH gives them back.
+    reserved: std::ops::Range<u64>,
 }
+
+/// Data clusters reserved by one refcount write.
+const RESERVE_CLUSTERS: u64 = 64;
 
 impl fmt::Debug for Qcow2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -499,6 +515,8 @@ impl Qcow2 {
                 refcount_table: raw.chunks_exact(8).map(|c| be64(c, 0)).collect(),
                 refcount_table_offset: header.refcount_table_offset,
                 next_free: file_len.next_multiple_of(cs),
+                in_flight: HashSet::new(),
+                reserved: 0..0,
             }))
         } else {
             None
@@ -527,6 +545,7 @@ impl Qcow2 {
             l2_cache: Mutex::new(L2Cache::default()),
             l2_epoch: AtomicU64::new(0),
             meta,
+            allocations: CoQueue::new(),
         })
     }
 
@@ -571,8 +590,11 @@ impl Qcow2 {
         if table == 0 {
             return Ok(0);
         }
-        let table = self.l2_table(table)?;
-        Ok(table[(index % self.l2_entries()) as usize])
+        let slot = (index % self.l2_entries()) as usize;
+        if let Some(t) = self.lock_cache().tables.get(&table) {
+            return Ok(t[slot]);
+        }
+        Ok(self.load_l2_table(table)?[slot])
     }
 
     /// What the image holds for cluster number `index`.
@@ -581,10 +603,9 @@ impl Qcow2 {
         classify(entry, self.header.cluster_bits, self.header.version).map_err(|e| bad_data(e.0))
     }
 
-    fn l2_table(&self, at: u64) -> io::Result<Arc<[u64]>> {
-        if let Some(t) = self.lock_cache().tables.get(&at) {
-            return Ok(t.clone());
-        }
+    /// Reads the L2 table at `at` from the file, and caches it unless an
+    /// L2 entry changed meanwhile (the copy read may predate it).
+    fn load_l2_table(&self, at: u64) -> io::Result<Vec<u64>> {
         if !at.is_multiple_of(self.cluster_size()) {
             return Err(bad_data(format!("L2 table at {at:#x} is misaligned")));
         }
@@ -593,8 +614,14 @@ impl Qcow2 {
         let epoch = self.l2_epoch.load(Ordering::Acquire);
         let mut raw = vec![0u8; self.cluster_size() as usize];
         self.file.read_exact_at(&mut raw, at)?;
-        let table: Arc<[u64]> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
+        let mut table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let mut cache = self.lock_cache();
+        let end = at + self.cluster_size();
+        for (&entry_at, &entry) in &cache.unwritten {
+            if (at..end).contains(&entry_at) {
+                table[((entry_at - at) / 8) as usize] = entry;
+            }
+        }
         if self.l2_epoch.load(Ordering::Acquire) == epoch && !cache.tables.contains_key(&at) {
             cache.tables.insert(at, table.clone());
             cache.order.push_back(at);
@@ -672,13 +699,46 @@ impl Qcow2 {
         at
     }
 
-    /// Sets the refcount of the cluster at host offset `host` to `value`,
-    /// making a refcount block (and growing the refcount table) as needed.
-    fn set_refcount(&self, meta: &mut Meta, host: u64, value: u16) -> io::Result<()> {
+    /// A cluster for guest data, with its refcount set: from the clusters
+    /// reserved, or a new run of them reserved at the end of the file.
+    fn take_data_cluster(&self, meta: &mut Meta) -> io::Result<u64> {
         let cs = self.cluster_size();
-        let per_block = cs / 2;
-        let index = host / cs;
-        let t = (index / per_block) as usize;
+        if meta.reserved.is_empty() {
+            let per_block = cs / 2;
+            let start = meta.next_free;
+            let index = start / cs;
+            // One refcount write: the run stays inside one refcount block.
+            let n = RESERVE_CLUSTERS.min(per_block - index % per_block);
+            meta.next_free += n * cs;
+            let block = self.refcount_block(meta, index)?;
+            let ones: Vec<u8> = (0..n).flat_map(|_| 1u16.to_be_bytes()).collect();
+            self.write_file(&ones, block + (index % per_block) * 2)?;
+            meta.reserved = start..start + n * cs;
+        }
+        let host = meta.reserved.start;
+        meta.reserved.start += cs;
+        Ok(host)
+    }
+
+    /// Gives the reserved clusters not taken back (refcount 0).
+    fn release_reserved(&self, meta: &mut Meta) -> io::Result<()> {
+        let cs = self.cluster_size();
+        if meta.reserved.is_empty() {
+            return Ok(());
+        }
+        let index = meta.reserved.start / cs;
+        let n = (meta.reserved.end - meta.reserved.start) / cs;
+        let block = self.refcount_block(meta, index)?;
+        self.write_file(&vec![0u8; n as usize * 2], block + (index % (cs / 2)) * 2)?;
+        meta.reserved = 0..0;
+        Ok(())
+    }
+
+    /// The refcount block holding cluster number `index`'s refcount, made
+    /// (and the refcount table grown) if missing.
+    fn refcount_block(&self, meta: &mut Meta, index: u64) -> io::Result<u64> {
+        let cs = self.cluster_size();
+        let t = (index / (cs / 2)) as usize;
         if t >= meta.refcount_table.len() {
             self.grow_refcount_table(meta, t)?;
         }
@@ -687,8 +747,16 @@ impl Qcow2 {
             block = self.new_refcount_block(meta, t)?;
         }
         self.check_host(block, cs, "refcount block")?;
-        let at = block + (index % per_block) * 2;
-        self.write_file(&value.to_be_bytes(), at)
+        Ok(block)
+    }
+
+    /// Sets the refcount of the cluster at host offset `host` to `value`,
+    /// making a refcount block (and growing the refcount table) as needed.
+    fn set_refcount(&self, meta: &mut Meta, host: u64, value: u16) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let index = host / cs;
+        let block = self.refcount_block(meta, index)?;
+        self.write_file(&value.to_be_bytes(), block + (index % (cs / 2)) * 2)
     }
 
     fn refcount(&self, meta: &Meta, host: u64) -> io::Result<u16> {
@@ -862,24 +930,40 @@ impl Qcow2 {
         Ok(at)
     }
 
-    /// Points guest cluster `index` at `entry`, on disk and in the cache.
+    /// Points guest cluster `index` at `entry`, in the cache and on disk.
     fn set_l2_entry(&self, meta: &mut Meta, index: u64, entry: u64) -> io::Result<()> {
+        let at = self.prepare_l2_entry(meta, index, entry)?;
+        self.write_l2_entry(at, entry)
+    }
+
+    /// The first half of [`set_l2_entry`](Self::set_l2_entry), under the
+    /// meta lock: makes the L2 table if missing and updates the cached
+    /// entry; returns where the entry goes in the file.
+    fn prepare_l2_entry(&self, meta: &mut Meta, index: u64, entry: u64) -> io::Result<u64> {
         let table = self.l2_table_for_write(meta, index)?;
         let slot = (index % self.l2_entries()) as usize;
+        let at = table + slot as u64 * 8;
         self.l2_epoch.fetch_add(1, Ordering::AcqRel);
-        {
-            let mut cache = self.lock_cache();
-            if let Some(t) = cache.tables.get_mut(&table) {
-                let mut copy = t.to_vec();
-                copy[slot] = entry;
-                *t = copy.into();
-            }
+        let mut cache = self.lock_cache();
+        if let Some(t) = cache.tables.get_mut(&table) {
+            t[slot] = entry;
         }
-        self.write_file(&entry.to_be_bytes(), table + slot as u64 * 8)?;
+        cache.unwritten.insert(at, entry);
+        Ok(at)
+    }
+
+    /// The second half: the entry into the file. Until it is there, the
+    /// cluster must stay in `in_flight` (a writer reloading the table from
+    /// the file would see the old entry).
+    fn write_l2_entry(&self, at: u64, entry: u64) -> io::Result<()> {
+        let written = self.write_file(&entry.to_be_bytes(), at);
         // Again once the entry is in the file: a table read from the file
         // while it was being written is not cached either.
         self.l2_epoch.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        if written.is_ok() {
+            self.lock_cache().unwritten.remove(&at);
+        }
+        written
     }
 
     /// Gives back what an L2 entry being replaced held: a compressed
@@ -917,7 +1001,7 @@ impl Qcow2 {
                 return self.file.write_all_at(buf, host + in_cluster);
             }
         }
-        let mut meta = self.meta()?.lock();
+        let meta = self.lock_cluster(index)?;
         // Look again: another request may have allocated it meanwhile.
         let entry = self.l2_entry(index)?;
         let what = classify(entry, self.header.cluster_bits, self.header.version)
@@ -932,23 +1016,60 @@ impl Qcow2 {
                 "data cluster at {host:#x} is shared (a snapshot's); not written"
             )));
         }
-        // Copy on write: the cluster's old contents around the new bytes.
-        let mut cluster = vec![0u8; cs as usize];
-        if buf.len() as u64 != cs {
-            self.read_in_cluster(what, &mut cluster, index * cs)?;
-        }
-        cluster[in_cluster as usize..in_cluster as usize + buf.len()].copy_from_slice(buf);
-        let host = self.take_cluster(&mut meta);
-        self.write_file(&cluster, host)?;
-        self.set_refcount(&mut meta, host, 1)?;
-        self.set_l2_entry(&mut meta, index, host | COPIED)?;
+        // Copy on write into a new cluster: its data is written with the
+        // lock released (other clusters allocate meanwhile; writers of
+        // this one wait), then its refcount and L2 entry under the lock.
+        let mut meta = meta;
+        let host = self.take_data_cluster(&mut meta)?;
+        meta.in_flight.insert(index);
+        drop(meta);
+        let written = if buf.len() as u64 == cs {
+            self.write_file(buf, host)
+        } else {
+            let mut cluster = vec![0u8; cs as usize];
+            self.read_in_cluster(what, &mut cluster, index * cs)
+                .and_then(|()| {
+                    cluster[in_cluster as usize..in_cluster as usize + buf.len()]
+                        .copy_from_slice(buf);
+                    self.write_file(&cluster, host)
+                })
+        };
+        let mut meta = self.meta()?.lock();
+        let linked = written.and_then(|()| self.prepare_l2_entry(&mut meta, index, host | COPIED));
+        let at = match linked {
+            Ok(at) => at,
+            Err(e) => {
+                meta.in_flight.remove(&index);
+                self.allocations.restart_all();
+                // Not referenced: free it again.
+                self.set_refcount(&mut meta, host, 0)?;
+                return Err(e);
+            }
+        };
+        // The entry goes to the file with the lock released; the cluster
+        // stays in flight until it is there.
+        drop(meta);
+        let stored = self.write_l2_entry(at, host | COPIED);
+        let mut meta = self.meta()?.lock();
+        meta.in_flight.remove(&index);
+        self.allocations.restart_all();
+        stored?;
         self.release(&mut meta, entry)
+    }
+
+    /// The meta lock, once no other request is allocating cluster `index`.
+    fn lock_cluster(&self, index: u64) -> io::Result<CoMutexGuard<'_, Meta>> {
+        let mut meta = self.meta()?.lock();
+        while meta.in_flight.contains(&index) {
+            meta = self.allocations.wait_with(meta);
+        }
+        Ok(meta)
     }
 
     /// Makes whole cluster `index` read as zeros with the version 3 zero
     /// flag, keeping a data cluster allocated (preallocated zero).
     fn zero_cluster(&self, index: u64) -> io::Result<()> {
-        let mut meta = self.meta()?.lock();
+        let mut meta = self.lock_cluster(index)?;
         let entry = self.l2_entry(index)?;
         let what = classify(entry, self.header.cluster_bits, self.header.version)
             .map_err(|e| bad_data(e.0))?;
@@ -1058,10 +1179,12 @@ impl BlockDevice for Qcow2 {
     }
 
     fn flush(&self) -> io::Result<()> {
-        if self.meta.is_some() {
-            self.file.sync_data()?;
-        }
-        Ok(())
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        // Nothing leaks from a flushed image: reserved clusters go back.
+        self.release_reserved(&mut meta.lock())?;
+        self.file.sync_data()
     }
 
     /// Advisory: whole clusters of a version 3 image become zero clusters
