@@ -507,6 +507,12 @@ impl Qcow2 {
                     "the image was not closed cleanly (repair it with qemu-img check -r all)",
                 );
             }
+            // Auto-clear features (bitmaps, say) this driver does not keep
+            // up to date are cleared before the first write, as the format
+            // requires of writers that do not know them.
+            if header.version >= 3 && be64(&head, 88) != 0 {
+                std_file.write_all_at(&[0u8; 8], 88)?;
+            }
             let mut raw =
                 vec![0u8; (header.refcount_table_clusters as usize) << header.cluster_bits];
             std_file.read_exact_at(&mut raw, header.refcount_table_offset)?;
