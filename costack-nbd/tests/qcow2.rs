@@ -572,6 +572,38 @@ fn writes_keep_images_clean_and_equal_to_a_model() {
                 .unwrap();
             f.write_all_at(&std::fs::read(&half).unwrap(), 0).unwrap();
         }
+        // qemu-img convert as the writer, over the last 2 MiB.
+        let tail = d.join("tail.raw");
+        std::fs::write(&tail, &std::fs::read(&random).unwrap()[6 << 20..]).unwrap();
+        let target = format!(
+            "driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port={},offset={},size={}",
+            server
+                .url
+                .trim_start_matches("nbd://127.0.0.1:")
+                .trim_end_matches('/'),
+            6 << 20,
+            2 << 20
+        );
+        ok(
+            "qemu-img",
+            &[
+                "convert",
+                "-n",
+                "-f",
+                "raw",
+                "--target-image-opts",
+                s(&tail),
+                &target,
+            ],
+        );
+        {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&model)
+                .unwrap();
+            f.write_all_at(&std::fs::read(&tail).unwrap(), 6 << 20)
+                .unwrap();
+        }
         same(&model, &server);
         drop(server);
         assert_eq!(check(&img), 0, "{name}: qemu-img check is not clean");
