@@ -11,10 +11,12 @@
 #
 #   bench/qcow2-vs-qemu-nbd.sh          # full run (about 3 minutes)
 #   ROUNDS=1 bench/qcow2-vs-qemu-nbd.sh # smoke run
+#   ONLY=alloc bench/qcow2-vs-qemu-nbd.sh # workloads matching a regex
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
+ONLY=${ONLY:-.}
 RAW=${RAW:-/dev/shm/costack-nbd-bench.raw}
 IMG=${IMG:-/dev/shm/costack-nbd-bench.qcow2}
 SIZE_MB=${SIZE_MB:-1024}
@@ -80,6 +82,11 @@ workloads=(
     "64k-alloc-write-qd16|-w -c 8192 -d 16 -s 64k"
 )
 
+selected=()
+for w in "${workloads[@]}"; do
+    if [[ ${w%%|*} =~ $ONLY ]]; then selected+=("$w"); fi
+done
+
 declare -A results
 bench_once() { # server args -> ops/s
     local out secs count
@@ -92,7 +99,7 @@ bench_once() { # server args -> ops/s
 }
 median() { tr ' ' '\n' | grep . | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
-for w in "${workloads[@]}"; do
+for w in "${selected[@]}"; do
     name=${w%%|*}; args=${w#*|}
     for round in $(seq "$ROUNDS"); do
         for s in "${servers[@]}"; do
@@ -109,7 +116,7 @@ for w in "${workloads[@]}"; do
 done
 
 printf '\n%-16s %12s %12s %10s\n' workload costack-nbd qemu-nbd vs-qemu
-for w in "${workloads[@]}"; do
+for w in "${selected[@]}"; do
     name=${w%%|*}
     c=$(median <<<"${results[$name,costack]}")
     q=$(median <<<"${results[$name,qemu-nbd]}")

@@ -408,6 +408,10 @@ struct Meta {
     /// without a refcount write each. A crash leaks what is left of them;
     /// a FLUSH gives them back.
     reserved: std::ops::Range<u64>,
+    /// Host clusters whose refcounts drop once the L2 entries that stopped
+    /// referring to them are durable: applied after the next FLUSH's
+    /// `fdatasync` (a crash before it leaks them, no worse).
+    deferred_frees: Vec<u64>,
 }
 
 /// Data clusters reserved by one refcount write.
@@ -452,9 +456,12 @@ impl Qcow2 {
     /// internal snapshots and a clean shutdown behind them.
     ///
     /// Writes allocate clusters at the end of the file, in an order that
-    /// a crash at any point leaves at worst leaked clusters: data first,
-    /// then refcounts, then the L2 entry, then (for a new L2 table) the L1
-    /// entry. A FLUSH is `fdatasync` of the image.
+    /// a crash or a power loss at any point leaves at worst leaked
+    /// clusters: refcounts (reserved 64 clusters at a time, then an
+    /// `fdatasync` barrier), data, the L2 entry, and for a new L2 table
+    /// the table, a barrier and the L1 entry. Refcounts that drop (a
+    /// rewritten compressed cluster) drop after the next FLUSH, which is
+    /// `fdatasync` of the image.
     ///
     /// # Errors
     /// The file cannot be read, or `InvalidData` naming what is wrong with
@@ -523,6 +530,7 @@ impl Qcow2 {
                 next_free: file_len.next_multiple_of(cs),
                 in_flight: HashSet::new(),
                 reserved: 0..0,
+                deferred_frees: Vec::new(),
             }))
         } else {
             None
@@ -719,6 +727,8 @@ impl Qcow2 {
             let block = self.refcount_block(meta, index)?;
             let ones: Vec<u8> = (0..n).flat_map(|_| 1u16.to_be_bytes()).collect();
             self.write_file(&ones, block + (index % per_block) * 2)?;
+            // Durable before any L2 entry can point at these clusters.
+            self.barrier()?;
             meta.reserved = start..start + n * cs;
         }
         let host = meta.reserved.start;
@@ -797,6 +807,8 @@ impl Qcow2 {
             self.write_file(&block, at)?;
             self.set_refcount(meta, at, 1)?;
         }
+        // The block, with its refcount, before the table points at it.
+        self.barrier()?;
         meta.refcount_table[t] = at;
         let entry_at = meta.refcount_table_offset + t as u64 * 8;
         self.write_file(&at.to_be_bytes(), entry_at)?;
@@ -892,11 +904,14 @@ impl Qcow2 {
             raw.extend_from_slice(&e.to_be_bytes());
         }
         self.write_file(&raw, table_at)?;
+        self.barrier()?;
         // Switch the header to the new table in one write of its two fields.
         let mut fields = [0u8; 12];
         fields[..8].copy_from_slice(&table_at.to_be_bytes());
         fields[8..].copy_from_slice(&((raw.len() as u64 / cs) as u32).to_be_bytes());
         self.write_file(&fields, 48)?;
+        // The header on disk before the old table's clusters are freed.
+        self.barrier()?;
         meta.refcount_table = table;
         meta.refcount_table_offset = table_at;
         meta.next_free = new_end;
@@ -927,6 +942,8 @@ impl Qcow2 {
         let at = self.take_cluster(meta);
         self.write_file(&vec![0u8; self.cluster_size() as usize], at)?;
         self.set_refcount(meta, at, 1)?;
+        // The table and its refcount before the L1 entry points at it.
+        self.barrier()?;
         let l1_entry = at | COPIED;
         self.write_file(
             &l1_entry.to_be_bytes(),
@@ -979,17 +996,32 @@ impl Qcow2 {
         match classify(old, self.header.cluster_bits, self.header.version) {
             Ok(Cluster::Compressed { at, len }) => {
                 let (first, last) = (at / cs, (at + len - 1) / cs);
-                for c in first..=last {
-                    let n = self.refcount(meta, c * cs)?;
-                    self.set_refcount(meta, c * cs, n.saturating_sub(1))?;
-                }
+                meta.deferred_frees.extend((first..=last).map(|c| c * cs));
             }
             Ok(Cluster::Zero) if old & OFFSET_MASK != 0 => {
-                self.set_refcount(meta, old & OFFSET_MASK, 0)?;
+                meta.deferred_frees.push(old & OFFSET_MASK);
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Decrements the refcounts [`release`](Self::release) deferred; only
+    /// after an `fdatasync` made the L2 entries that replaced them durable.
+    fn apply_deferred_frees(&self, meta: &mut Meta) -> io::Result<()> {
+        for host in std::mem::take(&mut meta.deferred_frees) {
+            let n = self.refcount(meta, host)?;
+            self.set_refcount(meta, host, n.saturating_sub(1))?;
+        }
+        Ok(())
+    }
+
+    /// Orders the writes before it before those after it on the disk
+    /// (`fdatasync`), so that a power loss, like a crash, leaks at worst.
+    /// Metadata structures only: once per 64 allocated clusters, per new
+    /// L2 table or refcount block, and twice per refcount table move.
+    fn barrier(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Writes `buf` at guest `offset`, inside one cluster.
@@ -1188,9 +1220,13 @@ impl BlockDevice for Qcow2 {
         let Some(meta) = &self.meta else {
             return Ok(());
         };
-        // Nothing leaks from a flushed image: reserved clusters go back.
-        self.release_reserved(&mut meta.lock())?;
-        self.file.sync_data()
+        // Nothing leaks from a flushed image: reserved clusters go back, and
+        // clusters no longer referenced once this makes the L2 entries
+        // durable are freed.
+        let mut meta = meta.lock();
+        self.release_reserved(&mut meta)?;
+        self.file.sync_data()?;
+        self.apply_deferred_frees(&mut meta)
     }
 
     /// Advisory: whole clusters of a version 3 image become zero clusters
