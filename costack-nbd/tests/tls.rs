@@ -737,3 +737,39 @@ fn bad_credentials_fail_at_start() {
     let e = start(&["--tls", "on", "--tls-certificates", "/dev/null"]);
     assert!(e.contains("cannot read /dev/null/server-cert.pem"), "{e}");
 }
+
+#[test]
+fn tls_over_a_unix_socket() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let socket = scratch("nbd.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .arg("-k")
+        .arg(&socket)
+        .args([
+            "--tls",
+            "require",
+            "--tls-certificates",
+            c.server.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("nbds+unix:///"), "{line:?}");
+    let uri = format!(
+        "nbds+unix:///?socket={}&tls-certificates={}",
+        socket.display(),
+        c.client.display()
+    );
+    let info = ok("nbdinfo", &[&uri]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(info.contains("with TLS"), "{info}");
+}
