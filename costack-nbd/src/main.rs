@@ -58,8 +58,13 @@ fn load_tls(cli: &Cli) -> io::Result<costack_nbd::tls::TlsConfig> {
             verify_peer: cli.tls_verify_peer,
         },
         (None, Some(file)) => Credentials::Psk(file.clone()),
-        // Cli::check_tls refused this already.
-        (None, None) => unreachable!("--tls without credentials"),
+        // Cli::check_tls refused this already; say so rather than panic.
+        (None, None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--tls needs --tls-certificates DIR or --tls-psk FILE",
+            ))
+        }
     };
     TlsConfig::load(&credentials).map_err(|e| context(e, "cannot set up TLS"))
 }
