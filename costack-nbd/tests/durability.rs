@@ -19,12 +19,12 @@
 mod support;
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use support::{Client, Opts, FLAG_FUA};
+use support::{Client, Opts, Server, FLAG_FUA};
 
 const PAGE: usize = 4096;
 /// `KPF_DIRTY` in /proc/kpageflags.
@@ -108,26 +108,9 @@ fn flush_and_fua_write_back_on_every_backend() {
         return;
     };
     for backend in ["io_uring", "epoll", "poll"] {
-        let mut server = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args(["-p", "0"])
-            .arg(&image)
-            .env("COSTACK_AIO", backend)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = server.stdout.take().unwrap();
-        let _server = KilledOnDrop(server);
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("nbd://")
-            .and_then(|r| r.split('/').next())
-            .unwrap_or_else(|| panic!("{backend}: unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        let mut client = Client::connect(addr, Opts::SIMPLE).unwrap();
+        let server =
+            Server::start_with_env(&[image.to_str().unwrap()], &[("COSTACK_AIO", backend)]);
+        let mut client = Client::connect(server.addr, Opts::SIMPLE).unwrap();
 
         // FLUSH: what was written before it is on the disk when it returns.
         write_dirty(&mut client, &image, 0, 64 << 10);
@@ -157,12 +140,7 @@ fn flush_and_fua_write_back_on_every_backend() {
 /// (data clusters, refcounts, L2 and L1 entries all written back).
 #[test]
 fn flush_writes_back_a_qcow2_image() {
-    let have = Command::new("qemu-img").arg("--version").output().is_ok();
-    if !have {
-        assert!(
-            std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
-            "qemu-img is not installed"
-        );
+    if !support::tools::have(&["qemu-img"]) {
         return;
     }
     let image = Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -175,19 +153,8 @@ fn flush_writes_back_a_qcow2_image() {
         .status()
         .unwrap();
     assert!(ok.success());
-    let mut server = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-        .args(["-p", "0"])
-        .arg(&image)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = server.stdout.take().unwrap();
-    let _server = KilledOnDrop(server);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let addr = line.trim().strip_prefix("nbd://").unwrap();
-    let addr = addr.split('/').next().unwrap().parse().unwrap();
-    let mut client = Client::connect(addr, Opts::SIMPLE).unwrap();
+    let server = Server::start(&[image.to_str().unwrap()]);
+    let mut client = Client::connect(server.addr, Opts::SIMPLE).unwrap();
     let whole = |image: &Path| {
         let len = std::fs::metadata(image).unwrap().len() as usize;
         dirty_pages(image, 0, len.next_multiple_of(PAGE))
@@ -214,14 +181,4 @@ fn flush_writes_back_a_qcow2_image() {
     );
     client.disconnect().unwrap();
     let _ = std::fs::remove_file(&image);
-}
-
-/// Kills a child however the test ends (it holds the test's stderr).
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -181,14 +181,20 @@ fn run_stream(server: &Server, structured: bool, ops: &[Op]) -> Result<(), TestC
 #[test]
 fn random_request_streams_match_a_model_disk() {
     let server = Server::start(&["-s", "256K"]);
+    run_streams(&server, 64);
+}
+
+/// `cases` random request streams against `server`, each checked against
+/// a model disk.
+fn run_streams(server: &Server, cases: u32) {
     let config = Config {
-        cases: 64,
+        cases,
         failure_persistence: None,
         ..Config::default()
     };
     let streams = (any::<bool>(), proptest::collection::vec(op(), 1..120));
     let result = TestRunner::new(config).run(&streams, |(structured, ops)| {
-        run_stream(&server, structured, &ops)
+        run_stream(server, structured, &ops)
     });
     if let Err(e) = result {
         panic!("{e}");
@@ -221,18 +227,7 @@ fn random_request_streams_match_a_model_disk_on_qcow2() {
         .unwrap();
     assert!(status.success());
     let server = Server::start(&[image.to_str().unwrap()]);
-    let config = Config {
-        cases: 32,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let streams = (any::<bool>(), proptest::collection::vec(op(), 1..120));
-    let result = TestRunner::new(config).run(&streams, |(structured, ops)| {
-        run_stream(&server, structured, &ops)
-    });
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    run_streams(&server, 32);
     // A flushed image has nothing to leak, killed or not.
     let mut client = server.connect(Opts::SIMPLE);
     client.flush().unwrap();

@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -54,25 +54,9 @@ fn assert_plain(stderr: &str) {
 
 /// Starts `costack-nbd -p 0 ARGS` with stderr piped, once it prints its URL.
 fn start_with_stderr(args: &[&str]) -> (Server, std::process::ChildStderr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-        .args(["-p", "0"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start costack-nbd");
-    let stderr = child.stderr.take().expect("piped stderr");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("read the URL line");
-    let addr = line
-        .trim()
-        .strip_prefix("nbd://")
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|hp| hp.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (Server { child, addr }, stderr)
+    let mut server = Server::spawn(args, &[], Stdio::piped());
+    let stderr = server.child.stderr.take().expect("piped stderr");
+    (server, stderr)
 }
 
 #[test]

@@ -10,8 +10,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+
+mod support;
+
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+use support::tools::{fails, have, ok, run};
 
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 const OPT_STARTTLS: u32 = 5;
@@ -82,56 +86,6 @@ fn scratch(name: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{}-{n}-{name}", std::process::id()))
-}
-
-/// Whether every tool is there; without one the test is skipped, or fails
-/// in CI.
-fn have(tools: &[&str]) -> bool {
-    for tool in tools {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            assert!(
-                std::env::var("COSTACK_REQUIRE_CLIENTS").as_deref() != Ok("1"),
-                "required tool `{tool}` is not installed"
-            );
-            eprintln!("skipping: `{tool}` is not installed");
-            return false;
-        }
-    }
-    true
-}
-
-fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd}: {e}"))
-}
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Fails, and returns what it said.
-fn fails(cmd: &str, args: &[&str]) -> String {
-    let out = run(cmd, args);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!out.status.success(), "{cmd} {args:?} succeeded: {said}");
-    said
 }
 
 /// Credentials, made once per test run.

@@ -609,7 +609,11 @@ fn plan_read_reply_limited(
     max_chunk: usize,
 ) -> io::Result<ReplyPlan> {
     let len = data.len();
-    let mut plan = ReplyPlan::default();
+    // Room for the usual reply (one header, one data range) up front.
+    let mut plan = ReplyPlan {
+        head: Vec::with_capacity(64),
+        pieces: Vec::with_capacity(2),
+    };
     if !structured {
         let hdr = SimpleReplyHeader { error: 0, handle };
         plan.head(&hdr.encode());

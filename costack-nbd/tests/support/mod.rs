@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod tools;
+
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -59,28 +61,48 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The URL it printed.
+    pub url: String,
 }
 
 impl Server {
     /// Starts `costack-nbd -p 0 ARGS` and reads the URL it prints.
     pub fn start(args: &[&str]) -> Server {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Server::start`] with environment variables set (`COSTACK_AIO`).
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn(args, env, Stdio::null())
+    }
+
+    /// Starts `costack-nbd -p 0 ARGS` with `env` and its stderr to `stderr`
+    /// (piped: `child.stderr` is the caller's), once it prints its URL.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
             .args(["-p", "0"])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("start costack-nbd");
         let mut line = String::new();
         BufReader::new(child.stdout.take().expect("piped stdout"))
             .read_line(&mut line)
             .expect("read the URL line");
-        let url = line.trim();
+        let url = line.trim().to_owned();
         let rest = url
             .strip_prefix("nbd://")
+            .or_else(|| url.strip_prefix("nbds://"))
             .unwrap_or_else(|| panic!("unexpected first line {url:?}"));
         let addr = rest.split('/').next().unwrap().parse().expect("host:port");
-        Server { child, addr }
+        Server { child, addr, url }
+    }
+
+    /// Whether the server process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
     }
 
     pub fn pid(&self) -> i32 {
