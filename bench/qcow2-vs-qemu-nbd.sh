@@ -5,17 +5,19 @@
 # clusters, QEMU's default) converted from random data, one copy per
 # server, in /dev/shm. Allocating writes go to a fresh, empty 8 GiB image
 # per server, each round into a new 512 MiB region, so that every write
-# allocates. Each workload runs ROUNDS times, alternating the servers;
+# allocates (at most 8 rounds). Each workload runs ROUNDS times, alternating the servers;
 # prints medians and the ratio of costack-nbd to qemu-nbd (higher is
 # better for costack-nbd).
 #
 #   bench/qcow2-vs-qemu-nbd.sh          # full run (about 3 minutes)
 #   ROUNDS=1 bench/qcow2-vs-qemu-nbd.sh # smoke run
 #   ONLY=alloc bench/qcow2-vs-qemu-nbd.sh # workloads matching a regex
+#   BASELINE=/tmp/old-costack-nbd bench/qcow2-vs-qemu-nbd.sh # and a previous build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-5}
+[ "$ROUNDS" -le 8 ] || { echo "ROUNDS must be at most 8 (the fresh images hold 8 regions)" >&2; exit 1; }
 ONLY=${ONLY:-.}
 RAW=${RAW:-/dev/shm/costack-nbd-bench.raw}
 IMG=${IMG:-/dev/shm/costack-nbd-bench.qcow2}
@@ -27,6 +29,8 @@ for tool in qemu-img qemu-nbd; do
 done
 cargo build --release -q -p costack-nbd
 COSTACK=${COSTACK:-target/release/costack-nbd}
+BASELINE=${BASELINE:-}
+[ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
 
 if [ ! -f "$RAW" ] || [ "$(stat -c %s "$RAW")" -ne $((SIZE_MB << 20)) ]; then
     echo "creating $RAW ($SIZE_MB MiB of data)"
@@ -36,8 +40,10 @@ if [ ! -f "$IMG" ] || [ "$RAW" -nt "$IMG" ]; then
     echo "converting to $IMG"
     qemu-img convert -f raw -O qcow2 "$RAW" "$IMG"
 fi
+servers=(costack qemu-nbd)
+[ -z "$BASELINE" ] || servers+=(baseline)
 # Each server writes its own copies.
-for who in costack qemu-nbd; do
+for who in "${servers[@]}"; do
     cp "$IMG" "/dev/shm/qcow2-bench-$who.qcow2"
     rm -f "/dev/shm/qcow2-bench-$who-fresh.qcow2"
     qemu-img create -q -f qcow2 "/dev/shm/qcow2-bench-$who-fresh.qcow2" 8G
@@ -56,6 +62,7 @@ start_server() { # name port
     [[ $1 == *-fresh ]] && img=/dev/shm/qcow2-bench-$1.qcow2
     case $1 in
         costack*) "$COSTACK" -f qcow2 -p "$2" "$img" >/dev/null & ;;
+        baseline*) "$BASELINE" -f qcow2 -p "$2" "$img" >/dev/null & ;;
         qemu-nbd*) qemu-nbd -f qcow2 -t -e 8 --cache=writeback --aio=threads -p "$2" "$img" & ;;
     esac
     pids+=($!)
@@ -66,10 +73,9 @@ start_server() { # name port
     echo "server $1 did not come up" >&2; exit 1
 }
 
-servers=(costack qemu-nbd)
 declare -A port
 i=0
-for s in "${servers[@]}" costack-fresh qemu-nbd-fresh; do
+for s in "${servers[@]}" "${servers[@]/%/-fresh}"; do
     port[$s]=$((PORT_BASE + i)); i=$((i + 1))
     start_server "$s" "${port[$s]}"
 done
@@ -80,6 +86,7 @@ workloads=(
     "64k-read-qd16|-c 60000 -d 16 -s 64k -S 1245184"
     "4k-overwrite-qd32|-w -c 400000 -d 32 -s 4k -S 1236992"
     "64k-alloc-write-qd16|-w -c 8192 -d 16 -s 64k"
+    "4k-alloc-write-qd32|-w -c 2600 -d 32 -s 4k -S 196608"
 )
 
 selected=()
@@ -104,8 +111,11 @@ for w in "${selected[@]}"; do
     for round in $(seq "$ROUNDS"); do
         for s in "${servers[@]}"; do
             if [[ $name == *alloc* ]]; then
-                # A new 512 MiB region of the fresh image each round.
-                v=$(bench_once "$s-fresh" "$args -o $(( (round - 1) * 512 ))M")
+                # A new 512 MiB region of the fresh image each round: the
+                # first 4 GiB for 64 KiB writes, the next for 4 KiB ones
+                # (each into a new cluster, 192 KiB apart).
+                base=0; [[ $name == 4k* ]] && base=4096
+                v=$(bench_once "$s-fresh" "$args -o $(( base + (round - 1) * 512 ))M")
             else
                 v=$(bench_once "$s" "$args")
             fi
@@ -115,12 +125,19 @@ for w in "${selected[@]}"; do
     echo "done: $name" >&2
 done
 
-printf '\n%-16s %12s %12s %10s\n' workload costack-nbd qemu-nbd vs-qemu
+printf '\n%-20s %12s %12s %10s' workload costack-nbd qemu-nbd vs-qemu
+[ -z "$BASELINE" ] || printf ' %12s %10s' baseline vs-base
+echo
 for w in "${selected[@]}"; do
     name=${w%%|*}
     c=$(median <<<"${results[$name,costack]}")
     q=$(median <<<"${results[$name,qemu-nbd]}")
-    printf '%-16s %12s %12s %9.2fx\n' "$name" "$c" "$q" "$(awk -v a="$c" -v b="$q" 'BEGIN { print a / b }')"
+    printf '%-20s %12s %12s %9.2fx' "$name" "$c" "$q" "$(awk -v a="$c" -v b="$q" 'BEGIN { print a / b }')"
+    if [ -n "$BASELINE" ]; then
+        b=$(median <<<"${results[$name,baseline]}")
+        printf ' %12s %9.2fx' "$b" "$(awk -v a="$c" -v b="$b" 'BEGIN { print a / b }')"
+    fi
+    echo
 done
 echo "(qcow2, IOPS of qemu-img bench; medians of $ROUNDS interleaved rounds)"
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"

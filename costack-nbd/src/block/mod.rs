@@ -14,10 +14,12 @@
 
 use std::io;
 
+pub mod image_file;
 pub mod mem;
 pub mod qcow2;
 pub mod raw;
 
+pub use image_file::ImageFile;
 pub use mem::MemDisk;
 
 /// One run of bytes sharing the same allocation status.

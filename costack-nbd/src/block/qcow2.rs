@@ -28,7 +28,7 @@ use costack::fs::File;
 use costack::sync::{CoMutex, CoMutexGuard, CoQueue};
 
 use crate::block::raw::FileDisk;
-use crate::block::{BlockDevice, Extent};
+use crate::block::{BlockDevice, Extent, ImageFile};
 use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// `QFI\xfb`, the first four bytes of every qcow2 image.
@@ -367,7 +367,7 @@ pub fn classify(entry: u64, cluster_bits: u32, version: u32) -> Result<Cluster, 
 
 /// A qcow2 image: read-only, or writable (see [`Qcow2::open`]).
 pub struct Qcow2 {
-    file: File,
+    file: Box<dyn ImageFile>,
     header: Header,
     /// Bytes in the file; grows as clusters are allocated.
     file_len: AtomicU64,
@@ -383,6 +383,11 @@ pub struct Qcow2 {
     /// Writers waiting for a cluster another request is allocating (QEMU's
     /// dependent requests), restarted when an allocation completes.
     allocations: CoQueue,
+    /// Barriers, one at a time; see [`Qcow2::barrier`].
+    syncs: CoMutex<()>,
+    /// Barriers started and barriers completed (in order: one at a time).
+    syncs_started: AtomicU64,
+    syncs_done: AtomicU64,
 }
 
 #[derive(Default)]
@@ -396,7 +401,8 @@ struct L2Cache {
 
 /// What allocating writes change, under one coroutine lock (QEMU's
 /// `s->lock`): the refcount table and where the next cluster goes.
-/// Clusters are allocated at the end of the file, never reused.
+/// Clusters are allocated past the end of the file and past the last
+/// cluster any refcount counts, never reused.
 struct Meta {
     refcount_table: Vec<u64>,
     refcount_table_offset: u64,
@@ -405,8 +411,9 @@ struct Meta {
     /// released; their L2 entries are set once it is.
     in_flight: HashSet<u64>,
     /// Data clusters whose refcounts are set already, `next..end`: taken
-    /// without a refcount write each. A crash leaks what is left of them;
-    /// a FLUSH gives them back.
+    /// without a refcount write each. The file already extends over them,
+    /// durably, so an L2 entry may point at one before its data is on the
+    /// disk. A crash leaks what is left of them; a FLUSH gives them back.
     reserved: std::ops::Range<u64>,
     /// Host clusters whose refcounts drop once the L2 entries that stopped
     /// referring to them are durable: applied after the next FLUSH's
@@ -455,13 +462,18 @@ impl Qcow2 {
     /// read-only). `writable` images must have 16-bit refcounts, no
     /// internal snapshots and a clean shutdown behind them.
     ///
-    /// Writes allocate clusters at the end of the file, in an order that
-    /// a crash or a power loss at any point leaves at worst leaked
-    /// clusters: refcounts (reserved 64 clusters at a time, then an
-    /// `fdatasync` barrier), data, the L2 entry, and for a new L2 table
-    /// the table, a barrier and the L1 entry. Refcounts that drop (a
+    /// Writes allocate clusters past the end of the file and past the last
+    /// cluster a refcount counts (a power cut can leave counted clusters
+    /// beyond the end), in an order that a crash or a power loss at any
+    /// point leaves at worst leaked clusters: refcounts reserved 64
+    /// clusters at a time with the file extended over them, then an
+    /// `fdatasync` barrier; the data; a barrier if the data carries old
+    /// bytes over (copy-on-write from a backing file or a compressed
+    /// cluster); the L2 entry. A new L2 table is written with its
+    /// refcount, then a barrier, then the L1 entry. Refcounts that drop (a
     /// rewritten compressed cluster) drop after the next FLUSH, which is
-    /// `fdatasync` of the image.
+    /// `fdatasync` of the image. `tests/crash_states.rs` checks this on
+    /// every file a power cut could leave.
     ///
     /// # Errors
     /// The file cannot be read, or `InvalidData` naming what is wrong with
@@ -471,7 +483,31 @@ impl Qcow2 {
         Self::open_in_chain(path, writable, &mut Vec::new())
     }
 
+    /// As [`open`](Self::open), with the image's own file given as `file`
+    /// (opened for writing if `writable`): the seam where a test records
+    /// every write and barrier the driver issues. `path` names the image:
+    /// its backing file is found relative to it.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_file(file: Box<dyn ImageFile>, path: &Path, writable: bool) -> io::Result<Qcow2> {
+        Self::open_parts(file, path, writable, &mut Vec::new())
+    }
+
     fn open_in_chain(path: &Path, writable: bool, chain: &mut Vec<PathBuf>) -> io::Result<Qcow2> {
+        let std_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)?;
+        Self::open_parts(Box::new(File::from_std(std_file)), path, writable, chain)
+    }
+
+    fn open_parts(
+        file: Box<dyn ImageFile>,
+        path: &Path,
+        writable: bool,
+        chain: &mut Vec<PathBuf>,
+    ) -> io::Result<Qcow2> {
         let canonical = std::fs::canonicalize(path)?;
         if chain.contains(&canonical) {
             return Err(bad_data(format!(
@@ -485,16 +521,12 @@ impl Qcow2 {
             )));
         }
         chain.push(canonical.clone());
-        let std_file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)?;
-        let file_len = std_file.metadata()?.len();
+        let file_len = file.len()?;
         let mut head = vec![0u8; (Header::READ_LEN as u64).min(file_len) as usize];
-        std_file.read_exact_at(&mut head, 0)?;
+        file.read_exact_at(&mut head, 0)?;
         let header = Header::parse(&head, file_len).map_err(|e| bad_data(e.0))?;
         let mut raw_l1 = vec![0u8; header.l1_size as usize * 8];
-        std_file.read_exact_at(&mut raw_l1, header.l1_offset)?;
+        file.read_exact_at(&mut raw_l1, header.l1_offset)?;
         let l1 = raw_l1.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let meta = if writable {
             let unsupported = |why: &str| {
@@ -518,16 +550,20 @@ impl Qcow2 {
             // up to date are cleared before the first write, as the format
             // requires of writers that do not know them.
             if header.version >= 3 && be64(&head, 88) != 0 {
-                std_file.write_all_at(&[0u8; 8], 88)?;
+                file.write_all_at(&[0u8; 8], 88)?;
             }
             let mut raw =
                 vec![0u8; (header.refcount_table_clusters as usize) << header.cluster_bits];
-            std_file.read_exact_at(&mut raw, header.refcount_table_offset)?;
+            file.read_exact_at(&mut raw, header.refcount_table_offset)?;
+            let refcount_table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
             let cs = 1u64 << header.cluster_bits;
+            // Past the file's end and past every counted cluster: a power
+            // cut can leave clusters counted (and referenced) beyond the end.
+            let counted = last_counted_end(&*file, &refcount_table, header.cluster_bits, file_len)?;
             Some(CoMutex::new(Meta {
-                refcount_table: raw.chunks_exact(8).map(|c| be64(c, 0)).collect(),
+                refcount_table,
                 refcount_table_offset: header.refcount_table_offset,
-                next_free: file_len.next_multiple_of(cs),
+                next_free: file_len.max(counted).next_multiple_of(cs),
                 in_flight: HashSet::new(),
                 reserved: 0..0,
                 deferred_frees: Vec::new(),
@@ -551,7 +587,7 @@ impl Qcow2 {
             }
         };
         Ok(Qcow2 {
-            file: File::from_std(std_file),
+            file,
             header,
             file_len: AtomicU64::new(file_len),
             l1: RwLock::new(l1),
@@ -560,6 +596,9 @@ impl Qcow2 {
             l2_epoch: AtomicU64::new(0),
             meta,
             allocations: CoQueue::new(),
+            syncs: CoMutex::new(()),
+            syncs_started: AtomicU64::new(0),
+            syncs_done: AtomicU64::new(0),
         })
     }
 
@@ -705,6 +744,15 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// Extends the file (sparsely) to at least `len` bytes.
+    fn extend_file(&self, len: u64) -> io::Result<()> {
+        if len > self.file_len.load(Ordering::Acquire) {
+            self.file.set_len(len)?;
+            self.file_len.fetch_max(len, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
     /// Takes the next cluster at the end of the file (its refcount is the
     /// caller's to set).
     fn take_cluster(&self, meta: &mut Meta) -> u64 {
@@ -727,7 +775,13 @@ impl Qcow2 {
             let block = self.refcount_block(meta, index)?;
             let ones: Vec<u8> = (0..n).flat_map(|_| 1u16.to_be_bytes()).collect();
             self.write_file(&ones, block + (index % per_block) * 2)?;
-            // Durable before any L2 entry can point at these clusters.
+            // The file covers the run before anything points into it: the
+            // data written there later is not what extends the file, so an
+            // L2 entry that reaches the disk before its data still points
+            // inside the file.
+            self.extend_file(start + n * cs)?;
+            // Refcounts and length durable before any L2 entry can point
+            // at these clusters.
             self.barrier()?;
             meta.reserved = start..start + n * cs;
         }
@@ -746,6 +800,11 @@ impl Qcow2 {
         let n = (meta.reserved.end - meta.reserved.start) / cs;
         let block = self.refcount_block(meta, index)?;
         self.write_file(&vec![0u8; n as usize * 2], block + (index % (cs / 2)) * 2)?;
+        // A run at the end is handed out again next (the file keeps its
+        // length: extending it again would be a wasted sync).
+        if meta.reserved.end == meta.next_free {
+            meta.next_free = meta.reserved.start;
+        }
         meta.reserved = 0..0;
         Ok(())
     }
@@ -1016,12 +1075,27 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Orders the writes before it before those after it on the disk
-    /// (`fdatasync`), so that a power loss, like a crash, leaks at worst.
-    /// Metadata structures only: once per 64 allocated clusters, per new
-    /// L2 table or refcount block, and twice per refcount table move.
+    /// Makes every write completed before the call durable (`fdatasync`),
+    /// so that what is written after it is ordered after them on the disk:
+    /// a power loss, like a crash, leaks at worst. Taken once per 64
+    /// allocated clusters, per new L2 table or refcount block, per
+    /// copy-on-write of old data, twice per refcount table move, and by
+    /// FLUSH.
+    ///
+    /// Group commit: callers that arrive while a sync runs wait for it and
+    /// share the next one; a caller whose writes a sync started after its
+    /// arrival has already covered returns without one.
     fn barrier(&self) -> io::Result<()> {
-        self.file.sync_data()
+        let ticket = self.syncs_started.load(Ordering::Acquire);
+        let _one_at_a_time = self.syncs.lock();
+        // Sync number `ticket` started after this call: it covers our writes.
+        if self.syncs_done.load(Ordering::Acquire) > ticket {
+            return Ok(());
+        }
+        let number = self.syncs_started.fetch_add(1, Ordering::AcqRel);
+        self.file.sync_data()?;
+        self.syncs_done.store(number + 1, Ordering::Release);
+        Ok(())
     }
 
     /// Writes `buf` at guest `offset`, inside one cluster.
@@ -1061,6 +1135,16 @@ impl Qcow2 {
         let host = self.take_data_cluster(&mut meta)?;
         meta.in_flight.insert(index);
         drop(meta);
+        // Old bytes copied into the new cluster (a backing file's, a
+        // compressed cluster's) were durable where they were: they must be
+        // on the disk before the L2 entry that moves them is (QEMU's
+        // dependency of the L2 table on a flush after copy-on-write).
+        let copies_old_data = buf.len() as u64 != cs
+            && match what {
+                Cluster::Compressed { .. } => true,
+                Cluster::Unallocated => self.backing.is_some(),
+                Cluster::Zero | Cluster::Data(_) => false,
+            };
         let written = if buf.len() as u64 == cs {
             self.write_file(buf, host)
         } else {
@@ -1071,6 +1155,11 @@ impl Qcow2 {
                         .copy_from_slice(buf);
                     self.write_file(&cluster, host)
                 })
+        };
+        let written = if copies_old_data {
+            written.and_then(|()| self.barrier())
+        } else {
+            written
         };
         let mut meta = self.meta()?.lock();
         let linked = written.and_then(|()| self.prepare_l2_entry(&mut meta, index, host | COPIED));
@@ -1119,6 +1208,37 @@ impl Qcow2 {
         self.set_l2_entry(&mut meta, index, new)?;
         self.release(&mut meta, entry)
     }
+}
+
+/// The end of the last cluster whose refcount is not zero, per the
+/// refcount table `table` of an image of `file_len` bytes: blocks are
+/// read from the last one back until one counts a cluster.
+fn last_counted_end(
+    file: &dyn ImageFile,
+    table: &[u64],
+    cluster_bits: u32,
+    file_len: u64,
+) -> io::Result<u64> {
+    let cs = 1u64 << cluster_bits;
+    let per_block = cs / 2;
+    let mut block = vec![0u8; cs as usize];
+    for (t, &entry) in table.iter().enumerate().rev() {
+        let at = entry & OFFSET_MASK;
+        if at == 0 {
+            continue;
+        }
+        if !at.is_multiple_of(cs) || at < cs || at + cs > file_len {
+            return Err(bad_data(format!(
+                "refcount block at {at:#x} is misaligned or outside the image \
+                 (repair it with qemu-img check -r all)"
+            )));
+        }
+        file.read_exact_at(&mut block, at)?;
+        if let Some(i) = block.chunks_exact(2).rposition(|r| r != [0, 0]) {
+            return Ok((t as u64 * per_block + i as u64 + 1) * cs);
+        }
+    }
+    Ok(0)
 }
 
 /// Inflates one compressed cluster (raw deflate) to exactly `cluster_size`
@@ -1225,7 +1345,7 @@ impl BlockDevice for Qcow2 {
         // durable are freed.
         let mut meta = meta.lock();
         self.release_reserved(&mut meta)?;
-        self.file.sync_data()?;
+        self.barrier()?;
         self.apply_deferred_frees(&mut meta)
     }
 

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod crash;
 pub mod tools;
 
 use std::collections::HashMap;
@@ -673,6 +674,7 @@ pub fn scratch(name: &str) -> std::path::PathBuf {
 
 /// A model of an export's contents: the expected bytes, and which of them
 /// are known (trimmed bytes are unspecified until written again).
+#[derive(Clone)]
 pub struct Model {
     pub data: Vec<u8>,
     pub known: Vec<bool>,
