@@ -153,7 +153,7 @@ pub(crate) fn wait_fd(
     };
     arm(inner, fd, interest)?;
     let _timer = deadline.map(|d| inner.timers.borrow_mut().add(inner, d, wait.clone()));
-    match wait.suspend() {
+    match wait.suspend("aio::wait_readable") {
         Outcome::TimedOut => Err(io::ErrorKind::TimedOut.into()),
         _ => Ok(()),
     }
@@ -365,7 +365,7 @@ fn wait_reg(
         wait: wait.clone(),
     };
     let _timer = deadline.map(|d| inner.timers.borrow_mut().add(inner, d, wait.clone()));
-    match wait.suspend() {
+    match wait.suspend("aio::wait_readable") {
         Outcome::TimedOut => Err(io::ErrorKind::TimedOut.into()),
         _ => Ok(()),
     }

@@ -155,6 +155,8 @@ pub(crate) use event_loop::{current_inner, Inner};
 pub use handle::LoopHandle;
 pub use iothread::IoThread;
 pub use join::{JoinHandle, RemoteJoinHandle, CANCELLED};
+pub(crate) use wait::wait_deadline;
+pub use crate::coroutine::cancel::Cancelled;
 
 use crate::coroutine;
 use io::Direction;
@@ -330,7 +332,7 @@ fn sleep_until_on(inner: &Rc<Inner>, deadline: Instant) {
     let wait = Wait::new(&me);
     drop(me);
     let _timer = inner.timers.borrow_mut().add(inner, deadline, wait.clone());
-    wait.suspend();
+    wait.suspend("aio::sleep");
 }
 
 /// Suspends the calling coroutine until `fd` is readable (or hung up, or

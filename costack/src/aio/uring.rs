@@ -118,7 +118,7 @@ impl UringState {
         // On error the entry may still be queued: the guard submits it and
         // waits for it before the error is returned.
         submitted?;
-        wait.suspend();
+        wait.suspend("fs");
         let result = guard.finish();
         if result < 0 {
             Err(io::Error::from_raw_os_error(-result))

@@ -45,11 +45,46 @@ impl Wait {
         }
     }
 
-    /// Yields until the wait completes.
-    pub(crate) fn suspend(&self) -> Outcome {
-        while self.outcome.get() == Outcome::Pending {
-            coroutine::park();
-        }
-        self.outcome.get()
+    /// Yields until the wait completes (a wait point).
+    pub(crate) fn suspend(&self, what: &str) -> Outcome {
+        coroutine::wait::wait_until(what, || match self.outcome.get() {
+            Outcome::Pending => None,
+            done => Some(done),
+        })
     }
+}
+
+/// Suspends the calling coroutine, on its event loop, until `ready` gives
+/// a value (`Some` of it), or until `deadline` passes (`None`). Whoever
+/// makes `ready` true wakes the coroutine (an [`aio::Waker`](super::Waker),
+/// a lock's grant). A wait point: a pending cancellation unwinds from here.
+///
+/// # Panics
+/// Outside a coroutine on an event loop (a `CoFuture` included, when a
+/// deadline is given: its executor has no costack timers).
+pub(crate) fn wait_deadline<T>(
+    what: &str,
+    deadline: Option<std::time::Instant>,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let Some(deadline) = deadline else {
+        return Some(coroutine::wait::wait_until(what, ready));
+    };
+    if let Some(v) = ready() {
+        return Some(v);
+    }
+    let inner = super::context(what);
+    let me = crate::current().expect("checked by context()");
+    inner.adopt(&me);
+    let wait = Wait::new(&me);
+    drop(me);
+    let _timer = inner
+        .timers
+        .borrow_mut()
+        .add(&inner, deadline, wait.clone());
+    coroutine::wait::wait_until(what, || match ready() {
+        Some(v) => Some(Some(v)),
+        None if wait.outcome.get() == Outcome::TimedOut => Some(None),
+        None => None,
+    })
 }

@@ -12,6 +12,7 @@ use std::mem::MaybeUninit;
 use std::ptr;
 use std::rc::Rc;
 
+use super::cancel::{CancelState, DeadlineLink};
 use crate::arch::Context;
 use crate::stack::Stack;
 
@@ -115,6 +116,12 @@ pub(crate) struct Control {
     /// that poll runs (null otherwise, and while the coroutine has taken
     /// it); see `future.rs`.
     pub(crate) lent_cx: Cell<*mut ()>,
+    /// Pending cancellation, open cancel scopes and shields (see
+    /// `cancel.rs`), and its flags.
+    pub(crate) cancel: Cell<CancelState>,
+    pub(crate) cancel_flags: Cell<u8>,
+    /// The innermost deadline scope's link (see `cancel::DeadlineLink`).
+    pub(crate) deadlines: Cell<*const DeadlineLink>,
 }
 
 impl Control {
@@ -139,6 +146,9 @@ impl Control {
             panic: Cell::new(None),
             home: UnsafeCell::new(None),
             lent_cx: Cell::new(ptr::null_mut()),
+            cancel: Cell::new(CancelState::new()),
+            cancel_flags: Cell::new(0),
+            deadlines: Cell::new(ptr::null()),
         }
     }
 
@@ -224,12 +234,23 @@ impl Control {
         unsafe { *self.name.get() = Some(name) };
     }
 
-    /// Drops the name and home of a block being freed.
+    /// Notes that the block holds state beyond the hot fields, to be reset
+    /// when it is freed.
+    #[inline]
+    pub(crate) fn mark_extras(&self) {
+        self.extras.set(true);
+    }
+
+    /// Drops the name and home of a block being freed, and resets the rest
+    /// of its extras.
     #[cold]
     fn drop_extras(&self) {
         self.extras.set(false);
         self.polled.set(false);
         self.lent_cx.set(ptr::null_mut());
+        self.cancel.set(CancelState::new());
+        self.cancel_flags.set(0);
+        self.deadlines.set(ptr::null());
         // SAFETY: no handle refers to the block any more, so no borrow of
         // its name is live.
         unsafe { *self.name.get() = None };

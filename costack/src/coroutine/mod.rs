@@ -15,8 +15,10 @@
 //!   list's owner has the `WAKES` flag set.
 //! - A finished coroutine has given its stack back before `enter` returns.
 
+pub(crate) mod cancel;
 pub(crate) mod control;
 mod overflow;
+pub(crate) mod wait;
 
 use std::any::Any;
 use std::cell::Cell;

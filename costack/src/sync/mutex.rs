@@ -235,7 +235,7 @@ impl<T: ?Sized> CoMutex<T> {
             unsafe { list.push_back(&node) };
         }
         // Returns once the previous holder handed us the lock.
-        ticket.wait();
+        ticket.wait("CoMutex::lock");
     }
 
     /// Releases the lock: hands it to the first waiter, if any.

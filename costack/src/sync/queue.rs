@@ -94,7 +94,7 @@ impl CoQueue {
         let node = Waiter::new(0, "CoQueue::wait");
         let ticket = Ticket::new(self, &node);
         self.push(&node);
-        ticket.wait();
+        ticket.wait("CoQueue::wait");
     }
 
     /// Releases `guard`'s mutex, waits until restarted, then locks the
@@ -134,7 +134,7 @@ impl CoQueue {
         let ticket = Ticket::new(self, &node);
         self.push(&node);
         drop(guard);
-        ticket.wait();
+        ticket.wait("CoQueue::wait_with");
         mutex.lock()
     }
 

@@ -202,7 +202,7 @@ impl<T: ?Sized> CoRwLock<T> {
             // SAFETY: `ticket` borrows `node` and unlinks it before it dies.
             unsafe { inner.list.push_back(&node) };
         }
-        ticket.wait();
+        ticket.wait(what);
     }
 
     /// Grants the tickets at the front while they can be granted, waking
@@ -373,7 +373,7 @@ impl<'a, T: ?Sized> CoRwLockReadGuard<'a, T> {
             unsafe { inner.list.push_back(&node) };
             // Our read lock is gone: a writer at the front may now go.
             lock.wake_ready(inner);
-            ticket.wait();
+            ticket.wait("CoRwLockReadGuard::upgrade");
         }
         CoRwLockWriteGuard::new(lock)
     }

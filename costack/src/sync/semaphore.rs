@@ -103,7 +103,7 @@ impl CoSemaphore {
             // SAFETY: `ticket` borrows `node` and unlinks it before it dies.
             unsafe { inner.list.push_back(&node) };
         }
-        ticket.wait();
+        ticket.wait("CoSemaphore::acquire");
     }
 
     /// Takes `n` permits if they are free and nobody is queued before us;

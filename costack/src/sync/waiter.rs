@@ -290,18 +290,17 @@ impl<'a, S: Abandon + ?Sized> Ticket<'a, S> {
         }
     }
 
-    /// Suspends until the node is granted; returns the grant kind.
-    pub(crate) fn wait(mut self) -> u8 {
-        loop {
-            let state = self.node.state();
-            if state != WAITING {
-                self.done = true;
-                return state;
-            }
-            // A stale or spurious wake just loops; a forced unwind of this
-            // coroutine panics out of here and `drop` cleans up.
-            coroutine::park();
-        }
+    /// Suspends until the node is granted; returns the grant kind. A wait
+    /// point: a cancellation (or a forced unwind) of this coroutine unwinds
+    /// from here, and `drop` gives back a grant that came meanwhile.
+    pub(crate) fn wait(mut self, what: &str) -> u8 {
+        let node = self.node;
+        let state = coroutine::wait::wait_until(what, || {
+            let state = node.state();
+            (state != WAITING).then_some(state)
+        });
+        self.done = true;
+        state
     }
 }
 
