@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake};
 
+use super::budget::yield_to_loop;
+use super::turn::Inner;
 use super::waker::Waker;
+use crate::coroutine::wait::wait_until;
 
 struct FutureWaker {
     woken: AtomicBool,
@@ -30,11 +33,10 @@ impl Wake for FutureWaker {
 
 /// Polls `future` to completion in the calling coroutine, yielding to the
 /// loop while it is pending. Its `std::task::Waker` is `Send`: waking it
-/// from any thread re-enters the coroutine on its own loop.
-pub(crate) fn block_on_future<F: Future>(
-    inner: &std::rc::Rc<super::event_loop::Inner>,
-    future: F,
-) -> F::Output {
+/// from any thread re-enters the coroutine on its own loop. A wait point:
+/// cancelled, the coroutine unwinds from here, dropping the future as an
+/// executor drops a future at its `.await`.
+pub(crate) fn block_on_future<F: Future>(inner: &Inner, future: F) -> F::Output {
     let me = crate::current().expect("checked by the caller");
     inner.adopt(&me);
     let fw = Arc::new(FutureWaker {
@@ -54,13 +56,12 @@ pub(crate) fn block_on_future<F: Future>(
         if fw.woken.load(Ordering::Acquire) {
             // It woke itself (a yielding future): let the loop run the
             // rest of its work once before polling again.
-            inner.schedule(&me);
-            crate::coroutine::park();
+            yield_to_loop(me.clone());
             continue;
         }
-        while !fw.woken.load(Ordering::Acquire) {
-            crate::coroutine::park();
-        }
+        wait_until("aio::wait_future", || {
+            fw.woken.load(Ordering::Acquire).then_some(())
+        });
     }
 }
 

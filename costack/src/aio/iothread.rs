@@ -84,36 +84,38 @@ impl IoThread {
                 let _ = thread.join();
                 Err(e)
             }
-            Err(_) => Err(io::Error::other("costack: the iothread died while starting")),
+            Err(_) => Err(io::Error::other(
+                "costack: the iothread died while starting",
+            )),
         }
     }
 
     /// A handle to post work to the thread's loop.
-///
-/// ```
-/// use costack::aio::IoThread;
-///
-/// let io = IoThread::spawn("bh").unwrap();
-/// let (tx, rx) = std::sync::mpsc::channel();
-/// io.handle().call_soon(move || tx.send(std::thread::current().name().map(str::to_owned)).unwrap());
-/// assert_eq!(rx.recv().unwrap().as_deref(), Some("bh"));
-/// ```
+    ///
+    /// ```
+    /// use costack::aio::IoThread;
+    ///
+    /// let io = IoThread::spawn("bh").unwrap();
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// io.handle().call_soon(move || tx.send(std::thread::current().name().map(str::to_owned)).unwrap());
+    /// assert_eq!(rx.recv().unwrap().as_deref(), Some("bh"));
+    /// ```
     pub fn handle(&self) -> LoopHandle {
         self.handle.clone()
     }
 
     /// Stops the loop (coroutines still suspended on it are unwound, so
     /// their destructors run) and joins the thread.
-///
-/// ```
-/// use costack::aio::{self, IoThread};
-/// use std::time::Duration;
-///
-/// let io = IoThread::spawn("stopping").unwrap();
-/// let never = io.handle().spawn(|| aio::sleep(Duration::from_secs(3600)));
-/// io.stop(); // unwinds the sleeper and joins the thread
-/// assert!(never.join().is_err()); // cancelled
-/// ```
+    ///
+    /// ```
+    /// use costack::aio::{self, IoThread};
+    /// use std::time::Duration;
+    ///
+    /// let io = IoThread::spawn("stopping").unwrap();
+    /// let never = io.handle().spawn(|| aio::sleep(Duration::from_secs(3600)));
+    /// io.stop(); // unwinds the sleeper and joins the thread
+    /// assert!(never.join().is_err()); // cancelled
+    /// ```
     pub fn stop(mut self) {
         self.shut_down();
     }

@@ -9,23 +9,48 @@ use std::rc::Rc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 
-use super::event_loop::Inner;
+use super::remote::Remote;
+use super::turn::{current_inner, Inner};
 use super::waker::{waker, Waker};
+use crate::coroutine::cancel::{self, Cancelled};
+use crate::coroutine::control::CoId;
+use crate::coroutine::wait::wait_until;
 use crate::coroutine::{self, Coroutine};
 
-/// The `Err` payload of a join whose coroutine never finished: its loop
-/// was dropped first (the coroutine was unwound, or never started).
-pub const CANCELLED: &str = "costack: the coroutine was cancelled: its event loop was dropped";
-
+/// The `Err` payload of a join whose coroutine was cancelled (or unwound
+/// because its loop was dropped) before it finished.
 fn cancelled() -> Box<dyn Any + Send> {
-    Box::new(CANCELLED)
+    Box::new(Cancelled::base())
 }
 
-/// Runs a spawned coroutine's body, catching its panic; the forced unwind
-/// of a dropped coroutine goes on to the coroutine's base.
+/// Spawns a task on `inner` whose panic is caught at its boundary and
+/// handed to the returned handle (aio::spawn, EventLoop::spawn).
+pub(crate) fn spawn_on<T: 'static, F: FnOnce() -> T + 'static>(
+    inner: &Rc<Inner>,
+    f: F,
+) -> JoinHandle<T> {
+    let slot = JoinSlot::new();
+    let theirs = slot.clone();
+    let co = inner.spawn_task(move || theirs.finish(catch_task(f)));
+    JoinHandle::new(co, slot, inner.clone())
+}
+
+/// Runs a spawned coroutine's body, catching its panic or cancellation;
+/// the forced unwind of a dropped coroutine goes on to the coroutine's
+/// base. A task cancelled before it started does not run; one whose
+/// cancellation was delivered (and caught) counts as cancelled whatever
+/// it returns.
 pub(crate) fn catch_task<T>(f: impl FnOnce() -> T) -> thread::Result<T> {
+    if cancel::base_pending() {
+        drop(f);
+        return Err(cancelled());
+    }
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Err(p) if coroutine::is_forced_unwind(&*p) => panic::resume_unwind(p),
+        Ok(v) if cancel::base_delivered() => {
+            drop(v);
+            Err(cancelled())
+        }
         r => r,
     }
 }
@@ -101,9 +126,12 @@ impl<T> JoinHandle<T> {
     ///
     /// In a coroutine this suspends the caller (the loop runs on); outside
     /// any coroutine, on the loop's thread, it runs the loop until the
-    /// coroutine has finished. If the loop is dropped before that, the
-    /// coroutine is unwound and `join` returns `Err` with the payload
-    /// [`CANCELLED`] (a `&str`).
+    /// coroutine has finished. If the coroutine was cancelled
+    /// ([`cancel`](Self::cancel)) or unwound because the loop was dropped,
+    /// `join` returns `Err` with a [`Cancelled`] payload.
+    ///
+    /// In a coroutine this is a wait point: cancelled, the caller unwinds
+    /// from here and the joined coroutine runs on, detached.
     ///
     /// # Panics
     /// If a coroutine joins itself (it would wait forever). Outside a
@@ -128,13 +156,13 @@ impl<T> JoinHandle<T> {
                 crate::current().as_ref() != Some(&self.co),
                 "a coroutine cannot join itself"
             );
-            loop {
-                if let Some(r) = self.take() {
-                    return r;
+            return wait_until("JoinHandle::join", || {
+                let r = self.take();
+                if r.is_none() {
+                    self.slot.joiner.set(Some(waker()));
                 }
-                self.slot.joiner.set(Some(waker()));
-                coroutine::park();
-            }
+                r
+            });
         }
         self.run_loop_until_done()
     }
@@ -179,6 +207,31 @@ impl<T> JoinHandle<T> {
         self.co.is_finished()
     }
 
+    /// Cancels the coroutine: it unwinds from the wait point it is
+    /// suspended at (or reaches next), and its [`join`](Self::join) returns
+    /// `Err` with a [`Cancelled`] payload, unless it finished before the
+    /// cancellation was delivered. Cancelling a finished coroutine does
+    /// nothing. The cancellation is sticky: if the coroutine catches the
+    /// unwind and goes on, its next wait point raises it again.
+    ///
+    /// ```
+    /// use costack::aio::{self, Cancelled, EventLoop};
+    /// use std::time::Duration;
+    ///
+    /// EventLoop::new().unwrap().block_on(|| {
+    ///     let h = aio::spawn(|| {
+    ///         aio::sleep(Duration::from_secs(3600));
+    ///         "woke up"
+    ///     });
+    ///     aio::yield_now(); // it sleeps now
+    ///     h.cancel(); // it unwinds from the sleep
+    ///     assert!(h.join().unwrap_err().is::<Cancelled>());
+    /// });
+    /// ```
+    pub fn cancel(&self) {
+        cancel::request(&self.co, 0);
+    }
+
     /// The spawned coroutine.
     ///
     /// ```
@@ -205,11 +258,17 @@ struct RemoteState<T> {
     result: Option<thread::Result<T>>,
     finished: bool,
     joiner: Option<Waker>,
+    /// The coroutine, once its loop has spawned it.
+    task: Option<CoId>,
+    /// `cancel` was called (before the coroutine existed, perhaps).
+    cancel: bool,
 }
 
 pub(crate) struct RemoteSlot<T> {
     state: Mutex<RemoteState<T>>,
     done: Condvar,
+    /// The loop's remote driver, to post the cancellation to.
+    remote: Arc<Remote>,
 }
 
 impl<T> RemoteSlot<T> {
@@ -221,8 +280,26 @@ impl<T> RemoteSlot<T> {
 /// The task side of a [`RemoteJoinHandle`]: finishing it stores the result;
 /// dropping it unfinished (the loop dropped the bottom half that would
 /// have spawned the coroutine, or unwound the coroutine) stores
-/// [`CANCELLED`].
+/// a [`Cancelled`] payload.
 pub(crate) struct Completer<T>(Arc<RemoteSlot<T>>);
+
+impl<T: 'static> Completer<T> {
+    /// Spawns `f` on the loop this runs on (a bottom half of it); the
+    /// coroutine's end completes the handle.
+    pub(crate) fn spawn<F: FnOnce() -> T + 'static>(self, f: F) {
+        let inner = current_inner().expect("bottom halves run on their loop");
+        let slot = self.0.clone();
+        let co = inner.spawn_task(move || self.finish(catch_task(f)));
+        let cancelled = {
+            let mut st = slot.lock();
+            st.task = Some(co.id());
+            st.cancel
+        };
+        if cancelled {
+            cancel::request(&co, 0);
+        }
+    }
+}
 
 impl<T> Completer<T> {
     pub(crate) fn finish(self, result: thread::Result<T>) {
@@ -270,25 +347,28 @@ pub struct RemoteJoinHandle<T> {
     slot: Arc<RemoteSlot<T>>,
 }
 
-pub(crate) fn remote_pair<T>() -> (Completer<T>, RemoteJoinHandle<T>) {
+pub(crate) fn remote_pair<T>(remote: Arc<Remote>) -> (Completer<T>, RemoteJoinHandle<T>) {
     let slot = Arc::new(RemoteSlot {
         state: Mutex::new(RemoteState {
             result: None,
             finished: false,
             joiner: None,
+            task: None,
+            cancel: false,
         }),
         done: Condvar::new(),
+        remote,
     });
     (Completer(slot.clone()), RemoteJoinHandle { slot })
 }
 
 impl<T: Send> RemoteJoinHandle<T> {
     /// Waits for the coroutine to finish and returns its value, or the
-    /// payload of its panic ([`CANCELLED`] if its loop was dropped before
-    /// it finished).
+    /// payload of its panic (a [`Cancelled`] if it was cancelled, or its
+    /// loop was dropped before it finished).
     ///
-    /// In a coroutine this suspends the caller; on a plain thread it
-    /// blocks the thread.
+    /// In a coroutine this suspends the caller (a wait point); on a plain
+    /// thread it blocks the thread.
     ///
     /// ```
     /// use costack::aio::IoThread;
@@ -298,21 +378,21 @@ impl<T: Send> RemoteJoinHandle<T> {
     /// assert_eq!(h.join().unwrap(), 42); // on a plain thread: blocks until done
     /// ```
     pub fn join(self) -> thread::Result<T> {
-        let in_co = coroutine::in_coroutine();
-        let mut st = self.slot.lock();
-        loop {
-            if st.finished {
-                return st.result.take().unwrap_or_else(|| Err(cancelled()));
-            }
-            if in_co {
+        if coroutine::in_coroutine() {
+            return wait_until("RemoteJoinHandle::join", || {
+                let mut st = self.slot.lock();
+                if st.finished {
+                    return Some(st.result.take().unwrap_or_else(|| Err(cancelled())));
+                }
                 st.joiner = Some(waker());
-                drop(st);
-                coroutine::park();
-                st = self.slot.lock();
-            } else {
-                st = self.slot.done.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
+                None
+            });
         }
+        let mut st = self.slot.lock();
+        while !st.finished {
+            st = self.slot.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.result.take().unwrap_or_else(|| Err(cancelled()))
     }
 
     /// Whether the coroutine has finished (or was cancelled), so that
@@ -330,6 +410,42 @@ impl<T: Send> RemoteJoinHandle<T> {
     /// ```
     pub fn is_finished(&self) -> bool {
         self.slot.lock().finished
+    }
+}
+
+impl<T> RemoteJoinHandle<T> {
+    /// Cancels the coroutine, from any thread: it unwinds from the wait
+    /// point it is suspended at (or reaches next) on its loop, or never
+    /// starts. [`join`](Self::join) then returns `Err` with a [`Cancelled`]
+    /// payload, unless it finished first. Cancelling a finished coroutine
+    /// does nothing.
+    ///
+    /// ```
+    /// use costack::aio::{self, Cancelled, IoThread};
+    /// use std::time::Duration;
+    ///
+    /// let io = IoThread::spawn("io").unwrap();
+    /// let h = io.handle().spawn(|| aio::sleep(Duration::from_secs(3600)));
+    /// h.cancel(); // from this (plain) thread
+    /// assert!(h.join().unwrap_err().is::<Cancelled>());
+    /// ```
+    pub fn cancel(&self) {
+        let task = {
+            let mut st = self.slot.lock();
+            if st.finished {
+                return;
+            }
+            st.cancel = true;
+            st.task
+        };
+        // Not spawned yet: the spawn sees the flag.
+        if let Some(id) = task {
+            self.slot.remote.post(Box::new(move || {
+                if let Some(co) = Coroutine::from_id(id) {
+                    cancel::request(&co, 0);
+                }
+            }));
+        }
     }
 }
 

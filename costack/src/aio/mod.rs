@@ -42,6 +42,12 @@
 //!   checks an atomic flag every iteration and drains the queue.
 //! - **Timers**: a binary heap of deadlines; arming and firing are
 //!   O(log n), cancelling is O(1).
+//! - **Wait points**: every call here that may suspend goes through one
+//!   wait primitive (`coroutine::wait`), where cancellation is delivered;
+//!   [`timeout`], [`scope`], [`shield`] and [`JoinHandle::cancel`] build on
+//!   it (see [Cancellation](crate#cancellation-and-deadlines) in the
+//!   crate docs). I/O that completes without waiting charges a per-loop
+//!   budget (fair share), so a busy coroutine still lets the loop run.
 //! - **Bottom halves**: [`LoopHandle::call_soon`] (from any thread) and
 //!   [`EventLoop::call_soon`] (same thread) run closures outside any
 //!   coroutine, in order.
@@ -79,92 +85,95 @@
 //! event-loop suite runs on each of the three in CI.
 
 // Cross-thread wakes are portable (the locks use them everywhere); the
-// event loop needs epoll or poll(2) (WSAPoll on Windows).
+// event loop needs epoll or poll(2) (WSAPoll on Windows). Each module of
+// the loop is declared on its own, so rustfmt sees them all.
 mod waker;
-pub use waker::{waker, Waker};
-// Kept for crate-internal users of the mailbox (the loop takes its own).
-#[allow(unused_imports)]
+#[allow(unused_imports)] // the crate's tests reach the mailbox
 pub(crate) use waker::{mailbox, Mailbox};
+pub use waker::{waker, Waker};
 
-/// Applies `#[cfg(any(unix, windows))]` to each item: the systems the
-/// event loop runs on.
-macro_rules! with_loop {
-    ($($item:item)*) => {
-        $( #[cfg(any(unix, windows))] #[cfg_attr(docsrs, doc(cfg(any(unix, windows))))] $item )*
-    };
-}
-
-with_loop! {
-
-// Borrowed buffers handed to the thread pool: `fs` (Linux) needs them.
-#[cfg(target_os = "linux")]
-mod borrowed;
-mod busy_poll;
-mod event_loop;
-mod reactor;
+// Wait points and what builds on them.
+#[cfg(any(unix, windows))]
+mod blocking;
+#[cfg(any(unix, windows))]
+pub(crate) mod budget;
+#[cfg(any(unix, windows))]
+mod cancel;
+#[cfg(any(unix, windows))]
 mod future;
-mod handle;
-mod iothread;
+#[cfg(any(unix, windows))]
 mod join;
-pub(crate) mod io;
-pub mod thread_pool;
-mod timer;
-#[cfg(target_os = "linux")]
-pub(crate) mod uring;
-/// Where there is no io_uring: a loop never has a ring, and `fs` I/O goes
-/// to the thread pool.
-#[cfg(not(target_os = "linux"))]
-pub(crate) mod uring {
-    use super::Inner;
-
-    pub(crate) struct UringState;
-
-    impl UringState {
-        pub(crate) fn new(_allowed: bool) -> UringState {
-            UringState
-        }
-        pub(crate) fn available(&self, _inner: &Inner) -> bool {
-            false
-        }
-        pub(crate) fn reap(&self, _inner: &Inner) -> bool {
-            false
-        }
-        pub(crate) fn shutdown(&self, _inner: &Inner) {}
-        pub(crate) fn busy(&self) -> bool {
-            false
-        }
-    }
-}
+#[cfg(any(unix, windows))]
+mod scope;
+#[cfg(any(unix, windows))]
+mod time;
+#[cfg(any(unix, windows))]
 mod wait;
 
-// A socket (any descriptor on unix) borrowed for a wait: `BorrowedFd` on
-// unix, `BorrowedSocket` on Windows.
-#[cfg(unix)]
-use std::os::fd::BorrowedFd as BorrowedSock;
-#[cfg(windows)]
-use std::os::windows::io::BorrowedSocket as BorrowedSock;
-use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
+// The loop and its drivers.
+#[cfg(any(unix, windows))]
+mod busy_poll;
+#[cfg(any(unix, windows))]
+mod event_loop;
+#[cfg(any(unix, windows))]
+mod handle;
+#[cfg(any(unix, windows))]
+mod iothread;
+#[cfg(any(unix, windows))]
+mod reactor;
+#[cfg(any(unix, windows))]
+mod readiness;
+#[cfg(any(unix, windows))]
+mod remote;
+#[cfg(any(unix, windows))]
+mod tasks;
+#[cfg(any(unix, windows))]
+pub mod thread_pool;
+#[cfg(any(unix, windows))]
+mod timer;
+#[cfg(any(unix, windows))]
+mod turn;
 #[cfg(target_os = "linux")]
-pub(crate) use borrowed::run_borrowed;
-pub use event_loop::EventLoop;
-pub use reactor::Backend;
-pub(crate) use event_loop::{current_inner, Inner};
-pub use handle::LoopHandle;
-pub use iothread::IoThread;
-pub use join::{JoinHandle, RemoteJoinHandle, CANCELLED};
-pub(crate) use wait::wait_deadline;
+mod uring;
+#[cfg(all(any(unix, windows), not(target_os = "linux")))]
+#[path = "uring_none.rs"]
+mod uring;
+
+// What `net` and `fs` reach the loop through.
+#[cfg(target_os = "linux")]
+pub(crate) mod file_io;
+#[cfg(target_os = "linux")]
+mod inline;
+#[cfg(any(unix, windows))]
+pub(crate) mod io;
+
+#[cfg(any(unix, windows))]
+pub use self::{
+    blocking::run_blocking,
+    cancel::{shield, timeout, timeout_at, Elapsed},
+    event_loop::EventLoop,
+    handle::LoopHandle,
+    io::{wait_readable, wait_readable_timeout, wait_writable, wait_writable_timeout},
+    iothread::IoThread,
+    join::{JoinHandle, RemoteJoinHandle},
+    reactor::Backend,
+    scope::{scope, Scope, ScopedJoinHandle},
+    time::{sleep, sleep_until},
+};
 pub use crate::coroutine::cancel::Cancelled;
+#[cfg(any(unix, windows))]
+#[allow(unused_imports)] // for the channels
+pub(crate) use time::wait_deadline;
+
+use std::rc::Rc;
 
 use crate::coroutine;
-use io::Direction;
-use wait::Wait;
+use crate::Coroutine;
 
 /// The current loop, for a free function called from a coroutine on it.
+#[cfg(any(unix, windows))]
 #[track_caller]
-pub(crate) fn context(what: &str) -> Rc<Inner> {
+pub(crate) fn context(what: &str) -> Rc<turn::Inner> {
     if !crate::in_coroutine() {
         coroutine::not_in_coroutine(what);
     }
@@ -180,15 +189,16 @@ pub(crate) fn context(what: &str) -> Rc<Inner> {
 /// # Panics
 /// In a [`CoFuture`](crate::future::CoFuture)'s coroutine, which its
 /// executor drives: blocking that thread would stall the executor.
+#[cfg(any(unix, windows))]
 #[track_caller]
-pub(crate) fn io_loop(what: &str) -> Option<Rc<Inner>> {
+pub(crate) fn io_loop(what: &str) -> Option<Rc<turn::Inner>> {
     if !crate::in_coroutine() {
         return None;
     }
     if coroutine::current_is_polled() {
         needs_event_loop(what);
     }
-    current_inner()
+    turn::current_inner()
 }
 
 #[cold]
@@ -199,6 +209,16 @@ fn needs_event_loop(what: &str) -> ! {
          executor polls (use the executor's own I/O and timers there, through \
          aio::wait_future)"
     )
+}
+
+/// A wait for the calling coroutine on `inner`, which the coroutine
+/// belongs to from now on if it belonged to no loop (QEMU sets co->ctx
+/// when a coroutine is entered from a context).
+#[cfg(any(unix, windows))]
+pub(crate) fn current_wait(inner: &turn::Inner) -> Rc<wait::Wait> {
+    let me = crate::current().expect("waits on a loop run in a coroutine");
+    inner.adopt(&me);
+    wait::Wait::new(&me)
 }
 
 /// Spawns a coroutine running `f` on the current loop (see
@@ -216,12 +236,11 @@ fn needs_event_loop(what: &str) -> ! {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+#[cfg(any(unix, windows))]
 #[track_caller]
 pub fn spawn<T: 'static, F: FnOnce() -> T + 'static>(f: F) -> JoinHandle<T> {
-    context("aio::spawn").spawn(f)
+    join::spawn_on(&context("aio::spawn"), f)
 }
-
-use crate::Coroutine;
 
 /// Schedules `co` to be entered by the current loop in its next iteration
 /// (aio_co_schedule). Scheduling the calling coroutine and then yielding
@@ -239,13 +258,15 @@ use crate::Coroutine;
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+#[cfg(any(unix, windows))]
 #[track_caller]
 pub fn schedule(co: &Coroutine) {
     context("aio::schedule").schedule(co)
 }
 
 /// Lets every other coroutine that is runnable on the current loop run
-/// first, then continues: [`schedule`]s the caller and yields. (A bare
+/// first, then continues (a wait point, so a pending cancellation is
+/// delivered here): [`schedule`]s the caller and yields. (A bare
 /// [`crate::yield_now`] in a loop coroutine instead waits until something
 /// wakes it.) Useful to gather the work of one loop pass, as costack-nbd
 /// does to send the replies finished together in one `writev`.
@@ -268,6 +289,7 @@ pub fn schedule(co: &Coroutine) {
 ///
 /// # Panics
 /// When not in a coroutine on an event loop: "not in a coroutine".
+#[cfg(any(unix, windows))]
 #[track_caller]
 pub fn yield_now() {
     if coroutine::current_is_polled() {
@@ -276,255 +298,9 @@ pub fn yield_now() {
         return crate::yield_now();
     }
     let inner = context("aio::yield_now");
-    let Some(me) = crate::current() else {
-        panic!("aio::yield_now called when not in a coroutine on an event loop");
-    };
-    inner.schedule(&me);
-    crate::yield_now();
-}
-
-/// Suspends the calling coroutine for `duration` (qemu_co_sleep_ns); the
-/// loop runs other work meanwhile.
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-/// use std::time::{Duration, Instant};
-///
-/// let t = Instant::now();
-/// EventLoop::new().unwrap().block_on(|| aio::sleep(Duration::from_millis(5)));
-/// assert!(t.elapsed() >= Duration::from_millis(5));
-/// ```
-#[track_caller]
-pub fn sleep(duration: Duration) {
-    let inner = context("aio::sleep");
-    sleep_until_on(&inner, Instant::now() + duration);
-}
-
-/// Suspends the calling coroutine until `deadline`.
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-/// use std::time::{Duration, Instant};
-///
-/// let deadline = Instant::now() + Duration::from_millis(5);
-/// EventLoop::new().unwrap().block_on(move || aio::sleep_until(deadline));
-/// assert!(Instant::now() >= deadline);
-/// ```
-#[track_caller]
-pub fn sleep_until(deadline: Instant) {
-    let inner = context("aio::sleep_until");
-    sleep_until_on(&inner, deadline);
-}
-
-fn sleep_until_on(inner: &Rc<Inner>, deadline: Instant) {
     let me = crate::current().expect("checked by context()");
     inner.adopt(&me);
-    let wait = Wait::new(&me);
-    drop(me);
-    let _timer = inner.timers.borrow_mut().add(inner, deadline, wait.clone());
-    wait.suspend("aio::sleep");
-}
-
-/// Suspends the calling coroutine until `fd` is readable (or hung up, or
-/// in error: then the next read reports it).
-///
-/// Closing `fd` while a coroutine waits on it is a bug, as with any
-/// borrowed fd: epoll forgets closed fds, so the wait might never end. Use
-/// `shutdown` on sockets to make waiters return.
-///
-/// # Errors
-/// If the fd cannot be polled (for example a regular file: `EPERM`).
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-/// use std::io::{Read, Write};
-/// use std::os::fd::AsFd;
-/// use std::os::unix::net::UnixStream;
-///
-/// let (mut a, mut b) = UnixStream::pair().unwrap();
-/// b.set_nonblocking(true).unwrap();
-/// let got = EventLoop::new().unwrap().block_on(move || {
-///     let writer = aio::spawn(move || a.write_all(b"ping").unwrap());
-///     aio::wait_readable(b.as_fd()).unwrap(); // yields until the data is there
-///     let mut buf = [0; 4];
-///     b.read_exact(&mut buf).unwrap();
-///     writer.join().unwrap();
-///     buf
-/// });
-/// assert_eq!(&got, b"ping");
-/// ```
-#[track_caller]
-pub fn wait_readable(fd: BorrowedSock<'_>) -> std::io::Result<()> {
-    let inner = context("aio::wait_readable");
-    io::wait_fd(&inner, crate::sys::raw_sock(fd), Direction::Read, None)
-}
-
-/// Suspends the calling coroutine until `fd` is writable (or hung up, or
-/// in error). See [`wait_readable`].
-///
-/// # Errors
-/// If the fd cannot be polled.
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-/// use std::io::Write;
-/// use std::os::fd::AsFd;
-/// use std::os::unix::net::UnixStream;
-///
-/// let (mut a, _b) = UnixStream::pair().unwrap();
-/// a.set_nonblocking(true).unwrap();
-/// EventLoop::new().unwrap().block_on(move || {
-///     aio::wait_writable(a.as_fd()).unwrap(); // an empty socket buffer: at once
-///     a.write_all(b"x").unwrap();
-/// });
-/// ```
-#[track_caller]
-pub fn wait_writable(fd: BorrowedSock<'_>) -> std::io::Result<()> {
-    let inner = context("aio::wait_writable");
-    io::wait_fd(&inner, crate::sys::raw_sock(fd), Direction::Write, None)
-}
-
-/// As [`wait_readable`], giving up with `ErrorKind::TimedOut` after
-/// `timeout`.
-///
-/// # Errors
-/// `TimedOut`, or if the fd cannot be polled.
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-/// use std::io::ErrorKind;
-/// use std::os::fd::AsFd;
-/// use std::os::unix::net::UnixStream;
-/// use std::time::Duration;
-///
-/// let (a, _b) = UnixStream::pair().unwrap();
-/// let r = EventLoop::new().unwrap().block_on(move || {
-///     aio::wait_readable_timeout(a.as_fd(), Duration::from_millis(5))
-/// });
-/// assert_eq!(r.unwrap_err().kind(), ErrorKind::TimedOut);
-/// ```
-#[track_caller]
-pub fn wait_readable_timeout(fd: BorrowedSock<'_>, timeout: Duration) -> std::io::Result<()> {
-    let inner = context("aio::wait_readable_timeout");
-    io::wait_fd(
-        &inner,
-        crate::sys::raw_sock(fd),
-        Direction::Read,
-        Some(Instant::now() + timeout),
-    )
-}
-
-/// As [`wait_writable`], giving up with `ErrorKind::TimedOut` after
-/// `timeout`.
-///
-/// # Errors
-/// `TimedOut`, or if the fd cannot be polled.
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-/// use std::os::fd::AsFd;
-/// use std::os::unix::net::UnixStream;
-/// use std::time::Duration;
-///
-/// let (a, _b) = UnixStream::pair().unwrap();
-/// EventLoop::new().unwrap().block_on(move || {
-///     aio::wait_writable_timeout(a.as_fd(), Duration::from_secs(1)).unwrap();
-/// });
-/// ```
-#[track_caller]
-pub fn wait_writable_timeout(fd: BorrowedSock<'_>, timeout: Duration) -> std::io::Result<()> {
-    let inner = context("aio::wait_writable_timeout");
-    io::wait_fd(
-        &inner,
-        crate::sys::raw_sock(fd),
-        Direction::Write,
-        Some(Instant::now() + timeout),
-    )
-}
-
-struct Job<T> {
-    result: Mutex<Option<std::thread::Result<T>>>,
-    waker: Waker,
-}
-
-/// Runs `f` on a worker thread of the process-wide [thread
-/// pool](thread_pool) and suspends the calling coroutine until it returns
-/// (thread_pool_submit_co); the loop keeps running meanwhile. Returns
-/// `f`'s value; a panic in `f` is resumed in the coroutine.
-///
-/// If the coroutine is unwound before `f` returns (its loop was dropped),
-/// `f` still runs to the end on its worker and its result is dropped.
-///
-/// # Panics
-/// When not in a coroutine on an event loop: "not in a coroutine".
-///
-/// # Examples
-///
-/// ```
-/// use costack::aio::{self, EventLoop};
-///
-/// let n = EventLoop::new().unwrap().block_on(|| {
-///     // Blocking std I/O, on a worker thread: the loop runs on meanwhile.
-///     aio::run_blocking(|| std::fs::read_dir(".").map(|d| d.count()).unwrap_or(0))
-/// });
-/// assert!(n > 0);
-/// ```
-#[track_caller]
-pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) -> T {
-    let inner = context("aio::run_blocking");
-    let me = crate::current().expect("checked by context()");
-    inner.adopt(&me);
-    let job = Arc::new(Job {
-        result: Mutex::new(None),
-        waker: Waker::for_coroutine(&me),
-    });
-    drop(me);
-    let theirs = job.clone();
-    thread_pool::submit(Box::new(move || {
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-        *theirs.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-        theirs.waker.wake();
-    }));
-    loop {
-        let done = job.result.lock().unwrap_or_else(|e| e.into_inner()).take();
-        match done {
-            Some(Ok(v)) => return v,
-            Some(Err(p)) => std::panic::resume_unwind(p),
-            None => crate::coroutine::park(),
-        }
-    }
-}
-
+    budget::yield_to_loop(me);
 }
 
 /// Drives a `std::future::Future` to completion from the calling

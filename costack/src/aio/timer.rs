@@ -2,22 +2,48 @@
 //! is a sorted list; a heap keeps arming and expiring O(log n), so 100,000
 //! sleepers do not make each poll O(n)).
 //!
-//! A cancelled timer stays in the heap until it comes up (or until
-//! cancelled entries outnumber live ones, when the heap is rebuilt), so
-//! cancelling is O(1).
+//! A timer either completes a [`Wait`] (a sleep, a wait with a deadline)
+//! or cancels a coroutine's scope (an `aio::timeout` that expired). A
+//! cancelled timer stays in the heap until it comes up (or until cancelled
+//! entries outnumber live ones, when the heap is rebuilt), so cancelling is
+//! O(1).
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::Instant;
 
-use super::wait::Wait;
+use super::wait::{Outcome, Wait};
+use crate::coroutine::cancel;
+use crate::coroutine::control::CoId;
+use crate::Coroutine;
+
+/// What a timer does when it fires.
+pub(crate) enum TimerAction {
+    /// Completes the wait with [`Outcome::TimedOut`].
+    Complete(Rc<Wait>),
+    /// Requests the cancellation of coroutine `co`'s scope `scope`.
+    Cancel { co: CoId, scope: u32 },
+}
+
+impl TimerAction {
+    fn fire(self) {
+        match self {
+            TimerAction::Complete(wait) => wait.complete(Outcome::TimedOut),
+            TimerAction::Cancel { co, scope } => {
+                if let Some(co) = Coroutine::from_id(co) {
+                    cancel::request(&co, scope);
+                }
+            }
+        }
+    }
+}
 
 struct Entry {
     deadline: Instant,
     seq: u64,
-    wait: Rc<Wait>,
+    action: TimerAction,
     cancelled: Rc<Cell<bool>>,
 }
 
@@ -43,104 +69,109 @@ impl Ord for Entry {
     }
 }
 
-/// Cancels its timer when dropped (the wait it belongs to ended otherwise).
+/// Cancels its timer when dropped (what it was for ended otherwise).
 pub(crate) struct TimerGuard {
     cancelled: Rc<Cell<bool>>,
-    timers: std::rc::Weak<super::event_loop::Inner>,
+    timers: Weak<Timers>,
 }
 
 impl Drop for TimerGuard {
     fn drop(&mut self) {
         if !self.cancelled.replace(true) {
-            if let Some(inner) = self.timers.upgrade() {
-                inner.timers.borrow_mut().cancelled += 1;
+            if let Some(timers) = self.timers.upgrade() {
+                timers.cancelled.set(timers.cancelled.get() + 1);
             }
         }
     }
 }
 
+/// One loop's timers.
 #[derive(Default)]
 pub(crate) struct Timers {
-    heap: BinaryHeap<Entry>,
-    seq: u64,
-    cancelled: usize,
+    heap: RefCell<BinaryHeap<Entry>>,
+    seq: Cell<u64>,
+    /// Cancelled entries still in the heap.
+    cancelled: Cell<usize>,
 }
 
 impl Timers {
-    /// Arms a timer that completes `wait` at `deadline`.
-    pub(crate) fn add(
-        &mut self,
-        inner: &Rc<super::event_loop::Inner>,
-        deadline: Instant,
-        wait: Rc<Wait>,
-    ) -> TimerGuard {
+    /// Arms a timer that does `action` at `deadline`, until the guard drops.
+    pub(crate) fn add(self: &Rc<Self>, deadline: Instant, action: TimerAction) -> TimerGuard {
         let cancelled = Rc::new(Cell::new(false));
-        self.seq += 1;
-        self.heap.push(Entry {
+        let seq = self.seq.get() + 1;
+        self.seq.set(seq);
+        self.heap.borrow_mut().push(Entry {
             deadline,
-            seq: self.seq,
-            wait,
+            seq,
+            action,
             cancelled: cancelled.clone(),
         });
         TimerGuard {
             cancelled,
-            timers: Rc::downgrade(inner),
+            timers: Rc::downgrade(self),
+        }
+    }
+
+    /// Pops cancelled entries off the top.
+    fn drop_cancelled_top(&self, heap: &mut BinaryHeap<Entry>) {
+        while heap.peek().is_some_and(|top| top.cancelled.get()) {
+            heap.pop();
+            self.cancelled.set(self.cancelled.get() - 1);
         }
     }
 
     /// The earliest live deadline.
-    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(top) = self.heap.peek() {
-            if top.cancelled.get() {
-                self.heap.pop();
-                self.cancelled -= 1;
-            } else {
-                return Some(top.deadline);
-            }
-        }
-        None
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let mut heap = self.heap.borrow_mut();
+        self.drop_cancelled_top(&mut heap);
+        heap.peek().map(|top| top.deadline)
     }
 
-    /// Pops one timer due at `now`, marking it fired.
-    pub(crate) fn pop_expired(&mut self, now: Instant) -> Option<Rc<Wait>> {
+    /// Fires the timers due at `now`, in deadline order; returns whether
+    /// any fired.
+    pub(crate) fn fire_expired(&self, now: Instant) -> bool {
+        let mut fired = false;
         loop {
-            let top = self.heap.peek()?;
-            if top.cancelled.get() {
-                self.heap.pop();
-                self.cancelled -= 1;
-                continue;
-            }
-            if top.deadline > now {
-                return None;
-            }
-            let e = self.heap.pop().expect("peeked");
+            let due = {
+                let mut heap = self.heap.borrow_mut();
+                self.drop_cancelled_top(&mut heap);
+                match heap.peek() {
+                    Some(top) if top.deadline <= now => heap.pop(),
+                    _ => None,
+                }
+            };
+            let Some(e) = due else { break };
             e.cancelled.set(true); // so its guard does not count it again
-            return Some(e.wait);
+            fired = true;
+            // Outside the borrow: the action may arm timers.
+            e.action.fire();
         }
+        self.compact();
+        fired
     }
 
     /// Drops cancelled entries once they are the majority.
-    pub(crate) fn compact(&mut self) {
-        if self.cancelled > 1024 && self.cancelled * 2 > self.heap.len() {
-            let heap = std::mem::take(&mut self.heap);
-            self.heap = heap.into_iter().filter(|e| !e.cancelled.get()).collect();
-            self.cancelled = 0;
+    fn compact(&self) {
+        let cancelled = self.cancelled.get();
+        let mut heap = self.heap.borrow_mut();
+        if cancelled > 1024 && cancelled * 2 > heap.len() {
+            let old = std::mem::take(&mut *heap);
+            *heap = old.into_iter().filter(|e| !e.cancelled.get()).collect();
+            self.cancelled.set(0);
         }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.heap.len() == self.cancelled
+        self.heap.borrow().len() == self.cancelled.get()
     }
 
-    /// Removes every timer (loop shutdown); returns their waits.
-    pub(crate) fn take_all(&mut self) -> Vec<Rc<Wait>> {
-        self.cancelled = 0;
-        let heap = std::mem::take(&mut self.heap);
-        heap.into_iter()
-            .map(|e| {
-                e.cancelled.set(true); // so its guard does not count it
-                e.wait
-            })
-            .collect()
+    /// Removes every timer without firing it (loop shutdown).
+    pub(crate) fn clear(&self) {
+        self.cancelled.set(0);
+        let heap = std::mem::take(&mut *self.heap.borrow_mut());
+        for e in &heap {
+            e.cancelled.set(true); // so its guard does not count it
+        }
+        drop(heap);
     }
 }

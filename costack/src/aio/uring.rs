@@ -1,12 +1,17 @@
-//! io_uring for file I/O (QEMU's io_uring.c LuringState), probed at run
-//! time per loop.
+//! The io_uring driver, for file I/O (QEMU's io_uring.c LuringState),
+//! probed at run time per loop.
 //!
-//! The ring's completions signal an eventfd that the loop's reactor
-//! watches, so the loop sleeps in one place. A request is submitted at once
-//! (one `io_uring_enter`) and its coroutine yields until the completion is
-//! reaped. The kernel writes into the caller's buffer until then, so a
-//! request is never abandoned: if its coroutine is unwound meanwhile, the
-//! unwinding blocks until the kernel is done with the buffer.
+//! The ring's completions signal an eventfd that the loop's readiness
+//! driver watches, so the loop sleeps in one place. A request is submitted
+//! at once (one `io_uring_enter`) and its coroutine waits at a wait point
+//! until the completion is reaped. The kernel writes into the caller's
+//! buffer until then, so a request is never abandoned:
+//! - cancelled, the coroutine submits an `IORING_OP_ASYNC_CANCEL` for it
+//!   and goes on waiting for its completion; it unwinds only once the
+//!   kernel has given the request back (`ECANCELED`), and returns normally
+//!   if the request completed first;
+//! - unwound otherwise meanwhile (its last handle or its loop dropped), it
+//!   blocks the thread until the kernel is done with the buffer.
 //!
 //! Not used (the thread pool is) when `COSTACK_NO_IO_URING` is set to
 //! anything but `0`, when `/proc/sys/kernel/io_uring_disabled` is 2, when
@@ -20,11 +25,15 @@ use std::rc::Rc;
 
 use io_uring::{opcode, squeue, IoUring, Probe};
 
-use super::event_loop::{Inner, TOKEN_URING};
-use crate::sys;
+use super::readiness::{Readiness, TOKEN_URING};
 use super::wait::{Outcome, Wait};
+use crate::coroutine::{self, cancel};
+use crate::sys;
 
 const ENTRIES: u32 = 256;
+
+/// `user_data` of cancellation requests, whose completions are not ops'.
+const CANCEL_DATA: u64 = u64::MAX;
 
 struct Op {
     wait: Option<Rc<Wait>>,
@@ -36,12 +45,15 @@ struct Ring {
     efd: OwnedFd,
     ops: Vec<Op>,
     free: Vec<usize>,
-    /// Requests queued or submitted whose completion was not reaped yet.
+    /// Requests queued or submitted whose completion was not reaped yet
+    /// (cancellation requests included).
     in_flight: usize,
     fallocate: bool,
+    async_cancel: bool,
 }
 
-pub(crate) struct UringState {
+/// One loop's ring, created on first use.
+pub(crate) struct Uring {
     allowed: bool,
     probed: Cell<bool>,
     ring: RefCell<Option<Ring>>,
@@ -55,20 +67,22 @@ fn disabled_by_sysctl() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").is_ok_and(|s| s.trim() == "2")
 }
 
-impl UringState {
-    pub(crate) fn new(allowed: bool) -> UringState {
-        UringState {
+impl Uring {
+    /// A ring to be created on first use, if `allowed`.
+    pub(crate) fn new(allowed: bool) -> Uring {
+        Uring {
             allowed,
             probed: Cell::new(false),
             ring: RefCell::new(None),
         }
     }
 
-    /// Whether the loop has a ring (creating it on first call).
-    pub(crate) fn available(&self, inner: &Inner) -> bool {
+    /// Whether the loop has a ring (creating it on first call; its eventfd
+    /// is watched by `readiness`).
+    pub(crate) fn available(&self, readiness: &Readiness) -> bool {
         if !self.probed.replace(true) && self.allowed && !disabled_by_env() && !disabled_by_sysctl()
         {
-            *self.ring.borrow_mut() = Ring::new(inner).ok();
+            *self.ring.borrow_mut() = Ring::new(readiness).ok();
         }
         self.ring.borrow().is_some()
     }
@@ -80,20 +94,22 @@ impl UringState {
     }
 
     /// Whether fallocate requests can go through the ring.
-    pub(crate) fn has_fallocate(&self, inner: &Inner) -> bool {
-        self.available(inner) && self.ring.borrow().as_ref().is_some_and(|r| r.fallocate)
+    pub(crate) fn has_fallocate(&self, readiness: &Readiness) -> bool {
+        self.available(readiness) && self.ring.borrow().as_ref().is_some_and(|r| r.fallocate)
     }
 
     /// Runs one request and returns its result (`>= 0`), suspending the
-    /// calling coroutine until it completes.
+    /// calling coroutine until it completes. A wait point: cancelled, the
+    /// request is cancelled in the kernel and awaited first (see the module
+    /// docs).
     ///
     /// # Safety
     /// The memory `entry` refers to must stay valid until this returns;
     /// this function does not return, even by unwinding, before the kernel
-    /// is done with the request. The caller checked [`available`].
-    pub(crate) unsafe fn run(&self, inner: &Rc<Inner>, entry: squeue::Entry) -> io::Result<i32> {
+    /// is done with the request. The caller checked
+    /// [`available`](Self::available).
+    pub(crate) unsafe fn run(&self, what: &str, entry: squeue::Entry) -> io::Result<i32> {
         let me = crate::current().expect("io_uring requests are made from coroutines");
-        inner.adopt(&me);
         let wait = Wait::new(&me);
         drop(me);
         let index = {
@@ -109,17 +125,21 @@ impl UringState {
             }
             index
         };
-        let guard = InFlight {
-            state: self,
-            inner,
-            index,
-        };
+        let guard = InFlight { uring: self, index };
         let submitted = self.ring.borrow_mut().as_mut().expect("ring").submit();
         // On error the entry may still be queued: the guard submits it and
         // waits for it before the error is returned.
         submitted?;
-        wait.suspend("fs");
+        let (_, stopped) = coroutine::wait::wait_stopping(
+            what,
+            || (wait.outcome() != Outcome::Pending).then_some(()),
+            || self.cancel_op(index),
+        );
         let result = guard.finish();
+        if stopped && result == -libc::ECANCELED {
+            // Given back unperformed: the cancellation unwinds from here.
+            cancel::checkpoint();
+        }
         if result < 0 {
             Err(io::Error::from_raw_os_error(-result))
         } else {
@@ -127,8 +147,27 @@ impl UringState {
         }
     }
 
-    /// Reaps completions: the loop's eventfd for the ring fired.
-    pub(crate) fn reap(&self, inner: &Inner) -> bool {
+    /// Asks the kernel to cancel request `index` (its completion still
+    /// comes, with `ECANCELED` if it was cancelled).
+    fn cancel_op(&self, index: usize) {
+        let mut ring = self.ring.borrow_mut();
+        let Some(ring) = ring.as_mut() else { return };
+        if !ring.async_cancel {
+            return; // no way to stop it: its completion is awaited
+        }
+        let entry = opcode::AsyncCancel::new(index as u64)
+            .build()
+            .user_data(CANCEL_DATA);
+        // SAFETY: a cancellation request refers to no memory.
+        if unsafe { ring.queue(&entry) }.is_ok() {
+            // Failing to submit leaves it queued for the next submission:
+            // the op completes on its own meanwhile.
+            let _ = ring.submit();
+        }
+    }
+
+    /// Reaps completions: the ring's eventfd fired.
+    pub(crate) fn reap(&self) -> bool {
         let woken = {
             let mut ring = self.ring.borrow_mut();
             let Some(ring) = ring.as_mut() else {
@@ -139,16 +178,15 @@ impl UringState {
         };
         let any = !woken.is_empty();
         for w in woken {
-            w.complete(Outcome::Ready, inner);
+            w.complete(Outcome::Ready);
         }
         any
     }
 
     /// The loop is being dropped: waits until the kernel is done with
     /// every request, since a coroutine the loop does not own may still
-    /// wait for one (and its buffer must outlive it). The ring itself
-    /// lives as long as the loop's state.
-    pub(crate) fn shutdown(&self, inner: &Inner) {
+    /// wait for one (and its buffer must outlive it).
+    pub(crate) fn shutdown(&self) {
         loop {
             let woken = {
                 let mut ring = self.ring.borrow_mut();
@@ -160,7 +198,7 @@ impl UringState {
                 ring.reap()
             };
             for w in woken {
-                w.complete(Outcome::Ready, inner);
+                w.complete(Outcome::Ready);
             }
         }
     }
@@ -168,14 +206,13 @@ impl UringState {
 
 /// A submitted request; waits for the kernel if dropped before completion.
 struct InFlight<'a> {
-    state: &'a UringState,
-    inner: &'a Inner,
+    uring: &'a Uring,
     index: usize,
 }
 
 impl InFlight<'_> {
     fn finish(self) -> i32 {
-        let mut ring = self.state.ring.borrow_mut();
+        let mut ring = self.uring.ring.borrow_mut();
         let ring = ring.as_mut().expect("ring outlives its requests");
         let result = ring.ops[self.index].result.expect("completed");
         ring.release(self.index);
@@ -186,11 +223,12 @@ impl InFlight<'_> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        // Unwinding before completion: block until the kernel is done with
-        // the buffer, waking the waiters of whatever completes meanwhile.
+        // Unwinding before completion (a forced unwind): block until the
+        // kernel is done with the buffer, waking the waiters of whatever
+        // completes meanwhile.
         loop {
             let woken = {
-                let mut ring = self.state.ring.borrow_mut();
+                let mut ring = self.uring.ring.borrow_mut();
                 let Some(ring) = ring.as_mut() else { return };
                 if ring.ops[self.index].result.is_some() {
                     ring.release(self.index);
@@ -200,14 +238,14 @@ impl Drop for InFlight<'_> {
                 ring.reap()
             };
             for w in woken {
-                w.complete(Outcome::Ready, self.inner);
+                w.complete(Outcome::Ready);
             }
         }
     }
 }
 
 impl Ring {
-    fn new(inner: &Inner) -> io::Result<Ring> {
+    fn new(readiness: &Readiness) -> io::Result<Ring> {
         let ring = IoUring::new(ENTRIES)?;
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
@@ -218,9 +256,10 @@ impl Ring {
         }
         let efd = sys::eventfd()?;
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
-        inner.reactor.watch(efd.as_raw_fd(), TOKEN_URING)?;
+        readiness.watch(efd.as_raw_fd(), TOKEN_URING)?;
         Ok(Ring {
             fallocate: probe.is_supported(opcode::Fallocate::CODE),
+            async_cancel: probe.is_supported(opcode::AsyncCancel::CODE),
             ring,
             efd,
             ops: Vec::new(),
@@ -313,9 +352,12 @@ impl Ring {
     fn reap(&mut self) -> Vec<Rc<Wait>> {
         let mut woken = Vec::new();
         for cqe in self.ring.completion() {
-            let index = cqe.user_data() as usize;
-            if let Some(op) = self.ops.get_mut(index) {
-                self.in_flight -= 1;
+            self.in_flight -= 1;
+            let data = cqe.user_data();
+            if data == CANCEL_DATA {
+                continue;
+            }
+            if let Some(op) = self.ops.get_mut(data as usize) {
                 op.result = Some(cqe.result());
                 woken.extend(op.wait.take());
             }

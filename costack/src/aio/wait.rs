@@ -1,13 +1,18 @@
-//! One suspended wait of a coroutine on its loop: for an fd, a timer or an
-//! io_uring completion. The loop completes it and schedules the coroutine;
-//! the coroutine yields until its wait is complete, so a stray wake (an
-//! explicit `Coroutine::wake`, a duplicate notification) only costs a
-//! re-check.
+//! What the loop's drivers complete: one suspended wait of a coroutine, for
+//! an fd, a timer or an io_uring completion.
+//!
+//! A driver completes the wait (the first completion wins) and wakes the
+//! coroutine through its home, which schedules it on its loop, so this
+//! module knows no loop. The coroutine waits at a wait point
+//! ([`coroutine::wait`](crate::coroutine::wait)): it re-checks the outcome
+//! on every wake, so a stray wake only costs a check, and a cancellation
+//! unwinds it from there.
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
-use super::event_loop::Inner;
+use super::timer::{TimerAction, Timers};
 use crate::coroutine::control::CoId;
 use crate::coroutine::{self, Coroutine};
 
@@ -26,7 +31,7 @@ pub(crate) struct Wait {
 }
 
 impl Wait {
-    /// A wait for the calling coroutine.
+    /// A wait for `co` (the calling coroutine).
     pub(crate) fn new(co: &Coroutine) -> Rc<Wait> {
         Rc::new(Wait {
             co: co.id(),
@@ -34,57 +39,33 @@ impl Wait {
         })
     }
 
-    /// Completes the wait (first completion wins) and schedules the waiter.
-    pub(crate) fn complete(&self, how: Outcome, inner: &Inner) {
+    /// Completes the wait (first completion wins) and wakes the waiter.
+    pub(crate) fn complete(&self, how: Outcome) {
         if self.outcome.get() != Outcome::Pending {
             return;
         }
         self.outcome.set(how);
         if let Some(co) = Coroutine::from_id(self.co) {
-            inner.schedule(&co);
+            co.wake();
         }
     }
 
-    /// Yields until the wait completes (a wait point).
-    pub(crate) fn suspend(&self, what: &str) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
+        self.outcome.get()
+    }
+
+    /// Suspends until the wait completes, or until `deadline` passes (then
+    /// `TimedOut`), on `timers`. A wait point.
+    pub(crate) fn suspend(
+        self: &Rc<Self>,
+        what: &str,
+        timers: &Rc<Timers>,
+        deadline: Option<Instant>,
+    ) -> Outcome {
+        let _timer = deadline.map(|d| timers.add(d, TimerAction::Complete(self.clone())));
         coroutine::wait::wait_until(what, || match self.outcome.get() {
             Outcome::Pending => None,
             done => Some(done),
         })
     }
-}
-
-/// Suspends the calling coroutine, on its event loop, until `ready` gives
-/// a value (`Some` of it), or until `deadline` passes (`None`). Whoever
-/// makes `ready` true wakes the coroutine (an [`aio::Waker`](super::Waker),
-/// a lock's grant). A wait point: a pending cancellation unwinds from here.
-///
-/// # Panics
-/// Outside a coroutine on an event loop (a `CoFuture` included, when a
-/// deadline is given: its executor has no costack timers).
-pub(crate) fn wait_deadline<T>(
-    what: &str,
-    deadline: Option<std::time::Instant>,
-    mut ready: impl FnMut() -> Option<T>,
-) -> Option<T> {
-    let Some(deadline) = deadline else {
-        return Some(coroutine::wait::wait_until(what, ready));
-    };
-    if let Some(v) = ready() {
-        return Some(v);
-    }
-    let inner = super::context(what);
-    let me = crate::current().expect("checked by context()");
-    inner.adopt(&me);
-    let wait = Wait::new(&me);
-    drop(me);
-    let _timer = inner
-        .timers
-        .borrow_mut()
-        .add(&inner, deadline, wait.clone());
-    coroutine::wait::wait_until(what, || match ready() {
-        Some(v) => Some(Some(v)),
-        None if wait.outcome.get() == Outcome::TimedOut => Some(None),
-        None => None,
-    })
 }

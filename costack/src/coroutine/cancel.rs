@@ -292,14 +292,6 @@ pub(crate) fn base_pending() -> bool {
     !cur.is_null() && unsafe { (*cur).cancel_state().pending == 0 }
 }
 
-/// Whether any cancellation is pending for the running coroutine, shielded
-/// or not (a scope's final wait passes it on to the children).
-pub(crate) fn any_pending() -> bool {
-    let cur = current_ptr();
-    // SAFETY: CURRENT is live while it runs.
-    !cur.is_null() && unsafe { (*cur).cancel_state().pending != NONE }
-}
-
 /// A cancel scope of the running coroutine, open while this lives (on that
 /// coroutine's stack). Closing it drops the requests that target it.
 pub(crate) struct ScopeGuard {
@@ -428,10 +420,6 @@ impl DeadlineLink {
         let co = unsafe { &*co };
         debug_assert!(ptr::eq(co.deadlines.get(), self));
         co.deadlines.set(self.prev.get());
-    }
-
-    pub(crate) fn is_armed(&self) -> bool {
-        self.armed.get()
     }
 }
 

@@ -399,6 +399,19 @@ impl Coroutine {
         &self.ctl().lent_cx
     }
 
+    /// Hands the coroutine to its home (its event loop's run queue), even
+    /// from inside a coroutine, where [`wake`](Coroutine::wake) would queue
+    /// it behind the running one instead; returns whether it has a home.
+    pub(crate) fn schedule_home(&self) -> bool {
+        match self.ctl().home() {
+            Some(home) => {
+                home.schedule(self.clone());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether only a future's poll enters the coroutine.
     pub(crate) fn is_polled(&self) -> bool {
         self.ctl().polled.get()

@@ -3,34 +3,11 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::FileExt;
+
 use std::path::Path;
-use std::rc::Rc;
 
-use io_uring::{opcode, types};
-
-use super::inline::Inline;
 use super::OpenOptions;
-use crate::aio::{self, Inner};
-use crate::sys::cvt;
-
-/// The loop to do I/O on: the current one, from a coroutine on it.
-#[track_caller]
-fn loop_context() -> Option<Rc<Inner>> {
-    aio::io_loop("fs")
-}
-
-/// Runs a blocking call: on the thread pool from a coroutine on a loop,
-/// else right here.
-pub(super) fn blocking<T: Send, F: FnOnce() -> T + Send>(f: F) -> T {
-    match loop_context() {
-        Some(inner) => aio::run_borrowed(&inner, f),
-        None => f(),
-    }
-}
-
-/// Largest single request (Linux caps one read/write at about 2 GiB).
-const MAX_IO: usize = 1 << 30;
+use crate::aio::file_io::{blocking, FileIo};
 
 /// A file with coroutine I/O (see the [module documentation](super)).
 ///
@@ -58,7 +35,7 @@ const MAX_IO: usize = 1 << 30;
 /// ```
 pub struct File {
     inner: std::fs::File,
-    inline: Inline,
+    io: FileIo,
 }
 
 impl File {
@@ -137,7 +114,7 @@ impl File {
     pub fn from_std(file: std::fs::File) -> File {
         File {
             inner: file,
-            inline: Inline::default(),
+            io: FileIo::default(),
         }
     }
 
@@ -179,24 +156,7 @@ impl File {
     /// # std::fs::remove_file(&path).ok();
     /// ```
     pub fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let len = buf.len().min(MAX_IO);
-        let Some(inner) = loop_context() else {
-            return self.inner.read_at(&mut buf[..len], offset);
-        };
-        let fd = self.as_raw_fd();
-        if let Some(r) = self.inline.read(&inner, fd, &mut buf[..len], offset) {
-            return r;
-        }
-        if inner.uring.available(&inner) {
-            let e = opcode::Read::new(types::Fd(self.as_raw_fd()), buf.as_mut_ptr(), len as u32)
-                .offset(offset)
-                .build();
-            // SAFETY: `buf` is borrowed mutably for this whole call, and
-            // `run` does not return before the kernel is done with it.
-            return unsafe { inner.uring.run(&inner, e) }.map(|n| n as usize);
-        }
-        let f = &self.inner;
-        aio::run_borrowed(&inner, move || f.read_at(&mut buf[..len], offset))
+        self.io.read_at(&self.inner, buf, offset)
     }
 
     /// Writes at `offset`; returns how many bytes were written.
@@ -218,24 +178,7 @@ impl File {
     /// # std::fs::remove_file(&path).ok();
     /// ```
     pub fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<usize> {
-        let len = buf.len().min(MAX_IO);
-        let Some(inner) = loop_context() else {
-            return self.inner.write_at(&buf[..len], offset);
-        };
-        let fd = self.as_raw_fd();
-        if let Some(r) = self.inline.write(&inner, fd, &buf[..len], offset) {
-            return r;
-        }
-        if inner.uring.available(&inner) {
-            let e = opcode::Write::new(types::Fd(self.as_raw_fd()), buf.as_ptr(), len as u32)
-                .offset(offset)
-                .build();
-            // SAFETY: `buf` is borrowed for this whole call, and `run` does
-            // not return before the kernel is done with it.
-            return unsafe { inner.uring.run(&inner, e) }.map(|n| n as usize);
-        }
-        let f = &self.inner;
-        aio::run_borrowed(&inner, move || f.write_at(&buf[..len], offset))
+        self.io.write_at(&self.inner, buf, offset)
     }
 
     /// Reads exactly `buf.len()` bytes at `offset`.
@@ -322,33 +265,7 @@ impl File {
     }
 
     fn fsync(&self, data_only: bool) -> io::Result<()> {
-        let Some(inner) = loop_context() else {
-            return if data_only {
-                self.inner.sync_data()
-            } else {
-                self.inner.sync_all()
-            };
-        };
-        if inner.uring.available(&inner) {
-            let flags = if data_only {
-                types::FsyncFlags::DATASYNC
-            } else {
-                types::FsyncFlags::empty()
-            };
-            let e = opcode::Fsync::new(types::Fd(self.as_raw_fd()))
-                .flags(flags)
-                .build();
-            // SAFETY: the request refers to no memory.
-            return unsafe { inner.uring.run(&inner, e) }.map(drop);
-        }
-        let f = &self.inner;
-        aio::run_borrowed(&inner, move || {
-            if data_only {
-                f.sync_data()
-            } else {
-                f.sync_all()
-            }
-        })
+        self.io.sync(&self.inner, data_only)
     }
 
     /// Flushes written data to the device (`fdatasync`).
@@ -458,19 +375,7 @@ impl File {
     }
 
     fn fallocate(&self, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-        let Some(inner) = loop_context() else {
-            return fallocate(self.as_raw_fd(), mode, offset, len);
-        };
-        if inner.uring.has_fallocate(&inner) {
-            let e = opcode::Fallocate::new(types::Fd(self.as_raw_fd()), len)
-                .offset(offset)
-                .mode(mode)
-                .build();
-            // SAFETY: the request refers to no memory.
-            return unsafe { inner.uring.run(&inner, e) }.map(drop);
-        }
-        let fd = self.as_raw_fd();
-        aio::run_borrowed(&inner, move || fallocate(fd, mode, offset, len))
+        self.io.fallocate(&self.inner, mode, offset, len)
     }
 
     /// Deallocates `[offset, offset + len)`: it reads as zeroes afterwards
@@ -586,17 +491,6 @@ impl File {
     /// ```
     pub fn seek_hole(&self, offset: u64) -> io::Result<u64> {
         lseek(self.as_raw_fd(), offset, libc::SEEK_HOLE)
-    }
-}
-
-fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> io::Result<()> {
-    let (offset, len) = (to_off(offset)?, to_off(len)?);
-    loop {
-        // SAFETY: plain syscall on a borrowed fd.
-        match cvt(unsafe { libc::fallocate(fd, mode, offset, len) }) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            r => return r.map(drop),
-        }
     }
 }
 

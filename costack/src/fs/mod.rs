@@ -45,7 +45,7 @@
 //! [`EventLoop::without_io_uring`]: crate::aio::EventLoop::without_io_uring
 
 mod file;
-mod inline;
+
 mod options;
 
 pub use file::File;

@@ -228,7 +228,7 @@ impl OpenOptions {
         let mut opts = self.std.clone();
         opts.custom_flags(self.flags);
         let path = path.as_ref().to_path_buf();
-        let f = super::file::blocking(move || opts.open(path))?;
+        let f = crate::aio::file_io::blocking(move || opts.open(path))?;
         Ok(File::from_std(f))
     }
 }

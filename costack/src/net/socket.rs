@@ -7,6 +7,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::time::Instant;
 
 use super::Timeout;
+use crate::aio::budget;
 use crate::aio::io::{Direction, Registration};
 use crate::sys::AsRawSock;
 
@@ -76,20 +77,32 @@ impl<S: AsRawSock> Socket<S> {
 
     /// The loop of [`wait_for`](Socket::wait_for). `deadline` is `None`
     /// until the first wait fixes it from `dir`'s timeout.
+    /// Runs `op` until it does not fail with `WouldBlock`, waiting for
+    /// `dir` readiness between tries. A wait point, also when `op` never
+    /// blocks: a pending cancellation is delivered first, and a call that
+    /// did not wait charges its loop's fair-share budget.
     fn retry<T>(
         &self,
         dir: Direction,
         mut deadline: Option<Option<Instant>>,
         mut op: impl FnMut(&S) -> io::Result<T>,
     ) -> io::Result<T> {
+        crate::coroutine::cancel::checkpoint();
+        let mut waited = false;
         loop {
             match op(&self.io) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let d = *deadline.get_or_insert_with(|| self.deadline(dir));
                     self.reg.wait(self.io.raw_sock(), dir, d)?;
+                    waited = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                r => return r,
+                r => {
+                    if !waited {
+                        budget::charge(1);
+                    }
+                    return r;
+                }
             }
         }
     }

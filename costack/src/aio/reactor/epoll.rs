@@ -26,7 +26,13 @@ impl Epoll {
     }
 
     pub(super) fn watch(&self, fd: RawFd, token: u64) -> io::Result<()> {
-        sys::epoll_ctl(&self.fd, libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)
+        sys::epoll_ctl(
+            &self.fd,
+            libc::EPOLL_CTL_ADD,
+            fd,
+            libc::EPOLLIN as u32,
+            token,
+        )
     }
 
     pub(super) fn arm(&self, fd: RawFd, token: u64, interest: u32) -> io::Result<()> {

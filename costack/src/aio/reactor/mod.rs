@@ -21,9 +21,9 @@
 mod epoll;
 mod poll;
 
+use crate::sys::RawSock;
 use std::fmt;
 use std::io;
-use crate::sys::RawSock;
 
 /// Readiness bits of an [`Event`]. On Linux they are epoll's own, so
 /// epoll's events need no translation.

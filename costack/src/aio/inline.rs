@@ -23,16 +23,14 @@
 //!
 //! The results are those of the other paths. What changes is that a call
 //! completed here does not yield: so that a coroutine doing nothing but
-//! such I/O cannot keep the loop from its other work, every [`BUDGET`]
-//! units of inline I/O (one per call plus one per 64 KiB) the caller yields
-//! to the loop once, at the back of its run queue.
+//! such I/O cannot keep the loop from its other work, each call charges
+//! the loop's [budget](super::budget) (one unit plus one per 64 KiB).
 
-use std::cell::Cell;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::aio::Inner;
+use super::budget;
 
 /// Not decided yet (first I/O on the loop decides).
 const UNKNOWN: u8 = 0;
@@ -44,19 +42,12 @@ const NOWAIT: u8 = 2;
 const NEVER: u8 = 3;
 
 /// Units of inline I/O between two yields to the loop.
-pub(crate) const BUDGET: u32 = 64;
-
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6_u32 as i64;
 
-crate::arch::logical_thread_local! {
-    /// Inline I/O done on this thread since its last fairness yield.
-    static SPENT: Cell<u32> = const { Cell::new(0) };
-}
-
 /// How a file's reads and writes may be done inline.
 #[derive(Debug, Default)]
-pub(super) struct Inline {
+pub(crate) struct Inline {
     read: AtomicU8,
     write: AtomicU8,
 }
@@ -103,19 +94,13 @@ impl Inline {
 
     /// Reads inline if that cannot wait for a device; `None` if the caller
     /// must take the asynchronous path.
-    pub(super) fn read(
-        &self,
-        inner: &Inner,
-        fd: RawFd,
-        buf: &mut [u8],
-        offset: u64,
-    ) -> Option<io::Result<usize>> {
+    pub(crate) fn read(&self, fd: RawFd, buf: &mut [u8], offset: u64) -> Option<io::Result<usize>> {
         let mode = self.mode(&self.read, fd);
         let iov = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        self.attempt(inner, &self.read, mode, buf.len(), offset, |off, flags| {
+        self.attempt(&self.read, mode, buf.len(), offset, |off, flags| {
             // SAFETY: `iov` describes `buf`, borrowed mutably for this call.
             unsafe { libc::preadv2(fd, &iov, 1, off, flags) }
         })
@@ -123,19 +108,13 @@ impl Inline {
 
     /// Writes inline if that cannot wait for a device; `None` if the
     /// caller must take the asynchronous path.
-    pub(super) fn write(
-        &self,
-        inner: &Inner,
-        fd: RawFd,
-        buf: &[u8],
-        offset: u64,
-    ) -> Option<io::Result<usize>> {
+    pub(crate) fn write(&self, fd: RawFd, buf: &[u8], offset: u64) -> Option<io::Result<usize>> {
         let mode = self.mode(&self.write, fd);
         let iov = libc::iovec {
             iov_base: buf.as_ptr().cast_mut().cast(),
             iov_len: buf.len(),
         };
-        self.attempt(inner, &self.write, mode, buf.len(), offset, |off, flags| {
+        self.attempt(&self.write, mode, buf.len(), offset, |off, flags| {
             // SAFETY: `iov` describes `buf`, which the kernel only reads.
             unsafe { libc::pwritev2(fd, &iov, 1, off, flags) }
         })
@@ -143,7 +122,6 @@ impl Inline {
 
     fn attempt(
         &self,
-        inner: &Inner,
         slot: &AtomicU8,
         mode: u8,
         len: usize,
@@ -156,7 +134,7 @@ impl Inline {
             _ => return None,
         };
         let off = libc::off_t::try_from(offset).ok()?;
-        pay(inner, len);
+        budget::charge(1 + (len >> 16).min(budget::BUDGET as usize) as u32);
         let n = call(off, flags);
         if n >= 0 {
             return Some(Ok(n as usize));
@@ -177,25 +155,6 @@ impl Inline {
                 None
             }
             _ => Some(Err(e)),
-        }
-    }
-}
-
-/// Charges `len` bytes of inline I/O to the thread's budget; when it is
-/// spent, yields to the loop once first.
-fn pay(inner: &Inner, len: usize) {
-    let cost = 1 + (len >> 16).min(BUDGET as usize) as u32;
-    let spent = SPENT.with(|s| {
-        let v = s.get() + cost;
-        s.set(v);
-        v
-    });
-    if spent >= BUDGET {
-        SPENT.with(|s| s.set(0));
-        if let Some(me) = crate::current() {
-            inner.schedule(&me);
-            drop(me);
-            crate::coroutine::yield_now();
         }
     }
 }

@@ -1,0 +1,30 @@
+//! Where there is no io_uring: a loop never has a ring, and `fs` I/O (Linux
+//! only) goes to the thread pool.
+
+use super::readiness::Readiness;
+
+pub(crate) struct Uring;
+
+impl Uring {
+    pub(crate) fn new(_allowed: bool) -> Uring {
+        Uring
+    }
+
+    pub(crate) fn available(&self, _readiness: &Readiness) -> bool {
+        false
+    }
+
+    pub(crate) fn has_fallocate(&self, _readiness: &Readiness) -> bool {
+        false
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn reap(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn shutdown(&self) {}
+}
