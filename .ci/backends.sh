@@ -17,7 +17,7 @@
 # are cached in target/<triple>/.
 #
 #   bash .ci/backends.sh            # all of the above
-#   bash .ci/backends.sh miri       # sync, generator, core tests under Miri (thread backend;
+#   bash .ci/backends.sh miri       # sync, generator, cancel, scope, core tests under Miri (thread backend;
 #                                   # opt-in: needs nightly, minutes)
 #   bash .ci/backends.sh asan       # core tests under AddressSanitizer with
 #                                   # the fiber annotations (opt-in: nightly)
@@ -119,6 +119,9 @@ for w in "${WANT[@]}"; do
             # The locks first: their intrusive waiter lists are the riskiest
             # unsafe code of the crate.
             cargo +nightly miri test -p costack --test sync --test generator
+            # Cancellation on a real loop (epoll, edge-triggered under Miri):
+            # the wait points, timeouts, shields and scopes.
+            cargo +nightly miri test -p costack --test cancel --test scope
             cargo +nightly miri test -p costack --test core -- \
                 --skip a_hundred_thousand_live_coroutines --skip chain_of_25000 \
                 --skip nesting_to_depth_1000 --skip coroutines_on_several_threads \

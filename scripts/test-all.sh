@@ -37,7 +37,7 @@ for backend in io_uring epoll poll; do
     echo "test-all: event loop suites on COSTACK_AIO=$backend"
     COSTACK_AIO=$backend cargo test -p costack --test aio --test aio_backend --test loop_portable --test net \
         --test net_ready --test fs --test fs_inline --test fs_no_uring --test sync \
-        --test sync_loops --test join --test future
+        --test sync_loops --test join --test future --test cancel --test scope --test cancel_model
 done
 # The tokio feature: a current_thread runtime entered on costack's loop is
 # refused clearly instead of hanging.

@@ -11,10 +11,10 @@ use std::cell::Cell;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::pin;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use super::timer::{TimerAction, TimerGuard, Timers};
+use super::timer::{TimerAction, TimerGuard};
+use super::turn::current_inner;
 use crate::coroutine::cancel::{Cancelled, DeadlineLink, ScopeGuard, ShieldGuard};
 use crate::coroutine::control::CoId;
 
@@ -100,21 +100,21 @@ pub fn timeout<T, F: FnOnce() -> T>(duration: Duration, f: F) -> Result<T, Elaps
 /// ```
 #[track_caller]
 pub fn timeout_at<T, F: FnOnce() -> T>(deadline: Instant, f: F) -> Result<T, Elapsed> {
-    let inner = super::context("aio::timeout");
+    super::require_loop("aio::timeout");
     let scope = ScopeGuard::open("aio::timeout");
-    let co = crate::current().expect("checked by context()").id();
+    let co = crate::coroutine::with_current(|c| c.expect("checked by require_loop").id());
     let result = {
         let timed = pin!(Deadline {
             link: DeadlineLink::new(arm_deadline),
             deadline,
             co,
             scope: scope.depth(),
-            timers: inner.timers().clone(),
             timer: Cell::new(None),
         });
+        let owner: *const Deadline = &*timed;
         // SAFETY: pinned, `timed` stays at its address until it drops at
         // the end of this block, and its destructor unlinks it.
-        unsafe { timed.link.link() };
+        unsafe { timed.link.link(owner.cast()) };
         panic::catch_unwind(AssertUnwindSafe(f))
     };
     let depth = scope.depth();
@@ -132,30 +132,31 @@ pub fn timeout_at<T, F: FnOnce() -> T>(deadline: Instant, f: F) -> Result<T, Ela
 }
 
 /// A timeout's deadline, linked into its coroutine while the scope is open.
-#[repr(C)]
 struct Deadline {
-    /// First: `arm_deadline` casts the link's address back to `Deadline`.
     link: DeadlineLink,
     deadline: Instant,
     co: CoId,
     scope: u32,
-    timers: Rc<Timers>,
     timer: Cell<Option<TimerGuard>>,
 }
 
-/// Arms a timeout's timer: its coroutine is about to suspend.
+/// Arms a timeout's timer: its coroutine is about to suspend, on the loop
+/// polling this thread.
 ///
 /// # Safety
-/// `link` must be the `link` field of a live [`Deadline`].
-unsafe fn arm_deadline(link: *const DeadlineLink) {
-    // SAFETY: `Deadline` is `repr(C)` with `link` first, and our caller
-    // passes the link of a live one.
-    let d = unsafe { &*link.cast::<Deadline>() };
+/// `owner` must point at a live [`Deadline`].
+unsafe fn arm_deadline(owner: *const ()) {
+    // SAFETY: our caller passes the `Deadline` its link was linked with,
+    // alive while linked.
+    let d = unsafe { &*owner.cast::<Deadline>() };
+    let Some(inner) = current_inner() else {
+        return; // no loop to wait on: nothing to time
+    };
     let action = TimerAction::Cancel {
         co: d.co,
         scope: d.scope,
     };
-    d.timer.set(Some(d.timers.add(d.deadline, action)));
+    d.timer.set(Some(inner.timers().add(d.deadline, action)));
 }
 
 impl Drop for Deadline {

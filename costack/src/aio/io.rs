@@ -22,6 +22,7 @@ pub(crate) use super::readiness::{Direction, ReadState};
 use super::remote::Remote;
 use super::turn::{current_inner, loop_by_id, Inner};
 use super::wait::{Outcome, Wait};
+use crate::coroutine::cancel::Interrupted;
 use crate::sys::{self, RawSock};
 
 /// Suspends the calling coroutine until `fd` is readable (or hung up, or
@@ -184,8 +185,11 @@ pub(crate) fn wait_fd(
         return wait_registered(inner, token, dir, deadline);
     }
     let wait = new_wait(inner);
-    let _guard = inner.readiness().add_one_shot(fd, dir, &wait)?;
-    finish(wait.suspend("aio::wait_readable", inner.timers(), deadline))
+    let guard = inner.readiness().add_one_shot(fd, dir, &wait)?;
+    let outcome = wait.suspend("aio::wait_readable", inner.timers(), deadline);
+    drop(guard);
+    drop(wait);
+    finish(outcome)
 }
 
 /// A wait for the calling coroutine, which belongs to `inner` from now on
@@ -196,10 +200,13 @@ fn new_wait(inner: &Inner) -> Rc<Wait> {
     Wait::new(&me)
 }
 
-fn finish(outcome: Outcome) -> io::Result<()> {
+/// What a wait's outcome means to an I/O call; a cancellation is raised
+/// (the wait's state is dropped by now).
+fn finish(outcome: Result<Outcome, Interrupted>) -> io::Result<()> {
     match outcome {
-        Outcome::TimedOut => Err(io::ErrorKind::TimedOut.into()),
-        _ => Ok(()),
+        Ok(Outcome::TimedOut) => Err(io::ErrorKind::TimedOut.into()),
+        Ok(_) => Ok(()),
+        Err(i) => i.raise(),
     }
 }
 
@@ -211,10 +218,13 @@ fn wait_registered(
 ) -> io::Result<()> {
     let wait = new_wait(inner);
     // Deregistered meanwhile: let the caller retry its call.
-    let Some(_guard) = inner.readiness().add_registered(token, dir, &wait) else {
+    let Some(guard) = inner.readiness().add_registered(token, dir, &wait) else {
         return Ok(());
     };
-    finish(wait.suspend("net", inner.timers(), deadline))
+    let outcome = wait.suspend("net", inner.timers(), deadline);
+    drop(guard);
+    drop(wait);
+    finish(outcome)
 }
 
 struct Reg {

@@ -201,6 +201,22 @@ pub(crate) fn io_loop(what: &str) -> Option<Rc<turn::Inner>> {
     turn::current_inner()
 }
 
+/// Checks what [`context`] checks, without taking a handle to the loop.
+#[cfg(any(unix, windows))]
+#[track_caller]
+#[inline]
+pub(crate) fn require_loop(what: &str) {
+    if !crate::in_coroutine() {
+        coroutine::not_in_coroutine(what);
+    }
+    if coroutine::current_is_polled() {
+        needs_event_loop(what);
+    }
+    if !turn::has_current() {
+        panic!("{what} called when not in a coroutine on an event loop");
+    }
+}
+
 #[cold]
 #[track_caller]
 fn needs_event_loop(what: &str) -> ! {

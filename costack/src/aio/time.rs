@@ -3,8 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::timer::TimerAction;
-use super::turn::Inner;
 use super::wait::Outcome;
+use crate::coroutine::cancel::Interrupted;
 use crate::coroutine::wait::wait_until;
 
 /// Suspends the calling coroutine for `duration` (qemu_co_sleep_ns); the
@@ -25,8 +25,9 @@ use crate::coroutine::wait::wait_until;
 /// ```
 #[track_caller]
 pub fn sleep(duration: Duration) {
-    let inner = super::context("aio::sleep");
-    sleep_on(&inner, Instant::now() + duration);
+    if let Err(i) = sleep_on("aio::sleep", Instant::now() + duration) {
+        i.raise();
+    }
 }
 
 /// Suspends the calling coroutine until `deadline`. A wait point, even for
@@ -47,13 +48,18 @@ pub fn sleep(duration: Duration) {
 /// ```
 #[track_caller]
 pub fn sleep_until(deadline: Instant) {
-    let inner = super::context("aio::sleep_until");
-    sleep_on(&inner, deadline);
+    if let Err(i) = sleep_on("aio::sleep_until", deadline) {
+        i.raise();
+    }
 }
 
-fn sleep_on(inner: &Inner, deadline: Instant) {
-    let wait = super::current_wait(inner);
-    wait.suspend("aio::sleep", inner.timers(), Some(deadline));
+/// Sleeps until `deadline`; a cancellation is returned, to be raised with
+/// this frame's state dropped.
+#[track_caller]
+fn sleep_on(what: &str, deadline: Instant) -> Result<(), Interrupted> {
+    let inner = super::context(what);
+    let wait = super::current_wait(&inner);
+    wait.suspend(what, inner.timers(), Some(deadline)).map(drop)
 }
 
 /// Suspends the calling coroutine, on its event loop, until `ready` gives

@@ -68,6 +68,11 @@ pub(crate) fn current_inner() -> Option<Rc<Inner>> {
     CURRENT.try_with(|c| c.borrow().clone()).ok().flatten()
 }
 
+/// Whether a loop is polling on this thread (no handle taken).
+pub(crate) fn has_current() -> bool {
+    CURRENT.try_with(|c| c.borrow().is_some()).unwrap_or(false)
+}
+
 /// Makes `inner` the thread's current loop until dropped.
 pub(crate) struct CurrentGuard(Option<Rc<Inner>>);
 

@@ -365,3 +365,7 @@ impl Ring {
         woken
     }
 }
+
+#[cfg(test)]
+#[path = "uring_tests.rs"]
+mod tests;

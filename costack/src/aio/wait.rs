@@ -13,6 +13,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::timer::{TimerAction, Timers};
+use crate::coroutine::cancel::Interrupted;
 use crate::coroutine::control::CoId;
 use crate::coroutine::{self, Coroutine};
 
@@ -55,15 +56,17 @@ impl Wait {
     }
 
     /// Suspends until the wait completes, or until `deadline` passes (then
-    /// `TimedOut`), on `timers`. A wait point.
+    /// `TimedOut`), on `timers`. A wait point: a deliverable cancellation
+    /// comes back as `Err`, to be raised by the caller once its state is
+    /// dropped (see [`Interrupted`]).
     pub(crate) fn suspend(
         self: &Rc<Self>,
         what: &str,
         timers: &Rc<Timers>,
         deadline: Option<Instant>,
-    ) -> Outcome {
+    ) -> Result<Outcome, Interrupted> {
         let _timer = deadline.map(|d| timers.add(d, TimerAction::Complete(self.clone())));
-        coroutine::wait::wait_until(what, || match self.outcome.get() {
+        coroutine::wait::try_wait_until(what, || match self.outcome.get() {
             Outcome::Pending => None,
             done => Some(done),
         })

@@ -189,29 +189,58 @@ fn deliverable_on(co: &Control) -> bool {
 /// nothing.
 #[inline]
 pub(crate) fn checkpoint() {
+    if let Some(i) = interrupted() {
+        i.raise();
+    }
+}
+
+/// A cancellation a wait point found deliverable. The wait point cleans up
+/// its own state (unregisters, drops its guards) and then raises it, from
+/// a frame with nothing left to drop: the unwinder stops at every frame
+/// that has something to clean up, at a cost of thousands of instructions
+/// each.
+#[must_use = "a deliverable cancellation must be raised"]
+pub(crate) struct Interrupted {
+    scope: u32,
+}
+
+impl Interrupted {
+    /// Unwinds the running coroutine to the cancellation's scope.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn raise(self) -> ! {
+        raise(current_control("a wait point"), self.scope)
+    }
+}
+
+/// The running coroutine's pending cancellation, if it may be delivered
+/// now; `None` outside a coroutine.
+#[inline]
+pub(crate) fn interrupted() -> Option<Interrupted> {
     let cur = current_ptr();
     if cur.is_null() {
-        return;
+        return None;
     }
     // SAFETY: CURRENT is live while it runs.
     let co = unsafe { &*cur };
-    if co.cancel_state().pending != NONE {
-        checkpoint_slow(co);
+    if co.cancel_state().pending == NONE {
+        return None;
     }
+    interrupted_slow(co)
 }
 
 #[cold]
 #[inline(never)]
-fn checkpoint_slow(co: &Control) {
+fn interrupted_slow(co: &Control) -> Option<Interrupted> {
     let s = co.cancel_state();
     if s.shield != 0 {
-        return;
+        return None;
     }
     if std::thread::panicking() {
         defer(co);
-        return;
+        return None;
     }
-    raise(co, s.pending);
+    Some(Interrupted { scope: s.pending })
 }
 
 /// A delivery held back by an unwind in progress: the loop wakes the
@@ -254,8 +283,7 @@ fn retry_deferred_slow() {
 }
 
 /// Unwinds the running coroutine `co` to scope `scope`.
-#[cold]
-#[inline(never)]
+#[inline(always)]
 fn raise(co: &Control, scope: u32) -> ! {
     if scope == 0 {
         co.set_cancel_flag(DELIVERED, true);
@@ -371,37 +399,37 @@ impl Drop for ShieldGuard {
 /// A timer a cancel scope wants armed before its coroutine first
 /// suspends: linked into the coroutine's chain while the scope is open, so
 /// a scope whose body never waits costs no timer at all.
-///
-/// `repr(C)` with the link first: `arm` gets the link's address and casts
-/// it back to the struct that embeds it.
-#[repr(C)]
 pub(crate) struct DeadlineLink {
     prev: Cell<*const DeadlineLink>,
     armed: Cell<bool>,
     linked: Cell<*const Control>,
-    /// Arms the timer of the struct this link heads.
-    arm: unsafe fn(*const DeadlineLink),
+    /// What `arm` arms: the struct that holds this link.
+    owner: Cell<*const ()>,
+    arm: unsafe fn(*const ()),
 }
 
 impl DeadlineLink {
     /// An unlinked link whose owner arms with `arm`.
-    pub(crate) const fn new(arm: unsafe fn(*const DeadlineLink)) -> DeadlineLink {
+    pub(crate) const fn new(arm: unsafe fn(*const ())) -> DeadlineLink {
         DeadlineLink {
             prev: Cell::new(ptr::null()),
             armed: Cell::new(false),
             linked: Cell::new(ptr::null()),
+            owner: Cell::new(ptr::null()),
             arm,
         }
     }
 
-    /// Links into the running coroutine's chain.
+    /// Links into the running coroutine's chain; `owner` is what `arm`
+    /// will be called with.
     ///
     /// # Safety
-    /// The link must stay at its address, on the running coroutine's
-    /// stack, until it is unlinked ([`unlink`](Self::unlink), which its
-    /// owner's destructor must call).
-    pub(crate) unsafe fn link(&self) {
+    /// The link and `owner` (which holds it) must stay at their addresses,
+    /// on the running coroutine's stack, until the link is unlinked
+    /// ([`unlink`](Self::unlink), which the owner's destructor must call).
+    pub(crate) unsafe fn link(&self, owner: *const ()) {
         let co = current_control("aio::timeout");
+        self.owner.set(owner);
         self.prev.set(co.deadlines.get());
         self.linked.set(co);
         co.deadlines.set(self);
@@ -440,9 +468,9 @@ fn arm_slow(co: &Control) {
         // SAFETY: linked links live on `co`'s stack until unlinked.
         let l = unsafe { &*link };
         if !l.armed.replace(true) {
-            // SAFETY: `arm` was given by the owner of the struct this
-            // link heads, for this purpose.
-            unsafe { (l.arm)(link) };
+            // SAFETY: `arm` and `owner` were given together by the owner,
+            // which stays alive while linked.
+            unsafe { (l.arm)(l.owner.get()) };
         }
         link = l.prev.get();
     }

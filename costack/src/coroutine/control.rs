@@ -632,6 +632,35 @@ pub(crate) fn free(ptr: *const Control) {
     }
 }
 
+/// Pools the stack of a finished coroutine whose block lingers (a handle
+/// still names it): in a bare block, as if that block had finished with
+/// it, so the next coroutine of its size runs on warm pages instead of
+/// faulting in fresh ones. Dropped when the pool is full.
+#[cold]
+pub(crate) fn pool_stack(stack: Stack) {
+    let mut stack = Some(stack);
+    let _ = SLAB.try_with(|slab| {
+        let size = stack.as_ref().map_or(0, Stack::size);
+        if slab.closed.get() || slab.pooled_bytes.get() + size > POOL_BYTES {
+            return;
+        }
+        let Some(co) = slab.pop_bare() else { return };
+        // SAFETY: a block from the bare list (or a new chunk) is free and
+        // ours alone.
+        let c = unsafe { &*co };
+        // SAFETY: as above: nothing refers to its stack slot.
+        unsafe { *c.stack.get() = stack.take() };
+        if size != slab.hot_size.get() {
+            slab.switch_hot(size);
+        }
+        if !slab.push_pooled(c, size) {
+            stack = c.take_stack();
+            push_list(&slab.bare, c);
+        }
+    });
+    drop(stack);
+}
+
 #[cold]
 fn free_slow(ptr: *const Control) {
     enum Fate {

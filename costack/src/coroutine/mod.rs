@@ -696,8 +696,8 @@ fn finished(co: &Control) -> Option<Box<dyn Any + Send>> {
 
 /// A finished coroutine's stack goes back to the pool with its control
 /// block when the last handle drops, which is usually right away; if other
-/// handles linger, the stack is given back now instead of being pinned by
-/// a finished coroutine.
+/// handles linger (a `JoinHandle`), the stack is pooled now on its own
+/// instead of being pinned by a finished coroutine.
 #[inline]
 fn give_back_stack(co: &Control) {
     if co.refs.get() > 1 {
@@ -707,7 +707,9 @@ fn give_back_stack(co: &Control) {
 
 #[cold]
 fn drop_stack(co: &Control) {
-    drop(co.take_stack());
+    if let Some(stack) = co.take_stack() {
+        control::pool_stack(stack);
+    }
 }
 
 /// `enter` of a coroutine whose status is not plain Ready: one being

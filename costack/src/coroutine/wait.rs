@@ -11,7 +11,7 @@
 //! wait whose operation completed returns normally; the cancellation then
 //! comes at the next wait point.
 
-use super::cancel::{self, WAITING};
+use super::cancel::{self, Interrupted, WAITING};
 use super::{current_ptr, not_in_coroutine, park};
 
 /// Suspends the calling coroutine until `ready` returns a value, and
@@ -22,12 +22,29 @@ use super::{current_ptr, not_in_coroutine, park};
 /// Outside a coroutine, if `ready` has no value: "`what` called when not
 /// in a coroutine".
 #[inline]
-pub(crate) fn wait_until<T>(what: &str, mut ready: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_until<T>(what: &str, ready: impl FnMut() -> Option<T>) -> T {
+    match try_wait_until(what, ready) {
+        Ok(v) => v,
+        Err(i) => i.raise(),
+    }
+}
+
+/// As [`wait_until`], but a deliverable cancellation is returned, for the
+/// caller to raise once it has dropped its own state: cheaper to unwind
+/// (see [`Interrupted`]).
+#[inline]
+pub(crate) fn try_wait_until<T>(
+    what: &str,
+    mut ready: impl FnMut() -> Option<T>,
+) -> Result<T, Interrupted> {
     loop {
         if let Some(v) = ready() {
-            return v;
+            return Ok(v);
         }
-        suspend(what, true);
+        if let Some(i) = cancel::interrupted() {
+            return Err(i);
+        }
+        suspend(what);
     }
 }
 
@@ -53,22 +70,19 @@ pub(crate) fn wait_stopping<T>(
             stop();
             continue;
         }
-        suspend(what, false);
+        suspend(what);
     }
 }
 
-/// One suspension at a wait point (see the module docs); `deliver`: raise
-/// a pending cancellation first.
-fn suspend(what: &str, deliver: bool) {
+/// One suspension at a wait point (see the module docs); the caller has
+/// checked for a cancellation to deliver.
+fn suspend(what: &str) {
     let cur = current_ptr();
     if cur.is_null() {
         not_in_coroutine(what);
     }
     // SAFETY: CURRENT is live while it runs, and this frame runs on it.
     let co = unsafe { &*cur };
-    if deliver {
-        cancel::checkpoint();
-    }
     cancel::arm_deadlines(co);
     co.set_cancel_flag(WAITING, true);
     // Cleared however the suspension ends (a forced unwind included).

@@ -7,6 +7,15 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use super::Event;
 use crate::sys;
 
+/// Miri's epoll is edge-triggered only. The loop's own descriptors are
+/// drained whenever they fire, and adding or modifying an entry reports
+/// readiness that is there already, so edges serve under Miri; the real
+/// loop keeps level triggering where it has it.
+#[cfg(miri)]
+const MIRI_EDGE: u32 = libc::EPOLLET as u32;
+#[cfg(not(miri))]
+const MIRI_EDGE: u32 = 0;
+
 pub(crate) struct Epoll {
     fd: OwnedFd,
     /// The kernel's event buffer, reused by every wait.
@@ -30,13 +39,13 @@ impl Epoll {
             &self.fd,
             libc::EPOLL_CTL_ADD,
             fd,
-            libc::EPOLLIN as u32,
+            libc::EPOLLIN as u32 | MIRI_EDGE,
             token,
         )
     }
 
     pub(super) fn arm(&self, fd: RawFd, token: u64, interest: u32) -> io::Result<()> {
-        let ev = interest | libc::EPOLLONESHOT as u32;
+        let ev = interest | libc::EPOLLONESHOT as u32 | MIRI_EDGE;
         match sys::epoll_ctl(&self.fd, libc::EPOLL_CTL_MOD, fd, ev, token) {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 sys::epoll_ctl(&self.fd, libc::EPOLL_CTL_ADD, fd, ev, token)
