@@ -179,6 +179,96 @@
 //!   (`yielded while being dropped`). An event loop that is dropped drives
 //!   such waits to their end instead.
 //!
+//! # Cancellation and deadlines
+//!
+//! A coroutine is cancelled the way dropping a future cancels it at its
+//! `.await`: it unwinds from the point where it waits.
+//! [`JoinHandle::cancel`](aio::JoinHandle::cancel) (or
+//! [`RemoteJoinHandle::cancel`](aio::RemoteJoinHandle::cancel), from any
+//! thread) asks for it; [`aio::timeout`] runs a closure in the calling
+//! coroutine and cancels it up to the `timeout` when the deadline passes;
+//! [`aio::scope`] starts children that may borrow from the caller's stack
+//! and never outlive it.
+//!
+//! ```
+//! use costack::aio::{self, Cancelled, EventLoop};
+//! use std::time::Duration;
+//!
+//! EventLoop::new().unwrap().block_on(|| {
+//!     // A deadline on anything that waits: a read, a lock, a join.
+//!     let r = aio::timeout(Duration::from_millis(10), || aio::sleep(Duration::from_secs(60)));
+//!     assert!(r.is_err());
+//!
+//!     // Stopping something started.
+//!     let worker = aio::spawn(|| loop {
+//!         aio::sleep(Duration::from_millis(1)); // a wait point
+//!     });
+//!     aio::sleep(Duration::from_millis(5));
+//!     worker.cancel();
+//!     assert!(worker.join().unwrap_err().is::<Cancelled>());
+//!
+//!     // Children that borrow, and are all done when the scope returns.
+//!     let names = ["a", "b", "c"];
+//!     let lengths = aio::scope(|s| {
+//!         let handles: Vec<_> = names.iter().map(|n| s.spawn(move || n.len())).collect();
+//!         handles.into_iter().map(|h| h.join().unwrap()).sum::<usize>()
+//!     });
+//!     assert_eq!(lengths, 3);
+//! });
+//! ```
+//!
+//! **Wait points.** A cancellation is delivered at the calls that may
+//! suspend: [`aio::yield_now`], [`aio::sleep`], the descriptor waits, every
+//! [`net`] and [`fs`] call, [`aio::run_blocking`], [`aio::wait_future`],
+//! `join` in a coroutine, and the waiting calls of [`sync`]. The I/O calls,
+//! `sleep` and `yield_now` deliver it even when they would not have waited,
+//! and a coroutine whose I/O keeps completing without waiting still yields
+//! to its loop now and then (a fair share, like tokio's coop budget), so a
+//! hot connection cannot starve a timer or a `cancel()`. An uncontended
+//! lock never yields, and is no wait point then. A coroutine that computes
+//! without waiting is not interrupted: nothing is pre-empted.
+//!
+//! **What unwinding means for your code.** The coroutine unwinds with the
+//! payload [`aio::Cancelled`], raised without the panic hook (nothing is
+//! printed), and its destructors run: guards unlock, files close. Nothing
+//! is lost or done twice: a lock, a permit or a message handed to a waiter
+//! that is being cancelled goes to the next one, and an I/O request in
+//! flight is cancelled and its end awaited before the call unwinds (a
+//! cancelled read consumes no data). An operation that completed before
+//! the cancellation reached it returns normally; the cancellation comes at
+//! the next wait point. While a coroutine unwinds, its wait points deliver
+//! nothing, so destructors may lock, sleep and do I/O to clean up; for
+//! cleanup that must wait outside a destructor, [`aio::shield`] runs a
+//! closure whose wait points deliver nothing. A cancellation is sticky:
+//! `catch_unwind` can catch the unwind, but the next wait point raises it
+//! again, and a value the coroutine returns after that does not count
+//! (`join` gives `Err`). Cancellations unwind to their own scope: an outer
+//! deadline or a `cancel()` passes through inner `timeout`s, and a panic
+//! passes through `timeout` unchanged.
+//!
+//! **Scopes.** Children of [`aio::scope`] may borrow anything that
+//! outlives the scope, which tokio's tasks cannot do soundly: the scope
+//! returns, or unwinds, only once every child has finished. A child's
+//! panic cancels the body and the other children, then `scope` resumes
+//! that panic; a panic or cancellation of the body cancels the children
+//! and waits for them before leaving.
+//!
+//! **Compared with tokio.** `JoinHandle::cancel` is tokio's `abort`, but
+//! the coroutine's stack unwinds from where it waits instead of a future
+//! being dropped between polls; `aio::timeout(d, || f())` is
+//! `tokio::time::timeout(d, f)` on a closure; `aio::scope` is a `JoinSet`
+//! whose tasks may borrow and that waits for its tasks even when the body
+//! panics. Unwinding costs more than dropping a future (the unwinder walks
+//! the coroutine's frames twice; see BENCHMARKS.md for the figures), a
+//! timeout that does not expire less (its timer is armed only if its body
+//! waits).
+//!
+//! **`panic = "abort"`.** A build that cannot unwind cannot cancel: a
+//! cancellation that reaches a wait point there aborts the process with a
+//! message naming the coroutine (never undefined behaviour). Such builds
+//! can use timeouts on I/O ([`net`] timeouts, [`aio::wait_readable_timeout`])
+//! instead.
+//!
 //! # Pitfalls
 //!
 //! - **Blocking the loop.** A loop runs one coroutine at a time: std I/O,
