@@ -186,7 +186,9 @@ pub(crate) fn wait_fd(
     }
     let wait = new_wait(inner);
     let guard = inner.readiness().add_one_shot(fd, dir, &wait)?;
-    let outcome = wait.suspend("aio::wait_readable", inner.timers(), deadline);
+    let outcome = inner
+        .timers()
+        .suspend(&wait, "aio::wait_readable", deadline);
     drop(guard);
     drop(wait);
     finish(outcome)
@@ -221,7 +223,7 @@ fn wait_registered(
     let Some(guard) = inner.readiness().add_registered(token, dir, &wait) else {
         return Ok(());
     };
-    let outcome = wait.suspend("net", inner.timers(), deadline);
+    let outcome = inner.timers().suspend(&wait, "net", deadline);
     drop(guard);
     drop(wait);
     finish(outcome)

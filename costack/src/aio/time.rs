@@ -59,7 +59,10 @@ pub fn sleep_until(deadline: Instant) {
 fn sleep_on(what: &str, deadline: Instant) -> Result<(), Interrupted> {
     let inner = super::context(what);
     let wait = super::current_wait(&inner);
-    wait.suspend(what, inner.timers(), Some(deadline)).map(drop)
+    inner
+        .timers()
+        .suspend(&wait, what, Some(deadline))
+        .map(drop)
 }
 
 /// Suspends the calling coroutine, on its event loop, until `ready` gives

@@ -15,7 +15,7 @@ use std::rc::{Rc, Weak};
 use std::time::Instant;
 
 use super::wait::{Outcome, Wait};
-use crate::coroutine::cancel;
+use crate::coroutine::cancel::{self, Interrupted};
 use crate::coroutine::control::CoId;
 use crate::Coroutine;
 
@@ -159,6 +159,18 @@ impl Timers {
             *heap = old.into_iter().filter(|e| !e.cancelled.get()).collect();
             self.cancelled.set(0);
         }
+    }
+
+    /// Suspends the calling coroutine until `wait` completes, or until
+    /// `deadline` passes (then `TimedOut`); see [`Wait::suspend`].
+    pub(crate) fn suspend(
+        self: &Rc<Self>,
+        wait: &Rc<Wait>,
+        what: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome, Interrupted> {
+        let _timer = deadline.map(|d| self.add(d, TimerAction::Complete(wait.clone())));
+        wait.suspend(what)
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -10,9 +10,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Instant;
 
-use super::timer::{TimerAction, Timers};
 use crate::coroutine::cancel::Interrupted;
 use crate::coroutine::control::CoId;
 use crate::coroutine::{self, Coroutine};
@@ -55,17 +53,11 @@ impl Wait {
         self.outcome.get()
     }
 
-    /// Suspends until the wait completes, or until `deadline` passes (then
-    /// `TimedOut`), on `timers`. A wait point: a deliverable cancellation
-    /// comes back as `Err`, to be raised by the caller once its state is
-    /// dropped (see [`Interrupted`]).
-    pub(crate) fn suspend(
-        self: &Rc<Self>,
-        what: &str,
-        timers: &Rc<Timers>,
-        deadline: Option<Instant>,
-    ) -> Result<Outcome, Interrupted> {
-        let _timer = deadline.map(|d| timers.add(d, TimerAction::Complete(self.clone())));
+    /// Suspends until the wait completes (a wait point): a deliverable
+    /// cancellation comes back as `Err`, to be raised by the caller once
+    /// its state is dropped (see [`Interrupted`]). For a deadline, see
+    /// `Timers::suspend`.
+    pub(crate) fn suspend(&self, what: &str) -> Result<Outcome, Interrupted> {
         coroutine::wait::try_wait_until(what, || match self.outcome.get() {
             Outcome::Pending => None,
             done => Some(done),
