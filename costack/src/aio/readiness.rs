@@ -273,19 +273,19 @@ impl Readiness {
         }
     }
 
-    /// Waits for events at most `timeout_ms` (-1: no limit) and completes
+    /// Waits for events at most `timeout` (`None`: no limit) and completes
     /// the waits they satisfy; the events of the loop's own descriptors
     /// go to `special`. Returns whether anything made progress.
     pub(crate) fn wait(
         &self,
-        timeout_ms: i32,
+        timeout: Option<std::time::Duration>,
         mut special: impl FnMut(u64) -> bool,
     ) -> io::Result<bool> {
         let mut events = self.events.take();
         if events.capacity() == 0 {
             events.reserve(256);
         }
-        let res = self.reactor.wait(&mut events, timeout_ms);
+        let res = self.reactor.wait(&mut events, timeout);
         let mut progress = false;
         if res.is_ok() {
             for &Event { token, bits } in events.iter() {

@@ -23,7 +23,7 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::{Rc, Weak};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::budget;
 use super::busy_poll::{self, BusyPoll};
@@ -329,10 +329,10 @@ impl Inner {
         progress
     }
 
-    /// Waits for fd events at most `timeout_ms` and completes the waits
-    /// they satisfy.
-    fn wait_events(&self, timeout_ms: i32) -> io::Result<bool> {
-        self.readiness.wait(timeout_ms, |token| match token {
+    /// Waits for fd events at most `timeout` (`None`: until one comes) and
+    /// completes the waits they satisfy.
+    fn wait_events(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        self.readiness.wait(timeout, |token| match token {
             TOKEN_NOTIFY => self.take_remote(),
             TOKEN_URING => self.uring.reap(),
             _ => false,
@@ -357,7 +357,7 @@ impl Inner {
             if self.remote.is_notified() && self.take_remote() {
                 return Ok((true, preempted(switches)));
             }
-            if self.wait_events(0)? {
+            if self.wait_events(Some(Duration::ZERO))? {
                 return Ok((true, preempted(switches)));
             }
             if Instant::now() >= until {
@@ -374,10 +374,7 @@ impl Inner {
     /// forever), polling first for the current window if polling is on,
     /// and adapts the window to how long the wait took.
     fn wait_blocking(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        let timeout = |now: Instant| match deadline {
-            Some(d) => sys::ms_ceil(d.saturating_duration_since(now)),
-            None => -1,
-        };
+        let timeout = |now: Instant| deadline.map(|d| d.saturating_duration_since(now));
         if !self.busy_poll.enabled() {
             return self.wait_events(timeout(Instant::now()));
         }
@@ -455,7 +452,7 @@ impl Inner {
             let events = if waiting {
                 self.wait_blocking(self.timers.next_deadline())
             } else {
-                self.wait_events(0)
+                self.wait_events(Some(Duration::ZERO))
             };
             match events {
                 Ok(p) => progress |= p,

@@ -35,24 +35,46 @@ pub(crate) fn epoll_ctl(
     cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), op, fd, &mut ev) }).map(drop)
 }
 
-/// Waits for events, at most `timeout_ms` (-1: forever). EINTR counts as
-/// no events.
+/// Waits for events, at most `timeout` (`None`: forever). EINTR counts as
+/// no events. Sub-millisecond timeouts are kept where the kernel has
+/// `epoll_pwait2` (Linux 5.11); elsewhere they round up to whole
+/// milliseconds, so a timer never fires early.
 #[cfg(target_os = "linux")]
 pub(crate) fn epoll_wait(
     ep: &OwnedFd,
     events: &mut Vec<libc::epoll_event>,
-    timeout_ms: i32,
+    timeout: Option<std::time::Duration>,
 ) -> io::Result<()> {
     events.clear();
-    // SAFETY: the kernel writes at most `capacity` entries into the vector's
-    // spare capacity; we set the length to what it reports.
-    let n = unsafe {
-        libc::epoll_wait(
-            ep.as_raw_fd(),
-            events.as_mut_ptr(),
-            events.capacity() as i32,
-            timeout_ms,
-        )
+    let (ptr, cap) = (events.as_mut_ptr(), events.capacity() as i32);
+    let n = match timeout {
+        Some(t) if !t.is_zero() && t.subsec_nanos() % 1_000_000 != 0 && has_epoll_pwait2() => {
+            let ts = libc::timespec {
+                tv_sec: t.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
+            };
+            // SAFETY: the kernel writes at most `cap` entries into the
+            // vector's spare capacity and reads the timespec; no signal
+            // mask is given.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
+                    ep.as_raw_fd(),
+                    ptr,
+                    cap,
+                    &ts as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
+                )
+            };
+            if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+                EPOLL_PWAIT2.store(NO, std::sync::atomic::Ordering::Relaxed);
+                return epoll_wait(ep, events, timeout);
+            }
+            n as i32
+        }
+        // SAFETY: as above, with a timeout in milliseconds.
+        _ => unsafe { libc::epoll_wait(ep.as_raw_fd(), ptr, cap, timeout.map_or(-1, super::ms_ceil)) },
     };
     if n < 0 {
         let e = io::Error::last_os_error();
@@ -66,6 +88,18 @@ pub(crate) fn epoll_wait(
     unsafe { events.set_len(n as usize) };
     Ok(())
 }
+
+/// Whether `epoll_pwait2` may be tried: not known to be missing, and not
+/// under Miri (which has no raw system calls).
+#[cfg(target_os = "linux")]
+fn has_epoll_pwait2() -> bool {
+    !cfg!(miri) && EPOLL_PWAIT2.load(std::sync::atomic::Ordering::Relaxed) != NO
+}
+
+#[cfg(target_os = "linux")]
+static EPOLL_PWAIT2: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+#[cfg(target_os = "linux")]
+const NO: u8 = 1;
 
 #[cfg(target_os = "linux")]
 pub(crate) fn eventfd() -> io::Result<OwnedFd> {

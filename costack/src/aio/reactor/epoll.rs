@@ -2,6 +2,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::time::Duration;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use super::Event;
@@ -69,9 +70,9 @@ impl Epoll {
         let _ = sys::epoll_ctl(&self.fd, libc::EPOLL_CTL_DEL, fd, 0, 0);
     }
 
-    pub(super) fn wait(&self, out: &mut Vec<Event>, timeout_ms: i32) -> io::Result<()> {
+    pub(super) fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         let mut events = self.events.borrow_mut();
-        sys::epoll_wait(&self.fd, &mut events, timeout_ms)?;
+        sys::epoll_wait(&self.fd, &mut events, timeout)?;
         // The portable bits are epoll's on Linux: a plain copy.
         out.extend(events.iter().map(|ev| Event {
             token: ev.u64,

@@ -24,6 +24,7 @@ mod poll;
 use crate::sys::RawSock;
 use std::fmt;
 use std::io;
+use std::time::Duration;
 
 /// Readiness bits of an [`Event`]. On Linux they are epoll's own, so
 /// epoll's events need no translation.
@@ -205,14 +206,14 @@ impl Reactor {
         }
     }
 
-    /// Waits at most `timeout_ms` (-1: forever) for events and stores them
+    /// Waits at most `timeout` (`None`: forever) for events and stores them
     /// in `out` (cleared first). An interrupted wait returns no events.
-    pub(crate) fn wait(&self, out: &mut Vec<Event>, timeout_ms: i32) -> io::Result<()> {
+    pub(crate) fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         out.clear();
         match self {
             #[cfg(target_os = "linux")]
-            Reactor::Epoll(e) => e.wait(out, timeout_ms),
-            Reactor::Poll(p) => p.wait(out, timeout_ms),
+            Reactor::Epoll(e) => e.wait(out, timeout),
+            Reactor::Poll(p) => p.wait(out, timeout),
         }
     }
 

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
+use std::time::Duration;
 
 use super::{
     Event, ANY_END, ERROR, HANGUP, PRIORITY, READABLE, READ_EVENTS, WRITABLE, WRITE_EVENTS,
@@ -99,7 +100,7 @@ impl Poll {
         }
     }
 
-    pub(super) fn wait(&self, out: &mut Vec<Event>, timeout_ms: i32) -> io::Result<()> {
+    pub(super) fn wait(&self, out: &mut Vec<Event>, timeout: Option<Duration>) -> io::Result<()> {
         let mut scratch = self.scratch.borrow_mut();
         let (pollfds, tokens) = &mut *scratch;
         pollfds.clear();
@@ -110,7 +111,7 @@ impl Poll {
                 tokens.push((fd, e.token));
             }
         }
-        if sys::poll(pollfds, timeout_ms)? == 0 {
+        if sys::poll(pollfds, timeout.map_or(-1, sys::ms_ceil))? == 0 {
             return Ok(());
         }
         let mut entries = self.entries.borrow_mut();
