@@ -739,6 +739,7 @@ pub(crate) fn trim_pool() {
         .try_with(|slab| slab.drain_pool(cold))
         .unwrap_or_default();
     drop(stacks);
+    crate::stack::release_freed();
 }
 
 /// How many stacks the calling thread's pool holds.

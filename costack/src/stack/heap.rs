@@ -37,9 +37,3 @@ pub(super) unsafe fn free(bottom: *mut u8, size: usize) {
     // SAFETY: `bottom` came from `alloc` with this size (caller's contract).
     unsafe { heap::dealloc(bottom, layout(size)) }
 }
-
-/// Nothing to give back: the block stays allocated while pooled.
-///
-/// # Safety
-/// None; kept for the common interface.
-pub(super) unsafe fn discard(_bottom: *mut u8, _size: usize) {}

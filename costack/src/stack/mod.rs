@@ -121,21 +121,14 @@ impl Stack {
             None
         }
     }
-
-    /// Gives the touched pages back to the kernel; the stack stays usable.
-    pub(crate) fn discard_pages(&self) {
-        // SAFETY: `[bottom, bottom + size)` is memory of ours that nothing
-        // runs on (the stack is not in use).
-        unsafe { sys::discard(self.bottom, self.size) }
-    }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
         #[cfg(all(target_arch = "x86_64", target_os = "linux", not(miri)))]
         valgrind::deregister(self.valgrind_id);
-        self.discard_pages();
-        // SAFETY: the stack is ours and nothing runs on it any more.
+        // SAFETY: the stack is ours and nothing runs on it any more. Its
+        // pages go back to the system before anyone reuses it.
         unsafe { sys::free(self.bottom, self.size) }
     }
 }
@@ -144,6 +137,12 @@ impl Drop for Stack {
 #[cfg_attr(any(miri, feature = "thread-backend"), allow(dead_code))]
 pub(crate) fn guard_size() -> usize {
     sys::GUARD_PAGES * page_size()
+}
+
+/// Gives the pages of freed stacks back to the kernel now (`pool::trim`).
+pub(crate) fn release_freed() {
+    #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
+    sys::release_freed();
 }
 
 /// Rounds a requested size to whole pages, at least [`MIN_STACK_SIZE`].

@@ -25,7 +25,12 @@ pub(super) fn alloc(size: usize) -> io::Result<*mut u8> {
     ARENAS.lock().unwrap_or_else(|e| e.into_inner()).alloc(size)
 }
 
-/// Gives a stack from `alloc` back for reuse.
+/// Gives a stack from `alloc` back for reuse. Its pages are offered back
+/// to the kernel (`MADV_FREE`) in batches: the slots freed since the last
+/// batch that lie next to each other in an arena go in one `madvise` (a
+/// burst of finished coroutines costs a few system calls, not one each).
+/// A reused stack's contents are undefined: nothing reads a stack before
+/// writing it.
 ///
 /// # Safety
 /// Nothing may use the stack any more.
@@ -36,28 +41,22 @@ pub(super) unsafe fn free(bottom: *mut u8, size: usize) {
         .free(bottom, size);
 }
 
-/// Drops the pages of a stack from `alloc`. On Linux it reads as zeroes
-/// afterwards; elsewhere its contents are undefined (nothing reads a stack
-/// before writing it).
-///
-/// # Safety
-/// Nothing may run on the stack.
-pub(super) unsafe fn discard(bottom: *mut u8, size: usize) {
-    // SAFETY: `[bottom, bottom + size)` is a private anonymous mapping we
-    // own and nothing runs on it (caller's contract). The advice only drops
-    // its pages.
-    unsafe {
-        libc::madvise(bottom.cast(), size, DISCARD_ADVICE);
-    }
-}
+/// Slots freed before their pages are discarded together.
+const DISCARD_BATCH: usize = 64;
 
-/// The advice that gives a range's pages back. Linux's `MADV_DONTNEED`
-/// frees them at once; on macOS and FreeBSD `MADV_DONTNEED` only lowers
-/// their priority, and `MADV_FREE` is what lets the kernel take them.
-#[cfg(target_os = "linux")]
-const DISCARD_ADVICE: libc::c_int = libc::MADV_DONTNEED;
-#[cfg(not(target_os = "linux"))]
+/// The advice for freed stacks: `MADV_FREE` lets the kernel take the pages
+/// when it needs memory, and costs nothing if the slot is reused first (a
+/// write cancels the free: no page fault, no zeroing), so a burst of
+/// coroutines after another runs on warm pages.
 const DISCARD_ADVICE: libc::c_int = libc::MADV_FREE;
+
+/// The advice that gives pages back at once ([`release_freed`]). Linux's
+/// `MADV_DONTNEED` frees them right away; on macOS and FreeBSD it only
+/// lowers their priority, and `MADV_FREE` is all there is.
+#[cfg(target_os = "linux")]
+const RELEASE_ADVICE: libc::c_int = libc::MADV_DONTNEED;
+#[cfg(not(target_os = "linux"))]
+const RELEASE_ADVICE: libc::c_int = libc::MADV_FREE;
 
 /// Arena mappings are committed page by page as touched. Only Linux needs
 /// asking (`MAP_NORESERVE`): macOS ignores the flag and FreeBSD has none.
@@ -163,7 +162,7 @@ mod guard_region {
     /// once a guard marker is installed: a `write` from it into a pipe
     /// fails with EFAULT instead of faulting. Checked once, on the first
     /// guard.
-    fn guard_holds(addr: *mut u8) -> bool {
+    pub(super) fn guard_holds(addr: *mut u8) -> bool {
         let mut fds = [0 as libc::c_int; 2];
         // SAFETY: pipe2 writes two descriptors into `fds`.
         if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -207,6 +206,8 @@ struct SizeClass {
     size: usize,
     /// Bottoms of freed slots, ready for reuse.
     free: Vec<*mut u8>,
+    /// Bottoms of freed slots whose pages are still to be discarded.
+    pending: Vec<*mut u8>,
     /// The arena being carved, and how many of its slots are handed out.
     current: Option<(*mut u8, usize, usize)>,
     /// Slots in the next arena to map.
@@ -224,6 +225,7 @@ impl Arenas {
                 self.classes.push(SizeClass {
                     size,
                     free: Vec::new(),
+                    pending: Vec::new(),
                     current: None,
                     next_slots: FIRST_ARENA_SLOTS,
                 });
@@ -235,6 +237,9 @@ impl Arenas {
 
     fn alloc(&mut self, size: usize) -> io::Result<*mut u8> {
         let class = self.class(size);
+        if class.free.is_empty() {
+            class.discard_pending();
+        }
         if let Some(bottom) = class.free.pop() {
             return Ok(bottom);
         }
@@ -273,7 +278,61 @@ impl Arenas {
 
     fn free(&mut self, bottom: *mut u8, size: usize) {
         // Arenas are never unmapped: a freed slot keeps its guard and costs
-        // no memory (its pages were discarded), only address space.
-        self.class(size).free.push(bottom);
+        // no memory (its pages are discarded), only address space.
+        let class = self.class(size);
+        class.pending.push(bottom);
+        if class.pending.len() >= DISCARD_BATCH {
+            class.discard_pending();
+        }
     }
 }
+
+/// Gives the pages of every freed stack back to the kernel at once (for
+/// `pool::trim`: `MADV_FREE`'d pages count as used until the kernel needs
+/// them).
+pub(super) fn release_freed() {
+    let mut arenas = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
+    for class in &mut arenas.classes {
+        let mut freed = std::mem::take(&mut class.free);
+        freed.append(&mut class.pending);
+        class.discard(&mut freed, RELEASE_ADVICE);
+    }
+}
+
+impl SizeClass {
+    /// Discards the pages of the pending slots, runs of neighbours at a
+    /// time, and makes the slots reusable. A run's range takes in the guard
+    /// pages between its slots: discarding keeps guards (guard regions
+    /// survive `MADV_DONTNEED`; `mprotect` guards are their own mappings).
+    fn discard_pending(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        self.discard(&mut pending, DISCARD_ADVICE);
+    }
+
+    /// Discards the pages of the freed `slots` with `advice`, and makes them
+    /// reusable.
+    fn discard(&mut self, slots: &mut Vec<*mut u8>, advice: libc::c_int) {
+        slots.sort_unstable();
+        let slot = self.size + page_size();
+        let mut i = 0;
+        while i < slots.len() {
+            let start = slots[i];
+            let mut end = i + 1;
+            while end < slots.len() && slots[end] == slots[end - 1].wrapping_add(slot) {
+                end += 1;
+            }
+            let len = (end - i - 1) * slot + self.size;
+            // SAFETY: `[start, start + len)` lies in our arenas, private
+            // anonymous mappings; its slots are freed (nothing runs on
+            // them) and the guard pages between them are ours too. The
+            // advice only drops pages.
+            unsafe { libc::madvise(start.cast(), len, advice) };
+            i = end;
+        }
+        self.free.append(slots);
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+#[path = "unix_tests.rs"]
+mod tests;

@@ -70,7 +70,7 @@ pub(super) fn alloc(size: usize) -> io::Result<*mut u8> {
     Ok(base.wrapping_add(guard))
 }
 
-/// Releases a stack from `alloc`.
+/// Releases a stack from `alloc`, pages and address space.
 ///
 /// # Safety
 /// Nothing may use the stack any more.
@@ -79,14 +79,4 @@ pub(super) unsafe fn free(bottom: *mut u8, _size: usize) {
     // SAFETY: `base` is the start of the reservation `alloc` made; nothing
     // uses it (caller's contract).
     unsafe { VirtualFree(base.cast(), 0, MEM_RELEASE) };
-}
-
-/// Lets the system drop the stack's pages; they stay committed.
-///
-/// # Safety
-/// Nothing may run on the stack.
-pub(super) unsafe fn discard(bottom: *mut u8, size: usize) {
-    // SAFETY: the range is committed memory of ours that nothing uses
-    // (caller's contract); MEM_RESET only says its contents are not needed.
-    unsafe { VirtualAlloc(bottom.cast(), size, MEM_RESET, PAGE_READWRITE) };
 }

@@ -74,7 +74,9 @@ pub(crate) fn epoll_wait(
             n as i32
         }
         // SAFETY: as above, with a timeout in milliseconds.
-        _ => unsafe { libc::epoll_wait(ep.as_raw_fd(), ptr, cap, timeout.map_or(-1, super::ms_ceil)) },
+        _ => unsafe {
+            libc::epoll_wait(ep.as_raw_fd(), ptr, cap, timeout.map_or(-1, super::ms_ceil))
+        },
     };
     if n < 0 {
         let e = io::Error::last_os_error();

@@ -2,8 +2,8 @@
 
 use std::cell::RefCell;
 use std::io;
-use std::time::Duration;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use super::Event;
 use crate::sys;
