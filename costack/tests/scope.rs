@@ -298,3 +298,53 @@ fn children_may_spawn_siblings_and_join_them() {
         assert_eq!(hits.get(), 1);
     });
 }
+
+/// A parent that can never be resumed (its last handle dropped while its
+/// children run) cannot leave the scope, nor wait for them: the process
+/// aborts naming it, instead of freeing what the children borrow. Run in
+/// a child process (this test binary, re-executed).
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process")]
+fn a_dropped_parent_with_running_children_aborts_clearly() {
+    const CASE: &str = "COSTACK_SCOPE_DROP_CASE";
+    if std::env::var_os(CASE).is_some() {
+        let lp = EventLoop::new().unwrap();
+        lp.block_on(|| {
+            let parent = costack::Builder::new()
+                .name("scope parent")
+                .create(|| {
+                    let data = vec![1u8; 16];
+                    aio::scope(|s| {
+                        s.spawn(|| {
+                            aio::sleep(LONG);
+                            data.len()
+                        });
+                        aio::sleep(LONG);
+                    });
+                })
+                .unwrap();
+            parent.enter(); // it waits in the scope
+            aio::yield_now(); // the child sleeps too
+            drop(parent); // nobody can resume it now
+            unreachable!("dropping the parent returned");
+        });
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "a_dropped_parent_with_running_children_aborts_clearly",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CASE, "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the child did not abort: {stderr}");
+    assert!(
+        stderr.contains("yielded while being dropped") && stderr.contains("scope parent"),
+        "{stderr}"
+    );
+}
