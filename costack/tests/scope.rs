@@ -313,7 +313,7 @@ fn a_dropped_parent_with_running_children_aborts_clearly() {
             let parent = costack::Builder::new()
                 .name("scope parent")
                 .create(|| {
-                    let data = vec![1u8; 16];
+                    let data = [1u8; 16];
                     aio::scope(|s| {
                         s.spawn(|| {
                             aio::sleep(LONG);

@@ -15,22 +15,31 @@
 //!   list's owner has the `WAKES` flag set.
 //! - A finished coroutine has given its stack back before `enter` returns.
 
+mod builder;
 pub(crate) mod cancel;
 pub(crate) mod control;
+mod info;
 mod overflow;
+mod unwind;
 pub(crate) mod wait;
+
+use builder::create;
+pub use builder::Builder;
+pub(crate) use info::live_coroutines;
+pub use info::CoroutineInfo;
+pub(crate) use unwind::is_forced_unwind;
+use unwind::{cancelled, drop_unstarted, release, yield_cancelled};
 
 use std::any::Any;
 use std::cell::Cell;
 use std::fmt;
-use std::io;
 use std::marker::PhantomData;
-use std::mem::{self, ManuallyDrop};
-use std::panic::{self, AssertUnwindSafe};
+use std::mem::ManuallyDrop;
+use std::panic;
 use std::ptr::{self, NonNull};
 
-use crate::arch::{Context, Switch};
-use crate::stack::{self, DEFAULT_STACK_SIZE};
+use crate::arch::Switch;
+use crate::stack::DEFAULT_STACK_SIZE;
 use control::{
     CoId, Control, State, WakeList, CANCELLED, DRAINING, ENTERED, IN_POLL, PANICKED, READY,
 };
@@ -51,10 +60,6 @@ pub(crate) fn current_ptr() -> *const Control {
 fn set_current(co: *const Control) {
     CURRENT.with(|c| c.set(co))
 }
-
-/// The payload that unwinds a coroutine whose last handle was dropped.
-/// It is caught at the coroutine's base and never escapes.
-struct ForcedUnwind;
 
 /// A handle to a stackful coroutine.
 ///
@@ -506,169 +511,6 @@ impl fmt::Debug for Coroutine {
     }
 }
 
-/// Builds a coroutine with a chosen stack size or name.
-///
-/// ```
-/// let co = costack::Coroutine::builder()
-///     .name("worker")
-///     .stack_size(64 * 1024)
-///     .create(|| assert_eq!(costack::current().unwrap().name(), Some("worker")))
-///     .unwrap();
-/// co.enter();
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct Builder {
-    stack_size: Option<usize>,
-    name: Option<String>,
-}
-
-impl Builder {
-    /// A builder with the default stack size (1 MiB) and no name.
-    ///
-    /// ```
-    /// use costack::Builder;
-    ///
-    /// let co = Builder::new().create(|| ()).unwrap(); // the defaults
-    /// co.enter();
-    /// ```
-    pub fn new() -> Builder {
-        Builder::default()
-    }
-
-    /// Sets the stack size in bytes; rounded up to whole pages, and to at
-    /// least 16 KiB. A guard page comes on top of it.
-    ///
-    /// ```
-    /// use costack::Builder;
-    ///
-    /// // Deep recursion wants a bigger stack than the default 1 MiB.
-    /// fn depth(n: u32) -> u32 { if n == 0 { 0 } else { 1 + depth(n - 1) } }
-    /// let co = Builder::new().stack_size(8 << 20).create(|| assert_eq!(depth(50_000), 50_000)).unwrap();
-    /// co.enter();
-    /// ```
-    pub fn stack_size(mut self, bytes: usize) -> Builder {
-        self.stack_size = Some(bytes);
-        self
-    }
-
-    /// Names the coroutine: shown by `Debug`, [`Coroutine::name`], tracing
-    /// events and the stack-overflow message.
-    ///
-    /// ```
-    /// use costack::{current, Builder};
-    ///
-    /// let co = Builder::new()
-    ///     .name("conn 7") // shown in panics, overflow reports and debug::coroutines
-    ///     .create(|| assert_eq!(current().unwrap().name(), Some("conn 7")))
-    ///     .unwrap();
-    /// co.enter();
-    /// ```
-    pub fn name(mut self, name: impl Into<String>) -> Builder {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Creates the coroutine; nothing runs until it is entered.
-    ///
-    /// # Errors
-    /// If no stack can be mapped (address space or kernel mappings
-    /// exhausted).
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use costack::Builder;
-    ///
-    /// match Builder::new().stack_size(256 << 10).create(|| ()) {
-    ///     Ok(co) => co.enter(),
-    ///     Err(e) => eprintln!("no stack for a coroutine: {e}"), // out of address space
-    /// }
-    /// ```
-    pub fn create<F: FnOnce() + 'static>(self, f: F) -> io::Result<Coroutine> {
-        let size = self
-            .stack_size
-            .map_or(DEFAULT_STACK_SIZE, stack::round_size);
-        create(size, self.name, f)
-    }
-}
-
-/// Creates a coroutine with a stack of `size` bytes (a multiple of the page
-/// size, at least the minimum).
-#[inline]
-fn create<F: FnOnce() + 'static>(size: usize, name: Option<String>, f: F) -> io::Result<Coroutine> {
-    // A closure too large to sit comfortably on the stack goes on the heap.
-    if mem::size_of::<F>() > size / 4 {
-        let boxed: Box<dyn FnOnce()> = Box::new(f);
-        return create_with(size, name, boxed);
-    }
-    create_with(size, name, f)
-}
-
-fn create_with<F: FnOnce() + 'static>(
-    size: usize,
-    name: Option<String>,
-    f: F,
-) -> io::Result<Coroutine> {
-    let ptr = control::alloc(size)?;
-    // SAFETY: freshly allocated, we hold its only reference.
-    let co = unsafe { &*ptr };
-    // SAFETY: `alloc` returns blocks with a stack.
-    let stack = unsafe { co.stack().unwrap_unchecked() };
-    stack.prepare();
-    // The closure lives at the top of the stack until the coroutine
-    // starts (or is dropped unstarted).
-    let align = mem::align_of::<F>().max(16);
-    let closure = ((stack.top() as usize - mem::size_of::<F>()) & !(align - 1)) as *mut F;
-    let top = ((closure as usize) & !15) as *mut u8;
-    // SAFETY: `closure` lies in the stack we own, below its top, aligned
-    // for F; the stack is large enough (size_of::<F>() <= size / 4).
-    unsafe { closure.write(f) };
-    co.closure.set(closure.cast());
-    co.drop_closure.set(Some(drop_closure::<F>));
-    // SAFETY: the context gets the rest of the stack, below the closure,
-    // and the control block, which outlives it, as its argument.
-    let context = unsafe { Context::new(top, stack.bottom(), start::<F>, ptr as *mut u8) };
-    // SAFETY: the block is ours alone (see above); its context slot is
-    // uninitialised (freed blocks have dropped theirs).
-    unsafe { (*co.context.get()).write(context) };
-    if let Some(name) = name {
-        co.set_name(name.into_boxed_str());
-    }
-    trace_event!("create", co);
-    Ok(Coroutine {
-        ctl: NonNull::from(co),
-        _not_send: PhantomData,
-    })
-}
-
-unsafe fn drop_closure<F>(p: *mut u8) {
-    // SAFETY: `p` points at the unstarted closure `create` wrote.
-    unsafe { ptr::drop_in_place(p.cast::<F>()) }
-}
-
-/// The base frame of every coroutine.
-unsafe extern "C-unwind" fn start<F: FnOnce()>(arg: *mut u8) -> ! {
-    // SAFETY: `arg` is the control block, live while the coroutine runs.
-    let co = unsafe { &*(arg as *const Control) };
-    co.drop_closure.set(None);
-    // SAFETY: the closure was written by `create`, and is read exactly once
-    // (drop_closure was cleared, so nobody else drops it).
-    let f = unsafe { co.closure.get().cast::<F>().read() };
-    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
-        if !payload.is::<ForcedUnwind>() {
-            co.panic.set(Some(payload));
-            co.status.set(co.status.get() | PANICKED);
-        }
-    }
-    let context = co.context();
-    // Entered becomes Finished; the flags stay for the enterer, which also
-    // makes our caller current again (see `finished`).
-    co.status.set(co.status.get() + 1);
-    trace_event!("terminate", co);
-    // SAFETY: everything on this stack has been dropped.
-    unsafe { context.exit() }
-}
-
 /// Switches into `co` (Ready) until it yields or finishes; `status` is
 /// `ENTERED`, plus `CANCELLED` to unwind it.
 #[inline(always)]
@@ -826,67 +668,6 @@ fn requeue(co: &Control) {
     unsafe { (*cur).push_wake(co) };
 }
 
-/// The last handle to `ptr`, which has not finished, is being dropped
-/// (`refs` is still 1): drops its unstarted closure or unwinds its stack,
-/// then frees the block. The reference is kept meanwhile, so that a handle
-/// the destructors clone and drop does not release it again (and if such
-/// a clone survives, the block stays).
-#[cold]
-#[inline(never)]
-fn release(ptr: *const Control) {
-    // SAFETY: a handle's block; not used once it may be freed (below).
-    let co = unsafe { &*ptr };
-    let payload = match co.state() {
-        State::Ready if co.is_unstarted() => {
-            drop_unstarted(co);
-            None
-        }
-        State::Ready => unwind(co),
-        State::Finished => None,
-        State::Entered | State::Free => unreachable!("released while {:?}", co.state()),
-    };
-    let refs = co.refs.get() - 1;
-    co.refs.set(refs);
-    if refs == 0 {
-        control::free(ptr);
-    }
-    if let Some(payload) = payload {
-        // A destructor panicked while unwinding: report it like any panic
-        // from a drop, unless we are unwinding already.
-        if !std::thread::panicking() {
-            panic::resume_unwind(payload);
-        }
-    }
-}
-
-/// Unwinds a suspended coroutine's stack: it is resumed with `CANCELLED`
-/// set, so the `yield_now` it waits in resumes a forced unwind. Should it
-/// catch that unwind and yield again, that yield resumes the unwind (see
-/// `yield_cancelled`). Returns the first panic other than the forced
-/// unwind.
-fn unwind(co: &Control) -> Option<Box<dyn Any + Send>> {
-    let mut payload = None;
-    while co.state() == State::Ready {
-        if let Some(p) = run_collect(co, ENTERED | CANCELLED) {
-            payload.get_or_insert(p);
-        }
-    }
-    co.status.set(co.status.get() & !CANCELLED);
-    payload
-}
-
-fn drop_unstarted(co: &Control) {
-    // Finished first: should the closure's destructors reach this
-    // coroutine through a handle, they find it finished, not enterable.
-    co.status.set(State::Finished as u8);
-    if let Some(drop_fn) = co.drop_closure.take() {
-        // SAFETY: the coroutine never started, so the closure is still on
-        // its stack and nobody else drops it (drop_closure was taken).
-        unsafe { drop_fn(co.closure.get()) };
-    }
-    give_back_stack(co);
-}
-
 /// Suspends the current coroutine and returns to whoever entered it
 /// (qemu_coroutine_yield).
 ///
@@ -948,12 +729,6 @@ pub(crate) fn park() {
     yield_now();
 }
 
-/// Whether a panic payload is the forced unwind of a dropped coroutine,
-/// which must reach the coroutine's base (catchers re-raise it).
-pub(crate) fn is_forced_unwind(payload: &(dyn Any + Send)) -> bool {
-    payload.is::<ForcedUnwind>()
-}
-
 /// A yield of a coroutine with a flag that forbids a plain one.
 #[cold]
 #[inline(never)]
@@ -1006,53 +781,6 @@ pub(crate) fn current_is_polled() -> bool {
     !cur.is_null() && unsafe { (*cur).polled.get() }
 }
 
-/// A yield of a coroutine that is being unwound because it was dropped.
-///
-/// - Not panicking: the coroutine caught the forced unwind and runs on;
-///   the yield resumes the unwind instead of suspending.
-/// - Panicking: a destructor run by the unwind waits (a contended lock, a
-///   sleep, I/O). With a loop driving the unwind (`DRAINING`) it suspends
-///   for real and returns, to the destructor, once the loop enters it
-///   again. Without one nothing can ever resume it, and unwinding from a
-///   destructor would abort with an opaque message: abort with one that
-///   names the coroutine instead.
-#[cold]
-#[inline(never)]
-fn yield_cancelled(co: &Control) {
-    if !std::thread::panicking() {
-        cancelled();
-    }
-    if co.status.get() & DRAINING == 0 {
-        yielded_while_dropped(co);
-    }
-    co.status.set(co.status.get() - 1);
-    set_current(co.caller.get());
-    trace_event!("yield", co);
-    // SAFETY: we run on `co`'s stack.
-    unsafe { co.context().suspend() };
-}
-
-#[cold]
-fn yielded_while_dropped(co: &Control) -> ! {
-    use std::io::Write;
-    let name = co.name().unwrap_or("<unnamed>");
-    let _ = writeln!(
-        io::stderr(),
-        "costack: coroutine '{name}' yielded while being dropped: a destructor \
-         run by the unwind of its dropped last handle waits (a contended lock, \
-         a sleep, I/O), and nothing can resume it; aborting"
-    );
-    std::process::abort()
-}
-
-// Inlined (but cold) so that the forced unwind starts in `yield_now`'s
-// frame: one frame fewer for the unwinder's two passes to walk.
-#[cold]
-#[inline(always)]
-fn cancelled() -> ! {
-    panic::resume_unwind(Box::new(ForcedUnwind))
-}
-
 #[cold]
 #[inline(never)]
 #[track_caller]
@@ -1101,47 +829,4 @@ pub(crate) fn with_current<R>(f: impl FnOnce(Option<&Coroutine>) -> R) -> R {
         _not_send: PhantomData,
     });
     f(Some(&co))
-}
-
-/// One live coroutine, as listed by [`debug::coroutines`](crate::debug::coroutines).
-#[derive(Debug, Clone)]
-pub struct CoroutineInfo {
-    /// Its name, if it was given one.
-    pub name: Option<String>,
-    /// "created", "suspended", "entered" or "finished".
-    pub state: &'static str,
-    /// Usable stack bytes (0 once finished).
-    pub stack_size: usize,
-    /// The deepest the stack has been used, in bytes from its top, in whole
-    /// pages: an upper bound, since a pooled stack remembers earlier
-    /// coroutines' use too.
-    /// `None` where it cannot be told (no stack, or no `mincore`).
-    pub stack_high_water: Option<usize>,
-}
-
-pub(crate) fn live_coroutines() -> Vec<CoroutineInfo> {
-    let mut out = Vec::new();
-    control::for_each_live(|co| {
-        let finished = co.state() == State::Finished;
-        out.push(CoroutineInfo {
-            name: co.name().map(str::to_owned),
-            state: match co.state() {
-                State::Ready if co.is_unstarted() => "created",
-                State::Ready => "suspended",
-                State::Entered => "entered",
-                State::Finished => "finished",
-                State::Free => "free",
-            },
-            stack_size: if finished {
-                0
-            } else {
-                co.stack().map_or(0, |s| s.size())
-            },
-            stack_high_water: co
-                .stack()
-                .filter(|_| !finished)
-                .and_then(|s| s.high_water()),
-        });
-    });
-    out
 }
