@@ -279,6 +279,7 @@ macro_rules! trace_event {
 
 pub mod aio;
 mod arch;
+pub mod channel;
 mod coroutine;
 pub mod debug;
 #[cfg(target_os = "linux")]
