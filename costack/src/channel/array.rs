@@ -98,26 +98,35 @@ impl<T> Channel<T> {
     /// Reserves a slot for a send: `true` with the slot in `token` (or a
     /// null slot: disconnected), `false` when full.
     pub(crate) fn start_send(&self, token: &mut Token) -> bool {
+        self.reserve_send(token, false)
+    }
+
+    /// [`start_send`](Channel::start_send); with `even_disconnected` a
+    /// slot is reserved in a disconnected channel too (for putting a
+    /// message back).
+    fn reserve_send(&self, token: &mut Token, even_disconnected: bool) -> bool {
         let mut backoff = Backoff::new();
         let mut tail = self.tail.0.load(Ordering::Relaxed);
         loop {
-            if tail & self.mark_bit != 0 {
+            if tail & self.mark_bit != 0 && !even_disconnected {
                 token.ptr = std::ptr::null();
                 return true;
             }
-            let slot = &self.buffer[tail & (self.mark_bit - 1)];
+            let mark = tail & self.mark_bit;
+            let tail_pos = tail & !self.mark_bit;
+            let slot = &self.buffer[tail_pos & (self.mark_bit - 1)];
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if tail == stamp {
+            if tail_pos == stamp {
                 // Free for this position: try to take it.
                 match self.tail.0.compare_exchange_weak(
                     tail,
-                    self.next(tail),
+                    self.next(tail_pos) | mark,
                     Ordering::SeqCst,
                     Ordering::Relaxed,
                 ) {
                     Ok(_) => {
                         token.ptr = (slot as *const Slot<T>).cast();
-                        token.stamp = tail + 1;
+                        token.stamp = tail_pos + 1;
                         return true;
                     }
                     Err(t) => {
@@ -125,12 +134,12 @@ impl<T> Channel<T> {
                         backoff.spin();
                     }
                 }
-            } else if stamp.wrapping_add(self.one_lap) == tail + 1 {
+            } else if stamp.wrapping_add(self.one_lap) == tail_pos + 1 {
                 // Still holds last lap's message: full, unless a receiver
                 // has just moved on.
                 fence(Ordering::SeqCst);
                 let head = self.head.0.load(Ordering::Relaxed);
-                if head.wrapping_add(self.one_lap) == tail {
+                if head.wrapping_add(self.one_lap) == tail_pos {
                     return false;
                 }
                 backoff.spin();
@@ -459,8 +468,27 @@ impl<T> Drop for Channel<T> {
 
 impl<T> Channel<T> {
     /// A message a select reserved and never completed goes back into the
-    /// channel (at its end; waiting for room if others filled it since).
+    /// channel (at its end), even if the senders are gone (receivers may
+    /// still take it), waiting for room if others filled it since. It is
+    /// never dropped here: this may run on a thread a `Select` was sent to.
     pub(crate) fn put_back(&self, msg: T) {
-        let _ = self.send(msg, None);
+        let token = &mut Token::default();
+        // Runs in a drop: waits here must not unwind.
+        let _shield = crate::coroutine::cancel::ShieldGuard::new();
+        loop {
+            if self.reserve_send(token, true) {
+                let slot = token.ptr.cast::<Slot<T>>();
+                // SAFETY: a fresh reservation (never null with
+                // `even_disconnected`), written once, as in `write`.
+                unsafe {
+                    (*slot).msg.get().write(MaybeUninit::new(msg));
+                    *(*slot).hole.get() = false;
+                    (*slot).stamp.store(token.stamp, Ordering::Release);
+                }
+                self.receivers.notify();
+                return;
+            }
+            self.block(&self.senders, "channel send", None, || !self.is_full());
+        }
     }
 }

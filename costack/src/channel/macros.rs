@@ -188,3 +188,14 @@ macro_rules! select_biased {
         $crate::__costack_select!(@list true ($($tokens)*) () ())
     };
 }
+
+/// crossbeam-channel's internal macro under its name, for code that calls
+/// it directly (as std's mpsc tests ported to crossbeam do): `select!`
+/// syntax, biased if a `const _IS_BIASED: bool` in scope says so.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! crossbeam_channel_internal {
+    ($($tokens:tt)*) => {
+        $crate::__costack_select!(@list (_IS_BIASED) ($($tokens)*) () ())
+    };
+}

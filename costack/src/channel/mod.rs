@@ -103,6 +103,8 @@ pub use select::{Select, SelectedOperation};
 
 #[doc(inline)]
 pub use crate::{select, select_biased};
+#[doc(hidden)]
+pub use crate::crossbeam_channel_internal;
 
 use chan::{Counted, ReceiverFlavor, SenderFlavor};
 

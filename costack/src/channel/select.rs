@@ -334,9 +334,18 @@ pub struct Select<'a> {
     biased: bool,
 }
 
-// Unlike crossbeam's, a `Select` is not `Send`: giving a reservation back
-// (a dropped `SelectedOperation`) may move a message, which must not
-// happen on another thread for a `T` that is not `Send`.
+// SAFETY: a `Select` holds `&Sender<T>`/`&Receiver<T>` as trait objects
+// and addresses used only for comparison. On another thread it can pick
+// and give back operations, which moves messages between places inside
+// the channel but never runs a message's code (no drop, no clone: a
+// message given back goes into the channel, never away), so a `T` that is
+// not `Send` is not touched there. Its code runs only when an operation is
+// completed (`SelectedOperation::send`/`recv`), which takes the handle
+// itself, and so needs `&Receiver<T>`/`&Sender<T>` to be usable on that
+// thread. (crossbeam's `Select` is Send + Sync as well.)
+unsafe impl Send for Select<'_> {}
+// SAFETY: `&Select` gives access to nothing (every method takes `&mut`).
+unsafe impl Sync for Select<'_> {}
 
 impl<'a> Select<'a> {
     /// An empty select that picks among ready operations at random.

@@ -207,6 +207,15 @@ fn park_for<R>(
     mut poll: impl FnMut() -> Option<R>,
     mut give_up: impl FnMut(GiveUp) -> Option<R>,
 ) -> R {
+    // A hand-off from another thread often lands within microseconds:
+    // spin a little before paying for a park and an unpark.
+    let mut backoff = Backoff::new();
+    while !backoff.is_completed() {
+        if let Some(v) = poll() {
+            return v;
+        }
+        backoff.snooze();
+    }
     loop {
         if let Some(v) = poll() {
             return v;

@@ -123,7 +123,7 @@ impl<T> Channel<T> {
     }
 
     /// A message whose receiver left: to another waiting receiver, or
-    /// into the orphans (dropped if no receiver is left at all).
+    /// into the orphans.
     fn redeliver(&self, msg: T) {
         let mut wakes = Vec::new();
         let mut inner = lock(&self.inner);
@@ -131,10 +131,9 @@ impl<T> Channel<T> {
             drop(inner);
             return self.fill(&e.packet, msg);
         }
-        if inner.receivers_gone {
-            drop(inner);
-            return drop(msg);
-        }
+        // Kept even when no receiver is left (dropped with the channel):
+        // this may run on a thread a `Select` was sent to, where a message
+        // must not be dropped.
         inner.orphans.push_back(msg);
         inner.receivers.take_observers(&mut wakes);
         drop(inner);
@@ -254,13 +253,14 @@ impl<T> Channel<T> {
     }
 
     /// Takes a message without waiting for a sender: an orphan, or a
-    /// waiting sender's (`Some(packet)`; the sender was woken).
-    fn find_message(inner: &mut Inner<T>) -> Option<Result<T, Arc<Packet<T>>>> {
+    /// waiting sender's packet (`Err`), whose waiter the caller wakes once
+    /// the lock is released.
+    fn find_message(inner: &mut Inner<T>) -> Option<Result<T, (Arc<Packet<T>>, Arc<Waiter>)>> {
         if let Some(m) = inner.orphans.pop_front() {
             return Some(Ok(m));
         }
         let e = inner.senders.try_select()?;
-        Some(Err(e.packet)).inspect(|_| e.waiter.wake())
+        Some(Err((e.packet, e.waiter)))
     }
 
     pub(crate) fn try_recv(&self) -> Result<T, TryRecvError> {
@@ -268,8 +268,9 @@ impl<T> Channel<T> {
             let mut inner = lock(&self.inner);
             match Self::find_message(&mut inner) {
                 Some(Ok(m)) => return Ok(m),
-                Some(Err(packet)) => {
+                Some(Err((packet, sender))) => {
                     drop(inner);
+                    sender.wake();
                     match self.take(&packet) {
                         Take::Got(m) => return Ok(m),
                         Take::Retry => continue,
@@ -287,8 +288,9 @@ impl<T> Channel<T> {
             let mut inner = lock(&self.inner);
             match Self::find_message(&mut inner) {
                 Some(Ok(m)) => return Ok(m),
-                Some(Err(packet)) => {
+                Some(Err((packet, sender))) => {
                     drop(inner);
+                    sender.wake();
                     match self.take(&packet) {
                         Take::Got(m) => return Ok(m),
                         Take::Retry => continue,
@@ -464,7 +466,9 @@ impl<T> Channel<T> {
                 token.ptr = Arc::into_raw(p).cast();
                 true
             }
-            Some(Err(p)) => {
+            Some(Err((p, sender))) => {
+                drop(inner);
+                sender.wake();
                 token.ptr = Arc::into_raw(p).cast();
                 true
             }
