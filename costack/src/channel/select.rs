@@ -169,9 +169,19 @@ fn run_select<'a>(
     }
     let mut token = Token::default();
     loop {
-        for &(h, i, p) in handles.iter() {
-            if h.try_select(&mut token) {
-                return Some((token, i, p, h));
+        // Two sweeps before giving up: an arm found empty early in the
+        // first may have been filled before a later arm was emptied (by
+        // one other thread, in that order), and no instant saw them all
+        // not ready; the second sweep sees it (as crossbeam's
+        // registration pass does).
+        for _ in 0..2 {
+            for &(h, i, p) in handles.iter() {
+                if h.try_select(&mut token) {
+                    return Some((token, i, p, h));
+                }
+            }
+            if timeout == Timeout::Never {
+                break;
             }
         }
         let deadline = match timeout {
@@ -250,16 +260,21 @@ fn run_ready(handles: &mut [Handle<'_>], timeout: Timeout, biased: bool) -> Opti
     }
     loop {
         let mut backoff = Backoff::new();
+        let mut sweeps = 0;
         loop {
             for &(h, i, _) in handles.iter() {
                 if h.is_ready() {
                     return Some(i);
                 }
             }
-            if backoff.is_completed() || crate::in_coroutine() {
+            // At least two sweeps (see `run_select`).
+            sweeps += 1;
+            if sweeps >= 2 && (backoff.is_completed() || crate::in_coroutine()) {
                 break;
             }
-            backoff.snooze();
+            if !crate::in_coroutine() {
+                backoff.snooze();
+            }
         }
         let deadline = match timeout {
             Timeout::Now => return None,
