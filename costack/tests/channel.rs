@@ -175,8 +175,14 @@ fn select_timeouts_and_timers_in_coroutines() {
         for _ in 0..3 {
             ticker.recv().unwrap();
         }
-        assert_eq!(never::<u32>().recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout));
-        assert_eq!(r.recv_timeout(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout));
+        assert_eq!(
+            never::<u32>().recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
+        assert_eq!(
+            r.recv_timeout(Duration::from_millis(1)),
+            Err(RecvTimeoutError::Timeout)
+        );
     });
 }
 
@@ -254,9 +260,21 @@ fn a_receiver_unwound_after_a_hand_off_reached_it_passes_the_message_on() {
         s.try_send(41).unwrap();
         drop(h);
         drop(ev); // the receiver unwinds
-        assert_eq!(blocked.load(Ordering::SeqCst), 1, "{name}: it never ran again");
-        assert_eq!(r.try_recv(), Ok(41), "{name}: the message went back to the channel");
-        assert_eq!(r.try_recv(), Err(TryRecvError::Empty), "{name}: exactly once");
+        assert_eq!(
+            blocked.load(Ordering::SeqCst),
+            1,
+            "{name}: it never ran again"
+        );
+        assert_eq!(
+            r.try_recv(),
+            Ok(41),
+            "{name}: the message went back to the channel"
+        );
+        assert_eq!(
+            r.try_recv(),
+            Err(TryRecvError::Empty),
+            "{name}: exactly once"
+        );
         drop(s);
         assert_eq!(r.try_recv(), Err(TryRecvError::Disconnected), "{name}");
     }
@@ -302,7 +320,11 @@ fn a_sender_unwound_while_blocked_sends_nothing() {
         if name == "bounded(1)" {
             assert_eq!(r.try_recv(), Ok(0));
         }
-        assert_eq!(r.try_recv(), Err(TryRecvError::Empty), "{name}: nothing was sent");
+        assert_eq!(
+            r.try_recv(),
+            Err(TryRecvError::Empty),
+            "{name}: nothing was sent"
+        );
         // And the channel works on.
         let t = thread::spawn(move || r.recv().unwrap());
         s.send(2).unwrap();
@@ -333,7 +355,11 @@ fn a_dropped_selected_operation_gives_its_reservation_back() {
             let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(oper)));
             assert!(dropped.is_err(), "{name}");
         }
-        assert_eq!(r.recv_timeout(Duration::from_secs(5)), Ok(3), "{name}: not lost");
+        assert_eq!(
+            r.recv_timeout(Duration::from_secs(5)),
+            Ok(3),
+            "{name}: not lost"
+        );
         t.join().unwrap();
         // A send reservation given back leaves no message behind.
         if name != "rendezvous" {

@@ -276,7 +276,11 @@ impl<T> Channel<T> {
         }
     }
 
-    pub(crate) fn send(&self, msg: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
+    pub(crate) fn send(
+        &self,
+        msg: T,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<T>> {
         let token = &mut Token::default();
         let mut msg = Some(msg);
         loop {
@@ -321,7 +325,8 @@ impl<T> Channel<T> {
             loop {
                 if self.start_recv(token) {
                     // SAFETY: a fresh reservation.
-                    return unsafe { self.read(token) }.map_err(|()| RecvTimeoutError::Disconnected);
+                    return unsafe { self.read(token) }
+                        .map_err(|()| RecvTimeoutError::Disconnected);
                 }
                 if backoff.is_completed() || crate::in_coroutine() {
                     break;

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use super::select::{RegSlot, SelectHandle, Token};
 use super::waiter::{Waiter, FIRST_OPER};
 use super::{array, list, timer, zero};
-use super::{
-    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
-};
+use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
 
 /// A channel and how many senders and receivers it has.
 pub(crate) struct Counted<C> {
@@ -23,6 +21,20 @@ pub(crate) struct Counted<C> {
 }
 
 impl<C> Counted<C> {
+    /// Counts a sender out; the last one runs `disconnect`.
+    fn sender_gone(&self, disconnect: impl FnOnce(&C)) {
+        if self.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            disconnect(&self.chan);
+        }
+    }
+
+    /// Counts a receiver out; the last one runs `disconnect`.
+    fn receiver_gone(&self, disconnect: impl FnOnce(&C)) {
+        if self.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            disconnect(&self.chan);
+        }
+    }
+
     pub(crate) fn new(chan: C) -> Arc<Counted<C>> {
         Arc::new(Counted {
             senders: AtomicUsize::new(1),
@@ -178,7 +190,10 @@ impl<T> Sender<T> {
     fn send_until(&self, msg: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
         match &self.flavor {
             SenderFlavor::Array(c) => c.chan.send(msg, deadline),
-            SenderFlavor::List(c) => c.chan.try_send(msg).map_err(|e| SendTimeoutError::Disconnected(e.into_inner())),
+            SenderFlavor::List(c) => c
+                .chan
+                .try_send(msg)
+                .map_err(|e| SendTimeoutError::Disconnected(e.into_inner())),
             SenderFlavor::Zero(c) => c.chan.send(msg, deadline),
         }
     }
@@ -282,21 +297,15 @@ impl<T> Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         match &self.flavor {
-            SenderFlavor::Array(c) => {
-                if c.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    c.chan.disconnect();
-                }
-            }
-            SenderFlavor::List(c) => {
-                if c.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    c.chan.disconnect(false);
-                }
-            }
-            SenderFlavor::Zero(c) => {
-                if c.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    c.chan.disconnect(false);
-                }
-            }
+            SenderFlavor::Array(c) => c.sender_gone(|ch| {
+                ch.disconnect();
+            }),
+            SenderFlavor::List(c) => c.sender_gone(|ch| {
+                ch.disconnect(false);
+            }),
+            SenderFlavor::Zero(c) => c.sender_gone(|ch| {
+                ch.disconnect(false);
+            }),
         }
     }
 }
@@ -554,21 +563,16 @@ impl<T> Receiver<T> {
 impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         match &self.flavor {
-            ReceiverFlavor::Array(c) => {
-                if c.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    c.chan.disconnect();
-                }
-            }
-            ReceiverFlavor::List(c) => {
-                if c.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    c.chan.disconnect(true);
-                }
-            }
-            ReceiverFlavor::Zero(c) => {
-                if c.receivers.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    c.chan.disconnect(true);
-                }
-            }
+            ReceiverFlavor::Array(c) => c.receiver_gone(|ch| {
+                ch.disconnect();
+            }),
+            // The last receiver drops what is queued: nobody can take it.
+            ReceiverFlavor::List(c) => c.receiver_gone(|ch| {
+                ch.disconnect(true);
+            }),
+            ReceiverFlavor::Zero(c) => c.receiver_gone(|ch| {
+                ch.disconnect(true);
+            }),
             _ => {}
         }
     }

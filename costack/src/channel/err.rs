@@ -227,7 +227,10 @@ text!(RecvError, "receiving on an empty and disconnected channel");
 text!(TrySelectError, "all operations in select would block");
 text!(SelectTimeoutError, "timed out waiting on select");
 text!(TryReadyError, "no operation in select is ready");
-text!(ReadyTimeoutError, "timed out waiting on select to become ready");
+text!(
+    ReadyTimeoutError,
+    "timed out waiting on select to become ready"
+);
 
 impl fmt::Display for TryRecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

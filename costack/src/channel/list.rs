@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use super::array::Registered;
 use super::select::Token;
-use super::waiter::{deliver_cancellation, lock, Backoff, SyncWaitList, Waiter, ABORTED, CANCELLED};
+use super::waiter::{
+    deliver_cancellation, lock, Backoff, SyncWaitList, Waiter, ABORTED, CANCELLED,
+};
 use super::{RecvTimeoutError, TryRecvError, TrySendError};
 
 struct Queue<T> {

@@ -101,10 +101,10 @@ pub use err::{
 };
 pub use select::{Select, SelectedOperation};
 
-#[doc(inline)]
-pub use crate::{select, select_biased};
 #[doc(hidden)]
 pub use crate::crossbeam_channel_internal;
+#[doc(inline)]
+pub use crate::{select, select_biased};
 
 use chan::{Counted, ReceiverFlavor, SenderFlavor};
 
@@ -221,7 +221,9 @@ pub fn at(when: Instant) -> Receiver<Instant> {
 /// ```
 pub fn tick(duration: Duration) -> Receiver<Instant> {
     let flavor = match Instant::now().checked_add(duration) {
-        Some(first) => ReceiverFlavor::Tick(Arc::new(timer::Tick::new(first, duration)), same_instant),
+        Some(first) => {
+            ReceiverFlavor::Tick(Arc::new(timer::Tick::new(first, duration)), same_instant)
+        }
         None => ReceiverFlavor::Never,
     };
     Receiver { flavor }

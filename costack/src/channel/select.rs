@@ -525,7 +525,10 @@ impl<'a> Select<'a> {
     /// assert_eq!(sel.select().recv(&r), Ok(3));
     /// ```
     pub fn select(&mut self) -> SelectedOperation<'a> {
-        assert!(!self.handles.is_empty(), "no operations have been added to `Select`");
+        assert!(
+            !self.handles.is_empty(),
+            "no operations have been added to `Select`"
+        );
         SelectedOperation::new(
             run_select(&mut self.handles, Timeout::Never, self.biased).expect("no timeout"),
         )
@@ -608,7 +611,10 @@ impl<'a> Select<'a> {
     /// assert_eq!(r.try_recv(), Ok(1));
     /// ```
     pub fn ready(&mut self) -> usize {
-        assert!(!self.handles.is_empty(), "no operations have been added to `Select`");
+        assert!(
+            !self.handles.is_empty(),
+            "no operations have been added to `Select`"
+        );
         run_ready(&mut self.handles, Timeout::Never, self.biased).expect("no timeout")
     }
 

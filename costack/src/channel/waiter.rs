@@ -294,8 +294,8 @@ impl Backoff {
         }
         self.step += 1;
         if crate::in_coroutine() {
-            let on_loop = crate::coroutine::current_is_polled()
-                || crate::aio::current_inner().is_some();
+            let on_loop =
+                crate::coroutine::current_is_polled() || crate::aio::current_inner().is_some();
             if on_loop {
                 crate::aio::yield_now();
                 return;

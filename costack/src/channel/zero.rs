@@ -82,6 +82,10 @@ pub(crate) struct Channel<T> {
 
 const PLAIN: usize = super::waiter::FIRST_OPER;
 
+/// A message found without waiting: an orphan, or a claimed sender's
+/// packet and waiter.
+type Found<T> = Result<T, (Arc<Packet<T>>, Arc<Waiter>)>;
+
 /// How taking a message out of a packet ended.
 pub(crate) enum Take<T> {
     Got(T),
@@ -205,7 +209,11 @@ impl<T> Channel<T> {
         }
     }
 
-    pub(crate) fn send(&self, msg: T, deadline: Option<Instant>) -> Result<(), SendTimeoutError<T>> {
+    pub(crate) fn send(
+        &self,
+        msg: T,
+        deadline: Option<Instant>,
+    ) -> Result<(), SendTimeoutError<T>> {
         let mut msg = msg;
         loop {
             let mut inner = lock(&self.inner);
@@ -243,7 +251,10 @@ impl<T> Channel<T> {
                 return Ok(());
             }
             lock(&self.inner).senders.unregister(PLAIN, &waiter);
-            msg = lock(&packet.hand).msg.take().expect("unclaimed: still ours");
+            msg = lock(&packet.hand)
+                .msg
+                .take()
+                .expect("unclaimed: still ours");
             match sel {
                 DISCONNECTED => return Err(SendTimeoutError::Disconnected(msg)),
                 CANCELLED => deliver_cancellation(),
@@ -255,7 +266,7 @@ impl<T> Channel<T> {
     /// Takes a message without waiting for a sender: an orphan, or a
     /// waiting sender's packet (`Err`), whose waiter the caller wakes once
     /// the lock is released.
-    fn find_message(inner: &mut Inner<T>) -> Option<Result<T, (Arc<Packet<T>>, Arc<Waiter>)>> {
+    fn find_message(inner: &mut Inner<T>) -> Option<Found<T>> {
         if let Some(m) = inner.orphans.pop_front() {
             return Some(Ok(m));
         }
@@ -504,7 +515,13 @@ impl<T> Channel<T> {
     }
 
     /// Registers a select's arm; the packet goes to `slot`.
-    pub(crate) fn register(&self, send: bool, oper: usize, waiter: &Arc<Waiter>, slot: &mut *const ()) -> bool {
+    pub(crate) fn register(
+        &self,
+        send: bool,
+        oper: usize,
+        waiter: &Arc<Waiter>,
+        slot: &mut *const (),
+    ) -> bool {
         let mut wakes = Vec::new();
         let mut inner = lock(&self.inner);
         let ready = if send {
@@ -518,17 +535,29 @@ impl<T> Channel<T> {
             inner.receivers.register(oper, waiter, p.clone());
             *slot = Arc::into_raw(p).cast();
             inner.senders.take_observers(&mut wakes);
-            inner.senders.can_select(Some(waiter)) || inner.disconnected || !inner.orphans.is_empty()
+            inner.senders.can_select(Some(waiter))
+                || inner.disconnected
+                || !inner.orphans.is_empty()
         };
         drop(inner);
         wakes.iter().for_each(|w| w.wake());
         ready
     }
 
-    pub(crate) fn unregister(&self, send: bool, oper: usize, waiter: &Arc<Waiter>, slot: &mut *const ()) {
+    pub(crate) fn unregister(
+        &self,
+        send: bool,
+        oper: usize,
+        waiter: &Arc<Waiter>,
+        slot: &mut *const (),
+    ) {
         {
             let mut inner = lock(&self.inner);
-            let list = if send { &mut inner.senders } else { &mut inner.receivers };
+            let list = if send {
+                &mut inner.senders
+            } else {
+                &mut inner.receivers
+            };
             list.unregister(oper, waiter);
         }
         drop(take_slot::<T>(slot));
@@ -661,7 +690,11 @@ impl<T> Drop for Withdraw<'_, T> {
         let sel = self.waiter.claim_or_current(ABORTED);
         let entry = {
             let mut inner = lock(&self.chan.inner);
-            let list = if self.senders { &mut inner.senders } else { &mut inner.receivers };
+            let list = if self.senders {
+                &mut inner.senders
+            } else {
+                &mut inner.receivers
+            };
             list.unregister(PLAIN, self.waiter)
         };
         drop(entry);
