@@ -62,24 +62,35 @@ thread_local! {
 impl Waiter {
     /// A waiter for the calling coroutine (or thread, outside any).
     pub(crate) fn new() -> Arc<Waiter> {
-        let wake = if crate::in_coroutine() {
-            Wake::Coroutine(crate::aio::waker())
-        } else {
-            Wake::Thread(thread::current())
-        };
+        let in_coroutine = crate::in_coroutine();
         let spare = SPARE.try_with(Cell::take).ok().flatten();
         if let Some(mut spare) = spare {
             // Only reused when nobody else (a list, a late claimer) holds it.
             if let Some(w) = Arc::get_mut(&mut spare) {
                 *w.selected.get_mut() = WAITING;
-                w.wake = wake;
+                let same = match &w.wake {
+                    Wake::Coroutine(cw) => in_coroutine && cw.is_current(),
+                    Wake::Thread(_) => !in_coroutine,
+                };
+                if !same {
+                    w.wake = Self::current_wake(in_coroutine);
+                }
                 return spare;
             }
         }
+        let wake = Self::current_wake(in_coroutine);
         Arc::new(Waiter {
             selected: AtomicUsize::new(WAITING),
             wake,
         })
+    }
+
+    fn current_wake(in_coroutine: bool) -> Wake {
+        if in_coroutine {
+            Wake::Coroutine(crate::aio::waker())
+        } else {
+            Wake::Thread(thread::current())
+        }
     }
 
     /// Gives a waiter back for reuse once its wait is over.
@@ -272,6 +283,11 @@ pub(crate) struct Backoff {
     step: u32,
 }
 
+/// Steps of [`Backoff`] that spin (2^step times), then yield, before a
+/// waiter blocks.
+const SPIN_LIMIT: u32 = 6;
+const YIELD_LIMIT: u32 = 10;
+
 impl Backoff {
     pub(crate) fn new() -> Backoff {
         Backoff { step: 0 }
@@ -280,16 +296,21 @@ impl Backoff {
     /// A short spin (a compare-and-swap lost to another thread).
     #[inline]
     pub(crate) fn spin(&mut self) {
-        for _ in 0..1u32 << self.step.min(6) {
+        for _ in 0..1u32 << self.step.min(SPIN_LIMIT) {
             std::hint::spin_loop();
         }
-        self.step += 1;
+        if self.step <= SPIN_LIMIT {
+            self.step += 1;
+        }
     }
 
     /// Waits for another party: spins a little, then yields.
     pub(crate) fn snooze(&mut self) {
-        if self.step <= 6 {
-            self.spin();
+        if self.step <= SPIN_LIMIT {
+            for _ in 0..1u32 << self.step {
+                std::hint::spin_loop();
+            }
+            self.step += 1;
             return;
         }
         self.step += 1;
@@ -308,7 +329,7 @@ impl Backoff {
     /// never spin before blocking: the peer they wait for may be a
     /// coroutine of their own thread.
     pub(crate) fn is_completed(&self) -> bool {
-        self.step > 6
+        self.step > YIELD_LIMIT
     }
 }
 
@@ -388,6 +409,9 @@ impl<P> WaitList<P> {
     /// Claims every observer (an operation of theirs became ready); the
     /// caller wakes the returned waiters after unlocking.
     pub(crate) fn take_observers(&mut self, wakes: &mut Vec<Arc<Waiter>>) {
+        if self.observers.is_empty() {
+            return;
+        }
         for e in self.observers.drain(..) {
             if e.waiter.try_select(e.oper).is_ok() {
                 wakes.push(e.waiter);
@@ -462,11 +486,13 @@ impl SyncWaitList {
 
     /// The channel became ready for this side: wakes one waiter and every
     /// observer.
+    ///
+    /// The caller's change to the channel must be a SeqCst operation (the
+    /// ring's position CAS) or made under a lock the registering side
+    /// takes after registering (the queue's): then either this load sees
+    /// the registration, or the registering side's check sees the change.
     #[inline]
     pub(crate) fn notify(&self) {
-        // Pairs with `register`: the caller's change to the channel is
-        // ordered before this load.
-        std::sync::atomic::fence(Ordering::SeqCst);
         if !self.is_empty.load(Ordering::SeqCst) {
             self.notify_slow();
         }

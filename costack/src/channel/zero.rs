@@ -247,7 +247,10 @@ impl<T> Channel<T> {
             let sel = waiter.wait("channel send", deadline);
             std::mem::forget(guard);
             if sel == PLAIN {
-                // A receiver claimed us: the message is its now.
+                // A receiver claimed us (and removed our entry): the
+                // message is its now.
+                drop(packet);
+                Waiter::recycle(waiter);
                 return Ok(());
             }
             lock(&self.inner).senders.unregister(PLAIN, &waiter);
@@ -348,7 +351,12 @@ impl<T> Channel<T> {
                 },
             );
             std::mem::forget(guard);
-            lock(&self.inner).receivers.unregister(PLAIN, &waiter);
+            if waiter.selected() != PLAIN {
+                // Not claimed by a sender (who would have removed it).
+                lock(&self.inner).receivers.unregister(PLAIN, &waiter);
+            }
+            drop(packet);
+            Waiter::recycle(waiter);
             match r {
                 Ok(m) => return Ok(m),
                 Err(CANCELLED) => {
