@@ -123,11 +123,25 @@ fn may_one_worker(n: u64) {
 fn one_loop() {
     println!("\n== 1M messages, producer and consumer coroutines on one loop, capacity 1024");
     let ev = EventLoop::new().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let t = measure(&mut [
-        ("costack bounded(1024), two coroutines", MESSAGES, &mut |n| costack_one_loop(&ev, n)),
-        ("tokio mpsc(1024), two tasks, current_thread", MESSAGES, &mut |n| tokio_one_thread(&rt, n)),
-        ("may mpsc (unbounded), one worker", MESSAGES, &mut may_one_worker),
+        (
+            "costack bounded(1024), two coroutines",
+            MESSAGES,
+            &mut |n| costack_one_loop(&ev, n),
+        ),
+        (
+            "tokio mpsc(1024), two tasks, current_thread",
+            MESSAGES,
+            &mut |n| tokio_one_thread(&rt, n),
+        ),
+        (
+            "may mpsc (unbounded), one worker",
+            MESSAGES,
+            &mut may_one_worker,
+        ),
     ]);
     ratio("throughput vs tokio", t[0], t[1], 1.5);
     ratio("throughput vs may", t[0], t[2], 1.0);
@@ -174,10 +188,16 @@ fn tokio_ping_pong(rt: &tokio::runtime::Runtime, n: u64) {
 fn ping_pong() {
     println!("\n== rendezvous ping-pong (round trips)");
     let ev = EventLoop::new().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let t = measure(&mut [
-        ("costack bounded(0), two coroutines", 200_000, &mut |n| costack_ping_pong(&ev, n)),
-        ("tokio two mpsc(1), two tasks", 200_000, &mut |n| tokio_ping_pong(&rt, n)),
+        ("costack bounded(0), two coroutines", 200_000, &mut |n| {
+            costack_ping_pong(&ev, n)
+        }),
+        ("tokio two mpsc(1), two tasks", 200_000, &mut |n| {
+            tokio_ping_pong(&rt, n)
+        }),
     ]);
     ratio("round trips vs tokio", t[0], t[1], 1.5);
 }
@@ -208,7 +228,11 @@ fn threads() {
     println!("\n== two plain threads, 1M messages, capacity 1024");
     let t = measure(&mut [
         ("costack bounded(1024)", MESSAGES, &mut threads_costack),
-        ("crossbeam-channel bounded(1024)", MESSAGES, &mut threads_crossbeam),
+        (
+            "crossbeam-channel bounded(1024)",
+            MESSAGES,
+            &mut threads_crossbeam,
+        ),
     ]);
     ratio("throughput vs crossbeam-channel", t[0], t[1], 0.9);
 }
@@ -257,15 +281,19 @@ fn across_loops() {
         ("costack bounded(1024), two IoThreads", MESSAGES, &mut |n| {
             io_threads_costack(&a, &b, n)
         }),
-        ("tokio mpsc(1024), multi_thread, 2 workers", MESSAGES, &mut |n| {
-            tokio_two_workers(&rt, n)
-        }),
+        (
+            "tokio mpsc(1024), multi_thread, 2 workers",
+            MESSAGES,
+            &mut |n| tokio_two_workers(&rt, n),
+        ),
     ]);
     ratio("throughput vs tokio multi_thread", t[0], t[1], 1.0);
 }
 
 fn select_costack(n: u64) {
-    let chans: Vec<_> = (0..4).map(|_| costack::channel::bounded::<u64>(1)).collect();
+    let chans: Vec<_> = (0..4)
+        .map(|_| costack::channel::bounded::<u64>(1))
+        .collect();
     let mut sum = 0;
     for i in 0..n {
         chans[(i % 4) as usize].0.send(i).unwrap();
@@ -281,7 +309,9 @@ fn select_costack(n: u64) {
 }
 
 fn select_crossbeam(n: u64) {
-    let chans: Vec<_> = (0..4).map(|_| crossbeam_channel::bounded::<u64>(1)).collect();
+    let chans: Vec<_> = (0..4)
+        .map(|_| crossbeam_channel::bounded::<u64>(1))
+        .collect();
     let mut sum = 0;
     for i in 0..n {
         chans[(i % 4) as usize].0.send(i).unwrap();
@@ -308,7 +338,10 @@ fn select_one_ready() {
 fn main() {
     may::config().set_workers(1);
     // `cargo bench -- NAME` runs the benchmarks whose name contains NAME.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     if want("one_loop") {
         one_loop();

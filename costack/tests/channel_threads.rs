@@ -171,7 +171,8 @@ fn dropped_selected_operations_give_back_across_threads() {
             let oper = sel.select();
             if got.len() % 2 == 0 {
                 // Give it back once: the message must come again.
-                let gave_back = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(oper)));
+                let gave_back =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(oper)));
                 assert!(gave_back.is_err(), "{name}");
                 got.push(r.recv().unwrap());
             } else {

@@ -14,13 +14,15 @@
 //! as a hole that receivers skip, so nobody waits for it for ever.
 
 use std::cell::UnsafeCell;
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
-use std::sync::atomic::{fence, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 use super::select::Token;
-use super::waiter::{deliver_cancellation, Backoff, SyncWaitList, Waiter, ABORTED, CANCELLED};
+use super::sync::{fence, Arc, AtomicUsize, Mutex, Ordering};
+use super::waiter::{
+    deliver_cancellation, lock, Backoff, SyncWaitList, Waiter, ABORTED, CANCELLED,
+};
 use super::{RecvTimeoutError, SendTimeoutError, TryRecvError, TrySendError};
 
 /// Keeps the head and the tail on cache lines of their own.
@@ -35,6 +37,12 @@ struct Slot<T> {
     msg: UnsafeCell<MaybeUninit<T>>,
 }
 
+/// Given-back messages, and how many of them selects have reserved.
+struct Stash<T> {
+    msgs: VecDeque<T>,
+    reserved: usize,
+}
+
 pub(crate) struct Channel<T> {
     head: Padded<AtomicUsize>,
     tail: Padded<AtomicUsize>,
@@ -42,6 +50,11 @@ pub(crate) struct Channel<T> {
     cap: usize,
     one_lap: usize,
     mark_bit: usize,
+    /// Messages given back by selects that had reserved them (see
+    /// [`put_back`](Channel::put_back)); received before the ring's.
+    stash: Mutex<Stash<T>>,
+    /// How many stashed messages are free to take (read without the lock).
+    stashed: AtomicUsize,
     /// Senders waiting for room.
     pub(crate) senders: SyncWaitList,
     /// Receivers waiting for a message.
@@ -79,6 +92,11 @@ impl<T> Channel<T> {
             cap,
             one_lap,
             mark_bit,
+            stash: Mutex::new(Stash {
+                msgs: VecDeque::new(),
+                reserved: 0,
+            }),
+            stashed: AtomicUsize::new(0),
             senders: SyncWaitList::new(),
             receivers: SyncWaitList::new(),
         }
@@ -142,7 +160,9 @@ impl<T> Channel<T> {
                 if head.wrapping_add(self.one_lap) == tail_pos {
                     return false;
                 }
-                backoff.spin();
+                // A receiver has moved on but not emptied the slot yet (a
+                // select holding it may take a while): wait, yielding.
+                backoff.snooze();
                 tail = self.tail.0.load(Ordering::Relaxed);
             } else {
                 // A receiver is still reading this slot (a select that
@@ -194,6 +214,11 @@ impl<T> Channel<T> {
     /// Reserves a message for a receive: `true` with its slot in `token`
     /// (or a null slot: disconnected and empty), `false` when empty.
     pub(crate) fn start_recv(&self, token: &mut Token) -> bool {
+        token.reserved = false;
+        if self.stashed.load(Ordering::Relaxed) > 0 && self.reserve_stashed() {
+            token.reserved = true;
+            return true;
+        }
         let mut backoff = Backoff::new();
         let mut head = self.head.0.load(Ordering::Relaxed);
         loop {
@@ -253,6 +278,11 @@ impl<T> Channel<T> {
     /// `token` must come from a successful [`start_recv`] of this channel
     /// and be used once.
     pub(crate) unsafe fn read(&self, token: &mut Token) -> Result<T, ()> {
+        if std::mem::take(&mut token.reserved) {
+            let mut st = lock(&self.stash);
+            st.reserved -= 1;
+            return Ok(st.msgs.pop_front().expect("a reserved message is there"));
+        }
         if token.ptr.is_null() {
             return Err(());
         }
@@ -388,6 +418,10 @@ impl<T> Channel<T> {
     }
 
     pub(crate) fn len(&self) -> usize {
+        self.ring_len() + self.stashed.load(Ordering::SeqCst)
+    }
+
+    fn ring_len(&self) -> usize {
         loop {
             let tail = self.tail.0.load(Ordering::SeqCst);
             let head = self.head.0.load(Ordering::SeqCst);
@@ -413,6 +447,9 @@ impl<T> Channel<T> {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
+        if self.stashed.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
         let head = self.head.0.load(Ordering::SeqCst);
         let tail = self.tail.0.load(Ordering::SeqCst);
         (tail & !self.mark_bit) == head
@@ -455,14 +492,14 @@ impl Drop for Registered<'_> {
 
 impl<T> Drop for Channel<T> {
     fn drop(&mut self) {
-        let head = *self.head.0.get_mut();
-        let tail = *self.tail.0.get_mut() & !self.mark_bit;
+        let head = self.head.0.load(Ordering::Relaxed);
+        let tail = self.tail.0.load(Ordering::Relaxed) & !self.mark_bit;
         let mut pos = head;
         while pos != tail {
             let slot = &mut self.buffer[pos & (self.mark_bit - 1)];
             // A slot holds a message if its send completed (a forgotten
             // select reservation never did) and it is no hole.
-            if *slot.stamp.get_mut() == pos + 1 && !*slot.hole.get_mut() {
+            if slot.stamp.load(Ordering::Relaxed) == pos + 1 && !*slot.hole.get_mut() {
                 // SAFETY: written by a completed send, not yet read.
                 unsafe { slot.msg.get_mut().assume_init_drop() };
             }
@@ -472,28 +509,48 @@ impl<T> Drop for Channel<T> {
 }
 
 impl<T> Channel<T> {
-    /// A message a select reserved and never completed goes back into the
-    /// channel (at its end), even if the senders are gone (receivers may
-    /// still take it), waiting for room if others filled it since. It is
-    /// never dropped here: this may run on a thread a `Select` was sent to.
+    /// A message a select reserved (and took out of the ring) but never
+    /// completed goes back, to be received first. It never waits (the
+    /// ring may be full again: its receiver could be the one giving back)
+    /// and never drops the message (this may run on a thread a `Select`
+    /// was sent to). The channel may then hold one more than its capacity.
     pub(crate) fn put_back(&self, msg: T) {
-        let token = &mut Token::default();
-        // Runs in a drop: waits here must not unwind.
-        let _shield = crate::coroutine::cancel::ShieldGuard::new();
-        loop {
-            if self.reserve_send(token, true) {
-                let slot = token.ptr.cast::<Slot<T>>();
-                // SAFETY: a fresh reservation (never null with
-                // `even_disconnected`), written once, as in `write`.
-                unsafe {
-                    (*slot).msg.get().write(MaybeUninit::new(msg));
-                    *(*slot).hole.get() = false;
-                    (*slot).stamp.store(token.stamp, Ordering::Release);
-                }
-                self.receivers.notify();
-                return;
-            }
-            self.block(&self.senders, "channel send", None, || !self.is_full());
+        {
+            let mut st = lock(&self.stash);
+            st.msgs.push_front(msg);
+            self.stashed
+                .store(st.msgs.len() - st.reserved, Ordering::SeqCst);
         }
+        self.receivers.notify();
+    }
+
+    /// Reserves a stashed message for a select (`false`: none left).
+    fn reserve_stashed(&self) -> bool {
+        let mut st = lock(&self.stash);
+        if st.msgs.len() > st.reserved {
+            st.reserved += 1;
+            self.stashed
+                .store(st.msgs.len() - st.reserved, Ordering::SeqCst);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives a receive reservation back without moving its message.
+    /// Returns `false` if the reservation is a ring slot (the caller then
+    /// reads it and puts it back).
+    pub(crate) fn cancel_stashed_read(&self, token: &mut Token) -> bool {
+        if !std::mem::take(&mut token.reserved) {
+            return false;
+        }
+        {
+            let mut st = lock(&self.stash);
+            st.reserved -= 1;
+            self.stashed
+                .store(st.msgs.len() - st.reserved, Ordering::SeqCst);
+        }
+        self.receivers.notify();
+        true
     }
 }

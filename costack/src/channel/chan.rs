@@ -4,11 +4,10 @@
 use std::fmt;
 use std::iter::FusedIterator;
 use std::panic::{RefUnwindSafe, UnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::select::{RegSlot, SelectHandle, Token};
+use super::sync::{Arc, AtomicUsize, Ordering};
 use super::waiter::{Waiter, FIRST_OPER};
 use super::{array, list, timer, zero};
 use super::{RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError};
@@ -914,8 +913,11 @@ impl<T> SelectHandle for Receiver<T> {
     fn release(&self, token: &mut Token) {
         match &self.flavor {
             ReceiverFlavor::Array(c) => {
-                // The reserved slot must be emptied for the ring to go on:
-                // take the message and put it back into the channel.
+                if c.chan.cancel_stashed_read(token) {
+                    return;
+                }
+                // A reserved ring slot must be emptied for the ring to go
+                // on: take the message and give it back.
                 // SAFETY: the token is this channel's reservation, unused.
                 if let Ok(msg) = unsafe { c.chan.read(token) } {
                     c.chan.put_back(msg);

@@ -8,11 +8,11 @@
 //! again, so no message is ever taken out and lost.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use super::array::Registered;
 use super::select::Token;
+use super::sync::Mutex;
 use super::waiter::{
     deliver_cancellation, lock, Backoff, SyncWaitList, Waiter, ABORTED, CANCELLED,
 };

@@ -87,12 +87,14 @@ mod err;
 mod list;
 mod macros;
 mod select;
+mod sync;
 mod timer;
 mod waiter;
 mod zero;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use sync::Arc;
 
 pub use chan::{IntoIter, Iter, Receiver, Sender, TryIter};
 pub use err::{

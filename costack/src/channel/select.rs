@@ -6,10 +6,10 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::chan::oper_of;
+use super::sync::Arc;
 use super::waiter::{
     deliver_cancellation, sleep_until, Backoff, Waiter, ABORTED, CANCELLED, FIRST_OPER, WAITING,
 };
@@ -81,6 +81,9 @@ enum Timeout {
 /// A small per-thread random generator for the order of fair selects.
 fn shuffle<T>(v: &mut [T]) {
     use std::cell::Cell;
+    if cfg!(costack_loom) {
+        return; // a loom model must be deterministic
+    }
     thread_local! {
         static RNG: Cell<u32> = const { Cell::new(0x9e37_79b9) };
     }

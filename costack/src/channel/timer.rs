@@ -3,11 +3,10 @@
 //! and [`never`](super::never). Their messages are made when received; a
 //! wait for one is a sleep (on the loop's timers in a coroutine).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::select::Token;
+use super::sync::{AtomicBool, Mutex, Ordering};
 use super::waiter::{lock, sleep_until};
 use super::{RecvTimeoutError, TryRecvError};
 

@@ -22,11 +22,10 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, Thread};
+use std::sync::PoisonError;
 use std::time::Instant;
 
+use super::sync::{self, Arc, AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering, Thread};
 use crate::coroutine::cancel;
 
 /// Nobody has claimed the waiter yet.
@@ -63,11 +62,16 @@ impl Waiter {
     /// A waiter for the calling coroutine (or thread, outside any).
     pub(crate) fn new() -> Arc<Waiter> {
         let in_coroutine = crate::in_coroutine();
-        let spare = SPARE.try_with(Cell::take).ok().flatten();
+        // (Loom's threads share one OS thread, hence its thread-locals.)
+        let spare = if cfg!(costack_loom) {
+            None
+        } else {
+            SPARE.try_with(Cell::take).ok().flatten()
+        };
         if let Some(mut spare) = spare {
             // Only reused when nobody else (a list, a late claimer) holds it.
             if let Some(w) = Arc::get_mut(&mut spare) {
-                *w.selected.get_mut() = WAITING;
+                w.selected.store(WAITING, Ordering::Relaxed);
                 let same = match &w.wake {
                     Wake::Coroutine(cw) => in_coroutine && cw.is_current(),
                     Wake::Thread(_) => !in_coroutine,
@@ -89,13 +93,13 @@ impl Waiter {
         if in_coroutine {
             Wake::Coroutine(crate::aio::waker())
         } else {
-            Wake::Thread(thread::current())
+            Wake::Thread(sync::current())
         }
     }
 
     /// Gives a waiter back for reuse once its wait is over.
     pub(crate) fn recycle(this: Arc<Waiter>) {
-        if Arc::strong_count(&this) == 1 {
+        if !cfg!(costack_loom) && Arc::strong_count(&this) == 1 {
             let _ = SPARE.try_with(|s| s.set(Some(this)));
         }
     }
@@ -232,7 +236,7 @@ fn park_for<R>(
             return v;
         }
         match deadline {
-            None => thread::park(),
+            None => sync::park(),
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
@@ -242,7 +246,7 @@ fn park_for<R>(
                     deadline = None;
                     continue;
                 }
-                thread::park_timeout(d - now);
+                sync::park_timeout(d - now);
             }
         }
     }
@@ -263,13 +267,13 @@ pub(crate) fn sleep_until(what: &str, deadline: Option<Instant>) {
     }
     loop {
         match deadline {
-            None => thread::sleep(std::time::Duration::from_secs(1000)),
+            None => sync::sleep(std::time::Duration::from_secs(1000)),
             Some(d) => {
                 let now = Instant::now();
                 if now >= d {
                     return;
                 }
-                thread::sleep(d - now);
+                sync::sleep(d - now);
             }
         }
     }
@@ -284,9 +288,10 @@ pub(crate) struct Backoff {
 }
 
 /// Steps of [`Backoff`] that spin (2^step times), then yield, before a
-/// waiter blocks.
-const SPIN_LIMIT: u32 = 6;
-const YIELD_LIMIT: u32 = 10;
+/// waiter blocks. (The loom model spins once and blocks soon, to keep its
+/// search small.)
+const SPIN_LIMIT: u32 = if cfg!(costack_loom) { 0 } else { 6 };
+const YIELD_LIMIT: u32 = if cfg!(costack_loom) { 1 } else { 10 };
 
 impl Backoff {
     pub(crate) fn new() -> Backoff {
@@ -297,7 +302,7 @@ impl Backoff {
     #[inline]
     pub(crate) fn spin(&mut self) {
         for _ in 0..1u32 << self.step.min(SPIN_LIMIT) {
-            std::hint::spin_loop();
+            sync::spin_loop();
         }
         if self.step <= SPIN_LIMIT {
             self.step += 1;
@@ -308,7 +313,7 @@ impl Backoff {
     pub(crate) fn snooze(&mut self) {
         if self.step <= SPIN_LIMIT {
             for _ in 0..1u32 << self.step {
-                std::hint::spin_loop();
+                sync::spin_loop();
             }
             self.step += 1;
             return;
@@ -322,7 +327,7 @@ impl Backoff {
                 return;
             }
         }
-        thread::yield_now();
+        sync::yield_now();
     }
 
     /// Whether spinning before blocking is worth it no longer. Coroutines

@@ -23,10 +23,10 @@
 //! lost or delivered twice, whatever leaves when.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::select::Token;
+use super::sync::{Arc, Mutex};
 use super::waiter::{
     deliver_cancellation, lock, wait_for, WaitList, Waiter, ABORTED, CANCELLED, DISCONNECTED,
     WAITING,
