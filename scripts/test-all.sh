@@ -53,7 +53,7 @@ tools/test-gdb.sh
 # (cross targets under qemu-user and Wine; Valgrind; Miri, ASan and TSan on
 # nightly).
 bash .ci/backends.sh
-bash .ci/backends.sh miri asan tsan
+bash .ci/backends.sh miri asan tsan loom
 bash .ci/targets.sh # macOS (aarch64, x86_64), FreeBSD (x86_64): compiled, not run
 
 # The docs as docs.rs builds them (nightly, `--cfg docsrs`: platform badges),
