@@ -474,9 +474,9 @@ impl<'a> Select<'a> {
     /// drop(s2); // r2 would be ready (disconnected)
     /// sel.remove(op2);
     /// s1.send(1).unwrap();
-    /// assert_eq!(sel.select().index(), op1);
-    /// # // completing is required: take the message
-    /// # let _ = r1.try_recv();
+    /// let oper = sel.select();
+    /// assert_eq!(oper.index(), op1);
+    /// assert_eq!(oper.recv(&r1), Ok(1));
     /// ```
     pub fn remove(&mut self, index: usize) {
         assert!(
