@@ -166,7 +166,7 @@ macro_rules! select {
     };
 }
 
-/// As [`select!`], but when several operations are ready the first one
+/// As [`select!`](crate::select!), but when several operations are ready the first one
 /// (in the order written) is picked.
 ///
 /// ```

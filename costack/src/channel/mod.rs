@@ -42,7 +42,7 @@
 //! - [`bounded`]`(n)`: room for `n` messages; `bounded(0)` is a
 //!   rendezvous, where a send completes only with a receiver.
 //! - [`unbounded`]: sends never wait.
-//! - [`after`], [`at`], [`tick`]: deliver instants; [`never`] delivers
+//! - [`after`], [`at`], [`tick`]: deliver instants; [`never()`] delivers
 //!   nothing (an arm of `select!` that is switched off).
 //!
 //! # Select
