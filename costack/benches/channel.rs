@@ -147,10 +147,10 @@ fn one_loop() {
     ratio("throughput vs may", t[0], t[2], 1.0);
 }
 
-fn costack_ping_pong(ev: &EventLoop, n: u64) {
+fn costack_ping_pong(ev: &EventLoop, cap: usize, n: u64) {
     ev.block_on(move || {
-        let (ping_s, ping_r) = costack::channel::bounded::<u64>(0);
-        let (pong_s, pong_r) = costack::channel::bounded::<u64>(0);
+        let (ping_s, ping_r) = costack::channel::bounded::<u64>(cap);
+        let (pong_s, pong_r) = costack::channel::bounded::<u64>(cap);
         let echo = aio::spawn(move || {
             for m in ping_r.iter() {
                 pong_s.send(m).unwrap();
@@ -193,13 +193,23 @@ fn ping_pong() {
         .unwrap();
     let t = measure(&mut [
         ("costack bounded(0), two coroutines", 200_000, &mut |n| {
-            costack_ping_pong(&ev, n)
+            costack_ping_pong(&ev, 0, n)
         }),
         ("tokio two mpsc(1), two tasks", 200_000, &mut |n| {
             tokio_ping_pong(&rt, n)
         }),
+        // Like for like: tokio's mpsc(1) buffers one message, as bounded(1).
+        ("costack bounded(1), two coroutines", 200_000, &mut |n| {
+            costack_ping_pong(&ev, 1, n)
+        }),
     ]);
     ratio("round trips vs tokio", t[0], t[1], 1.5);
+    ratio(
+        "round trips vs tokio, bounded(1) (like for like)",
+        t[2],
+        t[1],
+        1.5,
+    );
 }
 
 fn threads_costack(n: u64) {

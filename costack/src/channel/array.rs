@@ -473,9 +473,12 @@ pub(crate) struct Registered<'a> {
 }
 
 impl Registered<'_> {
-    /// The wait is over and its outcome was seen: unregister only.
+    /// The wait is over and its outcome was seen: unregister only (unless
+    /// a notifier claimed the entry, which removed it).
     pub(crate) fn finish(self) {
-        self.list.unregister(self.oper, self.waiter);
+        if self.waiter.selected() != self.oper {
+            self.list.unregister(self.oper, self.waiter);
+        }
         std::mem::forget(self);
     }
 }

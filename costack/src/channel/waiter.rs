@@ -505,16 +505,19 @@ impl SyncWaitList {
 
     #[cold]
     fn notify_slow(&self) {
-        let mut wakes = Vec::new();
-        {
+        // No allocation for the usual case: one waiter, no observers.
+        let mut observers = Vec::new();
+        let woken = {
             let mut l = lock(&self.list);
-            if let Some(e) = l.try_select() {
-                wakes.push(e.waiter);
-            }
-            l.take_observers(&mut wakes);
+            let e = l.try_select();
+            l.take_observers(&mut observers);
             self.is_empty.store(!l.has_entries(), Ordering::SeqCst);
+            e
+        };
+        if let Some(e) = woken {
+            e.waiter.wake();
         }
-        for w in wakes {
+        for w in observers {
             w.wake();
         }
     }
