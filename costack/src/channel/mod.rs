@@ -92,6 +92,9 @@ mod timer;
 mod waiter;
 mod zero;
 
+#[cfg(test)]
+mod tests;
+
 use std::time::{Duration, Instant};
 
 use sync::Arc;
