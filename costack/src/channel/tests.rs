@@ -68,7 +68,11 @@ fn a_cancelled_send_sends_nothing() {
         if cap == 1 {
             assert_eq!(r.try_recv(), Ok(1));
         }
-        assert_eq!(r.try_recv(), Err(TryRecvError::Empty), "cap {cap}: not sent");
+        assert_eq!(
+            r.try_recv(),
+            Err(TryRecvError::Empty),
+            "cap {cap}: not sent"
+        );
     }
 }
 
