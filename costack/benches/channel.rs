@@ -102,6 +102,7 @@ fn tokio_one_thread(rt: &tokio::runtime::Runtime, n: u64) {
     });
 }
 
+#[cfg(target_os = "linux")]
 fn may_one_worker(n: u64) {
     let (s, r) = may::sync::mpsc::channel::<u64>();
     let producer = may::go!(move || {
@@ -126,25 +127,46 @@ fn one_loop() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
-    let t = measure(&mut [
-        (
-            "costack bounded(1024), two coroutines",
-            MESSAGES,
-            &mut |n| costack_one_loop(&ev, n),
-        ),
-        (
-            "tokio mpsc(1024), two tasks, current_thread",
-            MESSAGES,
-            &mut |n| tokio_one_thread(&rt, n),
-        ),
-        (
-            "may mpsc (unbounded), one worker",
-            MESSAGES,
-            &mut may_one_worker,
-        ),
-    ]);
-    ratio("throughput vs tokio", t[0], t[1], 1.5);
-    ratio("throughput vs may", t[0], t[2], 1.0);
+    let mut costack = |n| costack_one_loop(&ev, n);
+    let mut tokio = |n| tokio_one_thread(&rt, n);
+    #[cfg(target_os = "linux")]
+    {
+        let t = measure(&mut [
+            (
+                "costack bounded(1024), two coroutines",
+                MESSAGES,
+                &mut costack,
+            ),
+            (
+                "tokio mpsc(1024), two tasks, current_thread",
+                MESSAGES,
+                &mut tokio,
+            ),
+            (
+                "may mpsc (unbounded), one worker",
+                MESSAGES,
+                &mut may_one_worker,
+            ),
+        ]);
+        ratio("throughput vs tokio", t[0], t[1], 1.5);
+        ratio("throughput vs may", t[0], t[2], 1.0);
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let t = measure(&mut [
+            (
+                "costack bounded(1024), two coroutines",
+                MESSAGES,
+                &mut costack,
+            ),
+            (
+                "tokio mpsc(1024), two tasks, current_thread",
+                MESSAGES,
+                &mut tokio,
+            ),
+        ]);
+        ratio("throughput vs tokio", t[0], t[1], 1.5);
+    }
 }
 
 fn costack_ping_pong(ev: &EventLoop, cap: usize, n: u64) {
@@ -346,6 +368,7 @@ fn select_one_ready() {
 }
 
 fn main() {
+    #[cfg(target_os = "linux")]
     may::config().set_workers(1);
     // `cargo bench -- NAME` runs the benchmarks whose name contains NAME.
     let filter: Vec<String> = std::env::args()
