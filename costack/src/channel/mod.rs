@@ -78,8 +78,14 @@
 //! cancellation and 10,000 blocked coroutines. The cross-thread tests run
 //! under Miri (data races, use-after-free and leaks in the waiter and
 //! hand-off code, on the thread backend) and ThreadSanitizer, and
-//! `tests/channel_loom.rs` explores every interleaving of the hand-off's
-//! core (claim, withdraw, wake) with loom.
+//! `tests/channel_loom.rs` runs the real channel code on loom's atomics,
+//! locks and threads, exploring every interleaving (up to two
+//! preemptions) of small send/receive/select/disconnect scenarios. What
+//! each covers: the crossbeam suite, the API's behaviour at full size;
+//! Miri, undefined behaviour and leaks in the code as it runs; TSan, data
+//! races in optimized builds; loom, orderings and lost wake-ups that only
+//! rare interleavings show. The coroutine paths (suspension, cancellation)
+//! are covered by `tests/channel.rs` on every loop backend.
 
 mod array;
 mod chan;
