@@ -385,3 +385,14 @@ fn completing_with_another_receiver_panics() {
     let oper = sel.select();
     let _ = oper.recv(&r2);
 }
+
+#[test]
+fn handles_are_send_and_sync_for_send_messages() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Sender<u64>>();
+    send_sync::<Receiver<u64>>();
+    send_sync::<Receiver<std::sync::Mutex<u8>>>();
+    send_sync::<Select<'static>>();
+    // Messages need not be Sync (crossbeam's bounds: T: Send).
+    send_sync::<Sender<Cell<u8>>>();
+}
