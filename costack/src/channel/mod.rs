@@ -90,6 +90,7 @@
 mod array;
 mod chan;
 mod err;
+mod handles;
 mod list;
 mod macros;
 mod select;

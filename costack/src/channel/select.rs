@@ -8,7 +8,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::{Duration, Instant};
 
-use super::chan::oper_of;
+use super::handles::oper_of;
 use super::sync::Arc;
 use super::waiter::{
     deliver_cancellation, sleep_until, Backoff, Waiter, ABORTED, CANCELLED, FIRST_OPER, WAITING,
