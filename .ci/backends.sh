@@ -22,7 +22,10 @@
 #   bash .ci/backends.sh asan       # core tests under AddressSanitizer with
 #                                   # the fiber annotations (opt-in: nightly)
 #   bash .ci/backends.sh tsan       # the same under ThreadSanitizer (opt-in:
-#                                   # nightly, rust-src; builds std, minutes)
+#                                   # nightly, rust-src; builds std, minutes),
+#                                   # with the channels' cross-thread tests
+#   bash .ci/backends.sh loom       # the loom model of the channels' hand-off
+#                                   # (tests/channel_loom.rs; stable, ~1 min)
 #   bash .ci/backends.sh linux-ucontext aarch64 ...   # a subset, by name
 set -Eeuo pipefail
 
@@ -35,10 +38,10 @@ die() { printf '\nbackends: FAILED during [%s]: %s\n' "$STEP" "$*" >&2; exit 1; 
 trap 'printf "\nbackends: FAILED during [%s] (exit %s): %s\n" "$STEP" "$?" "$BASH_COMMAND" >&2' ERR
 
 ALL=(linux-ucontext thread valgrind aarch64 riscv64 windows-asm windows-fibers)
-# Opt-in (not in the default list; need nightly): miri asan tsan
+# Opt-in (not in the default list; miri, asan and tsan need nightly): miri asan tsan loom
 if (($#)); then WANT=("$@"); else WANT=("${ALL[@]}"); fi
 for w in "${WANT[@]}"; do
-    [[ " ${ALL[*]} miri asan tsan " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
+    [[ " ${ALL[*]} miri asan tsan loom " == *" $w "* ]] || die "unknown backend '$w' (known: ${ALL[*]})"
 done
 
 STEP="setup-cross"
@@ -117,11 +120,14 @@ for w in "${WANT[@]}"; do
             STEP="$w"
             echo "backends: == $w" >&2
             # The locks first: their intrusive waiter lists are the riskiest
-            # unsafe code of the crate.
+            # unsafe code of the crate. Then the channels touched from
+            # several threads (waiter lists, the ring, rendezvous packets).
             cargo +nightly miri test -p costack --test sync --test generator
             # Cancellation on a real loop (epoll, edge-triggered under Miri):
             # the wait points, timeouts, shields and scopes.
             cargo +nightly miri test -p costack --test cancel --test scope
+            MIRIFLAGS="${MIRIFLAGS:-} -Zmiri-disable-isolation" \
+                cargo +nightly miri test -p costack --test channel_threads
             cargo +nightly miri test -p costack --test core -- \
                 --skip a_hundred_thousand_live_coroutines --skip chain_of_25000 \
                 --skip nesting_to_depth_1000 --skip coroutines_on_several_threads \
@@ -146,10 +152,18 @@ for w in "${WANT[@]}"; do
             echo "backends: == $w" >&2
             # TSan needs an instrumented std (-Zbuild-std).
             out=$(RUSTFLAGS="-Zsanitizer=thread" cargo +nightly test -Zbuild-std -p costack --features tsan \
-                --target x86_64-unknown-linux-gnu --test core --test backends \
+                --target x86_64-unknown-linux-gnu --test core --test backends --test channel_threads \
                 -- --skip a_hundred_thousand_live_coroutines 2>&1) || { echo "$out" >&2; die "tests failed under TSan"; }
             if grep -q "WARNING: ThreadSanitizer" <<<"$out"; then echo "$out" >&2; die "TSan complained"; fi
             grep "test result" <<<"$out"
+            ;;
+        loom)
+            STEP="$w"
+            echo "backends: == $w" >&2
+            # The real channel code on loom's atomics, locks and threads
+            # (--cfg costack_loom), every interleaving up to 2 preemptions.
+            RUSTFLAGS="--cfg costack_loom" LOOM_MAX_PREEMPTIONS=2 CARGO_TARGET_DIR="$ROOT/target/loom" \
+                cargo test -p costack --release --test channel_loom
             ;;
         valgrind)
             need valgrind

@@ -25,6 +25,9 @@ done
 # Real clients are required: the NBD tests must not skip them.
 export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
+# crossbeam-channel's own test suite (the published crate's tests/, fetched
+# by cargo, never copied here) against costack::channel, on plain threads.
+bash scripts/crossbeam-suite.sh
 # costack-nbd with TLS (the `tls` feature, system OpenSSL): its unit tests
 # and NBD over TLS against qemu, nbdinfo/nbdcopy and libnbd's Python.
 cargo test -p costack-nbd --features tls --lib --test tls
@@ -37,7 +40,8 @@ for backend in io_uring epoll poll; do
     echo "test-all: event loop suites on COSTACK_AIO=$backend"
     COSTACK_AIO=$backend cargo test -p costack --test aio --test aio_backend --test loop_portable --test net \
         --test net_ready --test fs --test fs_inline --test fs_no_uring --test sync \
-        --test sync_loops --test join --test future --test cancel --test scope --test cancel_model
+        --test sync_loops --test join --test future --test cancel --test scope --test cancel_model \
+        --test channel --test udp
 done
 # The tokio feature: a current_thread runtime entered on costack's loop is
 # refused clearly instead of hanging.
@@ -50,7 +54,7 @@ tools/test-gdb.sh
 # (cross targets under qemu-user and Wine; Valgrind; Miri, ASan and TSan on
 # nightly).
 bash .ci/backends.sh
-bash .ci/backends.sh miri asan tsan
+bash .ci/backends.sh miri asan tsan loom
 bash .ci/targets.sh # macOS (aarch64, x86_64), FreeBSD (x86_64): compiled, not run
 
 # The docs as docs.rs builds them (nightly, `--cfg docsrs`: platform badges),

@@ -118,10 +118,101 @@
 //! assert_eq!(h.join().unwrap().as_deref(), Some("worker"));
 //! ```
 //!
+//! **Channels.** [`channel`] has crossbeam-channel's API (see
+//! [Passing messages](#passing-messages) below).
+//!
 //! **Async Rust.** A [`future::CoFuture`] is a coroutine polled as a
 //! `Future` by any executor (tokio, `futures`), and
 //! [`aio::wait_future`] waits for a future from coroutine code; see the
 //! [`future`] module and `examples/tokio_interop.rs`.
+//!
+//! # Passing messages
+//!
+//! [`channel`] is crossbeam-channel 0.5's API: [`bounded`](channel::bounded)
+//! (`bounded(0)` is a rendezvous), [`unbounded`](channel::unbounded),
+//! timer channels, [`select!`] and [`Select`](channel::Select). Code
+//! written for crossbeam compiles against it unchanged
+//! (`use costack::channel as crossbeam_channel;`), and crossbeam's own
+//! test suite passes against it.
+//!
+//! **What "yields instead of blocking" means.** On a plain thread a
+//! `recv()` on an empty channel blocks the thread, exactly as crossbeam's
+//! does. In a coroutine on an event loop the same call *suspends the
+//! coroutine*: the loop goes on running its other coroutines, timers and
+//! I/O, and enters the coroutine again when a message arrives, whether
+//! it comes from a coroutine of the same loop, one on another loop's
+//! thread, or a plain thread. So crossbeam-style code (a worker that loops
+//! on `recv()`, a pipeline stage) can run as thousands of coroutines on
+//! one thread, where with crossbeam each would need a thread. Two things
+//! change: a blocked operation is a wait point (a cancelled coroutine
+//! unwinds from it, with no effect on the channel), and inside a
+//! [`CoFuture`](future::CoFuture) the `*_timeout` calls and timer channels
+//! need costack's own loop, as [`aio::sleep`] does.
+//!
+//! A worker pool: coroutines share one receiver (each job goes to one of
+//! them) and report on another channel.
+//!
+//! ```
+//! use costack::aio::{self, EventLoop};
+//! use costack::channel::{bounded, unbounded};
+//! use std::time::Duration;
+//!
+//! let total = EventLoop::new().unwrap().block_on(|| {
+//!     let (jobs, queue) = bounded::<u64>(8);
+//!     let (done, results) = unbounded::<u64>();
+//!     for _ in 0..4 {
+//!         let (queue, done) = (queue.clone(), done.clone());
+//!         aio::spawn(move || {
+//!             for job in queue.iter() {
+//!                 aio::sleep(Duration::from_millis(1)); // I/O, say: the others run
+//!                 done.send(job * job).unwrap();
+//!             }
+//!         });
+//!     }
+//!     drop(done); // `results` ends when every worker has finished
+//!     for job in 1..=20 {
+//!         jobs.send(job).unwrap(); // yields while the queue is full
+//!     }
+//!     drop(jobs); // the workers' loops end
+//!     results.iter().sum::<u64>()
+//! });
+//! assert_eq!(total, (1..=20).map(|j| j * j).sum::<u64>());
+//! ```
+//!
+//! Fan-in from several threads and loops into one coroutine, and a select
+//! with a timeout: whichever comes first wins, and exactly one operation
+//! happens.
+//!
+//! ```
+//! use costack::aio::{EventLoop, IoThread};
+//! use costack::channel::{after, select, unbounded};
+//! use std::time::Duration;
+//!
+//! let (events, inbox) = unbounded::<String>();
+//! let io = IoThread::spawn("io").unwrap();
+//! let from_loop = events.clone();
+//! io.handle().spawn(move || from_loop.send("from a coroutine on another loop".into()).unwrap());
+//! let from_thread = events.clone();
+//! std::thread::spawn(move || from_thread.send("from a plain thread".into()).unwrap());
+//! drop(events);
+//!
+//! let got = EventLoop::new().unwrap().block_on(move || {
+//!     let mut got = Vec::new();
+//!     let deadline = after(Duration::from_secs(10));
+//!     loop {
+//!         select! {
+//!             recv(inbox) -> msg => match msg {
+//!                 Ok(m) => got.push(m),
+//!                 Err(_) => break, // every sender is gone
+//!             },
+//!             recv(deadline) -> _ => panic!("timed out"),
+//!             // Or: default(Duration::from_millis(100)) => ...,
+//!         }
+//!     }
+//!     got
+//! });
+//! assert_eq!(got.len(), 2);
+//! ```
 //!
 //! # When to use it, and what it costs
 //!
@@ -315,7 +406,7 @@
 //! event loop waits in epoll, io_uring or poll(2) on Linux (chosen with
 //! [`aio::Backend`]), in poll(2) on the other unix systems and in `WSAPoll`
 //! on Windows, where [`aio::wait_readable`] and friends take a
-//! `BorrowedSocket` and [`net`] has TCP only.
+//! `BorrowedSocket` and [`net`] has TCP and UDP only.
 //!
 //! # Glossary: QEMU's names and costack's
 //!
@@ -330,12 +421,13 @@
 //! | `thread_pool_submit_co` | [`aio::run_blocking`] |
 //! | fdmon-epoll / fdmon-poll / io_uring | [`aio::Backend`] |
 //! | iothread | [`aio::IoThread`] |
+//! | Go's channels and `select` (no QEMU counterpart) | [`channel`], [`select!`] |
 //! | `CoMutex`, `CoRwlock`, `CoQueue`, co-shared-resource | [`sync::CoMutex`], [`sync::CoRwLock`], [`sync::CoQueue`], [`sync::CoSemaphore`] |
 //! | `qemu_co_queue_next` / `_restart_all` / `qemu_co_enter_next` | [`CoQueue::restart_next`](sync::CoQueue::restart_next), [`restart_all`](sync::CoQueue::restart_all), [`enter_next`](sync::CoQueue::enter_next) |
 //! | `poll-max-ns` | [`EventLoop::set_poll_max`](aio::EventLoop::set_poll_max) |
 //!
 //! Layers, each depending only on those below: `net`/`fs` (coroutine I/O) →
-//! [`aio`] (event loop) and [`sync`] (locks) → the coroutine core (this
+//! [`aio`] (event loop), [`sync`] (locks) and [`channel`] → the coroutine core (this
 //! crate's root) → stacks and the per-architecture switch.
 
 #![warn(missing_docs)]
@@ -369,6 +461,7 @@ macro_rules! trace_event {
 
 pub mod aio;
 mod arch;
+pub mod channel;
 mod coroutine;
 pub mod debug;
 #[cfg(target_os = "linux")]

@@ -201,6 +201,14 @@ pub(crate) fn io_loop(what: &str) -> Option<Rc<turn::Inner>> {
     turn::current_inner()
 }
 
+/// Whether a loop is polling on this thread (a coroutine running now runs
+/// on it).
+#[cfg(any(unix, windows))]
+#[inline]
+pub(crate) fn has_loop() -> bool {
+    turn::has_current()
+}
+
 /// Checks what [`context`] checks, without taking a handle to the loop.
 #[cfg(any(unix, windows))]
 #[track_caller]

@@ -41,10 +41,12 @@
 
 mod socket;
 mod tcp;
+mod udp;
 #[cfg(unix)]
 mod unix;
 
 pub use tcp::{ListenOptions, TcpListener, TcpStream};
+pub use udp::UdpSocket;
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use unix::{UnixListener, UnixStream};
