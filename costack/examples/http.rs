@@ -1,20 +1,24 @@
-//! A keep-alive HTTP/1.1 server, written twice over one parser: as
-//! coroutines on costack's event loop, and as tasks on tokio's
-//! current_thread runtime, so the two can be compared under the same load
-//! (`bench/http-vs-tokio.sh` runs wrk against both).
+//! A keep-alive HTTP/1.1 server, written three times over one parser: as
+//! coroutines on costack's event loop, as tasks on tokio's runtime, and
+//! (Linux) as coroutines of may, the other stackful runtime, so they can be
+//! compared under the same load (`bench/http-vs-peers.sh` runs wrk against
+//! all three).
 //!
 //! Routes: `GET /` answers `hello`; `GET /sleep` answers after 1 ms
-//! (`aio::sleep` against `tokio::time::sleep`).
+//! (`aio::sleep`, `tokio::time::sleep`, `may::coroutine::sleep`).
 //!
 //! ```text
 //! cargo run --release --example http -- costack 127.0.0.1:8080
 //! cargo run --release --example http -- tokio 127.0.0.1:8080
+//! cargo run --release --example http -- may 127.0.0.1:8080
 //! cargo run --release --example http -- costack 127.0.0.1:8080 --loops 2
 //! ```
 //!
-//! `--loops N` (costack) runs N event loops on N threads, each with its own
-//! listener on the same port (`SO_REUSEPORT`): the kernel spreads the
-//! connections, and nothing is shared between the loops.
+//! `--loops N` runs N event loops on N threads (costack: each with its own
+//! listener on the same port, `SO_REUSEPORT`, so the kernel spreads the
+//! connections and nothing is shared between the loops; tokio: a
+//! multi-thread runtime with N workers; may: N workers). With one loop,
+//! tokio runs its current_thread runtime and may one worker.
 
 use std::time::Duration;
 
@@ -219,10 +223,17 @@ mod on_tokio {
         }
     }
 
-    pub fn run(addr: &str) -> io::Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+    pub fn run(addr: &str, loops: usize) -> io::Result<()> {
+        let rt = if loops > 1 {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(loops)
+                .enable_all()
+                .build()?
+        } else {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+        };
         rt.block_on(async {
             let listener = TcpListener::bind(addr).await?;
             println!("tokio: listening on {}", listener.local_addr()?);
@@ -234,9 +245,65 @@ mod on_tokio {
     }
 }
 
+#[cfg(target_os = "linux")]
+mod on_may {
+    use std::io::{self, Read, Write};
+
+    use may::net::{TcpListener, TcpStream};
+
+    use super::{parse, respond, Route, SLEEP};
+
+    fn serve(mut stream: TcpStream) -> io::Result<()> {
+        let _ = stream.set_nodelay(true);
+        let mut buf = Vec::with_capacity(4096);
+        let mut out = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = stream.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            let mut open = true;
+            while let Some(req) = parse(&buf).map_err(io::Error::other)? {
+                if req.route == Route::Sleep {
+                    may::coroutine::sleep(SLEEP);
+                }
+                respond(&req, &mut out);
+                buf.drain(..req.len);
+                if !req.keep_alive {
+                    open = false;
+                    break;
+                }
+            }
+            stream.write_all(&out)?;
+            out.clear();
+            if !open {
+                return Ok(());
+            }
+        }
+    }
+
+    pub fn run(addr: &str, loops: usize) -> io::Result<()> {
+        may::config().set_workers(loops);
+        let listener = TcpListener::bind(addr)?;
+        println!(
+            "may: listening on {} with {loops} worker(s)",
+            listener.local_addr()?
+        );
+        for stream in listener.incoming() {
+            let stream = stream?;
+            // may's `go!` is its (unsafe) spawn: the coroutine must not use
+            // thread-locals across yields, which `serve` does not.
+            may::go!(move || serve(stream));
+        }
+        Ok(())
+    }
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: http costack|tokio [ADDR] [--loops N]";
+    let usage = "usage: http costack|tokio|may [ADDR] [--loops N]";
     let runtime = args.first().map(String::as_str).unwrap_or("costack");
     let addr = args
         .get(1)
@@ -258,7 +325,9 @@ fn main() -> std::io::Result<()> {
         "costack" => Err(std::io::Error::other(format!(
             "costack's event loop runs on unix systems and Windows only (asked for {loops} loop(s))"
         ))),
-        "tokio" => on_tokio::run(addr),
+        "tokio" => on_tokio::run(addr, loops),
+        #[cfg(target_os = "linux")]
+        "may" => on_may::run(addr, loops),
         _ => Err(std::io::Error::other(usage)),
     }
 }

@@ -411,7 +411,10 @@ fn timeouts_around_blocked_operations_lose_nothing() {
                 let sent = aio::timeout(Duration::from_millis(2), || s.send(99));
                 assert!(sent.is_err(), "{name}");
                 while r.try_recv().is_ok() {}
-                assert!(r.try_recv().is_err(), "{name}: the timed-out message arrived");
+                assert!(
+                    r.try_recv().is_err(),
+                    "{name}: the timed-out message arrived"
+                );
             }
             // A select that times out has no effect either.
             let picked = aio::timeout(Duration::from_millis(2), || {
