@@ -297,36 +297,34 @@ impl<T> fmt::Debug for CoFuture<T> {
 }
 
 /// `aio::wait_future` in a coroutine a `CoFuture` polls: polls `future`
-/// with the poller's context and parks while it is pending.
+/// with the poller's context and waits (a wait point) while it is pending.
 pub(crate) fn wait_in_poll<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
-    loop {
+    coroutine::wait::wait_until("aio::wait_future", || {
         // Taken while in use: a nested wait_future inside `poll` finds no
         // context (and then may not yield: see `enter_poll`).
         let lent = coroutine::with_current_lent_cx(|slot| slot.replace(ptr::null_mut()))
             .expect("called in a coroutine");
-        if !lent.is_null() {
-            let ready = {
-                let _in_poll = coroutine::enter_poll();
-                let _give_back = GiveBack(lent);
-                // SAFETY: the context was lent by the `CoFuture::poll` that
-                // entered this coroutine, which is suspended in `enter`
-                // below us and does not touch it until we yield or finish.
-                // We cannot yield while `_in_poll` lives (yield_now panics
-                // instead), so the poll, and with it the context, outlives
-                // this borrow; and the pointer was taken out of the slot,
-                // so no other borrow of it exists meanwhile.
-                let cx = unsafe { &mut *lent.cast::<Context<'_>>() };
-                future.as_mut().poll(cx)
-            };
-            if let Poll::Ready(v) = ready {
-                return v;
-            }
+        if lent.is_null() {
+            // Entered outside a poll: only a re-check, nothing to poll with.
+            return None;
         }
-        // The future registered the poller's waker (or this was an entry
-        // outside any poll, which only re-checks).
-        coroutine::park();
-    }
+        let _in_poll = coroutine::enter_poll();
+        let _give_back = GiveBack(lent);
+        // SAFETY: the context was lent by the `CoFuture::poll` that
+        // entered this coroutine, which is suspended in `enter` below us
+        // and does not touch it until we yield or finish. We cannot yield
+        // while `_in_poll` lives (yield_now panics instead), so the poll,
+        // and with it the context, outlives this borrow; and the pointer
+        // was taken out of the slot, so no other borrow of it exists
+        // meanwhile.
+        let cx = unsafe { &mut *lent.cast::<Context<'_>>() };
+        match future.as_mut().poll(cx) {
+            Poll::Ready(v) => Some(v),
+            // It registered the poller's waker.
+            Poll::Pending => None,
+        }
+    })
 }
 
 /// Puts a lent context back into the running coroutine's slot for the
