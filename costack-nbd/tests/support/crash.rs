@@ -26,6 +26,9 @@ pub enum Event {
     Write { at: u64, data: Vec<u8> },
     /// The file's length set.
     SetLen(u64),
+    /// A range made to read as zeros without writing it (a punched hole,
+    /// a zeroed range): on the disk, like a write of zeros.
+    Zero { at: u64, len: u64 },
     /// A barrier called ...
     SyncStart,
     /// ... and returned.
@@ -93,6 +96,26 @@ impl ImageFile for Recorder {
         self.file.set_len(len)?;
         self.log.push(Event::SetLen(len));
         Ok(())
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.file.punch_hole(offset, len)?;
+        self.log.push(Event::Zero { at: offset, len });
+        Ok(())
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.file.zero_range(offset, len)?;
+        self.log.push(Event::Zero { at: offset, len });
+        Ok(())
+    }
+
+    fn seek_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.file.seek_data(offset)
+    }
+
+    fn seek_hole(&self, offset: u64) -> std::io::Result<u64> {
+        self.file.seek_hole(offset)
     }
 }
 
@@ -210,6 +233,7 @@ impl Replay {
                 let small = match e {
                     Event::Write { data, .. } => data.len() <= SMALL,
                     Event::SetLen(_) => true,
+                    Event::Zero { len, .. } => *len as usize <= SMALL,
                     Event::SyncStart | Event::SyncEnd => continue,
                 };
                 let keep = match cut.subset {
@@ -242,6 +266,13 @@ fn apply(image: &mut Vec<u8>, e: &Event) {
         Event::SetLen(len) => {
             if image.len() < *len as usize {
                 image.resize(*len as usize, 0);
+            }
+        }
+        // Holes punched and ranges zeroed keep the length.
+        Event::Zero { at, len } => {
+            let end = ((*at + *len) as usize).min(image.len());
+            if (*at as usize) < end {
+                image[*at as usize..end].fill(0);
             }
         }
         Event::SyncStart | Event::SyncEnd => {}

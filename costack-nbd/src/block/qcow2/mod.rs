@@ -6,8 +6,10 @@
 //! files (qcow2 or raw, to any depth up to [`MAX_BACKING_DEPTH`]) read
 //! through for clusters the image does not hold. `base:allocation` reports
 //! the image's own allocation, the backing file's where it reads through.
-//! Writes allocate clusters and L2 tables, keep refcounts (growing the
-//! refcount table) and never touch a backing file; see [`Qcow2::open`].
+//! Writes allocate clusters (reusing freed ones) and L2 tables, keep
+//! refcounts (growing the refcount table), free what discards and
+//! write-zeroes unmap, and never touch a backing file; see
+//! [`Qcow2::open_with`].
 //!
 //! Everything taken from the file is checked before use. The header is
 //! parsed by [`Header::parse`], a pure function the fuzzer drives; a bad
@@ -15,31 +17,41 @@
 //! naming the problem. A table entry that points outside the image (or
 //! into its header) is found when a request reaches it, and that request
 //! gets an I/O error; nothing outside the file is ever read.
+//!
+//! One concern a file: [`header`] (the header), `cluster` (L2 entries),
+//! `read` (the read path), `write` (the write path), `alloc` (where
+//! clusters go, freeing), `refcount` (refcount blocks and table), `cache`
+//! (the tables in memory), `writeback` (the order they reach the file in).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use costack::fs::File;
 use costack::sync::{CoMutex, CoQueue};
 
 use crate::block::raw::FileDisk;
 use crate::block::{BlockDevice, Extent, ImageFile};
-use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
+mod alloc;
+mod cache;
 mod cluster;
-mod header;
+pub mod header;
+mod read;
 mod refcount;
 mod write;
+mod writeback;
 
 pub use cluster::{classify, Cluster};
 pub use header::{Header, Invalid, MAGIC};
 
-use cluster::{inflate_cluster, OFFSET_MASK};
+use alloc::Allocator;
+use cache::TableCache;
+use cluster::OFFSET_MASK;
 use header::be64;
 use refcount::last_counted_end;
 
@@ -47,22 +59,52 @@ use refcount::last_counted_end;
 /// deep is a mistake or an attack).
 pub const MAX_BACKING_DEPTH: usize = 16;
 
-/// L2 tables kept in memory (each one cluster).
-const L2_CACHE_TABLES: usize = 64;
+/// How an image is opened: QEMU's `-drive` options that matter here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Open for writing.
+    pub writable: bool,
+    /// Bytes of L2 tables kept in memory at most (QEMU's `l2-cache-size`;
+    /// default 32 MiB, as QEMU's on Linux). Never more than the image's
+    /// L2 tables take, never fewer than two tables.
+    pub l2_cache_bytes: u64,
+    /// Bytes of refcount blocks kept in memory at most (QEMU's
+    /// `refcount-cache-size`); `None`: four clusters, QEMU's default and
+    /// minimum.
+    pub refcount_cache_bytes: Option<u64>,
+    /// Discards and write-zeroes that may unmap free the clusters they
+    /// cover, and freed clusters become holes in the file (qemu's
+    /// `--discard=unmap`); off, a discard does nothing and write-zeroes
+    /// keep the clusters allocated.
+    pub discard: bool,
+}
 
-/// A qcow2 image: read-only, or writable (see [`Qcow2::open`]).
+impl Default for Options {
+    /// Read-only, QEMU's cache sizes, discards honoured.
+    fn default() -> Self {
+        Options {
+            writable: false,
+            l2_cache_bytes: 32 << 20,
+            refcount_cache_bytes: None,
+            discard: true,
+        }
+    }
+}
+
+/// A qcow2 image: read-only, or writable (see [`Qcow2::open_with`]).
 pub struct Qcow2 {
     file: Box<dyn ImageFile>,
     header: Header,
+    options: Options,
     /// Bytes in the file; grows as clusters are allocated.
     file_len: AtomicU64,
     /// The L1 table (never held across a yield).
     l1: RwLock<Vec<u64>>,
     backing: Option<Box<dyn BlockDevice + Send + Sync>>,
-    l2_cache: Mutex<L2Cache>,
-    /// Bumped by every L2 change: a table read from the file while it
-    /// changed is used once but not cached (it may predate the change).
-    l2_epoch: AtomicU64,
+    /// L2 tables in memory, clean or dirty (a plain mutex: never held
+    /// across a yield, so readers on any thread look tables up without
+    /// the metadata lock). Tables change only under the metadata lock.
+    l2: Mutex<TableCache<u64>>,
     /// Allocation state, for a writable image.
     meta: Option<CoMutex<Meta>>,
     /// Writers waiting for a cluster another request is allocating (QEMU's
@@ -73,47 +115,28 @@ pub struct Qcow2 {
     /// Barriers started and barriers completed (in order: one at a time).
     syncs_started: AtomicU64,
     syncs_done: AtomicU64,
-}
-
-#[derive(Default)]
-struct L2Cache {
-    tables: HashMap<u64, Vec<u64>>,
-    order: VecDeque<u64>,
-    /// L2 entries set in memory but not yet in the file, by file offset:
-    /// a table read from the file meanwhile gets them laid over it.
-    unwritten: HashMap<u64, u64>,
+    /// [`Qcow2::close`] ran.
+    closed: AtomicBool,
 }
 
 /// What allocating writes change, under one coroutine lock (QEMU's
-/// `s->lock`): the refcount table and where the next cluster goes.
-/// Clusters are allocated past the end of the file and past the last
-/// cluster any refcount counts, never reused.
+/// `s->lock`): the refcounts, where clusters go, the cache's write-backs.
 struct Meta {
     refcount_table: Vec<u64>,
     refcount_table_offset: u64,
-    next_free: u64,
+    /// Refcount blocks in memory, clean or dirty.
+    refblocks: TableCache<u16>,
+    alloc: Allocator,
     /// Guest clusters whose new data is being written, with the meta lock
     /// released; their L2 entries are set once it is.
     in_flight: HashSet<u64>,
-    /// Data clusters whose refcounts are set already, `next..end`: taken
-    /// without a refcount write each. The file already extends over them,
-    /// durably, so an L2 entry may point at one before its data is on the
-    /// disk. A crash leaks what is left of them; a FLUSH gives them back.
-    reserved: std::ops::Range<u64>,
-    /// Host clusters whose refcounts drop once the L2 entries that stopped
-    /// referring to them are durable: applied after the next FLUSH's
-    /// `fdatasync` (a crash before it leaks them, no worse).
-    deferred_frees: Vec<u64>,
 }
-
-/// Data clusters reserved by one refcount write.
-const RESERVE_CLUSTERS: u64 = 64;
 
 impl fmt::Debug for Qcow2 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Qcow2")
             .field("header", &self.header)
-            .field("writable", &self.meta.is_some())
+            .field("options", &self.options)
             .field("backing", &self.backing.is_some())
             .finish_non_exhaustive()
     }
@@ -139,29 +162,43 @@ fn bad_data(why: impl Into<String>) -> io::Error {
 }
 
 impl Qcow2 {
-    /// Opens the qcow2 image at `path` and its backing chain (always
-    /// read-only). `writable` images must have 16-bit refcounts, no
-    /// internal snapshots and a clean shutdown behind them.
+    /// Opens the qcow2 image at `path` with default [`Options`], writable
+    /// or not.
     ///
-    /// Writes allocate clusters past the end of the file and past the last
-    /// cluster a refcount counts (a power cut can leave counted clusters
-    /// beyond the end), in an order that a crash or a power loss at any
-    /// point leaves at worst leaked clusters: refcounts reserved 64
-    /// clusters at a time with the file extended over them, then an
-    /// `fdatasync` barrier; the data; a barrier if the data carries old
-    /// bytes over (copy-on-write from a backing file or a compressed
-    /// cluster); the L2 entry. A new L2 table is written with its
-    /// refcount, then a barrier, then the L1 entry. Refcounts that drop (a
-    /// rewritten compressed cluster) drop after the next FLUSH, which is
-    /// `fdatasync` of the image. `tests/crash_states.rs` checks this on
-    /// every file a power cut could leave.
+    /// # Errors
+    /// As [`open_with`](Self::open_with).
+    pub fn open(path: &Path, writable: bool) -> io::Result<Qcow2> {
+        Self::open_with(
+            path,
+            &Options {
+                writable,
+                ..Options::default()
+            },
+        )
+    }
+
+    /// Opens the qcow2 image at `path` and its backing chain (always
+    /// read-only). Writable images must have 16-bit refcounts, no internal
+    /// snapshots and a clean shutdown behind them.
+    ///
+    /// L2 tables and refcount blocks are kept in a write-back cache, as
+    /// QEMU does, and reach the file in an order that leaves a crash or a
+    /// power loss at any point with leaked clusters at worst: a dirty L2
+    /// table is written only after the refcount blocks and the data its
+    /// entries depend on are durable (refcount blocks written, then an
+    /// `fdatasync` barrier); a new L2 table or refcount block is durable
+    /// before the L1 entry or refcount table entry that links it; a
+    /// cluster whose last reference goes is freed (and reused) only once
+    /// that change is durable. FLUSH writes the cache back, then syncs.
+    /// `tests/crash_states.rs` checks this on the files a power cut could
+    /// leave.
     ///
     /// # Errors
     /// The file cannot be read, or `InvalidData` naming what is wrong with
     /// the image or its backing chain (too deep, a loop, a file missing),
     /// or `Unsupported` for a writable image this driver cannot write.
-    pub fn open(path: &Path, writable: bool) -> io::Result<Qcow2> {
-        Self::open_in_chain(path, writable, &mut Vec::new())
+    pub fn open_with(path: &Path, options: &Options) -> io::Result<Qcow2> {
+        Self::open_in_chain(path, options, &mut Vec::new())
     }
 
     /// As [`open`](Self::open), with the image's own file given as `file`
@@ -170,23 +207,44 @@ impl Qcow2 {
     /// its backing file is found relative to it.
     ///
     /// # Errors
-    /// As [`open`](Self::open).
+    /// As [`open_with`](Self::open_with).
     pub fn open_file(file: Box<dyn ImageFile>, path: &Path, writable: bool) -> io::Result<Qcow2> {
-        Self::open_parts(file, path, writable, &mut Vec::new())
+        let options = Options {
+            writable,
+            ..Options::default()
+        };
+        Self::open_file_with(file, path, &options)
     }
 
-    fn open_in_chain(path: &Path, writable: bool, chain: &mut Vec<PathBuf>) -> io::Result<Qcow2> {
+    /// As [`open_with`](Self::open_with), with the image's own file given
+    /// as `file` (see [`open_file`](Self::open_file)).
+    ///
+    /// # Errors
+    /// As [`open_with`](Self::open_with).
+    pub fn open_file_with(
+        file: Box<dyn ImageFile>,
+        path: &Path,
+        options: &Options,
+    ) -> io::Result<Qcow2> {
+        Self::open_parts(file, path, options, &mut Vec::new())
+    }
+
+    fn open_in_chain(
+        path: &Path,
+        options: &Options,
+        chain: &mut Vec<PathBuf>,
+    ) -> io::Result<Qcow2> {
         let std_file = std::fs::OpenOptions::new()
             .read(true)
-            .write(writable)
+            .write(options.writable)
             .open(path)?;
-        Self::open_parts(Box::new(File::from_std(std_file)), path, writable, chain)
+        Self::open_parts(Box::new(File::from_std(std_file)), path, options, chain)
     }
 
     fn open_parts(
         file: Box<dyn ImageFile>,
         path: &Path,
-        writable: bool,
+        options: &Options,
         chain: &mut Vec<PathBuf>,
     ) -> io::Result<Qcow2> {
         let canonical = std::fs::canonicalize(path)?;
@@ -209,46 +267,11 @@ impl Qcow2 {
         let mut raw_l1 = vec![0u8; header.l1_size as usize * 8];
         file.read_exact_at(&mut raw_l1, header.l1_offset)?;
         let l1 = raw_l1.chunks_exact(8).map(|c| be64(c, 0)).collect();
-        let meta = if writable {
-            let unsupported = |why: &str| {
-                Err(io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    format!("{why}: serve it read-only (-r)"),
-                ))
-            };
-            if header.refcount_order != 4 {
-                return unsupported("only 16-bit refcounts are written");
-            }
-            if header.snapshots != 0 {
-                return unsupported("images with internal snapshots are not written");
-            }
-            if header.dirty {
-                return unsupported(
-                    "the image was not closed cleanly (repair it with qemu-img check -r all)",
-                );
-            }
-            // Auto-clear features (bitmaps, say) this driver does not keep
-            // up to date are cleared before the first write, as the format
-            // requires of writers that do not know them.
-            if header.version >= 3 && be64(&head, 88) != 0 {
-                file.write_all_at(&[0u8; 8], 88)?;
-            }
-            let mut raw =
-                vec![0u8; (header.refcount_table_clusters as usize) << header.cluster_bits];
-            file.read_exact_at(&mut raw, header.refcount_table_offset)?;
-            let refcount_table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-            let cs = 1u64 << header.cluster_bits;
-            // Past the file's end and past every counted cluster: a power
-            // cut can leave clusters counted (and referenced) beyond the end.
-            let counted = last_counted_end(&*file, &refcount_table, header.cluster_bits, file_len)?;
-            Some(CoMutex::new(Meta {
-                refcount_table,
-                refcount_table_offset: header.refcount_table_offset,
-                next_free: file_len.max(counted).next_multiple_of(cs),
-                in_flight: HashSet::new(),
-                reserved: 0..0,
-                deferred_frees: Vec::new(),
-            }))
+        let cs = 1u64 << header.cluster_bits;
+        let meta = if options.writable {
+            Some(CoMutex::new(Self::open_meta(
+                &*file, &header, &head, options, file_len,
+            )?))
         } else {
             None
         };
@@ -267,25 +290,88 @@ impl Qcow2 {
                 Some(dev)
             }
         };
+        // No more tables than the image can have, and at least two (a
+        // table being loaded must not push out the one being changed).
+        let l2_tables = (options.l2_cache_bytes / cs)
+            .min(u64::from(header.l1_size))
+            .max(2);
         Ok(Qcow2 {
             file,
             header,
+            options: options.clone(),
             file_len: AtomicU64::new(file_len),
             l1: RwLock::new(l1),
             backing,
-            l2_cache: Mutex::new(L2Cache::default()),
-            l2_epoch: AtomicU64::new(0),
+            l2: Mutex::new(TableCache::new(l2_tables as usize)),
             meta,
             allocations: CoQueue::new(),
             syncs: CoMutex::new(()),
             syncs_started: AtomicU64::new(0),
             syncs_done: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Checks that the image can be written and loads what writing needs.
+    fn open_meta(
+        file: &dyn ImageFile,
+        header: &Header,
+        head: &[u8],
+        options: &Options,
+        file_len: u64,
+    ) -> io::Result<Meta> {
+        let unsupported = |why: &str| {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("{why}: serve it read-only (-r)"),
+            ))
+        };
+        if header.refcount_order != 4 {
+            return unsupported("only 16-bit refcounts are written");
+        }
+        if header.snapshots != 0 {
+            return unsupported("images with internal snapshots are not written");
+        }
+        if header.dirty {
+            return unsupported(
+                "the image was not closed cleanly (repair it with qemu-img check -r all)",
+            );
+        }
+        // Auto-clear features (bitmaps, say) this driver does not keep up
+        // to date are cleared before the first write, as the format
+        // requires of writers that do not know them.
+        if header.version >= 3 && be64(head, 88) != 0 {
+            file.write_all_at(&[0u8; 8], 88)?;
+        }
+        let mut raw = vec![0u8; (header.refcount_table_clusters as usize) << header.cluster_bits];
+        file.read_exact_at(&mut raw, header.refcount_table_offset)?;
+        let refcount_table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
+        let cs = 1u64 << header.cluster_bits;
+        // Nothing past the file's end nor past every counted cluster was
+        // ever used (a power cut can leave clusters counted, even
+        // referenced, beyond the end): new clusters start there, and read
+        // as zeros.
+        let counted = last_counted_end(file, &refcount_table, header.cluster_bits, file_len)?;
+        let refblocks = options
+            .refcount_cache_bytes
+            .map_or(4, |bytes| (bytes / cs).max(4));
+        Ok(Meta {
+            refcount_table,
+            refcount_table_offset: header.refcount_table_offset,
+            refblocks: TableCache::new(refblocks as usize),
+            alloc: Allocator::new(file_len.max(counted).div_ceil(cs)),
+            in_flight: HashSet::new(),
         })
     }
 
     /// The parsed header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     fn cluster_size(&self) -> u64 {
@@ -317,102 +403,9 @@ impl Qcow2 {
         l1.get(index).copied().unwrap_or(0)
     }
 
-    /// The raw L2 entry of cluster number `index` (0: no L2 table).
-    fn l2_entry(&self, index: u64) -> io::Result<u64> {
-        let l1_index = (index / self.l2_entries()) as usize;
-        let table = self.l1_entry(l1_index) & OFFSET_MASK;
-        if table == 0 {
-            return Ok(0);
-        }
-        let slot = (index % self.l2_entries()) as usize;
-        if let Some(t) = self.lock_cache().tables.get(&table) {
-            return Ok(t[slot]);
-        }
-        Ok(self.load_l2_table(table)?[slot])
+    fn lock_l2(&self) -> MutexGuard<'_, TableCache<u64>> {
+        self.l2.lock().unwrap_or_else(|e| e.into_inner())
     }
-
-    /// What the image holds for cluster number `index`.
-    fn cluster(&self, index: u64) -> io::Result<Cluster> {
-        let entry = self.l2_entry(index)?;
-        classify(entry, self.header.cluster_bits, self.header.version).map_err(|e| bad_data(e.0))
-    }
-
-    /// Reads the L2 table at `at` from the file, and caches it unless an
-    /// L2 entry changed meanwhile (the copy read may predate it).
-    fn load_l2_table(&self, at: u64) -> io::Result<Vec<u64>> {
-        if !at.is_multiple_of(self.cluster_size()) {
-            return Err(bad_data(format!("L2 table at {at:#x} is misaligned")));
-        }
-        self.check_host(at, self.cluster_size(), "L2 table")?;
-        // Read without the lock held: the read yields to other requests.
-        let epoch = self.l2_epoch.load(Ordering::Acquire);
-        let mut raw = vec![0u8; self.cluster_size() as usize];
-        self.file.read_exact_at(&mut raw, at)?;
-        let mut table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
-        let mut cache = self.lock_cache();
-        let end = at + self.cluster_size();
-        for (&entry_at, &entry) in &cache.unwritten {
-            if (at..end).contains(&entry_at) {
-                table[((entry_at - at) / 8) as usize] = entry;
-            }
-        }
-        if self.l2_epoch.load(Ordering::Acquire) == epoch && !cache.tables.contains_key(&at) {
-            cache.tables.insert(at, table.clone());
-            cache.order.push_back(at);
-            if cache.order.len() > L2_CACHE_TABLES {
-                let old = cache.order.pop_front().expect("non-empty");
-                cache.tables.remove(&old);
-            }
-        }
-        Ok(table)
-    }
-
-    fn lock_cache(&self) -> std::sync::MutexGuard<'_, L2Cache> {
-        self.l2_cache.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Reads `buf.len()` bytes at guest `offset` inside one cluster.
-    fn read_in_cluster(&self, what: Cluster, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let in_cluster = offset & (self.cluster_size() - 1);
-        match what {
-            Cluster::Zero => buf.fill(0),
-            Cluster::Unallocated => self.read_backing(buf, offset)?,
-            Cluster::Data(host) => {
-                let at = host + in_cluster;
-                self.check_host(at, buf.len() as u64, "data cluster")?;
-                self.file.read_exact_at(buf, at)?;
-            }
-            Cluster::Compressed { at, len } => {
-                // The last compressed cluster may end short of its last
-                // sector: read what the file has.
-                let file_len = self.file_len.load(Ordering::Acquire);
-                let len = len.min(file_len.saturating_sub(at));
-                self.check_host(at, len, "compressed cluster")?;
-                let mut packed = vec![0u8; len as usize];
-                self.file.read_exact_at(&mut packed, at)?;
-                let cluster = inflate_cluster(&packed, self.cluster_size() as usize)?;
-                let start = in_cluster as usize;
-                buf.copy_from_slice(&cluster[start..start + buf.len()]);
-            }
-        }
-        Ok(())
-    }
-
-    /// The backing file's bytes, zeros past its end or without one.
-    fn read_backing(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let Some(backing) = &self.backing else {
-            buf.fill(0);
-            return Ok(());
-        };
-        let have = backing.size().saturating_sub(offset).min(buf.len() as u64) as usize;
-        if have > 0 {
-            backing.read_at(&mut buf[..have], offset)?;
-        }
-        buf[have..].fill(0);
-        Ok(())
-    }
-
-    // --- Writing -------------------------------------------------------
 
     fn meta(&self) -> io::Result<&CoMutex<Meta>> {
         self.meta.as_ref().ok_or_else(read_only)
@@ -433,6 +426,30 @@ impl Qcow2 {
         }
         Ok(())
     }
+
+    /// Writes everything back and makes it durable, and trims the file to
+    /// the clusters in use. Dropping a writable image does this too, with
+    /// errors only logged; call it to see them. Writes after it are
+    /// refused.
+    ///
+    /// # Errors
+    /// A write or sync failed: what the image holds is then as after a
+    /// crash at that point (leaked clusters at worst).
+    pub fn close(&self) -> io::Result<()> {
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let mut meta = meta.lock();
+        self.flush_locked(&mut meta)?;
+        // The refcounts that flush dropped, and the file's end, durable:
+        // nothing leaks from a closed image.
+        self.write_refblocks(&mut meta)?;
+        self.trim_file_end(&mut meta)?;
+        self.barrier()
+    }
 }
 
 /// Opens a backing file: `format` as the image names it, or probed.
@@ -452,7 +469,11 @@ fn open_backing(
         None => probe(path)?,
     };
     if qcow2 {
-        Ok(Box::new(Qcow2::open_in_chain(path, false, chain)?))
+        Ok(Box::new(Qcow2::open_in_chain(
+            path,
+            &Options::default(),
+            chain,
+        )?))
     } else {
         Ok(Box::new(FileDisk::open(path, true, false)?))
     }
@@ -460,6 +481,18 @@ fn open_backing(
 
 fn read_only() -> io::Error {
     io::Error::from_raw_os_error(libc::EROFS)
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "the qcow2 image is closed")
+}
+
+impl Drop for Qcow2 {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!("closing the qcow2 image: {e}");
+        }
+    }
 }
 
 impl BlockDevice for Qcow2 {
@@ -472,39 +505,11 @@ impl BlockDevice for Qcow2 {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let cs = self.cluster_size();
-        let bits = self.header.cluster_bits;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let at = offset + done as u64;
-            let n = ((cs - (at & (cs - 1))) as usize).min(buf.len() - done);
-            let what = self.cluster(at >> bits)?;
-            let Cluster::Data(host) = what else {
-                self.read_in_cluster(what, &mut buf[done..done + n], at)?;
-                done += n;
-                continue;
-            };
-            // Data clusters stored one after another: one read for the run.
-            let host_at = host + (at & (cs - 1));
-            let mut len = n;
-            while done + len < buf.len() {
-                match self.cluster((at + len as u64) >> bits)? {
-                    Cluster::Data(h) if h == host_at + len as u64 => {
-                        len += (cs as usize).min(buf.len() - done - len);
-                    }
-                    _ => break,
-                }
-            }
-            self.check_host(host_at, len as u64, "data cluster")?;
-            self.file
-                .read_exact_at(&mut buf[done..done + len], host_at)?;
-            done += len;
-        }
-        Ok(())
+        self.read(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.meta()?;
+        self.writable()?;
         let cs = self.cluster_size();
         let mut done = 0usize;
         while done < buf.len() {
@@ -520,40 +525,44 @@ impl BlockDevice for Qcow2 {
         let Some(meta) = &self.meta else {
             return Ok(());
         };
-        // Nothing leaks from a flushed image: reserved clusters go back, and
-        // clusters no longer referenced once this makes the L2 entries
-        // durable are freed.
         let mut meta = meta.lock();
-        self.release_reserved(&mut meta)?;
-        self.barrier()?;
-        self.apply_deferred_frees(&mut meta)
+        let clean = meta.refblocks.dirty_count() == 0
+            && self.lock_l2().dirty_count() == 0
+            && !meta.alloc.has_deferred_frees();
+        if clean {
+            // Only data and tables already written: a sync covers them,
+            // and allocations go on meanwhile.
+            drop(meta);
+            return self.barrier();
+        }
+        self.flush_locked(&mut meta)
     }
 
-    /// Advisory: whole clusters of a version 3 image become zero clusters
-    /// (their space stays allocated); anything else is left as it is.
+    /// Advisory: whole clusters are freed (see [`Options::discard`]).
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.meta()?;
-        if self.header.version < 3 {
+        self.writable()?;
+        if !self.options.discard {
             return Ok(());
         }
         let cs = self.cluster_size();
         let (first, end) = (offset.div_ceil(cs), (offset + len) / cs);
         for index in first..end {
-            self.zero_cluster(index)?;
+            self.discard_cluster(index)?;
         }
         Ok(())
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, _may_punch_hole: bool) -> io::Result<()> {
-        self.meta()?;
+    fn write_zeroes(&self, offset: u64, len: u64, may_punch_hole: bool) -> io::Result<()> {
+        self.writable()?;
         let cs = self.cluster_size();
+        let unmap = may_punch_hole && self.options.discard;
         let end = offset + len;
         let mut at = offset;
         while at < end {
             let n = (cs - at % cs).min(end - at);
             if n == cs && self.header.version >= 3 {
-                self.zero_cluster(at / cs)?;
-            } else {
+                self.zero_cluster(at / cs, unmap)?;
+            } else if !self.reads_as_zeros(at / cs)? {
                 self.write_in_cluster(&vec![0u8; n as usize], at)?;
             }
             at += n;
@@ -562,46 +571,6 @@ impl BlockDevice for Qcow2 {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        let cs = self.cluster_size();
-        let end = offset.saturating_add(len).min(self.size());
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut push = |length: u64, flags: u32| match extents.last_mut() {
-            Some(last) if last.flags == flags => last.length += length,
-            _ => extents.push(Extent { length, flags }),
-        };
-        let mut at = offset;
-        // A bounded walk: the client asks again for the rest.
-        let mut budget = 16384;
-        while at < end && budget > 0 {
-            budget -= 1;
-            let n = (cs - (at & (cs - 1))).min(end - at);
-            match self.cluster(at >> self.header.cluster_bits)? {
-                Cluster::Data(_) | Cluster::Compressed { .. } => push(n, 0),
-                Cluster::Zero => push(n, NBD_STATE_ZERO),
-                Cluster::Unallocated => match &self.backing {
-                    None => push(n, NBD_STATE_HOLE | NBD_STATE_ZERO),
-                    Some(b) => {
-                        // The backing file's allocation, zeros past its end.
-                        let mut pos = at;
-                        while pos < at + n {
-                            if pos >= b.size() {
-                                push(at + n - pos, NBD_STATE_HOLE | NBD_STATE_ZERO);
-                                break;
-                            }
-                            let want = (at + n).min(b.size()) - pos;
-                            let got = b.block_status(pos, want)?;
-                            let Some(first) = got.first().copied() else {
-                                return Err(bad_data("backing file returned no extent"));
-                            };
-                            let l = first.length.min(want);
-                            push(l, first.flags);
-                            pos += l;
-                        }
-                    }
-                },
-            }
-            at += n;
-        }
-        Ok(extents)
+        self.allocation(offset, len)
     }
 }

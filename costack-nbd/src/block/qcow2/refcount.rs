@@ -1,73 +1,100 @@
-//! Refcounts: blocks, the table (grown and moved when full), and where
-//! new clusters go.
+//! Refcounts: read and set through the refcount block cache, blocks made
+//! when missing, the table grown (and moved) when full.
+//!
+//! Refcount blocks may reach the file at any time, in any order: a
+//! refcount only rises before anything on the disk can point at its
+//! cluster (see `writeback.rs`), and only drops once nothing durable does
+//! (`alloc.rs`). What does need ordering is linking: a new block is
+//! durable before the table entry that points at it, a new table before
+//! the header does.
 
 use std::collections::HashMap;
 use std::io;
 
 use super::header::MAX_REFTABLE_BYTES;
-use super::{bad_data, Meta, Qcow2, OFFSET_MASK, RESERVE_CLUSTERS};
+use super::{bad_data, Meta, Qcow2, OFFSET_MASK};
 use crate::block::ImageFile;
 
 impl Qcow2 {
-    /// Takes the next cluster at the end of the file (its refcount is the
-    /// caller's to set).
-    pub(super) fn take_cluster(&self, meta: &mut Meta) -> u64 {
-        let at = meta.next_free;
-        meta.next_free += self.cluster_size();
-        at
+    /// The refcount of the cluster at host offset `host`.
+    pub(super) fn refcount(&self, meta: &mut Meta, host: u64) -> io::Result<u16> {
+        let index = host / self.cluster_size();
+        Ok(self
+            .refcounts_from(meta, index)?
+            .map_or(0, |counts| counts[0]))
     }
 
-    /// A cluster for guest data, with its refcount set: from the clusters
-    /// reserved, or a new run of them reserved at the end of the file.
-    pub(super) fn take_data_cluster(&self, meta: &mut Meta) -> io::Result<u64> {
-        let cs = self.cluster_size();
-        if meta.reserved.is_empty() {
-            let per_block = cs / 2;
-            let start = meta.next_free;
-            let index = start / cs;
-            // One refcount write: the run stays inside one refcount block.
-            let n = RESERVE_CLUSTERS.min(per_block - index % per_block);
-            meta.next_free += n * cs;
-            let block = self.refcount_block(meta, index)?;
-            let ones: Vec<u8> = (0..n).flat_map(|_| 1u16.to_be_bytes()).collect();
-            self.write_file(&ones, block + (index % per_block) * 2)?;
-            // The file covers the run before anything points into it: the
-            // data written there later is not what extends the file, so an
-            // L2 entry that reaches the disk before its data still points
-            // inside the file.
-            self.extend_file(start + n * cs)?;
-            // Refcounts and length durable before any L2 entry can point
-            // at these clusters.
-            self.barrier()?;
-            meta.reserved = start..start + n * cs;
+    /// The refcounts of clusters `index` up to the end of its refcount
+    /// block, or `None` if the block does not exist (all 0).
+    pub(super) fn refcounts_from<'m>(
+        &self,
+        meta: &'m mut Meta,
+        index: u64,
+    ) -> io::Result<Option<&'m [u16]>> {
+        let per_block = self.cluster_size() / 2;
+        let t = (index / per_block) as usize;
+        let block = meta.refcount_table.get(t).copied().unwrap_or(0) & OFFSET_MASK;
+        if block == 0 {
+            return Ok(None);
         }
-        let host = meta.reserved.start;
-        meta.reserved.start += cs;
-        Ok(host)
+        self.load_refblock(meta, block)?;
+        let counts = meta.refblocks.get(block).expect("just loaded");
+        Ok(Some(&counts[(index % per_block) as usize..]))
     }
 
-    /// Gives the reserved clusters not taken back (refcount 0).
-    pub(super) fn release_reserved(&self, meta: &mut Meta) -> io::Result<()> {
+    /// Sets the refcount of the cluster at host offset `host` to `value`,
+    /// making a refcount block (and growing the refcount table) as needed.
+    pub(super) fn set_refcount(&self, meta: &mut Meta, host: u64, value: u16) -> io::Result<()> {
         let cs = self.cluster_size();
-        if meta.reserved.is_empty() {
+        let index = host / cs;
+        let block = self.refcount_block(meta, index)?;
+        self.set_in_block(meta, block, (index % (cs / 2)) as usize, value)
+    }
+
+    /// Sets entry `i` of the refcount block at `block`, in the cache.
+    fn set_in_block(&self, meta: &mut Meta, block: u64, i: usize, value: u16) -> io::Result<()> {
+        self.load_refblock(meta, block)?;
+        let set = meta.refblocks.set(block, i, value);
+        debug_assert!(set, "refcount block {block:#x} was just loaded");
+        Ok(())
+    }
+
+    /// Brings the refcount block at `block` into the cache, writing the
+    /// dirty ones back first if they fill it.
+    fn load_refblock(&self, meta: &mut Meta, block: u64) -> io::Result<()> {
+        if meta.refblocks.contains(block) {
             return Ok(());
         }
-        let index = meta.reserved.start / cs;
-        let n = (meta.reserved.end - meta.reserved.start) / cs;
-        let block = self.refcount_block(meta, index)?;
-        self.write_file(&vec![0u8; n as usize * 2], block + (index % (cs / 2)) * 2)?;
-        // A run at the end is handed out again next (the file keeps its
-        // length: extending it again would be a wasted sync).
-        if meta.reserved.end == meta.next_free {
-            meta.next_free = meta.reserved.start;
+        let cs = self.cluster_size();
+        self.check_host(block, cs, "refcount block")?;
+        let mut raw = vec![0u8; cs as usize];
+        self.file.read_exact_at(&mut raw, block)?;
+        let counts: Box<[u16]> = raw
+            .chunks_exact(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
+        if !meta.refblocks.has_room() {
+            self.write_refblocks(meta)?;
         }
-        meta.reserved = 0..0;
+        meta.refblocks
+            .insert(block, counts)
+            .map_err(|_| io::Error::other("the refcount cache is full of dirty blocks"))
+    }
+
+    /// Writes the dirty refcount blocks to the file (no barrier: see the
+    /// module's documentation).
+    pub(super) fn write_refblocks(&self, meta: &mut Meta) -> io::Result<()> {
+        for (at, counts) in meta.refblocks.dirty_tables() {
+            let raw: Vec<u8> = counts.iter().flat_map(|c| c.to_be_bytes()).collect();
+            self.write_file(&raw, at)?;
+            meta.refblocks.mark_clean(at);
+        }
         Ok(())
     }
 
     /// The refcount block holding cluster number `index`'s refcount, made
     /// (and the refcount table grown) if missing.
-    pub(super) fn refcount_block(&self, meta: &mut Meta, index: u64) -> io::Result<u64> {
+    fn refcount_block(&self, meta: &mut Meta, index: u64) -> io::Result<u64> {
         let cs = self.cluster_size();
         let t = (index / (cs / 2)) as usize;
         if t >= meta.refcount_table.len() {
@@ -77,56 +104,37 @@ impl Qcow2 {
         if block == 0 {
             block = self.new_refcount_block(meta, t)?;
         }
-        self.check_host(block, cs, "refcount block")?;
         Ok(block)
     }
 
-    /// Sets the refcount of the cluster at host offset `host` to `value`,
-    /// making a refcount block (and growing the refcount table) as needed.
-    pub(super) fn set_refcount(&self, meta: &mut Meta, host: u64, value: u16) -> io::Result<()> {
-        let cs = self.cluster_size();
-        let index = host / cs;
-        let block = self.refcount_block(meta, index)?;
-        self.write_file(&value.to_be_bytes(), block + (index % (cs / 2)) * 2)
-    }
-
-    pub(super) fn refcount(&self, meta: &Meta, host: u64) -> io::Result<u16> {
-        let cs = self.cluster_size();
-        let index = host / cs;
-        let t = (index / (cs / 2)) as usize;
-        let block = meta.refcount_table.get(t).copied().unwrap_or(0) & OFFSET_MASK;
-        if block == 0 {
-            return Ok(0);
-        }
-        self.check_host(block, cs, "refcount block")?;
-        let mut b = [0u8; 2];
-        self.file
-            .read_exact_at(&mut b, block + (index % (cs / 2)) * 2)?;
-        Ok(u16::from_be_bytes(b))
-    }
-
-    /// Makes refcount block number `t` at the end of the file. Its own
-    /// refcount is set (in itself, or in another block first) before the
+    /// Makes refcount block number `t` at the frontier. Its own refcount
+    /// is set (in itself, or in another block) and durable before the
     /// refcount table points at it: a crash in between leaks, no more.
-    pub(super) fn new_refcount_block(&self, meta: &mut Meta, t: usize) -> io::Result<u64> {
+    fn new_refcount_block(&self, meta: &mut Meta, t: usize) -> io::Result<u64> {
         let cs = self.cluster_size();
         let per_block = cs / 2;
-        let at = self.take_cluster(meta);
-        let mut block = vec![0u8; cs as usize];
+        let at = self.alloc_at_frontier(meta, 1)?;
+        let mut counts = vec![0u16; per_block as usize].into_boxed_slice();
         let own = at / cs;
-        if (own / per_block) as usize == t {
-            let i = ((own % per_block) * 2) as usize;
-            block[i..i + 2].copy_from_slice(&1u16.to_be_bytes());
-            self.write_file(&block, at)?;
-        } else {
-            self.write_file(&block, at)?;
+        let counts_itself = (own / per_block) as usize == t;
+        if counts_itself {
+            counts[(own % per_block) as usize] = 1;
+        }
+        let raw: Vec<u8> = counts.iter().flat_map(|c| c.to_be_bytes()).collect();
+        self.write_file(&raw, at)?;
+        if !counts_itself {
             self.set_refcount(meta, at, 1)?;
         }
         // The block, with its refcount, before the table points at it.
+        self.write_refblocks(meta)?;
         self.barrier()?;
         meta.refcount_table[t] = at;
         let entry_at = meta.refcount_table_offset + t as u64 * 8;
         self.write_file(&at.to_be_bytes(), entry_at)?;
+        if !meta.refblocks.has_room() {
+            self.write_refblocks(meta)?;
+        }
+        let _ = meta.refblocks.insert(at, counts);
         Ok(at)
     }
 
@@ -146,7 +154,7 @@ impl Qcow2 {
         // the blocks cover everything up to their own end.
         let (table_at, table_clusters, blocks) = loop {
             let table_clusters = entries.div_ceil(entries_per_cluster) as u64;
-            let table_at = meta.next_free;
+            let table_at = meta.alloc.used_end(cs);
             let mut end = table_at + table_clusters * cs;
             let mut blocks = Vec::new();
             loop {
@@ -181,14 +189,16 @@ impl Qcow2 {
                 "the refcount table would exceed its limit",
             ));
         }
+        let new_end = blocks
+            .last()
+            .map_or(table_at + table_clusters * cs, |&(_, at)| at + cs);
+        let claimed = self.alloc_at_frontier(meta, (new_end - table_at) / cs)?;
+        debug_assert_eq!(claimed, table_at);
         let mut table = meta.refcount_table.clone();
         table.resize(entries.next_multiple_of(entries_per_cluster), 0);
         for &(b, at) in &blocks {
             table[b] = at;
         }
-        let new_end = blocks
-            .last()
-            .map_or(table_at + table_clusters * cs, |&(_, at)| at + cs);
         // The new blocks, with the refcounts of the table and of
         // themselves; then the table.
         let mut block_data: HashMap<usize, Vec<u8>> = blocks
@@ -203,10 +213,9 @@ impl Qcow2 {
             match block_data.get_mut(&b) {
                 Some(data) => data[i..i + 2].copy_from_slice(&1u16.to_be_bytes()),
                 None => {
-                    // An existing block: written in place.
-                    let at = table[b] + i as u64;
-                    self.check_host(table[b] & OFFSET_MASK, cs, "refcount block")?;
-                    self.write_file(&1u16.to_be_bytes(), at)?;
+                    // An existing block: through the cache.
+                    let block = table[b] & OFFSET_MASK;
+                    self.set_in_block(meta, block, i / 2, 1)?;
                 }
             }
             c += cs;
@@ -219,6 +228,7 @@ impl Qcow2 {
             raw.extend_from_slice(&e.to_be_bytes());
         }
         self.write_file(&raw, table_at)?;
+        self.write_refblocks(meta)?;
         self.barrier()?;
         // Switch the header to the new table in one write of its two fields.
         let mut fields = [0u8; 12];
@@ -229,10 +239,10 @@ impl Qcow2 {
         self.barrier()?;
         meta.refcount_table = table;
         meta.refcount_table_offset = table_at;
-        meta.next_free = new_end;
-        // The old table's clusters are free now.
+        // The old table's clusters are free now (the header no longer
+        // points at them, durably).
         for k in 0..old_clusters {
-            self.set_refcount(meta, old_offset + k * cs, 0)?;
+            self.unalloc(meta, old_offset + k * cs)?;
         }
         Ok(())
     }

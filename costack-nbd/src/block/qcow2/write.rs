@@ -1,5 +1,6 @@
-//! The write path: copy on write into new clusters, L2 entries and
-//! tables, zero clusters, the barrier.
+//! The write path: in place where a cluster is the image's alone, else
+//! copy on write into a new cluster; zero clusters and discards; L2 tables
+//! made and changed in the cache.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -7,12 +8,24 @@ use std::sync::atomic::Ordering;
 use costack::sync::CoMutexGuard;
 
 use super::cluster::{classify, Cluster, COPIED, L2_ZERO, OFFSET_MASK};
-use super::{bad_data, Meta, Qcow2};
+use super::{bad_data, closed, read_only, Meta, Qcow2};
 
 impl Qcow2 {
-    /// The L2 table for guest cluster `index`, made if missing (a zeroed
-    /// cluster, its refcount, then the L1 entry).
-    pub(super) fn l2_table_for_write(&self, meta: &mut Meta, index: u64) -> io::Result<u64> {
+    /// Writes are refused on a read-only or closed image.
+    pub(super) fn writable(&self) -> io::Result<()> {
+        if self.meta.is_none() {
+            return Err(read_only());
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        Ok(())
+    }
+
+    /// The L2 table for guest cluster `index`, in the cache; made if
+    /// missing: a zeroed cluster with its refcount, durable before the L1
+    /// entry that links it is written.
+    fn l2_table_for_write(&self, meta: &mut Meta, index: u64) -> io::Result<u64> {
         let l1_index = (index / self.l2_entries()) as usize;
         let entry = self.l1_entry(l1_index);
         let table = entry & OFFSET_MASK;
@@ -22,15 +35,23 @@ impl Qcow2 {
                     "L2 table at {table:#x} is shared (a snapshot's); not written"
                 )));
             }
+            if !self.lock_l2().contains(table) {
+                self.cache_l2_table(meta, table, None)?;
+            }
             return Ok(table);
         }
         if l1_index >= self.header.l1_size as usize {
             return Err(bad_data("write past the L1 table"));
         }
-        let at = self.take_cluster(meta);
-        self.write_file(&vec![0u8; self.cluster_size() as usize], at)?;
-        self.set_refcount(meta, at, 1)?;
-        // The table and its refcount before the L1 entry points at it.
+        let cs = self.cluster_size();
+        let (at, fresh) = self.alloc_cluster(meta)?;
+        if !fresh {
+            self.write_file(&vec![0u8; cs as usize], at)?;
+        }
+        // The zeroed table and its refcount before the L1 entry points at
+        // it (a fresh cluster reads as zeros once the file's new length is
+        // durable, which the barrier covers too).
+        self.write_refblocks(meta)?;
         self.barrier()?;
         let l1_entry = at | COPIED;
         self.write_file(
@@ -38,98 +59,69 @@ impl Qcow2 {
             self.header.l1_offset + l1_index as u64 * 8,
         )?;
         self.l1.write().unwrap_or_else(|e| e.into_inner())[l1_index] = l1_entry;
+        let zeros = vec![0u64; self.l2_entries() as usize].into_boxed_slice();
+        self.cache_l2_table(meta, at, Some(zeros))?;
         Ok(at)
     }
 
-    /// Points guest cluster `index` at `entry`, in the cache and on disk.
-    pub(super) fn set_l2_entry(&self, meta: &mut Meta, index: u64, entry: u64) -> io::Result<()> {
-        let at = self.prepare_l2_entry(meta, index, entry)?;
-        self.write_l2_entry(at, entry)
-    }
-
-    /// The first half of [`set_l2_entry`](Self::set_l2_entry), under the
-    /// meta lock: makes the L2 table if missing and updates the cached
-    /// entry; returns where the entry goes in the file.
-    pub(super) fn prepare_l2_entry(
+    /// Puts the L2 table at `at` into the cache (`table`, or as the file
+    /// holds it), writing the dirty tables back first if they fill it.
+    /// Under the metadata lock the file's copy is current: only a dirty
+    /// table differs from it, and dirty tables stay in the cache.
+    fn cache_l2_table(
         &self,
         meta: &mut Meta,
-        index: u64,
-        entry: u64,
-    ) -> io::Result<u64> {
-        let table = self.l2_table_for_write(meta, index)?;
+        at: u64,
+        table: Option<Box<[u64]>>,
+    ) -> io::Result<()> {
+        let table = match table {
+            Some(t) => t,
+            None => self.load_l2_table(at, true)?,
+        };
+        if !self.lock_l2().has_room() {
+            self.write_back(meta)?;
+        }
+        let mut cache = self.lock_l2();
+        if cache.contains(at) {
+            return Ok(());
+        }
+        cache
+            .insert(at, table)
+            .map_err(|_| io::Error::other("the L2 cache is full of dirty tables"))
+    }
+
+    /// Points guest cluster `index` at `entry`, in the cache (the table
+    /// becomes dirty).
+    fn set_l2_entry(&self, meta: &mut Meta, index: u64, entry: u64) -> io::Result<()> {
         let slot = (index % self.l2_entries()) as usize;
-        let at = table + slot as u64 * 8;
-        self.l2_epoch.fetch_add(1, Ordering::AcqRel);
-        let mut cache = self.lock_cache();
-        if let Some(t) = cache.tables.get_mut(&table) {
-            t[slot] = entry;
+        loop {
+            let table = self.l2_table_for_write(meta, index)?;
+            // A reader on another thread may have evicted the (clean)
+            // table meanwhile: then load it again.
+            if self.lock_l2().set(table, slot, entry) {
+                return Ok(());
+            }
         }
-        cache.unwritten.insert(at, entry);
-        Ok(at)
     }
 
-    /// The second half: the entry into the file. Until it is there, the
-    /// cluster must stay in `in_flight` (a writer reloading the table from
-    /// the file would see the old entry).
-    pub(super) fn write_l2_entry(&self, at: u64, entry: u64) -> io::Result<()> {
-        let written = self.write_file(&entry.to_be_bytes(), at);
-        // Again once the entry is in the file: a table read from the file
-        // while it was being written is not cached either.
-        self.l2_epoch.fetch_add(1, Ordering::AcqRel);
-        if written.is_ok() {
-            self.lock_cache().unwritten.remove(&at);
-        }
-        written
-    }
-
-    /// Gives back what an L2 entry being replaced held: a compressed
-    /// cluster's host clusters, or a preallocated zero cluster.
-    pub(super) fn release(&self, meta: &mut Meta, old: u64) -> io::Result<()> {
+    /// Gives back, once the change is durable, the host clusters `old`
+    /// held that `new` does not keep: a compressed cluster's, a data or
+    /// preallocated zero cluster's.
+    fn release(&self, meta: &mut Meta, old: u64, new: u64) {
         let cs = self.cluster_size();
+        let keeps = |host: u64| new & L2_ZERO != 0 && new & OFFSET_MASK == host;
         match classify(old, self.header.cluster_bits, self.header.version) {
             Ok(Cluster::Compressed { at, len }) => {
-                let (first, last) = (at / cs, (at + len - 1) / cs);
-                meta.deferred_frees.extend((first..=last).map(|c| c * cs));
+                for c in at / cs..=(at + len - 1) / cs {
+                    self.free_later(meta, c * cs);
+                }
             }
-            Ok(Cluster::Zero) if old & OFFSET_MASK != 0 => {
-                meta.deferred_frees.push(old & OFFSET_MASK);
+            Ok(Cluster::Data(host)) if !keeps(host) => self.free_later(meta, host),
+            Ok(Cluster::Zero) if old & OFFSET_MASK != 0 && !keeps(old & OFFSET_MASK) => {
+                self.free_later(meta, old & OFFSET_MASK);
             }
             _ => {}
         }
-        Ok(())
-    }
-
-    /// Decrements the refcounts [`release`](Self::release) deferred; only
-    /// after an `fdatasync` made the L2 entries that replaced them durable.
-    pub(super) fn apply_deferred_frees(&self, meta: &mut Meta) -> io::Result<()> {
-        for host in std::mem::take(&mut meta.deferred_frees) {
-            let n = self.refcount(meta, host)?;
-            self.set_refcount(meta, host, n.saturating_sub(1))?;
-        }
-        Ok(())
-    }
-
-    /// Makes every write completed before the call durable (`fdatasync`),
-    /// so that what is written after it is ordered after them on the disk:
-    /// a power loss, like a crash, leaks at worst. Taken once per 64
-    /// allocated clusters, per new L2 table or refcount block, per
-    /// copy-on-write of old data, twice per refcount table move, and by
-    /// FLUSH.
-    ///
-    /// Group commit: callers that arrive while a sync runs wait for it and
-    /// share the next one; a caller whose writes a sync started after its
-    /// arrival has already covered returns without one.
-    pub(super) fn barrier(&self) -> io::Result<()> {
-        let ticket = self.syncs_started.load(Ordering::Acquire);
-        let _one_at_a_time = self.syncs.lock();
-        // Sync number `ticket` started after this call: it covers our writes.
-        if self.syncs_done.load(Ordering::Acquire) > ticket {
-            return Ok(());
-        }
-        let number = self.syncs_started.fetch_add(1, Ordering::AcqRel);
-        self.file.sync_data()?;
-        self.syncs_done.store(number + 1, Ordering::Release);
-        Ok(())
     }
 
     /// Writes `buf` at guest `offset`, inside one cluster.
@@ -147,9 +139,9 @@ impl Qcow2 {
                 return self.file.write_all_at(buf, host + in_cluster);
             }
         }
-        let meta = self.lock_cluster(index)?;
+        let mut meta = self.lock_cluster(index)?;
         // Look again: another request may have allocated it meanwhile.
-        let entry = self.l2_entry(index)?;
+        let entry = self.l2_entry_locked(&mut meta, index)?;
         let what = classify(entry, self.header.cluster_bits, self.header.version)
             .map_err(|e| bad_data(e.0))?;
         if let Cluster::Data(host) = what {
@@ -164,23 +156,22 @@ impl Qcow2 {
         }
         // Copy on write into a new cluster: its data is written with the
         // lock released (other clusters allocate meanwhile; writers of
-        // this one wait), then its refcount and L2 entry under the lock.
-        let mut meta = meta;
-        let host = self.take_data_cluster(&mut meta)?;
+        // this one wait), then its L2 entry is set under the lock. Nothing
+        // orders the data before the entry here: the entry reaches the
+        // file only in a write-back, after a barrier.
+        let (host, fresh) = self.alloc_cluster(&mut meta)?;
         meta.in_flight.insert(index);
         drop(meta);
-        // Old bytes copied into the new cluster (a backing file's, a
-        // compressed cluster's) were durable where they were: they must be
-        // on the disk before the L2 entry that moves them is (QEMU's
-        // dependency of the L2 table on a flush after copy-on-write).
-        let copies_old_data = buf.len() as u64 != cs
-            && match what {
-                Cluster::Compressed { .. } => true,
-                Cluster::Unallocated => self.backing.is_some(),
-                Cluster::Zero | Cluster::Data(_) => false,
-            };
+        let was_zeros = match what {
+            Cluster::Zero => true,
+            Cluster::Unallocated => self.backing.is_none(),
+            Cluster::Compressed { .. } | Cluster::Data(_) => false,
+        };
         let written = if buf.len() as u64 == cs {
             self.write_file(buf, host)
+        } else if fresh && was_zeros {
+            // The rest of a fresh cluster reads as zeros already.
+            self.write_file(buf, host + in_cluster)
         } else {
             let mut cluster = vec![0u8; cs as usize];
             self.read_in_cluster(what, &mut cluster, index * cs)
@@ -190,36 +181,21 @@ impl Qcow2 {
                     self.write_file(&cluster, host)
                 })
         };
-        let written = if copies_old_data {
-            written.and_then(|()| self.barrier())
-        } else {
-            written
-        };
         let mut meta = self.meta()?.lock();
-        let linked = written.and_then(|()| self.prepare_l2_entry(&mut meta, index, host | COPIED));
-        let at = match linked {
-            Ok(at) => at,
-            Err(e) => {
-                meta.in_flight.remove(&index);
-                self.allocations.restart_all();
-                // Not referenced: free it again.
-                self.set_refcount(&mut meta, host, 0)?;
-                return Err(e);
-            }
-        };
-        // The entry goes to the file with the lock released; the cluster
-        // stays in flight until it is there.
-        drop(meta);
-        let stored = self.write_l2_entry(at, host | COPIED);
-        let mut meta = self.meta()?.lock();
+        let linked = written.and_then(|()| self.set_l2_entry(&mut meta, index, host | COPIED));
         meta.in_flight.remove(&index);
         self.allocations.restart_all();
-        stored?;
-        self.release(&mut meta, entry)
+        if let Err(e) = linked {
+            // Not referenced: free it again.
+            self.unalloc(&mut meta, host)?;
+            return Err(e);
+        }
+        self.release(&mut meta, entry, host | COPIED);
+        Ok(())
     }
 
     /// The meta lock, once no other request is allocating cluster `index`.
-    pub(super) fn lock_cluster(&self, index: u64) -> io::Result<CoMutexGuard<'_, Meta>> {
+    fn lock_cluster(&self, index: u64) -> io::Result<CoMutexGuard<'_, Meta>> {
         let mut meta = self.meta()?.lock();
         while meta.in_flight.contains(&index) {
             meta = self.allocations.wait_with(meta);
@@ -228,18 +204,54 @@ impl Qcow2 {
     }
 
     /// Makes whole cluster `index` read as zeros with the version 3 zero
-    /// flag, keeping a data cluster allocated (preallocated zero).
-    pub(super) fn zero_cluster(&self, index: u64) -> io::Result<()> {
+    /// flag: its host cluster freed if `unmap`, else kept allocated
+    /// (preallocated zero).
+    pub(super) fn zero_cluster(&self, index: u64, unmap: bool) -> io::Result<()> {
         let mut meta = self.lock_cluster(index)?;
-        let entry = self.l2_entry(index)?;
+        let entry = self.l2_entry_locked(&mut meta, index)?;
         let what = classify(entry, self.header.cluster_bits, self.header.version)
             .map_err(|e| bad_data(e.0))?;
         let new = match what {
-            Cluster::Data(host) if entry & COPIED != 0 => host | COPIED | L2_ZERO,
-            Cluster::Zero => return Ok(()),
+            Cluster::Data(host) if entry & COPIED != 0 && !unmap => host | COPIED | L2_ZERO,
+            Cluster::Zero if !unmap || entry & OFFSET_MASK == 0 => return Ok(()),
+            // A hole may stay a hole: it reads as zeros already.
+            Cluster::Unallocated if unmap && self.backing.is_none() => return Ok(()),
             _ => L2_ZERO,
         };
         self.set_l2_entry(&mut meta, index, new)?;
-        self.release(&mut meta, entry)
+        self.release(&mut meta, entry, new);
+        Ok(())
+    }
+
+    /// Discards whole cluster `index` (QEMU's discard): its host cluster
+    /// is freed; it reads as zeros after (version 3; version 2 has no zero
+    /// flag, so it reads through to the backing file, as QEMU's do).
+    pub(super) fn discard_cluster(&self, index: u64) -> io::Result<()> {
+        let mut meta = self.lock_cluster(index)?;
+        let entry = self.l2_entry_locked(&mut meta, index)?;
+        let what = classify(entry, self.header.cluster_bits, self.header.version)
+            .map_err(|e| bad_data(e.0))?;
+        let new = match what {
+            Cluster::Unallocated if self.backing.is_none() => return Ok(()),
+            Cluster::Zero if entry & OFFSET_MASK == 0 => return Ok(()),
+            _ if self.header.version >= 3 => L2_ZERO,
+            _ => 0,
+        };
+        if new == entry {
+            return Ok(());
+        }
+        self.set_l2_entry(&mut meta, index, new)?;
+        self.release(&mut meta, entry, new);
+        Ok(())
+    }
+
+    /// Whether guest cluster `index` reads as zeros without a write (so a
+    /// partial write of zeros there has nothing to do).
+    pub(super) fn reads_as_zeros(&self, index: u64) -> io::Result<bool> {
+        Ok(match self.cluster(index)? {
+            Cluster::Zero => true,
+            Cluster::Unallocated => self.backing.is_none(),
+            Cluster::Data(_) | Cluster::Compressed { .. } => false,
+        })
     }
 }
