@@ -10,7 +10,9 @@
 //! reached the disk or not, in any combination (a disk cache persists them
 //! in any order). Writes are logged on completion, so a write still in
 //! flight when a barrier was called counts as after it: the model errs
-//! towards more states, never fewer.
+//! towards more states, never fewer. Holes punched and ranges zeroed are
+//! writes of zeros here. A disk persists a 512-byte sector atomically and
+//! a larger write in any pieces: [`Subset::Torn`] tears writes so.
 
 use std::sync::{Arc, Mutex};
 
@@ -119,6 +121,39 @@ impl ImageFile for Recorder {
     }
 }
 
+/// A crash state in memory as an [`ImageFile`], for the driver to read
+/// back (read-only).
+pub struct MemFile(pub Vec<u8>);
+
+impl ImageFile for MemFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match self.0.get(start..).and_then(|rest| rest.get(..buf.len())) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EROFS))
+    }
+}
+
 /// How the writes whose fate a power cut leaves open are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Subset {
@@ -133,7 +168,14 @@ pub enum Subset {
     SmallOnly,
     /// Only the large ones (data, whole tables) did.
     LargeOnly,
+    /// Torn writes (seeded): each write was lost, reached the disk whole,
+    /// or reached it in part, each of its 512-byte sectors on its own (a
+    /// disk persists a sector atomically, a larger write in any pieces).
+    Torn(u64),
 }
+
+/// What a disk persists atomically.
+pub const SECTOR: u64 = 512;
 
 /// Writes of at most this many bytes count as small for [`Subset`].
 const SMALL: usize = 64;
@@ -226,7 +268,7 @@ impl Replay {
             applied = durable;
             let mut image = durable_image.clone();
             let mut rng = match cut.subset {
-                Subset::Random(seed) => Some(Rng::new(seed)),
+                Subset::Random(seed) | Subset::Torn(seed) => Some(Rng::new(seed)),
                 _ => None,
             };
             for e in &self.events[durable..cut.at] {
@@ -242,6 +284,17 @@ impl Replay {
                     Subset::Random(_) => rng.as_mut().expect("seeded").chance(50),
                     Subset::SmallOnly => small,
                     Subset::LargeOnly => !small,
+                    Subset::Torn(_) => {
+                        let rng = rng.as_mut().expect("seeded");
+                        match rng.below(3) {
+                            0 => false,
+                            1 => true,
+                            _ => {
+                                apply_torn(&mut image, e, rng);
+                                false
+                            }
+                        }
+                    }
                 };
                 if keep {
                     apply(&mut image, e);
@@ -249,6 +302,39 @@ impl Replay {
             }
             check(cut, &image);
         }
+    }
+}
+
+/// Applies the sectors of write `e` that `rng` picks, each whole or not
+/// at all (a length change happens or not).
+fn apply_torn(image: &mut Vec<u8>, e: &Event, rng: &mut Rng) {
+    let (at, len) = match e {
+        Event::Write { at, data } => (*at, data.len() as u64),
+        Event::Zero { at, len } => (*at, *len),
+        other => {
+            if rng.chance(50) {
+                apply(image, other);
+            }
+            return;
+        }
+    };
+    let mut start = at;
+    while start < at + len {
+        let end = ((start / SECTOR + 1) * SECTOR).min(at + len);
+        if rng.chance(50) {
+            let piece = match e {
+                Event::Write { data, .. } => Event::Write {
+                    at: start,
+                    data: data[(start - at) as usize..(end - at) as usize].to_vec(),
+                },
+                _ => Event::Zero {
+                    at: start,
+                    len: end - start,
+                },
+            };
+            apply(image, &piece);
+        }
+        start = end;
     }
 }
 
