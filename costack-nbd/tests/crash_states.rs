@@ -508,9 +508,8 @@ fn clusters_freed_and_reused_with_evictions() {
         options: tiny_caches(4 << 10),
         states_percent: 100,
         grows_refcount_table: false,
-        // The windows' 3 MiB, the compressed start and the metadata:
-        // without reuse the workload takes several times that.
-        file_bound: Some(6 << 20),
+        // It ends near 1.6 MiB; without reuse, near 2.5 MiB.
+        file_bound: Some(2 << 20),
         seed: 0x5eed_4e05,
     });
 }
