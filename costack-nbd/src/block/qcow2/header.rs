@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use super::bitmap::BitmapsExtension;
+
 /// `QFI\xfb`, the first four bytes of every qcow2 image.
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -19,6 +21,13 @@ const INCOMPAT_EXTL2: u64 = 1 << 4;
 /// Header extension types.
 const EXT_END: u32 = 0;
 const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
+const EXT_BITMAPS: u32 = 0x2385_2875;
+
+/// Auto-clear feature bit 0: the bitmaps extension is consistent.
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
+
+/// Largest bitmap directory accepted, in bytes (QEMU's limit).
+const MAX_BITMAP_DIRECTORY_BYTES: u64 = 64 << 20;
 
 /// Why an image is refused, naming the problem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +79,12 @@ pub struct Header {
     pub refcount_order: u32,
     /// Internal snapshots in the image.
     pub snapshots: u32,
+    /// Auto-clear feature bits (version 3; bit 0: the bitmaps extension
+    /// is consistent).
+    pub autoclear_features: u64,
+    /// The bitmaps extension, if present (consistent only with
+    /// [`AUTOCLEAR_BITMAPS`] set).
+    pub bitmaps: Option<BitmapsExtension>,
 }
 
 /// Largest refcount table accepted, in bytes (QEMU's
@@ -217,6 +232,7 @@ impl Header {
 
         // Header extensions, up to the end of the first cluster.
         let mut backing_format = None;
+        let mut bitmaps = None;
         let end = (cluster_size as usize).min(data.len());
         let mut at = header_len;
         while at + 8 <= end {
@@ -230,6 +246,13 @@ impl Header {
                 return Err(invalid(format!(
                     "header extension {ty:#x} runs past the first cluster"
                 )));
+            }
+            if ty == EXT_BITMAPS {
+                bitmaps = Some(parse_bitmaps_extension(
+                    &data[at..at + len],
+                    cluster_size,
+                    file_len,
+                )?);
             }
             if ty == EXT_BACKING_FORMAT {
                 let name = std::str::from_utf8(&data[at..at + len])
@@ -274,8 +297,47 @@ impl Header {
             refcount_table_clusters,
             refcount_order,
             snapshots,
+            autoclear_features: if version >= 3 { be64(data, 88) } else { 0 },
+            bitmaps,
         })
     }
+}
+
+/// The bitmaps extension's data (`ext`), checked against the file.
+fn parse_bitmaps_extension(
+    ext: &[u8],
+    cluster_size: u64,
+    file_len: u64,
+) -> Result<BitmapsExtension, Invalid> {
+    if ext.len() < 24 {
+        return Err(invalid(format!(
+            "the bitmaps extension is {} bytes, not 24",
+            ext.len()
+        )));
+    }
+    let count = be32(ext, 0);
+    let directory_size = be64(ext, 8);
+    let directory_offset = be64(ext, 16);
+    if count == 0
+        || directory_size == 0
+        || directory_size > MAX_BITMAP_DIRECTORY_BYTES
+        || !directory_offset.is_multiple_of(cluster_size)
+        || directory_offset < cluster_size
+        || directory_offset
+            .checked_add(directory_size)
+            .is_none_or(|end| end > file_len)
+    {
+        return Err(invalid(format!(
+            "the bitmap directory ({count} bitmaps, {directory_size} bytes at \
+             {directory_offset:#x}) is empty, too large, misaligned, in the header or past \
+             the end of the file"
+        )));
+    }
+    Ok(BitmapsExtension {
+        count,
+        directory_size,
+        directory_offset,
+    })
 }
 
 #[cfg(test)]

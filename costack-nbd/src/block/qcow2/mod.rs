@@ -38,6 +38,8 @@ use crate::block::raw::FileDisk;
 use crate::block::{BlockDevice, Extent, ImageFile};
 
 mod alloc;
+pub mod bitmap;
+mod bitmap_store;
 mod cache;
 mod cluster;
 pub mod header;
@@ -50,6 +52,7 @@ pub use cluster::{classify, Cluster};
 pub use header::{Header, Invalid, MAGIC};
 
 use alloc::Allocator;
+use bitmap_store::{Bitmaps, Tracked};
 use cache::TableCache;
 use cluster::OFFSET_MASK;
 use header::be64;
@@ -117,6 +120,8 @@ pub struct Qcow2 {
     syncs_done: AtomicU64,
     /// [`Qcow2::close`] ran.
     closed: AtomicBool,
+    /// Persistent dirty bitmaps: those kept up to date, those read.
+    bitmaps: Mutex<Bitmaps>,
 }
 
 /// What allocating writes change, under one coroutine lock (QEMU's
@@ -268,12 +273,11 @@ impl Qcow2 {
         file.read_exact_at(&mut raw_l1, header.l1_offset)?;
         let l1 = raw_l1.chunks_exact(8).map(|c| be64(c, 0)).collect();
         let cs = 1u64 << header.cluster_bits;
-        let meta = if options.writable {
-            Some(CoMutex::new(Self::open_meta(
-                &*file, &header, &head, options, file_len,
-            )?))
+        let (meta, tracked) = if options.writable {
+            let (meta, tracked) = Self::open_meta(&*file, &header, options, file_len)?;
+            (Some(CoMutex::new(meta)), tracked)
         } else {
-            None
+            (None, Vec::new())
         };
         let backing = match &header.backing_file {
             None => None,
@@ -309,6 +313,7 @@ impl Qcow2 {
             syncs_started: AtomicU64::new(0),
             syncs_done: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            bitmaps: Mutex::new(Bitmaps::new(tracked)),
         })
     }
 
@@ -316,10 +321,9 @@ impl Qcow2 {
     fn open_meta(
         file: &dyn ImageFile,
         header: &Header,
-        head: &[u8],
         options: &Options,
         file_len: u64,
-    ) -> io::Result<Meta> {
+    ) -> io::Result<(Meta, Vec<Tracked>)> {
         let unsupported = |why: &str| {
             Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -337,12 +341,15 @@ impl Qcow2 {
                 "the image was not closed cleanly (repair it with qemu-img check -r all)",
             );
         }
-        // Auto-clear features (bitmaps, say) this driver does not keep up
-        // to date are cleared before the first write, as the format
-        // requires of writers that do not know them.
-        if header.version >= 3 && be64(head, 88) != 0 {
-            file.write_all_at(&[0u8; 8], 88)?;
+        // The bitmaps to keep up to date, or the reason why one cannot be.
+        let tracked = bitmap_store::open_tracked(file, header)?;
+        // Auto-clear features this driver does not know are cleared before
+        // the first write, as the format requires; the bitmaps bit stays.
+        let keep = bitmap_store::autoclear_to_keep(header);
+        if header.version >= 3 && header.autoclear_features != keep {
+            file.write_all_at(&keep.to_be_bytes(), 88)?;
         }
+        bitmap_store::mark_in_use(file, &tracked)?;
         let mut raw = vec![0u8; (header.refcount_table_clusters as usize) << header.cluster_bits];
         file.read_exact_at(&mut raw, header.refcount_table_offset)?;
         let refcount_table: Vec<u64> = raw.chunks_exact(8).map(|c| be64(c, 0)).collect();
@@ -355,13 +362,14 @@ impl Qcow2 {
         let refblocks = options
             .refcount_cache_bytes
             .map_or(4, |bytes| (bytes / cs).max(4));
-        Ok(Meta {
+        let meta = Meta {
             refcount_table,
             refcount_table_offset: header.refcount_table_offset,
             refblocks: TableCache::new(refblocks as usize),
             alloc: Allocator::new(file_len.max(counted).div_ceil(cs)),
             in_flight: HashSet::new(),
-        })
+        };
+        Ok((meta, tracked))
     }
 
     /// The parsed header.
@@ -444,6 +452,7 @@ impl Qcow2 {
         }
         let mut meta = meta.lock();
         self.flush_locked(&mut meta)?;
+        self.store_bitmaps(&mut meta)?;
         // The refcounts that flush dropped, and the file's end, durable:
         // nothing leaks from a closed image.
         self.write_refblocks(&mut meta)?;
@@ -510,6 +519,7 @@ impl BlockDevice for Qcow2 {
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.writable()?;
+        self.mark_dirty(offset, buf.len() as u64);
         let cs = self.cluster_size();
         let mut done = 0usize;
         while done < buf.len() {
@@ -544,6 +554,7 @@ impl BlockDevice for Qcow2 {
         if !self.options.discard {
             return Ok(());
         }
+        self.mark_dirty(offset, len);
         let cs = self.cluster_size();
         let (first, end) = (offset.div_ceil(cs), (offset + len) / cs);
         for index in first..end {
@@ -554,6 +565,7 @@ impl BlockDevice for Qcow2 {
 
     fn write_zeroes(&self, offset: u64, len: u64, may_punch_hole: bool) -> io::Result<()> {
         self.writable()?;
+        self.mark_dirty(offset, len);
         let cs = self.cluster_size();
         let unmap = may_punch_hole && self.options.discard;
         let end = offset + len;
@@ -572,5 +584,9 @@ impl BlockDevice for Qcow2 {
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         self.allocation(offset, len)
+    }
+
+    fn close(&self) -> io::Result<()> {
+        Qcow2::close(self)
     }
 }
