@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use costack::aio::EventLoop;
+use costack_nbd::block::qcow2::bitmap::{self, Bits};
 use costack_nbd::block::qcow2::{Options, Qcow2};
 use costack_nbd::block::raw::FileDisk;
 use costack_nbd::block::BlockDevice;
@@ -91,6 +92,9 @@ struct Image {
     /// The file may end no further than this after the run (clusters
     /// freed were reused).
     file_bound: Option<u64>,
+    /// Carries an `auto` bitmap, `b0` (4 KiB granularity), kept up to date
+    /// and saved at close.
+    bitmap: bool,
     seed: u64,
 }
 
@@ -202,6 +206,12 @@ impl Image {
             );
             initial.resize(initial.len().max(self.prefill as usize), 0);
             initial[..self.prefill as usize].fill(0x5a);
+        }
+        if self.bitmap {
+            ok(
+                "qemu-img",
+                &["bitmap", "--add", "-g", "4096", s(&img), "b0"],
+            );
         }
         let windows = Windows::new(&self.windows, &initial);
         (img, windows)
@@ -318,6 +328,58 @@ fn qemu_img_check(path: &Path, what: &str) {
     );
 }
 
+/// Bitmap `b0` of an image: whether in use, where its table is, its dirty
+/// ranges (read through the driver).
+struct BitmapView {
+    in_use: bool,
+    table_offset: u64,
+    ranges: Vec<std::ops::Range<u64>>,
+}
+
+impl BitmapView {
+    fn of(img: &Path, bytes: &[u8]) -> BitmapView {
+        let dev =
+            Qcow2::open_file_with(Box::new(MemFile(bytes.to_vec())), img, &Options::default())
+                .unwrap();
+        let b0 = dev
+            .bitmaps()
+            .unwrap()
+            .into_iter()
+            .find(|b| b.name == "b0")
+            .expect("bitmap b0");
+        let file = MemFile(bytes.to_vec());
+        let bits = bitmap::read_bits(&file, &b0, dev.size(), 1 << dev.header().cluster_bits);
+        BitmapView {
+            in_use: b0.in_use(),
+            table_offset: b0.table_offset,
+            ranges: bits.map(|b| b.dirty_ranges()).unwrap_or_default(),
+        }
+    }
+}
+
+/// A crash state's bitmap `b0`: in use (qemu knows it is stale), or
+/// complete: the one before the run (its old table) or the one saved at
+/// close (the new table).
+fn check_bitmap(img: &Path, bytes: &[u8], before: &BitmapView, after: &BitmapView, what: &str) {
+    let now = BitmapView::of(img, bytes);
+    if now.in_use {
+        return;
+    }
+    let want = if now.table_offset == before.table_offset {
+        before
+    } else {
+        after
+    };
+    assert_eq!(
+        now.table_offset, want.table_offset,
+        "{what}: b0 is not in use but its table is neither the old nor the new one"
+    );
+    assert_eq!(
+        now.ranges, want.ranges,
+        "{what}: b0 is not in use but stale"
+    );
+}
+
 /// Records `image`'s workload and checks its crash states.
 fn power_cuts(image: Image) {
     if !have(&["qemu-img", "qemu-io"]) {
@@ -334,9 +396,12 @@ fn power_cuts(image: Image) {
         .open(&img)
         .unwrap();
     let recorder = Recorder::new(costack::fs::File::from_std(file), log.clone());
-    let dev = Qcow2::open_file_with(Box::new(recorder), &img, &image.options).unwrap();
+    let dev = Rc::new(Qcow2::open_file_with(Box::new(recorder), &img, &image.options).unwrap());
     let plans = image.plans(&mut rng);
-    let rounds = workload::record(Rc::new(dev), plans, &log);
+    let rounds = workload::record(dev.clone(), plans, &log);
+    // Closing (bitmaps saved, the file trimmed) is recorded too.
+    dev.close().unwrap();
+    drop(dev);
 
     // The image as the run left it: clean, and as the model says.
     let last = workload::final_view(&windows, &rounds);
@@ -371,6 +436,25 @@ fn power_cuts(image: Image) {
         );
     }
 
+    let bitmaps = image.bitmap.then(|| {
+        let before = BitmapView::of(&img, &base);
+        let after = BitmapView::of(&img, &std::fs::read(&img).unwrap());
+        assert!(!after.in_use, "{}: b0 still in use after close", image.name);
+        // Every request's range, and nothing else, is dirty.
+        let mut want = Bits::new(image.virtual_size, 12);
+        for op in rounds.iter().flat_map(|r| &r.ops) {
+            let (at, len) = op.range();
+            want.set_range(at, len);
+        }
+        assert_eq!(
+            after.ranges,
+            want.dirty_ranges(),
+            "{}: b0 after close",
+            image.name
+        );
+        (before, after)
+    });
+
     let replay = Replay::new(base, log.events());
     let cuts = workload::cuts(
         &replay,
@@ -388,6 +472,9 @@ fn power_cuts(image: Image) {
             std::fs::write(&path, bytes).unwrap();
             qemu_img_check(&path, what);
             read_back(&img, bytes, expect, what);
+            if let Some((before, after)) = &bitmaps {
+                check_bitmap(&img, bytes, before, after, what);
+            }
             if cut.at % 8 == 0 {
                 read_back_with_qemu(&path, expect, what);
             }
@@ -419,6 +506,7 @@ fn small_clusters_allocation_l2_tables_refcount_table_growth_and_evictions() {
         states_percent: 50,
         grows_refcount_table: true,
         file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0512,
     });
 }
@@ -443,6 +531,7 @@ fn large_clusters_scattered_allocation_and_new_l2_tables() {
         states_percent: 100,
         grows_refcount_table: false,
         file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0064,
     });
 }
@@ -464,6 +553,7 @@ fn copy_on_write_from_a_backing_file() {
         states_percent: 100,
         grows_refcount_table: false,
         file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0bac,
     });
 }
@@ -485,6 +575,7 @@ fn rewrites_of_compressed_clusters() {
         states_percent: 100,
         grows_refcount_table: false,
         file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0c0c,
     });
 }
@@ -510,7 +601,32 @@ fn clusters_freed_and_reused_with_evictions() {
         grows_refcount_table: false,
         // It ends near 1.6 MiB; without reuse, near 2.5 MiB.
         file_bound: Some(2 << 20),
+        bitmap: false,
         seed: 0x5eed_4e05,
+    });
+}
+
+#[test]
+fn dirty_bitmaps_kept_and_saved() {
+    // An auto bitmap (4 KiB granularity) tracks every request; the cuts
+    // reach into close, where it is saved.
+    power_cuts(Image {
+        name: "bitmaps",
+        cluster: 64 << 10,
+        virtual_size: 64 << 20,
+        windows: vec![(0, 4 << 20), (40 << 20, 4 << 20)],
+        from_data: None,
+        prefill: 0,
+        fill: 0,
+        rounds: 50,
+        discard_percent: 20,
+        flush_percent: 30,
+        options: default_caches(),
+        states_percent: 50,
+        grows_refcount_table: false,
+        file_bound: None,
+        bitmap: true,
+        seed: 0x5eed_b17a,
     });
 }
 
@@ -539,6 +655,7 @@ fn raw_images() {
         states_percent: 100,
         grows_refcount_table: false,
         file_bound: None,
+        bitmap: false,
         seed: 0,
     };
     let log = Log::default();
