@@ -36,7 +36,7 @@ use costack_nbd::block::qcow2::bitmap::{self, Bits};
 use costack_nbd::block::qcow2::{Options, Qcow2};
 use costack_nbd::block::raw::FileDisk;
 use costack_nbd::block::BlockDevice;
-use support::crash::{Log, MemFile, Recorder, Replay};
+use support::crash::{Event, Log, MemFile, Recorder, Replay};
 use support::crash_workload::{self as workload, Expect, Op, Windows};
 use support::tools::{have, ok, run};
 use support::Rng;
@@ -358,18 +358,21 @@ impl BitmapView {
 }
 
 /// A crash state's bitmap `b0`: in use (qemu knows it is stale), or
-/// complete: the one before the run (its old table) or the one saved at
+/// complete: the one before the run (its old table), if the cut came
+/// before the open had marked it in use (`early`), or the one saved at
 /// close (the new table).
-fn check_bitmap(img: &Path, bytes: &[u8], before: &BitmapView, after: &BitmapView, what: &str) {
+fn check_bitmap(
+    img: &Path,
+    bytes: &[u8],
+    (before, after): &(BitmapView, BitmapView),
+    early: bool,
+    what: &str,
+) {
     let now = BitmapView::of(img, bytes);
     if now.in_use {
         return;
     }
-    let want = if now.table_offset == before.table_offset {
-        before
-    } else {
-        after
-    };
+    let want = if early { before } else { after };
     assert_eq!(
         now.table_offset, want.table_offset,
         "{what}: b0 is not in use but its table is neither the old nor the new one"
@@ -455,7 +458,13 @@ fn power_cuts(image: Image) {
         (before, after)
     });
 
-    let replay = Replay::new(base, log.events());
+    // The open's barrier (bitmaps marked in use) is the log's first.
+    let events = log.events();
+    let marked_in_use = events
+        .iter()
+        .position(|e| matches!(e, Event::SyncEnd))
+        .unwrap_or(0);
+    let replay = Replay::new(base, events);
     let cuts = workload::cuts(
         &replay,
         states_per_image() * image.states_percent / 100,
@@ -472,8 +481,8 @@ fn power_cuts(image: Image) {
             std::fs::write(&path, bytes).unwrap();
             qemu_img_check(&path, what);
             read_back(&img, bytes, expect, what);
-            if let Some((before, after)) = &bitmaps {
-                check_bitmap(&img, bytes, before, after, what);
+            if let Some(views) = &bitmaps {
+                check_bitmap(&img, bytes, views, cut.at <= marked_in_use, what);
             }
             if cut.at % 8 == 0 {
                 read_back_with_qemu(&path, expect, what);
