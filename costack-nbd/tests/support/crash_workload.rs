@@ -270,6 +270,21 @@ pub fn cuts(replay: &Replay, n: usize, rng: &mut Rng) -> Vec<Cut> {
     cuts
 }
 
+/// Cuts at every position of `at` (a stretch of the log worth covering
+/// whole, such as a close), each with the four kinds of subsets.
+pub fn cuts_in(at: std::ops::Range<usize>, rng: &mut Rng) -> Vec<Cut> {
+    at.flat_map(|at| {
+        [
+            Subset::SmallOnly,
+            Subset::LargeOnly,
+            Subset::Random(rng.next()),
+            Subset::Torn(rng.next()),
+        ]
+        .map(|subset| Cut { at, subset })
+    })
+    .collect()
+}
+
 /// Builds each cut's state and hands it to `check` (worker number, cut,
 /// the file's bytes, what it must show, a name for messages) on two
 /// threads, each a contiguous half of the (sorted) cuts so that each
