@@ -58,6 +58,12 @@ impl Allocator {
         !self.deferred_frees.is_empty()
     }
 
+    /// Moves the frontier to cluster `index` at least: nothing before it is
+    /// handed out fresh.
+    pub(super) fn reserve_to(&mut self, index: u64) {
+        self.frontier = self.frontier.max(index);
+    }
+
     /// Where the clusters ever used end (bytes, for clusters of `cs`).
     pub(super) fn used_end(&self, cs: u64) -> u64 {
         self.frontier * cs

@@ -79,6 +79,8 @@ pub struct Header {
     pub refcount_order: u32,
     /// Internal snapshots in the image.
     pub snapshots: u32,
+    /// Incompatible feature bits (version 3), all known here.
+    pub incompatible_features: u64,
     /// Auto-clear feature bits (version 3; bit 0: the bitmaps extension
     /// is consistent).
     pub autoclear_features: u64,
@@ -297,6 +299,7 @@ impl Header {
             refcount_table_clusters,
             refcount_order,
             snapshots,
+            incompatible_features: if version >= 3 { be64(data, 72) } else { 0 },
             autoclear_features: if version >= 3 { be64(data, 88) } else { 0 },
             bitmaps,
         })

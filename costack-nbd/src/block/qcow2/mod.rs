@@ -45,6 +45,7 @@ mod cluster;
 pub mod header;
 mod read;
 mod refcount;
+mod repair;
 mod write;
 mod writeback;
 
@@ -299,7 +300,7 @@ impl Qcow2 {
         let l2_tables = (options.l2_cache_bytes / cs)
             .min(u64::from(header.l1_size))
             .max(2);
-        Ok(Qcow2 {
+        let mut image = Qcow2 {
             file,
             header,
             options: options.clone(),
@@ -314,7 +315,13 @@ impl Qcow2 {
             syncs_done: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             bitmaps: Mutex::new(Bitmaps::new(tracked)),
-        })
+        };
+        if image.meta.is_some() && image.header.dirty {
+            // Left dirty by a writer with lazy refcounts: rebuilt before
+            // anything is written, as the format asks.
+            image.repair_refcounts()?;
+        }
+        Ok(image)
     }
 
     /// Checks that the image can be written and loads what writing needs.
@@ -335,11 +342,6 @@ impl Qcow2 {
         }
         if header.snapshots != 0 {
             return unsupported("images with internal snapshots are not written");
-        }
-        if header.dirty {
-            return unsupported(
-                "the image was not closed cleanly (repair it with qemu-img check -r all)",
-            );
         }
         // The bitmaps to keep up to date, or the reason why one cannot be.
         let tracked = bitmap_store::open_tracked(file, header)?;
