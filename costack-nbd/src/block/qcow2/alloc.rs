@@ -30,6 +30,9 @@ const GROW_BYTES: u64 = 1 << 20;
 /// the file grows.
 const RECLAIM_CLUSTERS: usize = 256;
 
+/// Clusters waiting to be freed at most (a write-back frees them).
+const MAX_DEFERRED: usize = 1 << 16;
+
 /// Allocation state (under the metadata lock).
 pub(super) struct Allocator {
     /// No cluster below this index is free.
@@ -150,8 +153,13 @@ impl Qcow2 {
 
     /// Host cluster `host` loses one reference once the L2 change that
     /// dropped it is durable.
-    pub(super) fn free_later(&self, meta: &mut Meta, host: u64) {
+    pub(super) fn free_later(&self, meta: &mut Meta, host: u64) -> io::Result<()> {
         meta.alloc.deferred_frees.push(host);
+        if meta.alloc.deferred_frees.len() >= MAX_DEFERRED {
+            // Discards without FLUSHes: the list stays bounded.
+            self.reclaim(meta)?;
+        }
+        Ok(())
     }
 
     /// Drops the refcounts deferred so far. Only after a write-back and a

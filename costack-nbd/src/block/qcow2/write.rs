@@ -107,20 +107,21 @@ impl Qcow2 {
     /// Gives back, once the change is durable, the host clusters `old`
     /// held that `new` does not keep: a compressed cluster's, a data or
     /// preallocated zero cluster's.
-    fn release(&self, meta: &mut Meta, old: u64, new: u64) {
+    fn release(&self, meta: &mut Meta, old: u64, new: u64) -> io::Result<()> {
         let cs = self.cluster_size();
         let keeps = |host: u64| new & L2_ZERO != 0 && new & OFFSET_MASK == host;
         match classify(old, self.header.cluster_bits, self.header.version) {
             Ok(Cluster::Compressed { at, len }) => {
                 for c in at / cs..=(at + len - 1) / cs {
-                    self.free_later(meta, c * cs);
+                    self.free_later(meta, c * cs)?;
                 }
+                Ok(())
             }
             Ok(Cluster::Data(host)) if !keeps(host) => self.free_later(meta, host),
             Ok(Cluster::Zero) if old & OFFSET_MASK != 0 && !keeps(old & OFFSET_MASK) => {
-                self.free_later(meta, old & OFFSET_MASK);
+                self.free_later(meta, old & OFFSET_MASK)
             }
-            _ => {}
+            _ => Ok(()),
         }
     }
 
@@ -190,8 +191,7 @@ impl Qcow2 {
             self.unalloc(&mut meta, host)?;
             return Err(e);
         }
-        self.release(&mut meta, entry, host | COPIED);
-        Ok(())
+        self.release(&mut meta, entry, host | COPIED)
     }
 
     /// The meta lock, once no other request is allocating cluster `index`.
@@ -219,8 +219,7 @@ impl Qcow2 {
             _ => L2_ZERO,
         };
         self.set_l2_entry(&mut meta, index, new)?;
-        self.release(&mut meta, entry, new);
-        Ok(())
+        self.release(&mut meta, entry, new)
     }
 
     /// Discards whole cluster `index` (QEMU's discard): its host cluster
@@ -241,8 +240,7 @@ impl Qcow2 {
             return Ok(());
         }
         self.set_l2_entry(&mut meta, index, new)?;
-        self.release(&mut meta, entry, new);
-        Ok(())
+        self.release(&mut meta, entry, new)
     }
 
     /// Whether guest cluster `index` reads as zeros without a write (so a
