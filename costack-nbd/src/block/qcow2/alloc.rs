@@ -3,10 +3,13 @@
 //! A new cluster is the first one from a hint upward whose refcount is 0
 //! (QEMU's `free_cluster_index`): freed clusters are reused before the file
 //! grows. Past the *frontier* nothing was ever used, so a cluster taken
-//! there reads as zeros already (a hole, or past the old end of the file),
-//! and a partial write into it needs no zeros around it. The file is grown
-//! ahead of the frontier in steps (`ftruncate`, sparse), so that no cluster
-//! an L2 entry points at ever lies past its end.
+//! there reads as zeros already (past the end of the file, or a hole once
+//! a later cluster's data extends it), and a partial write into it needs no
+//! zeros around it. The file is never extended ahead: its last cluster may
+//! end short of a cluster when only its start was written, and reads as
+//! zeros past the end (as QEMU reads it; `qemu-img check` objects only to
+//! a reference a whole cluster past the end, which the data written
+//! before the entry rules out).
 //!
 //! A cluster stops being used when its last L2 entry changes (a discard, a
 //! zeroed or rewritten compressed cluster). Its refcount drops only once
@@ -22,9 +25,6 @@
 use std::io;
 
 use super::{Meta, Qcow2};
-
-/// The file grows at least this much at a time (whole clusters).
-const GROW_BYTES: u64 = 1 << 20;
 
 /// Clusters waiting to be freed that make it worth a write-back before
 /// the file grows.
@@ -93,7 +93,6 @@ impl Qcow2 {
         meta.alloc.free_hint = index + 1;
         // May make a refcount block, at the frontier: past this cluster.
         self.set_refcount(meta, index * cs, 1)?;
-        self.cover(meta, (index + 1) * cs)?;
         Ok((index * cs, fresh))
     }
 
@@ -119,27 +118,13 @@ impl Qcow2 {
         Ok(meta.alloc.frontier)
     }
 
-    /// `n` clusters in a row at the frontier (for refcount blocks and the
-    /// refcount table); their refcounts are the caller's to set. Returns
-    /// the host offset of the first.
-    pub(super) fn alloc_at_frontier(&self, meta: &mut Meta, n: u64) -> io::Result<u64> {
-        let cs = self.cluster_size();
-        let at = meta.alloc.frontier * cs;
+    /// `n` clusters in a row at the frontier (for refcount blocks and
+    /// tables, written whole by the caller, who sets their refcounts).
+    /// Returns the host offset of the first.
+    pub(super) fn alloc_at_frontier(&self, meta: &mut Meta, n: u64) -> u64 {
+        let at = meta.alloc.frontier * self.cluster_size();
         meta.alloc.frontier += n;
-        self.cover(meta, at + n * cs)?;
-        Ok(at)
-    }
-
-    /// Grows the file (sparsely) to cover `end`, a step ahead.
-    fn cover(&self, meta: &Meta, end: u64) -> io::Result<()> {
-        let len = self.file_len.load(std::sync::atomic::Ordering::Acquire);
-        if end <= len {
-            return Ok(());
-        }
-        let cs = self.cluster_size();
-        let step = GROW_BYTES.next_multiple_of(cs);
-        let target = end.max(meta.alloc.frontier * cs).next_multiple_of(step);
-        self.extend_file(target)
+        at
     }
 
     /// A cluster the caller took but never linked: free at once (nothing
@@ -209,18 +194,5 @@ impl Qcow2 {
         self.write_back(meta)?;
         self.barrier()?;
         self.apply_deferred_frees(meta)
-    }
-
-    /// Trims the file after the last cluster ever used (the file grows in
-    /// steps ahead of it).
-    pub(super) fn trim_file_end(&self, meta: &mut Meta) -> io::Result<()> {
-        let end = meta.alloc.used_end(self.cluster_size());
-        let len = self.file_len.load(std::sync::atomic::Ordering::Acquire);
-        if len > end {
-            self.file.set_len(end)?;
-            self.file_len
-                .store(end, std::sync::atomic::Ordering::Release);
-        }
-        Ok(())
     }
 }

@@ -269,7 +269,7 @@ impl Qcow2 {
             table.push(host);
         }
         let table_clusters = (table.len() as u64 * 8).div_ceil(cs).max(1);
-        let table_at = self.alloc_at_frontier(meta, table_clusters)?;
+        let table_at = self.alloc_at_frontier(meta, table_clusters);
         for k in 0..table_clusters {
             self.set_refcount(meta, table_at + k * cs, 1)?;
         }

@@ -408,6 +408,37 @@ impl Qcow2 {
         }
     }
 
+    /// Checks that `len` bytes at host offset `at`, in data clusters, lie
+    /// in clusters that start inside the file (the last one may end short:
+    /// it reads as zeros past the end) and outside its header cluster.
+    fn check_data(&self, at: u64, len: u64) -> io::Result<()> {
+        let file_len = self.file_len.load(Ordering::Acquire);
+        let cs = self.cluster_size();
+        let inside = at >= cs
+            && at
+                .checked_add(len)
+                .is_some_and(|end| (end.max(at + 1) - 1) / cs * cs < file_len);
+        if inside {
+            Ok(())
+        } else {
+            Err(bad_data(format!(
+                "data cluster at {at:#x} ({len} bytes) lies outside the image ({file_len} \
+                 bytes) or in its header"
+            )))
+        }
+    }
+
+    /// Reads data cluster bytes at host offset `at` (see
+    /// [`check_data`](Self::check_data)): zeros past the end of the file.
+    fn read_data(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        self.check_data(at, buf.len() as u64)?;
+        let file_len = self.file_len.load(Ordering::Acquire);
+        let have = file_len.saturating_sub(at).min(buf.len() as u64) as usize;
+        self.file.read_exact_at(&mut buf[..have], at)?;
+        buf[have..].fill(0);
+        Ok(())
+    }
+
     fn l1_entry(&self, index: usize) -> u64 {
         let l1 = self.l1.read().unwrap_or_else(|e| e.into_inner());
         l1.get(index).copied().unwrap_or(0)
@@ -428,17 +459,8 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Extends the file (sparsely) to at least `len` bytes.
-    fn extend_file(&self, len: u64) -> io::Result<()> {
-        if len > self.file_len.load(Ordering::Acquire) {
-            self.file.set_len(len)?;
-            self.file_len.fetch_max(len, Ordering::AcqRel);
-        }
-        Ok(())
-    }
-
-    /// Writes everything back and makes it durable, and trims the file to
-    /// the clusters in use. Dropping a writable image does this too, with
+    /// Writes everything back and makes it durable, and saves the dirty
+    /// bitmaps. Dropping a writable image does this too, with
     /// errors only logged; call it to see them. Writes after it are
     /// refused.
     ///
@@ -455,10 +477,9 @@ impl Qcow2 {
         let mut meta = meta.lock();
         self.flush_locked(&mut meta)?;
         self.store_bitmaps(&mut meta)?;
-        // The refcounts that flush dropped, and the file's end, durable:
-        // nothing leaks from a closed image.
+        // The refcounts that flush dropped durable: nothing leaks from a
+        // closed image.
         self.write_refblocks(&mut meta)?;
-        self.trim_file_end(&mut meta)?;
         self.barrier()
     }
 }

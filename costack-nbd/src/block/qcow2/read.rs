@@ -100,9 +100,7 @@ impl Qcow2 {
             Cluster::Zero => buf.fill(0),
             Cluster::Unallocated => self.read_backing(buf, offset)?,
             Cluster::Data(host) => {
-                let at = host + in_cluster;
-                self.check_host(at, buf.len() as u64, "data cluster")?;
-                self.file.read_exact_at(buf, at)?;
+                self.read_data(buf, host + in_cluster)?;
             }
             Cluster::Compressed { at, len } => {
                 // The last compressed cluster may end short of its last
@@ -159,9 +157,7 @@ impl Qcow2 {
                     _ => break,
                 }
             }
-            self.check_host(host_at, len as u64, "data cluster")?;
-            self.file
-                .read_exact_at(&mut buf[done..done + len], host_at)?;
+            self.read_data(&mut buf[done..done + len], host_at)?;
             done += len;
         }
         Ok(())

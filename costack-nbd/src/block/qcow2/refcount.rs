@@ -113,7 +113,7 @@ impl Qcow2 {
     fn new_refcount_block(&self, meta: &mut Meta, t: usize) -> io::Result<u64> {
         let cs = self.cluster_size();
         let per_block = cs / 2;
-        let at = self.alloc_at_frontier(meta, 1)?;
+        let at = self.alloc_at_frontier(meta, 1);
         let mut counts = vec![0u16; per_block as usize].into_boxed_slice();
         let own = at / cs;
         let counts_itself = (own / per_block) as usize == t;
@@ -192,7 +192,7 @@ impl Qcow2 {
         let new_end = blocks
             .last()
             .map_or(table_at + table_clusters * cs, |&(_, at)| at + cs);
-        let claimed = self.alloc_at_frontier(meta, (new_end - table_at) / cs)?;
+        let claimed = self.alloc_at_frontier(meta, (new_end - table_at) / cs);
         debug_assert_eq!(claimed, table_at);
         let mut table = meta.refcount_table.clone();
         table.resize(entries.next_multiple_of(entries_per_cluster), 0);

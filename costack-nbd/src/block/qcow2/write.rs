@@ -44,13 +44,10 @@ impl Qcow2 {
             return Err(bad_data("write past the L1 table"));
         }
         let cs = self.cluster_size();
-        let (at, fresh) = self.alloc_cluster(meta)?;
-        if !fresh {
-            self.write_file(&vec![0u8; cs as usize], at)?;
-        }
+        let (at, _) = self.alloc_cluster(meta)?;
+        self.write_file(&vec![0u8; cs as usize], at)?;
         // The zeroed table and its refcount before the L1 entry points at
-        // it (a fresh cluster reads as zeros once the file's new length is
-        // durable, which the barrier covers too).
+        // it.
         self.write_refblocks(meta)?;
         self.barrier()?;
         let l1_entry = at | COPIED;
@@ -136,8 +133,8 @@ impl Qcow2 {
             classify(entry, self.header.cluster_bits, self.header.version)
         {
             if entry & COPIED != 0 {
-                self.check_host(host + in_cluster, buf.len() as u64, "data cluster")?;
-                return self.file.write_all_at(buf, host + in_cluster);
+                self.check_data(host + in_cluster, buf.len() as u64)?;
+                return self.write_file(buf, host + in_cluster);
             }
         }
         let mut meta = self.lock_cluster(index)?;
@@ -148,8 +145,8 @@ impl Qcow2 {
         if let Cluster::Data(host) = what {
             if entry & COPIED != 0 {
                 drop(meta);
-                self.check_host(host + in_cluster, buf.len() as u64, "data cluster")?;
-                return self.file.write_all_at(buf, host + in_cluster);
+                self.check_data(host + in_cluster, buf.len() as u64)?;
+                return self.write_file(buf, host + in_cluster);
             }
             return Err(bad_data(format!(
                 "data cluster at {host:#x} is shared (a snapshot's); not written"
