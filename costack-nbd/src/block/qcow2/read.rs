@@ -110,7 +110,15 @@ impl Qcow2 {
                 self.check_host(at, len, "compressed cluster")?;
                 let mut packed = vec![0u8; len as usize];
                 self.file.read_exact_at(&mut packed, at)?;
-                let cluster = inflate_cluster(&packed, self.cluster_size() as usize)?;
+                let cs = self.cluster_size() as usize;
+                let cluster = if costack::in_coroutine() {
+                    // Inflating takes a while: on the thread pool, as QEMU
+                    // does, so the loop serves other requests meanwhile and
+                    // a second core inflates too.
+                    costack::aio::run_blocking(move || inflate_cluster(&packed, cs))?
+                } else {
+                    inflate_cluster(&packed, cs)?
+                };
                 let start = in_cluster as usize;
                 buf.copy_from_slice(&cluster[start..start + buf.len()]);
             }
