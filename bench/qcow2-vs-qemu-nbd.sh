@@ -5,7 +5,11 @@
 # clusters, QEMU's default) converted from random data, one copy per
 # server, in /dev/shm. Allocating writes go to a fresh, empty 8 GiB image
 # per server, each round into a new 512 MiB region, so that every write
-# allocates (at most 8 rounds). Each workload runs ROUNDS times, alternating the servers;
+# allocates (at most 8 rounds). Compressed reads go to a 256 MiB image of
+# compressible data made by `qemu-img convert -c`; chain reads to the top
+# of a 3-deep backing chain (the allocated image, then two overlays each
+# holding every third cluster), both served read-only by every server.
+# Each workload runs ROUNDS times, alternating the servers;
 # prints medians and the ratio of costack-nbd to qemu-nbd (higher is
 # better for costack-nbd).
 #
@@ -40,6 +44,28 @@ if [ ! -f "$IMG" ] || [ "$RAW" -nt "$IMG" ]; then
     echo "converting to $IMG"
     qemu-img convert -f raw -O qcow2 "$RAW" "$IMG"
 fi
+COMP=${COMP:-/dev/shm/costack-nbd-bench-comp.qcow2}
+if [ ! -f "$COMP" ]; then
+    echo "creating $COMP (256 MiB of compressible data, compressed)"
+    head -c $((192 << 20)) /dev/urandom | base64 -w 0 | head -c $((256 << 20)) > "$COMP.raw"
+    qemu-img convert -c -f raw -O qcow2 "$COMP.raw" "$COMP"
+    rm -f "$COMP.raw"
+fi
+CHAIN=${CHAIN:-/dev/shm/costack-nbd-bench-chain}
+if [ ! -f "$CHAIN-top.qcow2" ] || [ "$IMG" -nt "$CHAIN-top.qcow2" ]; then
+    echo "creating the backing chain $CHAIN-{mid,top}.qcow2 over $IMG"
+    qemu-img create -q -f qcow2 -b "$IMG" -F qcow2 "$CHAIN-mid.qcow2"
+    qemu-img create -q -f qcow2 -b "$CHAIN-mid.qcow2" -F qcow2 "$CHAIN-top.qcow2"
+    # Every third 64 KiB cluster in each overlay (1, 4, 7, ... and 2, 5, 8, ...).
+    for layer in mid top; do
+        first=1; [ $layer = top ] && first=2
+        for ((c = first; c < SIZE_MB * 16; c += 3)); do
+            echo "write -q -P 0x5a $((c * 65536)) 64k"
+        done > "$CHAIN.cmds"
+        qemu-io -f qcow2 "$CHAIN-$layer.qcow2" < "$CHAIN.cmds" >/dev/null
+    done
+    rm -f "$CHAIN.cmds"
+fi
 servers=(costack qemu-nbd)
 [ -z "$BASELINE" ] || servers+=(baseline)
 # Each server writes its own copies.
@@ -58,12 +84,16 @@ cleanup() {
 trap cleanup EXIT
 
 start_server() { # name port
-    local img=/dev/shm/qcow2-bench-${1%-fresh}.qcow2
-    [[ $1 == *-fresh ]] && img=/dev/shm/qcow2-bench-$1.qcow2
+    local img=/dev/shm/qcow2-bench-${1%-fresh}.qcow2 ro=()
     case $1 in
-        costack*) "$COSTACK" -f qcow2 -p "$2" "$img" >/dev/null & ;;
-        baseline*) "$BASELINE" -f qcow2 -p "$2" "$img" >/dev/null & ;;
-        qemu-nbd*) qemu-nbd -f qcow2 -t -e 8 --cache=writeback --aio=threads -p "$2" "$img" & ;;
+        *-fresh) img=/dev/shm/qcow2-bench-$1.qcow2 ;;
+        *-comp) img=$COMP; ro=(-r) ;;
+        *-chain) img=$CHAIN-top.qcow2; ro=(-r) ;;
+    esac
+    case $1 in
+        costack*) "$COSTACK" -f qcow2 "${ro[@]}" -p "$2" "$img" >/dev/null & ;;
+        baseline*) "$BASELINE" -f qcow2 "${ro[@]}" -p "$2" "$img" >/dev/null & ;;
+        qemu-nbd*) qemu-nbd -f qcow2 "${ro[@]}" -t -e 8 --cache=writeback --aio=threads -p "$2" "$img" & ;;
     esac
     pids+=($!)
     for _ in $(seq 100); do
@@ -75,7 +105,7 @@ start_server() { # name port
 
 declare -A port
 i=0
-for s in "${servers[@]}" "${servers[@]/%/-fresh}"; do
+for s in "${servers[@]}" "${servers[@]/%/-fresh}" "${servers[@]/%/-comp}" "${servers[@]/%/-chain}"; do
     port[$s]=$((PORT_BASE + i)); i=$((i + 1))
     start_server "$s" "${port[$s]}"
 done
@@ -87,6 +117,8 @@ workloads=(
     "4k-overwrite-qd32|-w -c 400000 -d 32 -s 4k -S 1236992"
     "64k-alloc-write-qd16|-w -c 8192 -d 16 -s 64k"
     "4k-alloc-write-qd32|-w -c 2600 -d 32 -s 4k -S 196608"
+    "comp-64k-read-qd16|-c 20000 -d 16 -s 64k -S 1245184"
+    "chain-4k-read-qd32|-c 200000 -d 32 -s 4k -S 1236992"
 )
 
 selected=()
@@ -116,6 +148,10 @@ for w in "${selected[@]}"; do
                 # (each into a new cluster, 192 KiB apart).
                 base=0; [[ $name == 4k* ]] && base=4096
                 v=$(bench_once "$s-fresh" "$args -o $(( base + (round - 1) * 512 ))M")
+            elif [[ $name == comp-* ]]; then
+                v=$(bench_once "$s-comp" "$args")
+            elif [[ $name == chain-* ]]; then
+                v=$(bench_once "$s-chain" "$args")
             else
                 v=$(bench_once "$s" "$args")
             fi

@@ -241,7 +241,7 @@ fn run(cli: Cli) -> io::Result<()> {
         w.join()
             .map_err(|_| io::Error::other("an event-loop thread panicked"))?;
     }
-    device.flush().map_err(|e| {
+    device.close().map_err(|e| {
         let what = match &cli.file {
             Some(path) => format!("cannot flush {}", path.display()),
             None => "cannot flush the disk".to_owned(),

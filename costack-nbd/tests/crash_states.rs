@@ -1,39 +1,46 @@
-//! Power cuts on qcow2 images, tested rather than argued.
+//! Power cuts on qcow2 and raw images, tested rather than argued.
 //!
 //! `kill -9` cannot show what a power cut does (the page cache survives a
-//! killed process), so these tests record every write and barrier the
-//! qcow2 driver issues during a concurrent workload (a recorder under it
-//! as its `ImageFile`), rebuild the files a power cut could have left
+//! killed process), so these tests record every write and barrier a driver
+//! issues during a concurrent workload (a recorder under it as its
+//! `ImageFile`), rebuild the files a power cut could have left
 //! (`support::crash`: every write before the last completed barrier, plus
-//! subsets of the rest), and check each one as qemu sees it:
+//! subsets of the rest, torn writes included), and check each one as qemu
+//! sees it:
 //! - `qemu-img check` finds no corruption (exit 0, or 3: leaked clusters);
 //! - every byte written before the last FLUSH that completed before the cut
 //!   (FUA writes are a write and a FLUSH) and not written again since reads
-//!   back as written (`qemu-img convert` to raw). Bytes written again since
-//!   that FLUSH may hold anything: their write was never made durable.
+//!   back as written (`support::crash_workload`), through the driver itself
+//!   for every state and through `qemu-img dd` for one in eight.
 //!
 //! Covered: data clusters allocated at the end of the file, new L2 tables,
-//! the refcount table growing (512-byte clusters), copy-on-write from a
+//! the refcount table growing (512-byte clusters), L2 tables and refcount
+//! blocks written back as tiny caches evict them, copy-on-write from a
 //! backing file and from compressed clusters, zero clusters and discards,
-//! on 512-byte and 64 KiB clusters. Then a crashed image made by hand (an
-//! L2 entry past the end of the file, counted by refcounts) is written
-//! through the driver: new clusters never land on one in use.
+//! clusters freed and reused, on 512-byte, 4 KiB and 64 KiB clusters; a raw
+//! image. Then a crashed image made by hand (an L2 entry past the end of the
+//! file, counted by refcounts) is written through the driver: new clusters
+//! never land on one in use.
 //!
-//! `COSTACK_CRASH_STATES=N` sets the states per image (default 300; half
-//! that for 512-byte clusters, whose states are slowest to read back).
+//! `COSTACK_CRASH_STATES=N` sets the states per image (default 400; some
+//! images take a share of it): a long run is `COSTACK_CRASH_STATES=20000`.
 
 mod support;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
-use costack::aio::{self, EventLoop};
-use costack_nbd::block::qcow2::Qcow2;
+use costack::aio::EventLoop;
+use costack_nbd::block::qcow2::bitmap::Bits;
+use costack_nbd::block::qcow2::{Options, Qcow2};
+use costack_nbd::block::raw::FileDisk;
 use costack_nbd::block::BlockDevice;
-use support::crash::{Cut, Log, Recorder, Replay, Subset};
+use support::crash::{Event, Log, Recorder, Replay};
+use support::crash_qcow2::{
+    check_bitmap, qemu_img_check, read_back, read_back_with_qemu, BitmapView,
+};
+use support::crash_workload::{self as workload, Expect, Op, Windows};
 use support::tools::{have, ok, run};
 use support::Rng;
 
@@ -53,82 +60,7 @@ fn states_per_image() -> usize {
     std::env::var("COSTACK_CRASH_STATES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(300)
-}
-
-/// One request of the workload.
-#[derive(Debug, Clone)]
-enum Op {
-    Write(u64, Vec<u8>),
-    Zero(u64, u64),
-    Trim(u64, u64),
-}
-
-impl Op {
-    fn range(&self) -> (u64, u64) {
-        match self {
-            Op::Write(at, data) => (*at, data.len() as u64),
-            Op::Zero(at, len) | Op::Trim(at, len) => (*at, *len),
-        }
-    }
-
-    fn run(&self, dev: &Qcow2) {
-        let r = match self {
-            Op::Write(at, data) => dev.write_at(data, *at),
-            Op::Zero(at, len) => dev.write_zeroes(*at, *len, true),
-            Op::Trim(at, len) => dev.trim(*at, *len),
-        };
-        r.unwrap_or_else(|e| panic!("{self:?}: {e}"));
-    }
-}
-
-/// The guest's view: the bytes of the ranges of the virtual disk the
-/// workload touches (`(start, bytes)`), and the ranges discarded since
-/// (unspecified until written again). Compared a range at a time, as
-/// slices: the test runs unoptimized.
-#[derive(Clone)]
-struct Windows {
-    bytes: Vec<(u64, Vec<u8>)>,
-    discarded: Vec<(u64, u64)>,
-}
-
-impl Windows {
-    /// Where the last window ends.
-    fn end(&self) -> u64 {
-        self.bytes
-            .iter()
-            .map(|(start, b)| start + b.len() as u64)
-            .max()
-            .unwrap_or(0)
-    }
-
-    fn apply(&mut self, op: &Op) {
-        let (at, len) = op.range();
-        let (start, bytes) = self
-            .bytes
-            .iter_mut()
-            .find(|(start, b)| (*start..*start + b.len() as u64).contains(&at))
-            .expect("ops stay inside a window");
-        let range = (at - *start) as usize..(at - *start + len) as usize;
-        match op {
-            Op::Write(_, data) => bytes[range].copy_from_slice(data),
-            Op::Zero(..) => bytes[range].fill(0),
-            Op::Trim(..) => {
-                self.discarded.push((at, len));
-                return;
-            }
-        }
-        self.discarded
-            .retain(|&(a, l)| !(at <= a && a + l <= at + len));
-    }
-}
-
-/// A workload's rounds: requests run concurrently within a round; a round
-/// may end with a FLUSH, whose completion is a checkpoint.
-struct Round {
-    ops: Vec<Op>,
-    /// Log position once the round's FLUSH returned.
-    flushed_at: Option<usize>,
+        .unwrap_or(400)
 }
 
 /// How an image is made and exercised.
@@ -150,10 +82,22 @@ struct Image {
     /// and table).
     fill: u64,
     rounds: usize,
+    /// Chance of a request being a discard or write-zeroes of whole
+    /// clusters, and of a round ending with a FLUSH (%).
+    discard_percent: u64,
+    flush_percent: u64,
+    /// The driver's options (cache sizes).
+    options: Options,
     /// Crash states checked, as a share of `COSTACK_CRASH_STATES` (%).
     states_percent: usize,
     /// The workload must have moved the refcount table.
     grows_refcount_table: bool,
+    /// The file may end no further than this after the run (clusters
+    /// freed were reused).
+    file_bound: Option<u64>,
+    /// Carries an `auto` bitmap, `b0` (4 KiB granularity), kept up to date
+    /// and saved at close.
+    bitmap: bool,
     seed: u64,
 }
 
@@ -166,6 +110,24 @@ enum Source {
 /// Compressible bytes (16 symbols), so `qemu-img convert -c` compresses.
 fn data(rng: &mut Rng, n: usize) -> Vec<u8> {
     rng.bytes(n).into_iter().map(|b| b & 0x0f).collect()
+}
+
+/// Cache sizes small enough that the workloads evict dirty tables: two
+/// L2 tables, QEMU's minimum of four refcount blocks.
+fn tiny_caches(cluster: u64) -> Options {
+    Options {
+        writable: true,
+        l2_cache_bytes: 2 * cluster,
+        refcount_cache_bytes: Some(4 * cluster),
+        ..Options::default()
+    }
+}
+
+fn default_caches() -> Options {
+    Options {
+        writable: true,
+        ..Options::default()
+    }
 }
 
 impl Image {
@@ -248,25 +210,13 @@ impl Image {
             initial.resize(initial.len().max(self.prefill as usize), 0);
             initial[..self.prefill as usize].fill(0x5a);
         }
-        let bytes = self
-            .windows
-            .iter()
-            .map(|&(start, len)| {
-                let mut bytes = vec![0u8; len as usize];
-                let have = initial
-                    .len()
-                    .saturating_sub(start as usize)
-                    .min(len as usize);
-                if have > 0 {
-                    bytes[..have].copy_from_slice(&initial[start as usize..][..have]);
-                }
-                (start, bytes)
-            })
-            .collect();
-        let windows = Windows {
-            bytes,
-            discarded: Vec::new(),
-        };
+        if self.bitmap {
+            ok(
+                "qemu-img",
+                &["bitmap", "--add", "-g", "4096", s(&img), "b0"],
+            );
+        }
+        let windows = Windows::new(&self.windows, &initial);
         (img, windows)
     }
 
@@ -284,29 +234,26 @@ impl Image {
             } else {
                 let (start, wlen) = self.windows[rng.below(self.windows.len() as u64) as usize];
                 let cs = self.cluster;
-                match rng.below(10) {
-                    // Whole clusters: zeroed or discarded.
-                    0 | 1 => {
-                        let n = 1 + rng.below(4);
-                        let at = start + rng.below(wlen / cs - n) * cs;
-                        if rng.chance(50) {
-                            Op::Zero(at, n * cs)
-                        } else {
-                            Op::Trim(at, n * cs)
-                        }
+                if rng.chance(self.discard_percent) {
+                    // Whole clusters: zeroed (unmapped or not) or discarded.
+                    let n = 1 + rng.below(4);
+                    let at = start + rng.below(wlen / cs - n) * cs;
+                    match rng.below(3) {
+                        0 => Op::Zero(at, n * cs, true),
+                        1 => Op::Zero(at, n * cs, false),
+                        _ => Op::Trim(at, n * cs),
                     }
+                } else {
                     // Anything from a few bytes to several clusters, at
                     // any offset.
-                    _ => {
-                        let len = match rng.below(3) {
-                            0 => 1 + rng.below(512),
-                            1 => 512 * (1 + rng.below(16)),
-                            _ => cs * (1 + rng.below(3)),
-                        }
-                        .min(wlen);
-                        let at = start + rng.below(wlen - len + 1);
-                        Op::Write(at, data(rng, len as usize))
+                    let len = match rng.below(3) {
+                        0 => 1 + rng.below(512),
+                        1 => 512 * (1 + rng.below(16)),
+                        _ => cs * (1 + rng.below(3)),
                     }
+                    .min(wlen);
+                    let at = start + rng.below(wlen - len + 1);
+                    Op::Write(at, data(rng, len as usize))
                 }
             };
             let (a, la) = op.range();
@@ -320,162 +267,23 @@ impl Image {
         }
         ops
     }
-}
 
-/// Runs the workload on `img` through a recording driver; returns the
-/// rounds and the log.
-fn record(image: &Image, img: &Path, rng: &mut Rng) -> (Vec<Round>, Log) {
-    let log = Log::default();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(img)
-        .unwrap();
-    let recorder = Recorder::new(costack::fs::File::from_std(file), log.clone());
-    let dev = Qcow2::open_file(Box::new(recorder), img, true).unwrap();
-    let mut plans = Vec::new();
-    let mut filled = 0;
-    for _ in 0..image.rounds {
-        let ops = image.plan_round(rng, &mut filled);
-        // FUA: one write, then a FLUSH of its own.
-        let fua = ops.len() == 1 && matches!(ops[0], Op::Write(..));
-        plans.push((ops, fua || rng.chance(30)));
-    }
-    let log2 = log.clone();
-    let rounds = EventLoop::new().unwrap().block_on(move || {
-        let dev = Rc::new(dev);
-        let mut rounds = Vec::new();
-        for (ops, flush) in plans {
-            let running: Vec<_> = ops
-                .iter()
-                .cloned()
-                .map(|op| {
-                    let dev = dev.clone();
-                    aio::spawn(move || op.run(&dev))
-                })
-                .collect();
-            for r in running {
-                r.join().expect("request panicked");
-            }
-            let flushed_at = flush.then(|| {
-                dev.flush().unwrap();
-                log2.len()
-            });
-            rounds.push(Round { ops, flushed_at });
-        }
-        dev.flush().unwrap();
-        rounds.push(Round {
-            ops: Vec::new(),
-            flushed_at: Some(log2.len()),
-        });
-        rounds
-    });
-    (rounds, log)
-}
-
-/// What a cut must still show: the guest's view as of the last FLUSH that
-/// completed before it, and the ranges written since (unchecked).
-struct Expect<'a> {
-    view: &'a Windows,
-    since: Vec<(u64, u64)>,
-}
-
-/// Walks the rounds alongside cuts taken in order.
-struct Expectations<'a> {
-    rounds: &'a [Round],
-    /// Rounds applied to `view`.
-    next: usize,
-    view: Windows,
-}
-
-impl Expectations<'_> {
-    fn at(&mut self, cut: usize) -> Expect<'_> {
-        // Apply every round whose FLUSH completed by the cut.
-        let mut last_flushed = self.next;
-        for (i, r) in self.rounds.iter().enumerate().skip(self.next) {
-            if r.flushed_at.is_some_and(|p| p <= cut) {
-                last_flushed = i + 1;
-            }
-        }
-        for r in &self.rounds[self.next..last_flushed] {
-            for op in &r.ops {
-                self.view.apply(op);
-            }
-        }
-        self.next = last_flushed;
-        // Everything after: rounds up to (and with) the next FLUSH.
-        let mut since = Vec::new();
-        for r in &self.rounds[self.next..] {
-            since.extend(r.ops.iter().map(Op::range));
-            if r.flushed_at.is_some() {
-                break;
-            }
-        }
-        Expect {
-            view: &self.view,
-            since,
-        }
+    /// The rounds: requests, and whether a FLUSH ends each.
+    fn plans(&self, rng: &mut Rng) -> Vec<(Vec<Op>, bool)> {
+        let mut filled = 0;
+        (0..self.rounds)
+            .map(|_| {
+                let ops = self.plan_round(rng, &mut filled);
+                // FUA: one write, then a FLUSH of its own.
+                let fua = ops.len() == 1 && matches!(ops[0], Op::Write(..));
+                let flush = fua || rng.chance(self.flush_percent);
+                (ops, flush)
+            })
+            .collect()
     }
 }
 
-/// Checks one crash state, written to `path`, against `expect`.
-fn check_state(path: &Path, expect: &Expect, what: &str) {
-    let out = run("qemu-img", &["check", "-f", "qcow2", s(path)]);
-    let code = out.status.code();
-    assert!(
-        matches!(code, Some(0 | 3)),
-        "{what}: qemu-img check exit {code:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let raw = path.with_extension("raw");
-    let end = expect.view.end();
-    if end <= 64 << 20 {
-        // dd reads in large requests: much faster than convert on a
-        // fragmented image of small clusters.
-        let count = format!("count={}", end.div_ceil(1 << 20));
-        let (input, output) = (format!("if={}", s(path)), format!("of={}", s(&raw)));
-        let args = [
-            "dd", "-f", "qcow2", "-O", "raw", "bs=1M", &count, &input, &output,
-        ];
-        ok("qemu-img", &args);
-    } else {
-        ok(
-            "qemu-img",
-            &["convert", "-f", "qcow2", "-O", "raw", s(path), s(&raw)],
-        );
-    }
-    let f = std::fs::File::open(&raw).unwrap();
-    let mut unchecked: Vec<(u64, u64)> = expect.view.discarded.clone();
-    unchecked.extend(&expect.since);
-    unchecked.sort_unstable();
-    for (start, want) in &expect.view.bytes {
-        let mut got = vec![0u8; want.len()];
-        f.read_exact_at(&mut got, *start).unwrap();
-        // The checked runs: the window minus the unchecked ranges.
-        let end = start + want.len() as u64;
-        let mut at = *start;
-        for &(a, l) in unchecked.iter().chain([(end, 0)].iter()) {
-            let (a, b) = (a.clamp(*start, end), (a + l).clamp(*start, end));
-            if a > at {
-                let run = (at - start) as usize..(a - start) as usize;
-                if got[run.clone()] != want[run.clone()] {
-                    let i = run.start + (run.clone().position(|i| got[i] != want[i]).unwrap());
-                    panic!(
-                        "{what}: flushed byte at guest offset {} reads {:#04x}, was written {:#04x}",
-                        start + i as u64,
-                        got[i],
-                        want[i]
-                    );
-                }
-            }
-            at = at.max(b);
-        }
-    }
-    std::fs::remove_file(&raw).unwrap();
-}
-
-/// Records `image`'s workload and checks its crash states on two threads.
+/// Records `image`'s workload and checks its crash states.
 fn power_cuts(image: Image) {
     if !have(&["qemu-img", "qemu-io"]) {
         return;
@@ -484,13 +292,24 @@ fn power_cuts(image: Image) {
     let mut rng = Rng::new(image.seed);
     let (img, windows) = image.create(&d, &mut rng);
     let base = std::fs::read(&img).unwrap();
-    let (rounds, log) = record(&image, &img, &mut rng);
+    let log = Log::default();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let recorder = Recorder::new(costack::fs::File::from_std(file), log.clone());
+    let dev = Rc::new(Qcow2::open_file_with(Box::new(recorder), &img, &image.options).unwrap());
+    let plans = image.plans(&mut rng);
+    let rounds = workload::record(dev.clone(), plans, &log);
+    // Closing (bitmaps saved, the file trimmed) is recorded too, and
+    // every position in it is cut at.
+    let closing = log.len();
+    dev.close().unwrap();
+    drop(dev);
+
     // The image as the run left it: clean, and as the model says.
-    let mut last = windows.clone();
-    rounds
-        .iter()
-        .flat_map(|r| &r.ops)
-        .for_each(|op| last.apply(op));
+    let last = workload::final_view(&windows, &rounds);
     let done = Expect {
         view: &last,
         since: Vec::new(),
@@ -502,7 +321,9 @@ fn power_cuts(image: Image) {
         "{}: after the run: {out:?}",
         image.name
     );
-    check_state(&img, &done, &format!("{}: after the run", image.name));
+    let what = format!("{}: after the run", image.name);
+    read_back_with_qemu(&img, &done, &what);
+    read_back(&img, &std::fs::read(&img).unwrap(), &done, &what);
     if image.grows_refcount_table {
         let header = Qcow2::open(&img, false).unwrap().header().clone();
         assert!(
@@ -511,90 +332,81 @@ fn power_cuts(image: Image) {
             image.name
         );
     }
-
-    let replay = Replay::new(base, log.events());
-    let points = replay.cut_points(states_per_image() * image.states_percent / 300, &mut rng);
-    let mut cuts = Vec::new();
-    for &at in &points {
-        for subset in [
-            Subset::SmallOnly,
-            Subset::LargeOnly,
-            Subset::Random(rng.next()),
-        ] {
-            cuts.push(Cut { at, subset });
-        }
+    let file_len = std::fs::metadata(&img).unwrap().len();
+    if let Some(bound) = image.file_bound {
+        assert!(
+            file_len <= bound,
+            "{}: the file ends at {file_len}, past {bound}: freed clusters were not reused",
+            image.name
+        );
     }
-    cuts.push(Cut {
-        at: replay.len(),
-        subset: Subset::All,
-    });
-    cuts.push(Cut {
-        at: replay.len(),
-        subset: Subset::None,
-    });
-    // Two workers, each a contiguous half of the cuts (sorted), so each
-    // replays its durable prefix once.
-    let half = cuts.len().div_ceil(2);
-    let checked = AtomicUsize::new(0);
-    let failures = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for (w, part) in cuts.chunks(half).enumerate() {
-            let (replay, rounds, windows, d) = (&replay, &rounds, &windows, &d);
-            let (checked, failures, name) = (&checked, &failures, image.name);
-            scope.spawn(move || {
-                let mut expectations = Expectations {
-                    rounds,
-                    next: 0,
-                    view: windows.clone(),
-                };
-                let path = d.join(format!("state-{w}.qcow2"));
-                replay.for_each_state(part, |cut, bytes| {
-                    let expect = expectations.at(cut.at);
-                    std::fs::write(&path, bytes).unwrap();
-                    let what = format!(
-                        "{name}: cut after {} of {} events, {:?}",
-                        cut.at,
-                        replay.len(),
-                        cut.subset
-                    );
-                    if let Err(e) = std::panic::catch_unwind(|| check_state(&path, &expect, &what))
-                    {
-                        let msg = e
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .unwrap_or_else(|| "panic".into());
-                        failures.lock().unwrap().push(msg);
-                    }
-                    checked.fetch_add(1, Ordering::Relaxed);
-                });
-            });
+
+    let bitmaps = image.bitmap.then(|| {
+        let before = BitmapView::of(&img, &base);
+        let after = BitmapView::of(&img, &std::fs::read(&img).unwrap());
+        assert!(!after.in_use, "{}: b0 still in use after close", image.name);
+        // Every request's range, and nothing else, is dirty.
+        let mut want = Bits::new(image.virtual_size, 12);
+        for op in rounds.iter().flat_map(|r| &r.ops) {
+            let (at, len) = op.range();
+            want.set_range(at, len);
         }
+        assert_eq!(
+            after.ranges,
+            want.dirty_ranges(),
+            "{}: b0 after close",
+            image.name
+        );
+        (before, after)
     });
-    let failures = failures.into_inner().unwrap();
-    eprintln!(
-        "{}: {} events, {} crash states checked, {} corrupt or lost flushed data",
+
+    // The open's barrier (bitmaps marked in use) is the log's first.
+    let events = log.events();
+    let marked_in_use = events
+        .iter()
+        .position(|e| matches!(e, Event::SyncEnd))
+        .unwrap_or(0);
+    let replay = Replay::new(base, events);
+    let mut cuts = workload::cuts(
+        &replay,
+        states_per_image() * image.states_percent / 100,
+        &mut rng,
+    );
+    cuts.extend(workload::cuts_in(closing..replay.len() + 1, &mut rng));
+    cuts.sort_by_key(|c| c.at);
+    let initial_view = Expect {
+        view: &windows,
+        since: Vec::new(),
+    };
+    workload::check_states(
         image.name,
-        replay.len(),
-        checked.load(Ordering::Relaxed),
-        failures.len()
+        &replay,
+        &cuts,
+        &rounds,
+        &windows,
+        |w, cut, bytes, expect, what| {
+            let path = d.join(format!("state-{w}.qcow2"));
+            std::fs::write(&path, bytes).unwrap();
+            qemu_img_check(&path, what);
+            read_back(&img, bytes, expect, what);
+            if let Some(views) = &bitmaps {
+                if check_bitmap(&img, bytes, views, cut.at <= marked_in_use, what) {
+                    // The old bitmap, complete: nothing may have changed.
+                    let what = format!("{what}: b0 is the old one, not in use");
+                    read_back(&img, bytes, &initial_view, &what);
+                }
+            }
+            if cut.at % 8 == 0 {
+                read_back_with_qemu(&path, expect, what);
+            }
+        },
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {} crash states fail; the first ones:\n{}",
-        failures.len(),
-        checked.load(Ordering::Relaxed),
-        failures
-            .iter()
-            .take(5)
-            .cloned()
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    eprintln!("{}: the file ends at {file_len} bytes", image.name);
     std::fs::remove_dir_all(&d).ok();
 }
 
 #[test]
-fn small_clusters_allocation_l2_tables_and_refcount_table_growth() {
+fn small_clusters_allocation_l2_tables_refcount_table_growth_and_evictions() {
     power_cuts(Image {
         name: "c512",
         cluster: 512,
@@ -606,10 +418,16 @@ fn small_clusters_allocation_l2_tables_and_refcount_table_growth() {
         prefill: 7 << 20,
         fill: 2 << 20,
         rounds: 90,
-        // Its states take longest to read back (qemu reads a fragmented
-        // image of 512-byte clusters a cluster at a time).
+        discard_percent: 20,
+        flush_percent: 30,
+        // Every allocation touches another L2 table and refcount block.
+        options: tiny_caches(512),
+        // Its states take longest to check (qemu reads a fragmented image
+        // of 512-byte clusters a cluster at a time).
         states_percent: 50,
         grows_refcount_table: true,
+        file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0512,
     });
 }
@@ -628,8 +446,13 @@ fn large_clusters_scattered_allocation_and_new_l2_tables() {
         prefill: 0,
         fill: 0,
         rounds: 60,
+        discard_percent: 20,
+        flush_percent: 30,
+        options: default_caches(),
         states_percent: 100,
         grows_refcount_table: false,
+        file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0064,
     });
 }
@@ -645,8 +468,13 @@ fn copy_on_write_from_a_backing_file() {
         prefill: 0,
         fill: 0,
         rounds: 60,
+        discard_percent: 20,
+        flush_percent: 30,
+        options: default_caches(),
         states_percent: 100,
         grows_refcount_table: false,
+        file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0bac,
     });
 }
@@ -662,10 +490,131 @@ fn rewrites_of_compressed_clusters() {
         prefill: 0,
         fill: 0,
         rounds: 60,
+        discard_percent: 20,
+        flush_percent: 30,
+        options: default_caches(),
         states_percent: 100,
         grows_refcount_table: false,
+        file_bound: None,
+        bitmap: false,
         seed: 0x5eed_0c0c,
     });
+}
+
+#[test]
+fn clusters_freed_and_reused_with_evictions() {
+    // 4 KiB clusters, three windows in three L2 tables (each covers
+    // 2 MiB) with a cache of two; a compressed start; many discards and
+    // FLUSHes, so freed clusters come back while tables are evicted.
+    power_cuts(Image {
+        name: "reuse",
+        cluster: 4 << 10,
+        virtual_size: 32 << 20,
+        windows: vec![(0, 1 << 20), (8 << 20, 1 << 20), (16 << 20, 1 << 20)],
+        from_data: Some((1 << 20, Source::Compressed)),
+        prefill: 0,
+        fill: 0,
+        rounds: 160,
+        discard_percent: 45,
+        flush_percent: 50,
+        options: tiny_caches(4 << 10),
+        states_percent: 100,
+        grows_refcount_table: false,
+        // It ends near 1.6 MiB; without reuse, near 2.5 MiB.
+        file_bound: Some(2 << 20),
+        bitmap: false,
+        seed: 0x5eed_4e05,
+    });
+}
+
+#[test]
+fn dirty_bitmaps_kept_and_saved() {
+    // An auto bitmap (4 KiB granularity) tracks every request; the cuts
+    // reach into close, where it is saved.
+    power_cuts(Image {
+        name: "bitmaps",
+        cluster: 64 << 10,
+        virtual_size: 64 << 20,
+        windows: vec![(0, 4 << 20), (40 << 20, 4 << 20)],
+        from_data: None,
+        // Allocated before the bitmap is added: writes there go in place,
+        // with no barrier of their own.
+        prefill: 4 << 20,
+        fill: 0,
+        rounds: 50,
+        discard_percent: 20,
+        flush_percent: 30,
+        options: default_caches(),
+        states_percent: 50,
+        grows_refcount_table: false,
+        file_bound: None,
+        bitmap: true,
+        seed: 0x5eed_b17a,
+    });
+}
+
+#[test]
+fn raw_images() {
+    let d = dir("raw");
+    let mut rng = Rng::new(0x5eed_04a3);
+    let img = d.join("image.raw");
+    let initial = data(&mut rng, 4 << 20);
+    std::fs::write(&img, &initial).unwrap();
+    let base = std::fs::read(&img).unwrap();
+    let windows_at = [(0, 4 << 20)];
+    let windows = Windows::new(&windows_at, &initial);
+    let image = Image {
+        name: "raw",
+        cluster: 4096,
+        virtual_size: 4 << 20,
+        windows: windows_at.to_vec(),
+        from_data: None,
+        prefill: 0,
+        fill: 0,
+        rounds: 120,
+        discard_percent: 30,
+        flush_percent: 30,
+        options: default_caches(),
+        states_percent: 100,
+        grows_refcount_table: false,
+        file_bound: None,
+        bitmap: false,
+        seed: 0,
+    };
+    let log = Log::default();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    let recorder = Recorder::new(costack::fs::File::from_std(file), log.clone());
+    let dev = FileDisk::open_file(Box::new(recorder), false, false).unwrap();
+    let rounds = workload::record(Rc::new(dev), image.plans(&mut rng), &log);
+    let last = workload::final_view(&windows, &rounds);
+    let after = std::fs::read(&img).unwrap();
+    Expect {
+        view: &last,
+        since: Vec::new(),
+    }
+    .compare("raw: after the run", |at, buf| {
+        buf.copy_from_slice(&after[at as usize..][..buf.len()])
+    });
+    let replay = Replay::new(base, log.events());
+    let cuts = workload::cuts(&replay, states_per_image(), &mut rng);
+    workload::check_states(
+        "raw",
+        &replay,
+        &cuts,
+        &rounds,
+        &windows,
+        |_, _, bytes, expect, what| {
+            assert_eq!(bytes.len(), after.len(), "{what}: the length changed");
+            expect.compare(what, |at, buf| {
+                buf.copy_from_slice(&bytes[at as usize..][..buf.len()])
+            });
+        },
+    );
+    std::fs::remove_dir_all(&d).ok();
 }
 
 /// Guest cluster number to host offset, from `qemu-img map`.

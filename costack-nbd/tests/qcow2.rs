@@ -645,3 +645,79 @@ fn kill_9_under_load_leaves_at_worst_leaks() {
         );
     }
 }
+
+#[test]
+fn an_image_left_dirty_by_lazy_refcounts_is_repaired_when_written() {
+    if !tools() {
+        return;
+    }
+    let d = dir("dirty");
+    let img = d.join("lazy.qcow2");
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            s(&img),
+            "64M",
+        ],
+    );
+    // qemu-io killed after a FLUSH: with lazy refcounts, the L2 tables
+    // are on the disk and the refcounts are not; the dirty bit says so.
+    let out = run(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -q -P 0x33 0 1M",
+            "-c",
+            "write -q -P 0x44 8M 64k",
+            "-c",
+            "flush",
+            "-c",
+            "sigraise 9",
+            s(&img),
+        ],
+    );
+    assert!(!out.status.success(), "qemu-io was to be killed: {out:?}");
+    assert_eq!(check(&img), 2, "the refcounts lag behind the tables");
+    let mut server = Server::start(&[s(&img)]);
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -q -P 0x33 0 1M",
+            "-c",
+            "write -q -P 0x55 2M 1M",
+            &server.url,
+        ],
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    assert_eq!(check(&img), 0, "repaired, and the new clusters counted");
+    ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "qcow2",
+            "-c",
+            "read -q -P 0x33 0 1M",
+            "-c",
+            "read -q -P 0x55 2M 1M",
+            "-c",
+            "read -q -P 0x44 8M 64k",
+            s(&img),
+        ],
+    );
+    let info = ok("qemu-img", &["info", "--output=json", s(&img)]);
+    assert!(info.contains("\"dirty-flag\": false"), "{info}");
+    std::fs::remove_dir_all(&d).ok();
+}

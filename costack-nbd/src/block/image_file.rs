@@ -1,5 +1,5 @@
 //! The file an image format lives in, as its driver uses it: positioned
-//! reads and writes, the write barrier, and the length.
+//! reads and writes, the write barrier, the length, and holes.
 //!
 //! Format drivers reach their file only through [`ImageFile`], so one seam
 //! sits under all of them: production passes a [`costack::fs::File`]
@@ -57,6 +57,49 @@ pub trait ImageFile: Send + Sync {
     /// # Errors
     /// As `ftruncate(2)`.
     fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Deallocates `len` bytes at `offset`: they read as zeros after, and
+    /// the length stays (`fallocate(PUNCH_HOLE | KEEP_SIZE)`). Like a
+    /// write, durable only after a barrier.
+    ///
+    /// # Errors
+    /// `Unsupported` (the default) or `EOPNOTSUPP` where the file cannot
+    /// have holes; else as `fallocate(2)`.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Makes `len` bytes at `offset` read as zeros without writing them,
+    /// keeping them allocated (`fallocate(ZERO_RANGE | KEEP_SIZE)`).
+    ///
+    /// # Errors
+    /// As [`punch_hole`](Self::punch_hole).
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        let _ = (offset, len);
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// The first offset at or after `offset` that holds data, `None` if
+    /// only a hole follows (`lseek(SEEK_DATA)`).
+    ///
+    /// # Errors
+    /// `Unsupported` (the default) where holes cannot be found; else as
+    /// `lseek(2)`.
+    fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        let _ = offset;
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// The first offset at or after `offset` in a hole, the end of the
+    /// file counting as one (`lseek(SEEK_HOLE)`).
+    ///
+    /// # Errors
+    /// As [`seek_data`](Self::seek_data).
+    fn seek_hole(&self, offset: u64) -> io::Result<u64> {
+        let _ = offset;
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl ImageFile for File {
@@ -78,5 +121,21 @@ impl ImageFile for File {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         File::set_len(self, len)
+    }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        File::punch_hole(self, offset, len)
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> io::Result<()> {
+        File::zero_range(self, offset, len)
+    }
+
+    fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
+        File::seek_data(self, offset)
+    }
+
+    fn seek_hole(&self, offset: u64) -> io::Result<u64> {
+        File::seek_hole(self, offset)
     }
 }

@@ -74,6 +74,13 @@ pub trait BlockDevice {
     /// device.
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
 
+    /// Makes every completed write durable and finishes what only the
+    /// end of serving does (qcow2: dirty bitmaps saved, the file trimmed).
+    /// Called once, when the server stops; the default flushes.
+    fn close(&self) -> io::Result<()> {
+        self.flush()
+    }
+
     /// Hint that `len` bytes at `offset` will be accessed soon
     /// (`NBD_CMD_CACHE`). The default does nothing.
     fn cache(&self, offset: u64, len: u64) -> io::Result<()> {

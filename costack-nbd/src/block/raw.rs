@@ -1,16 +1,15 @@
-//! A raw image file as a [`BlockDevice`], through `costack::fs` (io_uring
-//! where the kernel has it, the thread pool elsewhere).
+//! A raw image file as a [`BlockDevice`], through its [`ImageFile`]: in
+//! production a `costack::fs::File` (io_uring where the kernel has it, the
+//! thread pool elsewhere), in the crash tests a recorder.
 
 use std::fs::OpenOptions;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use costack::aio;
 use costack::fs::File;
 
-use crate::block::{BlockDevice, Extent};
+use crate::block::{BlockDevice, Extent, ImageFile};
 use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// Alignment `O_DIRECT` needs for buffers, offsets and lengths.
@@ -18,7 +17,7 @@ pub const DIRECT_ALIGN: usize = 4096;
 
 /// A raw image file.
 pub struct FileDisk {
-    file: File,
+    file: Box<dyn ImageFile>,
     size: u64,
     read_only: bool,
     direct: bool,
@@ -41,9 +40,23 @@ impl FileDisk {
                 "is a directory, not a disk image",
             ));
         }
-        let size = metadata.len();
+        Self::open_file(Box::new(File::from_std(std_file)), read_only, direct)
+    }
+
+    /// A raw image in `file` (opened for writing unless `read_only`, with
+    /// `O_DIRECT` if `direct`), served at its length: the seam where a
+    /// test records every write and barrier.
+    ///
+    /// # Errors
+    /// The file's length cannot be read.
+    pub fn open_file(
+        file: Box<dyn ImageFile>,
+        read_only: bool,
+        direct: bool,
+    ) -> io::Result<FileDisk> {
+        let size = file.len()?;
         Ok(FileDisk {
-            file: File::from_std(std_file),
+            file,
             size,
             read_only,
             direct,
@@ -54,38 +67,6 @@ impl FileDisk {
     /// [`DIRECT_ALIGN`].
     pub fn is_direct(&self) -> bool {
         self.direct
-    }
-
-    fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-        // fallocate(2) rejects an empty range with EINVAL; for NBD a
-        // zero-length trim or write-zeroes is a successful no-op (as on
-        // MemDisk).
-        if len == 0 {
-            return Ok(());
-        }
-        let fd = self.file.as_raw_fd();
-        // fallocate can take a while on real disks: keep the loop free.
-        aio::run_blocking(move || {
-            // SAFETY: `fd` stays open: the FileDisk outlives this call,
-            // which the calling coroutine waits for.
-            let r = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
-            if r == 0 {
-                Ok(())
-            } else {
-                Err(io::Error::last_os_error())
-            }
-        })
-    }
-
-    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<u64> {
-        // SAFETY: lseek on our own descriptor; positional I/O elsewhere does
-        // not depend on the file offset it moves.
-        let r = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as u64)
-        }
     }
 }
 
@@ -161,22 +142,29 @@ impl BlockDevice for FileDisk {
     }
 
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.fallocate(
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            offset,
-            len,
-        )
+        // fallocate(2) rejects an empty range; for NBD it is a no-op.
+        if len == 0 {
+            return Ok(());
+        }
+        match self.file.punch_hole(offset, len) {
+            // Advisory: a file system without holes keeps the data.
+            Err(e) if no_holes(&e) => Ok(()),
+            other => other,
+        }
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, may_punch_hole: bool) -> io::Result<()> {
-        let mode = if may_punch_hole {
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        if len == 0 {
+            return Ok(());
+        }
+        let done = if may_punch_hole {
+            self.file.punch_hole(offset, len)
         } else {
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+            self.file.zero_range(offset, len)
         };
-        match self.fallocate(mode, offset, len) {
-            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                // The filesystem cannot do it in place: write zeroes.
+        match done {
+            Err(e) if no_holes(&e) => {
+                // The file system cannot do it in place: write zeroes.
                 let chunk = AlignedBuf::zeroed(len.min(1 << 20) as usize);
                 let mut done = 0;
                 while done < len {
@@ -201,12 +189,12 @@ impl BlockDevice for FileDisk {
         let mut extents = Vec::new();
         let mut pos = offset;
         while pos < end {
-            let data = match self.seek(pos, libc::SEEK_DATA) {
-                Ok(d) => d,
+            let data = match self.file.seek_data(pos) {
+                Ok(Some(d)) => d,
                 // No data after `pos`: the rest is a hole.
-                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    // No SEEK_DATA support: report everything as data.
+                Ok(None) => end,
+                Err(e) if no_holes(&e) || e.raw_os_error() == Some(libc::EINVAL) => {
+                    // No SEEK_DATA: report everything as data.
                     extents.push(Extent {
                         length: end - pos,
                         flags: 0,
@@ -224,7 +212,7 @@ impl BlockDevice for FileDisk {
                 pos = hole_end;
                 continue;
             }
-            let hole = self.seek(pos, libc::SEEK_HOLE).unwrap_or(end).min(end);
+            let hole = self.file.seek_hole(pos).unwrap_or(end).min(end);
             extents.push(Extent {
                 length: hole - pos,
                 flags: 0,
@@ -236,4 +224,10 @@ impl BlockDevice for FileDisk {
         }
         Ok(extents)
     }
+}
+
+/// Whether `e` says the file (system) has no holes or cannot zero in
+/// place.
+fn no_holes(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Unsupported || e.raw_os_error() == Some(libc::EOPNOTSUPP)
 }

@@ -10,7 +10,9 @@
 //! reached the disk or not, in any combination (a disk cache persists them
 //! in any order). Writes are logged on completion, so a write still in
 //! flight when a barrier was called counts as after it: the model errs
-//! towards more states, never fewer.
+//! towards more states, never fewer. Holes punched and ranges zeroed are
+//! writes of zeros here. A disk persists a 512-byte sector atomically and
+//! a larger write in any pieces: [`Subset::Torn`] tears writes so.
 
 use std::sync::{Arc, Mutex};
 
@@ -26,6 +28,9 @@ pub enum Event {
     Write { at: u64, data: Vec<u8> },
     /// The file's length set.
     SetLen(u64),
+    /// A range made to read as zeros without writing it (a punched hole,
+    /// a zeroed range): on the disk, like a write of zeros.
+    Zero { at: u64, len: u64 },
     /// A barrier called ...
     SyncStart,
     /// ... and returned.
@@ -94,6 +99,59 @@ impl ImageFile for Recorder {
         self.log.push(Event::SetLen(len));
         Ok(())
     }
+
+    fn punch_hole(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.file.punch_hole(offset, len)?;
+        self.log.push(Event::Zero { at: offset, len });
+        Ok(())
+    }
+
+    fn zero_range(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.file.zero_range(offset, len)?;
+        self.log.push(Event::Zero { at: offset, len });
+        Ok(())
+    }
+
+    fn seek_data(&self, offset: u64) -> std::io::Result<Option<u64>> {
+        self.file.seek_data(offset)
+    }
+
+    fn seek_hole(&self, offset: u64) -> std::io::Result<u64> {
+        self.file.seek_hole(offset)
+    }
+}
+
+/// A crash state in memory as an [`ImageFile`], for the driver to read
+/// back (read-only).
+pub struct MemFile(pub Vec<u8>);
+
+impl ImageFile for MemFile {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        match self.0.get(start..).and_then(|rest| rest.get(..buf.len())) {
+            Some(bytes) => {
+                buf.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EROFS))
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        Ok(self.0.len() as u64)
+    }
+
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        Err(std::io::Error::from_raw_os_error(libc::EROFS))
+    }
 }
 
 /// How the writes whose fate a power cut leaves open are chosen.
@@ -110,7 +168,14 @@ pub enum Subset {
     SmallOnly,
     /// Only the large ones (data, whole tables) did.
     LargeOnly,
+    /// Torn writes (seeded): each write was lost, reached the disk whole,
+    /// or reached it in part, each of its 512-byte sectors on its own (a
+    /// disk persists a sector atomically, a larger write in any pieces).
+    Torn(u64),
 }
+
+/// What a disk persists atomically.
+pub const SECTOR: u64 = 512;
 
 /// Writes of at most this many bytes count as small for [`Subset`].
 const SMALL: usize = 64;
@@ -203,13 +268,14 @@ impl Replay {
             applied = durable;
             let mut image = durable_image.clone();
             let mut rng = match cut.subset {
-                Subset::Random(seed) => Some(Rng::new(seed)),
+                Subset::Random(seed) | Subset::Torn(seed) => Some(Rng::new(seed)),
                 _ => None,
             };
             for e in &self.events[durable..cut.at] {
                 let small = match e {
                     Event::Write { data, .. } => data.len() <= SMALL,
                     Event::SetLen(_) => true,
+                    Event::Zero { len, .. } => *len as usize <= SMALL,
                     Event::SyncStart | Event::SyncEnd => continue,
                 };
                 let keep = match cut.subset {
@@ -218,6 +284,17 @@ impl Replay {
                     Subset::Random(_) => rng.as_mut().expect("seeded").chance(50),
                     Subset::SmallOnly => small,
                     Subset::LargeOnly => !small,
+                    Subset::Torn(_) => {
+                        let rng = rng.as_mut().expect("seeded");
+                        match rng.below(3) {
+                            0 => false,
+                            1 => true,
+                            _ => {
+                                apply_torn(&mut image, e, rng);
+                                false
+                            }
+                        }
+                    }
                 };
                 if keep {
                     apply(&mut image, e);
@@ -225,6 +302,39 @@ impl Replay {
             }
             check(cut, &image);
         }
+    }
+}
+
+/// Applies the sectors of write `e` that `rng` picks, each whole or not
+/// at all (a length change happens or not).
+fn apply_torn(image: &mut Vec<u8>, e: &Event, rng: &mut Rng) {
+    let (at, len) = match e {
+        Event::Write { at, data } => (*at, data.len() as u64),
+        Event::Zero { at, len } => (*at, *len),
+        other => {
+            if rng.chance(50) {
+                apply(image, other);
+            }
+            return;
+        }
+    };
+    let mut start = at;
+    while start < at + len {
+        let end = ((start / SECTOR + 1) * SECTOR).min(at + len);
+        if rng.chance(50) {
+            let piece = match e {
+                Event::Write { data, .. } => Event::Write {
+                    at: start,
+                    data: data[(start - at) as usize..(end - at) as usize].to_vec(),
+                },
+                _ => Event::Zero {
+                    at: start,
+                    len: end - start,
+                },
+            };
+            apply(image, &piece);
+        }
+        start = end;
     }
 }
 
@@ -242,6 +352,13 @@ fn apply(image: &mut Vec<u8>, e: &Event) {
         Event::SetLen(len) => {
             if image.len() < *len as usize {
                 image.resize(*len as usize, 0);
+            }
+        }
+        // Holes punched and ranges zeroed keep the length.
+        Event::Zero { at, len } => {
+            let end = ((*at + *len) as usize).min(image.len());
+            if (*at as usize) < end {
+                image[*at as usize..end].fill(0);
             }
         }
         Event::SyncStart | Event::SyncEnd => {}

@@ -9,6 +9,8 @@
 #![allow(dead_code)]
 
 pub mod crash;
+pub mod crash_qcow2;
+pub mod crash_workload;
 pub mod tools;
 
 use std::collections::HashMap;

@@ -444,7 +444,8 @@ impl File {
 
     /// The first offset at or after `offset` that holds data, or `None` if
     /// there is only a hole up to the end (`lseek(SEEK_DATA)`; NBD's
-    /// BLOCK_STATUS).
+    /// BLOCK_STATUS). In a coroutine on a loop, the call runs on the thread
+    /// pool, as a file system may take a while to answer.
     ///
     /// # Errors
     /// As `lseek(2)`.
@@ -465,14 +466,17 @@ impl File {
     /// # std::fs::remove_file(&path).ok();
     /// ```
     pub fn seek_data(&self, offset: u64) -> io::Result<Option<u64>> {
-        match lseek(self.as_raw_fd(), offset, libc::SEEK_DATA) {
+        let fd = self.as_raw_fd();
+        // A file system may take its time to answer: off the loop's thread.
+        match blocking(move || lseek(fd, offset, libc::SEEK_DATA)) {
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
             r => r.map(Some),
         }
     }
 
     /// The first offset at or after `offset` in a hole; the end of the file
-    /// counts as one (`lseek(SEEK_HOLE)`).
+    /// counts as one (`lseek(SEEK_HOLE)`). On the thread pool, as
+    /// [`seek_data`](Self::seek_data).
     ///
     /// # Errors
     /// As `lseek(2)`; `ENXIO` when `offset` is past the end.
@@ -490,7 +494,8 @@ impl File {
     /// # std::fs::remove_file(&path).ok();
     /// ```
     pub fn seek_hole(&self, offset: u64) -> io::Result<u64> {
-        lseek(self.as_raw_fd(), offset, libc::SEEK_HOLE)
+        let fd = self.as_raw_fd();
+        blocking(move || lseek(fd, offset, libc::SEEK_HOLE))
     }
 }
 

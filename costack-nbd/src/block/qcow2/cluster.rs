@@ -1,0 +1,102 @@
+//! L2 entries: what one says about its guest cluster, and compressed
+//! clusters inflated.
+
+use std::io;
+
+use super::bad_data;
+use super::header::{invalid, Invalid};
+
+/// Host offsets in L1 and standard L2 entries: bits 9 to 55.
+pub(super) const OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+/// L2 entry: the cluster is compressed.
+pub(super) const L2_COMPRESSED: u64 = 1 << 62;
+/// L2 entry (version 3): the cluster reads as zeros.
+pub(super) const L2_ZERO: u64 = 1;
+
+/// L1 and L2 entries: the cluster (or table) has refcount 1, so it may be
+/// written in place.
+pub(super) const COPIED: u64 = 1 << 63;
+
+/// What one L2 entry says about its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cluster {
+    /// Not in this image: the backing file's, or zeros without one.
+    Unallocated,
+    /// Reads as zeros (version 3 zero flag).
+    Zero,
+    /// Stored as is at this host offset.
+    Data(u64),
+    /// Deflate-compressed: `len` bytes at host offset `at`.
+    Compressed {
+        /// Host byte offset.
+        at: u64,
+        /// Bytes to read (whole 512-byte sectors, less the start's offset).
+        len: u64,
+    },
+}
+
+/// Decodes an L2 entry of an image with `cluster_bits`, of `version`.
+///
+/// # Errors
+/// A standard entry whose host offset is not cluster-aligned.
+pub fn classify(entry: u64, cluster_bits: u32, version: u32) -> Result<Cluster, Invalid> {
+    if entry & L2_COMPRESSED != 0 {
+        // Offset in the low 62 - (cluster_bits - 8) bits, then the count
+        // of further 512-byte sectors up to bit 61.
+        let offset_bits = 62 - (cluster_bits - 8);
+        let at = entry & ((1 << offset_bits) - 1);
+        let sectors = ((entry & ((1 << 62) - 1)) >> offset_bits) + 1;
+        let len = sectors * 512 - (at & 511);
+        return Ok(Cluster::Compressed { at, len });
+    }
+    if version >= 3 && entry & L2_ZERO != 0 {
+        return Ok(Cluster::Zero);
+    }
+    let host = entry & OFFSET_MASK;
+    if host == 0 {
+        return Ok(Cluster::Unallocated);
+    }
+    if !host.is_multiple_of(1 << cluster_bits) {
+        return Err(invalid(format!("data cluster at {host:#x} is misaligned")));
+    }
+    Ok(Cluster::Data(host))
+}
+
+/// Inflates one compressed cluster (raw deflate) to exactly `cluster_size`
+/// bytes.
+pub(super) fn inflate_cluster(packed: &[u8], cluster_size: usize) -> io::Result<Vec<u8>> {
+    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(packed, cluster_size)
+        .map_err(|e| bad_data(format!("compressed cluster does not inflate: {e:?}")))?;
+    if out.len() != cluster_size {
+        return Err(bad_data(format!(
+            "compressed cluster inflates to {} bytes, not {cluster_size}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l2_entries() {
+        // 64 KiB clusters: compressed offsets in bits 0..54.
+        assert_eq!(classify(0, 16, 3), Ok(Cluster::Unallocated));
+        assert_eq!(classify(1, 16, 3), Ok(Cluster::Zero));
+        assert_eq!(
+            classify(0x30000 | 1 << 63, 16, 3),
+            Ok(Cluster::Data(0x30000))
+        );
+        assert!(classify(0x30200, 16, 3).is_err());
+        let e = L2_COMPRESSED | (3 << 54) | 0x12345;
+        assert_eq!(
+            classify(e, 16, 3),
+            Ok(Cluster::Compressed {
+                at: 0x12345,
+                len: 4 * 512 - 0x145
+            })
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Persistent dirty bitmaps, against qemu: the same writes through
+//! qemu-nbd and through costack-nbd leave the same bitmap contents (read
+//! by qemu-nbd `-B` and nbdinfo, and by costack-nbd's own reader), `auto`
+//! bitmaps are in use while served and clean after, disabled ones are left
+//! alone, and a bitmap costack-nbd cannot keep up to date makes a writable
+//! open fail with an error naming it.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use costack_nbd::block::qcow2::Qcow2;
+use support::tools::{have, ok, run};
+use support::Server;
+
+fn dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bitmaps-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn tools() -> bool {
+    have(&["qemu-img", "qemu-io", "qemu-nbd", "nbdinfo"])
+}
+
+/// A 64 MiB image with bitmaps `b0` (64 KiB granularity), `b1` (4 KiB)
+/// and `off` (disabled).
+fn make_image(path: &Path) {
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(path), "64M"]);
+    ok("qemu-img", &["bitmap", "--add", s(path), "b0"]);
+    ok(
+        "qemu-img",
+        &["bitmap", "--add", "-g", "4096", s(path), "b1"],
+    );
+    ok("qemu-img", &["bitmap", "--add", s(path), "off"]);
+    ok("qemu-img", &["bitmap", "--disable", s(path), "off"]);
+}
+
+/// Writes, write-zeroes (unmapping or not), discards, at aligned and odd
+/// offsets, then a FLUSH.
+const WORKLOAD: [&str; 9] = [
+    "write -q -P 0x61 4k 512",
+    "write -q -P 0x62 10M 100k",
+    "write -q -P 0x63 12345678 3333",
+    "write -q -z -u 20M 1M",
+    "write -q -z 40M 8k",
+    "discard -q 30M 64k",
+    "discard -q 33M 1000",
+    "write -q -P 0x64 63M 1M",
+    "flush",
+];
+
+fn run_workload(url: &str) {
+    let mut args = vec!["-f", "raw"];
+    for c in WORKLOAD {
+        args.extend(["-c", c]);
+    }
+    args.push(url);
+    ok("qemu-io", &args);
+}
+
+/// Waits for a Unix socket to appear.
+fn wait_for(sock: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            sock.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Serves `img` with qemu-nbd `args` on a Unix socket while `f` runs with
+/// its URL, then stops it.
+fn with_qemu_nbd(img: &Path, args: &[&str], f: impl FnOnce(&str)) {
+    let sock = img.with_extension("sock");
+    let _ = std::fs::remove_file(&sock);
+    let mut child = Command::new("qemu-nbd")
+        .args(args)
+        .args(["-f", "qcow2", "-k", s(&sock), s(img)])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&sock);
+    f(&format!("nbd+unix:///?socket={}", s(&sock)));
+    // SAFETY: kill(2) on our own, not yet reaped, child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+}
+
+/// Bitmap `name` of `img` as qemu reads it: nbdinfo's map of
+/// `qemu:dirty-bitmap:NAME` from qemu-nbd `-B`.
+fn qemu_map(img: &Path, name: &str) -> String {
+    let mut map = String::new();
+    let context = format!("--map=qemu:dirty-bitmap:{name}");
+    with_qemu_nbd(img, &["-r", "-B", name], |url| {
+        map = ok("nbdinfo", &[&context, url]);
+    });
+    map
+}
+
+/// The same map as costack-nbd's reader sees it: `start length 0|1 ...`
+/// lines as nbdinfo prints them, compared by numbers.
+fn own_map(img: &Path, name: &str) -> Vec<(u64, u64, bool)> {
+    let dev = Qcow2::open(img, false).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    for (len, dirty) in dev.dirty_extents(name, 0, 64 << 20).unwrap() {
+        out.push((at, len, dirty));
+        at += len;
+    }
+    out
+}
+
+fn parse_map(map: &str) -> Vec<(u64, u64, bool)> {
+    map.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), f[2] == "1")
+        })
+        .collect()
+}
+
+/// `qemu-img info`'s flags of bitmap `name` (`-U`: the image may be open).
+fn flags(img: &Path, name: &str) -> Vec<String> {
+    let info = ok("qemu-img", &["info", "-U", "--output=json", s(img)]);
+    let at = info
+        .find(&format!("\"name\": \"{name}\""))
+        .unwrap_or_else(|| panic!("no bitmap {name} in {info}"));
+    // The flags list precedes the name in qemu-img's JSON.
+    let before = &info[..at];
+    let list = &before[before.rfind("\"flags\": [").unwrap()..];
+    list.split('"')
+        .filter(|w| ["in-use", "auto"].contains(w))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_same_writes_leave_the_same_bitmaps_as_qemu_nbd() {
+    if !tools() {
+        return;
+    }
+    let d = dir("same");
+    let ours = d.join("costack.qcow2");
+    let theirs = d.join("qemu.qcow2");
+    make_image(&ours);
+    std::fs::copy(&ours, &theirs).unwrap();
+
+    let mut server = Server::start(&[s(&ours)]);
+    run_workload(&server.url);
+    assert_eq!(
+        flags(&ours, "b0"),
+        ["in-use", "auto"],
+        "an auto bitmap is in use while served"
+    );
+    assert_eq!(flags(&ours, "off"), Vec::<String>::new());
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    with_qemu_nbd(&theirs, &["--discard=unmap"], run_workload);
+
+    for img in [&ours, &theirs] {
+        let out = run("qemu-img", &["check", s(img)]);
+        assert_eq!(out.status.code(), Some(0), "{}: {out:?}", img.display());
+        assert_eq!(flags(img, "b0"), ["auto"], "{}", img.display());
+        assert_eq!(flags(img, "b1"), ["auto"], "{}", img.display());
+    }
+    for name in ["b0", "b1", "off"] {
+        let (mine, qemus) = (qemu_map(&ours, name), qemu_map(&theirs, name));
+        assert_eq!(mine, qemus, "bitmap {name}: costack-nbd's, then qemu-nbd's");
+        assert_eq!(own_map(&ours, name), parse_map(&mine), "bitmap {name}");
+    }
+    let b1 = parse_map(&qemu_map(&ours, "b1"));
+    assert!(
+        b1.iter().filter(|e| e.2).count() >= 7,
+        "the workload dirtied its ranges: {b1:?}"
+    );
+    assert!(
+        parse_map(&qemu_map(&ours, "off")).iter().all(|e| !e.2),
+        "the disabled bitmap stays clear"
+    );
+    // A second session: bits accumulate.
+    let mut server = Server::start(&[s(&ours)]);
+    ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -q -P 1 50M 4k", &server.url],
+    );
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    let b1_again = parse_map(&qemu_map(&ours, "b1"));
+    assert!(b1_again
+        .iter()
+        .any(|&(at, len, dirty)| dirty && at == 50 << 20 && len == 4096));
+    assert_eq!(
+        b1_again.iter().filter(|e| e.2).count(),
+        b1.iter().filter(|e| e.2).count() + 1
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn a_bitmap_that_cannot_be_kept_refuses_writes() {
+    if !tools() {
+        return;
+    }
+    let d = dir("refuse");
+    let img = d.join("odd.qcow2");
+    make_image(&img);
+    // Give b1 a flag the format does not define (bit 7).
+    let dev = Qcow2::open(&img, false).unwrap();
+    let b1 = dev
+        .bitmaps()
+        .unwrap()
+        .into_iter()
+        .find(|b| b.name == "b1")
+        .unwrap();
+    drop(dev);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    f.write_all_at(&(b1.flags | 1 << 7).to_be_bytes(), b1.entry_offset + 12)
+        .unwrap();
+    drop(f);
+    let before = std::fs::read(&img).unwrap();
+
+    let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["-p", "0", s(&img)])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("\"b1\"")
+            && said.contains("unknown flags")
+            && said.contains("read-only (-r)"),
+        "{said}"
+    );
+    assert_eq!(
+        std::fs::read(&img).unwrap(),
+        before,
+        "the refused image is untouched"
+    );
+    // Read-only, it is served.
+    let server = Server::start(&["-r", s(&img)]);
+    ok(
+        "qemu-io",
+        &["-r", "-f", "raw", "-c", "read -q 0 64k", &server.url],
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
