@@ -7,7 +7,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::thread_pool;
 use super::waker::Waker;
 use crate::coroutine::cancel;
-use crate::coroutine::wait::{wait_stopping, wait_until};
+#[cfg(target_os = "linux")]
+use crate::coroutine::wait::wait_stopping;
+use crate::coroutine::wait::wait_until;
 
 /// What a job leaves for the coroutine that waits for it.
 struct Job<T> {
@@ -80,8 +82,10 @@ pub fn run_blocking<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(f: F) 
 
 /// Blocks until the job finished, if dropped early (the coroutine is being
 /// force-unwound): only then may the memory the job borrows go away.
+#[cfg(target_os = "linux")]
 struct Join<'a, T>(&'a Job<T>);
 
+#[cfg(target_os = "linux")]
 impl<T> Drop for Join<'_, T> {
     fn drop(&mut self) {
         let mut r = self.0.result.lock().unwrap_or_else(|e| e.into_inner());
@@ -98,7 +102,9 @@ impl<T> Drop for Join<'_, T> {
 /// not even by unwinding, until `f` has returned: a cancellation waits for
 /// `f` (which cannot be stopped) and then returns its result as that of a
 /// completed operation, to be delivered at the next wait point; a forced
-/// unwind blocks the thread until `f` is done.
+/// unwind blocks the thread until `f` is done. (Only file I/O, which is
+/// Linux-only, borrows.)
+#[cfg(target_os = "linux")]
 pub(crate) fn run_borrowed<T: Send, F: FnOnce() -> T + Send>(what: &str, f: F) -> T {
     let job = Job::new();
     let theirs = job.clone();

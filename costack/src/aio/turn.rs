@@ -188,6 +188,7 @@ impl Inner {
     }
 
     /// Whether fallocate requests can go through io_uring.
+    #[cfg(target_os = "linux")]
     pub(crate) fn uring_fallocate(&self) -> bool {
         self.uring.has_fallocate(&self.readiness)
     }

@@ -14,10 +14,6 @@ impl Uring {
         false
     }
 
-    pub(crate) fn has_fallocate(&self, _readiness: &Readiness) -> bool {
-        false
-    }
-
     pub(crate) fn busy(&self) -> bool {
         false
     }
