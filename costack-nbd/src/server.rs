@@ -571,10 +571,7 @@ where
     fn new(stream: Rc<S>, peer: String) -> Self {
         Outbox {
             queue: RefCell::new(Vec::new()),
-            sender: CoMutex::new(Sender {
-                stream,
-                peer,
-            }),
+            sender: CoMutex::new(Sender { stream, peer }),
             in_flight: CoSemaphore::new(MAX_IN_FLIGHT),
             budget: CoSemaphore::new(MAX_BYTES_IN_FLIGHT),
             pool: Pool::default(),

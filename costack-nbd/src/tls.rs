@@ -33,7 +33,6 @@ use openssl::ssl::{
 };
 use openssl::x509::X509;
 
-
 /// Most bytes copied into one `SSL_write` by a vectored write: a reply's
 /// header and data go out in shared records instead of a record each.
 const GATHER_MAX: usize = 256 << 10;
