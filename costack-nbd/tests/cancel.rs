@@ -250,7 +250,7 @@ fn worker(image: &Qcow2, w: u64, known: &mut [Known]) -> (u64, u64) {
         let kind = rng.below(100);
         let after = match kind {
             0..=59 => Known::Data(seed),
-            60..=74 | 75..=89 => Known::Zeros,
+            60..=89 => Known::Zeros,
             _ => known[i as usize],
         };
         let deadline = Duration::from_micros(rng.below(600));
