@@ -15,7 +15,6 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -279,9 +278,13 @@ impl Drop for EstablishedSlot<'_> {
 /// stops). Runs inside a coroutine on an event loop.
 pub fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, max_clients: usize)
 where
-    S: AsRawFd + 'static,
+    S: AsRawFd,
     for<'a> &'a S: Read + Write,
 {
+    // Everything below borrows `stream`, which is closed only when this
+    // returns, after the guards are gone: the socket leaves `live` and
+    // `negotiating` before its number can be reused, even when a timeout
+    // or a failed TLS handshake ends the connection.
     let _live = LiveGuard::new(&shared, stream.as_raw_fd());
     let negotiating = Negotiating::new(&shared, stream.as_raw_fd());
     let deadline = shared.handshake_limit.map(|limit| Instant::now() + limit);
@@ -292,12 +295,12 @@ where
     match outcome {
         Ok(Outcome::Transmission(negotiated)) => {
             drop(negotiating);
-            transmit(stream, peer, &shared, max_clients, negotiated);
+            transmit(&stream, peer, &shared, max_clients, negotiated);
         }
         Ok(Outcome::StartTls(resume)) => {
             #[cfg(feature = "tls")]
             serve_tls(
-                stream,
+                &stream,
                 peer,
                 &shared,
                 max_clients,
@@ -319,8 +322,8 @@ where
 /// finishes its handshake over TLS, then serves it. (Apart from [`serve`]
 /// so that its `&S: Read` bound does not stand for `&TlsStream<S>`'s.)
 #[cfg(feature = "tls")]
-fn serve_tls<S: AsRawFd + 'static>(
-    stream: S,
+fn serve_tls<S: AsRawFd>(
+    stream: &S,
     peer: String,
     shared: &Shared,
     max_clients: usize,
@@ -333,7 +336,8 @@ fn serve_tls<S: AsRawFd + 'static>(
         tracing::error!(%peer, "STARTTLS accepted without TLS credentials");
         return;
     };
-    let stream = match within(deadline, || crate::tls::TlsStream::accept(stream, tls)) {
+    let socket = BorrowedSocket(stream);
+    let stream = match within(deadline, || crate::tls::TlsStream::accept(socket, tls)) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(%peer, error = %e, "TLS handshake failed");
@@ -348,16 +352,32 @@ fn serve_tls<S: AsRawFd + 'static>(
     match resumed {
         Ok(negotiated) => {
             drop(negotiating);
-            transmit(stream, peer, shared, max_clients, negotiated);
+            transmit(&stream, peer, shared, max_clients, negotiated);
         }
         Err(e) => log_handshake_end(&peer, &e),
     }
 }
 
+/// A socket lent to a [`TlsStream`](crate::tls::TlsStream), which then
+/// does not close it.
+#[cfg(feature = "tls")]
+struct BorrowedSocket<'a, S>(&'a S);
+
+#[cfg(feature = "tls")]
+impl<S: AsRawFd> AsRawFd for BorrowedSocket<'_, S> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
 /// The transmission phase of an established client.
-fn transmit<S>(stream: S, peer: String, shared: &Shared, max_clients: usize, negotiated: Negotiated)
-where
-    S: 'static,
+fn transmit<S>(
+    stream: &S,
+    peer: String,
+    shared: &Shared,
+    max_clients: usize,
+    negotiated: Negotiated,
+) where
     for<'a> &'a S: Read + Write,
 {
     // `-e` counts established clients only: a slot is taken now, and
@@ -368,11 +388,10 @@ where
         tracing::warn!(%peer, max_clients, "dropping client: too many connected (-e)");
         return;
     }
-    let stream = Rc::new(stream);
     tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
     let params = TransmissionParams::from_negotiated(&negotiated);
-    let outbox = Outbox::new(stream.clone(), peer.clone());
-    let mut reader = BufReader::with_capacity(128 << 10, &*stream);
+    let outbox = Outbox::new(stream, peer.clone());
+    let mut reader = BufReader::with_capacity(128 << 10, stream);
     // Each request runs in a child of this scope, borrowing the
     // connection's state; the scope (so the connection) ends only once
     // every one has finished.
@@ -541,11 +560,11 @@ const MAX_IOV: usize = 1024;
 /// `writev` — unless the lock is held, in which case the holder sends its
 /// reply too and it is done. Nobody waits for the lock, so no reply waits
 /// behind requests whose replies are already gone.
-struct Outbox<S> {
+struct Outbox<'s, S> {
     /// Replies, each with its share of the byte budget.
     queue: RefCell<Vec<(Reply, usize)>>,
     /// The socket's write side.
-    sender: CoMutex<Sender<S>>,
+    sender: CoMutex<Sender<'s, S>>,
     /// A permit per request until its reply is sent.
     in_flight: CoSemaphore,
     /// Bytes of request data held (see [`MAX_BYTES_IN_FLIGHT`]).
@@ -559,16 +578,16 @@ struct Outbox<S> {
     closing: Cell<bool>,
 }
 
-struct Sender<S> {
-    stream: Rc<S>,
+struct Sender<'s, S> {
+    stream: &'s S,
     peer: String,
 }
 
-impl<S> Outbox<S>
+impl<'s, S> Outbox<'s, S>
 where
     for<'a> &'a S: Write,
 {
-    fn new(stream: Rc<S>, peer: String) -> Self {
+    fn new(stream: &'s S, peer: String) -> Self {
         Outbox {
             queue: RefCell::new(Vec::new()),
             sender: CoMutex::new(Sender { stream, peer }),
@@ -601,7 +620,7 @@ where
             }
             if !self.failed.get() {
                 let replies: Vec<&Reply> = batch.iter().map(|(r, _)| r).collect();
-                if let Err(e) = send_all(&*sender.stream, &replies) {
+                if let Err(e) = send_all(sender.stream, &replies) {
                     tracing::debug!(peer = %sender.peer, error = %e, "replies not sent");
                     self.failed.set(true);
                 }
