@@ -29,7 +29,7 @@ use costack_nbd::block::{BlockDevice, Extent, MemDisk};
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig};
 use costack_nbd::server::{serve, Shared};
 use support::tools::{have, ok, run};
-use support::{scratch, Client, Opts, Rng, CMD_DISC, CMD_READ};
+use support::{reset, scratch, Client, Opts, Rng, CMD_DISC, CMD_READ};
 
 /// Reads at or past `SLOW` take `delay`; `live` counts those under way
 /// (a guard counts down when one returns or unwinds).
@@ -129,24 +129,6 @@ fn serve_one(delay: Duration, client: impl FnOnce(SocketAddr) + Send + 'static) 
             started: started.load(Ordering::SeqCst),
         }
     })
-}
-
-fn reset(s: &std::net::TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_LINGER");
 }
 
 #[test]

@@ -98,24 +98,6 @@ fn clients_vanishing_mid_request_leave_others_served() {
     bystander.disconnect().expect("clean disconnect");
 }
 
-fn reset(s: &TcpStream) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
-    let r = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(s),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    assert_eq!(r, 0, "SO_LINGER");
-}
-
 #[test]
 fn bad_input_closes_only_that_connection() {
     let server = Server::start(&["-s", "64M"]);

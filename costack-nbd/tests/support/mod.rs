@@ -665,6 +665,26 @@ impl Rng {
     }
 }
 
+/// Closes nothing, but makes the socket's close send a reset (RST) instead
+/// of a goodbye (FIN): a client gone without a word.
+pub fn reset(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a correctly sized value.
+    let r = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER");
+}
+
 /// A unique scratch file path under cargo's per-target temp directory.
 pub fn scratch(name: &str) -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};
