@@ -25,6 +25,7 @@
 
 pub mod block;
 pub mod cli;
+pub mod lifecycle;
 pub mod protocol;
 pub mod server;
 #[cfg(feature = "tls")]

@@ -13,6 +13,7 @@ use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{init_logging, CacheMode, Cli, Format, TlsMode, SECTOR_SIZE};
+use costack_nbd::lifecycle::Lifecycle;
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
@@ -184,11 +185,8 @@ fn run(cli: Cli) -> io::Result<()> {
             (Listener::Tcp(l), url)
         }
     };
-    let poke = match &listener {
-        Listener::Tcp(l) => Poke::Tcp(l.local_addr()?),
-        Listener::Unix(_, path) => Poke::Unix(path.clone()),
-    };
-    spawn_signal_thread(signals, shared.clone(), poke);
+    let lifecycle = Arc::new(Lifecycle::default());
+    spawn_signal_thread(signals, shared.clone(), lifecycle.clone());
 
     // Extra event-loop threads; connections are spread over all loops.
     let mut workers = Vec::new();
@@ -197,7 +195,7 @@ fn run(cli: Cli) -> io::Result<()> {
     let poll_factors = (cli.poll_grow, cli.poll_shrink);
     for i in 1..cli.threads {
         let (tx, rx) = std::sync::mpsc::channel();
-        let shared = shared.clone();
+        let lifecycle = lifecycle.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("nbd-loop-{i}"))
@@ -215,7 +213,9 @@ fn run(cli: Cli) -> io::Result<()> {
                     ev.set_poll_factors(poll_factors.0, poll_factors.1);
                     tx.send(Ok(ev.handle()))
                         .expect("main thread waits for the handle");
-                    ev.block_on(move || wait_until_stopped(&shared));
+                    // Its connections end, then the loop: once the server
+                    // stops and its last connection is gone.
+                    ev.block_on(move || lifecycle.drained.wait());
                 })
                 .map_err(|e| context(e, "cannot start an event-loop thread"))?,
         );
@@ -236,7 +236,25 @@ fn run(cli: Cli) -> io::Result<()> {
     ev.set_poll_max(poll_max);
     ev.set_poll_factors(poll_factors.0, poll_factors.1);
     let accept_shared = shared.clone();
-    ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
+    ev.block_on(move || {
+        let accepting = {
+            let lifecycle = lifecycle.clone();
+            aio::spawn(move || {
+                accept_loop(listener, accept_shared, handles, max_clients, lifecycle)
+            })
+        };
+        // A stop cancels the accept wherever it waits (the listener is
+        // dropped as it unwinds); then the connections finish.
+        lifecycle.stop.wait();
+        accepting.cancel();
+        let accepted = match accepting.join() {
+            Ok(r) => r,
+            Err(p) if p.is::<aio::Cancelled>() => Ok(()),
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        lifecycle.drained.wait();
+        accepted
+    })?;
     for w in workers {
         w.join()
             .map_err(|_| io::Error::other("an event-loop thread panicked"))?;
@@ -296,13 +314,13 @@ fn warn_unreachable_tail(path: &std::path::Path, size: u64, direct: bool) {
     }
 }
 
-/// Accepts clients until the server stops, then waits for connections on
-/// this loop to finish.
+/// Accepts clients until the server stops (its owner cancels it then).
 fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
     loops: Vec<LoopHandle>,
     max_clients: usize,
+    lifecycle: Arc<Lifecycle>,
 ) -> io::Result<()> {
     let mut next = 0usize;
     while !shared.stopping.load(Ordering::SeqCst) {
@@ -337,29 +355,31 @@ fn accept_loop(
                 "dropped the longest-negotiating connections to make room"
             );
         }
-        shared.clients.fetch_add(1, Ordering::SeqCst);
+        lifecycle.client_came(&shared);
         // Round-robin over this loop (index 0) and the worker loops.
         let target = next % (loops.len() + 1);
         next = next.wrapping_add(1);
+        let slot = Slot(shared.clone(), lifecycle.clone());
         if target == 0 {
-            let shared = shared.clone();
-            aio::spawn(move || conn.serve(peer, shared, max_clients));
+            aio::spawn(move || conn.serve(peer, slot, max_clients));
         } else {
-            let shared = shared.clone();
             let conn = conn.into_std();
             loops[target - 1]
-                .spawn(move || StdConn::into_costack(conn).serve(peer, shared, max_clients));
+                .spawn(move || StdConn::into_costack(conn).serve(peer, slot, max_clients));
         }
     }
-    drop(listener);
-    wait_until_stopped(&shared);
     Ok(())
 }
 
-/// Parks a loop until the server stops and its clients are gone.
-fn wait_until_stopped(shared: &Shared) {
-    while !shared.stopping.load(Ordering::SeqCst) || shared.clients.load(Ordering::SeqCst) > 0 {
-        aio::sleep(Duration::from_millis(20));
+/// A connection's place among the server's clients, given back however
+/// its handler ends (or if it never starts: a loop dropped the work): a
+/// panic is caught at the coroutine's boundary and the server goes on, so
+/// the slot must not leak with it, nor hold up a clean stop.
+struct Slot(Arc<Shared>, Arc<Lifecycle>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.1.client_left(&self.0);
     }
 }
 
@@ -382,17 +402,7 @@ impl Conn {
         }
     }
 
-    fn serve(self, peer: String, shared: Arc<Shared>, max_clients: usize) {
-        // Gives the client's slot back however the handler ends: a panic
-        // is caught at the coroutine's boundary and the server goes on, so
-        // the slot must not leak with it (nor hold up a clean stop).
-        struct Slot(Arc<Shared>);
-        impl Drop for Slot {
-            fn drop(&mut self) {
-                self.0.clients.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let slot = Slot(shared);
+    fn serve(self, peer: String, slot: Slot, max_clients: usize) {
         let _here = LoopConnection::new();
         match self {
             Conn::Tcp(s) => {
@@ -478,15 +488,10 @@ fn block_stop_signals() -> libc::sigset_t {
 /// Seconds a stopping server waits for clients to take their last replies.
 const STOP_GRACE_SECS: libc::time_t = 5;
 
-/// How the signal thread wakes the accept loop: by connecting to it.
-enum Poke {
-    Tcp(std::net::SocketAddr),
-    Unix(std::path::PathBuf),
-}
-
 /// Waits for SIGINT/SIGTERM, then stops the server: no new clients, no new
 /// requests; in-flight requests finish, the device is flushed, exit 0.
-fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, poke: Poke) {
+/// The stop reaches the loops through [`Lifecycle`]'s gates.
+fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, lifecycle: Arc<Lifecycle>) {
     std::thread::Builder::new()
         .name("nbd-signals".into())
         .spawn(move || {
@@ -494,13 +499,7 @@ fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, poke: Poke) {
             // SAFETY: `set` is a valid signal set blocked in every thread.
             unsafe { libc::sigwait(&set, &mut sig) };
             tracing::info!(signal = sig, "stopping");
-            shared.stop();
-            // The accept loop checks `stopping` after each accept: a
-            // connection of our own wakes it up.
-            let _ = match poke {
-                Poke::Tcp(addr) => std::net::TcpStream::connect(addr).map(drop),
-                Poke::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
-            };
+            lifecycle.request_stop(&shared);
             // Requests in flight finish and get their replies, unless a
             // client does not take them: after a grace period, or at a
             // second signal, shut every connection down both ways.
