@@ -23,6 +23,7 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
 pub mod block;
 pub mod cli;
 pub mod lifecycle;

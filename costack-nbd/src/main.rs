@@ -7,9 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use costack_nbd::activation::{self, Activated};
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{init_logging, CacheMode, Cli, Format, TlsMode, SECTOR_SIZE};
@@ -18,9 +20,22 @@ use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging(cli.verbose);
-    match run(cli) {
+    // Before any other thread starts: it edits the environment.
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let activated = activation::take_listener().and_then(|l| match l {
+        Some(l) => {
+            match activation::conflicting_option(cli.socket.is_some(), given("bind"), given("port"))
+            {
+                Some(why) => Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
+                None => Ok(Some(l)),
+            }
+        }
+        None => Ok(None),
+    });
+    match activated.and_then(|activated| run(cli, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("costack-nbd: {e}");
@@ -75,7 +90,7 @@ enum Listener {
     Unix(UnixListener, std::path::PathBuf),
 }
 
-fn run(cli: Cli) -> io::Result<()> {
+fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     cli.check_tls()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     tune_malloc();
@@ -151,40 +166,7 @@ fn run(cli: Cli) -> io::Result<()> {
 
     // The main loop first: a bad COSTACK_AIO fails before anything listens.
     let ev = EventLoop::new().map_err(|e| context(e, "cannot start the event loop"))?;
-    // The URL clients need: `nbds` when TLS is required.
-    let scheme = if cli.tls == TlsMode::Require {
-        "nbds"
-    } else {
-        "nbd"
-    };
-    let (listener, url) = match &cli.socket {
-        Some(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path).map_err(|e| {
-                let what = format!("cannot listen on Unix socket {}", path.display());
-                context(e, what)
-            })?;
-            let url = format!(
-                "{scheme}+unix:///{}?socket={}",
-                cli.export_name,
-                path.display()
-            );
-            (Listener::Unix(l, path.clone()), url)
-        }
-        None => {
-            let l = TcpListener::bind((cli.bind.as_str(), cli.port)).map_err(|e| {
-                let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
-                context(e, what)
-            })?;
-            let addr = l.local_addr()?;
-            let host = match addr.ip() {
-                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                ip => ip.to_string(),
-            };
-            let url = format!("{scheme}://{host}:{}/{}", addr.port(), cli.export_name);
-            (Listener::Tcp(l), url)
-        }
-    };
+    let (listener, url) = listen(&cli, activated)?;
     let lifecycle = Arc::new(Lifecycle::default());
     spawn_signal_thread(signals, shared.clone(), lifecycle.clone());
 
@@ -226,11 +208,19 @@ fn run(cli: Cli) -> io::Result<()> {
         handles.push(handle);
     }
 
-    let mut stdout = io::stdout();
-    writeln!(stdout, "{url}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| context(e, "cannot print the URL on stdout"))?;
-    tracing::info!(%url, threads = cli.threads, "serving");
+    // A socket-activated server prints nothing: its stdout is often the
+    // client's own (`nbdinfo -- [ costack-nbd IMG ]`).
+    if let Some(url) = &url {
+        let mut stdout = io::stdout();
+        writeln!(stdout, "{url}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| context(e, "cannot print the URL on stdout"))?;
+    }
+    tracing::info!(
+        url = url.as_deref().unwrap_or("(socket activation)"),
+        threads = cli.threads,
+        "serving"
+    );
 
     let max_clients = cli.shared as usize;
     ev.set_poll_max(poll_max);
@@ -271,6 +261,59 @@ fn run(cli: Cli) -> io::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listening socket: the one socket activation passed (no URL to
+/// print then), else a Unix socket at `-k PATH`, else TCP on `-b`/`-p`;
+/// with the URL clients need (`nbds` when TLS is required).
+fn listen(cli: &Cli, activated: Option<Activated>) -> io::Result<(Listener, Option<String>)> {
+    let scheme = if cli.tls == TlsMode::Require {
+        "nbds"
+    } else {
+        "nbd"
+    };
+    if let Some(activated) = activated {
+        let listener = match activated {
+            Activated::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Activated::Unix(l) => {
+                let name = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+                    .unwrap_or_else(|| "socket-activation".into());
+                Listener::Unix(UnixListener::from_std(l)?, name)
+            }
+        };
+        return Ok((listener, None));
+    }
+    match &cli.socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path).map_err(|e| {
+                let what = format!("cannot listen on Unix socket {}", path.display());
+                context(e, what)
+            })?;
+            let url = format!(
+                "{scheme}+unix:///{}?socket={}",
+                cli.export_name,
+                path.display()
+            );
+            Ok((Listener::Unix(l, path.clone()), Some(url)))
+        }
+        None => {
+            let l = TcpListener::bind((cli.bind.as_str(), cli.port)).map_err(|e| {
+                let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
+                context(e, what)
+            })?;
+            let addr = l.local_addr()?;
+            let host = match addr.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            let url = format!("{scheme}://{host}:{}/{}", addr.port(), cli.export_name);
+            Ok((Listener::Tcp(l), Some(url)))
+        }
+    }
 }
 
 /// Prefixes `e` with what failed, keeping its kind: the one line printed
