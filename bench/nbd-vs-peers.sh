@@ -40,7 +40,7 @@ trap cleanup EXIT
 
 start_server() { # name port
     case $1 in
-        costack) "$COSTACK" -p "$2" "$IMG" >/dev/null & ;;
+        costack) "$COSTACK" -t -e 8 -p "$2" "$IMG" >/dev/null & ;;
         baseline) "$BASELINE" -p "$2" "$IMG" >/dev/null & ;;
         qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
         nbdkit) nbdkit -f -p "$2" file "$IMG" & ;;

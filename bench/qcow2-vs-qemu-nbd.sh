@@ -91,7 +91,7 @@ start_server() { # name port
         *-chain) img=$CHAIN-top.qcow2; ro=(-r) ;;
     esac
     case $1 in
-        costack*) "$COSTACK" -f qcow2 "${ro[@]}" -p "$2" "$img" >/dev/null & ;;
+        costack*) "$COSTACK" -f qcow2 "${ro[@]}" -t -e 8 -p "$2" "$img" >/dev/null & ;;
         baseline*) "$BASELINE" -f qcow2 "${ro[@]}" -p "$2" "$img" >/dev/null & ;;
         qemu-nbd*) qemu-nbd -f qcow2 "${ro[@]}" -t -e 8 --cache=writeback --aio=threads -p "$2" "$img" & ;;
     esac

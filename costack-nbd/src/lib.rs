@@ -26,6 +26,7 @@
 pub mod activation;
 pub mod block;
 pub mod cli;
+pub mod daemon;
 pub mod lifecycle;
 pub mod protocol;
 pub mod server;

@@ -12,7 +12,7 @@
 //! runs, a TCP address filtered, a socket-activated listener has no
 //! address we chose), and no loop polls a flag on a timer.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use costack::channel::{bounded, Receiver, Sender};
@@ -62,13 +62,32 @@ impl Gate {
 }
 
 /// The server's two moments: a stop was requested, and (after it) the
-/// last connection is gone.
-#[derive(Default)]
+/// last connection is gone; and what leads to a stop besides a signal.
 pub struct Lifecycle {
     /// Opened by [`request_stop`](Lifecycle::request_stop).
     pub stop: Gate,
     /// Opened once the server is stopping and has no connection left.
     pub drained: Gate,
+    /// `-t/--persistent`: keep serving when the last client leaves.
+    persistent: AtomicBool,
+    /// A client that reached the transmission phase ended since the
+    /// server last had no connection.
+    served: AtomicBool,
+    /// A token per `-e` slot given back (at most one waits: the accept
+    /// loop only needs to look again).
+    slot_freed: (Sender<()>, Receiver<()>),
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            stop: Gate::default(),
+            drained: Gate::default(),
+            persistent: AtomicBool::new(true),
+            served: AtomicBool::new(false),
+            slot_freed: bounded(1),
+        }
+    }
 }
 
 impl Lifecycle {
@@ -90,12 +109,43 @@ impl Lifecycle {
     }
 
     /// Counts a connection gone; the last one gone after a stop opens
-    /// [`drained`](Lifecycle::drained).
+    /// [`drained`](Lifecycle::drained). Without `--persistent`, the last
+    /// one gone after a client was served stops the server, as qemu-nbd
+    /// exits after its last client (one that only listed the exports, or
+    /// never finished its handshake, does not count).
     pub fn client_left(&self, shared: &Shared) {
         let left = shared.clients.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && shared.stopping.load(Ordering::SeqCst) {
-            self.drained.open();
+        if left != 0 {
+            return;
         }
+        if shared.stopping.load(Ordering::SeqCst) {
+            self.drained.open();
+        } else if !self.persistent.load(Ordering::SeqCst)
+            && self.served.swap(false, Ordering::SeqCst)
+        {
+            tracing::info!("the last client left: stopping (no --persistent)");
+            self.request_stop(shared);
+        }
+    }
+
+    /// Sets `-t/--persistent` (the default here is to keep serving; the
+    /// command line's is qemu-nbd's, to stop after the last client).
+    pub fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::SeqCst);
+    }
+
+    /// A client in the transmission phase ended: its `-e` slot is free
+    /// (see [`wait_for_slot`](Lifecycle::wait_for_slot)), and it counts as
+    /// served. Called before its connection is counted gone.
+    pub fn session_ended(&self) {
+        self.served.store(true, Ordering::SeqCst);
+        let _ = self.slot_freed.0.try_send(());
+    }
+
+    /// Waits until an `-e` slot may have been given back since the caller
+    /// last looked (the caller looks again: a token may be stale).
+    pub fn wait_for_slot(&self) {
+        let _ = self.slot_freed.1.recv();
     }
 }
 

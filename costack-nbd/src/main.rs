@@ -12,17 +12,20 @@ use clap::{CommandFactory, FromArgMatches};
 use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use costack_nbd::activation::{self, Activated};
+use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::block::{BlockDevice, MemDisk};
-use costack_nbd::cli::{init_logging, CacheMode, Cli, Format, TlsMode, SECTOR_SIZE};
-use costack_nbd::lifecycle::Lifecycle;
+use costack_nbd::cli::{
+    init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
+};
+use costack_nbd::daemon::{self, PidFile};
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    init_logging(cli.verbose);
+    init_logging(cli.verbosity());
     // Before any other thread starts: it edits the environment.
     let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
     let activated = activation::take_listener().and_then(|l| match l {
@@ -46,11 +49,14 @@ fn main() -> ExitCode {
 
 /// Opens a qcow2 image, writable unless `-r`.
 fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
-    if cli.cache == CacheMode::None {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("{}: --cache none is for raw images", path.display()),
-        ));
+    if cli.cache_mode().direct() {
+        // qemu-nbd's "where the driver supports it": the qcow2 driver
+        // reads and writes through the page cache (flushes still sync).
+        tracing::info!(
+            "{}: qcow2 images use the page cache; --cache {:?} keeps its flushing",
+            path.display(),
+            cli.cache_mode()
+        );
     }
     let image = costack_nbd::block::qcow2::Qcow2::open(path, !cli.read_only)
         .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
@@ -90,9 +96,36 @@ enum Listener {
     Unix(UnixListener, std::path::PathBuf),
 }
 
+impl Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        }
+    }
+}
+
 fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     cli.check_tls()
+        .and_then(|()| cli.check_modes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    if cli.snapshot {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "-s/--snapshot (writes to a temporary overlay, the image untouched) is not \
+             implemented yet; serve the image read-only with -r, or make an overlay with \
+             `qemu-img create -f qcow2 -b IMAGE -F FORMAT OVERLAY` and serve that",
+        ));
+    }
+    // Before any thread exists: the parent waits for the child to listen.
+    let ready = if cli.fork {
+        // SAFETY: no thread was started yet (main parses the command line
+        // and reads the environment only).
+        Some(unsafe { daemon::fork_server() }.map_err(|e| context(e, "cannot fork"))?)
+    } else {
+        None
+    };
     tune_malloc();
     // SIGINT/SIGTERM are taken by a dedicated thread (sigwait): block them
     // before any other thread starts so that all inherit the mask.
@@ -108,7 +141,7 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
             if qcow2 {
                 (open_qcow2(&cli, path)?, false)
             } else {
-                let direct = cli.cache == CacheMode::None;
+                let direct = cli.cache_mode().direct();
                 let disk = FileDisk::open(path, cli.read_only, direct).map_err(|e| {
                     let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
                         let hint =
@@ -128,11 +161,13 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
             false,
         ),
     };
+    let device = with_modes(&cli, device);
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
     export.description = cli.description.clone();
     // Every connection shares one device, and a flush is fdatasync (or
-    // nothing, for memory): what one connection flushes, all see.
-    export.multi_conn = true;
+    // nothing, for memory): what one connection flushes, all see. As
+    // qemu-nbd, said only when more than one client may connect.
+    export.multi_conn = cli.shared > 1;
     if direct {
         export.block_sizes.minimum = DIRECT_ALIGN as u32;
         export.block_sizes.preferred = export.block_sizes.preferred.max(DIRECT_ALIGN as u32);
@@ -167,8 +202,9 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     // The main loop first: a bad COSTACK_AIO fails before anything listens.
     let ev = EventLoop::new().map_err(|e| context(e, "cannot start the event loop"))?;
     let (listener, url) = listen(&cli, activated)?;
-    let lifecycle = Arc::new(Lifecycle::default());
-    spawn_signal_thread(signals, shared.clone(), lifecycle.clone());
+    shared.lifecycle.set_persistent(cli.persistent);
+    let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
+    spawn_signal_thread(signals, shared.clone());
 
     // Extra event-loop threads; connections are spread over all loops.
     let mut workers = Vec::new();
@@ -177,7 +213,7 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     let poll_factors = (cli.poll_grow, cli.poll_shrink);
     for i in 1..cli.threads {
         let (tx, rx) = std::sync::mpsc::channel();
-        let lifecycle = lifecycle.clone();
+        let shared = shared.clone();
         workers.push(
             std::thread::Builder::new()
                 .name(format!("nbd-loop-{i}"))
@@ -197,7 +233,7 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
                         .expect("main thread waits for the handle");
                     // Its connections end, then the loop: once the server
                     // stops and its last connection is gone.
-                    ev.block_on(move || lifecycle.drained.wait());
+                    ev.block_on(move || shared.lifecycle.drained.wait());
                 })
                 .map_err(|e| context(e, "cannot start an event-loop thread"))?,
         );
@@ -208,13 +244,16 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
         handles.push(handle);
     }
 
-    // A socket-activated server prints nothing: its stdout is often the
-    // client's own (`nbdinfo -- [ costack-nbd IMG ]`).
-    if let Some(url) = &url {
+    // As qemu-nbd, nothing on stdout unless asked (--print-url); a
+    // socket-activated server has no URL of its own choosing.
+    if let (true, Some(url)) = (cli.print_url, &url) {
         let mut stdout = io::stdout();
         writeln!(stdout, "{url}")
             .and_then(|()| stdout.flush())
             .map_err(|e| context(e, "cannot print the URL on stdout"))?;
+    }
+    if let Some(ready) = ready {
+        ready.done();
     }
     tracing::info!(
         url = url.as_deref().unwrap_or("(socket activation)"),
@@ -227,12 +266,9 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     ev.set_poll_factors(poll_factors.0, poll_factors.1);
     let accept_shared = shared.clone();
     ev.block_on(move || {
-        let accepting = {
-            let lifecycle = lifecycle.clone();
-            aio::spawn(move || {
-                accept_loop(listener, accept_shared, handles, max_clients, lifecycle)
-            })
-        };
+        let lifecycle = &shared.lifecycle;
+        let accepting =
+            aio::spawn(move || accept_loop(listener, accept_shared, handles, max_clients));
         // A stop cancels the accept wherever it waits (the listener is
         // dropped as it unwinds); then the connections finish.
         lifecycle.stop.wait();
@@ -259,6 +295,7 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     if let Some(path) = &cli.socket {
         let _ = std::fs::remove_file(path);
     }
+    drop(pid_file);
     tracing::info!("stopped");
     Ok(())
 }
@@ -316,6 +353,36 @@ fn listen(cli: &Cli, activated: Option<Activated>) -> io::Result<(Listener, Opti
     }
 }
 
+/// `device` with the block layer's modes of the command line (discard,
+/// detect-zeroes, the flushing part of --cache), unless they change nothing.
+fn with_modes(cli: &Cli, device: SharedDevice) -> SharedDevice {
+    let modes = Modes {
+        unmap: cli.discard == DiscardMode::Unmap,
+        detect_zeroes: match cli.detect_zeroes {
+            DetectZeroes::Off => ZeroDetection::Off,
+            DetectZeroes::On => ZeroDetection::Zero,
+            DetectZeroes::Unmap => ZeroDetection::Unmap,
+        },
+        durability: match cli.cache_mode() {
+            CacheMode::None | CacheMode::Writeback => Durability::OnFlush,
+            CacheMode::Writethrough | CacheMode::Directsync => Durability::EveryWrite,
+            CacheMode::Unsafe => Durability::Never,
+        },
+    };
+    if let Some(aio) = cli.aio {
+        tracing::info!(
+            ?aio,
+            "--aio accepted: costack runs each file request on the loop thread (page \
+             cache hits), through io_uring where the kernel has it, or on its thread pool"
+        );
+    }
+    if modes.are_plain() {
+        device
+    } else {
+        Arc::new(WithModes::new(device, modes))
+    }
+}
+
 /// Prefixes `e` with what failed, keeping its kind: the one line printed
 /// says what, where and why.
 fn context(e: io::Error, what: impl std::fmt::Display) -> io::Error {
@@ -363,10 +430,20 @@ fn accept_loop(
     shared: Arc<Shared>,
     loops: Vec<LoopHandle>,
     max_clients: usize,
-    lifecycle: Arc<Lifecycle>,
 ) -> io::Result<()> {
     let mut next = 0usize;
     while !shared.stopping.load(Ordering::SeqCst) {
+        // As qemu-nbd, a client beyond -e waits (in the listen backlog)
+        // for a slot rather than being turned away: once one is pending,
+        // it is accepted only while a slot is free. Only established
+        // clients count: sockets that never finish negotiating cannot
+        // lock real clients out (they are bounded on their own, below).
+        if max_clients != 0 {
+            aio::wait_readable(listener.as_fd())?;
+            while shared.established.load(Ordering::SeqCst) >= max_clients {
+                shared.lifecycle.wait_for_slot();
+            }
+        }
         let accepted = match &listener {
             Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), a.to_string())),
             Listener::Unix(l, path) => l
@@ -383,14 +460,6 @@ fn accept_loop(
                 continue;
             }
         };
-        // Only established clients count against -e: connections still
-        // negotiating are bounded on their own, the oldest making room, so
-        // sockets that never finish cannot lock real clients out.
-        if max_clients != 0 && shared.established.load(Ordering::SeqCst) >= max_clients {
-            tracing::warn!(%peer, max_clients, "refusing client: too many connected (-e)");
-            drop(conn);
-            continue;
-        }
         let dropped = shared.make_room_to_negotiate();
         if dropped > 0 {
             tracing::info!(
@@ -398,11 +467,11 @@ fn accept_loop(
                 "dropped the longest-negotiating connections to make room"
             );
         }
-        lifecycle.client_came(&shared);
+        shared.lifecycle.client_came(&shared);
         // Round-robin over this loop (index 0) and the worker loops.
         let target = next % (loops.len() + 1);
         next = next.wrapping_add(1);
-        let slot = Slot(shared.clone(), lifecycle.clone());
+        let slot = Slot(shared.clone());
         if target == 0 {
             aio::spawn(move || conn.serve(peer, slot, max_clients));
         } else {
@@ -418,11 +487,11 @@ fn accept_loop(
 /// its handler ends (or if it never starts: a loop dropped the work): a
 /// panic is caught at the coroutine's boundary and the server goes on, so
 /// the slot must not leak with it, nor hold up a clean stop.
-struct Slot(Arc<Shared>, Arc<Lifecycle>);
+struct Slot(Arc<Shared>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.1.client_left(&self.0);
+        self.0.lifecycle.client_left(&self.0);
     }
 }
 
@@ -533,8 +602,8 @@ const STOP_GRACE_SECS: libc::time_t = 5;
 
 /// Waits for SIGINT/SIGTERM, then stops the server: no new clients, no new
 /// requests; in-flight requests finish, the device is flushed, exit 0.
-/// The stop reaches the loops through [`Lifecycle`]'s gates.
-fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, lifecycle: Arc<Lifecycle>) {
+/// The stop reaches the loops through the gates of [`Shared::lifecycle`].
+fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>) {
     std::thread::Builder::new()
         .name("nbd-signals".into())
         .spawn(move || {
@@ -542,7 +611,7 @@ fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, lifecycle: Arc<
             // SAFETY: `set` is a valid signal set blocked in every thread.
             unsafe { libc::sigwait(&set, &mut sig) };
             tracing::info!(signal = sig, "stopping");
-            lifecycle.request_stop(&shared);
+            shared.lifecycle.request_stop(&shared);
             // Requests in flight finish and get their replies, unless a
             // client does not take them: after a grace period, or at a
             // second signal, shut every connection down both ways.

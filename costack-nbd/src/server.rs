@@ -81,6 +81,9 @@ pub struct Shared {
     /// ([`HandshakeConfig::tls`] not `Off`).
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsConfig>,
+    /// When the server stops, and what waits for it (see
+    /// [`Lifecycle`](crate::lifecycle::Lifecycle)).
+    pub lifecycle: crate::lifecycle::Lifecycle,
     /// Connections still negotiating, oldest first: id and socket.
     negotiating: Mutex<VecDeque<(u64, RawFd)>>,
     next_id: AtomicU64,
@@ -123,6 +126,7 @@ impl Shared {
             max_negotiating: max_negotiating.max(1),
             #[cfg(feature = "tls")]
             tls: None,
+            lifecycle: crate::lifecycle::Lifecycle::default(),
             negotiating: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(0),
         })
@@ -353,6 +357,7 @@ struct EstablishedSlot<'a>(&'a Shared);
 impl Drop for EstablishedSlot<'_> {
     fn drop(&mut self) {
         self.0.established.fetch_sub(1, Ordering::SeqCst);
+        self.0.lifecycle.session_ended();
     }
 }
 

@@ -99,7 +99,7 @@ fn listen_options_are_refused_under_socket_activation() {
         (&["-b", "127.0.0.1"][..], "The interface can't be set"),
         (&["-k", "/tmp/x.sock"][..], "Unix socket can't be set"),
     ] {
-        let mut cmd = vec!["--size", "--", "[", BIN, "-s", "1M"];
+        let mut cmd = vec!["--size", "--", "[", BIN, "--size", "1M"];
         cmd.extend_from_slice(args);
         cmd.push("]");
         cmd.insert(0, "nbdinfo");
@@ -125,7 +125,7 @@ fn a_tcp_listener_passed_as_descriptor_3_is_served() {
         "-c",
         "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"",
         BIN,
-        "-s",
+        "--size",
         "4M",
     ])
     .stdin(Stdio::null())

@@ -48,6 +48,7 @@ fn sigterm(child: &Child) {
 /// Starts `costack-nbd ARGS` and waits for its URL line.
 fn start(args: &[&str]) -> Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["-t", "--print-url"])
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -113,7 +114,7 @@ fn sigterm_stops_every_loop_with_a_client_still_connected() {
     // Four loops, a client on one of them idle in the transmission phase,
     // others gone: the stop ends the idle client's connection (its read
     // sees end-of-stream) and every loop, with no timer on any of them.
-    let server = Server::start(&["--threads", "4", "-s", "16M", "-e", "0"]);
+    let server = Server::start(&["--threads", "4", "--size", "16M", "-e", "0"]);
     for _ in 0..3 {
         let mut c = server.connect(Opts::SIMPLE);
         c.write(0, &[5; 4096], 0).unwrap();
@@ -134,7 +135,7 @@ fn sigterm_stops_every_loop_with_a_client_still_connected() {
 #[test]
 fn sigterm_stops_a_server_that_never_had_a_client() {
     let sock = scratch("stop-fresh").with_extension("sock");
-    let mut server = start(&["-k", sock.to_str().unwrap(), "-s", "1M"]);
+    let mut server = start(&["-k", sock.to_str().unwrap(), "--size", "1M"]);
     sigterm(&server);
     let status = exits_within(&mut server, PROMPT, "fresh server");
     assert!(status.success(), "{status}");
