@@ -13,6 +13,7 @@ use costack::aio::{self, EventLoop, LoopHandle};
 use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use costack_nbd::activation::{self, Activated};
 use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
+use costack_nbd::block::overlay::Overlay;
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens a qcow2 image, writable unless `-r`.
+/// Opens a qcow2 image, writable unless `-r` or `-s`.
 fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
     if cli.cache_mode().direct() {
         // qemu-nbd's "where the driver supports it": the qcow2 driver
@@ -58,7 +59,7 @@ fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
             cli.cache_mode()
         );
     }
-    let image = costack_nbd::block::qcow2::Qcow2::open(path, !cli.read_only)
+    let image = costack_nbd::block::qcow2::Qcow2::open(path, !image_read_only(cli))
         .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
     if image.header().dirty {
         eprintln!(
@@ -110,14 +111,6 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     cli.check_tls()
         .and_then(|()| cli.check_modes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    if cli.snapshot {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            "-s/--snapshot (writes to a temporary overlay, the image untouched) is not \
-             implemented yet; serve the image read-only with -r, or make an overlay with \
-             `qemu-img create -f qcow2 -b IMAGE -F FORMAT OVERLAY` and serve that",
-        ));
-    }
     // Before any thread exists: the parent waits for the child to listen.
     let ready = if cli.fork {
         // SAFETY: no thread was started yet (main parses the command line
@@ -142,7 +135,7 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
                 (open_qcow2(&cli, path)?, false)
             } else {
                 let direct = cli.cache_mode().direct();
-                let disk = FileDisk::open(path, cli.read_only, direct).map_err(|e| {
+                let disk = FileDisk::open(path, image_read_only(&cli), direct).map_err(|e| {
                     let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
                         let hint =
                             "--cache none needs O_DIRECT, which this filesystem may not support";
@@ -160,6 +153,12 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
             Arc::new(MemDisk::new(cli.size).with_read_only(cli.read_only)),
             false,
         ),
+    };
+    // -s: the image, opened read-only, under a copy-on-write overlay.
+    let device: SharedDevice = if cli.snapshot && !cli.read_only {
+        Arc::new(Overlay::new(device))
+    } else {
+        device
     };
     let device = with_modes(&cli, device);
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
@@ -351,6 +350,12 @@ fn listen(cli: &Cli, activated: Option<Activated>) -> io::Result<(Listener, Opti
             Ok((Listener::Tcp(l), Some(url)))
         }
     }
+}
+
+/// Whether the image file is opened read-only: with `-r`, and with `-s`
+/// (writes go to the overlay).
+fn image_read_only(cli: &Cli) -> bool {
+    cli.read_only || cli.snapshot
 }
 
 /// `device` with the block layer's modes of the command line (discard,

@@ -4,7 +4,7 @@
 //! (a client beyond it waits; multi-conn only above 1), listening on every
 //! address without `-b`, nothing on stdout, `--discard`,
 //! `--detect-zeroes`, `--cache`/`-n`, `--aio`, `-T`, and the refusals
-//! (`-c`, `-s`).
+//! (`-c`, `-d`), and `-s/--snapshot`.
 
 mod support;
 
@@ -366,13 +366,12 @@ fn aio_modes_and_trace_are_accepted() {
 }
 
 #[test]
-fn kernel_client_and_snapshot_are_refused_clearly() {
+fn the_kernel_client_is_refused_clearly() {
     let img = raw_image("cli-refused", 1 << 20);
     let img_s = img.to_str().unwrap();
     for (args, says) in [
         (&["-c", "/dev/nbd0", img_s][..], "nbd module"),
         (&["-d", "/dev/nbd0"][..], "--disconnect"),
-        (&["-s", img_s][..], "--snapshot"),
     ] {
         let out = run(BIN, args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
@@ -381,4 +380,58 @@ fn kernel_client_and_snapshot_are_refused_clearly() {
     }
     assert_eq!(std::fs::read(&img).unwrap(), vec![0xab; 1 << 20]);
     let _ = std::fs::remove_file(&img);
+}
+
+#[test]
+fn snapshot_takes_writes_and_leaves_the_image_untouched() {
+    if !have(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let raw = raw_image("cli-snap-raw", 2 << 20);
+    let qcow2 = scratch("cli-snap-qcow2");
+    let q = qcow2.to_str().unwrap();
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", q, "2M"]);
+    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0xab 0 2M", q]);
+    for img in [&raw, &qcow2] {
+        let before = std::fs::read(img).unwrap();
+        let server = Server::start(&["-s", img.to_str().unwrap()]);
+        // Partial blocks, a block boundary and zeroes, then read back in
+        // the same session and in the next (-t: the overlay lives on).
+        ok(
+            "qemu-io",
+            &[
+                "-f",
+                "raw",
+                "-c",
+                "write -P 0x11 1000 5000",
+                "-c",
+                "write -z 65536 4096",
+                "-c",
+                "read -P 0xab 0 1000",
+                "-c",
+                "read -P 0x11 1000 5000",
+                "-c",
+                "read -P 0xab 6000 59536",
+                "-c",
+                "read -P 0 65536 4096",
+                "-c",
+                "flush",
+                &server.url,
+            ],
+        );
+        ok(
+            "qemu-io",
+            &["-f", "raw", "-c", "read -P 0x11 1000 5000", &server.url],
+        );
+        drop(server);
+        assert!(
+            std::fs::read(img).unwrap() == before,
+            "{} changed under -s",
+            img.display()
+        );
+    }
+    ok("qemu-img", &["check", "-q", q]);
+    ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0xab 0 2M", q]);
+    let _ = std::fs::remove_file(&raw);
+    let _ = std::fs::remove_file(&qcow2);
 }
