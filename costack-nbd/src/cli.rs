@@ -216,7 +216,8 @@ pub struct Cli {
     pub handshake_limit: u64,
 
     /// Connections that may negotiate at once, apart from the `-e`
-    /// clients; a newcomer beyond it drops the one negotiating longest.
+    /// clients; a newcomer beyond it waits until one finishes or stalls (a
+    /// stalled one is dropped for it).
     #[arg(long = "max-handshakes", value_name = "N", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_handshakes: u32,

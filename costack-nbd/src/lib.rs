@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod admission;
 pub mod block;
 pub mod cli;
 pub mod daemon;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use costack::aio::{self, EventLoop, LoopHandle};
-use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use costack::net::{ListenOptions, TcpListener, TcpStream, UnixListener, UnixStream};
 use costack_nbd::activation::{self, Activated};
 use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
 use costack_nbd::block::overlay::Overlay;
@@ -337,10 +337,17 @@ fn listen(cli: &Cli, activated: Option<Activated>) -> io::Result<(Listener, Opti
             Ok((Listener::Unix(l, path.clone()), Some(url)))
         }
         None => {
-            let l = TcpListener::bind((cli.bind.as_str(), cli.port)).map_err(|e| {
-                let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
-                context(e, what)
-            })?;
+            // A deep backlog (the kernel caps it at net.core.somaxconn, as
+            // qemu-nbd's SOMAXCONN): clients waiting there for a -e slot or
+            // for room to negotiate must not overflow it (an overflowing
+            // client may believe itself connected while the server dropped
+            // it, and wait for a greeting for ever).
+            let options = ListenOptions::new().backlog(LISTEN_BACKLOG);
+            let l =
+                TcpListener::bind_with((cli.bind.as_str(), cli.port), &options).map_err(|e| {
+                    let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
+                    context(e, what)
+                })?;
             let addr = l.local_addr()?;
             let host = match addr.ip() {
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
@@ -444,7 +451,11 @@ fn accept_loop(
         // clients count: sockets that never finish negotiating cannot
         // lock real clients out (they are bounded on their own, below).
         if max_clients != 0 {
-            aio::wait_readable(listener.as_fd())?;
+            if let Err(e) = aio::wait_readable(listener.as_fd()) {
+                tracing::warn!(error = %e, "waiting for a client failed");
+                aio::sleep(Duration::from_millis(10));
+                continue;
+            }
             while shared.established.load(Ordering::SeqCst) >= max_clients {
                 shared.lifecycle.wait_for_slot();
             }
@@ -465,11 +476,13 @@ fn accept_loop(
                 continue;
             }
         };
-        let dropped = shared.make_room_to_negotiate();
+        // Negotiating connections are bounded: wait for one to end, or
+        // to stall and be dropped (never one making progress).
+        let dropped = shared.wait_for_room_to_negotiate();
         if dropped > 0 {
             tracing::info!(
                 dropped,
-                "dropped the longest-negotiating connections to make room"
+                "dropped stalled negotiating connections to make room"
             );
         }
         shared.lifecycle.client_came(&shared);
@@ -601,6 +614,9 @@ fn block_stop_signals() -> libc::sigset_t {
         set
     }
 }
+
+/// The TCP listen backlog asked for (see `listen`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Seconds a stopping server waits for clients to take their last replies.
 const STOP_GRACE_SECS: libc::time_t = 5;
