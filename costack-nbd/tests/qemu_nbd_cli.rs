@@ -435,3 +435,40 @@ fn snapshot_takes_writes_and_leaves_the_image_untouched() {
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&qcow2);
 }
+
+#[test]
+fn help_version_and_verbose_as_qemu_nbd() {
+    let help = run(BIN, &["-h"]);
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for option in [
+        "--persistent",
+        "--snapshot",
+        "--fork",
+        "--pid-file",
+        "--discard",
+        "--shared",
+    ] {
+        assert!(text.contains(option), "-h lacks {option}: {text}");
+    }
+    let version = run(BIN, &["-V"]);
+    assert!(version.status.success());
+    let v = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        v.starts_with("costack-nbd ") && v.contains(env!("CARGO_PKG_VERSION")),
+        "{v}"
+    );
+    // -v: the info-level "serving" line on stderr.
+    let mut server = Server::spawn(&["-v", "--size", "1M"], &[], Stdio::piped());
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    let mut err = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("serving") && err.contains("stopped"), "{err}");
+}
