@@ -28,6 +28,14 @@ cargo build --release -q -p costack-nbd
 COSTACK=${COSTACK:-target/release/costack-nbd}   # or another build, to compare
 BASELINE=${BASELINE:-}
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+# A baseline built before qemu-nbd's command line (issue 23) serves until
+# stopped and knows no -t; a later one needs it, as costack-nbd does.
+baseline_args=()
+if [ -n "$BASELINE" ]; then
+    case $("$BASELINE" --help 2>/dev/null || true) in
+        *--persistent*) baseline_args=(-t -e 8) ;;
+    esac
+fi
 
 if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((SIZE_MB << 20)) ]; then
     echo "creating $IMG ($SIZE_MB MiB of data)"
@@ -40,8 +48,8 @@ trap cleanup EXIT
 
 start_server() { # name port
     case $1 in
-        costack) "$COSTACK" -p "$2" "$IMG" >/dev/null & ;;
-        baseline) "$BASELINE" -p "$2" "$IMG" >/dev/null & ;;
+        costack) "$COSTACK" -t -e 8 -p "$2" "$IMG" >/dev/null & ;;
+        baseline) "$BASELINE" "${baseline_args[@]}" -p "$2" "$IMG" >/dev/null & ;;
         qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
         nbdkit) nbdkit -f -p "$2" file "$IMG" & ;;
     esac

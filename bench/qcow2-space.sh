@@ -51,7 +51,7 @@ cycles() { # url
 wait_socket() { for _ in $(seq 200); do [ -S "$1" ] && return 0; sleep 0.05; done; echo "no socket $1" >&2; exit 1; }
 
 make_image "$DIR/costack.qcow2"
-"$COSTACK" -k "$DIR/costack.sock" "$DIR/costack.qcow2" >/dev/null &
+"$COSTACK" --discard=unmap -t -k "$DIR/costack.sock" "$DIR/costack.qcow2" >/dev/null &
 pid=$!; wait_socket "$DIR/costack.sock"
 cycles "nbd+unix:///?socket=$DIR/costack.sock"
 kill -TERM "$pid"; wait "$pid"

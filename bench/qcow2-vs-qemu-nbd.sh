@@ -35,6 +35,14 @@ cargo build --release -q -p costack-nbd
 COSTACK=${COSTACK:-target/release/costack-nbd}
 BASELINE=${BASELINE:-}
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+# A baseline built before qemu-nbd's command line (issue 23) serves until
+# stopped and knows no -t; a later one needs it, as costack-nbd does.
+baseline_args=()
+if [ -n "$BASELINE" ]; then
+    case $("$BASELINE" --help 2>/dev/null || true) in
+        *--persistent*) baseline_args=(-t -e 8) ;;
+    esac
+fi
 
 if [ ! -f "$RAW" ] || [ "$(stat -c %s "$RAW")" -ne $((SIZE_MB << 20)) ]; then
     echo "creating $RAW ($SIZE_MB MiB of data)"
@@ -91,8 +99,8 @@ start_server() { # name port
         *-chain) img=$CHAIN-top.qcow2; ro=(-r) ;;
     esac
     case $1 in
-        costack*) "$COSTACK" -f qcow2 "${ro[@]}" -p "$2" "$img" >/dev/null & ;;
-        baseline*) "$BASELINE" -f qcow2 "${ro[@]}" -p "$2" "$img" >/dev/null & ;;
+        costack*) "$COSTACK" -f qcow2 "${ro[@]}" -t -e 8 -p "$2" "$img" >/dev/null & ;;
+        baseline*) "$BASELINE" -f qcow2 "${ro[@]}" "${baseline_args[@]}" -p "$2" "$img" >/dev/null & ;;
         qemu-nbd*) qemu-nbd -f qcow2 "${ro[@]}" -t -e 8 --cache=writeback --aio=threads -p "$2" "$img" & ;;
     esac
     pids+=($!)

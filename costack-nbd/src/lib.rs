@@ -23,8 +23,12 @@
 
 #![warn(missing_docs)]
 
+pub mod activation;
+pub mod admission;
 pub mod block;
 pub mod cli;
+pub mod daemon;
+pub mod lifecycle;
 pub mod protocol;
 pub mod server;
 #[cfg(feature = "tls")]

@@ -7,19 +7,39 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
 use costack::aio::{self, EventLoop, LoopHandle};
-use costack::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use costack::net::{ListenOptions, TcpListener, TcpStream, UnixListener, UnixStream};
+use costack_nbd::activation::{self, Activated};
+use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
+use costack_nbd::block::overlay::Overlay;
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::block::{BlockDevice, MemDisk};
-use costack_nbd::cli::{init_logging, CacheMode, Cli, Format, TlsMode, SECTOR_SIZE};
+use costack_nbd::cli::{
+    init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
+};
+use costack_nbd::daemon::{self, PidFile};
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(cli.verbose);
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    init_logging(cli.verbosity());
+    // Before any other thread starts: it edits the environment.
+    let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    let activated = activation::take_listener().and_then(|l| match l {
+        Some(l) => {
+            match activation::conflicting_option(cli.socket.is_some(), given("bind"), given("port"))
+            {
+                Some(why) => Err(io::Error::new(io::ErrorKind::InvalidInput, why)),
+                None => Ok(Some(l)),
+            }
+        }
+        None => Ok(None),
+    });
+    match activated.and_then(|activated| run(cli, activated)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("costack-nbd: {e}");
@@ -28,15 +48,18 @@ fn main() -> ExitCode {
     }
 }
 
-/// Opens a qcow2 image, writable unless `-r`.
+/// Opens a qcow2 image, writable unless `-r` or `-s`.
 fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
-    if cli.cache == CacheMode::None {
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("{}: --cache none is for raw images", path.display()),
-        ));
+    if cli.cache_mode().direct() {
+        // qemu-nbd's "where the driver supports it": the qcow2 driver
+        // reads and writes through the page cache (flushes still sync).
+        tracing::info!(
+            "{}: qcow2 images use the page cache; --cache {:?} keeps its flushing",
+            path.display(),
+            cli.cache_mode()
+        );
     }
-    let image = costack_nbd::block::qcow2::Qcow2::open(path, !cli.read_only)
+    let image = costack_nbd::block::qcow2::Qcow2::open(path, !image_read_only(cli))
         .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
     if image.header().dirty {
         eprintln!(
@@ -74,9 +97,28 @@ enum Listener {
     Unix(UnixListener, std::path::PathBuf),
 }
 
-fn run(cli: Cli) -> io::Result<()> {
+impl Listener {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l, _) => l.as_fd(),
+        }
+    }
+}
+
+fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     cli.check_tls()
+        .and_then(|()| cli.check_modes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // Before any thread exists: the parent waits for the child to listen.
+    let ready = if cli.fork {
+        // SAFETY: no thread was started yet (main parses the command line
+        // and reads the environment only).
+        Some(unsafe { daemon::fork_server() }.map_err(|e| context(e, "cannot fork"))?)
+    } else {
+        None
+    };
     tune_malloc();
     // SIGINT/SIGTERM are taken by a dedicated thread (sigwait): block them
     // before any other thread starts so that all inherit the mask.
@@ -92,8 +134,8 @@ fn run(cli: Cli) -> io::Result<()> {
             if qcow2 {
                 (open_qcow2(&cli, path)?, false)
             } else {
-                let direct = cli.cache == CacheMode::None;
-                let disk = FileDisk::open(path, cli.read_only, direct).map_err(|e| {
+                let direct = cli.cache_mode().direct();
+                let disk = FileDisk::open(path, image_read_only(&cli), direct).map_err(|e| {
                     let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
                         let hint =
                             "--cache none needs O_DIRECT, which this filesystem may not support";
@@ -112,11 +154,19 @@ fn run(cli: Cli) -> io::Result<()> {
             false,
         ),
     };
+    // -s: the image, opened read-only, under a copy-on-write overlay.
+    let device: SharedDevice = if cli.snapshot && !cli.read_only {
+        Arc::new(Overlay::new(device))
+    } else {
+        device
+    };
+    let device = with_modes(&cli, device);
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
     export.description = cli.description.clone();
     // Every connection shares one device, and a flush is fdatasync (or
-    // nothing, for memory): what one connection flushes, all see.
-    export.multi_conn = true;
+    // nothing, for memory): what one connection flushes, all see. As
+    // qemu-nbd, said only when more than one client may connect.
+    export.multi_conn = cli.shared > 1;
     if direct {
         export.block_sizes.minimum = DIRECT_ALIGN as u32;
         export.block_sizes.preferred = export.block_sizes.preferred.max(DIRECT_ALIGN as u32);
@@ -150,45 +200,10 @@ fn run(cli: Cli) -> io::Result<()> {
 
     // The main loop first: a bad COSTACK_AIO fails before anything listens.
     let ev = EventLoop::new().map_err(|e| context(e, "cannot start the event loop"))?;
-    // The URL clients need: `nbds` when TLS is required.
-    let scheme = if cli.tls == TlsMode::Require {
-        "nbds"
-    } else {
-        "nbd"
-    };
-    let (listener, url) = match &cli.socket {
-        Some(path) => {
-            let _ = std::fs::remove_file(path);
-            let l = UnixListener::bind(path).map_err(|e| {
-                let what = format!("cannot listen on Unix socket {}", path.display());
-                context(e, what)
-            })?;
-            let url = format!(
-                "{scheme}+unix:///{}?socket={}",
-                cli.export_name,
-                path.display()
-            );
-            (Listener::Unix(l, path.clone()), url)
-        }
-        None => {
-            let l = TcpListener::bind((cli.bind.as_str(), cli.port)).map_err(|e| {
-                let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
-                context(e, what)
-            })?;
-            let addr = l.local_addr()?;
-            let host = match addr.ip() {
-                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                ip => ip.to_string(),
-            };
-            let url = format!("{scheme}://{host}:{}/{}", addr.port(), cli.export_name);
-            (Listener::Tcp(l), url)
-        }
-    };
-    let poke = match &listener {
-        Listener::Tcp(l) => Poke::Tcp(l.local_addr()?),
-        Listener::Unix(_, path) => Poke::Unix(path.clone()),
-    };
-    spawn_signal_thread(signals, shared.clone(), poke);
+    let (listener, url) = listen(&cli, activated)?;
+    shared.lifecycle.set_persistent(cli.persistent);
+    let pid_file = cli.pid_file.as_deref().map(PidFile::write).transpose()?;
+    spawn_signal_thread(signals, shared.clone());
 
     // Extra event-loop threads; connections are spread over all loops.
     let mut workers = Vec::new();
@@ -215,7 +230,9 @@ fn run(cli: Cli) -> io::Result<()> {
                     ev.set_poll_factors(poll_factors.0, poll_factors.1);
                     tx.send(Ok(ev.handle()))
                         .expect("main thread waits for the handle");
-                    ev.block_on(move || wait_until_stopped(&shared));
+                    // Its connections end, then the loop: once the server
+                    // stops and its last connection is gone.
+                    ev.block_on(move || shared.lifecycle.drained.wait());
                 })
                 .map_err(|e| context(e, "cannot start an event-loop thread"))?,
         );
@@ -226,17 +243,43 @@ fn run(cli: Cli) -> io::Result<()> {
         handles.push(handle);
     }
 
-    let mut stdout = io::stdout();
-    writeln!(stdout, "{url}")
-        .and_then(|()| stdout.flush())
-        .map_err(|e| context(e, "cannot print the URL on stdout"))?;
-    tracing::info!(%url, threads = cli.threads, "serving");
+    // As qemu-nbd, nothing on stdout unless asked (--print-url); a
+    // socket-activated server has no URL of its own choosing.
+    if let (true, Some(url)) = (cli.print_url, &url) {
+        let mut stdout = io::stdout();
+        writeln!(stdout, "{url}")
+            .and_then(|()| stdout.flush())
+            .map_err(|e| context(e, "cannot print the URL on stdout"))?;
+    }
+    if let Some(ready) = ready {
+        ready.done();
+    }
+    tracing::info!(
+        url = url.as_deref().unwrap_or("(socket activation)"),
+        threads = cli.threads,
+        "serving"
+    );
 
     let max_clients = cli.shared as usize;
     ev.set_poll_max(poll_max);
     ev.set_poll_factors(poll_factors.0, poll_factors.1);
     let accept_shared = shared.clone();
-    ev.block_on(move || accept_loop(listener, accept_shared, handles, max_clients))?;
+    ev.block_on(move || {
+        let lifecycle = &shared.lifecycle;
+        let accepting =
+            aio::spawn(move || accept_loop(listener, accept_shared, handles, max_clients));
+        // A stop cancels the accept wherever it waits (the listener is
+        // dropped as it unwinds); then the connections finish.
+        lifecycle.stop.wait();
+        accepting.cancel();
+        let accepted = match accepting.join() {
+            Ok(r) => r,
+            Err(p) if p.is::<aio::Cancelled>() => Ok(()),
+            Err(p) => std::panic::resume_unwind(p),
+        };
+        lifecycle.drained.wait();
+        accepted
+    })?;
     for w in workers {
         w.join()
             .map_err(|_| io::Error::other("an event-loop thread panicked"))?;
@@ -251,8 +294,105 @@ fn run(cli: Cli) -> io::Result<()> {
     if let Some(path) = &cli.socket {
         let _ = std::fs::remove_file(path);
     }
+    drop(pid_file);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The listening socket: the one socket activation passed (no URL to
+/// print then), else a Unix socket at `-k PATH`, else TCP on `-b`/`-p`;
+/// with the URL clients need (`nbds` when TLS is required).
+fn listen(cli: &Cli, activated: Option<Activated>) -> io::Result<(Listener, Option<String>)> {
+    let scheme = if cli.tls == TlsMode::Require {
+        "nbds"
+    } else {
+        "nbd"
+    };
+    if let Some(activated) = activated {
+        let listener = match activated {
+            Activated::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            Activated::Unix(l) => {
+                let name = l
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()))
+                    .unwrap_or_else(|| "socket-activation".into());
+                Listener::Unix(UnixListener::from_std(l)?, name)
+            }
+        };
+        return Ok((listener, None));
+    }
+    match &cli.socket {
+        Some(path) => {
+            let _ = std::fs::remove_file(path);
+            let l = UnixListener::bind(path).map_err(|e| {
+                let what = format!("cannot listen on Unix socket {}", path.display());
+                context(e, what)
+            })?;
+            let url = format!(
+                "{scheme}+unix:///{}?socket={}",
+                cli.export_name,
+                path.display()
+            );
+            Ok((Listener::Unix(l, path.clone()), Some(url)))
+        }
+        None => {
+            // A deep backlog (the kernel caps it at net.core.somaxconn, as
+            // qemu-nbd's SOMAXCONN): clients waiting there for a -e slot or
+            // for room to negotiate must not overflow it (an overflowing
+            // client may believe itself connected while the server dropped
+            // it, and wait for a greeting for ever).
+            let options = ListenOptions::new().backlog(LISTEN_BACKLOG);
+            let l =
+                TcpListener::bind_with((cli.bind.as_str(), cli.port), &options).map_err(|e| {
+                    let what = format!("cannot listen on {}", host_port(&cli.bind, cli.port));
+                    context(e, what)
+                })?;
+            let addr = l.local_addr()?;
+            let host = match addr.ip() {
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
+            };
+            let url = format!("{scheme}://{host}:{}/{}", addr.port(), cli.export_name);
+            Ok((Listener::Tcp(l), Some(url)))
+        }
+    }
+}
+
+/// Whether the image file is opened read-only: with `-r`, and with `-s`
+/// (writes go to the overlay).
+fn image_read_only(cli: &Cli) -> bool {
+    cli.read_only || cli.snapshot
+}
+
+/// `device` with the block layer's modes of the command line (discard,
+/// detect-zeroes, the flushing part of --cache), unless they change nothing.
+fn with_modes(cli: &Cli, device: SharedDevice) -> SharedDevice {
+    let modes = Modes {
+        unmap: cli.discard == DiscardMode::Unmap,
+        detect_zeroes: match cli.detect_zeroes {
+            DetectZeroes::Off => ZeroDetection::Off,
+            DetectZeroes::On => ZeroDetection::Zero,
+            DetectZeroes::Unmap => ZeroDetection::Unmap,
+        },
+        durability: match cli.cache_mode() {
+            CacheMode::None | CacheMode::Writeback => Durability::OnFlush,
+            CacheMode::Writethrough | CacheMode::Directsync => Durability::EveryWrite,
+            CacheMode::Unsafe => Durability::Never,
+        },
+    };
+    if let Some(aio) = cli.aio {
+        tracing::info!(
+            ?aio,
+            "--aio accepted: costack runs each file request on the loop thread (page \
+             cache hits), through io_uring where the kernel has it, or on its thread pool"
+        );
+    }
+    if modes.are_plain() {
+        device
+    } else {
+        Arc::new(WithModes::new(device, modes))
+    }
 }
 
 /// Prefixes `e` with what failed, keeping its kind: the one line printed
@@ -296,8 +436,7 @@ fn warn_unreachable_tail(path: &std::path::Path, size: u64, direct: bool) {
     }
 }
 
-/// Accepts clients until the server stops, then waits for connections on
-/// this loop to finish.
+/// Accepts clients until the server stops (its owner cancels it then).
 fn accept_loop(
     listener: Listener,
     shared: Arc<Shared>,
@@ -306,6 +445,21 @@ fn accept_loop(
 ) -> io::Result<()> {
     let mut next = 0usize;
     while !shared.stopping.load(Ordering::SeqCst) {
+        // As qemu-nbd, a client beyond -e waits (in the listen backlog)
+        // for a slot rather than being turned away: once one is pending,
+        // it is accepted only while a slot is free. Only established
+        // clients count: sockets that never finish negotiating cannot
+        // lock real clients out (they are bounded on their own, below).
+        if max_clients != 0 {
+            if let Err(e) = aio::wait_readable(listener.as_fd()) {
+                tracing::warn!(error = %e, "waiting for a client failed");
+                aio::sleep(Duration::from_millis(10));
+                continue;
+            }
+            while shared.established.load(Ordering::SeqCst) >= max_clients {
+                shared.lifecycle.wait_for_slot();
+            }
+        }
         let accepted = match &listener {
             Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), a.to_string())),
             Listener::Unix(l, path) => l
@@ -322,44 +476,40 @@ fn accept_loop(
                 continue;
             }
         };
-        // Only established clients count against -e: connections still
-        // negotiating are bounded on their own, the oldest making room, so
-        // sockets that never finish cannot lock real clients out.
-        if max_clients != 0 && shared.established.load(Ordering::SeqCst) >= max_clients {
-            tracing::warn!(%peer, max_clients, "refusing client: too many connected (-e)");
-            drop(conn);
-            continue;
-        }
-        let dropped = shared.make_room_to_negotiate();
+        // Negotiating connections are bounded: wait for one to end, or
+        // to stall and be dropped (never one making progress).
+        let dropped = shared.wait_for_room_to_negotiate();
         if dropped > 0 {
             tracing::info!(
                 dropped,
-                "dropped the longest-negotiating connections to make room"
+                "dropped stalled negotiating connections to make room"
             );
         }
-        shared.clients.fetch_add(1, Ordering::SeqCst);
+        shared.lifecycle.client_came(&shared);
         // Round-robin over this loop (index 0) and the worker loops.
         let target = next % (loops.len() + 1);
         next = next.wrapping_add(1);
+        let slot = Slot(shared.clone());
         if target == 0 {
-            let shared = shared.clone();
-            aio::spawn(move || conn.serve(peer, shared, max_clients));
+            aio::spawn(move || conn.serve(peer, slot, max_clients));
         } else {
-            let shared = shared.clone();
             let conn = conn.into_std();
             loops[target - 1]
-                .spawn(move || StdConn::into_costack(conn).serve(peer, shared, max_clients));
+                .spawn(move || StdConn::into_costack(conn).serve(peer, slot, max_clients));
         }
     }
-    drop(listener);
-    wait_until_stopped(&shared);
     Ok(())
 }
 
-/// Parks a loop until the server stops and its clients are gone.
-fn wait_until_stopped(shared: &Shared) {
-    while !shared.stopping.load(Ordering::SeqCst) || shared.clients.load(Ordering::SeqCst) > 0 {
-        aio::sleep(Duration::from_millis(20));
+/// A connection's place among the server's clients, given back however
+/// its handler ends (or if it never starts: a loop dropped the work): a
+/// panic is caught at the coroutine's boundary and the server goes on, so
+/// the slot must not leak with it, nor hold up a clean stop.
+struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.lifecycle.client_left(&self.0);
     }
 }
 
@@ -382,17 +532,7 @@ impl Conn {
         }
     }
 
-    fn serve(self, peer: String, shared: Arc<Shared>, max_clients: usize) {
-        // Gives the client's slot back however the handler ends: a panic
-        // is caught at the coroutine's boundary and the server goes on, so
-        // the slot must not leak with it (nor hold up a clean stop).
-        struct Slot(Arc<Shared>);
-        impl Drop for Slot {
-            fn drop(&mut self) {
-                self.0.clients.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let slot = Slot(shared);
+    fn serve(self, peer: String, slot: Slot, max_clients: usize) {
         let _here = LoopConnection::new();
         match self {
             Conn::Tcp(s) => {
@@ -475,18 +615,16 @@ fn block_stop_signals() -> libc::sigset_t {
     }
 }
 
+/// The TCP listen backlog asked for (see `listen`).
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Seconds a stopping server waits for clients to take their last replies.
 const STOP_GRACE_SECS: libc::time_t = 5;
 
-/// How the signal thread wakes the accept loop: by connecting to it.
-enum Poke {
-    Tcp(std::net::SocketAddr),
-    Unix(std::path::PathBuf),
-}
-
 /// Waits for SIGINT/SIGTERM, then stops the server: no new clients, no new
 /// requests; in-flight requests finish, the device is flushed, exit 0.
-fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, poke: Poke) {
+/// The stop reaches the loops through the gates of [`Shared::lifecycle`].
+fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>) {
     std::thread::Builder::new()
         .name("nbd-signals".into())
         .spawn(move || {
@@ -494,13 +632,7 @@ fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>, poke: Poke) {
             // SAFETY: `set` is a valid signal set blocked in every thread.
             unsafe { libc::sigwait(&set, &mut sig) };
             tracing::info!(signal = sig, "stopping");
-            shared.stop();
-            // The accept loop checks `stopping` after each accept: a
-            // connection of our own wakes it up.
-            let _ = match poke {
-                Poke::Tcp(addr) => std::net::TcpStream::connect(addr).map(drop),
-                Poke::Unix(path) => std::os::unix::net::UnixStream::connect(path).map(drop),
-            };
+            shared.lifecycle.request_stop(&shared);
             // Requests in flight finish and get their replies, unless a
             // client does not take them: after a grace period, or at a
             // second signal, shut every connection down both ways.

@@ -12,10 +12,9 @@
 //! counting each until its reply is on the socket.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -74,15 +73,17 @@ pub struct Shared {
     /// likes); past it the connection is dropped.
     pub handshake_limit: Option<Duration>,
     /// How many connections may negotiate at once; a newcomer beyond it
-    /// drops the one that has been negotiating longest.
+    /// waits until one finishes or stalls (see [`crate::admission`]).
     pub max_negotiating: usize,
     /// TLS credentials, when `NBD_OPT_STARTTLS` is offered
     /// ([`HandshakeConfig::tls`] not `Off`).
     #[cfg(feature = "tls")]
     pub tls: Option<crate::tls::TlsConfig>,
-    /// Connections still negotiating, oldest first: id and socket.
-    negotiating: Mutex<VecDeque<(u64, RawFd)>>,
-    next_id: AtomicU64,
+    /// When the server stops, and what waits for it (see
+    /// [`Lifecycle`](crate::lifecycle::Lifecycle)).
+    pub lifecycle: crate::lifecycle::Lifecycle,
+    /// Connections still negotiating, oldest first.
+    negotiating: crate::admission::Negotiations,
 }
 
 /// Default of [`Shared::handshake_limit`]: qemu-nbd's (CVE-2024-7409).
@@ -122,8 +123,8 @@ impl Shared {
             max_negotiating: max_negotiating.max(1),
             #[cfg(feature = "tls")]
             tls: None,
-            negotiating: Mutex::new(VecDeque::new()),
-            next_id: AtomicU64::new(0),
+            lifecycle: crate::lifecycle::Lifecycle::default(),
+            negotiating: crate::admission::Negotiations::default(),
         })
     }
 
@@ -137,19 +138,20 @@ impl Shared {
         Arc::get_mut(self).expect("set_tls before sharing").tls = Some(tls);
     }
 
-    /// Makes room for one more negotiating connection: while
-    /// [`max_negotiating`](Shared::max_negotiating) are, the one that has
-    /// negotiated longest is shut down (it ends its handshake with an
-    /// error and leaves). Returns how many were dropped.
-    pub fn make_room_to_negotiate(&self) -> usize {
-        let q = self.negotiating.lock().unwrap_or_else(|e| e.into_inner());
-        let excess = (q.len() + 1).saturating_sub(self.max_negotiating);
-        for &(_, fd) in q.iter().take(excess) {
-            // SAFETY: a socket of a connection still negotiating: it leaves
-            // the queue (under this lock) before it closes its socket.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-        }
-        excess
+    /// Makes room for one more negotiating connection, as far as it can
+    /// now: while [`max_negotiating`](Shared::max_negotiating) are, stalled
+    /// ones are shut down, oldest first (they end their handshakes with an
+    /// error and leave); connections making progress are never dropped
+    /// (see [`admission`](crate::admission)). Returns how many were
+    /// dropped and whether there is room.
+    pub fn make_room_to_negotiate(&self) -> (usize, bool) {
+        self.negotiating.make_room(self.max_negotiating)
+    }
+
+    /// Waits (in a coroutine) until one more connection may negotiate,
+    /// dropping connections as they stall; returns how many it dropped.
+    pub fn wait_for_room_to_negotiate(&self) -> usize {
+        self.negotiating.wait_for_room(self.max_negotiating)
     }
 
     /// Stops every connection from reading further requests: their reads
@@ -212,26 +214,14 @@ struct Negotiating<'a> {
 
 impl<'a> Negotiating<'a> {
     fn new(shared: &'a Shared, fd: RawFd) -> Self {
-        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        shared
-            .negotiating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back((id, fd));
+        let id = shared.negotiating.begin(fd);
         Negotiating { shared, id }
     }
 }
 
 impl Drop for Negotiating<'_> {
     fn drop(&mut self) {
-        let mut q = self
-            .shared
-            .negotiating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = q.iter().position(|&(id, _)| id == self.id) {
-            q.remove(i);
-        }
+        self.shared.negotiating.end(self.id);
     }
 }
 
@@ -271,6 +261,7 @@ struct EstablishedSlot<'a>(&'a Shared);
 impl Drop for EstablishedSlot<'_> {
     fn drop(&mut self) {
         self.0.established.fetch_sub(1, Ordering::SeqCst);
+        self.0.lifecycle.session_ended();
     }
 }
 

@@ -53,7 +53,7 @@ fn client(addr: SocketAddr, seed: u64) {
 #[test]
 fn memory_goes_back_after_a_thousand_clients() {
     // 100 clients connect at once: room for all of them to negotiate.
-    let server = Server::start(&["-e", "0", "--max-handshakes", "128", "-s", "64M"]);
+    let server = Server::start(&["-e", "0", "--max-handshakes", "128", "--size", "64M"]);
     let pid = server.pid();
     // The peak, sampled while the clients run (for the log).
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

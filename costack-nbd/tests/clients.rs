@@ -18,7 +18,17 @@ struct Server {
 impl Server {
     fn start(args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args(["-p", "0"])
+            .args([
+                "-p",
+                "0",
+                "-b",
+                "127.0.0.1",
+                "-t",
+                "-e",
+                "0",
+                "--discard=unmap",
+                "--print-url",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -35,7 +45,7 @@ impl Server {
 
     fn start_unix(socket: &Path, args: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .arg("-k")
+            .args(["-t", "-e", "0", "--discard=unmap", "--print-url", "-k"])
             .arg(socket)
             .args(args)
             .stdout(Stdio::piped())
@@ -160,7 +170,7 @@ fn qemu_img_info_sees_the_memory_disk() {
     if !have("qemu-img") {
         return;
     }
-    let server = Server::start(&["-s", "64M"]);
+    let server = Server::start(&["--size", "64M"]);
     let out = stdout(&run("qemu-img", &["info", "--output=json", &server.url]));
     assert!(out.contains("\"virtual-size\": 67108864"), "{out}");
     assert!(server.stop().success());
@@ -171,7 +181,7 @@ fn nbdinfo_lists_and_maps() {
     if !have("nbdinfo") {
         return;
     }
-    let server = Server::start(&["-s", "16M", "-x", "disk0", "-D", "the test disk"]);
+    let server = Server::start(&["--size", "16M", "-x", "disk0", "-D", "the test disk"]);
     let info = stdout(&run("nbdinfo", &[&server.url]));
     assert!(info.contains("export-size: 16777216"), "{info}");
     assert!(info.contains("can_flush: true"), "{info}");
@@ -197,7 +207,7 @@ fn qemu_io_reads_back_what_it_wrote() {
     if !have("qemu-io") {
         return;
     }
-    let server = Server::start(&["-s", "64M"]);
+    let server = Server::start(&["--size", "64M"]);
     qemu_io(
         &server.url,
         &[
@@ -238,7 +248,7 @@ fn qemu_img_convert_and_compare_round_trip() {
     let dir = temp_dir("convert");
     let src = dir.join("src.raw");
     random_file(&src, 8 << 20, 7);
-    let server = Server::start(&["-s", "8M"]);
+    let server = Server::start(&["--size", "8M"]);
     run(
         "qemu-img",
         &[
@@ -289,7 +299,7 @@ fn nbdcopy_both_ways_with_four_connections() {
     let dir = temp_dir("nbdcopy");
     let src = dir.join("src.raw");
     random_file(&src, 32 << 20, 11);
-    let server = Server::start(&["-s", "32M", "--threads", "2"]);
+    let server = Server::start(&["--size", "32M", "--threads", "2"]);
     run(
         "nbdcopy",
         &["--connections=4", src.to_str().unwrap(), &server.url],
@@ -375,7 +385,7 @@ fn read_only_export_refuses_writes() {
     if !have("qemu-io") {
         return;
     }
-    let server = Server::start(&["-r", "-s", "1M"]);
+    let server = Server::start(&["-r", "--size", "1M"]);
     let out = Command::new("qemu-io")
         .args(["-f", "raw", "-c", "write 0 4k", &server.url])
         .output()
@@ -404,7 +414,7 @@ fn unix_socket_export() {
     }
     let dir = temp_dir("unix");
     let sock = dir.join("nbd.sock");
-    let server = Server::start_unix(&sock, &["-s", "1M"]);
+    let server = Server::start_unix(&sock, &["--size", "1M"]);
     qemu_io(&server.url, &["write -P 3 0 4k", "read -P 3 0 4k"]);
     assert!(server.stop().success());
     assert!(!sock.exists(), "the socket is removed on exit");
@@ -416,7 +426,7 @@ fn garbage_and_truncated_clients_do_not_hurt_others() {
     if !have("qemu-io") {
         return;
     }
-    let server = Server::start(&["-s", "1M"]);
+    let server = Server::start(&["--size", "1M"]);
     // A client that sends garbage instead of the handshake reply.
     let mut bad = TcpStream::connect(server.addr()).unwrap();
     let mut greeting = [0u8; 18];
@@ -441,7 +451,7 @@ fn shared_limit_is_enforced() {
     if !have("qemu-io") {
         return;
     }
-    let server = Server::start(&["-s", "1M", "-e", "1"]);
+    let server = Server::start(&["--size", "1M", "-e", "1"]);
     let mut first = TcpStream::connect(server.addr()).unwrap();
     let mut greeting = [0u8; 18];
     first.read_exact(&mut greeting).unwrap();
@@ -454,28 +464,30 @@ fn shared_limit_is_enforced() {
     let mut export = [0u8; 10]; // size and transmission flags
     first.read_exact(&mut export).unwrap();
     assert_eq!(u64::from_be_bytes(export[..8].try_into().unwrap()), 1 << 20);
-    // While `first` is connected, a second client is turned away.
+    // While `first` is connected, a second client waits for the slot (as
+    // qemu-nbd: it is not accepted yet, so it gets no greeting)...
     let mut second = TcpStream::connect(server.addr()).unwrap();
     second
-        .set_read_timeout(Some(Duration::from_secs(10)))
+        .set_read_timeout(Some(Duration::from_millis(500)))
         .unwrap();
     let mut buf = [0u8; 18];
-    let n = second.read(&mut buf).unwrap_or(0);
-    assert_eq!(n, 0, "the second client must be refused");
+    let waited = second.read(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            waited.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the second client must wait, not be refused: {waited}"
+    );
+    // ...and is served once `first` leaves.
     drop(first);
-    // Once it left, clients are served again.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = Command::new("qemu-io")
-            .args(["-f", "raw", "-c", "read -P 0 0 4k", &server.url])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "never served again");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    second
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    second.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf[..8], b"NBDMAGIC");
+    drop(second);
+    qemu_io(&server.url, &["read -P 0 0 4k"]);
 }
 
 #[test]
@@ -489,7 +501,7 @@ fn nbdsh_script_if_present() {
         eprintln!("skipping: nbdsh is not installed (it is optional)");
         return;
     }
-    let server = Server::start(&["-s", "1M"]);
+    let server = Server::start(&["--size", "1M"]);
     let script = "\
 h.pwrite(b'x' * 4096, 8192)
 assert h.pread(4096, 8192) == b'x' * 4096

@@ -38,7 +38,7 @@ fn request_header(cmd: u16, handle: u64, offset: u64, len: u32) -> Vec<u8> {
 
 #[test]
 fn clients_vanishing_mid_request_leave_others_served() {
-    let server = Server::start(&["-s", "64M"]);
+    let server = Server::start(&["--size", "64M"]);
     // A client that stays connected throughout.
     let mut bystander = server.connect(Opts::SIMPLE);
     let pattern = Rng::new(1).bytes(1 << 20);
@@ -100,7 +100,7 @@ fn clients_vanishing_mid_request_leave_others_served() {
 
 #[test]
 fn bad_input_closes_only_that_connection() {
-    let server = Server::start(&["-s", "64M"]);
+    let server = Server::start(&["--size", "64M"]);
     let mut bystander = server.connect(Opts::FULL);
     let data = Rng::new(10).bytes(8192);
     bystander.write(0, &data, 0).unwrap();
@@ -229,7 +229,7 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 fn connection_churn_does_not_leak() {
     // A small client limit (-e 4) turns a leaked client slot into refused
     // clients; two loop threads exercise the hand-over between loops.
-    let server = Server::start(&["-s", "16M", "-e", "4", "--threads", "2"]);
+    let server = Server::start(&["--size", "16M", "-e", "4", "--threads", "2"]);
     let pid = server.pid();
     // Warm up every path once (lazily created fds and threads settle).
     for k in 0..6 {
@@ -281,7 +281,7 @@ fn connection_churn_does_not_leak() {
 
 #[test]
 fn disconnect_waits_for_requests_in_flight() {
-    let server = Server::start(&["-s", "64M"]);
+    let server = Server::start(&["--size", "64M"]);
     // Ended by NBD_CMD_DISC, then by a half-close (end of stream).
     for (round, disc) in [(0u64, true), (1, false)] {
         let mut c = server.connect(Opts::FULL);
@@ -315,7 +315,7 @@ fn disconnect_waits_for_requests_in_flight() {
 
 #[test]
 fn sigterm_with_idle_and_handshaking_clients_exits() {
-    let mut server = Server::start(&["-s", "16M", "--threads", "2"]);
+    let mut server = Server::start(&["--size", "16M", "--threads", "2"]);
     let mut idle = server.connect(Opts::FULL);
     let mut simple = server.connect(Opts::SIMPLE);
     // Stuck in the handshake, after the greeting.
@@ -494,7 +494,7 @@ fn rss_kib(pid: i32) -> u64 {
 
 #[test]
 fn a_client_that_takes_no_replies_holds_bounded_memory_and_cannot_block_exit() {
-    let mut server = Server::start(&["-s", "1G"]);
+    let mut server = Server::start(&["--size", "1G"]);
     let mut c = server.connect(Opts::SIMPLE);
     // 64 reads of 16 MiB (1 GiB of replies) in one send, never read back.
     let mut batch = Vec::new();

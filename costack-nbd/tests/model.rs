@@ -494,7 +494,7 @@ const SIZE: usize = 2 << 20;
 
 #[test]
 fn memory_disk_structured() {
-    let server = Server::start(&["-s", "2M"]);
+    let server = Server::start(&["--size", "2M"]);
     let run = run(&server, Opts::FULL, vec![0; SIZE], false, seed(1), 600);
     assert!(run.stats.get("block_status").copied().unwrap_or(0) > 0);
     run.client.disconnect().expect("clean disconnect");
@@ -502,7 +502,7 @@ fn memory_disk_structured() {
 
 #[test]
 fn memory_disk_simple_replies_two_loops() {
-    let server = Server::start(&["-s", "2M", "--threads", "2"]);
+    let server = Server::start(&["--size", "2M", "--threads", "2"]);
     // Consecutive clients land on different loop threads; the second one
     // starts from the first one's final contents.
     let first = run(&server, Opts::SIMPLE, vec![0; SIZE], false, seed(2), 400);
@@ -544,7 +544,7 @@ fn run_with_model(
 fn concurrent_clients_on_two_loops() {
     // Four clients at once, spread over two loop threads, each with its own
     // quarter of one shared disk (so each model is exact).
-    let server = Server::start(&["-s", "4M", "--threads", "2"]);
+    let server = Server::start(&["--size", "4M", "--threads", "2"]);
     let quarter = 1u64 << 20;
     let clients: Vec<Client> = (0..4).map(|_| server.connect(Opts::FULL)).collect();
     let threads: Vec<_> = clients
@@ -576,7 +576,7 @@ fn concurrent_clients_on_two_loops() {
 
 #[test]
 fn memory_disk_read_only() {
-    let server = Server::start(&["-s", "1M", "-r"]);
+    let server = Server::start(&["--size", "1M", "-r"]);
     let run = run(&server, Opts::SIMPLE, vec![0; 1 << 20], true, seed(4), 200);
     run.client.disconnect().expect("clean disconnect");
 }

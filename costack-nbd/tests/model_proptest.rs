@@ -180,7 +180,7 @@ fn run_stream(server: &Server, structured: bool, ops: &[Op]) -> Result<(), TestC
 
 #[test]
 fn random_request_streams_match_a_model_disk() {
-    let server = Server::start(&["-s", "256K"]);
+    let server = Server::start(&["--size", "256K"]);
     run_streams(&server, 64);
 }
 

@@ -63,7 +63,7 @@ fn start_with_stderr(args: &[&str]) -> (Server, std::process::ChildStderr) {
 fn port_in_use_names_the_address_and_port() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let (code, stderr) = run_to_exit(&["-b", "127.0.0.1", "-p", &port, "-s", "1M"]);
+    let (code, stderr) = run_to_exit(&["-b", "127.0.0.1", "-p", &port, "--size", "1M"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")) && stderr.contains("in use"),
@@ -86,7 +86,7 @@ fn missing_image_names_the_path() {
 #[test]
 fn unusable_socket_path_is_named() {
     let path = scratch("no-such-dir").join("nbd.sock");
-    let (code, stderr) = run_to_exit(&["-k", path.to_str().unwrap(), "-s", "1M"]);
+    let (code, stderr) = run_to_exit(&["-k", path.to_str().unwrap(), "--size", "1M"]);
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains(&format!("cannot listen on Unix socket {}", path.display())),
@@ -98,7 +98,7 @@ fn unusable_socket_path_is_named() {
 fn size_with_a_file_is_a_usage_error() {
     let path = scratch("sized");
     std::fs::write(&path, vec![0u8; 4096]).unwrap();
-    let (code, stderr) = run_to_exit(&["-s", "1M", path.to_str().unwrap()]);
+    let (code, stderr) = run_to_exit(&["--size", "1M", path.to_str().unwrap()]);
     let _ = std::fs::remove_file(&path);
     assert_eq!(code, 2, "clap's usage-error status: {stderr}");
     assert!(
@@ -109,7 +109,7 @@ fn size_with_a_file_is_a_usage_error() {
 
 #[test]
 fn size_not_a_multiple_of_512_is_refused() {
-    let (code, stderr) = run_to_exit(&["-s", "1000"]);
+    let (code, stderr) = run_to_exit(&["--size", "1000"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("1000") && stderr.contains("not a multiple of 512"),
@@ -144,7 +144,7 @@ fn odd_sized_image_is_served_whole_with_a_warning() {
 
 #[test]
 fn logs_have_no_colour_codes_in_a_pipe() {
-    let (mut server, mut stderr) = start_with_stderr(&["-v", "-s", "1M"]);
+    let (mut server, mut stderr) = start_with_stderr(&["-v", "--size", "1M"]);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     let mut log = String::new();

@@ -35,7 +35,18 @@ impl Server {
     fn start(args: &[&str]) -> Server {
         let log = scratch("server.log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args(["-p", "0", "-vv"])
+            .args([
+                "-p",
+                "0",
+                "-b",
+                "127.0.0.1",
+                "-t",
+                "-e",
+                "0",
+                "--discard=unmap",
+                "--print-url",
+                "-vv",
+            ])
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -397,7 +408,7 @@ fn nbdinfo_and_nbdcopy_with_several_connections() {
         "require",
         "--tls-certificates",
         c.server.to_str().unwrap(),
-        "-s",
+        "--size",
         "64M",
     ]);
     let uri = format!(
@@ -700,7 +711,7 @@ fn tls_over_a_unix_socket() {
     let c = creds();
     let socket = scratch("nbd.sock");
     let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-        .arg("-k")
+        .args(["-t", "--print-url", "-k"])
         .arg(&socket)
         .args([
             "--tls",

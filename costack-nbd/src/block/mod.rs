@@ -16,6 +16,8 @@ use std::io;
 
 pub mod image_file;
 pub mod mem;
+pub mod modes;
+pub mod overlay;
 pub mod qcow2;
 pub mod raw;
 

@@ -11,6 +11,7 @@
 pub mod crash;
 pub mod crash_qcow2;
 pub mod crash_workload;
+pub mod pagecache;
 pub mod tools;
 
 use std::collections::HashMap;
@@ -83,7 +84,17 @@ impl Server {
     /// (piped: `child.stderr` is the caller's), once it prints its URL.
     pub fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args(["-p", "0"])
+            .args([
+                "-p",
+                "0",
+                "-b",
+                "127.0.0.1",
+                "-t",
+                "-e",
+                "0",
+                "--discard=unmap",
+                "--print-url",
+            ])
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
