@@ -1,0 +1,146 @@
+//! Unit tests of `server.rs` (a child module of it: private items are in
+//! reach through `super`).
+
+use super::*;
+
+fn flatten(r: &Reply) -> Vec<u8> {
+    r.slices().flat_map(|s| s.to_vec()).collect()
+}
+
+#[test]
+fn planned_read_replies_encode_like_written_ones() {
+    use crate::protocol::request::write_read_reply;
+    // Data with zero runs (holes in structured replies) and without.
+    let mut mixed = vec![0u8; 3 * 65536];
+    mixed[70000..80000].fill(7);
+    let cases: [(Vec<u8>, u64); 3] = [(vec![0xAB; 4096], 4096), (mixed, 0), (Vec::new(), 0)];
+    for (data, offset) in cases {
+        for (structured, df) in [(false, false), (true, false), (true, true)] {
+            let mut written = Vec::new();
+            write_read_reply(&mut written, 42, offset, &data, structured, df).unwrap();
+            let plan = plan_read_reply(42, offset, &data, structured, df).unwrap();
+            // The data is referenced, not copied.
+            assert!(plan.head.len() < 128 + data.len() / 2);
+            let reply = Reply {
+                plan,
+                data: data.clone(),
+            };
+            assert_eq!(flatten(&reply), written, "structured={structured} df={df}");
+        }
+    }
+}
+
+#[test]
+fn send_all_writes_every_reply_in_order() {
+    struct Sink(RefCell<Vec<u8>>);
+    impl Write for &Sink {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            // Short writes, to exercise the resumption.
+            let n = b.len().min(5);
+            self.0.borrow_mut().extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let batch: Vec<Reply> = (0..3000u32)
+        .map(|i| Reply::bytes(i.to_be_bytes().to_vec()))
+        .collect();
+    let sink = Sink(RefCell::new(Vec::new()));
+    let refs: Vec<&Reply> = batch.iter().collect();
+    send_all(&sink, &refs).unwrap();
+    let want: Vec<u8> = (0..3000u32).flat_map(u32::to_be_bytes).collect();
+    assert_eq!(sink.0.into_inner(), want);
+}
+
+#[test]
+fn read_incoming_matches_read_request() {
+    use crate::protocol::proto::RequestHeader;
+    use crate::protocol::proto::{Command, NBD_CMD_FLAG_FUA};
+    use crate::protocol::request::read_request;
+    let params = TransmissionParams {
+        size: 1 << 20,
+        transmission_flags: crate::protocol::proto::NBD_FLAG_HAS_FLAGS
+            | crate::protocol::proto::NBD_FLAG_SEND_FUA
+            | crate::protocol::proto::NBD_FLAG_SEND_FLUSH,
+        read_only: false,
+        structured_replies: true,
+        base_allocation: None,
+        block_sizes: Default::default(),
+        max_payload: 1 << 16,
+    };
+    let req = |command, flags, offset, length: u32| RequestHeader {
+        flags,
+        command,
+        handle: offset ^ 0x55,
+        offset,
+        length,
+    };
+    let mut wire = Vec::new();
+    let mut push = |h: RequestHeader, payload: &[u8]| {
+        wire.extend_from_slice(&h.encode());
+        wire.extend_from_slice(payload);
+    };
+    push(req(Command::Write, NBD_CMD_FLAG_FUA, 4096, 5), b"hello");
+    push(req(Command::Read, 0, 0, 512), b"");
+    // Past the end: rejected, payload consumed.
+    push(req(Command::Write, 0, 1 << 20, 3), b"xyz");
+    push(req(Command::Write, 0, 0, 4), b"abcd");
+    let long: Vec<u8> = (0..100u8).collect();
+    push(req(Command::Write, 0, 8192, 100), &long);
+    push(req(Command::Flush, 0, 0, 0), b"");
+    // Too large: fatal.
+    push(req(Command::Write, 0, 0, 1 << 17), b"");
+    let pool = Pool::default();
+    pool.give(vec![0xEE; 100]);
+    // Never short here, so no waiting (which only works in a coroutine).
+    let budget = CoSemaphore::new(MAX_BYTES_IN_FLIGHT);
+    // Reads of at most 7 bytes through a 16-byte buffer: payloads come
+    // partly from the buffer, partly straight from the stream.
+    struct Trickle<'a>(&'a [u8]);
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(7);
+            self.0.read(&mut buf[..n])
+        }
+    }
+    let mut a = &wire[..];
+    let mut b = BufReader::with_capacity(16, Trickle(&wire));
+    for _ in 0..6 {
+        let want = read_request(&mut a, &params).unwrap();
+        let got = read_incoming(&mut b, &params, &pool, &budget).unwrap();
+        assert_eq!(got, want);
+    }
+    assert!(matches!(
+        read_request(&mut a, &params),
+        Err(ReadError::PayloadTooLarge { .. })
+    ));
+    assert!(matches!(
+        read_incoming(&mut b, &params, &pool, &budget),
+        Err(ReadError::PayloadTooLarge { .. })
+    ));
+    // A payload cut short is a disconnection, as there.
+    let short = [&req(Command::Write, 0, 0, 8).encode()[..], b"abc"].concat();
+    assert!(matches!(
+        read_incoming(&mut BufReader::new(&short[..]), &params, &pool, &budget),
+        Err(ReadError::Disconnected)
+    ));
+}
+
+#[test]
+fn pool_reuses_buffers_without_growing_copies() {
+    let pool = Pool::default();
+    let mut a = pool.take(4096);
+    assert_eq!(a.len(), 4096);
+    a[0] = 1;
+    let ptr = a.as_ptr();
+    pool.give(a);
+    let b = pool.take(1024);
+    assert_eq!((b.len(), b.as_ptr()), (1024, ptr));
+    pool.give(b);
+    let c = pool.take(1 << 20);
+    assert_eq!(c.len(), 1 << 20);
+    pool.give(Vec::new());
+    assert!(pool.0.borrow().is_empty());
+}
