@@ -165,6 +165,16 @@ pub struct Cli {
     #[arg(short = 'r', long = "read-only")]
     pub read_only: bool,
 
+    /// Offer the `qemu:allocation-depth` metadata context: where in the
+    /// backing chain each extent is allocated.
+    #[arg(short = 'A', long = "allocation-depth")]
+    pub allocation_depth: bool,
+
+    /// Offer the image's persistent dirty bitmap NAME as the
+    /// `qemu:dirty-bitmap:NAME` metadata context (qcow2; may be repeated).
+    #[arg(short = 'B', long = "bitmap", value_name = "NAME")]
+    pub bitmaps: Vec<String>,
+
     /// Serve FILE as the backing of a temporary overlay: writes go to
     /// the overlay (in memory) and are dropped at exit; FILE is opened
     /// read-only and never changes.

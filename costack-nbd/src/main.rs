@@ -20,7 +20,7 @@ use costack_nbd::cli::{
     init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
 };
 use costack_nbd::daemon::{self, PidFile};
-use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, TlsPolicy};
+use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, QemuContext, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
 fn main() -> ExitCode {
@@ -163,6 +163,7 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     let device = with_modes(&cli, device);
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
     export.description = cli.description.clone();
+    export.qemu_contexts = qemu_contexts(&cli, &*device)?;
     // Every connection shares one device, and a flush is fdatasync (or
     // nothing, for memory): what one connection flushes, all see. As
     // qemu-nbd, said only when more than one client may connect.
@@ -651,4 +652,26 @@ fn spawn_signal_thread(set: libc::sigset_t, shared: Arc<Shared>) {
             }
         })
         .expect("spawn the signal thread");
+}
+
+/// The metadata contexts of `-A` and `-B`; a bitmap the image does not
+/// have is refused, as qemu-nbd does.
+fn qemu_contexts(cli: &Cli, device: &dyn BlockDevice) -> io::Result<Vec<QemuContext>> {
+    let mut contexts = Vec::new();
+    if cli.allocation_depth {
+        contexts.push(QemuContext::AllocationDepth);
+    }
+    if !cli.bitmaps.is_empty() {
+        let present = device.bitmap_names()?;
+        for name in &cli.bitmaps {
+            if !present.contains(name) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("Bitmap '{name}' is not found"),
+                ));
+            }
+            contexts.push(QemuContext::DirtyBitmap(name.clone()));
+        }
+    }
+    Ok(contexts)
 }

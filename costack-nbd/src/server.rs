@@ -25,11 +25,11 @@ use crate::block::BlockDevice;
 #[cfg(feature = "tls")]
 use crate::protocol::handshake::resume_after_tls;
 use crate::protocol::handshake::{
-    negotiate_options, Duplex, HandshakeConfig, HandshakeError, Negotiated, Outcome,
+    negotiate_options, Duplex, HandshakeConfig, HandshakeError, Negotiated, Outcome, QemuContext,
 };
 use crate::protocol::proto::ErrorCode;
 use crate::protocol::request::{
-    plan_read_reply, read_request_with, write_block_status_reply, write_error, write_ok,
+    plan_read_reply, read_request_with, write_block_status_chunk, write_error, write_ok,
     write_rejection, Incoming, Op, ReadError, ReplyPiece, ReplyPlan, Request, TransmissionParams,
 };
 
@@ -701,14 +701,8 @@ fn execute(
             offset,
             length,
             req_one,
-            context_id,
-        } => match device.block_status(offset, u64::from(length)) {
-            Ok(extents) => {
-                write_block_status_reply(&mut out, handle, context_id, &extents, length, req_one)
-                    .err()
-            }
-            Err(e) => Some(e),
-        },
+            ..
+        } => block_status(&mut out, device, params, handle, offset, length, req_one).err(),
         Op::Disconnect => None,
     };
     match result {
@@ -725,6 +719,36 @@ fn execute(
         }
     }
     Reply::bytes(out)
+}
+
+/// Writes the reply to a block status request: a chunk per context the
+/// client selected, `base:allocation` first, the last marked done.
+fn block_status(
+    out: &mut Vec<u8>,
+    device: &dyn BlockDevice,
+    params: &TransmissionParams,
+    handle: u64,
+    offset: u64,
+    length: u32,
+    req_one: bool,
+) -> io::Result<()> {
+    let len = u64::from(length);
+    let mut chunks = Vec::with_capacity(1 + params.qemu_contexts.len());
+    if let Some(id) = params.base_allocation {
+        chunks.push((id, device.block_status(offset, len)?));
+    }
+    for (id, context) in &params.qemu_contexts {
+        let extents = match context {
+            QemuContext::AllocationDepth => device.allocation_depth(offset, len)?,
+            QemuContext::DirtyBitmap(name) => device.dirty_bitmap(name, offset, len)?,
+        };
+        chunks.push((*id, extents));
+    }
+    let last = chunks.len().saturating_sub(1);
+    for (i, (id, extents)) in chunks.iter().enumerate() {
+        write_block_status_chunk(out, handle, *id, extents, length, req_one, i == last)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ fn read_incoming_matches_read_request() {
         read_only: false,
         structured_replies: true,
         base_allocation: None,
+        qemu_contexts: Vec::new(),
         block_sizes: Default::default(),
         max_payload: 1 << 16,
     };
@@ -143,4 +144,56 @@ fn pool_reuses_buffers_without_growing_copies() {
     assert_eq!(c.len(), 1 << 20);
     pool.give(Vec::new());
     assert!(pool.0.borrow().is_empty());
+}
+
+#[test]
+fn block_status_answers_every_selected_context_the_last_chunk_done() {
+    use crate::block::MemDisk;
+    use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
+    let disk = MemDisk::new(1 << 20);
+    disk.write_at(&[1; 4096], 0).unwrap();
+    let params = TransmissionParams {
+        size: 1 << 20,
+        transmission_flags: crate::protocol::proto::NBD_FLAG_HAS_FLAGS,
+        read_only: false,
+        structured_replies: true,
+        base_allocation: Some(1),
+        qemu_contexts: vec![(2, QemuContext::AllocationDepth)],
+        block_sizes: Default::default(),
+        max_payload: 1 << 16,
+    };
+    let mut out = Vec::new();
+    block_status(&mut out, &disk, &params, 9, 0, 1 << 20, false).unwrap();
+    // Two chunks: 20-byte header (magic, flags, type, handle, length),
+    // then the context id and (length, flags) pairs.
+    let be16 = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    let be32 = |b: &[u8]| u32::from_be_bytes(b[..4].try_into().unwrap());
+    let mut chunks = Vec::new();
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        let len = be32(&rest[16..]) as usize;
+        let body = &rest[20..20 + len];
+        let pairs: Vec<(u32, u32)> = body[4..]
+            .chunks(8)
+            .map(|p| (be32(p), be32(&p[4..])))
+            .collect();
+        chunks.push((be16(&rest[4..]), be32(body), pairs));
+        rest = &rest[20 + len..];
+    }
+    // The memory disk allocates in 64 KiB chunks.
+    let data_then_hole = vec![
+        (65536, 0),
+        ((1 << 20) - 65536, NBD_STATE_HOLE | NBD_STATE_ZERO),
+    ];
+    assert_eq!(chunks.len(), 2, "{chunks:?}");
+    assert_eq!(chunks[0].0 & 1, 0, "the first chunk is not the last");
+    assert_eq!(chunks[0].1, 1);
+    assert_eq!(chunks[0].2, data_then_hole);
+    assert_eq!(chunks[1].0 & 1, 1, "the last chunk is marked done");
+    assert_eq!(chunks[1].1, 2);
+    assert_eq!(
+        chunks[1].2,
+        vec![(1 << 20, 1)],
+        "a memory disk is all depth 1"
+    );
 }

@@ -257,3 +257,182 @@ fn a_bitmap_that_cannot_be_kept_refuses_writes() {
     );
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// nbdinfo's map of `context` from costack-nbd serving `img` with `args`.
+fn costack_map(img: &Path, args: &[&str], context: &str) -> String {
+    let mut all = args.to_vec();
+    all.push(s(img));
+    let mut server = Server::start(&all);
+    let map = ok("nbdinfo", &[&format!("--map={context}"), &server.url]);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    map
+}
+
+/// nbdinfo's map of `context` from qemu-nbd serving `img` with `args`.
+fn qemu_nbd_map(img: &Path, args: &[&str], context: &str) -> String {
+    let mut map = String::new();
+    with_qemu_nbd(img, args, |url| {
+        map = ok("nbdinfo", &[&format!("--map={context}"), url]);
+    });
+    map
+}
+
+/// `(start, length, value)` runs of an nbdinfo map, neighbours with the
+/// same value merged (servers may split a run where they like).
+fn runs(map: &str) -> Vec<(u64, u64, u32)> {
+    let mut out: Vec<(u64, u64, u32)> = Vec::new();
+    for l in map.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let (at, len, v): (u64, u64, u32) = (
+            f[0].parse().unwrap(),
+            f[1].parse().unwrap(),
+            f[2].parse().unwrap(),
+        );
+        match out.last_mut() {
+            Some(last) if last.2 == v && last.0 + last.1 == at => last.1 += len,
+            _ => out.push((at, len, v)),
+        }
+    }
+    out
+}
+
+#[test]
+fn dirty_bitmaps_are_exported_as_qemu_nbd_exports_them() {
+    if !tools() {
+        return;
+    }
+    let d = dir("export");
+    let img = d.join("img.qcow2");
+    make_image(&img);
+    let mut server = Server::start(&[s(&img)]);
+    run_workload(&server.url);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    for name in ["b0", "b1", "off"] {
+        let context = format!("qemu:dirty-bitmap:{name}");
+        let mine = runs(&costack_map(&img, &["-r", "-B", name], &context));
+        let theirs = runs(&qemu_nbd_map(&img, &["-r", "-B", name], &context));
+        assert_eq!(
+            mine, theirs,
+            "bitmap {name}: costack-nbd's, then qemu-nbd's"
+        );
+    }
+    let b1 = runs(&costack_map(
+        &img,
+        &["-r", "-B", "b1", "-B", "b0"],
+        "qemu:dirty-bitmap:b1",
+    ));
+    assert!(b1.iter().filter(|r| r.2 == 1).count() >= 7, "{b1:?}");
+    // Listed with the others.
+    let mut server = Server::start(&["-r", "-A", "-B", "b0", s(&img)]);
+    let list = ok("nbdinfo", &["--list", &server.url]);
+    for context in [
+        "base:allocation",
+        "qemu:allocation-depth",
+        "qemu:dirty-bitmap:b0",
+    ] {
+        assert!(list.contains(context), "{context} not listed: {list}");
+    }
+    assert!(!list.contains("qemu:dirty-bitmap:b1"), "{list}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    // A bitmap the image lacks.
+    let out = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
+        .args(["-r", "-B", "nosuch", "-p", "0", s(&img)])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("Bitmap 'nosuch' is not found"),
+        "{said}"
+    );
+    std::fs::remove_dir_all(&d).ok();
+}
+
+#[test]
+fn allocation_depth_is_reported_as_qemu_nbd_reports_it() {
+    if !tools() {
+        return;
+    }
+    let d = dir("depth");
+    let (base, mid, top) = (
+        d.join("base.qcow2"),
+        d.join("mid.qcow2"),
+        d.join("top.qcow2"),
+    );
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", s(&base), "16M"],
+    );
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&base),
+            "-F",
+            "qcow2",
+            s(&mid),
+        ],
+    );
+    // A backing file shorter than its overlay: past its end, nothing.
+    ok(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            s(&mid),
+            "-F",
+            "qcow2",
+            s(&top),
+            "24M",
+        ],
+    );
+    let io = |img: &Path, cmds: &[&str]| {
+        let mut args = vec!["-f", "qcow2"];
+        for c in cmds {
+            args.extend(["-c", c]);
+        }
+        args.push(s(img));
+        ok("qemu-io", &args);
+    };
+    io(
+        &base,
+        &[
+            "write -q -P 1 0 1M",
+            "write -q -P 2 4M 64k",
+            "write -q -P 3 15M 1M",
+        ],
+    );
+    io(&mid, &["write -q -P 4 512k 1M", "write -q -z 8M 64k"]);
+    io(
+        &top,
+        &[
+            "write -q -P 5 2M 128k",
+            "write -q -P 6 20M 64k",
+            "write -q -z 4M 64k",
+        ],
+    );
+    let context = "qemu:allocation-depth";
+    let mine = runs(&costack_map(&top, &["-r", "-A"], context));
+    let theirs = runs(&qemu_nbd_map(&top, &["-r", "-A"], context));
+    assert_eq!(mine, theirs, "costack-nbd's, then qemu-nbd's");
+    let depths: Vec<u32> = mine.iter().map(|r| r.2).collect();
+    for depth in [0, 1, 2, 3] {
+        assert!(depths.contains(&depth), "no depth {depth} in {mine:?}");
+    }
+    // Without -A, the context is not offered.
+    let mut server = Server::start(&["-r", s(&top)]);
+    let list = ok("nbdinfo", &["--list", &server.url]);
+    assert!(!list.contains(context), "{list}");
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit().success());
+    std::fs::remove_dir_all(&d).ok();
+}

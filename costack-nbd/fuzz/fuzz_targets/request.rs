@@ -56,6 +56,7 @@ fn params(selector: u8) -> TransmissionParams {
         read_only: e.read_only,
         structured_replies: structured,
         base_allocation: (structured && selector & 0x40 != 0).then_some(1),
+        qemu_contexts: Vec::new(),
         block_sizes: e.block_sizes,
         // Small limits keep allocations cheap; one variant uses the default.
         max_payload: if selector & 0x80 != 0 { 4096 } else { 1 << 20 },

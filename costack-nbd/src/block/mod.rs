@@ -24,13 +24,16 @@ pub mod raw;
 pub use image_file::ImageFile;
 pub use mem::MemDisk;
 
-/// One run of bytes sharing the same allocation status.
+/// One run of bytes sharing the same status in one metadata context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     /// Length in bytes (non-zero).
     pub length: u64,
-    /// `base:allocation` flags: [`NBD_STATE_HOLE`](crate::protocol::proto::NBD_STATE_HOLE)
-    /// and/or [`NBD_STATE_ZERO`](crate::protocol::proto::NBD_STATE_ZERO).
+    /// The status, as the context defines it: for `base:allocation`
+    /// ([`BlockDevice::block_status`]) [`NBD_STATE_HOLE`](crate::protocol::proto::NBD_STATE_HOLE)
+    /// and/or [`NBD_STATE_ZERO`](crate::protocol::proto::NBD_STATE_ZERO); for
+    /// `qemu:allocation-depth` the depth; for `qemu:dirty-bitmap:NAME`
+    /// [`NBD_STATE_DIRTY`](crate::protocol::proto::NBD_STATE_DIRTY) or 0.
     pub flags: u32,
 }
 
@@ -75,6 +78,47 @@ pub trait BlockDevice {
     /// least one byte when `len > 0`) and never extend past the end of the
     /// device.
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
+
+    /// `qemu:allocation-depth` of `len` bytes at `offset`: extents (as for
+    /// [`block_status`](Self::block_status)) whose `flags` is the layer of
+    /// the backing chain that holds the bytes: 1 this image, 2 its backing
+    /// file, and so on; 0 none (they read as zeros). The default, for
+    /// devices without a backing file: 1 throughout.
+    fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let end = self.size().min(offset.saturating_add(len));
+        if offset >= end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "allocation depth past the end of the device",
+            ));
+        }
+        Ok(vec![Extent {
+            length: end - offset,
+            flags: 1,
+        }])
+    }
+
+    /// The persistent dirty bitmaps this device can export as
+    /// `qemu:dirty-bitmap:NAME`. The default: none.
+    fn bitmap_names(&self) -> io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Bitmap `name`'s view of `len` bytes at `offset`: extents (as for
+    /// [`block_status`](Self::block_status)) whose `flags` is
+    /// [`NBD_STATE_DIRTY`](crate::protocol::proto::NBD_STATE_DIRTY) where a
+    /// write changed the bytes since the bitmap was cleared, else 0.
+    ///
+    /// # Errors
+    /// `NotFound` when there is no such bitmap (the default: there are
+    /// none).
+    fn dirty_bitmap(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let _ = (offset, len);
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no dirty bitmap {name:?}"),
+        ))
+    }
 
     /// Makes every completed write durable and finishes what only the
     /// end of serving does (qcow2: dirty bitmaps saved, the file trimmed).

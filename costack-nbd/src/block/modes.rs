@@ -136,6 +136,18 @@ where
         self.inner.block_status(offset, len)
     }
 
+    fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.inner.allocation_depth(offset, len)
+    }
+
+    fn bitmap_names(&self) -> io::Result<Vec<String>> {
+        self.inner.bitmap_names()
+    }
+
+    fn dirty_bitmap(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.inner.dirty_bitmap(name, offset, len)
+    }
+
     fn close(&self) -> io::Result<()> {
         // Also under `unsafe`: what the driver holds reaches the file.
         self.inner.close()

@@ -184,6 +184,56 @@ where
         }])
     }
 
+    /// Blocks written since the start are this layer's (depth 1); the rest
+    /// is the base's, one layer further down.
+    fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.check(offset, len)?;
+        let end = offset + len;
+        let mut out: Vec<Extent> = Vec::new();
+        let push = |out: &mut Vec<Extent>, length: u64, flags: u32| match out.last_mut() {
+            Some(e) if e.flags == flags => e.length += length,
+            _ => out.push(Extent { length, flags }),
+        };
+        let mut at = offset;
+        while at < end {
+            let block = at / BLOCK;
+            let run_end = ((block + 1) * BLOCK).min(end);
+            if self.is_written(block) {
+                push(&mut out, run_end - at, 1);
+                at = run_end;
+                continue;
+            }
+            // Up to the next written block, from the base.
+            let mut stop = run_end;
+            while stop < end && !self.is_written(stop / BLOCK) {
+                stop = ((stop / BLOCK + 1) * BLOCK).min(end);
+            }
+            let mut covered = at;
+            for e in self.base.allocation_depth(at, stop - at)? {
+                let n = e.length.min(stop - covered);
+                if n == 0 {
+                    break;
+                }
+                push(&mut out, n, if e.flags == 0 { 0 } else { e.flags + 1 });
+                covered += n;
+            }
+            if covered < stop {
+                // The base answered for less: report what is known.
+                break;
+            }
+            at = stop;
+        }
+        Ok(out)
+    }
+
+    fn bitmap_names(&self) -> io::Result<Vec<String>> {
+        self.base.bitmap_names()
+    }
+
+    fn dirty_bitmap(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.base.dirty_bitmap(name, offset, len)
+    }
+
     fn close(&self) -> io::Result<()> {
         // The base was opened read-only; the overlay is dropped.
         self.base.close()

@@ -8,8 +8,8 @@
 //! Supported: the `NBD_FLAG_FIXED_NEWSTYLE` and `NBD_FLAG_NO_ZEROES`
 //! handshake flags; options `EXPORT_NAME`, `ABORT`, `LIST`, `INFO`, `GO`
 //! (with `NBD_INFO_EXPORT`, `NAME`, `DESCRIPTION`, `BLOCK_SIZE`),
-//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the
-//! `base:allocation` context), and `STARTTLS` as [`TlsPolicy`] says: the
+//! `STRUCTURED_REPLY`, `LIST_META_CONTEXT` and `SET_META_CONTEXT`
+//! (`base:allocation` and an export's [`QemuContext`]s), and `STARTTLS` as [`TlsPolicy`] says: the
 //! handshake code knows no TLS library, it only tells its caller (through
 //! [`negotiate_options`]) to upgrade the stream, and [`resume_after_tls`]
 //! goes on over the encrypted one. Any other option gets
@@ -20,14 +20,13 @@ use std::io::{self, Read, Write};
 
 use tracing::debug;
 
-use crate::block::BlockDevice;
+pub use crate::protocol::export::{
+    BlockSizes, ExportInfo, QemuContext, BASE_ALLOCATION_CONTEXT_ID, DEFAULT_MAX_BLOCK,
+};
 use crate::protocol::proto::{
     self, encode_option_reply, InfoRequest, InfoType, MetaContextRequest, OptionCode, OptionHeader,
-    ReplyType, BASE_ALLOCATION, NBD_FLAG_CAN_MULTI_CONN, NBD_FLAG_C_FIXED_NEWSTYLE,
-    NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_HAS_FLAGS, NBD_FLAG_NO_ZEROES,
-    NBD_FLAG_READ_ONLY, NBD_FLAG_ROTATIONAL, NBD_FLAG_SEND_CACHE, NBD_FLAG_SEND_DF,
-    NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH, NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM,
-    NBD_FLAG_SEND_WRITE_ZEROES, OPTION_HEADER_LEN,
+    ReplyType, BASE_ALLOCATION, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES,
+    NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, OPTION_HEADER_LEN,
 };
 
 /// Default cap on the data length of one option request.
@@ -39,142 +38,6 @@ pub const DEFAULT_MAX_OPTION_LEN: u32 = 16 * 1024;
 
 /// Default cap on the number of options in one handshake.
 pub const DEFAULT_MAX_OPTIONS: u32 = 1024;
-
-/// Context id this server assigns to `base:allocation` in
-/// `NBD_OPT_SET_META_CONTEXT` replies.
-pub const BASE_ALLOCATION_CONTEXT_ID: u32 = 1;
-
-/// Largest request payload this server accepts by default (32 MiB), also
-/// the default advertised maximum block size.
-pub const DEFAULT_MAX_BLOCK: u32 = 32 * 1024 * 1024;
-
-/// Block size constraints advertised with `NBD_INFO_BLOCK_SIZE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BlockSizes {
-    /// Minimum block size: alignment required of offsets and lengths. A power
-    /// of two no larger than 64 KiB.
-    pub minimum: u32,
-    /// Preferred block size: a power of two, at least `max(minimum, 512)`.
-    pub preferred: u32,
-    /// Maximum request length: a multiple of `minimum`, or `u32::MAX` for no
-    /// limit.
-    pub maximum: u32,
-}
-
-impl Default for BlockSizes {
-    fn default() -> Self {
-        Self {
-            minimum: 1,
-            preferred: 4096,
-            maximum: DEFAULT_MAX_BLOCK,
-        }
-    }
-}
-
-impl BlockSizes {
-    /// Whether the values satisfy the specification's constraints.
-    pub fn is_valid(&self) -> bool {
-        self.minimum.is_power_of_two()
-            && self.minimum <= 65_536
-            && self.preferred.is_power_of_two()
-            && self.preferred >= self.minimum.max(512)
-            && (self.maximum == u32::MAX
-                || (self.maximum.is_multiple_of(self.minimum) && self.maximum >= self.minimum))
-    }
-}
-
-/// Description of one export offered during the handshake.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExportInfo {
-    /// Export name (`""` is the default export).
-    pub name: String,
-    /// Human-readable description; empty means none.
-    pub description: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Refuse writes and advertise `NBD_FLAG_READ_ONLY`.
-    pub read_only: bool,
-    /// Advertised block size constraints.
-    pub block_sizes: BlockSizes,
-    /// Advertise `NBD_FLAG_SEND_FLUSH`.
-    pub flush: bool,
-    /// Advertise `NBD_FLAG_SEND_FUA`.
-    pub fua: bool,
-    /// Advertise `NBD_FLAG_SEND_TRIM` (writable exports only).
-    pub trim: bool,
-    /// Advertise `NBD_FLAG_SEND_WRITE_ZEROES` (writable exports only).
-    pub write_zeroes: bool,
-    /// Advertise `NBD_FLAG_SEND_FAST_ZERO` (only with write-zeroes).
-    pub fast_zero: bool,
-    /// Advertise `NBD_FLAG_SEND_CACHE`.
-    pub cache: bool,
-    /// Advertise `NBD_FLAG_CAN_MULTI_CONN`: only when flushes are visible
-    /// across all connections (e.g. one shared in-memory disk).
-    pub multi_conn: bool,
-    /// Advertise `NBD_FLAG_ROTATIONAL`.
-    pub rotational: bool,
-}
-
-impl ExportInfo {
-    /// A writable export with every optional feature enabled except
-    /// multi-conn and rotational, and default block sizes.
-    pub fn new(name: impl Into<String>, size: u64) -> Self {
-        Self {
-            name: name.into(),
-            description: String::new(),
-            size,
-            read_only: false,
-            block_sizes: BlockSizes::default(),
-            flush: true,
-            fua: true,
-            trim: true,
-            write_zeroes: true,
-            fast_zero: false,
-            cache: true,
-            multi_conn: false,
-            rotational: false,
-        }
-    }
-
-    /// An export describing `dev`: size, read-only state and fast-zero
-    /// support are taken from the device.
-    pub fn for_device<D: BlockDevice + ?Sized>(name: impl Into<String>, dev: &D) -> Self {
-        Self {
-            read_only: dev.is_read_only(),
-            fast_zero: dev.can_fast_zero(),
-            ..Self::new(name, dev.size())
-        }
-    }
-
-    /// Transmission flags for this export.
-    ///
-    /// As in qemu-nbd, a read-only export advertises `READ_ONLY` and omits
-    /// `SEND_TRIM`, `SEND_WRITE_ZEROES` and `SEND_FAST_ZERO` (flush, FUA and
-    /// cache stay, being harmless). `SEND_DF` is only set once structured
-    /// replies have been negotiated, as the specification requires.
-    pub fn transmission_flags(&self, structured_replies: bool) -> u16 {
-        let mut f = NBD_FLAG_HAS_FLAGS;
-        let mut set = |cond: bool, flag: u16| {
-            if cond {
-                f |= flag;
-            }
-        };
-        set(self.flush, NBD_FLAG_SEND_FLUSH);
-        set(self.fua, NBD_FLAG_SEND_FUA);
-        set(self.cache, NBD_FLAG_SEND_CACHE);
-        set(self.rotational, NBD_FLAG_ROTATIONAL);
-        set(self.multi_conn, NBD_FLAG_CAN_MULTI_CONN);
-        set(structured_replies, NBD_FLAG_SEND_DF);
-        if self.read_only {
-            set(true, NBD_FLAG_READ_ONLY);
-        } else {
-            set(self.trim, NBD_FLAG_SEND_TRIM);
-            set(self.write_zeroes, NBD_FLAG_SEND_WRITE_ZEROES);
-            set(self.write_zeroes && self.fast_zero, NBD_FLAG_SEND_FAST_ZERO);
-        }
-        f
-    }
-}
 
 /// The exports and limits used by [`negotiate`].
 #[derive(Debug, Clone)]
@@ -256,6 +119,9 @@ pub struct Negotiated {
     /// Context id of `base:allocation` if the client selected it for this
     /// export (enables `NBD_CMD_BLOCK_STATUS`).
     pub base_allocation: Option<u32>,
+    /// The export's qemu contexts the client selected, with their ids
+    /// (each also enables `NBD_CMD_BLOCK_STATUS`).
+    pub qemu_contexts: Vec<(u32, QemuContext)>,
     /// The client flags it sent.
     pub client_flags: u32,
     /// The option that ended negotiation (`ExportName` or `Go`).
@@ -392,8 +258,8 @@ impl<R, W: Write> Write for Duplex<R, W> {
 struct State {
     structured: bool,
     /// Result of the last `NBD_OPT_SET_META_CONTEXT`: the export it named
-    /// and whether `base:allocation` was selected.
-    meta: Option<(usize, bool)>,
+    /// and the ids of the contexts selected.
+    meta: Option<(usize, Vec<u32>)>,
 }
 
 fn reply(out: &mut Vec<u8>, option: u32, ty: ReplyType, data: &[u8]) {
@@ -644,16 +510,28 @@ impl State {
         block_sizes_requested: bool,
     ) -> Negotiated {
         let export = config.exports[idx].clone();
-        let base_allocation = match self.meta {
-            Some((meta_idx, true)) if meta_idx == idx => Some(BASE_ALLOCATION_CONTEXT_ID),
-            _ => None,
+        let selected: &[u32] = match &self.meta {
+            Some((meta_idx, ids)) if *meta_idx == idx => ids,
+            _ => &[],
         };
+        let base_allocation = selected
+            .contains(&BASE_ALLOCATION_CONTEXT_ID)
+            .then_some(BASE_ALLOCATION_CONTEXT_ID);
+        let qemu_contexts = selected
+            .iter()
+            .filter(|&&id| id > BASE_ALLOCATION_CONTEXT_ID)
+            .map(|&id| {
+                let i = (id - BASE_ALLOCATION_CONTEXT_ID - 1) as usize;
+                (id, export.qemu_contexts[i].clone())
+            })
+            .collect();
         Negotiated {
             transmission_flags: export.transmission_flags(self.structured),
             export,
             export_index: idx,
             structured_replies: self.structured,
             base_allocation,
+            qemu_contexts,
             client_flags,
             via,
             block_sizes_requested,
@@ -761,22 +639,43 @@ impl State {
             reply_err(out, opt, ReplyType::ErrUnknown, &msg);
             return;
         };
-        let exact = BASE_ALLOCATION.as_bytes();
-        let matched = if set {
-            // Zero queries select nothing; "base:" is ignored for SET.
-            req.queries.iter().any(|q| q == exact)
-        } else {
-            // Zero queries list everything; "base:" is a wildcard for LIST.
-            req.queries.is_empty() || req.queries.iter().any(|q| q == exact || q == b"base:")
+        let export = &config.exports[idx];
+        let offered = std::iter::once((BASE_ALLOCATION_CONTEXT_ID, BASE_ALLOCATION.to_owned()))
+            .chain(
+                export
+                    .qemu_contexts
+                    .iter()
+                    .zip(BASE_ALLOCATION_CONTEXT_ID + 1..)
+                    .map(|(c, id)| (id, c.name())),
+            );
+        let matches = |name: &str| {
+            let name = name.as_bytes();
+            if set {
+                // Zero queries select nothing; a namespace ("base:") is
+                // no wildcard for SET.
+                req.queries.iter().any(|q| q == name)
+            } else {
+                // Zero queries list everything; a query ending in ':'
+                // ("base:", "qemu:", "qemu:dirty-bitmap:") lists what
+                // starts with it.
+                req.queries.is_empty()
+                    || req
+                        .queries
+                        .iter()
+                        .any(|q| q == name || (q.ends_with(b":") && name.starts_with(q)))
+            }
         };
-        if matched {
-            let id = if set { BASE_ALLOCATION_CONTEXT_ID } else { 0 };
-            let payload = proto::encode_rep_meta_context(id, BASE_ALLOCATION);
-            reply(out, opt, ReplyType::MetaContext, &payload);
+        let mut selected = Vec::new();
+        for (id, name) in offered {
+            if matches(&name) {
+                let payload = proto::encode_rep_meta_context(if set { id } else { 0 }, &name);
+                reply(out, opt, ReplyType::MetaContext, &payload);
+                selected.push(id);
+            }
         }
         reply(out, opt, ReplyType::Ack, &[]);
         if set {
-            self.meta = Some((idx, matched));
+            self.meta = Some((idx, selected));
         }
     }
 }

@@ -437,6 +437,70 @@ fn meta_context_listing_and_selection() {
 }
 
 #[test]
+fn qemu_contexts_are_listed_by_namespace_and_selected_by_name() {
+    let mut e = ExportInfo::new("", 1 << 20);
+    e.qemu_contexts = vec![
+        QemuContext::AllocationDepth,
+        QemuContext::DirtyBitmap("b0".into()),
+    ];
+    let cfg = HandshakeConfig::new(vec![e]);
+    let q = |qs: &[&str]| {
+        MetaContextRequest {
+            export: Vec::new(),
+            queries: qs.iter().map(|q| q.as_bytes().to_vec()).collect(),
+        }
+        .encode()
+    };
+    let input = script(
+        BOTH,
+        &[
+            (OptionCode::StructuredReply, vec![]),
+            (OptionCode::ListMetaContext, q(&["qemu:"])),
+            (OptionCode::ListMetaContext, q(&["qemu:dirty-bitmap:"])),
+            (OptionCode::ListMetaContext, q(&[])),
+            // A namespace selects nothing; names select in the export's
+            // order, each once.
+            (
+                OptionCode::SetMetaContext,
+                q(&[
+                    "qemu:dirty-bitmap:b0",
+                    "qemu:",
+                    "base:allocation",
+                    "qemu:dirty-bitmap:b0",
+                ]),
+            ),
+            (OptionCode::Go, go("", &[])),
+        ],
+    );
+    let (r, out) = run(input, &cfg);
+    let n = r.unwrap();
+    assert_eq!(n.base_allocation, Some(1));
+    assert_eq!(
+        n.qemu_contexts,
+        vec![(3, QemuContext::DirtyBitmap("b0".into()))]
+    );
+    let rs: Vec<_> = replies(&out).into_iter().map(|r| (r.1, r.2)).collect();
+    let ctx = |id, name: &str| (ReplyType::MetaContext, encode_rep_meta_context(id, name));
+    let ack = (ReplyType::Ack, Vec::new());
+    let expect = vec![
+        ack.clone(),
+        ctx(0, "qemu:allocation-depth"),
+        ctx(0, "qemu:dirty-bitmap:b0"),
+        ack.clone(),
+        ctx(0, "qemu:dirty-bitmap:b0"),
+        ack.clone(),
+        ctx(0, BASE_ALLOCATION),
+        ctx(0, "qemu:allocation-depth"),
+        ctx(0, "qemu:dirty-bitmap:b0"),
+        ack.clone(),
+        ctx(1, BASE_ALLOCATION),
+        ctx(3, "qemu:dirty-bitmap:b0"),
+        ack,
+    ];
+    assert_eq!(&rs[..expect.len()], &expect[..]);
+}
+
+#[test]
 fn malformed_info_request_gets_invalid_and_continues() {
     let input = script(
         BOTH,

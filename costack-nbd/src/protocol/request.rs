@@ -16,7 +16,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 
 use crate::block::Extent;
-use crate::protocol::handshake::{BlockSizes, Negotiated, DEFAULT_MAX_BLOCK};
+use crate::protocol::handshake::{BlockSizes, Negotiated, QemuContext, DEFAULT_MAX_BLOCK};
 use crate::protocol::proto::{
     self, BlockStatusDescriptor, Command, ErrorCode, RequestHeader, SimpleReplyHeader,
     NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
@@ -44,6 +44,8 @@ pub struct TransmissionParams {
     pub structured_replies: bool,
     /// Context id of `base:allocation`, if selected.
     pub base_allocation: Option<u32>,
+    /// The qemu contexts selected, with their ids.
+    pub qemu_contexts: Vec<(u32, QemuContext)>,
     /// Advertised block size constraints.
     pub block_sizes: BlockSizes,
     /// Longest write payload read off the wire; a longer write is a fatal
@@ -60,6 +62,7 @@ impl TransmissionParams {
             read_only: n.export.read_only,
             structured_replies: n.structured_replies,
             base_allocation: n.base_allocation,
+            qemu_contexts: n.qemu_contexts.clone(),
             block_sizes: n.export.block_sizes,
             max_payload: match n.export.block_sizes.maximum {
                 // "No limit": still refuse to buffer absurd payloads.
@@ -267,7 +270,9 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
         C::Flush => p.has(NBD_FLAG_SEND_FLUSH),
         C::Trim => p.has(NBD_FLAG_SEND_TRIM),
         C::WriteZeroes => p.has(NBD_FLAG_SEND_WRITE_ZEROES),
-        C::BlockStatus => p.structured_replies && p.base_allocation.is_some(),
+        C::BlockStatus => {
+            p.structured_replies && (p.base_allocation.is_some() || !p.qemu_contexts.is_empty())
+        }
         _ => true,
     };
     if !available {
@@ -716,6 +721,21 @@ pub fn write_block_status_reply<W: Write>(
     request_len: u32,
     req_one: bool,
 ) -> io::Result<()> {
+    write_block_status_chunk(w, handle, context_id, extents, request_len, req_one, true)
+}
+
+/// Writes one `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for `context_id`, marked
+/// as the reply's last if `done` (a reply has a chunk per selected
+/// context).
+pub fn write_block_status_chunk<W: Write>(
+    w: &mut W,
+    handle: u64,
+    context_id: u32,
+    extents: &[Extent],
+    request_len: u32,
+    req_one: bool,
+    done: bool,
+) -> io::Result<()> {
     let d = block_status_descriptors(extents, request_len, req_one);
     if d.is_empty() {
         return Err(io::Error::new(
@@ -724,7 +744,7 @@ pub fn write_block_status_reply<W: Write>(
         ));
     }
     let mut out = Vec::with_capacity(proto::STRUCTURED_REPLY_HEADER_LEN + 4 + 8 * d.len());
-    proto::encode_block_status(&mut out, handle, context_id, &d, true);
+    proto::encode_block_status(&mut out, handle, context_id, &d, done);
     w.write_all(&out)
 }
 

@@ -32,6 +32,7 @@ fn params(structured: bool) -> TransmissionParams {
         read_only: false,
         structured_replies: structured,
         base_allocation: structured.then_some(1),
+        qemu_contexts: Vec::new(),
         block_sizes: e.block_sizes,
         max_payload: DEFAULT_MAX_PAYLOAD,
     }

@@ -37,6 +37,7 @@ use costack::sync::{CoMutex, CoQueue};
 
 use crate::block::raw::FileDisk;
 use crate::block::{BlockDevice, Extent, ImageFile};
+use crate::protocol::proto::NBD_STATE_DIRTY;
 
 mod alloc;
 pub mod bitmap;
@@ -606,6 +607,25 @@ impl BlockDevice for Qcow2 {
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         self.allocation(offset, len)
+    }
+
+    fn allocation_depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.depth(offset, len)
+    }
+
+    fn bitmap_names(&self) -> io::Result<Vec<String>> {
+        Ok(Qcow2::bitmaps(self)?.into_iter().map(|b| b.name).collect())
+    }
+
+    fn dirty_bitmap(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let runs = self.dirty_extents(name, offset, len)?;
+        Ok(runs
+            .into_iter()
+            .map(|(length, dirty)| Extent {
+                length,
+                flags: if dirty { NBD_STATE_DIRTY } else { 0 },
+            })
+            .collect())
     }
 
     fn close(&self) -> io::Result<()> {

@@ -216,4 +216,51 @@ impl Qcow2 {
         }
         Ok(extents)
     }
+
+    /// `qemu:allocation-depth` extents from guest `offset`: 1 where this
+    /// image holds the cluster (data, compressed or a zero cluster, which
+    /// hides the backing file), the backing file's depth plus one where it
+    /// reads through (2 past the backing file's end, as QEMU counts), 0
+    /// where no layer holds it.
+    pub(super) fn depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let cs = self.cluster_size();
+        let end = offset.saturating_add(len).min(self.header.size);
+        let mut extents: Vec<Extent> = Vec::new();
+        let mut push = |length: u64, flags: u32| match extents.last_mut() {
+            Some(last) if last.flags == flags => last.length += length,
+            _ => extents.push(Extent { length, flags }),
+        };
+        let mut at = offset;
+        // A bounded walk, as `allocation`'s.
+        let mut budget = 16384;
+        while at < end && budget > 0 {
+            budget -= 1;
+            let n = (cs - (at & (cs - 1))).min(end - at);
+            match (self.cluster(at >> self.header.cluster_bits)?, &self.backing) {
+                (Cluster::Unallocated, None) => push(n, 0),
+                (Cluster::Unallocated, Some(b)) => {
+                    let mut pos = at;
+                    while pos < at + n {
+                        if pos >= b.size() {
+                            // As QEMU counts it: past its end, the backing
+                            // file is what reads as zeros.
+                            push(at + n - pos, 2);
+                            break;
+                        }
+                        let want = (at + n).min(b.size()) - pos;
+                        let got = b.allocation_depth(pos, want)?;
+                        let Some(first) = got.first().copied() else {
+                            return Err(bad_data("backing file returned no extent"));
+                        };
+                        let l = first.length.min(want);
+                        push(l, if first.flags == 0 { 0 } else { first.flags + 1 });
+                        pos += l;
+                    }
+                }
+                _ => push(n, 1),
+            }
+            at += n;
+        }
+        Ok(extents)
+    }
 }

@@ -92,3 +92,6 @@ pub const NBD_FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
 pub const NBD_STATE_HOLE: u32 = 1 << 0;
 /// `NBD_STATE_ZERO`: the extent reads as zeroes.
 pub const NBD_STATE_ZERO: u32 = 1 << 1;
+/// `NBD_STATE_DIRTY` (`qemu:dirty-bitmap:NAME`): the extent was written
+/// since the bitmap was cleared.
+pub const NBD_STATE_DIRTY: u32 = 1 << 0;
