@@ -165,6 +165,11 @@ pub struct Cli {
     #[arg(short = 'r', long = "read-only")]
     pub read_only: bool,
 
+    /// Client mode: list the exports of the NBD server at `-b`/`-p` (or
+    /// `-k`) as qemu-nbd does, and exit.
+    #[arg(short = 'L', long = "list")]
+    pub list: bool,
+
     /// Offer the `qemu:allocation-depth` metadata context: where in the
     /// backing chain each extent is allocated.
     #[arg(short = 'A', long = "allocation-depth")]

@@ -29,6 +29,7 @@ pub mod block;
 pub mod cli;
 pub mod daemon;
 pub mod lifecycle;
+pub mod list;
 pub mod protocol;
 pub mod server;
 #[cfg(feature = "tls")]

@@ -20,6 +20,7 @@ use costack_nbd::cli::{
     init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
 };
 use costack_nbd::daemon::{self, PidFile};
+use costack_nbd::list;
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, QemuContext, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
 
@@ -29,6 +30,9 @@ fn main() -> ExitCode {
     init_logging(cli.verbosity());
     // Before any other thread starts: it edits the environment.
     let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    if cli.list {
+        return list_exports(&cli, given);
+    }
     let activated = activation::take_listener().and_then(|l| match l {
         Some(l) => {
             match activation::conflicting_option(cli.socket.is_some(), given("bind"), given("port"))
@@ -674,4 +678,56 @@ fn qemu_contexts(cli: &Cli, device: &dyn BlockDevice) -> io::Result<Vec<QemuCont
         }
     }
     Ok(contexts)
+}
+
+/// `-L`: lists the exports of the server the command line names, as
+/// qemu-nbd does, refusing what only a server would use (qemu-nbd's
+/// messages).
+fn list_exports(cli: &Cli, given: impl Fn(&str) -> bool) -> ExitCode {
+    let per_device = [
+        "export_name",
+        "description",
+        "read_only",
+        "snapshot",
+        "persistent",
+        "shared",
+        "format",
+        "allocation_depth",
+        "bitmaps",
+        "cache",
+        "nocache",
+        "aio",
+        "discard",
+        "detect_zeroes",
+        "connect",
+        "disconnect",
+        "size",
+    ];
+    let refusal = if cli.file.is_some() {
+        Some("List mode is incompatible with a file name")
+    } else if per_device.iter().any(|id| given(id)) {
+        Some("List mode is incompatible with per-device settings")
+    } else if cli.fork {
+        Some("List mode is incompatible with forking")
+    } else {
+        None
+    };
+    if let Some(why) = refusal {
+        eprintln!("costack-nbd: {why}");
+        return ExitCode::FAILURE;
+    }
+    let target = match &cli.socket {
+        Some(path) => list::Target::Unix(path.clone()),
+        None => list::Target::Tcp(cli.bind.clone(), cli.port),
+    };
+    match list::list(&target) {
+        Ok(listing) => {
+            print!("{}", list::format(&listing));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("costack-nbd: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
