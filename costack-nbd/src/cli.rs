@@ -165,6 +165,16 @@ pub struct Cli {
     #[arg(short = 'r', long = "read-only")]
     pub read_only: bool,
 
+    /// Serve the qcow2 image's internal snapshot SNAPSHOT, read-only: an
+    /// id, a name, or `snapshot.id=ID,snapshot.name=NAME`.
+    #[arg(
+        short = 'l',
+        long = "load-snapshot",
+        value_name = "SNAPSHOT",
+        requires = "file"
+    )]
+    pub load_snapshot: Option<String>,
+
     /// Client mode: list the exports of the NBD server at `-b`/`-p` (or
     /// `-k`) as qemu-nbd does, and exit.
     #[arg(short = 'L', long = "list")]

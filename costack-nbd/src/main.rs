@@ -63,7 +63,12 @@ fn open_qcow2(cli: &Cli, path: &std::path::Path) -> io::Result<SharedDevice> {
             cli.cache_mode()
         );
     }
-    let image = costack_nbd::block::qcow2::Qcow2::open(path, !image_read_only(cli))
+    let options = costack_nbd::block::qcow2::Options {
+        writable: !image_read_only(cli),
+        snapshot: cli.load_snapshot.clone(),
+        ..Default::default()
+    };
+    let image = costack_nbd::block::qcow2::Qcow2::open_with(path, &options)
         .map_err(|e| context(e, format!("cannot open {} as qcow2", path.display())))?;
     if image.header().dirty {
         eprintln!(
@@ -138,6 +143,16 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
             if qcow2 {
                 (open_qcow2(&cli, path)?, false)
             } else {
+                if cli.load_snapshot.is_some() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!(
+                            "Failed to load snapshot: {} is a raw image, which has no internal \
+                             snapshots",
+                            path.display()
+                        ),
+                    ));
+                }
                 let direct = cli.cache_mode().direct();
                 let disk = FileDisk::open(path, image_read_only(&cli), direct).map_err(|e| {
                     let e = if direct && e.raw_os_error() == Some(libc::EINVAL) {
@@ -367,7 +382,7 @@ fn listen(cli: &Cli, activated: Option<Activated>) -> io::Result<(Listener, Opti
 /// Whether the image file is opened read-only: with `-r`, and with `-s`
 /// (writes go to the overlay).
 fn image_read_only(cli: &Cli) -> bool {
-    cli.read_only || cli.snapshot
+    cli.read_only || cli.snapshot || cli.load_snapshot.is_some()
 }
 
 /// `device` with the block layer's modes of the command line (discard,
@@ -702,6 +717,7 @@ fn list_exports(cli: &Cli, given: impl Fn(&str) -> bool) -> ExitCode {
         "connect",
         "disconnect",
         "size",
+        "load_snapshot",
     ];
     let refusal = if cli.file.is_some() {
         Some("List mode is incompatible with a file name")

@@ -721,3 +721,62 @@ fn an_image_left_dirty_by_lazy_refcounts_is_repaired_when_written() {
     assert!(info.contains("\"dirty-flag\": false"), "{info}");
     std::fs::remove_dir_all(&d).ok();
 }
+
+#[test]
+fn internal_snapshots_are_served_with_load_snapshot() {
+    if !tools() {
+        return;
+    }
+    let d = dir("load-snapshot");
+    let img = d.join("snaps.qcow2");
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
+    let io = |cmds: &[&str]| {
+        let mut args = vec!["-f", "qcow2"];
+        for c in cmds {
+            args.extend(["-c", c]);
+        }
+        args.push(s(&img));
+        ok("qemu-io", &args);
+    };
+    // Snapshot "one" (id 1) sees 0x41 at 0; "two" (id 2), taken after a
+    // resize, sees 0x42 there and a larger disk; the image itself 0x43.
+    io(&["write -q -P 0x41 0 64k"]);
+    ok("qemu-img", &["snapshot", "-c", "one", s(&img)]);
+    io(&["write -q -P 0x42 0 64k"]);
+    ok("qemu-img", &["resize", "-q", s(&img), "16M"]);
+    ok("qemu-img", &["snapshot", "-c", "two", s(&img)]);
+    io(&["write -q -P 0x43 0 64k"]);
+    for (which, pattern, size) in [
+        ("one", "0x41", 8u64 << 20),
+        ("1", "0x41", 8 << 20),
+        ("snapshot.name=two", "0x42", 16 << 20),
+        ("snapshot.id=2,snapshot.name=two", "0x42", 16 << 20),
+    ] {
+        let server = Server::start(&["-l", which, s(&img)]);
+        let check = format!("read -q -P {pattern} 0 64k");
+        ok("qemu-io", &["-r", "-f", "raw", "-c", &check, &server.url]);
+        let info = ok("nbdinfo", &["--size", &server.url]);
+        assert_eq!(info.trim(), size.to_string(), "-l {which}");
+        // Read-only: a write is refused.
+        let out = run(
+            "qemu-io",
+            &["-f", "raw", "-c", "write -q 0 4k", &server.url],
+        );
+        assert!(!out.status.success(), "-l {which}: a write got through");
+    }
+    let e = refused(&["-l", "three", s(&img)]);
+    assert!(e.contains("not found"), "{e}");
+    // The image itself is untouched by all this.
+    let server = Server::start(&["-r", s(&img)]);
+    ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -q -P 0x43 0 64k",
+            &server.url,
+        ],
+    );
+}

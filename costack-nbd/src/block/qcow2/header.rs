@@ -79,6 +79,8 @@ pub struct Header {
     pub refcount_order: u32,
     /// Internal snapshots in the image.
     pub snapshots: u32,
+    /// Where the snapshot table starts in the file.
+    pub snapshots_offset: u64,
     /// Incompatible feature bits (version 3), all known here.
     pub incompatible_features: u64,
     /// Auto-clear feature bits (version 3; bit 0: the bitmaps extension
@@ -179,6 +181,7 @@ impl Header {
             )));
         }
         let snapshots = be32(data, 60);
+        let snapshots_offset = be64(data, 64);
         let mut refcount_order = 4;
         let (header_len, dirty) = if version == 2 {
             (72usize, false)
@@ -299,6 +302,7 @@ impl Header {
             refcount_table_clusters,
             refcount_order,
             snapshots,
+            snapshots_offset,
             incompatible_features: if version >= 3 { be64(data, 72) } else { 0 },
             autoclear_features: if version >= 3 { be64(data, 88) } else { 0 },
             bitmaps,

@@ -48,6 +48,7 @@ pub mod header;
 mod read;
 mod refcount;
 mod repair;
+pub mod snapshot;
 mod write;
 mod writeback;
 
@@ -83,6 +84,10 @@ pub struct Options {
     /// `--discard=unmap`); off, a discard does nothing and write-zeroes
     /// keep the clusters allocated.
     pub discard: bool,
+    /// Serve internal snapshot `Some(which)` instead of the active image
+    /// (read-only; qemu-nbd's `-l`: an id, a name, or
+    /// `snapshot.id=ID,snapshot.name=NAME`; see [`snapshot::find`]).
+    pub snapshot: Option<String>,
 }
 
 impl Default for Options {
@@ -93,6 +98,7 @@ impl Default for Options {
             l2_cache_bytes: 32 << 20,
             refcount_cache_bytes: None,
             discard: true,
+            snapshot: None,
         }
     }
 }
@@ -271,7 +277,31 @@ impl Qcow2 {
         let file_len = file.len()?;
         let mut head = vec![0u8; (Header::READ_LEN as u64).min(file_len) as usize];
         file.read_exact_at(&mut head, 0)?;
-        let header = Header::parse(&head, file_len).map_err(|e| bad_data(e.0))?;
+        let mut header = Header::parse(&head, file_len).map_err(|e| bad_data(e.0))?;
+        if let Some(which) = &options.snapshot {
+            if options.writable {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "an internal snapshot is served read-only",
+                ));
+            }
+            // The snapshot's tables and size stand for the image's.
+            let entries = snapshot::read_snapshots(&*file, &header)?;
+            let entry = snapshot::find(&entries, which)?;
+            header.l1_offset = entry.l1_offset;
+            header.l1_size = entry.l1_size;
+            header.size = entry.disk_size.unwrap_or(header.size);
+            let l1_bytes = u64::from(entry.l1_size) * 8;
+            if entry
+                .l1_offset
+                .checked_add(l1_bytes)
+                .is_none_or(|end| end > file_len)
+            {
+                return Err(bad_data(format!(
+                    "snapshot {which:?}: its L1 table lies past the end of the file"
+                )));
+            }
+        }
         let mut raw_l1 = vec![0u8; header.l1_size as usize * 8];
         file.read_exact_at(&mut raw_l1, header.l1_offset)?;
         let l1 = raw_l1.chunks_exact(8).map(|c| be64(c, 0)).collect();
