@@ -165,6 +165,16 @@ pub struct Cli {
     #[arg(short = 'r', long = "read-only")]
     pub read_only: bool,
 
+    /// Export FILE from byte OFFSET on (the export is that much smaller).
+    #[arg(
+        short = 'o',
+        long = "offset",
+        value_name = "OFFSET",
+        default_value_t = 0,
+        requires = "file"
+    )]
+    pub offset: u64,
+
     /// Serve the qcow2 image's internal snapshot SNAPSHOT, read-only: an
     /// id, a name, or `snapshot.id=ID,snapshot.name=NAME`.
     #[arg(

@@ -15,6 +15,7 @@ use costack_nbd::activation::{self, Activated};
 use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
 use costack_nbd::block::overlay::Overlay;
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
+use costack_nbd::block::window::Window;
 use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{
     init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
@@ -178,6 +179,10 @@ fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
         Arc::new(Overlay::new(device))
     } else {
         device
+    };
+    let device: SharedDevice = match cli.offset {
+        0 => device,
+        offset => Arc::new(Window::new(device, offset)?),
     };
     let device = with_modes(&cli, device);
     let mut export = ExportInfo::for_device(cli.export_name.clone(), &*device);
@@ -718,6 +723,7 @@ fn list_exports(cli: &Cli, given: impl Fn(&str) -> bool) -> ExitCode {
         "disconnect",
         "size",
         "load_snapshot",
+        "offset",
     ];
     let refusal = if cli.file.is_some() {
         Some("List mode is incompatible with a file name")

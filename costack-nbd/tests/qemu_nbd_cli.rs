@@ -472,3 +472,58 @@ fn help_version_and_verbose_as_qemu_nbd() {
         .unwrap();
     assert!(err.contains("serving") && err.contains("stopped"), "{err}");
 }
+
+#[test]
+fn offset_exports_the_image_from_there_on() {
+    if !have(&["qemu-io", "nbdinfo"]) {
+        return;
+    }
+    let img = raw_image("offset", 1 << 20);
+    let path = img.to_str().unwrap();
+    ok(
+        "qemu-io",
+        &["-f", "raw", "-c", "write -q -P 0x55 512k 4k", path],
+    );
+    let server = Server::start(&["-o", "524288", "-f", "raw", path]);
+    assert_eq!(ok("nbdinfo", &["--size", &server.url]).trim(), "524288");
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "raw",
+            "-c",
+            "read -q -P 0x55 0 4k",
+            "-c",
+            "write -q -P 0x66 4k 4k",
+            &server.url,
+        ],
+    );
+    // Past the window's end, nothing: the last byte is the image's last.
+    let out = run(
+        "qemu-io",
+        &["-f", "raw", "-c", "read -q 508k 8k", &server.url],
+    );
+    assert!(!out.status.success() || String::from_utf8_lossy(&out.stdout).contains("error"));
+    drop(server);
+    let mut written = vec![0u8; 4096];
+    std::fs::File::open(&img)
+        .and_then(|mut f| {
+            use std::io::{Seek, SeekFrom};
+            f.seek(SeekFrom::Start((512 << 10) + 4096))?;
+            f.read_exact(&mut written)
+        })
+        .unwrap();
+    assert!(
+        written.iter().all(|&b| b == 0x66),
+        "the write landed past the offset"
+    );
+    let out = run(
+        env!("CARGO_BIN_EXE_costack-nbd"),
+        &["-o", "2097152", "-f", "raw", path],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("past the end"),
+        "{said}"
+    );
+}

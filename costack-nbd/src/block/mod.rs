@@ -20,6 +20,7 @@ pub mod modes;
 pub mod overlay;
 pub mod qcow2;
 pub mod raw;
+pub mod window;
 
 pub use image_file::ImageFile;
 pub use mem::MemDisk;
