@@ -306,6 +306,20 @@ pub struct Cli {
     #[arg(long = "tls-psk", value_name = "FILE")]
     pub tls_psk: Option<PathBuf>,
 
+    /// qemu-nbd's object definitions: `tls-creds-x509` and `tls-creds-psk`
+    /// (for `--tls-creds`), `secret` (see the `objects` module).
+    #[arg(long = "object", value_name = "TYPE,id=ID,...")]
+    pub objects: Vec<String>,
+
+    /// Serve TLS only, with the credentials of `--object` ID (qemu-nbd's
+    /// form of `--tls require`).
+    #[arg(long = "tls-creds", value_name = "ID")]
+    pub tls_creds: Option<String>,
+
+    /// qemu-nbd's client authorization list: refused (not supported).
+    #[arg(long = "tls-authz", value_name = "ID", requires = "tls_creds")]
+    pub tls_authz: Option<String>,
+
     /// Host cache mode for file exports.
     #[arg(long = "cache", value_enum, value_name = "MODE", default_value_t = CacheMode::Writeback)]
     pub cache: CacheMode,

@@ -30,6 +30,7 @@ pub mod cli;
 pub mod daemon;
 pub mod lifecycle;
 pub mod list;
+pub mod objects;
 pub mod protocol;
 pub mod server;
 #[cfg(feature = "tls")]

@@ -21,9 +21,9 @@ use costack_nbd::cli::{
     init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
 };
 use costack_nbd::daemon::{self, PidFile};
-use costack_nbd::list;
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, QemuContext, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
+use costack_nbd::{list, objects};
 
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
@@ -117,8 +117,9 @@ impl Listener {
     }
 }
 
-fn run(cli: Cli, activated: Option<Activated>) -> io::Result<()> {
-    cli.check_tls()
+fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
+    objects::apply(&mut cli)
+        .and_then(|()| cli.check_tls())
         .and_then(|()| cli.check_modes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // Before any thread exists: the parent waits for the child to listen.
@@ -725,7 +726,9 @@ fn list_exports(cli: &Cli, given: impl Fn(&str) -> bool) -> ExitCode {
         "load_snapshot",
         "offset",
     ];
-    let refusal = if cli.file.is_some() {
+    let refusal = if cli.tls_creds.is_some() {
+        Some("-L lists over plain connections only: costack-nbd has no TLS client")
+    } else if cli.file.is_some() {
         Some("List mode is incompatible with a file name")
     } else if per_device.iter().any(|id| given(id)) {
         Some("List mode is incompatible with per-device settings")

@@ -738,3 +738,57 @@ fn tls_over_a_unix_socket() {
     let _ = child.wait();
     assert!(info.contains("with TLS"), "{info}");
 }
+
+#[test]
+fn qemu_nbd_style_objects_and_tls_creds() {
+    if !tools() {
+        return;
+    }
+    let c = creds();
+    let server_x509 = format!(
+        "tls-creds-x509,id=tls0,dir={},endpoint=server",
+        c.server.display()
+    );
+    let server = Server::start(&["--object", &server_x509, "--tls-creds", "tls0"]);
+    assert!(server.url.starts_with("nbds://"), "{}", server.url);
+    // QEMU's default verify-peer=on: a client with a certificate of the
+    // CA gets in, one without does not; nor does a plain client.
+    let object = x509_object(&c.client, None);
+    assert_io_ok(&qemu_io_tls(
+        &server,
+        &object,
+        &["write -P 0x21 0 64k", "read -P 0x21 0 64k"],
+    ));
+    let anonymous = qemu_io_tls(&server, &x509_object(&c.anonymous, None), &["read 0 4k"]);
+    assert!(
+        !anonymous.status.success(),
+        "a client without a certificate got in"
+    );
+    let plain = run(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read 0 4k",
+            &server.url.replace("nbds://", "nbd://"),
+        ],
+    );
+    assert!(!plain.status.success(), "a plain client got in");
+    drop(server);
+
+    let server_psk = format!(
+        "tls-creds-psk,id=tls0,dir={},endpoint=server",
+        c.psk_dir.display()
+    );
+    let server = Server::start(&["--object", &server_psk, "--tls-creds=tls0"]);
+    let object = psk_object(&c.psk_dir, None);
+    assert_io_ok(&qemu_io_tls(
+        &server,
+        &object,
+        &["write -P 0x22 0 64k", "read -P 0x22 0 64k"],
+    ));
+    let wrong = qemu_io_tls(&server, &psk_object(&c.wrong_psk_dir, None), &["read 0 4k"]);
+    assert!(!wrong.status.success(), "a wrong key got in");
+}

@@ -1,0 +1,261 @@
+//! qemu-nbd's `--object` definitions and `--tls-creds`, turned into this
+//! server's TLS options.
+//!
+//! `--object tls-creds-x509,id=ID,dir=DIR,endpoint=server[,verify-peer=on|off]`
+//! and `--object tls-creds-psk,id=ID,dir=DIR,endpoint=server` define
+//! credentials; `--tls-creds ID` serves with them and requires TLS, as
+//! qemu-nbd does. The files are the ones qemu reads: `ca-cert.pem`,
+//! `server-cert.pem`, `server-key.pem`, or `keys.psk`. `secret` objects
+//! are accepted (they only matter to encrypted images, which are not
+//! served); anything this server cannot honour (`--tls-authz`, other
+//! object types, options it does not know) is refused, never ignored.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use crate::cli::{Cli, TlsMode};
+
+/// One `--object`: its type and `key=value` properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    /// `tls-creds-x509`, `tls-creds-psk`, `secret`, ...
+    pub kind: String,
+    /// Its properties, `id` included.
+    pub props: HashMap<String, String>,
+}
+
+impl Object {
+    /// Parses qemu's `TYPE,key=value,...` form (or `qom-type=TYPE,...`).
+    /// A `,,` stands for a comma inside a value, as in QEMU.
+    ///
+    /// ```
+    /// use costack_nbd::objects::Object;
+    /// let o = Object::parse("tls-creds-psk,id=t0,dir=/a,,b,endpoint=server").unwrap();
+    /// assert_eq!((o.kind.as_str(), o.props["dir"].as_str()), ("tls-creds-psk", "/a,b"));
+    /// ```
+    ///
+    /// # Errors
+    /// A JSON object, a part without `=` after the type, or no `id`.
+    pub fn parse(spec: &str) -> Result<Object, String> {
+        if spec.trim_start().starts_with('{') {
+            return Err(format!("--object {spec}: the JSON form is not supported"));
+        }
+        let mut parts = Vec::new();
+        let mut cur = String::new();
+        let mut chars = spec.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == ',' {
+                if chars.peek() == Some(&',') {
+                    chars.next();
+                    cur.push(',');
+                } else {
+                    parts.push(std::mem::take(&mut cur));
+                }
+            } else {
+                cur.push(c);
+            }
+        }
+        parts.push(cur);
+        let mut kind = None;
+        let mut props = HashMap::new();
+        for (i, part) in parts.into_iter().enumerate() {
+            match part.split_once('=') {
+                Some(("qom-type", v)) => kind = Some(v.to_owned()),
+                Some((k, v)) => {
+                    props.insert(k.to_owned(), v.to_owned());
+                }
+                None if i == 0 => kind = Some(part),
+                None => return Err(format!("--object {spec}: {part:?} is not key=value")),
+            }
+        }
+        let kind = kind.ok_or_else(|| format!("--object {spec}: no object type"))?;
+        if !props.contains_key("id") {
+            return Err(format!("--object {spec}: Parameter 'id' is missing"));
+        }
+        Ok(Object { kind, props })
+    }
+
+    fn id(&self) -> &str {
+        &self.props["id"]
+    }
+
+    /// Fails if the object has a property outside `known`.
+    fn only(&self, known: &[&str]) -> Result<(), String> {
+        match self.props.keys().find(|k| !known.contains(&k.as_str())) {
+            Some(k) => Err(format!(
+                "--object {} {}: property {k:?} is not supported",
+                self.kind,
+                self.id()
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+/// qemu's boolean spellings.
+fn boolean(v: &str) -> Result<bool, String> {
+    match v {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("{v:?} is not on or off")),
+    }
+}
+
+/// Applies `--object`s and `--tls-creds` to `cli`'s TLS options.
+///
+/// # Errors
+/// The message to show: a malformed or unsupported object, an unknown or
+/// duplicate id, credentials that are not a server's, `--tls-creds`
+/// together with this server's own TLS options, or `--tls-authz`.
+pub fn apply(cli: &mut Cli) -> Result<(), String> {
+    let mut objects: HashMap<String, Object> = HashMap::new();
+    for spec in &cli.objects {
+        let o = Object::parse(spec)?;
+        match o.kind.as_str() {
+            "tls-creds-x509" => o.only(&["id", "dir", "endpoint", "verify-peer", "loaded"])?,
+            "tls-creds-psk" => o.only(&["id", "dir", "endpoint", "username", "loaded"])?,
+            "secret" => {}
+            other => {
+                return Err(format!(
+                    "--object {other}: objects of this type are not supported"
+                ))
+            }
+        }
+        if objects.insert(o.id().to_owned(), o.clone()).is_some() {
+            return Err(format!("attempt to add duplicate object id '{}'", o.id()));
+        }
+    }
+    if let Some(id) = &cli.tls_authz {
+        return Err(format!(
+            "--tls-authz {id}: client authorization lists are not supported (use \
+             --tls-verify-peer with a CA that signs only the allowed clients)"
+        ));
+    }
+    let Some(id) = cli.tls_creds.clone() else {
+        return Ok(());
+    };
+    if cli.tls != TlsMode::Off || cli.tls_certificates.is_some() || cli.tls_psk.is_some() {
+        return Err(
+            "--tls-creds and --tls/--tls-certificates/--tls-psk: give one or the other".into(),
+        );
+    }
+    let creds = objects
+        .get(&id)
+        .ok_or_else(|| format!("No TLS credentials with id '{id}'"))?;
+    let endpoint = creds.props.get("endpoint").map_or("client", String::as_str);
+    if endpoint != "server" {
+        return Err("Expecting TLS credentials with a server endpoint".into());
+    }
+    let dir = PathBuf::from(
+        creds
+            .props
+            .get("dir")
+            .ok_or_else(|| format!("TLS credentials '{id}' have no dir"))?,
+    );
+    match creds.kind.as_str() {
+        "tls-creds-x509" => {
+            cli.tls_certificates = Some(dir);
+            cli.tls_verify_peer = match creds.props.get("verify-peer") {
+                Some(v) => boolean(v).map_err(|e| format!("verify-peer: {e}"))?,
+                // QEMU's default.
+                None => true,
+            };
+        }
+        "tls-creds-psk" => cli.tls_psk = Some(dir.join("keys.psk")),
+        other => return Err(format!("Object '{id}' is not TLS credentials but {other}")),
+    }
+    // qemu-nbd with credentials serves TLS only.
+    cli.tls = TlsMode::Require;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn cli(args: &[&str]) -> Result<Cli, String> {
+        let mut c = Cli::try_parse_from(std::iter::once("costack-nbd").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        apply(&mut c).map(|()| c)
+    }
+
+    #[test]
+    fn credentials_become_tls_options() {
+        let c = cli(&[
+            "--object",
+            "tls-creds-x509,id=tls0,dir=/pki,endpoint=server",
+            "--tls-creds",
+            "tls0",
+        ])
+        .unwrap();
+        assert_eq!(c.tls, TlsMode::Require);
+        assert_eq!(c.tls_certificates, Some(PathBuf::from("/pki")));
+        assert!(
+            c.tls_verify_peer,
+            "qemu verifies clients unless told not to"
+        );
+        let c = cli(&[
+            "--object",
+            "tls-creds-x509,id=t,dir=/pki,endpoint=server,verify-peer=off",
+            "--tls-creds=t",
+        ])
+        .unwrap();
+        assert!(!c.tls_verify_peer);
+        let c = cli(&[
+            "--object",
+            "secret,id=sec0,data=x",
+            "--object",
+            "qom-type=tls-creds-psk,id=p,dir=/k,endpoint=server",
+            "--tls-creds",
+            "p",
+        ])
+        .unwrap();
+        assert_eq!(c.tls_psk, Some(PathBuf::from("/k/keys.psk")));
+        // Objects alone change nothing.
+        let c = cli(&["--object", "tls-creds-psk,id=p,dir=/k,endpoint=server"]).unwrap();
+        assert_eq!((c.tls, c.tls_psk), (TlsMode::Off, None));
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused() {
+        let x509 = "tls-creds-x509,id=t,dir=/pki,endpoint=server";
+        for (args, says) in [
+            (vec!["--tls-creds", "t"], "No TLS credentials with id 't'"),
+            (
+                vec![
+                    "--object",
+                    "tls-creds-x509,id=t,dir=/p,endpoint=client",
+                    "--tls-creds",
+                    "t",
+                ],
+                "server endpoint",
+            ),
+            (
+                vec!["--object", x509, "--object", x509],
+                "duplicate object id",
+            ),
+            (
+                vec!["--object", "authz-simple,id=a,identity=x"],
+                "not supported",
+            ),
+            (
+                vec!["--object", x509, "--tls-creds", "t", "--tls-authz", "a"],
+                "--tls-authz",
+            ),
+            (
+                vec!["--object", "tls-creds-x509,id=t,dir=/p,priority=NORMAL"],
+                "\"priority\"",
+            ),
+            (vec!["--object", "tls-creds-x509,dir=/p"], "'id' is missing"),
+            (vec!["--object", "{\"qom-type\":\"secret\"}"], "JSON"),
+            (
+                vec!["--object", x509, "--tls-creds", "t", "--tls", "on"],
+                "one or the other",
+            ),
+        ] {
+            let e = cli(&args).unwrap_err();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
+}
