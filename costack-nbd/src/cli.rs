@@ -306,6 +306,11 @@ pub struct Cli {
     #[arg(long = "tls-psk", value_name = "FILE")]
     pub tls_psk: Option<PathBuf>,
 
+    /// FILE is QEMU block options (`driver=qcow2,file.filename=PATH`), for
+    /// the raw and qcow2 drivers.
+    #[arg(long = "image-opts", requires = "file")]
+    pub image_opts: bool,
+
     /// qemu-nbd's object definitions: `tls-creds-x509` and `tls-creds-psk`
     /// (for `--tls-creds`), `secret` (see the `objects` module).
     #[arg(long = "object", value_name = "TYPE,id=ID,...")]

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use crate::cli::{Cli, TlsMode};
+use crate::cli::{Cli, Format, TlsMode};
 
 /// One `--object`: its type and `key=value` properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,22 +40,7 @@ impl Object {
         if spec.trim_start().starts_with('{') {
             return Err(format!("--object {spec}: the JSON form is not supported"));
         }
-        let mut parts = Vec::new();
-        let mut cur = String::new();
-        let mut chars = spec.chars().peekable();
-        while let Some(c) = chars.next() {
-            if c == ',' {
-                if chars.peek() == Some(&',') {
-                    chars.next();
-                    cur.push(',');
-                } else {
-                    parts.push(std::mem::take(&mut cur));
-                }
-            } else {
-                cur.push(c);
-            }
-        }
-        parts.push(cur);
+        let parts = split_options(spec);
         let mut kind = None;
         let mut props = HashMap::new();
         for (i, part) in parts.into_iter().enumerate() {
@@ -92,6 +77,84 @@ impl Object {
     }
 }
 
+/// Splits QEMU's `a=b,c=d` option syntax at commas (`,,` is a comma).
+pub fn split_options(spec: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = spec.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                cur.push(',');
+            } else {
+                parts.push(std::mem::take(&mut cur));
+            }
+        } else {
+            cur.push(c);
+        }
+    }
+    parts.push(cur);
+    parts
+}
+
+/// `--image-opts`: FILE as QEMU's block options, for the drivers this
+/// server has: `driver=raw|qcow2` over `file.driver=file,file.filename=PATH`
+/// (or `driver=file,filename=PATH`, a raw file). Returns the path and the
+/// format.
+///
+/// ```
+/// use costack_nbd::cli::Format;
+/// use costack_nbd::objects::image_opts;
+/// let (path, format) = image_opts("driver=qcow2,file.filename=/a,,b.qcow2").unwrap();
+/// assert_eq!((path.to_str(), format), (Some("/a,b.qcow2"), Format::Qcow2));
+/// ```
+///
+/// # Errors
+/// A driver or an option this server does not have, or no file name.
+pub fn image_opts(spec: &str) -> Result<(PathBuf, Format), String> {
+    if spec.starts_with("json:") {
+        return Err("--image-opts: the json: form is not supported".into());
+    }
+    let mut opts: HashMap<String, String> = HashMap::new();
+    for part in split_options(spec) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| format!("--image-opts: {part:?} is not key=value"))?;
+        opts.insert(k.to_owned(), v.to_owned());
+    }
+    let driver = opts.remove("driver").unwrap_or_default();
+    let (format, path) = match driver.as_str() {
+        "raw" | "qcow2" => {
+            match opts.remove("file.driver").as_deref() {
+                None | Some("file") => {}
+                Some(other) => {
+                    return Err(format!(
+                        "--image-opts: file.driver={other} is not supported (only file)"
+                    ))
+                }
+            }
+            let format = if driver == "raw" {
+                Format::Raw
+            } else {
+                Format::Qcow2
+            };
+            (
+                format,
+                opts.remove("file.filename").or_else(|| opts.remove("file")),
+            )
+        }
+        "file" => (Format::Raw, opts.remove("filename")),
+        "" => return Err("--image-opts: no driver=".into()),
+        other => return Err(format!("--image-opts: driver={other} is not supported")),
+    };
+    if let Some(k) = opts.keys().next() {
+        return Err(format!("--image-opts: option {k:?} is not supported"));
+    }
+    let path = path.ok_or("--image-opts: no file name (file.filename=PATH)")?;
+    Ok((PathBuf::from(path), format))
+}
+
 /// qemu's boolean spellings.
 fn boolean(v: &str) -> Result<bool, String> {
     match v {
@@ -108,6 +171,14 @@ fn boolean(v: &str) -> Result<bool, String> {
 /// duplicate id, credentials that are not a server's, `--tls-creds`
 /// together with this server's own TLS options, or `--tls-authz`.
 pub fn apply(cli: &mut Cli) -> Result<(), String> {
+    if cli.image_opts {
+        let spec = cli.file.as_ref().ok_or("--image-opts needs FILE")?;
+        let (path, format) = image_opts(&spec.to_string_lossy())?;
+        if cli.format.is_some() {
+            return Err("--image-opts and -f: the format is in the options".into());
+        }
+        (cli.file, cli.format) = (Some(path), Some(format));
+    }
     let mut objects: HashMap<String, Object> = HashMap::new();
     for spec in &cli.objects {
         let o = Object::parse(spec)?;
@@ -173,6 +244,41 @@ pub fn apply(cli: &mut Cli) -> Result<(), String> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn image_options_name_a_file_and_a_format() {
+        let ok = |s| image_opts(s).unwrap();
+        assert_eq!(
+            ok("driver=raw,file.driver=file,file.filename=/x"),
+            ("/x".into(), Format::Raw)
+        );
+        assert_eq!(ok("driver=file,filename=/y"), ("/y".into(), Format::Raw));
+        assert_eq!(
+            ok("file.filename=/z,driver=qcow2"),
+            ("/z".into(), Format::Qcow2)
+        );
+        for (bad, says) in [
+            ("driver=vmdk,file.filename=/x", "driver=vmdk"),
+            (
+                "driver=raw,file.driver=nbd,file.filename=/x",
+                "file.driver=nbd",
+            ),
+            ("driver=raw,file.filename=/x,discard=unmap", "\"discard\""),
+            ("driver=raw", "no file name"),
+            ("json:{}", "json:"),
+        ] {
+            let e = image_opts(bad).unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let mut c = Cli::try_parse_from([
+            "costack-nbd",
+            "--image-opts",
+            "driver=qcow2,file.filename=/i",
+        ])
+        .unwrap();
+        apply(&mut c).unwrap();
+        assert_eq!((c.file, c.format), (Some("/i".into()), Some(Format::Qcow2)));
+    }
 
     fn cli(args: &[&str]) -> Result<Cli, String> {
         let mut c = Cli::try_parse_from(std::iter::once("costack-nbd").chain(args.iter().copied()))

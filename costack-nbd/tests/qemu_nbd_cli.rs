@@ -527,3 +527,40 @@ fn offset_exports_the_image_from_there_on() {
         "{said}"
     );
 }
+
+#[test]
+fn image_opts_name_the_file_and_its_driver() {
+    if !have(&["qemu-img", "qemu-io"]) {
+        return;
+    }
+    let img = scratch("image-opts");
+    let path = img.to_str().unwrap();
+    ok("qemu-img", &["create", "-q", "-f", "qcow2", path, "4M"]);
+    ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -q -P 0x77 1M 64k", path],
+    );
+    let spec = format!("driver=qcow2,file.driver=file,file.filename={path}");
+    let server = Server::start(&["--image-opts", &spec]);
+    ok(
+        "qemu-io",
+        &[
+            "-r",
+            "-f",
+            "raw",
+            "-c",
+            "read -q -P 0x77 1M 64k",
+            &server.url,
+        ],
+    );
+    drop(server);
+    let out = run(
+        env!("CARGO_BIN_EXE_costack-nbd"),
+        &["--image-opts", "driver=vmdk,file.filename=/x"],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("driver=vmdk"),
+        "{said}"
+    );
+}
