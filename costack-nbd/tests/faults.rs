@@ -262,17 +262,28 @@ fn connection_churn_does_not_leak() {
     );
 
     // All four client slots are free again: four clients at once are
-    // served, and a fifth is turned away.
+    // served, and a fifth waits (as with qemu-nbd) until one leaves.
     let mut four: Vec<Client> = (0..4)
         .map(|_| server.connect_eventually(Opts::SIMPLE))
         .collect();
     for c in &mut four {
         assert_eq!(c.read(0, 512).unwrap().len(), 512);
     }
+    let mut fifth = TcpStream::connect(server.addr).unwrap();
+    fifth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut greeting = [0u8; 18];
     assert!(
-        Client::connect(server.addr, Opts::SIMPLE).is_err(),
-        "fifth client accepted despite -e 4"
+        fifth.read_exact(&mut greeting).is_err(),
+        "fifth client greeted despite -e 4"
     );
+    four.pop().unwrap().disconnect().unwrap();
+    fifth.set_read_timeout(Some(PATIENCE)).unwrap();
+    fifth
+        .read_exact(&mut greeting)
+        .expect("the fifth client is greeted once a slot is free");
+    drop(fifth);
     for c in four {
         c.disconnect().unwrap();
     }
