@@ -34,7 +34,8 @@ cargo test -p costack-nbd --features tls --lib --test tls
 # The yardstick (issue 23): QEMU's own iotests, fetched from Debian's source
 # archive at test time, with qemu-nbd and then costack-nbd as QEMU_NBD_PROG;
 # fails on a test that passes with qemu-nbd, fails with costack-nbd and is
-# not in scripts/qemu-iotests-exceptions.txt. About 3 minutes.
+# not in scripts/qemu-iotests-exceptions.txt. About 3 minutes, plus a
+# release build of costack-nbd (about 2 minutes from scratch).
 bash scripts/qemu-iotests.sh
 # The tracing feature's events (zero cost, and not compiled, when off).
 cargo test -p costack --features tracing --test tracing --test core
