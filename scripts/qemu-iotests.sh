@@ -21,7 +21,7 @@
 # answers `-machine help` (check insists) and marks any test that tries to
 # start a VM as "not run", whatever check says of it.
 #
-# Exit status: 0 when both runs completed and every test that passes with
+# Exit status: 0 when every run completed in time and every test that passes with
 # qemu-nbd passes with costack-nbd or is listed, with its mode, in
 # scripts/qemu-iotests-exceptions.txt (the README says why for each);
 # 1 otherwise, or when the suite or a tool cannot be had.
@@ -80,7 +80,7 @@ if [ ! -x "$src/tests/qemu-iotests/check" ]; then
     # mirrors refuse them), so a failure to fetch those alone is not fatal.
     uris=$(cd "$apt_dir/download" && "${apt[@]}" source --print-uris "qemu=$debver" 2>"$apt_dir/source.log") ||
         die "no source package qemu=$debver in deb-src $suites (see $apt_dir/source.log)"
-    orig=$(awk -v v="qemu_$upstream" '$2 ~ "^" v "[^-]*\\.orig\\.tar\\." {print $2, $4}' <<<"$uris" | head -1)
+    orig=$(awk -v v="qemu_$upstream" '$2 ~ "^" v "[^-]*\\.orig\\.tar\\." {print $2, $4; exit}' <<<"$uris")
     [ -n "$orig" ] || die "the source of qemu=$debver has no orig tarball: $uris"
     read -r orig_name orig_sum <<<"$orig"
     (cd "$apt_dir/download" && "${apt[@]}" source --download-only "qemu=$debver") >>"$apt_dir/source.log" 2>&1 || true
@@ -147,6 +147,7 @@ run_check() {
         timeout -k 10 "$run_timeout" ./check -tap "-$proto" "-$fmt" "$@") >"$log" 2>&1 || rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "qemu-iotests: $tag timed out after ${run_timeout}s; unfinished tests count as failed" >&2
+        timed_out+=("$tag")
     fi
     # Servers a failed or killed test left behind, by the pid files the
     # tests' own helpers write.
@@ -169,6 +170,7 @@ run_check() {
 }
 
 start=$(date +%s)
+timed_out=()
 for server in qemu-nbd costack-nbd; do
     if [ "$server" = qemu-nbd ]; then prog=$(command -v qemu-nbd); else prog=$costack; fi
     for mode in "${modes[@]}"; do
@@ -215,4 +217,8 @@ while read -r m t _; do
         echo "  note: $m $t is listed in $(basename "$exceptions") but no longer fails"
 done <"$exceptions"
 echo "logs: $dir/logs, per-test output: $dir/scratch"
+if [ ${#timed_out[@]} -gt 0 ]; then
+    echo "qemu-iotests: incomplete, timed out: ${timed_out[*]}" >&2
+    status=1
+fi
 exit $status
