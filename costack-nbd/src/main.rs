@@ -17,9 +17,7 @@ use costack_nbd::block::overlay::Overlay;
 use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
 use costack_nbd::block::window::Window;
 use costack_nbd::block::{BlockDevice, MemDisk};
-use costack_nbd::cli::{
-    init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode, SECTOR_SIZE,
-};
+use costack_nbd::cli::{init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode};
 use costack_nbd::daemon::{self, PidFile};
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, QemuContext, TlsPolicy};
 use costack_nbd::server::{serve, Shared, SharedDevice};
@@ -436,9 +434,11 @@ fn host_port(addr: &str, port: u16) -> String {
     }
 }
 
-/// Says what happens to an image's last bytes when its size is not a
-/// whole number of the blocks clients address: the export keeps the exact
-/// size, so nothing is cut off, but some clients cannot reach the tail.
+/// Says what happens to an image's last bytes under `--cache none` when
+/// its size is not a whole number of `O_DIRECT` blocks: the export keeps
+/// the exact size, so nothing is cut off, but the tail cannot be reached.
+/// (Without `O_DIRECT` the export is rounded up to a sector, as qemu-nbd
+/// does, and every byte is reachable.)
 fn warn_unreachable_tail(path: &std::path::Path, size: u64, direct: bool) {
     let path = path.display();
     if direct && !size.is_multiple_of(DIRECT_ALIGN as u64) {
@@ -449,15 +449,6 @@ fn warn_unreachable_tail(path: &std::path::Path, size: u64, direct: bool) {
             "costack-nbd: warning: {path} is {size} bytes, not a multiple of \
              {DIRECT_ALIGN} (--cache none's alignment): it is exported at that size, \
              but its last {tail} bytes cannot be read or written"
-        );
-    } else if !size.is_multiple_of(SECTOR_SIZE) {
-        let tail = size % SECTOR_SIZE;
-        eprintln!(
-            "costack-nbd: warning: {path} is {size} bytes, not a multiple of {SECTOR_SIZE}: \
-             it is exported at that exact size, but clients that address whole \
-             {SECTOR_SIZE}-byte sectors (such as the Linux nbd driver) see {} bytes \
-             and cannot reach the last {tail}",
-            size - tail
         );
     }
 }

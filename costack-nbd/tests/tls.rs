@@ -20,6 +20,7 @@ use support::tools::{fails, have, ok, run};
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
 const OPT_STARTTLS: u32 = 5;
 const OPT_LIST: u32 = 3;
+const OPT_GO: u32 = 7;
 const OPT_EXPORT_NAME: u32 = 1;
 const REP_ACK: u32 = 1;
 const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
@@ -463,6 +464,11 @@ fn tls_policies_refuse_clearly() {
     let mut s = plain_session(&server.addr());
     send_option(&mut s, OPT_LIST, &[]);
     assert_eq!(option_reply(&mut s).1, REP_ERR_TLS_REQD);
+    // In qemu-nbd's words, which QEMU's iotest 233 compares.
+    send_option(&mut s, OPT_GO, &[0, 0, 0, 0, 0, 0]);
+    let (option, ty, text) = option_reply_text(&mut s);
+    assert_eq!((option, ty), (OPT_GO, REP_ERR_TLS_REQD));
+    assert_eq!(text, "Option 0x7 not permitted before TLS");
     send_option(&mut s, OPT_EXPORT_NAME, b"");
     assert!(closed(&mut s), "EXPORT_NAME in the clear was answered");
     drop(server);
@@ -578,6 +584,12 @@ fn send_option(s: &mut TcpStream, option: u32, data: &[u8]) {
 
 /// (option, reply type) of the next option reply, its data skipped.
 fn option_reply(s: &mut TcpStream) -> (u32, u32) {
+    let (option, ty, _) = option_reply_text(s);
+    (option, ty)
+}
+
+/// (option, reply type, data as text) of the next option reply.
+fn option_reply_text(s: &mut TcpStream) -> (u32, u32, String) {
     let mut h = [0u8; 20];
     s.read_exact(&mut h).unwrap();
     let option = u32::from_be_bytes(h[8..12].try_into().unwrap());
@@ -585,7 +597,7 @@ fn option_reply(s: &mut TcpStream) -> (u32, u32) {
     let len = u32::from_be_bytes(h[16..20].try_into().unwrap());
     let mut data = vec![0u8; len as usize];
     s.read_exact(&mut data).unwrap();
-    (option, ty)
+    (option, ty, String::from_utf8_lossy(&data).into_owned())
 }
 
 /// Whether the server closed `s` (rather than leaving it open). Bytes

@@ -6,6 +6,7 @@ use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use costack::fs::File;
 
@@ -15,10 +16,21 @@ use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 /// Alignment `O_DIRECT` needs for buffers, offsets and lengths.
 pub const DIRECT_ALIGN: usize = 4096;
 
+/// qemu's sector: as qemu-nbd, a raw file whose length is not a multiple
+/// of it is exported rounded up, the bytes past the file's end reading as
+/// zeroes (and a write there extending the file).
+pub const SECTOR: u64 = 512;
+
 /// A raw image file.
 pub struct FileDisk {
     file: Box<dyn ImageFile>,
+    /// The exported size: the file's length at open, rounded up to a
+    /// [`SECTOR`] (except with `O_DIRECT`, whose reads cannot stop at an
+    /// unaligned end).
     size: u64,
+    /// The file's length as far as this device knows: reads past it are
+    /// zeroes without asking the file; writes past it raise it.
+    len: AtomicU64,
     read_only: bool,
     direct: bool,
 }
@@ -54,10 +66,16 @@ impl FileDisk {
         read_only: bool,
         direct: bool,
     ) -> io::Result<FileDisk> {
-        let size = file.len()?;
+        let len = file.len()?;
+        let size = if direct {
+            len
+        } else {
+            len.next_multiple_of(SECTOR)
+        };
         Ok(FileDisk {
             file,
             size,
+            len: AtomicU64::new(len),
             read_only,
             direct,
         })
@@ -116,6 +134,18 @@ impl BlockDevice for FileDisk {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let len = self.len.load(Ordering::Acquire);
+        if !self.direct && offset + buf.len() as u64 > len {
+            // The rounded-up tail past the file's end reads as zeroes.
+            let inside = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+            let (head, tail) = buf.split_at_mut(inside);
+            tail.fill(0);
+            return if head.is_empty() {
+                Ok(())
+            } else {
+                self.file.read_exact_at(head, offset)
+            };
+        }
         if self.direct && !is_aligned(buf, offset) {
             let mut bounce = AlignedBuf::zeroed(buf.len());
             self.file
@@ -134,7 +164,11 @@ impl BlockDevice for FileDisk {
                 .file
                 .write_all_at(&bounce.as_mut_slice()[..buf.len()], offset);
         }
-        self.file.write_all_at(buf, offset)
+        self.file.write_all_at(buf, offset)?;
+        // A write into the rounded-up tail extended the file.
+        self.len
+            .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+        Ok(())
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -174,6 +208,7 @@ impl BlockDevice for FileDisk {
                     self.file.write_all_at(zeroes, offset + done)?;
                     done += n as u64;
                 }
+                self.len.fetch_max(offset + len, Ordering::AcqRel);
                 Ok(())
             }
             other => other,

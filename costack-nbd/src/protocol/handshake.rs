@@ -410,14 +410,10 @@ fn haggle<S: Read + Write + ?Sized>(
             }
             OptionCode::StartTls => {
                 if config.tls == TlsPolicy::Off {
-                    reply_err(&mut out, opt, ReplyType::ErrPolicy, "TLS is not configured");
+                    // qemu-nbd's words, which QEMU's tests compare.
+                    reply_err(&mut out, opt, ReplyType::ErrPolicy, "TLS not configured");
                 } else if tls_active {
-                    reply_err(
-                        &mut out,
-                        opt,
-                        ReplyType::ErrInvalid,
-                        "TLS is already active",
-                    );
+                    reply_err(&mut out, opt, ReplyType::ErrInvalid, "TLS already enabled");
                 } else if !data.is_empty() {
                     reply_err(
                         &mut out,
@@ -440,7 +436,7 @@ fn haggle<S: Read + Write + ?Sized>(
                     &mut out,
                     opt,
                     ReplyType::ErrTlsReqd,
-                    "TLS is required first",
+                    &format!("Option {opt:#x} not permitted before TLS"),
                 );
             }
             OptionCode::List => {
