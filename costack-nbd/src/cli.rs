@@ -347,11 +347,12 @@ pub struct Cli {
     #[arg(long = "detect-zeroes", value_enum, value_name = "MODE", default_value_t = DetectZeroes::Off)]
     pub detect_zeroes: DetectZeroes,
 
-    /// Log more (repeat for more detail).
+    /// Log more: as qemu-nbd's, `-v` alone adds nothing on stderr;
+    /// `-vv` logs at info, `-vvv` debug, `-vvvv` trace.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     pub verbose: u8,
 
-    /// qemu's trace options: any value logs everything (as `-vvv`).
+    /// qemu's trace options: any value logs everything (as `-vvvv`).
     #[arg(short = 'T', long = "trace", value_name = "OPTIONS")]
     pub trace: Option<String>,
 
@@ -402,7 +403,7 @@ impl Cli {
     /// How much to log: `-v` counted, `-T` as much as there is.
     pub fn verbosity(&self) -> u8 {
         if self.trace.is_some() {
-            self.verbose.max(3)
+            self.verbose.max(4)
         } else {
             self.verbose
         }
@@ -512,12 +513,13 @@ pub fn parse_disk_size(s: &str) -> Result<u64, String> {
 }
 
 /// Installs a `tracing` subscriber writing to stderr; `verbosity` counts
-/// `-v` flags: 0 warnings, 1 info, 2 debug, 3 or more trace.
+/// `-v` flags: 0 or 1 warnings (qemu-nbd's `-v` prints nothing more, and
+/// QEMU's own tests compare its output), 2 info, 3 debug, 4 or more trace.
 pub fn init_logging(verbosity: u8) {
     let level = match verbosity {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
+        0 | 1 => tracing::Level::WARN,
+        2 => tracing::Level::INFO,
+        3 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
     // Ignore the error if a subscriber is already installed (e.g. in tests).

@@ -154,7 +154,7 @@ fn qemu_nbd_options() {
     assert_eq!(c.aio, Some(AioMode::IoUring));
     assert_eq!(c.discard, DiscardMode::Unmap);
     assert_eq!(c.detect_zeroes, DetectZeroes::Unmap);
-    assert_eq!(c.verbosity(), 3, "-T logs everything");
+    assert_eq!(c.verbosity(), 4, "-T logs everything");
     // qemu's other spellings of the discard modes.
     for (given, mode) in [("on", DiscardMode::Unmap), ("off", DiscardMode::Ignore)] {
         let c = Cli::try_parse_from(["costack-nbd", "--discard", given]).unwrap();

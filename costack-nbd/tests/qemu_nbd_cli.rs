@@ -458,19 +458,28 @@ fn help_version_and_verbose_as_qemu_nbd() {
         v.starts_with("costack-nbd ") && v.contains(env!("CARGO_PKG_VERSION")),
         "{v}"
     );
-    // -v: the info-level "serving" line on stderr.
-    let mut server = Server::spawn(&["-v", "--size", "1M"], &[], Stdio::piped());
-    server.signal(libc::SIGTERM);
-    assert!(server.wait_exit().success());
-    let mut err = String::new();
-    server
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(err.contains("serving") && err.contains("stopped"), "{err}");
+    // -v adds nothing on stderr, as qemu-nbd's; -vv logs at info.
+    let stderr_of = |verbose: &str| {
+        let mut server = Server::spawn(&[verbose, "--size", "1M"], &[], Stdio::piped());
+        server.signal(libc::SIGTERM);
+        assert!(server.wait_exit().success());
+        let mut err = String::new();
+        server
+            .child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        err
+    };
+    let quiet = stderr_of("-v");
+    assert!(quiet.is_empty(), "-v: {quiet}");
+    let info = stderr_of("-vv");
+    assert!(
+        info.contains("serving") && info.contains("stopped"),
+        "{info}"
+    );
 }
 
 #[test]

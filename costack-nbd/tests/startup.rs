@@ -140,11 +140,11 @@ fn odd_sized_image_is_served_rounded_up_without_a_word() {
 
 #[test]
 fn logs_have_no_colour_codes_in_a_pipe() {
-    let (mut server, mut stderr) = start_with_stderr(&["-v", "--size", "1M"]);
+    let (mut server, mut stderr) = start_with_stderr(&["-vv", "--size", "1M"]);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     let mut log = String::new();
     stderr.read_to_string(&mut log).unwrap();
-    assert!(log.contains("serving"), "-v logs at info: {log}");
+    assert!(log.contains("serving"), "-vv logs at info: {log}");
     assert_plain(&log);
 }

@@ -46,7 +46,7 @@ impl Server {
                 "0",
                 "--discard=unmap",
                 "--print-url",
-                "-vv",
+                "-vvv",
             ])
             .args(args)
             .stdout(Stdio::piped())
