@@ -643,11 +643,33 @@ impl BlockDevice for Qcow2 {
         self.depth(offset, len)
     }
 
+    /// This image's bitmaps, then its backing chain's (QEMU's NBD export
+    /// looks for a bitmap down the chain).
     fn bitmap_names(&self) -> io::Result<Vec<String>> {
-        Ok(Qcow2::bitmaps(self)?.into_iter().map(|b| b.name).collect())
+        let mut names: Vec<String> = Qcow2::bitmaps(self)?.into_iter().map(|b| b.name).collect();
+        if let Some(b) = &self.backing {
+            for name in b.bitmap_names()? {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        Ok(names)
     }
 
     fn dirty_bitmap(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        let own = Qcow2::bitmaps(self)?.iter().any(|b| b.name == name);
+        if let (false, Some(b)) = (own, &self.backing) {
+            let end = offset.saturating_add(len).min(self.header.size);
+            if offset >= b.size() {
+                // Past the backing file's end its bitmap says nothing.
+                return Ok(vec![Extent {
+                    length: end.saturating_sub(offset).max(1),
+                    flags: 0,
+                }]);
+            }
+            return b.dirty_bitmap(name, offset, (end.min(b.size())) - offset);
+        }
         let runs = self.dirty_extents(name, offset, len)?;
         Ok(runs
             .into_iter()
