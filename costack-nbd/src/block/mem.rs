@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::io;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use super::{STATE_HOLE, STATE_ZERO};
 use crate::block::{BlockDevice, Extent};
-use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// Size of one [`MemDisk`] allocation unit.
 pub const MEM_CHUNK_SIZE: usize = 64 * 1024;
@@ -192,7 +192,7 @@ impl BlockDevice for MemDisk {
             let flags = if self.is_allocated(idx) {
                 0
             } else {
-                NBD_STATE_HOLE | NBD_STATE_ZERO
+                STATE_HOLE | STATE_ZERO
             };
             match out.last_mut() {
                 Some(last) if last.flags == flags => last.length += n as u64,
@@ -228,7 +228,7 @@ mod tests {
             d.block_status(0, 1 << 30).unwrap(),
             vec![Extent {
                 length: 1 << 30,
-                flags: NBD_STATE_HOLE | NBD_STATE_ZERO
+                flags: STATE_HOLE | STATE_ZERO
             }]
         );
     }
@@ -263,7 +263,7 @@ mod tests {
         let d = MemDisk::new(4 * CHUNK + 100);
         d.write_at(&[1], CHUNK + 5).unwrap();
         let ext = d.block_status(10, 4 * CHUNK + 90).unwrap();
-        let hz = NBD_STATE_HOLE | NBD_STATE_ZERO;
+        let hz = STATE_HOLE | STATE_ZERO;
         assert_eq!(
             ext,
             vec![

@@ -8,6 +8,10 @@
 //! out-of-range accesses with [`io::ErrorKind::InvalidInput`] rather than
 //! panicking.
 //!
+//! Nothing here knows the NBD protocol (it depends on this layer, not the
+//! other way round); the status bits of [`Extent`] are the block layer's,
+//! equal to the wire's by a check in `protocol::request`.
+//!
 //! Each format is one module and the protocol code knows none of them:
 //! [`mem`] (a sparse memory disk), [`raw`] (a raw image file) and
 //! [`qcow2`] (qcow2 images).
@@ -25,16 +29,26 @@ pub mod window;
 pub use image_file::ImageFile;
 pub use mem::MemDisk;
 
+/// [`Extent::flags`] of [`BlockDevice::block_status`]: the bytes are not
+/// allocated (the wire's `NBD_STATE_HOLE`).
+pub const STATE_HOLE: u32 = 1 << 0;
+/// [`Extent::flags`] of [`BlockDevice::block_status`]: the bytes read as
+/// zeros (`NBD_STATE_ZERO`).
+pub const STATE_ZERO: u32 = 1 << 1;
+/// [`Extent::flags`] of [`BlockDevice::dirty_bitmap`]: written since the
+/// bitmap was cleared (`NBD_STATE_DIRTY`).
+pub const STATE_DIRTY: u32 = 1 << 0;
+
 /// One run of bytes sharing the same status in one metadata context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Extent {
     /// Length in bytes (non-zero).
     pub length: u64,
     /// The status, as the context defines it: for `base:allocation`
-    /// ([`BlockDevice::block_status`]) [`NBD_STATE_HOLE`](crate::protocol::proto::NBD_STATE_HOLE)
-    /// and/or [`NBD_STATE_ZERO`](crate::protocol::proto::NBD_STATE_ZERO); for
+    /// ([`BlockDevice::block_status`]) [`STATE_HOLE`] and/or
+    /// [`STATE_ZERO`]; for
     /// `qemu:allocation-depth` the depth; for `qemu:dirty-bitmap:NAME`
-    /// [`NBD_STATE_DIRTY`](crate::protocol::proto::NBD_STATE_DIRTY) or 0.
+    /// [`STATE_DIRTY`] or 0.
     pub flags: u32,
 }
 
@@ -107,7 +121,7 @@ pub trait BlockDevice {
 
     /// Bitmap `name`'s view of `len` bytes at `offset`: extents (as for
     /// [`block_status`](Self::block_status)) whose `flags` is
-    /// [`NBD_STATE_DIRTY`](crate::protocol::proto::NBD_STATE_DIRTY) where a
+    /// [`STATE_DIRTY`] where a
     /// write changed the bytes since the bitmap was cleared, else 0.
     ///
     /// # Errors

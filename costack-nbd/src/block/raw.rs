@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use costack::fs::File;
 
+use super::{STATE_HOLE, STATE_ZERO};
 use crate::block::{BlockDevice, Extent, ImageFile};
-use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 
 /// Alignment `O_DIRECT` needs for buffers, offsets and lengths.
 pub const DIRECT_ALIGN: usize = 4096;
@@ -242,7 +242,7 @@ impl BlockDevice for FileDisk {
                 let hole_end = data.min(end);
                 extents.push(Extent {
                     length: hole_end - pos,
-                    flags: NBD_STATE_HOLE | NBD_STATE_ZERO,
+                    flags: STATE_HOLE | STATE_ZERO,
                 });
                 pos = hole_end;
                 continue;

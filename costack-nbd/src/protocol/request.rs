@@ -667,6 +667,14 @@ fn plan_read_reply_limited(
     Ok(plan)
 }
 
+// The block layer's status bits are the wire's: extents pass through as
+// they are.
+const _: () = assert!(
+    crate::block::STATE_HOLE == proto::NBD_STATE_HOLE
+        && crate::block::STATE_ZERO == proto::NBD_STATE_ZERO
+        && crate::block::STATE_DIRTY == proto::NBD_STATE_DIRTY
+);
+
 /// Turns backend extents into wire descriptors for a block status request
 /// of `request_len` bytes: zero-length extents are dropped, neighbours with
 /// equal flags merged, the total clamped to `request_len`, and only the

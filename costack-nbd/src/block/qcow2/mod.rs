@@ -36,8 +36,8 @@ use costack::fs::File;
 use costack::sync::{CoMutex, CoQueue};
 
 use crate::block::raw::FileDisk;
+use crate::block::STATE_DIRTY;
 use crate::block::{BlockDevice, Extent, ImageFile};
-use crate::protocol::proto::NBD_STATE_DIRTY;
 
 mod alloc;
 pub mod bitmap;
@@ -675,7 +675,7 @@ impl BlockDevice for Qcow2 {
             .into_iter()
             .map(|(length, dirty)| Extent {
                 length,
-                flags: if dirty { NBD_STATE_DIRTY } else { 0 },
+                flags: if dirty { STATE_DIRTY } else { 0 },
             })
             .collect())
     }

@@ -9,7 +9,7 @@ use super::cluster::{classify, inflate_cluster, Cluster, OFFSET_MASK};
 use super::header::be64;
 use super::{bad_data, Meta, Qcow2};
 use crate::block::Extent;
-use crate::protocol::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
+use crate::block::{STATE_HOLE, STATE_ZERO};
 
 /// Reads of an L2 table that found a table evicted meanwhile before the
 /// reader takes the metadata lock to read it once more.
@@ -189,15 +189,15 @@ impl Qcow2 {
             let n = (cs - (at & (cs - 1))).min(end - at);
             match self.cluster(at >> self.header.cluster_bits)? {
                 Cluster::Data(_) | Cluster::Compressed { .. } => push(n, 0),
-                Cluster::Zero => push(n, NBD_STATE_ZERO),
+                Cluster::Zero => push(n, STATE_ZERO),
                 Cluster::Unallocated => match &self.backing {
-                    None => push(n, NBD_STATE_HOLE | NBD_STATE_ZERO),
+                    None => push(n, STATE_HOLE | STATE_ZERO),
                     Some(b) => {
                         // The backing file's allocation, zeros past its end.
                         let mut pos = at;
                         while pos < at + n {
                             if pos >= b.size() {
-                                push(at + n - pos, NBD_STATE_HOLE | NBD_STATE_ZERO);
+                                push(at + n - pos, STATE_HOLE | STATE_ZERO);
                                 break;
                             }
                             let want = (at + n).min(b.size()) - pos;
