@@ -19,10 +19,6 @@ use crate::protocol::proto::{
     NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, OPTION_REPLY_HEADER_LEN,
 };
 
-/// `NBD_OPT_EXTENDED_HEADERS` (the extension-ext-header branch of the
-/// specification): 64-bit transactions.
-const OPT_EXTENDED_HEADERS: u32 = 11;
-
 /// Longest option reply accepted (a server could claim gigabytes).
 const MAX_REPLY: u32 = 1 << 20;
 
@@ -137,7 +133,7 @@ pub fn list_on<S: Read + Write>(reader: S, writer: S) -> io::Result<Listing> {
     }
     s.writer.write_all(&client.to_be_bytes())?;
     let acked = |r: &[(ReplyType, Vec<u8>)]| r.last().is_some_and(|(t, _)| *t == ReplyType::Ack);
-    let extended_headers = acked(&s.ask(OPT_EXTENDED_HEADERS, &[])?);
+    let extended_headers = acked(&s.ask(OptionCode::ExtendedHeaders.into(), &[])?);
     let structured = extended_headers || acked(&s.ask(OptionCode::StructuredReply.into(), &[])?);
     let mut exports = Vec::new();
     for (ty, payload) in s.ask(OptionCode::List.into(), &[])? {

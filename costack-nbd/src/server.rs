@@ -27,7 +27,7 @@ use crate::protocol::handshake::resume_after_tls;
 use crate::protocol::handshake::{
     negotiate_options, Duplex, HandshakeConfig, HandshakeError, Negotiated, Outcome, QemuContext,
 };
-use crate::protocol::proto::ErrorCode;
+use crate::protocol::proto::{ErrorCode, ReplyTo};
 use crate::protocol::request::{
     plan_read_reply, read_request_with, write_block_status_chunk, write_error, write_ok,
     write_rejection, Incoming, Op, ReadError, ReplyPiece, ReplyPlan, Request, TransmissionParams,
@@ -379,7 +379,9 @@ fn transmit<S>(
         tracing::warn!(%peer, max_clients, "dropping client: too many connected (-e)");
         return;
     }
-    tracing::info!(%peer, export = %negotiated.export.name, structured = negotiated.structured_replies, "client connected");
+    tracing::info!(%peer, export = %negotiated.export.name,
+        structured = negotiated.structured_replies, extended = negotiated.extended_headers,
+        "client connected");
     let params = TransmissionParams::from_negotiated(&negotiated);
     let outbox = Outbox::new(stream, peer.clone());
     let mut reader = BufReader::with_capacity(128 << 10, stream);
@@ -424,7 +426,7 @@ fn transmit<S>(
                     tracing::info!(%peer, command = ?header.command, offset = header.offset,
                         length = header.length, error = error.name(), "request refused");
                     let mut out = Vec::new();
-                    let _ = write_rejection(&mut out, &header, error, params.structured_replies);
+                    let _ = write_rejection(&mut out, &header, error, params.reply_format());
                     let outbox = &outbox;
                     requests.spawn(move || {
                         if !outbox.send(Reply::bytes(out), 0) && outbox.closing.get() {
@@ -655,15 +657,14 @@ fn execute(
     req: &Request,
     pool: &Pool,
 ) -> Reply {
-    let handle = req.header.handle;
-    let structured = params.structured_replies;
+    let to = params.reply_to(&req.header);
     let mut out = Vec::new();
     let result = match req.op {
         Op::Read { offset, length, df } => {
             let mut buf = pool.take(length as usize);
             let planned = device
                 .read_at(&mut buf, offset)
-                .and_then(|()| plan_read_reply(handle, offset, &buf, structured, df));
+                .and_then(|()| plan_read_reply(&to, &buf, df));
             match planned {
                 Ok(plan) => return Reply { plan, data: buf },
                 Err(e) => {
@@ -678,7 +679,7 @@ fn execute(
             .err(),
         Op::Flush => device.flush().err(),
         Op::Trim { offset, length } => device
-            .trim(offset, u64::from(length))
+            .trim(offset, length)
             .and_then(|()| if req.fua { device.flush() } else { Ok(()) })
             .err(),
         Op::Cache { offset, length } => device.cache(offset, u64::from(length)).err(),
@@ -692,7 +693,7 @@ fn execute(
                 Some(io::Error::from_raw_os_error(libc::ENOTSUP))
             } else {
                 device
-                    .write_zeroes(offset, u64::from(length), !no_hole)
+                    .write_zeroes(offset, length, !no_hole)
                     .and_then(|()| if req.fua { device.flush() } else { Ok(()) })
                     .err()
             }
@@ -701,13 +702,22 @@ fn execute(
             offset,
             length,
             req_one,
-            ..
-        } => block_status(&mut out, device, params, handle, offset, length, req_one).err(),
+            ref only,
+        } => block_status(
+            &mut out,
+            device,
+            params,
+            &to,
+            (offset, length),
+            req_one,
+            only,
+        )
+        .err(),
         Op::Disconnect => None,
     };
     match result {
         None if out.is_empty() => {
-            let _ = write_ok(&mut out, handle);
+            let _ = write_ok(&mut out, &to);
         }
         None => {}
         Some(e) => {
@@ -715,29 +725,30 @@ fn execute(
             let code = ErrorCode::from_io_error(&e);
             tracing::info!(command = ?req.header.command, offset = req.header.offset,
                 error = %e, "request failed");
-            let _ = write_error(&mut out, handle, code, &e.to_string(), structured);
+            let _ = write_error(&mut out, &to, code, &e.to_string());
         }
     }
     Reply::bytes(out)
 }
 
 /// Writes the reply to a block status request: a chunk per context the
-/// client selected, `base:allocation` first, the last marked done.
+/// client selected (or `only` those its payload named), `base:allocation`
+/// first, the last marked done.
 fn block_status(
     out: &mut Vec<u8>,
     device: &dyn BlockDevice,
     params: &TransmissionParams,
-    handle: u64,
-    offset: u64,
-    length: u32,
+    to: &ReplyTo,
+    (offset, len): (u64, u64),
     req_one: bool,
+    only: &Option<Vec<u32>>,
 ) -> io::Result<()> {
-    let len = u64::from(length);
+    let wanted = |id: &u32| only.as_ref().is_none_or(|ids| ids.contains(id));
     let mut chunks = Vec::with_capacity(1 + params.qemu_contexts.len());
-    if let Some(id) = params.base_allocation {
+    if let Some(id) = params.base_allocation.filter(wanted) {
         chunks.push((id, device.block_status(offset, len)?));
     }
-    for (id, context) in &params.qemu_contexts {
+    for (id, context) in params.qemu_contexts.iter().filter(|(id, _)| wanted(id)) {
         let extents = match context {
             QemuContext::AllocationDepth => device.allocation_depth(offset, len)?,
             QemuContext::DirtyBitmap(name) => device.dirty_bitmap(name, offset, len)?,
@@ -746,7 +757,7 @@ fn block_status(
     }
     let last = chunks.len().saturating_sub(1);
     for (i, (id, extents)) in chunks.iter().enumerate() {
-        write_block_status_chunk(out, handle, *id, extents, length, req_one, i == last)?;
+        write_block_status_chunk(out, to, *id, extents, len, req_one, i == last)?;
     }
     Ok(())
 }

@@ -9,23 +9,37 @@ fn flatten(r: &Reply) -> Vec<u8> {
 
 #[test]
 fn planned_read_replies_encode_like_written_ones() {
+    use crate::protocol::proto::ReplyFormat;
     use crate::protocol::request::write_read_reply;
     // Data with zero runs (holes in structured replies) and without.
     let mut mixed = vec![0u8; 3 * 65536];
     mixed[70000..80000].fill(7);
     let cases: [(Vec<u8>, u64); 3] = [(vec![0xAB; 4096], 4096), (mixed, 0), (Vec::new(), 0)];
     for (data, offset) in cases {
-        for (structured, df) in [(false, false), (true, false), (true, true)] {
+        let formats = [
+            ReplyFormat::Simple,
+            ReplyFormat::Structured,
+            ReplyFormat::Extended,
+        ];
+        for (format, df) in formats.into_iter().flat_map(|f| [(f, false), (f, true)]) {
+            if format == ReplyFormat::Simple && df {
+                continue;
+            }
+            let to = ReplyTo {
+                handle: 42,
+                offset,
+                format,
+            };
             let mut written = Vec::new();
-            write_read_reply(&mut written, 42, offset, &data, structured, df).unwrap();
-            let plan = plan_read_reply(42, offset, &data, structured, df).unwrap();
+            write_read_reply(&mut written, &to, &data, df).unwrap();
+            let plan = plan_read_reply(&to, &data, df).unwrap();
             // The data is referenced, not copied.
             assert!(plan.head.len() < 128 + data.len() / 2);
             let reply = Reply {
                 plan,
                 data: data.clone(),
             };
-            assert_eq!(flatten(&reply), written, "structured={structured} df={df}");
+            assert_eq!(flatten(&reply), written, "{format:?} df={df}");
         }
     }
 }
@@ -66,6 +80,7 @@ fn read_incoming_matches_read_request() {
             | crate::protocol::proto::NBD_FLAG_SEND_FLUSH,
         read_only: false,
         structured_replies: true,
+        extended_headers: false,
         base_allocation: None,
         qemu_contexts: Vec::new(),
         block_sizes: Default::default(),
@@ -76,7 +91,7 @@ fn read_incoming_matches_read_request() {
         command,
         handle: offset ^ 0x55,
         offset,
-        length,
+        length: u64::from(length),
     };
     let mut wire = Vec::new();
     let mut push = |h: RequestHeader, payload: &[u8]| {
@@ -157,13 +172,21 @@ fn block_status_answers_every_selected_context_the_last_chunk_done() {
         transmission_flags: crate::protocol::proto::NBD_FLAG_HAS_FLAGS,
         read_only: false,
         structured_replies: true,
+        extended_headers: false,
         base_allocation: Some(1),
         qemu_contexts: vec![(2, QemuContext::AllocationDepth)],
         block_sizes: Default::default(),
         max_payload: 1 << 16,
     };
     let mut out = Vec::new();
-    block_status(&mut out, &disk, &params, 9, 0, 1 << 20, false).unwrap();
+    let to = params.reply_to(&crate::protocol::proto::RequestHeader {
+        flags: 0,
+        command: crate::protocol::proto::Command::BlockStatus,
+        handle: 9,
+        offset: 0,
+        length: 1 << 20,
+    });
+    block_status(&mut out, &disk, &params, &to, (0, 1 << 20), false, &None).unwrap();
     // Two chunks: 20-byte header (magic, flags, type, handle, length),
     // then the context id and (length, flags) pairs.
     let be16 = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
@@ -196,4 +219,50 @@ fn block_status_answers_every_selected_context_the_last_chunk_done() {
         vec![(1 << 20, 1)],
         "a memory disk is all depth 1"
     );
+}
+
+#[test]
+fn block_status_payload_answers_only_the_contexts_named() {
+    use crate::block::MemDisk;
+    use crate::protocol::proto::{
+        Chunk, Command, ExtendedChunkHeader, RequestHeader, EXTENDED_REPLY_HEADER_LEN,
+    };
+    let disk = MemDisk::new(1 << 20);
+    let params = TransmissionParams {
+        size: 1 << 20,
+        transmission_flags: crate::protocol::proto::NBD_FLAG_HAS_FLAGS,
+        read_only: false,
+        structured_replies: true,
+        extended_headers: true,
+        base_allocation: Some(1),
+        qemu_contexts: vec![(2, QemuContext::AllocationDepth)],
+        block_sizes: Default::default(),
+        max_payload: 1 << 16,
+    };
+    let to = params.reply_to(&RequestHeader {
+        flags: 0,
+        command: Command::BlockStatus,
+        handle: 9,
+        offset: 4096,
+        length: 8192,
+    });
+    for (only, want) in [(None, vec![1, 2]), (Some(vec![2]), vec![2])] {
+        let mut out = Vec::new();
+        block_status(&mut out, &disk, &params, &to, (4096, 8192), false, &only).unwrap();
+        let mut ids = Vec::new();
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let h = ExtendedChunkHeader::decode(rest).unwrap();
+            assert_eq!((h.handle, h.offset), (9, 4096));
+            let end = EXTENDED_REPLY_HEADER_LEN + h.length as usize;
+            let chunk = Chunk::decode(&h.to_structured().unwrap(), &rest[32..end]).unwrap();
+            let Chunk::BlockStatus { context_id, .. } = chunk else {
+                panic!("{chunk:?}")
+            };
+            ids.push(context_id);
+            rest = &rest[end..];
+            assert_eq!(h.flags & 1 == 1, rest.is_empty(), "only the last is done");
+        }
+        assert_eq!(ids, want);
+    }
 }

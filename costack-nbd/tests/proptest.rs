@@ -8,7 +8,7 @@ use costack_nbd::protocol::proto::{
     self, ChunkHeader, Command, InfoRequest, MetaContextRequest, OptionCode, RequestHeader,
     NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, REQUEST_MAGIC,
 };
-use costack_nbd::protocol::request::{read_request, validate, Incoming, TransmissionParams};
+use costack_nbd::protocol::request::{read_request, validate, Incoming, Op, TransmissionParams};
 use proptest::prelude::*;
 
 fn config() -> HandshakeConfig {
@@ -17,13 +17,22 @@ fn config() -> HandshakeConfig {
     HandshakeConfig::new(vec![ExportInfo::new("", 1 << 20), ro])
 }
 
-fn params(structured: bool) -> TransmissionParams {
+/// A session with simple replies (`format` 0), structured replies (1) or
+/// extended headers (2, with the block status payload form).
+fn params(format: u8) -> TransmissionParams {
     let e = ExportInfo::new("", 1 << 20);
+    let (structured, extended) = (format >= 1, format >= 2);
+    let payload_form = if extended {
+        proto::NBD_FLAG_BLOCK_STATUS_PAYLOAD
+    } else {
+        0
+    };
     TransmissionParams {
         size: e.size,
-        transmission_flags: e.transmission_flags(structured),
+        transmission_flags: e.transmission_flags(structured) | payload_form,
         read_only: false,
         structured_replies: structured,
+        extended_headers: extended,
         base_allocation: structured.then_some(1),
         qemu_contexts: Vec::new(),
         block_sizes: e.block_sizes,
@@ -50,26 +59,36 @@ fn option_stream() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-/// Request streams with the right magic and plausible fields.
-fn request_stream() -> impl Strategy<Value = Vec<u8>> {
+/// Request streams with the right magic (extended or compact headers)
+/// and plausible fields.
+fn request_stream(extended: bool) -> impl Strategy<Value = Vec<u8>> {
+    let long = if extended {
+        u64::MAX
+    } else {
+        u64::from(u32::MAX)
+    };
     let req = (
         any::<u16>(),
         0u16..10,
         prop_oneof![0u64..(1 << 21), any::<u64>()],
-        prop_oneof![0u32..70_000, any::<u32>()],
+        prop_oneof![0u64..70_000, 0..=long],
         proptest::collection::vec(any::<u8>(), 0..64),
     );
-    proptest::collection::vec(req, 0..6).prop_map(|reqs| {
+    proptest::collection::vec(req, 0..6).prop_map(move |reqs| {
         let mut v = Vec::new();
         for (flags, cmd, offset, length, payload) in reqs {
             let h = RequestHeader {
-                flags: flags & 0x1f,
+                flags: flags & 0x3f,
                 command: Command::from(cmd),
                 handle: 1,
                 offset,
                 length,
             };
-            v.extend(h.encode());
+            if extended {
+                v.extend(h.encode_extended());
+            } else {
+                v.extend(h.encode());
+            }
             v.extend(payload);
         }
         v
@@ -97,8 +116,8 @@ proptest! {
     }
 
     #[test]
-    fn read_request_never_panics(input in proptest::collection::vec(any::<u8>(), 0..128), structured: bool) {
-        let p = params(structured);
+    fn read_request_never_panics(input in proptest::collection::vec(any::<u8>(), 0..128), format in 0u8..3) {
+        let p = params(format);
         let mut r = Cursor::new(input);
         for _ in 0..8 {
             if read_request(&mut r, &p).is_err() {
@@ -108,16 +127,20 @@ proptest! {
     }
 
     #[test]
-    fn read_request_on_plausible_streams(input in request_stream(), structured: bool) {
-        let p = params(structured);
+    fn read_request_on_plausible_streams((format, input) in (0u8..3).prop_flat_map(|f| (Just(f), request_stream(f == 2)))) {
+        let p = params(format);
         let mut r = Cursor::new(input);
         for _ in 0..8 {
             match read_request(&mut r, &p) {
                 Ok(Incoming::Request(req)) => {
                     // A validated request is within the export.
-                    prop_assert!(req.header.offset.checked_add(u64::from(req.header.length)).is_some());
+                    let (offset, length) = match req.op {
+                        Op::BlockStatus { offset, length, .. } => (offset, length),
+                        _ => (req.header.offset, req.header.length),
+                    };
+                    prop_assert!(offset.checked_add(length).is_some());
                     if req.header.command != Command::Flush && req.header.command != Command::Disc {
-                        prop_assert!(req.header.offset + u64::from(req.header.length) <= p.size);
+                        prop_assert!(offset + length <= p.size);
                     }
                     prop_assert_eq!(req.payload.len(), if req.header.command == Command::Write { req.header.length as usize } else { 0 });
                 }
@@ -128,17 +151,19 @@ proptest! {
     }
 
     #[test]
-    fn validate_is_total(flags: u16, cmd: u16, offset: u64, length: u32, structured: bool) {
+    fn validate_is_total(flags: u16, cmd: u16, offset: u64, length: u64, format in 0u8..3) {
         let h = RequestHeader { flags, command: Command::from(cmd), handle: 0, offset, length };
-        let _ = validate(&h, &params(structured));
+        let _ = validate(&h, &params(format));
     }
 
     #[test]
-    fn request_header_round_trip(flags: u16, cmd: u16, handle: u64, offset: u64, length: u32) {
-        let h = RequestHeader { flags, command: Command::from(cmd), handle, offset, length };
+    fn request_header_round_trip(flags: u16, cmd: u16, handle: u64, offset: u64, length: u32, long: u64) {
+        let h = RequestHeader { flags, command: Command::from(cmd), handle, offset, length: u64::from(length) };
         let b = h.encode();
         prop_assert_eq!(u32::from_be_bytes([b[0], b[1], b[2], b[3]]), REQUEST_MAGIC);
         prop_assert_eq!(RequestHeader::decode(&b), Ok(h));
+        let h = RequestHeader { length: long, ..h };
+        prop_assert_eq!(RequestHeader::decode_extended(&h.encode_extended()), Ok(h));
     }
 
     #[test]

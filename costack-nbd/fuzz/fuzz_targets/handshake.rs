@@ -11,7 +11,7 @@ use std::io::Cursor;
 use costack_nbd::protocol::handshake::{negotiate, BlockSizes, Duplex, ExportInfo, HandshakeConfig};
 use costack_nbd::protocol::proto::{
     self, Info, OptionCode, OptionReplyHeader, ReplyType, EXPORT_NAME_ZEROES, NBD_FLAG_C_NO_ZEROES,
-    OPTION_REPLY_HEADER_LEN, OPTION_REPLY_MAGIC,
+    NBD_FLAG_BLOCK_STATUS_PAYLOAD, OPTION_REPLY_HEADER_LEN, OPTION_REPLY_MAGIC,
 };
 use costack_nbd::protocol::request::TransmissionParams;
 use libfuzzer_sys::fuzz_target;
@@ -84,10 +84,14 @@ fn check_output(
     }
     if let Ok(n) = result {
         assert!(n.export_index < 3);
+        // The export's flags, plus the block status payload form exactly
+        // with extended headers.
+        let payload_form = n.transmission_flags & NBD_FLAG_BLOCK_STATUS_PAYLOAD;
         assert_eq!(
-            n.transmission_flags,
+            n.transmission_flags & !NBD_FLAG_BLOCK_STATUS_PAYLOAD,
             n.export.transmission_flags(n.structured_replies)
         );
+        assert_eq!(payload_form != 0, n.extended_headers);
         if n.via == OptionCode::Go {
             let last = last.expect("NBD_OPT_GO is answered");
             assert_eq!(last.reply, ReplyType::Ack);

@@ -69,6 +69,9 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(&h.encode()[..], &input[..28]);
                 assert_eq!(RequestHeader::decode(&h.encode()), Ok(h));
             }
+            if let Ok(h) = RequestHeader::decode_extended(input) {
+                assert_eq!(&h.encode_extended()[..], &input[..32]);
+            }
         }
         7 => {
             if let Ok(h) = SimpleReplyHeader::decode(input) {
@@ -82,11 +85,16 @@ fuzz_target!(|data: &[u8]| {
                 let payload = &input[STRUCTURED_REPLY_HEADER_LEN..];
                 if let Ok(c) = Chunk::decode(&h, payload) {
                     let mut out = Vec::new();
+                    let to = proto::ReplyTo {
+                        handle: h.handle,
+                        offset: 0,
+                        format: proto::ReplyFormat::Structured,
+                    };
                     match &c {
                         Chunk::OffsetData { offset, data } => {
                             proto::encode_offset_data(
                                 &mut out,
-                                h.handle,
+                                &to,
                                 *offset,
                                 data,
                                 h.is_done(),
@@ -98,7 +106,7 @@ fuzz_target!(|data: &[u8]| {
                         } => {
                             proto::encode_block_status(
                                 &mut out,
-                                h.handle,
+                                &to,
                                 *context_id,
                                 descriptors,
                                 h.is_done(),

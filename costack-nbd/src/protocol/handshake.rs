@@ -25,8 +25,8 @@ pub use crate::protocol::export::{
 };
 use crate::protocol::proto::{
     self, encode_option_reply, InfoRequest, InfoType, MetaContextRequest, OptionCode, OptionHeader,
-    ReplyType, BASE_ALLOCATION, NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES,
-    NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, OPTION_HEADER_LEN,
+    ReplyType, BASE_ALLOCATION, NBD_FLAG_BLOCK_STATUS_PAYLOAD, NBD_FLAG_C_FIXED_NEWSTYLE,
+    NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, OPTION_HEADER_LEN,
 };
 
 /// Default cap on the data length of one option request.
@@ -114,8 +114,12 @@ pub struct Negotiated {
     pub export: ExportInfo,
     /// Transmission flags sent to the client.
     pub transmission_flags: u16,
-    /// Whether structured replies were negotiated.
+    /// Whether structured replies were negotiated (true with extended
+    /// headers too, which imply them).
     pub structured_replies: bool,
+    /// Whether extended headers (`NBD_OPT_EXTENDED_HEADERS`) were
+    /// negotiated.
+    pub extended_headers: bool,
     /// Context id of `base:allocation` if the client selected it for this
     /// export (enables `NBD_CMD_BLOCK_STATUS`).
     pub base_allocation: Option<u32>,
@@ -166,6 +170,9 @@ pub enum HandshakeError {
     /// `NBD_OPT_STARTTLS` was acknowledged to a caller that cannot upgrade
     /// the stream ([`negotiate`] rather than [`negotiate_options`]).
     TlsNotHandled,
+    /// `NBD_OPT_EXPORT_NAME` after extended headers were negotiated, which
+    /// the specification forbids and its reply cannot refuse.
+    ExportNameWithExtendedHeaders,
 }
 
 impl HandshakeError {
@@ -196,6 +203,9 @@ impl fmt::Display for HandshakeError {
             }
             Self::TlsNotHandled => {
                 f.write_str("client asked for TLS, which this caller cannot start")
+            }
+            Self::ExportNameWithExtendedHeaders => {
+                f.write_str("NBD_OPT_EXPORT_NAME after extended headers were negotiated")
             }
         }
     }
@@ -257,6 +267,9 @@ impl<R, W: Write> Write for Duplex<R, W> {
 #[derive(Debug, Default)]
 struct State {
     structured: bool,
+    /// `NBD_OPT_EXTENDED_HEADERS` was acknowledged (it implies structured
+    /// replies, which `structured` then also says).
+    extended: bool,
     /// Result of the last `NBD_OPT_SET_META_CONTEXT`: the export it named
     /// and the ids of the contexts selected.
     meta: Option<(usize, Vec<u32>)>,
@@ -387,6 +400,9 @@ fn haggle<S: Read + Write + ?Sized>(
         out.clear();
         match hdr.option {
             OptionCode::ExportName if tls_required => return Err(HandshakeError::TlsRequired),
+            OptionCode::ExportName if st.extended => {
+                return Err(HandshakeError::ExportNameWithExtendedHeaders)
+            }
             OptionCode::ExportName => {
                 let Some(idx) = config.find_export(&data) else {
                     return Err(HandshakeError::UnknownExport(
@@ -471,6 +487,13 @@ fn haggle<S: Read + Write + ?Sized>(
                         ReplyType::ErrInvalid,
                         "NBD_OPT_STRUCTURED_REPLY takes no data",
                     );
+                } else if st.extended {
+                    reply_err(
+                        &mut out,
+                        opt,
+                        ReplyType::ErrExtHeaderReqd,
+                        "extended headers already negotiated",
+                    );
                 } else if st.structured {
                     reply_err(
                         &mut out,
@@ -479,6 +502,27 @@ fn haggle<S: Read + Write + ?Sized>(
                         "structured replies already negotiated",
                     );
                 } else {
+                    st.structured = true;
+                    reply(&mut out, opt, ReplyType::Ack, &[]);
+                }
+            }
+            OptionCode::ExtendedHeaders => {
+                if !data.is_empty() {
+                    reply_err(
+                        &mut out,
+                        opt,
+                        ReplyType::ErrInvalid,
+                        "NBD_OPT_EXTENDED_HEADERS takes no data",
+                    );
+                } else if st.extended {
+                    reply_err(
+                        &mut out,
+                        opt,
+                        ReplyType::ErrInvalid,
+                        "extended headers already negotiated",
+                    );
+                } else {
+                    st.extended = true;
                     st.structured = true;
                     reply(&mut out, opt, ReplyType::Ack, &[]);
                 }
@@ -522,16 +566,32 @@ impl State {
             })
             .collect();
         Negotiated {
-            transmission_flags: export.transmission_flags(self.structured),
+            transmission_flags: self.transmission_flags(config, idx),
             export,
             export_index: idx,
             structured_replies: self.structured,
+            extended_headers: self.extended,
             base_allocation,
             qemu_contexts,
             client_flags,
             via,
             block_sizes_requested,
         }
+    }
+
+    /// The flags for export `idx`: the export's, `DF` with structured
+    /// replies, and with extended headers the block status payload form.
+    /// qemu-nbd offers that form whether or not contexts were selected
+    /// (and QEMU's tests compare the flags): offering it only after
+    /// `NBD_OPT_SET_META_CONTEXT` would also make `NBD_OPT_INFO` and a
+    /// following `NBD_OPT_GO` disagree, which the specification forbids.
+    fn transmission_flags(&self, config: &HandshakeConfig, idx: usize) -> u16 {
+        let payload = if self.extended {
+            NBD_FLAG_BLOCK_STATUS_PAYLOAD
+        } else {
+            0
+        };
+        config.exports[idx].transmission_flags(self.structured) | payload
     }
 
     /// Handles `NBD_OPT_INFO` / `NBD_OPT_GO`; returns `Some` when `GO`
@@ -574,7 +634,7 @@ impl State {
         let b = e.block_sizes;
         let bs = proto::encode_info_block_size(b.minimum, b.preferred, b.maximum);
         reply(out, opt, ReplyType::Info, &bs);
-        let flags = e.transmission_flags(self.structured);
+        let flags = self.transmission_flags(config, idx);
         reply(
             out,
             opt,

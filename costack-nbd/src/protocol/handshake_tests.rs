@@ -372,6 +372,73 @@ fn structured_reply_rules() {
 }
 
 #[test]
+fn extended_header_rules() {
+    let set = MetaContextRequest {
+        export: vec![],
+        queries: vec![BASE_ALLOCATION.as_bytes().to_vec()],
+    }
+    .encode();
+    let input = script(
+        BOTH,
+        &[
+            (OptionCode::ExtendedHeaders, vec![0]),
+            (OptionCode::ExtendedHeaders, vec![]),
+            (OptionCode::ExtendedHeaders, vec![]),
+            // Extended headers take precedence over structured replies.
+            (OptionCode::StructuredReply, vec![]),
+            // ... and allow metadata contexts on their own.
+            (OptionCode::SetMetaContext, set),
+            (OptionCode::Go, go("", &[])),
+        ],
+    );
+    let (r, out) = run(input, &config());
+    let n = r.unwrap();
+    assert!(n.extended_headers && n.structured_replies);
+    assert_eq!(n.base_allocation, Some(BASE_ALLOCATION_CONTEXT_ID));
+    let flags = n.transmission_flags;
+    assert_ne!(flags & NBD_FLAG_BLOCK_STATUS_PAYLOAD, 0, "{flags:#x}");
+    assert_ne!(flags & NBD_FLAG_SEND_DF, 0);
+    let rs: Vec<_> = replies(&out).into_iter().map(|r| r.1).collect();
+    assert_eq!(
+        rs[..6],
+        [
+            ReplyType::ErrInvalid,
+            ReplyType::Ack,
+            ReplyType::ErrInvalid,
+            ReplyType::ErrExtHeaderReqd,
+            ReplyType::MetaContext,
+            ReplyType::Ack,
+        ]
+    );
+
+    // The payload form is offered with extended headers alone (as
+    // qemu-nbd), so that INFO and GO agree whatever comes between.
+    let input = script(
+        BOTH,
+        &[
+            (OptionCode::ExtendedHeaders, vec![]),
+            (OptionCode::Go, go("", &[])),
+        ],
+    );
+    let n = run(input, &config()).0.unwrap();
+    assert_ne!(n.transmission_flags & NBD_FLAG_BLOCK_STATUS_PAYLOAD, 0);
+    assert_eq!(n.base_allocation, None);
+
+    // NBD_OPT_EXPORT_NAME cannot refuse, so it ends the session.
+    let input = script(
+        BOTH,
+        &[
+            (OptionCode::ExtendedHeaders, vec![]),
+            (OptionCode::ExportName, vec![]),
+        ],
+    );
+    assert!(matches!(
+        run(input, &config()).0,
+        Err(HandshakeError::ExportNameWithExtendedHeaders)
+    ));
+}
+
+#[test]
 fn meta_context_listing_and_selection() {
     let cfg = config();
     let q = |export: &str, qs: &[&str]| {

@@ -18,9 +18,10 @@ use std::io::{self, Read, Write};
 use crate::block::Extent;
 use crate::protocol::handshake::{BlockSizes, Negotiated, QemuContext, DEFAULT_MAX_BLOCK};
 use crate::protocol::proto::{
-    self, BlockStatusDescriptor, Command, ErrorCode, RequestHeader, SimpleReplyHeader,
-    NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE,
-    NBD_CMD_FLAG_REQ_ONE, NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH,
+    self, BlockStatusDescriptor, Command, ErrorCode, ReplyFormat, ReplyTo, RequestHeader,
+    SimpleReplyHeader, EXTENDED_REQUEST_HEADER_LEN, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO,
+    NBD_CMD_FLAG_FUA, NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_PAYLOAD_LEN, NBD_CMD_FLAG_REQ_ONE,
+    NBD_FLAG_BLOCK_STATUS_PAYLOAD, NBD_FLAG_SEND_DF, NBD_FLAG_SEND_FAST_ZERO, NBD_FLAG_SEND_FLUSH,
     NBD_FLAG_SEND_FUA, NBD_FLAG_SEND_TRIM, NBD_FLAG_SEND_WRITE_ZEROES, REQUEST_HEADER_LEN,
 };
 
@@ -40,8 +41,12 @@ pub struct TransmissionParams {
     pub transmission_flags: u16,
     /// Whether writes must be refused with `EPERM`.
     pub read_only: bool,
-    /// Whether structured replies were negotiated.
+    /// Whether structured replies were negotiated (also true with
+    /// extended headers, which imply them).
     pub structured_replies: bool,
+    /// Whether extended headers were negotiated: 32-byte requests and
+    /// replies, 64-bit lengths.
+    pub extended_headers: bool,
     /// Context id of `base:allocation`, if selected.
     pub base_allocation: Option<u32>,
     /// The qemu contexts selected, with their ids.
@@ -60,7 +65,8 @@ impl TransmissionParams {
             size: n.export.size,
             transmission_flags: n.transmission_flags,
             read_only: n.export.read_only,
-            structured_replies: n.structured_replies,
+            structured_replies: n.structured_replies || n.extended_headers,
+            extended_headers: n.extended_headers,
             base_allocation: n.base_allocation,
             qemu_contexts: n.qemu_contexts.clone(),
             block_sizes: n.export.block_sizes,
@@ -75,10 +81,37 @@ impl TransmissionParams {
     fn has(&self, flag: u16) -> bool {
         self.transmission_flags & flag != 0
     }
+
+    /// The session's reply format.
+    pub fn reply_format(&self) -> ReplyFormat {
+        if self.extended_headers {
+            ReplyFormat::Extended
+        } else if self.structured_replies {
+            ReplyFormat::Structured
+        } else {
+            ReplyFormat::Simple
+        }
+    }
+
+    /// How to frame the reply to `header`.
+    pub fn reply_to(&self, header: &RequestHeader) -> ReplyTo {
+        ReplyTo {
+            handle: header.handle,
+            offset: header.offset,
+            format: self.reply_format(),
+        }
+    }
+
+    /// Whether `id` names a context the client selected.
+    fn selected(&self, id: u32) -> bool {
+        self.base_allocation == Some(id) || self.qemu_contexts.iter().any(|(c, _)| *c == id)
+    }
 }
 
-/// A validated operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A validated operation. Lengths of the commands that move data are 32
+/// bits (the maximum block size bounds them); the others' may be 64 with
+/// extended headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Read `length` bytes at `offset`; `df` asks for a single content chunk.
     Read {
@@ -105,7 +138,7 @@ pub enum Op {
         /// Byte offset.
         offset: u64,
         /// Byte count.
-        length: u32,
+        length: u64,
     },
     /// Prefetch hint.
     Cache {
@@ -119,7 +152,7 @@ pub enum Op {
         /// Byte offset.
         offset: u64,
         /// Byte count.
-        length: u32,
+        length: u64,
         /// `NBD_CMD_FLAG_NO_HOLE`: keep the range allocated.
         no_hole: bool,
         /// `NBD_CMD_FLAG_FAST_ZERO`: fail with `ENOTSUP` unless fast.
@@ -130,11 +163,12 @@ pub enum Op {
         /// Byte offset.
         offset: u64,
         /// Byte count.
-        length: u32,
+        length: u64,
         /// `NBD_CMD_FLAG_REQ_ONE`: a single extent only.
         req_one: bool,
-        /// Context id to answer with.
-        context_id: u32,
+        /// The contexts to answer for, if the request's payload named some
+        /// (`NBD_FLAG_BLOCK_STATUS_PAYLOAD`); otherwise every selected one.
+        only: Option<Vec<u32>>,
     },
 }
 
@@ -174,12 +208,12 @@ pub enum ReadError {
     Disconnected,
     /// The request magic was wrong.
     BadMagic(u32),
-    /// A write payload exceeded [`TransmissionParams::max_payload`].
+    /// A payload exceeded [`TransmissionParams::max_payload`].
     PayloadTooLarge {
         /// The request's handle.
         handle: u64,
         /// The declared payload length.
-        length: u32,
+        length: u64,
     },
 }
 
@@ -192,7 +226,7 @@ impl fmt::Display for ReadError {
             Self::PayloadTooLarge { handle, length } => {
                 write!(
                     f,
-                    "write payload of {length} bytes (handle {handle:#x}) too large"
+                    "request payload of {length} bytes (handle {handle:#x}) too large"
                 )
             }
         }
@@ -218,12 +252,49 @@ impl From<io::Error> for ReadError {
     }
 }
 
-/// Reads one 28-byte request header.
-pub fn read_request_header<R: Read>(r: &mut R) -> Result<RequestHeader, ReadError> {
-    let mut b = [0u8; REQUEST_HEADER_LEN];
-    r.read_exact(&mut b)?;
-    RequestHeader::decode(&b)
-        .map_err(|_| ReadError::BadMagic(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+/// Reads one request header: 28 bytes, or 32 with `extended` headers.
+pub fn read_request_header<R: Read>(r: &mut R, extended: bool) -> Result<RequestHeader, ReadError> {
+    let mut b = [0u8; EXTENDED_REQUEST_HEADER_LEN];
+    let (b, decode): (_, fn(&[u8]) -> _) = if extended {
+        (&mut b[..], RequestHeader::decode_extended)
+    } else {
+        (&mut b[..REQUEST_HEADER_LEN], RequestHeader::decode)
+    };
+    r.read_exact(b)?;
+    decode(b).map_err(|_| ReadError::BadMagic(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+}
+
+/// How many payload bytes follow `h`: a write's data, or with extended
+/// headers whatever `NBD_CMD_FLAG_PAYLOAD_LEN` announces. A write carries
+/// its length in data with the flag or without: the specification asks
+/// for the flag, but QEMU's client (10.0) leaves it off and QEMU's server
+/// does not need it.
+fn payload_length(h: &RequestHeader, p: &TransmissionParams) -> u64 {
+    let flagged = p.extended_headers && h.flags & NBD_CMD_FLAG_PAYLOAD_LEN != 0;
+    if flagged || h.command == Command::Write {
+        h.length
+    } else {
+        0
+    }
+}
+
+/// Decodes a block status payload (effect length, then the context ids to
+/// answer for): `None` if it is malformed or names a context twice or one
+/// the client did not select.
+fn decode_status_payload(data: &[u8], p: &TransmissionParams) -> Option<(u64, Vec<u32>)> {
+    let (length, ids) = data.split_first_chunk::<8>()?;
+    if ids.is_empty() || ids.len() % 4 != 0 {
+        return None;
+    }
+    let mut only = Vec::with_capacity(ids.len() / 4);
+    for id in ids.chunks_exact(4) {
+        let id = u32::from_be_bytes(id.try_into().ok()?);
+        if !p.selected(id) || only.contains(&id) {
+            return None;
+        }
+        only.push(id);
+    }
+    Some((u64::from_be_bytes(*length), only))
 }
 
 /// Checks a request header against the session, returning the operation or
@@ -232,7 +303,8 @@ pub fn read_request_header<R: Read>(r: &mut R) -> Result<RequestHeader, ReadErro
 /// Rules, in order of precedence:
 /// 1. unknown command → `EINVAL` (`NBD_CMD_DISC` is always accepted);
 /// 2. a flag not defined for the command, or whose transmission flag was not
-///    advertised (`FUA`, `DF`, `FAST_ZERO`) → `EINVAL`;
+///    advertised (`FUA`, `DF`, `FAST_ZERO`, `PAYLOAD_LEN` on block status),
+///    or `PAYLOAD_LEN` without extended headers → `EINVAL`;
 /// 3. write, trim or write-zeroes on a read-only export → `EPERM`;
 /// 4. a command that was not advertised (flush, trim, write-zeroes) or block
 ///    status without a selected metadata context → `EINVAL`;
@@ -250,8 +322,12 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
         C::Disc => return Ok(Op::Disconnect),
         C::Unknown(_) => return Err(ErrorCode::Inval),
         C::Read => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_DF,
+        C::Write if p.extended_headers => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_PAYLOAD_LEN,
         C::Write | C::Flush | C::Trim | C::Cache => NBD_CMD_FLAG_FUA,
         C::WriteZeroes => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO,
+        C::BlockStatus if p.extended_headers && p.has(NBD_FLAG_BLOCK_STATUS_PAYLOAD) => {
+            NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE | NBD_CMD_FLAG_PAYLOAD_LEN
+        }
         C::BlockStatus => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_REQ_ONE,
     };
     let flag = |f: u16| h.flags & f != 0;
@@ -283,20 +359,21 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
     }
 
     let (offset, length) = (h.offset, h.length);
-    // Only commands that move data are bound by the maximum block size;
-    // trims and zeroes carry no payload, so any length is fine.
+    // Only commands that move data are bound by the maximum block size
+    // (and so fit in 32 bits); trims and zeroes carry no payload, so any
+    // length is fine.
     let limited = matches!(h.command, C::Read | C::Write | C::Cache);
     let bs = p.block_sizes;
-    if limited && bs.maximum != u32::MAX && length > bs.maximum {
+    let data_len = u32::try_from(length).ok().filter(|&l| l <= bs.maximum);
+    if limited && data_len.is_none() {
         return Err(ErrorCode::Inval);
     }
+    let data_len = data_len.unwrap_or_default();
     let min = u64::from(bs.minimum.max(1));
-    if !offset.is_multiple_of(min) || !u64::from(length).is_multiple_of(min) {
+    if !offset.is_multiple_of(min) || !length.is_multiple_of(min) {
         return Err(ErrorCode::Inval);
     }
-    let in_bounds = offset
-        .checked_add(u64::from(length))
-        .is_some_and(|end| end <= p.size);
+    let in_bounds = offset.checked_add(length).is_some_and(|end| end <= p.size);
     if !in_bounds {
         return Err(if matches!(h.command, C::Write | C::WriteZeroes) {
             ErrorCode::NoSpc
@@ -308,14 +385,24 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
     Ok(match h.command {
         C::Read => {
             let df = flag(NBD_CMD_FLAG_DF);
-            if df && u64::from(length) + 8 > u64::from(u32::MAX) {
+            if df && u64::from(data_len) + 8 > u64::from(u32::MAX) {
                 return Err(ErrorCode::Overflow);
             }
-            Op::Read { offset, length, df }
+            Op::Read {
+                offset,
+                length: data_len,
+                df,
+            }
         }
-        C::Write => Op::Write { offset, length },
+        C::Write => Op::Write {
+            offset,
+            length: data_len,
+        },
         C::Trim => Op::Trim { offset, length },
-        C::Cache => Op::Cache { offset, length },
+        C::Cache => Op::Cache {
+            offset,
+            length: data_len,
+        },
         C::WriteZeroes => Op::WriteZeroes {
             offset,
             length,
@@ -330,7 +417,7 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
                 offset,
                 length,
                 req_one: flag(NBD_CMD_FLAG_REQ_ONE),
-                context_id: p.base_allocation.unwrap_or_default(),
+                only: None,
             }
         }
         C::Disc | C::Flush | C::Unknown(_) => unreachable!("handled above"),
@@ -339,10 +426,11 @@ pub fn validate(h: &RequestHeader, p: &TransmissionParams) -> Result<Op, ErrorCo
 
 /// Reads and validates one request.
 ///
-/// The payload of `NBD_CMD_WRITE` is always consumed when its length is
-/// within [`TransmissionParams::max_payload`] — into [`Request::payload`] if
-/// the request is valid, discarded if it is rejected — so the stream stays
-/// in sync. A longer payload cannot be skipped safely and yields
+/// A request's payload is always consumed when its length is within
+/// [`TransmissionParams::max_payload`] — a valid write's into
+/// [`Request::payload`], a block status filter into the operation, and
+/// that of a rejected request discarded — so the stream stays in sync. A
+/// longer payload cannot be skipped safely and yields
 /// [`ReadError::PayloadTooLarge`].
 pub fn read_request<R: Read>(r: &mut R, p: &TransmissionParams) -> Result<Incoming, ReadError> {
     read_request_with(r, p, |_, len| vec![0u8; len], |r, buf| r.read_exact(buf))
@@ -364,24 +452,56 @@ where
     B: FnOnce(&Op, usize) -> Vec<u8>,
     F: FnOnce(&mut R, &mut [u8]) -> io::Result<()>,
 {
-    let header = read_request_header(r)?;
-    let has_payload = header.command == Command::Write;
-    if has_payload && header.length > p.max_payload {
+    let header = read_request_header(r, p.extended_headers)?;
+    let mut payload_left = payload_length(&header, p);
+    if payload_left > u64::from(p.max_payload) {
         return Err(ReadError::PayloadTooLarge {
             handle: header.handle,
-            length: header.length,
+            length: payload_left,
         });
     }
-    match validate(&header, p) {
-        Ok(op) => {
+    // A block status payload replaces the header's length with its own
+    // effect length and names the contexts to answer for.
+    let mut effective = header;
+    let mut only = None;
+    let mut filter_ok = true;
+    if header.command == Command::BlockStatus
+        && payload_left > 0
+        && p.has(NBD_FLAG_BLOCK_STATUS_PAYLOAD)
+    {
+        filter_ok = false;
+        // Anything longer names some context twice: skipped below.
+        let longest = 8 + 4 * (1 + p.qemu_contexts.len() as u64);
+        if payload_left <= longest {
+            let mut data = vec![0u8; payload_left as usize];
+            r.read_exact(&mut data)?;
+            payload_left = 0;
+            if let Some((length, ids)) = decode_status_payload(&data, p) {
+                effective.length = length;
+                only = Some(ids);
+                filter_ok = true;
+            }
+        }
+    }
+    let validated = if filter_ok {
+        validate(&effective, p)
+    } else {
+        Err(ErrorCode::Inval)
+    };
+    match validated {
+        Ok(mut op) => {
             let mut payload = Vec::new();
-            if has_payload {
-                let len = header.length as usize;
+            if header.command == Command::Write {
+                // `payload_left` ≤ max_payload, a `u32`.
+                let len = payload_left as usize;
                 payload = buffer(&op, len);
                 debug_assert_eq!(payload.len(), len, "payload buffer of the wrong size");
                 payload.resize(len, 0);
                 fill(r, &mut payload)?;
+            } else if let Op::BlockStatus { only: o, .. } = &mut op {
+                *o = only;
             }
+            debug_assert!(header.command == Command::Write || payload_left == 0);
             Ok(Incoming::Request(Request {
                 header,
                 op,
@@ -390,12 +510,9 @@ where
             }))
         }
         Err(error) => {
-            if has_payload {
-                let want = u64::from(header.length);
-                let got = io::copy(&mut r.take(want), &mut io::sink())?;
-                if got != want {
-                    return Err(ReadError::Disconnected);
-                }
+            let got = io::copy(&mut r.take(payload_left), &mut io::sink())?;
+            if got != payload_left {
+                return Err(ReadError::Disconnected);
             }
             Ok(Incoming::Rejected { header, error })
         }
@@ -425,28 +542,34 @@ pub fn write_simple_reply<W: Write>(
 }
 
 /// Writes the success reply of a command without reply data (everything but
-/// read and block status). A simple reply is used even with structured
-/// replies, which the specification allows.
-pub fn write_ok<W: Write>(w: &mut W, handle: u64) -> io::Result<()> {
-    write_simple_reply(w, handle, None, &[])
+/// read and block status): a simple reply, which the specification allows
+/// even with structured replies, or with extended headers (which allow no
+/// simple reply) a lone `NBD_REPLY_TYPE_NONE` chunk.
+pub fn write_ok<W: Write>(w: &mut W, to: &ReplyTo) -> io::Result<()> {
+    if to.format == ReplyFormat::Extended {
+        let mut out = Vec::with_capacity(proto::EXTENDED_REPLY_HEADER_LEN);
+        proto::encode_none_chunk(&mut out, to);
+        w.write_all(&out)
+    } else {
+        write_simple_reply(w, to.handle, None, &[])
+    }
 }
 
 /// Writes an error reply: an `NBD_REPLY_TYPE_ERROR` chunk (with `message`)
-/// when structured replies are on, which is mandatory for reads, otherwise a
-/// simple reply carrying just the error value.
+/// when structured replies or extended headers are on, which is mandatory
+/// for reads, otherwise a simple reply carrying just the error value.
 pub fn write_error<W: Write>(
     w: &mut W,
-    handle: u64,
+    to: &ReplyTo,
     error: ErrorCode,
     message: &str,
-    structured: bool,
 ) -> io::Result<()> {
-    if structured {
-        let mut out = Vec::with_capacity(proto::STRUCTURED_REPLY_HEADER_LEN + 6 + message.len());
-        proto::encode_error_chunk(&mut out, handle, error, message, true);
-        w.write_all(&out)
+    if to.format == ReplyFormat::Simple {
+        write_simple_reply(w, to.handle, Some(error), &[])
     } else {
-        write_simple_reply(w, handle, Some(error), &[])
+        let mut out = Vec::with_capacity(to.chunk_header_len() + 6 + message.len());
+        proto::encode_error_chunk(&mut out, to, error, message, true);
+        w.write_all(&out)
     }
 }
 
@@ -457,13 +580,18 @@ pub fn write_rejection<W: Write>(
     w: &mut W,
     header: &RequestHeader,
     error: ErrorCode,
-    structured: bool,
+    format: ReplyFormat,
 ) -> io::Result<()> {
     if header.command == Command::Disc {
         return Ok(());
     }
+    let to = ReplyTo {
+        handle: header.handle,
+        offset: header.offset,
+        format,
+    };
     let msg = format!("{:?} request rejected: {}", header.command, error.name());
-    write_error(w, header.handle, error, &msg, structured)
+    write_error(w, &to, error, &msg)
 }
 
 /// Whether `b` is all zero bytes: compared with zeroes by `memcmp`, which
@@ -495,7 +623,7 @@ fn zero_runs(offset: u64, data: &[u8]) -> Vec<(usize, usize, bool)> {
     runs
 }
 
-/// Writes the successful reply to a read of `data` at `offset`.
+/// Writes the successful reply to a read of `data` at the request's offset.
 ///
 /// * Simple replies: header then data.
 /// * Structured with `df`: one `OFFSET_DATA` chunk (zeroes included) marked
@@ -505,16 +633,14 @@ fn zero_runs(offset: u64, data: &[u8]) -> Vec<(usize, usize, bool)> {
 ///   marked done (the data is already in memory, so no error can follow).
 ///
 /// A zero-length structured read is answered with a lone
-/// `NBD_REPLY_TYPE_NONE` chunk.
+/// `NBD_REPLY_TYPE_NONE` chunk. Extended headers frame the same chunks.
 pub fn write_read_reply<W: Write>(
     w: &mut W,
-    handle: u64,
-    offset: u64,
+    to: &ReplyTo,
     data: &[u8],
-    structured: bool,
     df: bool,
 ) -> io::Result<()> {
-    plan_read_reply(handle, offset, data, structured, df)?.write_to(w, data)
+    plan_read_reply(to, data, df)?.write_to(w, data)
 }
 
 /// The bytes of a read reply, in order: encoded headers, and ranges of the
@@ -538,9 +664,10 @@ pub enum ReplyPiece {
 }
 
 impl ReplyPlan {
-    fn head(&mut self, bytes: &[u8]) {
+    /// Appends headers with `encode`, which writes into `head`.
+    fn head(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
         let at = self.head.len();
-        self.head.extend_from_slice(bytes);
+        encode(&mut self.head);
         match self.pieces.last_mut() {
             Some(ReplyPiece::Head(r)) if r.end == at => r.end = self.head.len(),
             _ => self.pieces.push(ReplyPiece::Head(at..self.head.len())),
@@ -577,14 +704,8 @@ impl ReplyPlan {
 ///
 /// # Errors
 /// `InvalidInput` if `df` asks for one chunk that cannot hold `data`.
-pub fn plan_read_reply(
-    handle: u64,
-    offset: u64,
-    data: &[u8],
-    structured: bool,
-    df: bool,
-) -> io::Result<ReplyPlan> {
-    plan_read_reply_limited(handle, offset, data, structured, df, MAX_CHUNK_DATA)
+pub fn plan_read_reply(to: &ReplyTo, data: &[u8], df: bool) -> io::Result<ReplyPlan> {
+    plan_read_reply_limited(to, data, df, MAX_CHUNK_DATA)
 }
 
 /// Largest data payload of one `OFFSET_DATA` chunk (its length field also
@@ -595,40 +716,40 @@ const MAX_CHUNK_DATA: usize = (u32::MAX - 8) as usize;
 #[cfg(test)]
 fn write_read_reply_limited<W: Write>(
     w: &mut W,
-    handle: u64,
-    offset: u64,
+    to: &ReplyTo,
     data: &[u8],
-    structured: bool,
     df: bool,
     max_chunk: usize,
 ) -> io::Result<()> {
-    plan_read_reply_limited(handle, offset, data, structured, df, max_chunk)?.write_to(w, data)
+    plan_read_reply_limited(to, data, df, max_chunk)?.write_to(w, data)
 }
 
 fn plan_read_reply_limited(
-    handle: u64,
-    offset: u64,
+    to: &ReplyTo,
     data: &[u8],
-    structured: bool,
     df: bool,
     max_chunk: usize,
 ) -> io::Result<ReplyPlan> {
+    let offset = to.offset;
     let len = data.len();
     // Room for the usual reply (one header, one data range) up front.
     let mut plan = ReplyPlan {
         head: Vec::with_capacity(64),
         pieces: Vec::with_capacity(2),
     };
-    if !structured {
-        let hdr = SimpleReplyHeader { error: 0, handle };
-        plan.head(&hdr.encode());
+    if to.format == ReplyFormat::Simple {
+        let hdr = SimpleReplyHeader {
+            error: 0,
+            handle: to.handle,
+        };
+        plan.head(|h| h.extend_from_slice(&hdr.encode()));
         if len > 0 {
             plan.data(0..len);
         }
         return Ok(plan);
     }
     if len == 0 {
-        plan.head(&proto::encode_none_chunk(handle));
+        plan.head(|h| proto::encode_none_chunk(h, to));
         return Ok(plan);
     }
     if df {
@@ -638,7 +759,7 @@ fn plan_read_reply_limited(
                 "unfragmented read too large for one chunk",
             ));
         }
-        plan.head(&proto::encode_offset_data_header(handle, offset, len, true));
+        plan.head(|h| proto::encode_offset_data_header(h, to, offset, len, true));
         plan.data(0..len);
         return Ok(plan);
     }
@@ -658,9 +779,9 @@ fn plan_read_reply_limited(
         if zero {
             // `len` ≤ max_chunk < 2^32.
             let hole = u32::try_from(len).map_err(io::Error::other)?;
-            plan.head(&proto::encode_offset_hole(handle, at, hole, done));
+            plan.head(|h| proto::encode_offset_hole(h, to, at, hole, done));
         } else {
-            plan.head(&proto::encode_offset_data_header(handle, at, len, done));
+            plan.head(|h| proto::encode_offset_data_header(h, to, at, len, done));
             plan.data(start..start + len);
         }
     }
@@ -682,11 +803,11 @@ const _: () = assert!(
 /// status 0 (always a safe answer) covering the request.
 pub fn block_status_descriptors(
     extents: &[Extent],
-    request_len: u32,
+    request_len: u64,
     req_one: bool,
 ) -> Vec<BlockStatusDescriptor> {
     let mut out: Vec<BlockStatusDescriptor> = Vec::new();
-    let mut left = u64::from(request_len);
+    let mut left = request_len;
     for e in extents {
         if left == 0 {
             break;
@@ -696,8 +817,6 @@ pub fn block_status_descriptors(
             continue;
         }
         left -= n;
-        // `n` ≤ request_len, so it fits in 32 bits.
-        let n = n as u32;
         match out.last_mut() {
             Some(d) if d.flags == e.flags => d.length += n,
             _ => out.push(BlockStatusDescriptor {
@@ -718,41 +837,45 @@ pub fn block_status_descriptors(
     out
 }
 
-/// Writes a successful block status reply: a single
-/// `NBD_REPLY_TYPE_BLOCK_STATUS` chunk (marked done) for `context_id`,
-/// built with [`block_status_descriptors`].
+/// Writes a successful block status reply: a single status chunk (marked
+/// done) for `context_id`, built with [`block_status_descriptors`].
 pub fn write_block_status_reply<W: Write>(
     w: &mut W,
-    handle: u64,
+    to: &ReplyTo,
     context_id: u32,
     extents: &[Extent],
-    request_len: u32,
+    request_len: u64,
     req_one: bool,
 ) -> io::Result<()> {
-    write_block_status_chunk(w, handle, context_id, extents, request_len, req_one, true)
+    write_block_status_chunk(w, to, context_id, extents, request_len, req_one, true)
 }
 
-/// Writes one `NBD_REPLY_TYPE_BLOCK_STATUS` chunk for `context_id`, marked
-/// as the reply's last if `done` (a reply has a chunk per selected
-/// context).
+/// Writes one status chunk for `context_id` (`NBD_REPLY_TYPE_BLOCK_STATUS`,
+/// or `_EXT` with extended headers), marked as the reply's last if `done`
+/// (a reply has a chunk per context answered for).
+///
+/// # Errors
+/// `InvalidInput` for a zero `request_len`, or one needing more than 32
+/// bits without extended headers.
 pub fn write_block_status_chunk<W: Write>(
     w: &mut W,
-    handle: u64,
+    to: &ReplyTo,
     context_id: u32,
     extents: &[Extent],
-    request_len: u32,
+    request_len: u64,
     req_one: bool,
     done: bool,
 ) -> io::Result<()> {
-    let d = block_status_descriptors(extents, request_len, req_one);
-    if d.is_empty() {
+    let compact_limit = to.format != ReplyFormat::Extended && request_len > u64::from(u32::MAX);
+    if request_len == 0 || compact_limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "block status reply needs a non-zero request length",
+            "block status request length must be non-zero (and 32 bits without extended headers)",
         ));
     }
-    let mut out = Vec::with_capacity(proto::STRUCTURED_REPLY_HEADER_LEN + 4 + 8 * d.len());
-    proto::encode_block_status(&mut out, handle, context_id, &d, done);
+    let d = block_status_descriptors(extents, request_len, req_one);
+    let mut out = Vec::with_capacity(to.chunk_header_len() + 8 + 16 * d.len());
+    proto::encode_block_status(&mut out, to, context_id, &d, done);
     w.write_all(&out)
 }
 

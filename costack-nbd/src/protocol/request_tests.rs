@@ -31,6 +31,7 @@ fn params(structured: bool) -> TransmissionParams {
         transmission_flags: e.transmission_flags(structured),
         read_only: false,
         structured_replies: structured,
+        extended_headers: false,
         base_allocation: structured.then_some(1),
         qemu_contexts: Vec::new(),
         block_sizes: e.block_sizes,
@@ -56,7 +57,16 @@ fn hdr(command: Command, flags: u16, offset: u64, length: u32) -> RequestHeader 
         command,
         handle: 0xabcd,
         offset,
-        length,
+        length: u64::from(length),
+    }
+}
+
+/// The reply to `handle` (at `offset`) in a session of `format`.
+fn rt(handle: u64, offset: u64, format: ReplyFormat) -> ReplyTo {
+    ReplyTo {
+        handle,
+        offset,
+        format,
     }
 }
 
@@ -111,7 +121,7 @@ fn valid_requests() {
             offset: 0,
             length: 1 << 20,
             req_one: true,
-            context_id: 1
+            only: None
         })
     );
     assert_eq!(
@@ -352,26 +362,32 @@ fn fatal_read_errors() {
 #[test]
 fn simple_replies_byte_for_byte() {
     let mut out = Vec::new();
-    write_ok(&mut out, 7).unwrap();
+    write_ok(&mut out, &rt(7, 0, ReplyFormat::Simple)).unwrap();
     assert_eq!(
         out,
         [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]
     );
     out.clear();
-    write_error(&mut out, 7, ErrorCode::NoSpc, "ignored", false).unwrap();
+    write_error(
+        &mut out,
+        &rt(7, 0, ReplyFormat::Simple),
+        ErrorCode::NoSpc,
+        "ignored",
+    )
+    .unwrap();
     assert_eq!(
         out,
         [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 28, 0, 0, 0, 0, 0, 0, 0, 7]
     );
     out.clear();
-    write_read_reply(&mut out, 7, 0, b"hi", false, false).unwrap();
+    write_read_reply(&mut out, &rt(7, 0, ReplyFormat::Simple), b"hi", false).unwrap();
     assert_eq!(&out[16..], b"hi");
     out.clear();
     write_rejection(
         &mut out,
         &hdr(Command::Disc, 0, 0, 0),
         ErrorCode::Inval,
-        true,
+        ReplyFormat::Structured,
     )
     .unwrap();
     assert!(out.is_empty());
@@ -399,7 +415,7 @@ fn structured_error_reply() {
         &mut out,
         &hdr(Command::Read, 0, 0, 0),
         ErrorCode::Inval,
-        true,
+        ReplyFormat::Structured,
     )
     .unwrap();
     let c = chunks(&out);
@@ -417,7 +433,13 @@ fn structured_read_splits_holes() {
     data[..100].fill(1);
     data[100 + 8192..100 + 8192 + 4096].fill(2);
     let mut out = Vec::new();
-    write_read_reply(&mut out, 1, offset, &data, true, false).unwrap();
+    write_read_reply(
+        &mut out,
+        &rt(1, offset, ReplyFormat::Structured),
+        &data,
+        false,
+    )
+    .unwrap();
     let c = chunks(&out);
     let summary: Vec<_> = c
         .iter()
@@ -459,7 +481,8 @@ fn structured_read_splits_oversized_runs() {
     let mut data = vec![0u8; 10_000];
     data[..5000].fill(3);
     let mut out = Vec::new();
-    write_read_reply_limited(&mut out, 1, 0, &data, true, false, 3000).unwrap();
+    let to = rt(1, 0, ReplyFormat::Structured);
+    write_read_reply_limited(&mut out, &to, &data, false, 3000).unwrap();
     let lens: Vec<_> = chunks(&out)
         .iter()
         .map(|(h, c)| match c {
@@ -480,21 +503,22 @@ fn structured_read_splits_oversized_runs() {
         ]
     );
     let mut out = Vec::new();
-    assert!(write_read_reply_limited(&mut out, 1, 0, &data, true, true, 3000).is_err());
+    assert!(write_read_reply_limited(&mut out, &to, &data, true, 3000).is_err());
 }
 
 #[test]
 fn structured_read_df_and_empty() {
     let data = vec![0u8; 8192];
     let mut out = Vec::new();
-    write_read_reply(&mut out, 2, 0, &data, true, true).unwrap();
+    let to = rt(2, 0, ReplyFormat::Structured);
+    write_read_reply(&mut out, &to, &data, true).unwrap();
     let c = chunks(&out);
     assert_eq!(c.len(), 1);
     assert!(c[0].0.is_done());
     assert!(matches!(&c[0].1, Chunk::OffsetData { offset: 0, data: d } if d.len() == 8192));
 
     out.clear();
-    write_read_reply(&mut out, 2, 0, &[], true, false).unwrap();
+    write_read_reply(&mut out, &to, &[], false).unwrap();
     let c = chunks(&out);
     assert_eq!(c.len(), 1);
     assert!(c[0].0.is_done());
@@ -556,23 +580,26 @@ fn block_status_descriptor_shaping() {
             flags: 0
         }]
     );
-    let d = block_status_descriptors(&ext[4..], u32::MAX, false);
+    let d = block_status_descriptors(&ext[4..], u64::from(u32::MAX), false);
     assert_eq!(
         d,
         vec![BlockStatusDescriptor {
-            length: u32::MAX,
+            length: u64::from(u32::MAX),
             flags: hz
         }]
     );
 
     let mut out = Vec::new();
-    write_block_status_reply(&mut out, 3, 1, &ext, 4096, false).unwrap();
+    let to = rt(3, 0, ReplyFormat::Structured);
+    write_block_status_reply(&mut out, &to, 1, &ext, 4096, false).unwrap();
     let c = chunks(&out);
     assert!(c[0].0.is_done());
     assert!(
         matches!(&c[0].1, Chunk::BlockStatus { context_id: 1, descriptors } if descriptors.len() == 2)
     );
-    assert!(write_block_status_reply(&mut out, 3, 1, &ext, 0, false).is_err());
+    assert!(write_block_status_reply(&mut out, &to, 1, &ext, 0, false).is_err());
+    // Past 32 bits only extended headers can say it.
+    assert!(write_block_status_reply(&mut out, &to, 1, &ext, 1 << 32, false).is_err());
 }
 
 #[test]
@@ -590,4 +617,223 @@ fn params_from_negotiated() {
     assert!(!p.structured_replies);
     assert_eq!(p.max_payload, DEFAULT_MAX_PAYLOAD);
     assert_eq!(p.transmission_flags, n.transmission_flags);
+}
+
+/// An extended-header session on a 16 GiB export, with `base:allocation`
+/// (id 1) and `qemu:allocation-depth` (id 2) selected and the block
+/// status payload form advertised.
+fn extended_params() -> TransmissionParams {
+    let e = ExportInfo::new("", 16 << 30);
+    TransmissionParams {
+        size: e.size,
+        transmission_flags: e.transmission_flags(true) | NBD_FLAG_BLOCK_STATUS_PAYLOAD,
+        read_only: false,
+        structured_replies: true,
+        extended_headers: true,
+        base_allocation: Some(1),
+        qemu_contexts: vec![(2, QemuContext::AllocationDepth)],
+        block_sizes: e.block_sizes,
+        max_payload: DEFAULT_MAX_PAYLOAD,
+    }
+}
+
+fn ext_wire(command: Command, flags: u16, offset: u64, length: u64, payload: &[u8]) -> Vec<u8> {
+    let h = RequestHeader {
+        flags,
+        command,
+        handle: 0xabcd,
+        offset,
+        length,
+    };
+    let mut v = h.encode_extended().to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+#[test]
+fn extended_requests_carry_64_bit_lengths_and_flagged_payloads() {
+    let p = extended_params();
+    let mut input = ext_wire(Command::Write, NBD_CMD_FLAG_PAYLOAD_LEN, 512, 3, b"abc");
+    // One write-zeroes of 5 GiB: compact headers would need 160 requests.
+    input.extend(ext_wire(Command::WriteZeroes, 0, 1 << 30, 5 << 30, b""));
+    // A payload the command does not take: skipped, refused, in sync.
+    input.extend(ext_wire(
+        Command::Read,
+        NBD_CMD_FLAG_PAYLOAD_LEN,
+        0,
+        4,
+        b"junk",
+    ));
+    // Reads stay bound by the maximum block size.
+    input.extend(ext_wire(Command::Read, 0, 0, 1 << 32, b""));
+    input.extend(ext_wire(Command::Flush, 0, 0, 0, b""));
+    let mut r = Cursor::new(input);
+    let next = |r: &mut Cursor<Vec<u8>>| read_request(r, &p).unwrap();
+    match next(&mut r) {
+        Incoming::Request(req) => {
+            assert_eq!(req.payload, b"abc");
+            assert_eq!(
+                req.op,
+                Op::Write {
+                    offset: 512,
+                    length: 3
+                }
+            );
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(
+        next(&mut r),
+        Incoming::Request(Request {
+            op: Op::WriteZeroes {
+                offset: 0x4000_0000,
+                length: 0x1_4000_0000,
+                ..
+            },
+            ..
+        })
+    ));
+    for _ in 0..2 {
+        assert!(matches!(
+            next(&mut r),
+            Incoming::Rejected {
+                error: ErrorCode::Inval,
+                ..
+            }
+        ));
+    }
+    assert!(matches!(
+        next(&mut r),
+        Incoming::Request(Request { op: Op::Flush, .. })
+    ));
+}
+
+#[test]
+fn extended_framing_rules() {
+    let p = extended_params();
+    // A write without the flag still carries its data (QEMU's client
+    // sends it so).
+    let t = ext_wire(Command::Write, 0, 0, 3, b"abc");
+    assert!(matches!(
+        read_request(&mut Cursor::new(t), &p).unwrap(),
+        Incoming::Request(Request { payload, .. }) if payload == b"abc"
+    ));
+    // A payload longer than the limit cannot be skipped.
+    let t = ext_wire(
+        Command::BlockStatus,
+        NBD_CMD_FLAG_PAYLOAD_LEN,
+        0,
+        1 << 40,
+        b"",
+    );
+    assert!(matches!(
+        read_request(&mut Cursor::new(t), &p),
+        Err(ReadError::PayloadTooLarge { .. })
+    ));
+    // A compact header in an extended session has the wrong magic.
+    let t = wire(hdr(Command::Read, 0, 0, 512), b"....");
+    assert!(matches!(
+        read_request(&mut Cursor::new(t), &p),
+        Err(ReadError::BadMagic(REQUEST_MAGIC))
+    ));
+    // And the flag means nothing without extended headers.
+    let p = params(true);
+    let t = wire(hdr(Command::Read, NBD_CMD_FLAG_PAYLOAD_LEN, 0, 512), b"");
+    assert!(matches!(
+        read_request(&mut Cursor::new(t), &p).unwrap(),
+        Incoming::Rejected {
+            error: ErrorCode::Inval,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn block_status_payload_names_contexts_and_effect_length() {
+    let p = extended_params();
+    let filter = |len: u64, ids: &[u32]| {
+        let mut v = len.to_be_bytes().to_vec();
+        ids.iter().for_each(|id| v.extend(id.to_be_bytes()));
+        v
+    };
+    let flag = NBD_CMD_FLAG_PAYLOAD_LEN;
+    let cases: [(Vec<u8>, Option<Vec<u32>>); 6] = [
+        (filter(8 << 30, &[2]), Some(vec![2])),
+        (filter(4096, &[2, 1]), Some(vec![2, 1])),
+        // Named twice, unknown, none named, ragged, too long to be valid.
+        (filter(4096, &[1, 1]), None),
+        (filter(4096, &[7]), None),
+        (filter(4096, &[]), None),
+        (vec![0; 13], None),
+    ];
+    let mut input = Vec::new();
+    for (payload, _) in &cases {
+        let len = payload.len() as u64;
+        input.extend(ext_wire(Command::BlockStatus, flag, 0, len, payload));
+    }
+    input.extend(ext_wire(Command::BlockStatus, flag, 0, 100, &[0; 100]));
+    input.extend(ext_wire(Command::Flush, 0, 0, 0, b""));
+    let mut r = Cursor::new(input);
+    for (payload, want) in cases {
+        match (read_request(&mut r, &p).unwrap(), want) {
+            (Incoming::Request(req), Some(ids)) => {
+                let length = u64::from_be_bytes(payload[..8].try_into().unwrap());
+                assert_eq!(
+                    req.op,
+                    Op::BlockStatus {
+                        offset: 0,
+                        length,
+                        req_one: false,
+                        only: Some(ids)
+                    }
+                );
+            }
+            (Incoming::Rejected { error, .. }, None) => assert_eq!(error, ErrorCode::Inval),
+            (other, want) => panic!("{other:?}, wanted {want:?}"),
+        }
+    }
+    assert!(matches!(
+        read_request(&mut r, &p).unwrap(),
+        Incoming::Rejected { .. }
+    ));
+    assert!(matches!(
+        read_request(&mut r, &p).unwrap(),
+        Incoming::Request(Request { op: Op::Flush, .. })
+    ));
+}
+
+#[test]
+fn extended_replies_never_use_simple_headers() {
+    let to = rt(7, 1 << 33, ReplyFormat::Extended);
+    let mut out = Vec::new();
+    write_ok(&mut out, &to).unwrap();
+    let h = ExtendedChunkHeader::decode(&out).unwrap();
+    assert_eq!(out.len(), EXTENDED_REPLY_HEADER_LEN);
+    assert_eq!(
+        (h.chunk_type, h.flags, h.handle, h.offset, h.length),
+        (ChunkType::None, NBD_REPLY_FLAG_DONE, 7, 1 << 33, 0)
+    );
+    out.clear();
+    write_error(&mut out, &to, ErrorCode::NoSpc, "full").unwrap();
+    let h = ExtendedChunkHeader::decode(&out).unwrap();
+    assert_eq!(h.chunk_type, ChunkType::Error);
+    // Block status past 32 bits, in one descriptor.
+    out.clear();
+    let ext = [Extent {
+        length: 6 << 30,
+        flags: NBD_STATE_HOLE,
+    }];
+    write_block_status_reply(&mut out, &to, 1, &ext, 6 << 30, false).unwrap();
+    let h = ExtendedChunkHeader::decode(&out).unwrap();
+    let c = Chunk::decode(&h.to_structured().unwrap(), &out[32..]).unwrap();
+    assert_eq!(
+        c,
+        Chunk::BlockStatus {
+            context_id: 1,
+            descriptors: vec![BlockStatusDescriptor {
+                length: 6 << 30,
+                flags: NBD_STATE_HOLE
+            }]
+        }
+    );
 }

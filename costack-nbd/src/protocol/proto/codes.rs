@@ -31,6 +31,9 @@ wire_enum! {
         ListMetaContext = NBD_OPT_LIST_META_CONTEXT = 9,
         /// `NBD_OPT_SET_META_CONTEXT`: select metadata contexts.
         SetMetaContext = NBD_OPT_SET_META_CONTEXT = 10,
+        /// `NBD_OPT_EXTENDED_HEADERS`: 32-byte request and reply headers
+        /// with 64-bit lengths (implies structured replies).
+        ExtendedHeaders = NBD_OPT_EXTENDED_HEADERS = 11,
     }
     /// Any other value.
     Unknown
@@ -71,6 +74,9 @@ wire_enum! {
         ErrBlockSizeReqd = NBD_REP_ERR_BLOCK_SIZE_REQD = NBD_REP_FLAG_ERROR | 8,
         /// `NBD_REP_ERR_TOO_BIG`: request or reply too large.
         ErrTooBig = NBD_REP_ERR_TOO_BIG = NBD_REP_FLAG_ERROR | 9,
+        /// `NBD_REP_ERR_EXT_HEADER_REQD`: extended headers are required, or
+        /// (for `NBD_OPT_STRUCTURED_REPLY`) already negotiated.
+        ErrExtHeaderReqd = NBD_REP_ERR_EXT_HEADER_REQD = NBD_REP_FLAG_ERROR | 10,
     }
     /// Any other value.
     Unknown
@@ -141,6 +147,9 @@ pub const NBD_CMD_FLAG_DF: u16 = 1 << 2;
 pub const NBD_CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 /// `NBD_CMD_FLAG_FAST_ZERO`: fail write-zeroes unless it is fast.
 pub const NBD_CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+/// `NBD_CMD_FLAG_PAYLOAD_LEN` (extended headers only): the header's length
+/// is that of a payload following it, not the command's effect length.
+pub const NBD_CMD_FLAG_PAYLOAD_LEN: u16 = 1 << 5;
 // ---------------------------------------------------------------------------
 // Structured replies
 // ---------------------------------------------------------------------------
@@ -162,6 +171,9 @@ wire_enum! {
         OffsetHole = NBD_REPLY_TYPE_OFFSET_HOLE = 2,
         /// `NBD_REPLY_TYPE_BLOCK_STATUS`.
         BlockStatus = NBD_REPLY_TYPE_BLOCK_STATUS = 5,
+        /// `NBD_REPLY_TYPE_BLOCK_STATUS_EXT` (extended headers only): 64-bit
+        /// extent lengths and status.
+        BlockStatusExt = NBD_REPLY_TYPE_BLOCK_STATUS_EXT = 6,
         /// `NBD_REPLY_TYPE_ERROR`.
         Error = NBD_REPLY_TYPE_ERROR = NBD_REPLY_TYPE_ERROR_BIT | 1,
         /// `NBD_REPLY_TYPE_ERROR_OFFSET`.

@@ -18,6 +18,10 @@ pub const REQUEST_MAGIC: u32 = 0x2560_9513;
 pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
 /// Magic of a structured reply chunk (`NBD_STRUCTURED_REPLY_MAGIC`).
 pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+/// Magic of an extended request (`NBD_EXTENDED_REQUEST_MAGIC`).
+pub const EXTENDED_REQUEST_MAGIC: u32 = 0x21e4_1c71;
+/// Magic of an extended reply chunk (`NBD_EXTENDED_REPLY_MAGIC`).
+pub const EXTENDED_REPLY_MAGIC: u32 = 0x6e8a_278c;
 // ---------------------------------------------------------------------------
 // Sizes and limits
 // ---------------------------------------------------------------------------
@@ -30,6 +34,10 @@ pub const OPTION_HEADER_LEN: usize = 16;
 pub const OPTION_REPLY_HEADER_LEN: usize = 20;
 /// Size of a (compact, non-extended) request header.
 pub const REQUEST_HEADER_LEN: usize = 28;
+/// Size of an extended request header (`NBD_OPT_EXTENDED_HEADERS`).
+pub const EXTENDED_REQUEST_HEADER_LEN: usize = 32;
+/// Size of an extended reply chunk header.
+pub const EXTENDED_REPLY_HEADER_LEN: usize = 32;
 /// Size of a simple reply header.
 pub const SIMPLE_REPLY_HEADER_LEN: usize = 16;
 /// Size of a structured reply chunk header.
@@ -84,6 +92,9 @@ pub const NBD_FLAG_SEND_RESIZE: u16 = 1 << 9;
 pub const NBD_FLAG_SEND_CACHE: u16 = 1 << 10;
 /// `NBD_CMD_FLAG_FAST_ZERO` is supported on write-zeroes.
 pub const NBD_FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
+/// `NBD_CMD_BLOCK_STATUS` takes a payload naming the contexts to answer
+/// for (extended headers only).
+pub const NBD_FLAG_BLOCK_STATUS_PAYLOAD: u16 = 1 << 12;
 // ---------------------------------------------------------------------------
 // Block status flags (base:allocation)
 // ---------------------------------------------------------------------------

@@ -316,6 +316,33 @@ mod tests {
         assert_eq!(SimpleReplyHeader::decode(&b), Ok(h));
     }
 
+    #[test]
+    fn extended_request_header_round_trip() {
+        let h = RequestHeader {
+            flags: NBD_CMD_FLAG_PAYLOAD_LEN,
+            command: Command::WriteZeroes,
+            handle: 3,
+            offset: 1 << 40,
+            length: 5 << 30,
+        };
+        let b = h.encode_extended();
+        assert_eq!(&b[..4], &[0x21, 0xe4, 0x1c, 0x71]);
+        assert_eq!(&b[24..32], &(5u64 << 30).to_be_bytes());
+        assert_eq!(RequestHeader::decode_extended(&b), Ok(h));
+        // Neither form decodes as the other.
+        assert!(RequestHeader::decode(&b).is_err());
+        let compact = RequestHeader { length: 512, ..h }.encode();
+        assert!(RequestHeader::decode_extended(&compact).is_err());
+    }
+
+    fn to(handle: u64) -> ReplyTo {
+        ReplyTo {
+            handle,
+            offset: 0,
+            format: ReplyFormat::Structured,
+        }
+    }
+
     fn split(b: &[u8]) -> (ChunkHeader, Chunk) {
         let h = ChunkHeader::decode(&b[..20]).unwrap();
         let c = Chunk::decode(&h, &b[20..]).unwrap();
@@ -325,7 +352,7 @@ mod tests {
     #[test]
     fn structured_chunks_round_trip() {
         let mut out = Vec::new();
-        encode_offset_data(&mut out, 5, 1024, b"hello", true);
+        encode_offset_data(&mut out, &to(5), 1024, b"hello", true);
         assert_eq!(&out[..4], &[0x66, 0x8e, 0x33, 0xef]);
         assert_eq!(&out[4..8], &[0, 1, 0, 1]);
         assert_eq!(&out[16..20], &[0, 0, 0, 13]);
@@ -340,7 +367,8 @@ mod tests {
             }
         );
 
-        let hole = encode_offset_hole(6, 0, 4096, false);
+        let mut hole = Vec::new();
+        encode_offset_hole(&mut hole, &to(6), 0, 4096, false);
         let (h, c) = split(&hole);
         assert!(!h.is_done());
         assert_eq!(
@@ -362,7 +390,7 @@ mod tests {
                 flags: 0,
             },
         ];
-        encode_block_status(&mut out, 7, 1, &d, true);
+        encode_block_status(&mut out, &to(7), 1, &d, true);
         assert_eq!(out.len(), 20 + 4 + 16);
         let (_, c) = split(&out);
         assert_eq!(
@@ -374,7 +402,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        encode_error_chunk(&mut out, 8, ErrorCode::Inval, "bad", true);
+        encode_error_chunk(&mut out, &to(8), ErrorCode::Inval, "bad", true);
         assert_eq!(&out[6..8], &[0x80, 0x01]);
         let (_, c) = split(&out);
         assert_eq!(
@@ -386,7 +414,7 @@ mod tests {
         );
 
         let mut out = Vec::new();
-        encode_error_offset_chunk(&mut out, 8, ErrorCode::Io, "", 77, false);
+        encode_error_offset_chunk(&mut out, &to(8), ErrorCode::Io, "", 77, false);
         let (_, c) = split(&out);
         assert_eq!(
             c,
@@ -397,17 +425,85 @@ mod tests {
             }
         );
 
-        let none = encode_none_chunk(9);
+        let mut none = Vec::new();
+        encode_none_chunk(&mut none, &to(9));
         let (h, c) = split(&none);
         assert!(h.is_done());
         assert_eq!(c, Chunk::None);
+    }
+
+    /// Splits an extended chunk: its header, and the payload decoded.
+    fn split_extended(b: &[u8]) -> (ExtendedChunkHeader, Chunk) {
+        let h = ExtendedChunkHeader::decode(&b[..32]).unwrap();
+        assert_eq!(h.length as usize, b.len() - 32);
+        let c = Chunk::decode(&h.to_structured().unwrap(), &b[32..]).unwrap();
+        (h, c)
+    }
+
+    #[test]
+    fn extended_chunks_carry_the_request_offset() {
+        let to = ReplyTo {
+            handle: 5,
+            offset: 1 << 33,
+            format: ReplyFormat::Extended,
+        };
+        let mut out = Vec::new();
+        encode_offset_data(&mut out, &to, (1 << 33) + 512, b"hi", false);
+        assert_eq!(&out[..4], &[0x6e, 0x8a, 0x27, 0x8c]);
+        let (h, c) = split_extended(&out);
+        assert_eq!((h.handle, h.offset, h.flags), (5, 1 << 33, 0));
+        assert_eq!(
+            c,
+            Chunk::OffsetData {
+                offset: (1 << 33) + 512,
+                data: b"hi".to_vec()
+            }
+        );
+
+        // Status chunks become BLOCK_STATUS_EXT: a count, 64-bit lengths.
+        let d = [
+            BlockStatusDescriptor {
+                length: 6 << 30,
+                flags: NBD_STATE_HOLE,
+            },
+            BlockStatusDescriptor {
+                length: 4096,
+                flags: 0,
+            },
+        ];
+        let mut out = Vec::new();
+        encode_block_status(&mut out, &to, 2, &d, true);
+        assert_eq!(out.len(), 32 + 8 + 2 * 16);
+        assert_eq!(&out[6..8], &[0, 6]);
+        assert_eq!(&out[36..40], &[0, 0, 0, 2]);
+        let (h, c) = split_extended(&out);
+        assert!(h.flags & NBD_REPLY_FLAG_DONE != 0);
+        assert_eq!(
+            c,
+            Chunk::BlockStatus {
+                context_id: 2,
+                descriptors: d.to_vec()
+            }
+        );
+
+        let mut out = Vec::new();
+        encode_none_chunk(&mut out, &to);
+        let (h, c) = split_extended(&out);
+        assert_eq!((h.length, c), (0, Chunk::None));
+
+        // A count that disagrees with the length is refused.
+        let mut out = Vec::new();
+        encode_block_status(&mut out, &to, 2, &d, true);
+        out[39] = 3;
+        let h = ExtendedChunkHeader::decode(&out[..32]).unwrap();
+        assert!(Chunk::decode(&h.to_structured().unwrap(), &out[32..]).is_err());
     }
 
     #[test]
     fn long_error_message_is_clamped() {
         let mut out = Vec::new();
         let msg = "é".repeat(3000); // 6000 bytes
-        encode_error_chunk(&mut out, 1, ErrorCode::Io, &msg, true);
+        encode_error_chunk(&mut out, &to(1), ErrorCode::Io, &msg, true);
         let (_, c) = split(&out);
         match c {
             Chunk::Error { message, .. } => {
