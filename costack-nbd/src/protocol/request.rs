@@ -498,10 +498,14 @@ where
                 debug_assert_eq!(payload.len(), len, "payload buffer of the wrong size");
                 payload.resize(len, 0);
                 fill(r, &mut payload)?;
-            } else if let Op::BlockStatus { only: o, .. } = &mut op {
-                *o = only;
+            } else {
+                if let Op::BlockStatus { only: o, .. } = &mut op {
+                    *o = only;
+                }
+                // Only NBD_CMD_DISC, which takes any flag, gets here with
+                // a payload left: it is skipped as a refused one would be.
+                skip(r, payload_left)?;
             }
-            debug_assert!(header.command == Command::Write || payload_left == 0);
             Ok(Incoming::Request(Request {
                 header,
                 op,
@@ -510,12 +514,19 @@ where
             }))
         }
         Err(error) => {
-            let got = io::copy(&mut r.take(payload_left), &mut io::sink())?;
-            if got != payload_left {
-                return Err(ReadError::Disconnected);
-            }
+            skip(r, payload_left)?;
             Ok(Incoming::Rejected { header, error })
         }
+    }
+}
+
+/// Reads and drops `len` bytes of a payload.
+fn skip<R: Read>(r: &mut R, len: u64) -> Result<(), ReadError> {
+    let got = io::copy(&mut r.take(len), &mut io::sink())?;
+    if got == len {
+        Ok(())
+    } else {
+        Err(ReadError::Disconnected)
     }
 }
 
