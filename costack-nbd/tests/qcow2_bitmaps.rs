@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use costack_nbd::block::qcow2::Qcow2;
 use costack_nbd::block::{BlockDevice, ImageFile, STATE_DIRTY};
-use support::tools::{have, ok, run};
+use support::tools::{create_overlay, create_qcow2, have, ok, qemu_io, run};
 use support::Server;
 
 fn dir(name: &str) -> PathBuf {
@@ -39,7 +39,7 @@ fn tools() -> bool {
 /// A 64 MiB image with bitmaps `b0` (64 KiB granularity), `b1` (4 KiB)
 /// and `off` (disabled).
 fn make_image(path: &Path) {
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(path), "64M"]);
+    create_qcow2(path, "64M", &[]);
     ok("qemu-img", &["bitmap", "--add", s(path), "b0"]);
     ok(
         "qemu-img",
@@ -64,12 +64,7 @@ const WORKLOAD: [&str; 9] = [
 ];
 
 fn run_workload(url: &str) {
-    let mut args = vec!["-f", "raw"];
-    for c in WORKLOAD {
-        args.extend(["-c", c]);
-    }
-    args.push(url);
-    ok("qemu-io", &args);
+    qemu_io(&["-f", "raw"], &WORKLOAD, url);
 }
 
 /// Waits for a Unix socket to appear.
@@ -196,10 +191,7 @@ fn the_same_writes_leave_the_same_bitmaps_as_qemu_nbd() {
     );
     // A second session: bits accumulate.
     let mut server = Server::start(&[s(&ours)]);
-    ok(
-        "qemu-io",
-        &["-f", "raw", "-c", "write -q -P 1 50M 4k", &server.url],
-    );
+    qemu_io(&["-f", "raw"], &["write -q -P 1 50M 4k"], &server.url);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     let b1_again = parse_map(&qemu_map(&ours, "b1"));
@@ -255,10 +247,7 @@ fn a_bitmap_that_cannot_be_kept_refuses_writes() {
     );
     // Read-only, it is served.
     let server = Server::start(&["-r", s(&img)]);
-    ok(
-        "qemu-io",
-        &["-r", "-f", "raw", "-c", "read -q 0 64k", &server.url],
-    );
+    qemu_io(&["-r", "-f", "raw"], &["read -q 0 64k"], &server.url);
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -365,48 +354,11 @@ fn allocation_depth_is_reported_as_qemu_nbd_reports_it() {
         d.join("mid.qcow2"),
         d.join("top.qcow2"),
     );
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", s(&base), "16M"],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            "qcow2",
-            s(&mid),
-        ],
-    );
+    create_qcow2(&base, "16M", &[]);
+    create_overlay(&mid, &base, "qcow2", None);
     // A backing file shorter than its overlay: past its end, nothing.
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&mid),
-            "-F",
-            "qcow2",
-            s(&top),
-            "24M",
-        ],
-    );
-    let io = |img: &Path, cmds: &[&str]| {
-        let mut args = vec!["-f", "qcow2"];
-        for c in cmds {
-            args.extend(["-c", c]);
-        }
-        args.push(s(img));
-        ok("qemu-io", &args);
-    };
+    create_overlay(&top, &mid, "qcow2", Some("24M"));
+    let io = |img: &Path, cmds: &[&str]| qemu_io(&["-f", "qcow2"], cmds, s(img));
     io(
         &base,
         &[
@@ -472,36 +424,16 @@ fn a_bitmap_is_the_images_own_before_its_backing_files() {
     let (base, top) = (d.join("base.qcow2"), d.join("top.qcow2"));
     // A backing file shorter than its overlay, each with a bitmap of its
     // own and one of the same name.
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&base), "8M"]);
+    create_qcow2(&base, "8M", &[]);
     for name in ["shared", "base_only"] {
         ok("qemu-img", &["bitmap", "--add", s(&base), name]);
     }
-    ok(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -q -P 1 1M 64k", s(&base)],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            "qcow2",
-            s(&top),
-            "16M",
-        ],
-    );
+    qemu_io(&["-f", "qcow2"], &["write -q -P 1 1M 64k"], s(&base));
+    create_overlay(&top, &base, "qcow2", Some("16M"));
     for name in ["shared", "top_only"] {
         ok("qemu-img", &["bitmap", "--add", s(&top), name]);
     }
-    ok(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -q -P 2 2M 64k", s(&top)],
-    );
+    qemu_io(&["-f", "qcow2"], &["write -q -P 2 2M 64k"], s(&top));
 
     let dev = Qcow2::open(&top, false).unwrap();
     assert_eq!(
