@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::tools::{have, ok, run};
+use support::tools::{create_qcow2, have, ok, qemu_io, run};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_costack-nbd");
@@ -32,9 +32,12 @@ fn libnbd(tool: &str, args: &[&str]) -> String {
 /// A 16 MiB qcow2 image with a pattern at 1 MiB.
 fn qcow2_image(name: &str) -> std::path::PathBuf {
     let img = scratch(name);
-    let s = img.to_str().unwrap();
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s, "16M"]);
-    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0x5a 1M 64K", s]);
+    create_qcow2(&img, "16M", &[]);
+    qemu_io(
+        &["-f", "qcow2"],
+        &["write -P 0x5a 1M 64K"],
+        img.to_str().unwrap(),
+    );
     img
 }
 

@@ -28,7 +28,7 @@ use costack_nbd::block::qcow2::Qcow2;
 use costack_nbd::block::{BlockDevice, Extent, MemDisk};
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig};
 use costack_nbd::server::{serve, Shared};
-use support::tools::{have, ok, run};
+use support::tools::{create_qcow2, have, ok, run};
 use support::{reset, scratch, Client, Opts, Rng, CMD_DISC, CMD_READ};
 
 /// Reads at or past `SLOW` take `delay`; `live` counts those under way
@@ -267,19 +267,7 @@ fn qcow2_requests_cancelled_anywhere_leave_the_image_consistent() {
     }
     let img = scratch("cancel-qcow2");
     let img_s = img.to_str().unwrap().to_owned();
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=8192",
-            &img_s,
-            "64M",
-        ],
-    );
+    create_qcow2(&img, "64M", &["-o", "cluster_size=8192"]);
     let slots = (SMALL_SLOTS + BIG_SLOTS) as usize;
     let path = img.clone();
     let (known, acked, cancelled) = EventLoop::new().unwrap().block_on(move || {

@@ -41,7 +41,7 @@ use support::crash_qcow2::{
     check_bitmap, qemu_img_check, read_back, read_back_with_qemu, BitmapView,
 };
 use support::crash_workload::{self as workload, Expect, Op, Windows};
-use support::tools::{have, ok, run};
+use support::tools::{convert_to_qcow2, create_qcow2, have, ok, qemu_io, run};
 use support::Rng;
 
 fn dir(name: &str) -> PathBuf {
@@ -134,79 +134,27 @@ impl Image {
     /// Makes the image in `d`; returns its path and the guest's view.
     fn create(&self, d: &Path, rng: &mut Rng) -> (PathBuf, Windows) {
         let img = d.join("image.qcow2");
-        let cluster = self.cluster.to_string();
+        let cluster = format!("cluster_size={}", self.cluster);
+        let size = self.virtual_size.to_string();
         let mut initial = vec![0u8; 0];
         match self.from_data {
-            None => {
-                ok(
-                    "qemu-img",
-                    &[
-                        "create",
-                        "-q",
-                        "-f",
-                        "qcow2",
-                        "-o",
-                        &format!("cluster_size={cluster}"),
-                        s(&img),
-                        &self.virtual_size.to_string(),
-                    ],
-                );
-            }
+            None => create_qcow2(&img, &size, &["-o", &cluster]),
             Some((len, source)) => {
                 let raw = d.join("source.raw");
                 initial = data(rng, len as usize);
                 std::fs::write(&raw, &initial).unwrap();
                 if source == Source::Compressed {
-                    ok(
-                        "qemu-img",
-                        &[
-                            "convert",
-                            "-q",
-                            "-c",
-                            "-O",
-                            "qcow2",
-                            "-o",
-                            &format!("cluster_size={cluster}"),
-                            s(&raw),
-                            s(&img),
-                        ],
-                    );
-                    ok(
-                        "qemu-img",
-                        &["resize", "-q", s(&img), &self.virtual_size.to_string()],
-                    );
+                    convert_to_qcow2(&raw, &img, &["-c", "-o", &cluster]);
+                    ok("qemu-img", &["resize", "-q", s(&img), &size]);
                 } else {
-                    ok(
-                        "qemu-img",
-                        &[
-                            "create",
-                            "-q",
-                            "-f",
-                            "qcow2",
-                            "-o",
-                            &format!("cluster_size={cluster}"),
-                            "-b",
-                            s(&raw),
-                            "-F",
-                            "raw",
-                            s(&img),
-                            &self.virtual_size.to_string(),
-                        ],
-                    );
+                    let backing = ["-o", &cluster, "-b", s(&raw), "-F", "raw"];
+                    create_qcow2(&img, &size, &backing);
                 }
             }
         }
         if self.prefill > 0 {
-            ok(
-                "qemu-io",
-                &[
-                    "-f",
-                    "qcow2",
-                    "-c",
-                    &format!("write -q -P 0x5a 0 {}", self.prefill),
-                    s(&img),
-                ],
-            );
+            let fill = format!("write -q -P 0x5a 0 {}", self.prefill);
+            qemu_io(&["-f", "qcow2"], &[&fill], s(&img));
             initial.resize(initial.len().max(self.prefill as usize), 0);
             initial[..self.prefill as usize].fill(0x5a);
         }
@@ -657,11 +605,8 @@ fn reopened_after_a_cut_no_cluster_in_use_is_handed_out() {
     let d = dir("reopen");
     let img = d.join("cut.qcow2");
     let cs: u64 = 64 << 10;
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "64M"]);
-    ok(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -q -P 0x11 0 64k", s(&img)],
-    );
+    create_qcow2(&img, "64M", &[]);
+    qemu_io(&["-f", "qcow2"], &["write -q -P 0x11 0 64k"], s(&img));
     // What the old reservation could leave after a power cut: clusters
     // counted past the end of the file, and an L2 entry (guest cluster 1)
     // pointing at one of them.
@@ -717,17 +662,8 @@ fn reopened_after_a_cut_no_cluster_in_use_is_handed_out() {
         "two guest clusters share a host cluster: {hosts:?}"
     );
     for (k, byte) in [(0u64, 0x11u8), (1, 0), (2, 0x22), (3, 0x33), (4, 0x44)] {
-        ok(
-            "qemu-io",
-            &[
-                "-r",
-                "-f",
-                "qcow2",
-                "-c",
-                &format!("read -q -P {byte:#x} {} 64k", k * cs),
-                s(&img),
-            ],
-        );
+        let read = format!("read -q -P {byte:#x} {} 64k", k * cs);
+        qemu_io(&["-r", "-f", "qcow2"], &[&read], s(&img));
     }
     let out = run("qemu-img", &["check", s(&img)]);
     assert!(

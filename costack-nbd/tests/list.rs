@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::tools::{have, ok, run};
+use support::tools::{create_qcow2, have, ok, run};
 use support::Server;
 
 fn dir(name: &str) -> PathBuf {
@@ -58,7 +58,7 @@ fn exports_are_listed_as_qemu_nbd_lists_them() {
     }
     let d = dir("same");
     let img = d.join("img.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "64M"]);
+    create_qcow2(&img, "64M", &[]);
     ok("qemu-img", &["bitmap", "--add", s(&img), "b0"]);
     let sock = d.join("sock");
     let servers: [(&str, Vec<&str>); 4] = [

@@ -15,7 +15,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use support::tools::{have, ok, run};
+use support::tools::{
+    convert_to_qcow2, create_overlay, create_qcow2, have, ok, qemu_io, qemu_io_args, run,
+};
 use support::Server;
 
 fn dir(name: &str) -> PathBuf {
@@ -80,12 +82,11 @@ fn images_of_every_cluster_size_and_version_read_back() {
     ] {
         let img = d.join(format!("{cluster}-{compat}-{compressed}.qcow2"));
         let opts = format!("cluster_size={cluster},compat={compat}");
-        let mut args = vec!["convert", "-f", "raw", "-O", "qcow2", "-o", &opts];
+        let mut args = vec!["-o", &opts];
         if compressed {
             args.push("-c");
         }
-        args.extend([s(&raw), s(&img)]);
-        ok("qemu-img", &args);
+        convert_to_qcow2(&raw, &img, &args);
         // Probed (no -f) on one half, named on the other.
         let server = if compressed {
             Server::start(&["-r", s(&img)])
@@ -121,20 +122,7 @@ fn backing_chains_read_through() {
     std::fs::copy(&base, &model).unwrap();
     let mid = d.join("mid.qcow2");
     let top = d.join("top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            "raw",
-            s(&mid),
-        ],
-    );
+    create_overlay(&mid, &base, "raw", None);
     let layers: [(&Path, &[&str]); 2] = [
         (
             &mid,
@@ -155,28 +143,10 @@ fn backing_chains_read_through() {
     ];
     for (i, (image, cmds)) in layers.iter().enumerate() {
         if i == 1 {
-            ok(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-b",
-                    s(&mid),
-                    "-F",
-                    "qcow2",
-                    s(&top),
-                ],
-            );
+            create_overlay(&top, &mid, "qcow2", None);
         }
-        for target in [(*image, "qcow2"), (&model as &Path, "raw")] {
-            let mut args = vec!["-f", target.1];
-            for c in *cmds {
-                args.extend(["-c", c]);
-            }
-            args.push(s(target.0));
-            ok("qemu-io", &args);
+        for (target, format) in [(*image, "qcow2"), (&model as &Path, "raw")] {
+            qemu_io(&["-f", format], cmds, s(target));
         }
     }
     let server = Server::start(&["-r", s(&top)]);
@@ -239,7 +209,7 @@ fn damaged_images_are_refused_at_open() {
     let d = dir("damaged");
     let make = |name: &str| {
         let p = d.join(name);
-        ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&p), "64M"]);
+        create_qcow2(&p, "64M", &[]);
         p
     };
     // Writable only what this driver can write: internal snapshots and
@@ -249,19 +219,7 @@ fn damaged_images_are_refused_at_open() {
     let e = refused(&[s(&img)]);
     assert!(e.contains("snapshots") && e.contains("-r"), "{e}");
     let img = d.join("rc64.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "refcount_bits=64",
-            s(&img),
-            "64M",
-        ],
-    );
+    create_qcow2(&img, "64M", &["-o", "refcount_bits=64"]);
     let e = refused(&[s(&img)]);
     assert!(e.contains("16-bit refcounts"), "{e}");
     drop(Server::start(&["-r", s(&img)]));
@@ -298,21 +256,8 @@ fn damaged_images_are_refused_at_open() {
     // A backing chain that loops, and one whose file is missing.
     let a = d.join("a.qcow2");
     let b = d.join("b.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&b), "64M"]);
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&b),
-            "-F",
-            "qcow2",
-            s(&a),
-        ],
-    );
+    create_qcow2(&b, "64M", &[]);
+    create_overlay(&a, &b, "qcow2", None);
     ok(
         "qemu-img",
         &["rebase", "-u", "-b", s(&a), "-F", "qcow2", s(&b)],
@@ -320,22 +265,7 @@ fn damaged_images_are_refused_at_open() {
     let e = refused(&["-r", s(&a)]);
     assert!(e.contains("loops"), "{e}");
     let c = d.join("c.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            "gone.qcow2",
-            "-F",
-            "qcow2",
-            "-u",
-            s(&c),
-            "64M",
-        ],
-    );
+    create_qcow2(&c, "64M", &["-b", "gone.qcow2", "-F", "qcow2", "-u"]);
     let e = refused(&["-r", s(&c)]);
     assert!(
         e.contains("gone.qcow2") && e.contains("No such file"),
@@ -353,20 +283,7 @@ fn bad_tables_fail_their_range_only() {
     make_raw(&raw);
     let img = d.join("disk.qcow2");
     // 4 KiB clusters: one L2 table maps 2 MiB.
-    ok(
-        "qemu-img",
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "qcow2",
-            "-o",
-            "cluster_size=4k",
-            s(&raw),
-            s(&img),
-        ],
-    );
+    convert_to_qcow2(&raw, &img, &["-o", "cluster_size=4k"]);
     let header = std::fs::read(&img).unwrap();
     let l1 = u64::from_be_bytes(header[40..48].try_into().unwrap());
     let len = header.len() as u64;
@@ -378,7 +295,12 @@ fn bad_tables_fail_their_range_only() {
     );
     patch(&img, l1 + 8, &(0x1200u64 | 1 << 63).to_be_bytes());
     let mut server = Server::start(&["-r", s(&img)]);
-    let io = |cmd: &str| run("qemu-io", &["-r", "-f", "raw", "-c", cmd, &server.url]);
+    let io = |cmd: &str| {
+        run(
+            "qemu-io",
+            &qemu_io_args(&["-r", "-f", "raw"], &[cmd], &server.url),
+        )
+    };
     for cmd in ["read 0 4k", "read 1M 64k", "read 2M 4k"] {
         let out = io(cmd);
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
@@ -403,13 +325,8 @@ fn bad_tables_fail_their_range_only() {
 
 /// The same qemu-io commands on the export and on a raw model.
 fn io_both(server: &Server, model: &Path, cmds: &[&str]) {
-    for (target, format) in [(server.url.as_str(), "raw"), (s(model), "raw")] {
-        let mut args = vec!["-f", format];
-        for c in cmds {
-            args.extend(["-c", c]);
-        }
-        args.push(target);
-        let out = ok("qemu-io", &args);
+    for target in [server.url.as_str(), s(model)] {
+        let out = qemu_io(&["-f", "raw"], cmds, target);
         assert!(!out.contains("error") && !out.contains("failed"), "{out}");
     }
 }
@@ -475,16 +392,10 @@ fn writes_keep_images_clean_and_equal_to_a_model() {
         let img = d.join(name);
         let model = d.join(format!("{name}.model"));
         if opts.contains(&"-c") {
-            let mut args = vec!["convert", "-f", "raw", "-O", "qcow2"];
-            args.extend(opts);
-            args.extend([s(&text), s(&img)]);
-            ok("qemu-img", &args);
+            convert_to_qcow2(&text, &img, opts);
             std::fs::copy(&text, &model).unwrap();
         } else {
-            let mut args = vec!["create", "-q", "-f", "qcow2"];
-            args.extend(opts);
-            args.extend([s(&img), "8M"]);
-            ok("qemu-img", &args);
+            create_qcow2(&img, "8M", opts);
             std::fs::File::create(&model)
                 .unwrap()
                 .set_len(8 << 20)
@@ -560,26 +471,10 @@ fn writes_keep_images_clean_and_equal_to_a_model() {
 
     // An overlay: written through, its backing file never touched.
     let base = d.join("base.qcow2");
-    ok(
-        "qemu-img",
-        &["convert", "-f", "raw", "-O", "qcow2", s(&text), s(&base)],
-    );
+    convert_to_qcow2(&text, &base, &[]);
     let before = std::fs::read(&base).unwrap();
     let top = d.join("top.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            "qcow2",
-            s(&top),
-        ],
-    );
+    create_overlay(&top, &base, "qcow2", None);
     let model = d.join("top.model");
     std::fs::copy(&text, &model).unwrap();
     let server = Server::start(&[s(&top)]);
@@ -615,19 +510,7 @@ fn kill_9_under_load_leaves_at_worst_leaks() {
     make_raw(&random);
     for round in 0..4u64 {
         let img = d.join(format!("k{round}.qcow2"));
-        ok(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                "cluster_size=4k",
-                s(&img),
-                "8M",
-            ],
-        );
+        create_qcow2(&img, "8M", &["-o", "cluster_size=4k"]);
         let server = Server::start(&[s(&img)]);
         let mut copy = Command::new("nbdcopy")
             .args(["--connections=4", "--requests=16", s(&random), &server.url])
@@ -653,69 +536,35 @@ fn an_image_left_dirty_by_lazy_refcounts_is_repaired_when_written() {
     }
     let d = dir("dirty");
     let img = d.join("lazy.qcow2");
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "lazy_refcounts=on",
-            s(&img),
-            "64M",
-        ],
-    );
+    create_qcow2(&img, "64M", &["-o", "lazy_refcounts=on"]);
     // qemu-io killed after a FLUSH: with lazy refcounts, the L2 tables
     // are on the disk and the refcounts are not; the dirty bit says so.
-    let out = run(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -q -P 0x33 0 1M",
-            "-c",
-            "write -q -P 0x44 8M 64k",
-            "-c",
-            "flush",
-            "-c",
-            "sigraise 9",
-            s(&img),
-        ],
-    );
+    let cmds = [
+        "write -q -P 0x33 0 1M",
+        "write -q -P 0x44 8M 64k",
+        "flush",
+        "sigraise 9",
+    ];
+    let out = run("qemu-io", &qemu_io_args(&["-f", "qcow2"], &cmds, s(&img)));
     assert!(!out.status.success(), "qemu-io was to be killed: {out:?}");
     assert_eq!(check(&img), 2, "the refcounts lag behind the tables");
     let mut server = Server::start(&[s(&img)]);
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "read -q -P 0x33 0 1M",
-            "-c",
-            "write -q -P 0x55 2M 1M",
-            &server.url,
-        ],
+    qemu_io(
+        &["-f", "raw"],
+        &["read -q -P 0x33 0 1M", "write -q -P 0x55 2M 1M"],
+        &server.url,
     );
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     assert_eq!(check(&img), 0, "repaired, and the new clusters counted");
-    ok(
-        "qemu-io",
+    qemu_io(
+        &["-r", "-f", "qcow2"],
         &[
-            "-r",
-            "-f",
-            "qcow2",
-            "-c",
             "read -q -P 0x33 0 1M",
-            "-c",
             "read -q -P 0x55 2M 1M",
-            "-c",
             "read -q -P 0x44 8M 64k",
-            s(&img),
         ],
+        s(&img),
     );
     let info = ok("qemu-img", &["info", "--output=json", s(&img)]);
     assert!(info.contains("\"dirty-flag\": false"), "{info}");
@@ -729,15 +578,8 @@ fn internal_snapshots_are_served_with_load_snapshot() {
     }
     let d = dir("load-snapshot");
     let img = d.join("snaps.qcow2");
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(&img), "8M"]);
-    let io = |cmds: &[&str]| {
-        let mut args = vec!["-f", "qcow2"];
-        for c in cmds {
-            args.extend(["-c", c]);
-        }
-        args.push(s(&img));
-        ok("qemu-io", &args);
-    };
+    create_qcow2(&img, "8M", &[]);
+    let io = |cmds: &[&str]| qemu_io(&["-f", "qcow2"], cmds, s(&img));
     // Snapshot "one" (id 1) sees 0x41 at 0; "two" (id 2), taken after a
     // resize, sees 0x42 there and a larger disk; the image itself 0x43.
     io(&["write -q -P 0x41 0 64k"]);
@@ -754,29 +596,21 @@ fn internal_snapshots_are_served_with_load_snapshot() {
     ] {
         let server = Server::start(&["-l", which, s(&img)]);
         let check = format!("read -q -P {pattern} 0 64k");
-        ok("qemu-io", &["-r", "-f", "raw", "-c", &check, &server.url]);
+        qemu_io(&["-r", "-f", "raw"], &[&check], &server.url);
         let info = ok("nbdinfo", &["--size", &server.url]);
         assert_eq!(info.trim(), size.to_string(), "-l {which}");
         // Read-only: a write is refused.
-        let out = run(
-            "qemu-io",
-            &["-f", "raw", "-c", "write -q 0 4k", &server.url],
-        );
+        let write = qemu_io_args(&["-f", "raw"], &["write -q 0 4k"], &server.url);
+        let out = run("qemu-io", &write);
         assert!(!out.status.success(), "-l {which}: a write got through");
     }
     let e = refused(&["-l", "three", s(&img)]);
     assert!(e.contains("not found"), "{e}");
     // The image itself is untouched by all this.
     let server = Server::start(&["-r", s(&img)]);
-    ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            "-c",
-            "read -q -P 0x43 0 64k",
-            &server.url,
-        ],
+    qemu_io(
+        &["-r", "-f", "raw"],
+        &["read -q -P 0x43 0 64k"],
+        &server.url,
     );
 }

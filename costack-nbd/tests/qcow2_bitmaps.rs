@@ -7,13 +7,17 @@
 
 mod support;
 
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use costack_nbd::block::qcow2::Qcow2;
-use support::tools::{have, ok, run};
+use costack_nbd::block::{BlockDevice, ImageFile, STATE_DIRTY};
+use support::tools::{create_overlay, create_qcow2, have, ok, qemu_io, run};
 use support::Server;
 
 fn dir(name: &str) -> PathBuf {
@@ -35,7 +39,7 @@ fn tools() -> bool {
 /// A 64 MiB image with bitmaps `b0` (64 KiB granularity), `b1` (4 KiB)
 /// and `off` (disabled).
 fn make_image(path: &Path) {
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", s(path), "64M"]);
+    create_qcow2(path, "64M", &[]);
     ok("qemu-img", &["bitmap", "--add", s(path), "b0"]);
     ok(
         "qemu-img",
@@ -60,12 +64,7 @@ const WORKLOAD: [&str; 9] = [
 ];
 
 fn run_workload(url: &str) {
-    let mut args = vec!["-f", "raw"];
-    for c in WORKLOAD {
-        args.extend(["-c", c]);
-    }
-    args.push(url);
-    ok("qemu-io", &args);
+    qemu_io(&["-f", "raw"], &WORKLOAD, url);
 }
 
 /// Waits for a Unix socket to appear.
@@ -192,10 +191,7 @@ fn the_same_writes_leave_the_same_bitmaps_as_qemu_nbd() {
     );
     // A second session: bits accumulate.
     let mut server = Server::start(&[s(&ours)]);
-    ok(
-        "qemu-io",
-        &["-f", "raw", "-c", "write -q -P 1 50M 4k", &server.url],
-    );
+    qemu_io(&["-f", "raw"], &["write -q -P 1 50M 4k"], &server.url);
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     let b1_again = parse_map(&qemu_map(&ours, "b1"));
@@ -251,10 +247,7 @@ fn a_bitmap_that_cannot_be_kept_refuses_writes() {
     );
     // Read-only, it is served.
     let server = Server::start(&["-r", s(&img)]);
-    ok(
-        "qemu-io",
-        &["-r", "-f", "raw", "-c", "read -q 0 64k", &server.url],
-    );
+    qemu_io(&["-r", "-f", "raw"], &["read -q 0 64k"], &server.url);
     std::fs::remove_dir_all(&d).ok();
 }
 
@@ -361,48 +354,11 @@ fn allocation_depth_is_reported_as_qemu_nbd_reports_it() {
         d.join("mid.qcow2"),
         d.join("top.qcow2"),
     );
-    ok(
-        "qemu-img",
-        &["create", "-q", "-f", "qcow2", s(&base), "16M"],
-    );
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&base),
-            "-F",
-            "qcow2",
-            s(&mid),
-        ],
-    );
+    create_qcow2(&base, "16M", &[]);
+    create_overlay(&mid, &base, "qcow2", None);
     // A backing file shorter than its overlay: past its end, nothing.
-    ok(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-b",
-            s(&mid),
-            "-F",
-            "qcow2",
-            s(&top),
-            "24M",
-        ],
-    );
-    let io = |img: &Path, cmds: &[&str]| {
-        let mut args = vec!["-f", "qcow2"];
-        for c in cmds {
-            args.extend(["-c", c]);
-        }
-        args.push(s(img));
-        ok("qemu-io", &args);
-    };
+    create_overlay(&top, &mid, "qcow2", Some("24M"));
+    let io = |img: &Path, cmds: &[&str]| qemu_io(&["-f", "qcow2"], cmds, s(img));
     io(
         &base,
         &[
@@ -435,4 +391,130 @@ fn allocation_depth_is_reported_as_qemu_nbd_reports_it() {
     server.signal(libc::SIGTERM);
     assert!(server.wait_exit().success());
     std::fs::remove_dir_all(&d).ok();
+}
+
+/// Bitmap `name`'s dirty ranges of `dev` as `(start, length)`, asked for
+/// twice (the second answer from what the first cached) and both equal.
+fn dirty_ranges(dev: &Qcow2, name: &str) -> Vec<(u64, u64)> {
+    let ask = || {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at < dev.size() {
+            let extents = BlockDevice::dirty_bitmap(dev, name, at, dev.size() - at).unwrap();
+            for e in extents {
+                if e.flags & STATE_DIRTY != 0 {
+                    out.push((at, e.length));
+                }
+                at += e.length;
+            }
+        }
+        out
+    };
+    let first = ask();
+    assert_eq!(ask(), first, "bitmap {name} asked again");
+    first
+}
+
+#[test]
+fn a_bitmap_is_the_images_own_before_its_backing_files() {
+    if !tools() {
+        return;
+    }
+    let d = dir("chain");
+    let (base, top) = (d.join("base.qcow2"), d.join("top.qcow2"));
+    // A backing file shorter than its overlay, each with a bitmap of its
+    // own and one of the same name.
+    create_qcow2(&base, "8M", &[]);
+    for name in ["shared", "base_only"] {
+        ok("qemu-img", &["bitmap", "--add", s(&base), name]);
+    }
+    qemu_io(&["-f", "qcow2"], &["write -q -P 1 1M 64k"], s(&base));
+    create_overlay(&top, &base, "qcow2", Some("16M"));
+    for name in ["shared", "top_only"] {
+        ok("qemu-img", &["bitmap", "--add", s(&top), name]);
+    }
+    qemu_io(&["-f", "qcow2"], &["write -q -P 2 2M 64k"], s(&top));
+
+    let dev = Qcow2::open(&top, false).unwrap();
+    assert_eq!(
+        dev.bitmap_names().unwrap(),
+        ["shared", "top_only", "base_only"],
+        "the image's own, then the backing file's"
+    );
+    let mine = [(2 << 20, 64 << 10)];
+    assert_eq!(dirty_ranges(&dev, "top_only"), mine);
+    assert_eq!(dirty_ranges(&dev, "shared"), mine, "the image's own wins");
+    assert_eq!(
+        dirty_ranges(&dev, "base_only"),
+        [(1 << 20, 64 << 10)],
+        "found in the backing file, and clean past its end"
+    );
+    let past_base = BlockDevice::dirty_bitmap(&dev, "base_only", 8 << 20, 8 << 20).unwrap();
+    assert_eq!(past_base.len(), 1);
+    assert_eq!((past_base[0].length, past_base[0].flags), (8 << 20, 0));
+    let nosuch = BlockDevice::dirty_bitmap(&dev, "nosuch", 0, 4096).unwrap_err();
+    assert_eq!(nosuch.kind(), std::io::ErrorKind::NotFound, "{nosuch}");
+    drop(dev);
+    // Once a bitmap is loaded, whose it is costs no directory read.
+    let dir_at = Qcow2::open(&top, false).unwrap().header().bitmaps.unwrap();
+    let reads = Arc::new(AtomicUsize::new(0));
+    let counting = DirectoryReads {
+        file: costack::fs::File::from_std(std::fs::File::open(&top).unwrap()),
+        dir: dir_at.directory_offset..dir_at.directory_offset + dir_at.directory_size,
+        reads: reads.clone(),
+    };
+    let dev = Qcow2::open_file(Box::new(counting), &top, false).unwrap();
+    let names = ["shared", "top_only", "base_only"];
+    // The first request for a bitmap loads it (the directory read once).
+    for name in names {
+        dirty_ranges(&dev, name);
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    reads.store(0, Ordering::Relaxed);
+    for name in names {
+        dirty_ranges(&dev, name);
+    }
+    dev.bitmap_names().unwrap();
+    assert_eq!(reads.load(Ordering::Relaxed), 0, "directory reads");
+    drop(dev);
+    // And as qemu-nbd exports them.
+    for name in ["shared", "base_only"] {
+        let context = format!("qemu:dirty-bitmap:{name}");
+        let mine = runs(&costack_map(&top, &["-r", "-B", name], &context));
+        let theirs = runs(&qemu_nbd_map(&top, &["-r", "-B", name], &context));
+        assert_eq!(mine, theirs, "bitmap {name}: costack-nbd's, qemu-nbd's");
+    }
+    std::fs::remove_dir_all(&d).ok();
+}
+
+/// An image file that counts the reads touching the bitmap directory.
+struct DirectoryReads {
+    file: costack::fs::File,
+    dir: Range<u64>,
+    reads: Arc<AtomicUsize>,
+}
+
+impl ImageFile for DirectoryReads {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        if offset < self.dir.end && self.dir.start < offset + buf.len() as u64 {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+        unreachable!("opened read-only")
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+
+    fn set_len(&self, _: u64) -> std::io::Result<()> {
+        unreachable!("opened read-only")
+    }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::tools::{have, ok, run};
+use support::tools::{convert_to_qcow2, have, ok, qemu_io, run};
 use support::Server;
 
 fn dir(name: &str) -> PathBuf {
@@ -53,10 +53,7 @@ fn make_image(d: &Path, name: &str) -> PathBuf {
         std::fs::write(&raw, data).unwrap();
     }
     let img = d.join(name);
-    ok(
-        "qemu-img",
-        &["convert", "-q", "-c", "-O", "qcow2", s(&raw), s(&img)],
-    );
+    convert_to_qcow2(&raw, &img, &["-c"]);
     ok("qemu-img", &["resize", "-q", s(&img), "4G"]);
     img
 }
@@ -75,12 +72,8 @@ fn cycles(url: &str) {
             format!("write -q -z -u {zeroed}M {n}M"),
             "flush".to_owned(),
         ];
-        let mut args = vec!["-f", "raw"];
-        for c in &cmds {
-            args.extend(["-c", c]);
-        }
-        args.push(url);
-        ok("qemu-io", &args);
+        let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+        qemu_io(&["-f", "raw"], &cmds, url);
     }
 }
 
@@ -98,21 +91,7 @@ fn check_image(img: &Path) {
     let n = region_mib();
     let zeros = format!("read -q -P 0 512M {n}M");
     let zeros2 = format!("read -q -P 0 1536M {n}M");
-    ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "qcow2",
-            "-c",
-            &last,
-            "-c",
-            &zeros,
-            "-c",
-            &zeros2,
-            s(img),
-        ],
-    );
+    qemu_io(&["-r", "-f", "qcow2"], &[&last, &zeros, &zeros2], s(img));
 }
 
 /// Runs the cycles through qemu-nbd `--discard=unmap`; the file's space.

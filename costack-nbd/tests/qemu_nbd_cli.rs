@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::pagecache::dirty_pages;
-use support::tools::{have, ok, run};
+use support::tools::{create_qcow2, have, ok, qemu_io, run};
 use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_costack-nbd");
@@ -390,39 +390,24 @@ fn snapshot_takes_writes_and_leaves_the_image_untouched() {
     let raw = raw_image("cli-snap-raw", 2 << 20);
     let qcow2 = scratch("cli-snap-qcow2");
     let q = qcow2.to_str().unwrap();
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", q, "2M"]);
-    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0xab 0 2M", q]);
+    create_qcow2(&qcow2, "2M", &[]);
+    qemu_io(&["-f", "qcow2"], &["write -P 0xab 0 2M"], q);
     for img in [&raw, &qcow2] {
         let before = std::fs::read(img).unwrap();
         let server = Server::start(&["-s", img.to_str().unwrap()]);
         // Partial blocks, a block boundary and zeroes, then read back in
         // the same session and in the next (-t: the overlay lives on).
-        ok(
-            "qemu-io",
-            &[
-                "-f",
-                "raw",
-                "-c",
-                "write -P 0x11 1000 5000",
-                "-c",
-                "write -z 65536 4096",
-                "-c",
-                "read -P 0xab 0 1000",
-                "-c",
-                "read -P 0x11 1000 5000",
-                "-c",
-                "read -P 0xab 6000 59536",
-                "-c",
-                "read -P 0 65536 4096",
-                "-c",
-                "flush",
-                &server.url,
-            ],
-        );
-        ok(
-            "qemu-io",
-            &["-f", "raw", "-c", "read -P 0x11 1000 5000", &server.url],
-        );
+        let cmds = [
+            "write -P 0x11 1000 5000",
+            "write -z 65536 4096",
+            "read -P 0xab 0 1000",
+            "read -P 0x11 1000 5000",
+            "read -P 0xab 6000 59536",
+            "read -P 0 65536 4096",
+            "flush",
+        ];
+        qemu_io(&["-f", "raw"], &cmds, &server.url);
+        qemu_io(&["-f", "raw"], &["read -P 0x11 1000 5000"], &server.url);
         drop(server);
         assert!(
             std::fs::read(img).unwrap() == before,
@@ -431,7 +416,7 @@ fn snapshot_takes_writes_and_leaves_the_image_untouched() {
         );
     }
     ok("qemu-img", &["check", "-q", q]);
-    ok("qemu-io", &["-f", "qcow2", "-c", "read -P 0xab 0 2M", q]);
+    qemu_io(&["-f", "qcow2"], &["read -P 0xab 0 2M"], q);
     let _ = std::fs::remove_file(&raw);
     let _ = std::fs::remove_file(&qcow2);
 }
@@ -544,23 +529,14 @@ fn image_opts_name_the_file_and_its_driver() {
     }
     let img = scratch("image-opts");
     let path = img.to_str().unwrap();
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", path, "4M"]);
-    ok(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -q -P 0x77 1M 64k", path],
-    );
+    create_qcow2(&img, "4M", &[]);
+    qemu_io(&["-f", "qcow2"], &["write -q -P 0x77 1M 64k"], path);
     let spec = format!("driver=qcow2,file.driver=file,file.filename={path}");
     let server = Server::start(&["--image-opts", &spec]);
-    ok(
-        "qemu-io",
-        &[
-            "-r",
-            "-f",
-            "raw",
-            "-c",
-            "read -q -P 0x77 1M 64k",
-            &server.url,
-        ],
+    qemu_io(
+        &["-r", "-f", "raw"],
+        &["read -q -P 0x77 1M 64k"],
+        &server.url,
     );
     drop(server);
     let out = run(

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use support::tools::{have, ok};
+use support::tools::{create_qcow2, have, ok, qemu_io};
 use support::*;
 
 /// Well under the 5 s grace the signal thread gives stuck clients: a stop
@@ -64,9 +64,12 @@ fn start(args: &[&str]) -> Child {
 
 fn qcow2_image(name: &str) -> std::path::PathBuf {
     let img = scratch(name);
-    let img_s = img.to_str().unwrap();
-    ok("qemu-img", &["create", "-q", "-f", "qcow2", img_s, "64M"]);
-    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 7 0 2M", img_s]);
+    create_qcow2(&img, "64M", &[]);
+    qemu_io(
+        &["-f", "qcow2"],
+        &["write -P 7 0 2M"],
+        img.to_str().unwrap(),
+    );
     img
 }
 
@@ -80,17 +83,10 @@ fn sigterm_stops_an_idle_server_whose_socket_path_is_gone() {
     let moved = sock.with_extension("moved");
     let mut server = start(&["-k", sock.to_str().unwrap(), img.to_str().unwrap()]);
     let url = format!("nbd+unix:///?socket={}", sock.display());
-    let out = ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "read -P 7 0 2M",
-            "-c",
-            "write -P 9 4M 1M",
-            &url,
-        ],
+    let out = qemu_io(
+        &["-f", "raw"],
+        &["read -P 7 0 2M", "write -P 9 4M 1M"],
+        &url,
     );
     assert!(out.contains("read 2097152/2097152"), "{out}");
     // The client is gone: the loop trims its pool and heap and sleeps.
@@ -103,7 +99,7 @@ fn sigterm_stops_an_idle_server_whose_socket_path_is_gone() {
     // reads the write.
     let img_s = img.to_str().unwrap();
     ok("qemu-img", &["check", "-q", img_s]);
-    ok("qemu-io", &["-f", "qcow2", "-c", "read -P 9 4M 1M", img_s]);
+    qemu_io(&["-f", "qcow2"], &["read -P 9 4M 1M"], img_s);
     for p in [&img, &moved] {
         let _ = std::fs::remove_file(p);
     }

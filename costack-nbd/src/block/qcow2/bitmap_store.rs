@@ -136,6 +136,22 @@ impl Qcow2 {
         }
     }
 
+    /// The names of this image's own bitmaps (not its backing chain's),
+    /// read from the directory once: they cannot change while it is open
+    /// (the directory's place and size are the header's, and only an
+    /// entry's table and flags are ever rewritten). A failed read is not
+    /// kept: the next call reads again.
+    ///
+    /// # Errors
+    /// As [`bitmaps`](Self::bitmaps).
+    pub(super) fn own_bitmap_names(&self) -> io::Result<&[String]> {
+        if let Some(names) = self.own_bitmaps.get() {
+            return Ok(names);
+        }
+        let names = self.bitmaps()?.into_iter().map(|b| b.name).collect();
+        Ok(self.own_bitmaps.get_or_init(|| names))
+    }
+
     /// The bitmap `name`'s view of `len` bytes at guest `offset`: runs of
     /// `(length, dirty)` from `offset`, covering at least one byte and at
     /// most the disk. Live for a bitmap kept up to date by this image's

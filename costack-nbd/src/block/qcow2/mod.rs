@@ -29,7 +29,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, RwLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
 
 use costack::aio;
 use costack::fs::File;
@@ -131,6 +131,9 @@ pub struct Qcow2 {
     closed: AtomicBool,
     /// Persistent dirty bitmaps: those kept up to date, those read.
     bitmaps: Mutex<Bitmaps>,
+    /// The names in the bitmap directory, read once (see
+    /// [`Qcow2::own_bitmap_names`]).
+    own_bitmaps: OnceLock<Vec<String>>,
 }
 
 /// What allocating writes change, under one coroutine lock (QEMU's
@@ -347,6 +350,7 @@ impl Qcow2 {
             syncs_done: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             bitmaps: Mutex::new(Bitmaps::new(tracked)),
+            own_bitmaps: OnceLock::new(),
         };
         if image.meta.is_some() && image.header.dirty {
             // Left dirty by a writer with lazy refcounts: rebuilt before
@@ -646,7 +650,7 @@ impl BlockDevice for Qcow2 {
     /// This image's bitmaps, then its backing chain's (QEMU's NBD export
     /// looks for a bitmap down the chain).
     fn bitmap_names(&self) -> io::Result<Vec<String>> {
-        let mut names: Vec<String> = Qcow2::bitmaps(self)?.into_iter().map(|b| b.name).collect();
+        let mut names = self.own_bitmap_names()?.to_vec();
         if let Some(b) = &self.backing {
             for name in b.bitmap_names()? {
                 if !names.contains(&name) {
@@ -658,7 +662,7 @@ impl BlockDevice for Qcow2 {
     }
 
     fn dirty_bitmap(&self, name: &str, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        let own = Qcow2::bitmaps(self)?.iter().any(|b| b.name == name);
+        let own = self.own_bitmap_names()?.iter().any(|n| n == name);
         if let (false, Some(b)) = (own, &self.backing) {
             let end = offset.saturating_add(len).min(self.header.size);
             if offset >= b.size() {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use super::cluster::{classify, inflate_cluster, Cluster, OFFSET_MASK};
 use super::header::be64;
 use super::{bad_data, Meta, Qcow2};
-use crate::block::Extent;
+use crate::block::{BlockDevice, Extent};
 use crate::block::{STATE_HOLE, STATE_ZERO};
 
 /// Reads of an L2 table that found a table evicted meanwhile before the
@@ -174,6 +174,22 @@ impl Qcow2 {
     /// `base:allocation` extents from guest `offset` (the device's
     /// `block_status`).
     pub(super) fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.chain_extents::<Allocation>(offset, len)
+    }
+
+    /// `qemu:allocation-depth` extents from guest `offset`: 1 where this
+    /// image holds the cluster (data, compressed or a zero cluster, which
+    /// hides the backing file), the backing file's depth plus one where it
+    /// reads through (2 past the backing file's end, as QEMU counts), 0
+    /// where no layer holds it.
+    pub(super) fn depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        self.chain_extents::<Depth>(offset, len)
+    }
+
+    /// Extents from guest `offset`, cluster by cluster: `M`'s value where
+    /// this image decides, the backing file's (mapped by `M`) where it
+    /// reads through.
+    fn chain_extents<M: ChainMap>(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let cs = self.cluster_size();
         let end = offset.saturating_add(len).min(self.header.size);
         let mut extents: Vec<Extent> = Vec::new();
@@ -187,80 +203,93 @@ impl Qcow2 {
         while at < end && budget > 0 {
             budget -= 1;
             let n = (cs - (at & (cs - 1))).min(end - at);
-            match self.cluster(at >> self.header.cluster_bits)? {
-                Cluster::Data(_) | Cluster::Compressed { .. } => push(n, 0),
-                Cluster::Zero => push(n, STATE_ZERO),
-                Cluster::Unallocated => match &self.backing {
-                    None => push(n, STATE_HOLE | STATE_ZERO),
-                    Some(b) => {
-                        // The backing file's allocation, zeros past its end.
-                        let mut pos = at;
-                        while pos < at + n {
-                            if pos >= b.size() {
-                                push(at + n - pos, STATE_HOLE | STATE_ZERO);
-                                break;
-                            }
-                            let want = (at + n).min(b.size()) - pos;
-                            let got = b.block_status(pos, want)?;
-                            let Some(first) = got.first().copied() else {
-                                return Err(bad_data("backing file returned no extent"));
-                            };
-                            let l = first.length.min(want);
-                            push(l, first.flags);
-                            pos += l;
+            match (self.cluster(at >> self.header.cluster_bits)?, &self.backing) {
+                (Cluster::Unallocated, Some(b)) => {
+                    let mut pos = at;
+                    while pos < at + n {
+                        if pos >= b.size() {
+                            push(at + n - pos, M::PAST_BACKING);
+                            break;
                         }
+                        let want = (at + n).min(b.size()) - pos;
+                        let got = M::backing(&**b, pos, want)?;
+                        let Some(first) = got.first().copied() else {
+                            return Err(bad_data("backing file returned no extent"));
+                        };
+                        let l = first.length.min(want);
+                        push(l, M::through(first.flags));
+                        pos += l;
                     }
-                },
+                }
+                (what, _) => push(n, M::own(what)),
             }
             at += n;
         }
         Ok(extents)
     }
+}
 
-    /// `qemu:allocation-depth` extents from guest `offset`: 1 where this
-    /// image holds the cluster (data, compressed or a zero cluster, which
-    /// hides the backing file), the backing file's depth plus one where it
-    /// reads through (2 past the backing file's end, as QEMU counts), 0
-    /// where no layer holds it.
-    pub(super) fn depth(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
-        let cs = self.cluster_size();
-        let end = offset.saturating_add(len).min(self.header.size);
-        let mut extents: Vec<Extent> = Vec::new();
-        let mut push = |length: u64, flags: u32| match extents.last_mut() {
-            Some(last) if last.flags == flags => last.length += length,
-            _ => extents.push(Extent { length, flags }),
-        };
-        let mut at = offset;
-        // A bounded walk, as `allocation`'s.
-        let mut budget = 16384;
-        while at < end && budget > 0 {
-            budget -= 1;
-            let n = (cs - (at & (cs - 1))).min(end - at);
-            match (self.cluster(at >> self.header.cluster_bits)?, &self.backing) {
-                (Cluster::Unallocated, None) => push(n, 0),
-                (Cluster::Unallocated, Some(b)) => {
-                    let mut pos = at;
-                    while pos < at + n {
-                        if pos >= b.size() {
-                            // As QEMU counts it: past its end, the backing
-                            // file is what reads as zeros.
-                            push(at + n - pos, 2);
-                            break;
-                        }
-                        let want = (at + n).min(b.size()) - pos;
-                        let got = b.allocation_depth(pos, want)?;
-                        let Some(first) = got.first().copied() else {
-                            return Err(bad_data("backing file returned no extent"));
-                        };
-                        let l = first.length.min(want);
-                        push(l, if first.flags == 0 { 0 } else { first.flags + 1 });
-                        pos += l;
-                    }
-                }
-                _ => push(n, 1),
-            }
-            at += n;
+/// What one kind of extent makes of the backing chain: `allocation` and
+/// `depth` walk it alike and differ only here.
+trait ChainMap {
+    /// The value past the backing file's end (it reads as zeros there).
+    const PAST_BACKING: u32;
+    /// The value of a cluster this image decides: held here, or
+    /// unallocated without a backing file.
+    fn own(what: Cluster) -> u32;
+    /// The backing file's extents of this kind.
+    fn backing(b: &dyn BlockDevice, offset: u64, len: u64) -> io::Result<Vec<Extent>>;
+    /// A backing file's value as this image reports it.
+    fn through(flags: u32) -> u32;
+}
+
+/// `base:allocation`: the backing file's status as it is.
+struct Allocation;
+
+impl ChainMap for Allocation {
+    const PAST_BACKING: u32 = STATE_HOLE | STATE_ZERO;
+
+    fn own(what: Cluster) -> u32 {
+        match what {
+            Cluster::Data(_) | Cluster::Compressed { .. } => 0,
+            Cluster::Zero => STATE_ZERO,
+            Cluster::Unallocated => STATE_HOLE | STATE_ZERO,
         }
-        Ok(extents)
+    }
+
+    fn backing(b: &dyn BlockDevice, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        b.block_status(offset, len)
+    }
+
+    fn through(flags: u32) -> u32 {
+        flags
+    }
+}
+
+/// `qemu:allocation-depth`: one deeper for each layer read through.
+struct Depth;
+
+impl ChainMap for Depth {
+    /// As QEMU counts it: past its end, the backing file is what reads as
+    /// zeros.
+    const PAST_BACKING: u32 = 2;
+
+    fn own(what: Cluster) -> u32 {
+        match what {
+            Cluster::Unallocated => 0,
+            _ => 1,
+        }
+    }
+
+    fn backing(b: &dyn BlockDevice, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        b.allocation_depth(offset, len)
+    }
+
+    fn through(flags: u32) -> u32 {
+        if flags == 0 {
+            0
+        } else {
+            flags + 1
+        }
     }
 }
