@@ -14,7 +14,7 @@ use costack::net::{ListenOptions, TcpListener, TcpStream, UnixListener, UnixStre
 use costack_nbd::activation::{self, Activated};
 use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
 use costack_nbd::block::overlay::Overlay;
-use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN};
+use costack_nbd::block::raw::{FileDisk, DIRECT_ALIGN, SECTOR};
 use costack_nbd::block::window::Window;
 use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode};
@@ -133,6 +133,8 @@ fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     // before any other thread starts so that all inherit the mask.
     let signals = block_stop_signals();
 
+    // Whether the image's raw format was guessed rather than given.
+    let mut guessed = false;
     let (device, direct): (SharedDevice, bool) = match &cli.file {
         Some(path) => {
             let qcow2 = match cli.format {
@@ -140,6 +142,7 @@ fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
                 None => costack_nbd::block::qcow2::probe(path)
                     .map_err(|e| context(e, format!("cannot open {}", path.display())))?,
             };
+            guessed = !qcow2 && cli.format.is_none();
             if qcow2 {
                 (open_qcow2(&cli, path)?, false)
             } else {
@@ -165,7 +168,20 @@ fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
                     context(e, format!("cannot open {}", path.display()))
                 })?;
                 warn_unreachable_tail(path, disk.size(), direct);
-                (Arc::new(disk), direct)
+                if guessed {
+                    // qemu-nbd's words (QEMU's tests compare them).
+                    eprintln!(
+                        "WARNING: Image format was not specified for '{}' and probing \
+                         guessed raw.\n         Automatically detecting the format is \
+                         dangerous for raw images, write operations on block 0 will be \
+                         restricted.\n         Specify the 'raw' format explicitly to remove \
+                         the restrictions.",
+                        path.display()
+                    );
+                    (Arc::new(disk.guessed()), direct)
+                } else {
+                    (Arc::new(disk), direct)
+                }
             }
         }
         None => (
@@ -191,6 +207,12 @@ fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     // nothing, for memory): what one connection flushes, all see. As
     // qemu-nbd, said only when more than one client may connect.
     export.multi_conn = cli.shared > 1;
+    // A guessed raw image is described in whole sectors (FileDisk::guessed)
+    // and qemu-nbd advertises them as the minimum block: unless an offset
+    // shifts the sectors.
+    if guessed && cli.offset.is_multiple_of(SECTOR) {
+        export.advised_minimum = SECTOR as u32;
+    }
     if direct {
         export.block_sizes.minimum = DIRECT_ALIGN as u32;
         export.block_sizes.preferred = export.block_sizes.preferred.max(DIRECT_ALIGN as u32);

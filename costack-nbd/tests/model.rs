@@ -620,7 +620,7 @@ fn check_file(mut server: Server, run: Run, image: &Image) {
 fn file_export_writeback() {
     let s = seed(5);
     let image = Image::new("model-writeback", s);
-    let server = Server::start(&["--cache", "writeback", image.arg()]);
+    let server = Server::start(&["-f", "raw", "--cache", "writeback", image.arg()]);
     let run = run(&server, Opts::FULL, image.contents.clone(), false, s, 500);
     check_file(server, run, &image);
 }
@@ -629,7 +629,7 @@ fn file_export_writeback() {
 fn file_export_direct_io_alignment() {
     let s = seed(6);
     let image = Image::new("model-direct", s);
-    let server = Server::start(&["--cache", "none", image.arg()]);
+    let server = Server::start(&["-f", "raw", "--cache", "none", image.arg()]);
     let client = server.connect(Opts::FULL);
     // O_DIRECT makes the server advertise (and enforce) 4 KiB alignment.
     assert_eq!(client.export.min_block, 4096, "minimum block size");
@@ -642,7 +642,7 @@ fn file_export_direct_io_alignment() {
 fn file_export_read_only() {
     let s = seed(7);
     let image = Image::new("model-ro", s);
-    let server = Server::start(&["-r", image.arg()]);
+    let server = Server::start(&["-f", "raw", "-r", image.arg()]);
     let run = run(&server, Opts::FULL, image.contents.clone(), true, s, 200);
     run.client.disconnect().expect("clean disconnect");
     assert_eq!(std::fs::read(&image.path).unwrap(), image.contents);

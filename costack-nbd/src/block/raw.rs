@@ -33,6 +33,8 @@ pub struct FileDisk {
     len: AtomicU64,
     read_only: bool,
     direct: bool,
+    /// The format was guessed (see [`FileDisk::guessed`]).
+    guessed: bool,
 }
 
 impl FileDisk {
@@ -78,7 +80,31 @@ impl FileDisk {
             len: AtomicU64::new(len),
             read_only,
             direct,
+            guessed: false,
         })
+    }
+
+    /// Serves the image as one whose raw format was guessed, not given, as
+    /// qemu-nbd does: a write may not give sector 0 another format's magic
+    /// (a guest could otherwise turn the image into a qcow2 whose backing
+    /// file is any file of the host, the next time the format is guessed),
+    /// and block status is reported in whole sectors, the minimum block
+    /// size qemu-nbd then advertises.
+    ///
+    /// ```
+    /// # use costack_nbd::block::{BlockDevice, raw::FileDisk};
+    /// # let path = std::env::temp_dir().join(format!("guessed-{}.raw", std::process::id()));
+    /// std::fs::write(&path, [0u8; 4096]).unwrap();
+    /// let disk = FileDisk::open(&path, false, false).unwrap().guessed();
+    /// assert!(disk.write_at(b"QFI\xfb", 0).is_err());
+    /// disk.write_at(b"raw!", 0).unwrap();
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn guessed(self) -> FileDisk {
+        FileDisk {
+            guessed: true,
+            ..self
+        }
     }
 
     /// Whether the page cache is bypassed, so requests must be aligned to
@@ -157,6 +183,9 @@ impl BlockDevice for FileDisk {
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.guessed && offset < SECTOR {
+            self.check_sector_zero(buf, offset)?;
+        }
         if self.direct && !is_aligned(buf, offset) {
             let mut bounce = AlignedBuf::zeroed(buf.len());
             bounce.as_mut_slice()[..buf.len()].copy_from_slice(buf);
@@ -220,6 +249,55 @@ impl BlockDevice for FileDisk {
     }
 
     fn block_status(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        if self.guessed {
+            // Whole sectors: a partly allocated one counts as data.
+            let start = offset - offset % SECTOR;
+            let end = (offset + len).next_multiple_of(SECTOR).min(self.size);
+            let mut extents = in_sectors(&self.extents(start, end - start)?);
+            // The request's own start, which the client chose.
+            if let Some(first) = extents.first_mut() {
+                first.length -= (offset - start).min(first.length);
+            }
+            extents.retain(|e| e.length > 0);
+            return Ok(extents);
+        }
+        self.extents(offset, len)
+    }
+}
+
+impl FileDisk {
+    /// Refuses a write at `offset` (in sector 0) that would leave sector 0
+    /// starting with a qcow2 image's magic.
+    fn check_sector_zero(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        // O_DIRECT reads whole blocks; the file may be shorter than the
+        // magic (its missing bytes read as zeroes).
+        let block = if self.direct { DIRECT_ALIGN } else { 4 };
+        let mut first = vec![0u8; block.min(self.size as usize)];
+        self.read_at(&mut first, 0)?;
+        let mut head = [0u8; 4];
+        let n = first.len().min(4);
+        head[..n].copy_from_slice(&first[..n]);
+        for (i, b) in head.iter_mut().enumerate() {
+            if let Some(&new) = (i as u64)
+                .checked_sub(offset)
+                .and_then(|at| buf.get(at as usize))
+            {
+                *b = new;
+            }
+        }
+        if head == crate::block::qcow2::MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the image's format was guessed: sector 0 may not be made a qcow2 header \
+                 (give -f raw to allow it)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The file's data and holes from `offset`, as `SEEK_DATA`/`SEEK_HOLE`
+    /// find them.
+    fn extents(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         let end = (offset + len).min(self.size);
         let mut extents = Vec::new();
         let mut pos = offset;
@@ -261,8 +339,52 @@ impl BlockDevice for FileDisk {
     }
 }
 
+/// `extents` (starting at a sector boundary) in whole sectors: a sector
+/// holding any data is data, as a client honouring a 512-byte minimum block
+/// would see it.
+fn in_sectors(extents: &[Extent]) -> Vec<Extent> {
+    fn push(out: &mut Vec<Extent>, length: u64, flags: u32) {
+        match out.last_mut() {
+            _ if length == 0 => {}
+            Some(last) if last.flags == flags => last.length += length,
+            _ => out.push(Extent { length, flags }),
+        }
+    }
+    let mut out = Vec::new();
+    // A sector split between extents: its length so far and its flags.
+    let mut partial: Option<(u64, u32)> = None;
+    for e in extents {
+        let mut rest = e.length;
+        if let Some((have, flags)) = partial.take() {
+            let take = rest.min(SECTOR - have);
+            rest -= take;
+            let (have, flags) = (have + take, flags & e.flags);
+            if have < SECTOR {
+                partial = Some((have, flags));
+                continue;
+            }
+            push(&mut out, SECTOR, flags);
+        }
+        push(&mut out, rest - rest % SECTOR, e.flags);
+        if rest % SECTOR != 0 {
+            partial = Some((rest % SECTOR, e.flags));
+        }
+    }
+    // A part sector left over: the end of a walk cut short (the client
+    // asks again from the last whole sector), or of an export whose size
+    // is not whole sectors (`O_DIRECT`), which must still be described.
+    if let Some((have, flags)) = partial.filter(|_| out.is_empty()) {
+        push(&mut out, have, flags);
+    }
+    out
+}
+
 /// Whether `e` says the file (system) has no holes or cannot zero in
 /// place.
 fn no_holes(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Unsupported || e.raw_os_error() == Some(libc::EOPNOTSUPP)
 }
+
+#[cfg(test)]
+#[path = "raw_tests.rs"]
+mod tests;

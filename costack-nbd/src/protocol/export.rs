@@ -93,6 +93,10 @@ pub struct ExportInfo {
     pub read_only: bool,
     /// Advertised block size constraints.
     pub block_sizes: BlockSizes,
+    /// A minimum block size advertised beyond `block_sizes.minimum`
+    /// without being enforced (1: none). qemu-nbd advertises 512 for an
+    /// image whose raw format it guessed, yet serves unaligned requests.
+    pub advised_minimum: u32,
     /// Advertise `NBD_FLAG_SEND_FLUSH`.
     pub flush: bool,
     /// Advertise `NBD_FLAG_SEND_FUA`.
@@ -116,6 +120,18 @@ pub struct ExportInfo {
 }
 
 impl ExportInfo {
+    /// The block sizes told to the client: `block_sizes`, with the minimum
+    /// raised to `advised_minimum` (and the preferred size with it).
+    pub fn advertised_block_sizes(&self) -> BlockSizes {
+        let b = self.block_sizes;
+        let minimum = b.minimum.max(self.advised_minimum);
+        BlockSizes {
+            minimum,
+            preferred: b.preferred.max(minimum),
+            maximum: b.maximum,
+        }
+    }
+
     /// A writable export with every optional feature enabled except
     /// multi-conn and rotational, and default block sizes.
     pub fn new(name: impl Into<String>, size: u64) -> Self {
@@ -125,6 +141,7 @@ impl ExportInfo {
             size,
             read_only: false,
             block_sizes: BlockSizes::default(),
+            advised_minimum: 1,
             flush: true,
             fua: true,
             trim: true,

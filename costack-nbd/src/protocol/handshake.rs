@@ -631,7 +631,7 @@ impl State {
         }
         // Block sizes are always sent (clients ignore what they did not ask
         // for); the constraints are enforced per request regardless.
-        let b = e.block_sizes;
+        let b = e.advertised_block_sizes();
         let bs = proto::encode_info_block_size(b.minimum, b.preferred, b.maximum);
         reply(out, opt, ReplyType::Info, &bs);
         let flags = self.transmission_flags(config, idx);
