@@ -76,6 +76,10 @@ pub struct Lifecycle {
     /// A token per `-e` slot given back (at most one waits: the accept
     /// loop only needs to look again).
     slot_freed: (Sender<()>, Receiver<()>),
+    /// The same for clients that finished negotiating to find every slot
+    /// taken (by others that negotiated at the same time): one token
+    /// wakes one of them, which passes it on if room is left.
+    slot_for_waiter: (Sender<()>, Receiver<()>),
 }
 
 impl Default for Lifecycle {
@@ -86,6 +90,7 @@ impl Default for Lifecycle {
             persistent: AtomicBool::new(true),
             served: AtomicBool::new(false),
             slot_freed: bounded(1),
+            slot_for_waiter: bounded(1),
         }
     }
 }
@@ -140,6 +145,20 @@ impl Lifecycle {
     pub fn session_ended(&self) {
         self.served.store(true, Ordering::SeqCst);
         let _ = self.slot_freed.0.try_send(());
+        self.wake_slot_waiter();
+    }
+
+    /// Tells one client waiting in [`wait_for_freed_slot`] to look again
+    /// (a token already there says as much).
+    ///
+    /// [`wait_for_freed_slot`]: Lifecycle::wait_for_freed_slot
+    pub fn wake_slot_waiter(&self) {
+        let _ = self.slot_for_waiter.0.try_send(());
+    }
+
+    /// Waits, as a client past its handshake, until a slot may be free.
+    pub fn wait_for_freed_slot(&self) {
+        let _ = self.slot_for_waiter.1.recv();
     }
 
     /// Waits until an `-e` slot may have been given back since the caller

@@ -255,8 +255,36 @@ fn log_handshake_end(peer: &str, e: &HandshakeError) {
     }
 }
 
-/// Gives an established connection's `-e` slot back when it ends.
+/// An established connection's `-e` slot, given back when it ends.
 struct EstablishedSlot<'a>(&'a Shared);
+
+impl<'a> EstablishedSlot<'a> {
+    /// Takes a slot (`max_clients` 0: no limit). `-e` counts established
+    /// clients only, so clients that negotiated at the same time may find
+    /// them all taken: such a one waits for a slot, as it would have
+    /// waited to be accepted, rather than being dropped after its
+    /// handshake.
+    fn take(shared: &'a Shared, max_clients: usize, peer: &str) -> Self {
+        let mut waited = false;
+        loop {
+            let taken = shared.established.fetch_add(1, Ordering::SeqCst);
+            if max_clients == 0 || taken < max_clients {
+                if waited && taken + 1 < max_clients {
+                    // Slots freed together woke one waiter: pass it on.
+                    shared.lifecycle.wake_slot_waiter();
+                }
+                return EstablishedSlot(shared);
+            }
+            shared.established.fetch_sub(1, Ordering::SeqCst);
+            if !waited {
+                tracing::info!(%peer, max_clients, "waiting for a free slot (-e)");
+            }
+            waited = true;
+            // A slot freed since the count above left a token: not missed.
+            shared.lifecycle.wait_for_freed_slot();
+        }
+    }
+}
 
 impl Drop for EstablishedSlot<'_> {
     fn drop(&mut self) {
@@ -371,14 +399,7 @@ fn transmit<S>(
 ) where
     for<'a> &'a S: Read + Write,
 {
-    // `-e` counts established clients only: a slot is taken now, and
-    // refused if others took them all while this one negotiated.
-    let taken = shared.established.fetch_add(1, Ordering::SeqCst);
-    let _slot = EstablishedSlot(shared);
-    if max_clients != 0 && taken >= max_clients {
-        tracing::warn!(%peer, max_clients, "dropping client: too many connected (-e)");
-        return;
-    }
+    let _slot = EstablishedSlot::take(shared, max_clients, &peer);
     tracing::info!(%peer, export = %negotiated.export.name,
         structured = negotiated.structured_replies, extended = negotiated.extended_headers,
         "client connected");

@@ -549,6 +549,66 @@ fn shared_limit_is_enforced() {
     qemu_io(&server.url, &["read -P 0 0 4k"]);
 }
 
+/// Two clients accepted while the last `-e` slot was free (both
+/// negotiating, which takes no slot): the one that finishes second waits
+/// for the slot instead of being dropped, and is served once it frees.
+#[test]
+fn a_client_that_negotiated_beside_the_last_slot_waits_for_it() {
+    let server = Server::start(&["--size", "1M", "-e", "1"]);
+    // Both are greeted: neither has a slot yet.
+    let connect = || {
+        let mut s = TcpStream::connect(server.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut greeting = [0u8; 18];
+        s.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting[..8], b"NBDMAGIC");
+        s
+    };
+    let (mut first, mut second) = (connect(), connect());
+    // Each ends negotiation: fixed newstyle, no zeroes, EXPORT_NAME "".
+    let established = |s: &mut TcpStream| {
+        s.write_all(&3u32.to_be_bytes()).unwrap();
+        s.write_all(b"IHAVEOPT").unwrap();
+        s.write_all(&1u32.to_be_bytes()).unwrap();
+        s.write_all(&0u32.to_be_bytes()).unwrap();
+        let mut export = [0u8; 10];
+        s.read_exact(&mut export).unwrap();
+    };
+    established(&mut first);
+    established(&mut second);
+    // A read: NBD_CMD_READ of 512 bytes at 0, handle 7.
+    let mut read = 0x2560_9513u32.to_be_bytes().to_vec();
+    read.extend([0, 0, 0, 0]);
+    read.extend(7u64.to_be_bytes());
+    read.extend(0u64.to_be_bytes());
+    read.extend(512u32.to_be_bytes());
+    second.write_all(&read).unwrap();
+    // No answer while `first` holds the slot...
+    second
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut reply = [0u8; 16 + 512];
+    let waited = second.read(&mut reply).unwrap_err();
+    assert!(
+        matches!(
+            waited.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "the second client must wait for the slot: {waited}"
+    );
+    // ...and the answer once it leaves (NBD_CMD_DISC).
+    let mut disc = 0x2560_9513u32.to_be_bytes().to_vec();
+    disc.extend([0, 0, 0, 2]);
+    disc.extend([0; 20]);
+    first.write_all(&disc).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    second.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply[..8], &[0x67, 0x44, 0x66, 0x98, 0, 0, 0, 0]);
+    assert_eq!(u64::from_be_bytes(reply[8..16].try_into().unwrap()), 7);
+}
+
 #[test]
 fn nbdsh_script_if_present() {
     if Command::new("sh")
