@@ -70,16 +70,17 @@ EOF
 port=$((20000 + RANDOM % 20000))
 start_server() {
     case $1 in
-    costack) "$costack" -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$work/disk.raw" 2>/dev/null & ;;
-    qemu-nbd) qemu-nbd -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$work/disk.raw" 2>/dev/null & ;;
-    nbdkit) nbdkit -f -i 127.0.0.1 -p "$port" file "$work/disk.raw" 2>/dev/null & ;;
+    costack) "$costack" -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$work/disk.raw" 2>"$work/log" & ;;
+    qemu-nbd) qemu-nbd -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$work/disk.raw" 2>"$work/log" & ;;
+    nbdkit) nbdkit -f -i 127.0.0.1 -p "$port" file "$work/disk.raw" 2>"$work/log" & ;;
     esac
     pid=$!
     for _ in $(seq 100); do
         python3 -c "import socket; socket.create_connection(('127.0.0.1', $port)).close()" 2>/dev/null && return
         sleep 0.05
     done
-    echo "thousand-clients: $1 did not start" >&2
+    echo "thousand-clients: $1 did not start on port $port:" >&2
+    cat "$work/log" >&2
     exit 1
 }
 

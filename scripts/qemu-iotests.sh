@@ -103,7 +103,8 @@ iotests=$src/tests/qemu-iotests
 if [ -n "${COSTACK_NBD:-}" ]; then
     costack=$COSTACK_NBD
 else
-    (cd "$root" && cargo build -q --release -p costack-nbd) || die "cargo build --release -p costack-nbd failed"
+    (cd "$root" && cargo build -q --release -p costack-nbd --features tls) ||
+        die "cargo build --release -p costack-nbd --features tls failed"
     costack=${CARGO_TARGET_DIR:-$root/target}/release/costack-nbd
 fi
 [ -x "$costack" ] || die "no costack-nbd binary at $costack"

@@ -30,7 +30,7 @@ cargo test --workspace
 bash scripts/crossbeam-suite.sh
 # costack-nbd with TLS (the `tls` feature, system OpenSSL): its unit tests
 # and NBD over TLS against qemu, nbdinfo/nbdcopy and libnbd's Python.
-cargo test -p costack-nbd --features tls --lib --test tls
+cargo test -p costack-nbd --features tls --lib --test tls --test tls_list
 # The yardstick (issue 23): QEMU's own iotests, fetched from Debian's source
 # archive at test time, with qemu-nbd and then costack-nbd as QEMU_NBD_PROG;
 # fails on a test that passes with qemu-nbd, fails with costack-nbd and is

@@ -321,9 +321,19 @@ pub struct Cli {
     #[arg(long = "tls-creds", value_name = "ID")]
     pub tls_creds: Option<String>,
 
-    /// qemu-nbd's client authorization list: refused (not supported).
+    /// Serve only TLS clients that `--object authz-simple,id=ID,identity=DN`
+    /// allows: an X.509 client certificate whose distinguished name is DN.
     #[arg(long = "tls-authz", value_name = "ID", requires = "tls_creds")]
     pub tls_authz: Option<String>,
+
+    /// With `-L`: the host name the server's certificate must name (by
+    /// default the host of `-b`; needed over a Unix socket).
+    #[arg(long = "tls-hostname", value_name = "HOSTNAME")]
+    pub tls_hostname: Option<String>,
+
+    /// The distinguished name `--tls-authz` allows (set from its object).
+    #[arg(skip)]
+    pub tls_authz_identity: Option<String>,
 
     /// Host cache mode for file exports.
     #[arg(long = "cache", value_enum, value_name = "MODE", default_value_t = CacheMode::Writeback)]

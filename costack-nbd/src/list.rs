@@ -1,14 +1,15 @@
 //! qemu-nbd's `-L/--list`: a client that asks an NBD server for its
 //! exports and prints them as qemu-nbd prints them.
 //!
-//! One connection: the greeting; extended headers asked for, or else
+//! One connection: the greeting; `NBD_OPT_STARTTLS` and a TLS handshake
+//! if asked to (see [`list_on`]); extended headers asked for, or else
 //! structured replies (qemu's order, and what "transaction size" reports);
 //! `NBD_OPT_LIST`; per export `NBD_OPT_INFO` (description, block sizes)
 //! and `NBD_OPT_LIST_META_CONTEXT`; then `NBD_OPT_ABORT`. Nothing here
 //! needs an event loop: it is a short synchronous exchange.
 
 use std::fmt::Write as _;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -61,23 +62,32 @@ fn bad(what: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.into())
 }
 
-/// The option haggling of one connection.
-struct Session<S> {
-    reader: BufReader<S>,
-    writer: S,
+/// A byte stream a listing runs over: a socket, or TLS over one.
+pub trait Stream: Read + Write {}
+
+impl<T: Read + Write> Stream for T {}
+
+/// What turns the connection into TLS once the server acknowledged
+/// `NBD_OPT_STARTTLS` (see [`list_on`]).
+pub type StartTls<'a> = &'a dyn Fn(Box<dyn Stream>) -> io::Result<Box<dyn Stream>>;
+
+/// The option haggling of one connection (unbuffered: a few small
+/// messages, and nothing may be read ahead of a TLS handshake).
+struct Session {
+    stream: Box<dyn Stream>,
 }
 
-impl<S: Read + Write> Session<S> {
+impl Session {
     /// Sends option `code` with `data`; returns its replies up to and
     /// including the final one (an ACK or an error).
     fn ask(&mut self, code: u32, data: &[u8]) -> io::Result<Vec<(ReplyType, Vec<u8>)>> {
-        self.writer
+        self.stream
             .write_all(&encode_option(OptionCode::from(code), data))?;
-        self.writer.flush()?;
+        self.stream.flush()?;
         let mut replies = Vec::new();
         loop {
             let mut head = [0u8; OPTION_REPLY_HEADER_LEN];
-            self.reader.read_exact(&mut head)?;
+            self.stream.read_exact(&mut head)?;
             let h = OptionReplyHeader::decode(&head).map_err(|e| bad(e.to_string()))?;
             if h.option != code {
                 return Err(bad(format!(
@@ -89,7 +99,7 @@ impl<S: Read + Write> Session<S> {
                 return Err(bad(format!("option reply of {} bytes", h.length)));
             }
             let mut payload = vec![0u8; h.length as usize];
-            self.reader.read_exact(&mut payload)?;
+            self.stream.read_exact(&mut payload)?;
             let last = h.reply == ReplyType::Ack || u32::from(h.reply) & (1 << 31) != 0;
             replies.push((h.reply, payload));
             if last {
@@ -99,30 +109,37 @@ impl<S: Read + Write> Session<S> {
     }
 }
 
-/// The error a refused option stands for, with the server's message.
-fn refused(what: &str, reply: ReplyType, message: &[u8]) -> io::Error {
+/// The error a refused option `code` (`name`, as qemu calls it) stands
+/// for, with the server's message: qemu's words where QEMU's tests compare
+/// them.
+fn refused(code: u32, name: &str, reply: ReplyType, message: &[u8]) -> io::Error {
     let said = String::from_utf8_lossy(message);
     match reply {
-        ReplyType::ErrTlsReqd | ReplyType::ErrPolicy => io::Error::new(
+        ReplyType::ErrTlsReqd => io::Error::new(
             io::ErrorKind::PermissionDenied,
-            format!("{what}: the server requires TLS or refused: {said}"),
+            format!("TLS negotiation required before option {code} ({name})"),
         ),
-        _ => io::Error::other(format!("{what} refused ({reply:?}): {said}")),
+        ReplyType::ErrPolicy => io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("Denied by server for option {code} ({name})\nserver reported: {said}"),
+        ),
+        _ => io::Error::other(format!(
+            "option {code} ({name}) refused ({reply:?}): {said}"
+        )),
     }
 }
 
-/// Runs the listing exchange on `stream` (see the module docs).
+/// Runs the listing exchange on `stream` (see the module docs), over TLS
+/// if `starttls` is given: it is called with the connection once the
+/// server acknowledged `NBD_OPT_STARTTLS`, and returns the TLS session.
 ///
 /// # Errors
 /// The connection failed, the server is not a fixed-newstyle NBD server,
-/// or it refused to list its exports.
-pub fn list_on<S: Read + Write>(reader: S, writer: S) -> io::Result<Listing> {
-    let mut s = Session {
-        reader: BufReader::new(reader),
-        writer,
-    };
+/// or it refused TLS or to list its exports.
+pub fn list_on(stream: Box<dyn Stream>, starttls: Option<StartTls<'_>>) -> io::Result<Listing> {
+    let mut s = Session { stream };
     let mut greeting = [0u8; GREETING_LEN];
-    s.reader.read_exact(&mut greeting)?;
+    s.stream.read_exact(&mut greeting)?;
     let flags = decode_greeting(&greeting).map_err(|e| bad(format!("not an NBD server: {e}")))?;
     if flags & NBD_FLAG_FIXED_NEWSTYLE == 0 {
         return Err(bad("the server does not speak fixed newstyle"));
@@ -131,7 +148,16 @@ pub fn list_on<S: Read + Write>(reader: S, writer: S) -> io::Result<Listing> {
     if flags & NBD_FLAG_NO_ZEROES != 0 {
         client |= NBD_FLAG_C_NO_ZEROES;
     }
-    s.writer.write_all(&client.to_be_bytes())?;
+    s.stream.write_all(&client.to_be_bytes())?;
+    if let Some(upgrade) = starttls {
+        let code = OptionCode::StartTls.into();
+        match s.ask(code, &[])?.pop() {
+            Some((ReplyType::Ack, _)) => {}
+            Some((other, payload)) => return Err(refused(code, "starttls", other, &payload)),
+            None => return Err(bad("no reply to NBD_OPT_STARTTLS")),
+        }
+        s.stream = upgrade(s.stream)?;
+    }
     let acked = |r: &[(ReplyType, Vec<u8>)]| r.last().is_some_and(|(t, _)| *t == ReplyType::Ack);
     let extended_headers = acked(&s.ask(OptionCode::ExtendedHeaders.into(), &[])?);
     let structured = extended_headers || acked(&s.ask(OptionCode::StructuredReply.into(), &[])?);
@@ -151,7 +177,7 @@ pub fn list_on<S: Read + Write>(reader: S, writer: S) -> io::Result<Listing> {
                 });
             }
             ReplyType::Ack => {}
-            other => return Err(refused("listing the exports", other, &payload)),
+            other => return Err(refused(OptionCode::List.into(), "list", other, &payload)),
         }
     }
     for e in &mut exports {
@@ -166,11 +192,7 @@ pub fn list_on<S: Read + Write>(reader: S, writer: S) -> io::Result<Listing> {
 }
 
 /// Fills in what `NBD_OPT_INFO` and `NBD_OPT_LIST_META_CONTEXT` say of `e`.
-fn describe<S: Read + Write>(
-    s: &mut Session<S>,
-    e: &mut ExportListing,
-    structured: bool,
-) -> io::Result<()> {
+fn describe(s: &mut Session, e: &mut ExportListing, structured: bool) -> io::Result<()> {
     let info = InfoRequest {
         name: e.name.as_bytes().to_vec(),
         requests: vec![InfoType::Description, InfoType::BlockSize],
@@ -188,7 +210,7 @@ fn describe<S: Read + Write>(
                 Info::Name(_) | Info::Unknown(..) => {}
             },
             ReplyType::Ack => {}
-            other => return Err(refused(&format!("export '{}'", e.name), other, &payload)),
+            other => return Err(refused(OptionCode::Info.into(), "info", other, &payload)),
         }
     }
     if structured {
@@ -206,13 +228,14 @@ fn describe<S: Read + Write>(
     Ok(())
 }
 
-/// Connects to `target` and lists its exports.
+/// Connects to `target` and lists its exports, over TLS if `starttls`
+/// is given (see [`list_on`]).
 ///
 /// # Errors
 /// As [`list_on`], and when the connection cannot be made (the message
 /// names the address, as qemu-nbd's does).
-pub fn list(target: &Target) -> io::Result<Listing> {
-    match target {
+pub fn list(target: &Target, starttls: Option<StartTls<'_>>) -> io::Result<Listing> {
+    let stream: Box<dyn Stream> = match target {
         Target::Tcp(host, port) => {
             let s = TcpStream::connect((host.as_str(), *port)).map_err(|e| {
                 io::Error::new(
@@ -220,7 +243,7 @@ pub fn list(target: &Target) -> io::Result<Listing> {
                     format!("Failed to connect to '{host}:{port}': {e}"),
                 )
             })?;
-            list_on(s.try_clone()?, s)
+            Box::new(s)
         }
         Target::Unix(path) => {
             let s = UnixStream::connect(path).map_err(|e| {
@@ -229,9 +252,10 @@ pub fn list(target: &Target) -> io::Result<Listing> {
                     format!("Failed to connect to '{}': {e}", path.display()),
                 )
             })?;
-            list_on(s.try_clone()?, s)
+            Box::new(s)
         }
-    }
+    };
+    list_on(stream, starttls)
 }
 
 /// qemu-nbd's names of the transmission flags, by bit.

@@ -97,7 +97,17 @@ fn load_tls(cli: &Cli) -> io::Result<costack_nbd::tls::TlsConfig> {
             ))
         }
     };
-    TlsConfig::load(&credentials).map_err(|e| context(e, "cannot set up TLS"))
+    let config = TlsConfig::load(&credentials).map_err(|e| context(e, "cannot set up TLS"))?;
+    match &cli.tls_authz_identity {
+        // Without a certificate asked of the client there is nothing to
+        // authorize: refused rather than serving everyone.
+        Some(_) if !cli.tls_verify_peer => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--tls-authz needs the client's certificate (verify-peer=on)",
+        )),
+        Some(identity) => Ok(config.authorize_only(identity.clone())),
+        None => Ok(config),
+    }
 }
 
 enum Listener {
@@ -739,9 +749,7 @@ fn list_exports(cli: &Cli, given: impl Fn(&str) -> bool) -> ExitCode {
         "load_snapshot",
         "offset",
     ];
-    let refusal = if cli.tls_creds.is_some() {
-        Some("-L lists over plain connections only: costack-nbd has no TLS client")
-    } else if cli.file.is_some() {
+    let refusal = if cli.file.is_some() {
         Some("List mode is incompatible with a file name")
     } else if per_device.iter().any(|id| given(id)) {
         Some("List mode is incompatible with per-device settings")
@@ -758,7 +766,39 @@ fn list_exports(cli: &Cli, given: impl Fn(&str) -> bool) -> ExitCode {
         Some(path) => list::Target::Unix(path.clone()),
         None => list::Target::Tcp(cli.bind.clone(), cli.port),
     };
-    match list::list(&target) {
+    let creds = match objects::client_credentials(cli) {
+        Ok(creds) => creds,
+        Err(why) => {
+            eprintln!("costack-nbd: {why}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The name the server's certificate must carry: -b's host unless
+    // --tls-hostname says otherwise (a Unix socket has none).
+    let hostname = cli.tls_hostname.clone().or(match &target {
+        list::Target::Tcp(host, _) => Some(host.clone()),
+        list::Target::Unix(_) => None,
+    });
+    let listed = match creds {
+        None => list::list(&target, None),
+        #[cfg(feature = "tls")]
+        Some(creds) => {
+            let upgrade = |s: Box<dyn list::Stream>| -> io::Result<Box<dyn list::Stream>> {
+                let tls = costack_nbd::tls_client::connect(s, &creds, hostname.as_deref())?;
+                Ok(Box::new(tls))
+            };
+            list::list(&target, Some(&upgrade))
+        }
+        #[cfg(not(feature = "tls"))]
+        Some(_) => {
+            let _ = hostname;
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "--tls-creds: this costack-nbd was built without TLS (feature tls)",
+            ))
+        }
+    };
+    match listed {
         Ok(listing) => {
             print!("{}", list::format(&listing));
             ExitCode::SUCCESS

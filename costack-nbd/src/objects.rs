@@ -5,10 +5,16 @@
 //! and `--object tls-creds-psk,id=ID,dir=DIR,endpoint=server` define
 //! credentials; `--tls-creds ID` serves with them and requires TLS, as
 //! qemu-nbd does. The files are the ones qemu reads: `ca-cert.pem`,
-//! `server-cert.pem`, `server-key.pem`, or `keys.psk`. `secret` objects
-//! are accepted (they only matter to encrypted images, which are not
-//! served); anything this server cannot honour (`--tls-authz`, other
-//! object types, options it does not know) is refused, never ignored.
+//! `server-cert.pem`, `server-key.pem`, or `keys.psk`.
+//! `--object authz-simple,id=ID,identity=DN` with `--tls-authz ID` serves
+//! only the client whose certificate's distinguished name is DN.
+//! With `-L`, `--tls-creds` names client credentials (`endpoint=client`:
+//! `ca-cert.pem` and, if the server asks, `client-cert.pem` and
+//! `client-key.pem`; or `keys.psk` with `username=`), see
+//! [`client_credentials`]. `secret` objects are accepted (they only matter
+//! to encrypted images, which are not served); anything this server
+//! cannot honour (other object types, options it does not know) is
+//! refused, never ignored.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -184,7 +190,12 @@ pub fn apply(cli: &mut Cli) -> Result<(), String> {
         let o = Object::parse(spec)?;
         match o.kind.as_str() {
             "tls-creds-x509" => o.only(&["id", "dir", "endpoint", "verify-peer", "loaded"])?,
-            "tls-creds-psk" => o.only(&["id", "dir", "endpoint", "username", "loaded"])?,
+            // `verify-peer` is every tls-creds object's in QEMU; with a
+            // PSK both ends are verified by the key, so it changes nothing.
+            "tls-creds-psk" => {
+                o.only(&["id", "dir", "endpoint", "username", "verify-peer", "loaded"])?
+            }
+            "authz-simple" => o.only(&["id", "identity"])?,
             "secret" => {}
             other => {
                 return Err(format!(
@@ -196,11 +207,25 @@ pub fn apply(cli: &mut Cli) -> Result<(), String> {
             return Err(format!("attempt to add duplicate object id '{}'", o.id()));
         }
     }
+    if cli.tls_hostname.is_some() {
+        // qemu-nbd's words.
+        return Err("--tls-hostname is only permitted with --list".into());
+    }
     if let Some(id) = &cli.tls_authz {
-        return Err(format!(
-            "--tls-authz {id}: client authorization lists are not supported (use \
-             --tls-verify-peer with a CA that signs only the allowed clients)"
-        ));
+        let authz = objects
+            .get(id)
+            .ok_or_else(|| format!("No authorization object with id '{id}'"))?;
+        if authz.kind != "authz-simple" {
+            return Err(format!(
+                "Object '{id}' is {}, not an authorization (authz-simple)",
+                authz.kind
+            ));
+        }
+        let identity = authz
+            .props
+            .get("identity")
+            .ok_or_else(|| format!("authz-simple '{id}' has no identity"))?;
+        cli.tls_authz_identity = Some(identity.clone());
     }
     let Some(id) = cli.tls_creds.clone() else {
         return Ok(());
@@ -224,6 +249,13 @@ pub fn apply(cli: &mut Cli) -> Result<(), String> {
             .ok_or_else(|| format!("TLS credentials '{id}' have no dir"))?,
     );
     match creds.kind.as_str() {
+        "tls-creds-psk" if cli.tls_authz.is_some() => {
+            return Err(
+                "--tls-authz: only X.509 client certificates are authorized \
+                        (tls-creds-x509)"
+                    .into(),
+            )
+        }
         "tls-creds-x509" => {
             cli.tls_certificates = Some(dir);
             cli.tls_verify_peer = match creds.props.get("verify-peer") {
@@ -238,6 +270,67 @@ pub fn apply(cli: &mut Cli) -> Result<(), String> {
     // qemu-nbd with credentials serves TLS only.
     cli.tls = TlsMode::Require;
     Ok(())
+}
+
+/// The credentials `-L` connects with (`--tls-creds` of an
+/// `endpoint=client` object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCredentials {
+    /// X.509: `ca-cert.pem` in the directory checks the server; its
+    /// `client-cert.pem` and `client-key.pem`, if there, are sent when
+    /// the server asks for a certificate.
+    X509 {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// A pre-shared key: the `username` line of `keys.psk`.
+    Psk {
+        /// The key file.
+        file: PathBuf,
+        /// The identity whose key is used (qemu's default: `qemu`).
+        username: String,
+    },
+}
+
+/// The client credentials `cli`'s `--tls-creds` names, for `-L` (`None`
+/// without `--tls-creds`).
+///
+/// # Errors
+/// The message to show: a malformed object, an unknown id, or
+/// credentials that are not a client's.
+pub fn client_credentials(cli: &Cli) -> Result<Option<ClientCredentials>, String> {
+    let Some(id) = &cli.tls_creds else {
+        return Ok(None);
+    };
+    let mut found = None;
+    for spec in &cli.objects {
+        let o = Object::parse(spec)?;
+        if o.id() == id {
+            found = Some(o);
+        }
+    }
+    let creds = found.ok_or_else(|| format!("No TLS credentials with id '{id}'"))?;
+    if creds.props.get("endpoint").map_or("client", String::as_str) != "client" {
+        return Err("Expecting TLS credentials with a client endpoint".into());
+    }
+    let dir = PathBuf::from(
+        creds
+            .props
+            .get("dir")
+            .ok_or_else(|| format!("TLS credentials '{id}' have no dir"))?,
+    );
+    match creds.kind.as_str() {
+        "tls-creds-x509" => Ok(Some(ClientCredentials::X509 { dir })),
+        "tls-creds-psk" => Ok(Some(ClientCredentials::Psk {
+            file: dir.join("keys.psk"),
+            username: creds
+                .props
+                .get("username")
+                .cloned()
+                .unwrap_or_else(|| "qemu".into()),
+        })),
+        other => Err(format!("Object '{id}' is not TLS credentials but {other}")),
+    }
 }
 
 #[cfg(test)]
@@ -312,7 +405,7 @@ mod tests {
             "--object",
             "secret,id=sec0,data=x",
             "--object",
-            "qom-type=tls-creds-psk,id=p,dir=/k,endpoint=server",
+            "qom-type=tls-creds-psk,id=p,dir=/k,endpoint=server,verify-peer=on",
             "--tls-creds",
             "p",
         ])
@@ -321,6 +414,60 @@ mod tests {
         // Objects alone change nothing.
         let c = cli(&["--object", "tls-creds-psk,id=p,dir=/k,endpoint=server"]).unwrap();
         assert_eq!((c.tls, c.tls_psk), (TlsMode::Off, None));
+        // An authorization: the identity, commas unescaped.
+        let c = cli(&[
+            "--object",
+            x509_server(),
+            "--object",
+            "authz-simple,id=a0,identity=CN=localhost,,O=Acme,,C=US",
+            "--tls-creds",
+            "tls0",
+            "--tls-authz",
+            "a0",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.tls_authz_identity.as_deref(),
+            Some("CN=localhost,O=Acme,C=US")
+        );
+    }
+
+    fn x509_server() -> &'static str {
+        "tls-creds-x509,id=tls0,dir=/pki,endpoint=server"
+    }
+
+    #[test]
+    fn list_mode_takes_client_credentials() {
+        let creds = |args: &[&str]| {
+            let c = Cli::try_parse_from(std::iter::once("costack-nbd").chain(args.iter().copied()))
+                .unwrap();
+            client_credentials(&c)
+        };
+        assert_eq!(creds(&["-L"]), Ok(None));
+        assert_eq!(
+            creds(&[
+                "-L",
+                "--object",
+                "tls-creds-x509,id=t,dir=/c,endpoint=client",
+                "--tls-creds",
+                "t"
+            ]),
+            Ok(Some(ClientCredentials::X509 { dir: "/c".into() }))
+        );
+        assert_eq!(
+            creds(&[
+                "-L",
+                "--object",
+                "tls-creds-psk,id=t,dir=/k",
+                "--tls-creds=t"
+            ]),
+            Ok(Some(ClientCredentials::Psk {
+                file: "/k/keys.psk".into(),
+                username: "qemu".into()
+            }))
+        );
+        let e = creds(&["-L", "--object", x509_server(), "--tls-creds", "tls0"]).unwrap_err();
+        assert!(e.contains("client endpoint"), "{e}");
     }
 
     #[test]
@@ -342,12 +489,29 @@ mod tests {
                 "duplicate object id",
             ),
             (
-                vec!["--object", "authz-simple,id=a,identity=x"],
+                vec!["--object", "authz-list,id=a,policy=deny"],
                 "not supported",
             ),
             (
                 vec!["--object", x509, "--tls-creds", "t", "--tls-authz", "a"],
-                "--tls-authz",
+                "No authorization object with id 'a'",
+            ),
+            (
+                vec![
+                    "--object",
+                    "tls-creds-psk,id=t,dir=/k,endpoint=server",
+                    "--object",
+                    "authz-simple,id=a,identity=CN=x",
+                    "--tls-creds",
+                    "t",
+                    "--tls-authz",
+                    "a",
+                ],
+                "only X.509",
+            ),
+            (
+                vec!["--tls-hostname", "localhost"],
+                "only permitted with --list",
             ),
             (
                 vec!["--object", "tls-creds-x509,id=t,dir=/p,priority=NORMAL"],

@@ -1,20 +1,20 @@
 //! NBD over TLS against real clients: qemu-img/qemu-io (GnuTLS, X.509 and
 //! PSK, TLS 1.3 and 1.2), nbdinfo/nbdcopy and libnbd's Python binding.
-//! Credentials are made here as qemu's and nbdkit's own tests make them,
-//! with `certtool` and `psktool` (gnutls-bin).
+//! Credentials are made as qemu's and nbdkit's own tests make them
+//! (`support::tls_creds`).
 //!
 //! A missing tool skips a test, except under `COSTACK_REQUIRE_CLIENTS=1`
 //! (set by CI), where it is a failure.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 mod support;
 
-use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use support::tls_creds::*;
 use support::tools::{fails, have, ok, run};
 
 const IHAVEOPT: u64 = 0x4948_4156_454f_5054;
@@ -25,273 +25,13 @@ const OPT_EXPORT_NAME: u32 = 1;
 const REP_ACK: u32 = 1;
 const REP_ERR_TLS_REQD: u32 = (1 << 31) | 5;
 
-struct Server {
-    child: Child,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    /// Starts `costack-nbd -p 0 ARGS`, its log (`-vv`) kept in a file.
-    fn start(args: &[&str]) -> Server {
-        let log = scratch("server.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args([
-                "-p",
-                "0",
-                "-b",
-                "127.0.0.1",
-                "-t",
-                "-e",
-                "0",
-                "--discard=unmap",
-                "--print-url",
-                "-vvv",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start costack-nbd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the URL line");
-        let url = line.trim().to_owned();
-        assert!(
-            url.starts_with("nbd://") || url.starts_with("nbds://"),
-            "unexpected first line {url:?}: {}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        Server { child, url, log }
-    }
-
-    fn port(&self) -> String {
-        let rest = self.url.split("://").nth(1).unwrap();
-        let hostport = rest.split('/').next().unwrap();
-        hostport.rsplit(':').next().unwrap().to_owned()
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether the server process is still running.
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("tls-{}-{n}-{name}", std::process::id()))
-}
-
-/// Credentials, made once per test run.
-struct Creds {
-    /// ca-cert.pem, server-cert.pem, server-key.pem.
-    server: PathBuf,
-    /// ca-cert.pem, client-cert.pem, client-key.pem (signed by the CA).
-    client: PathBuf,
-    /// ca-cert.pem only: no client certificate.
-    anonymous: PathBuf,
-    /// A client whose certificate and CA are another CA's.
-    stranger: PathBuf,
-    /// keys.psk with identity "alice" (a directory, as qemu wants it).
-    psk_dir: PathBuf,
-    /// keys.psk with the same identity and another key.
-    wrong_psk_dir: PathBuf,
-}
-
-fn certtool(args: &[&str], out: &Path) {
-    let o = run("certtool", args);
-    assert!(
-        o.status.success(),
-        "certtool {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    if !args.contains(&"--outfile") {
-        std::fs::write(out, &o.stdout).unwrap();
-    }
-}
-
-/// A CA in `dir` (ca-cert.pem, ca-key.pem).
-fn make_ca(dir: &Path, cn: &str) {
-    std::fs::create_dir_all(dir).unwrap();
-    let info = dir.join("ca.info");
-    std::fs::write(&info, format!("cn = {cn}\nca\ncert_signing_key\n")).unwrap();
-    let key = dir.join("ca-key.pem");
-    certtool(&["--generate-privkey"], &key);
-    certtool(
-        &[
-            "--generate-self-signed",
-            "--load-privkey",
-            key.to_str().unwrap(),
-            "--template",
-            info.to_str().unwrap(),
-            "--outfile",
-            dir.join("ca-cert.pem").to_str().unwrap(),
-        ],
-        &key,
-    );
-}
-
-/// `role`-cert.pem and `role`-key.pem in `out`, signed by the CA in `ca`,
-/// with `ca-cert.pem` beside them.
-fn make_cert(ca: &Path, out: &Path, role: &str, template: &str) {
-    std::fs::create_dir_all(out).unwrap();
-    let info = out.join(format!("{role}.info"));
-    std::fs::write(&info, template).unwrap();
-    let key = out.join(format!("{role}-key.pem"));
-    certtool(&["--generate-privkey"], &key);
-    certtool(
-        &[
-            "--generate-certificate",
-            "--load-ca-certificate",
-            ca.join("ca-cert.pem").to_str().unwrap(),
-            "--load-ca-privkey",
-            ca.join("ca-key.pem").to_str().unwrap(),
-            "--load-privkey",
-            key.to_str().unwrap(),
-            "--template",
-            info.to_str().unwrap(),
-            "--outfile",
-            out.join(format!("{role}-cert.pem")).to_str().unwrap(),
-        ],
-        &key,
-    );
-    std::fs::copy(ca.join("ca-cert.pem"), out.join("ca-cert.pem")).unwrap();
-    std::fs::remove_file(info).unwrap();
-}
-
-const SERVER_INFO: &str = "organization = costack\ncn = localhost\ndns_name = localhost\n\
-    ip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\n";
-const CLIENT_INFO: &str = "organization = costack\ncn = client\ntls_www_client\n\
-    encryption_key\nsigning_key\n";
-
-fn creds() -> &'static Creds {
-    static CREDS: OnceLock<Creds> = OnceLock::new();
-    CREDS.get_or_init(|| {
-        let root = scratch("creds");
-        let ca = root.join("ca");
-        make_ca(&ca, "costack test CA");
-        let server = root.join("server");
-        make_cert(&ca, &server, "server", SERVER_INFO);
-        let client = root.join("client");
-        make_cert(&ca, &client, "client", CLIENT_INFO);
-        let anonymous = root.join("anonymous");
-        std::fs::create_dir_all(&anonymous).unwrap();
-        std::fs::copy(ca.join("ca-cert.pem"), anonymous.join("ca-cert.pem")).unwrap();
-        let other_ca = root.join("other-ca");
-        make_ca(&other_ca, "another CA");
-        let stranger = root.join("stranger");
-        make_cert(&other_ca, &stranger, "client", CLIENT_INFO);
-
-        let psk_dir = root.join("psk");
-        let wrong_psk_dir = root.join("wrong-psk");
-        for dir in [&psk_dir, &wrong_psk_dir] {
-            std::fs::create_dir_all(dir).unwrap();
-            let file = dir.join("keys.psk");
-            let o = run("psktool", &["-u", "alice", "-p", file.to_str().unwrap()]);
-            assert!(
-                o.status.success(),
-                "psktool: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        Creds {
-            server,
-            client,
-            anonymous,
-            stranger,
-            psk_dir,
-            wrong_psk_dir,
-        }
-    })
-}
-
-fn tools() -> bool {
-    have(&[
-        "certtool", "psktool", "qemu-img", "qemu-io", "nbdinfo", "nbdcopy",
-    ])
-}
-
-/// `--object` for qemu's X.509 client credentials in `dir`; `priority`
-/// restricts GnuTLS (for example to TLS 1.2).
-fn x509_object(dir: &Path, priority: Option<&str>) -> String {
-    let mut o = format!(
-        "tls-creds-x509,id=tls0,endpoint=client,dir={}",
-        dir.display()
-    );
-    if let Some(p) = priority {
-        o += &format!(",priority={p}");
-    }
-    o
-}
-
-fn psk_object(dir: &Path, priority: Option<&str>) -> String {
-    let mut o = format!(
-        "tls-creds-psk,id=tls0,endpoint=client,username=alice,dir={}",
-        dir.display()
-    );
-    if let Some(p) = priority {
-        o += &format!(",priority={p}");
-    }
-    o
-}
-
-fn nbd_opts(server: &Server) -> String {
-    format!(
-        "driver=nbd,host=127.0.0.1,port={},tls-creds=tls0",
-        server.port()
-    )
-}
-
-/// qemu-io over TLS with `object`; `cmds` run in order.
-fn qemu_io_tls(server: &Server, object: &str, cmds: &[&str]) -> Output {
-    let opts = nbd_opts(server);
-    let mut args = vec!["--object", object, "--image-opts"];
-    for c in cmds {
-        args.extend(["-c", c]);
-    }
-    args.push(&opts);
-    run("qemu-io", &args)
-}
-
-fn assert_io_ok(out: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "qemu-io failed: {text}");
-    assert!(
-        !text.contains("Pattern verification failed") && !text.contains("failed:"),
-        "{text}"
-    );
-    text
-}
-
 #[test]
 fn x509_with_qemu_on_tls13_and_tls12() {
     if !tools() {
         return;
     }
     let c = creds();
-    let server = Server::start(&[
+    let server = TlsServer::start(&[
         "--tls",
         "require",
         "--tls-certificates",
@@ -329,7 +69,7 @@ fn psk_with_qemu_and_python_libnbd() {
     }
     let c = creds();
     let keys = c.psk_dir.join("keys.psk");
-    let server = Server::start(&["--tls", "require", "--tls-psk", keys.to_str().unwrap()]);
+    let server = TlsServer::start(&["--tls", "require", "--tls-psk", keys.to_str().unwrap()]);
     for priority in [None, Some("NORMAL:-VERS-TLS1.3")] {
         let object = psk_object(&c.psk_dir, priority);
         assert_io_ok(&qemu_io_tls(
@@ -404,7 +144,7 @@ fn nbdinfo_and_nbdcopy_with_several_connections() {
         return;
     }
     let c = creds();
-    let server = Server::start(&[
+    let server = TlsServer::start(&[
         "--tls",
         "require",
         "--tls-certificates",
@@ -457,7 +197,7 @@ fn tls_policies_refuse_clearly() {
     let c = creds();
     let certs = c.server.to_str().unwrap();
     // A plain client against `require`: refused, and told why.
-    let server = Server::start(&["--tls", "require", "--tls-certificates", certs]);
+    let server = TlsServer::start(&["--tls", "require", "--tls-certificates", certs]);
     let said = fails("qemu-img", &["info", &format!("nbd://{}", server.addr())]);
     assert!(said.contains("TLS"), "{said}");
     // By hand: options get ERR_TLS_REQD, EXPORT_NAME ends the session.
@@ -474,7 +214,7 @@ fn tls_policies_refuse_clearly() {
     drop(server);
 
     // `on`: plain and TLS clients both served.
-    let server = Server::start(&["--tls", "on", "--tls-certificates", certs]);
+    let server = TlsServer::start(&["--tls", "on", "--tls-certificates", certs]);
     ok(
         "qemu-io",
         &[
@@ -493,7 +233,7 @@ fn tls_policies_refuse_clearly() {
     drop(server);
 
     // A TLS client against a plain server: a clean refusal.
-    let server = Server::start(&[]);
+    let server = TlsServer::start(&[]);
     let out = qemu_io_tls(&server, &x509_object(&c.client, None), &["read 0 4k"]);
     let said = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "TLS client served in the clear");
@@ -523,7 +263,7 @@ fn peer_verification_and_wrong_cas() {
         return;
     }
     let c = creds();
-    let mut server = Server::start(&[
+    let mut server = TlsServer::start(&[
         "--tls",
         "require",
         "--tls-certificates",
@@ -547,7 +287,7 @@ fn peer_verification_and_wrong_cas() {
     let log = server.log();
     assert!(log.contains("TLS handshake failed"), "{log}");
     // The client does not trust a server whose CA it does not know.
-    let plain = Server::start(&[
+    let plain = TlsServer::start(&[
         "--tls",
         "require",
         "--tls-certificates",
@@ -620,7 +360,7 @@ fn garbage_or_silence_instead_of_a_client_hello() {
         return;
     }
     let c = creds();
-    let mut server = Server::start(&[
+    let mut server = TlsServer::start(&[
         "--tls",
         "require",
         "--tls-certificates",
@@ -761,7 +501,7 @@ fn qemu_nbd_style_objects_and_tls_creds() {
         "tls-creds-x509,id=tls0,dir={},endpoint=server",
         c.server.display()
     );
-    let server = Server::start(&["--object", &server_x509, "--tls-creds", "tls0"]);
+    let server = TlsServer::start(&["--object", &server_x509, "--tls-creds", "tls0"]);
     assert!(server.url.starts_with("nbds://"), "{}", server.url);
     // QEMU's default verify-peer=on: a client with a certificate of the
     // CA gets in, one without does not; nor does a plain client.
@@ -794,7 +534,7 @@ fn qemu_nbd_style_objects_and_tls_creds() {
         "tls-creds-psk,id=tls0,dir={},endpoint=server",
         c.psk_dir.display()
     );
-    let server = Server::start(&["--object", &server_psk, "--tls-creds=tls0"]);
+    let server = TlsServer::start(&["--object", &server_psk, "--tls-creds=tls0"]);
     let object = psk_object(&c.psk_dir, None);
     assert_io_ok(&qemu_io_tls(
         &server,

@@ -12,6 +12,7 @@ pub mod crash;
 pub mod crash_qcow2;
 pub mod crash_workload;
 pub mod pagecache;
+pub mod tls_creds;
 pub mod tools;
 
 use std::collections::HashMap;
