@@ -505,9 +505,7 @@ fn accept_loop(
                 aio::sleep(Duration::from_millis(10));
                 continue;
             }
-            while shared.established.load(Ordering::SeqCst) >= max_clients {
-                shared.lifecycle.wait_for_slot();
-            }
+            shared.slots.wait_for_free(max_clients);
         }
         let accepted = match &listener {
             Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), a.to_string())),
