@@ -15,6 +15,9 @@
 //!
 //! * `mod.rs` — [`Shared`], what every connection and loop thread shares
 //!   (the export, the device, the counts, the stop), and the limits;
+//! * [`accept`] — the event loops (the main thread's and the worker
+//!   [`IoThread`](costack::aio::IoThread)s), the accept loop spreading
+//!   connections over them, and the stop: [`accept::Server`];
 //! * `connection` — one connection: [`serve`] (the handshake, within its
 //!   time limit, upgraded to TLS on `NBD_OPT_STARTTLS`), then the
 //!   transmission phase, with the guards that register it in [`Shared`];
@@ -34,6 +37,7 @@ use std::time::Duration;
 use crate::block::BlockDevice;
 use crate::protocol::handshake::HandshakeConfig;
 
+pub mod accept;
 pub mod admission;
 mod connection;
 pub mod lifecycle;
