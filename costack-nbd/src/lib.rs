@@ -24,11 +24,9 @@
 #![warn(missing_docs)]
 
 pub mod activation;
-pub mod admission;
 pub mod block;
 pub mod cli;
 pub mod daemon;
-pub mod lifecycle;
 pub mod list;
 pub mod objects;
 pub mod protocol;

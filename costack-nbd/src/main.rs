@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
-use costack::aio::{self, EventLoop, LoopHandle};
-use costack::net::{ListenOptions, TcpListener, TcpStream, UnixListener, UnixStream};
+use costack::aio::EventLoop;
+use costack::net::{ListenOptions, TcpListener, UnixListener};
 use costack_nbd::activation::{self, Activated};
 use costack_nbd::block::modes::{Durability, Modes, WithModes, ZeroDetection};
 use costack_nbd::block::overlay::Overlay;
@@ -20,7 +20,8 @@ use costack_nbd::block::{BlockDevice, MemDisk};
 use costack_nbd::cli::{init_logging, CacheMode, Cli, DetectZeroes, DiscardMode, Format, TlsMode};
 use costack_nbd::daemon::{self, PidFile};
 use costack_nbd::protocol::handshake::{ExportInfo, HandshakeConfig, QemuContext, TlsPolicy};
-use costack_nbd::server::{serve, Shared, SharedDevice};
+use costack_nbd::server::accept::{Listener, LoopOptions, Server};
+use costack_nbd::server::{Shared, SharedDevice};
 use costack_nbd::{list, objects};
 
 fn main() -> ExitCode {
@@ -107,21 +108,6 @@ fn load_tls(cli: &Cli) -> io::Result<costack_nbd::tls::TlsConfig> {
         )),
         Some(identity) => Ok(config.authorize_only(identity.clone())),
         None => Ok(config),
-    }
-}
-
-enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener, std::path::PathBuf),
-}
-
-impl Listener {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
-        match self {
-            Listener::Tcp(l) => l.as_fd(),
-            Listener::Unix(l, _) => l.as_fd(),
-        }
     }
 }
 
@@ -262,42 +248,12 @@ fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
     spawn_signal_thread(signals, shared.clone());
 
     // Extra event-loop threads; connections are spread over all loops.
-    let mut workers = Vec::new();
-    let mut handles = Vec::new();
-    let poll_max = cli.poll_max();
-    let poll_factors = (cli.poll_grow, cli.poll_shrink);
-    for i in 1..cli.threads {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let shared = shared.clone();
-        workers.push(
-            std::thread::Builder::new()
-                .name(format!("nbd-loop-{i}"))
-                .spawn(move || {
-                    // The loop's creation error goes back to the main
-                    // thread, which reports it.
-                    let ev = match EventLoop::new() {
-                        Ok(ev) => ev,
-                        Err(e) => {
-                            let _ = tx.send(Err(e));
-                            return;
-                        }
-                    };
-                    ev.set_poll_max(poll_max);
-                    ev.set_poll_factors(poll_factors.0, poll_factors.1);
-                    tx.send(Ok(ev.handle()))
-                        .expect("main thread waits for the handle");
-                    // Its connections end, then the loop: once the server
-                    // stops and its last connection is gone.
-                    ev.block_on(move || shared.lifecycle.drained.wait());
-                })
-                .map_err(|e| context(e, "cannot start an event-loop thread"))?,
-        );
-        let handle = rx
-            .recv()
-            .map_err(|_| io::Error::other("an event-loop thread died while starting"))?
-            .map_err(|e| context(e, "cannot start the event loop"))?;
-        handles.push(handle);
-    }
+    let loops = LoopOptions {
+        threads: cli.threads,
+        poll_max: cli.poll_max(),
+        poll_factors: (cli.poll_grow, cli.poll_shrink),
+    };
+    let server = Server::start(ev, listener, shared, cli.shared as usize, &loops)?;
 
     // As qemu-nbd, nothing on stdout unless asked (--print-url); a
     // socket-activated server has no URL of its own choosing.
@@ -316,30 +272,7 @@ fn run(mut cli: Cli, activated: Option<Activated>) -> io::Result<()> {
         "serving"
     );
 
-    let max_clients = cli.shared as usize;
-    ev.set_poll_max(poll_max);
-    ev.set_poll_factors(poll_factors.0, poll_factors.1);
-    let accept_shared = shared.clone();
-    ev.block_on(move || {
-        let lifecycle = &shared.lifecycle;
-        let accepting =
-            aio::spawn(move || accept_loop(listener, accept_shared, handles, max_clients));
-        // A stop cancels the accept wherever it waits (the listener is
-        // dropped as it unwinds); then the connections finish.
-        lifecycle.stop.wait();
-        accepting.cancel();
-        let accepted = match accepting.join() {
-            Ok(r) => r,
-            Err(p) if p.is::<aio::Cancelled>() => Ok(()),
-            Err(p) => std::panic::resume_unwind(p),
-        };
-        lifecycle.drained.wait();
-        accepted
-    })?;
-    for w in workers {
-        w.join()
-            .map_err(|_| io::Error::other("an event-loop thread panicked"))?;
-    }
+    server.run()?;
     device.close().map_err(|e| {
         let what = match &cli.file {
             Some(path) => format!("cannot flush {}", path.display()),
@@ -485,123 +418,6 @@ fn warn_unreachable_tail(path: &std::path::Path, size: u64, direct: bool) {
     }
 }
 
-/// Accepts clients until the server stops (its owner cancels it then).
-fn accept_loop(
-    listener: Listener,
-    shared: Arc<Shared>,
-    loops: Vec<LoopHandle>,
-    max_clients: usize,
-) -> io::Result<()> {
-    let mut next = 0usize;
-    while !shared.stopping.load(Ordering::SeqCst) {
-        // As qemu-nbd, a client beyond -e waits (in the listen backlog)
-        // for a slot rather than being turned away: once one is pending,
-        // it is accepted only while a slot is free. Only established
-        // clients count: sockets that never finish negotiating cannot
-        // lock real clients out (they are bounded on their own, below).
-        if max_clients != 0 {
-            if let Err(e) = aio::wait_readable(listener.as_fd()) {
-                tracing::warn!(error = %e, "waiting for a client failed");
-                aio::sleep(Duration::from_millis(10));
-                continue;
-            }
-            while shared.established.load(Ordering::SeqCst) >= max_clients {
-                shared.lifecycle.wait_for_slot();
-            }
-        }
-        let accepted = match &listener {
-            Listener::Tcp(l) => l.accept().map(|(s, a)| (Conn::Tcp(s), a.to_string())),
-            Listener::Unix(l, path) => l
-                .accept()
-                .map(|(s, _)| (Conn::Unix(s), path.display().to_string())),
-        };
-        let (conn, peer) = match accepted {
-            Ok(_) if shared.stopping.load(Ordering::SeqCst) => break,
-            Ok(c) => c,
-            Err(_) if shared.stopping.load(Ordering::SeqCst) => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                aio::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        // Negotiating connections are bounded: wait for one to end, or
-        // to stall and be dropped (never one making progress).
-        let dropped = shared.wait_for_room_to_negotiate();
-        if dropped > 0 {
-            tracing::info!(
-                dropped,
-                "dropped stalled negotiating connections to make room"
-            );
-        }
-        shared.lifecycle.client_came(&shared);
-        // Round-robin over this loop (index 0) and the worker loops.
-        let target = next % (loops.len() + 1);
-        next = next.wrapping_add(1);
-        let slot = Slot(shared.clone());
-        if target == 0 {
-            aio::spawn(move || conn.serve(peer, slot, max_clients));
-        } else {
-            let conn = conn.into_std();
-            loops[target - 1]
-                .spawn(move || StdConn::into_costack(conn).serve(peer, slot, max_clients));
-        }
-    }
-    Ok(())
-}
-
-/// A connection's place among the server's clients, given back however
-/// its handler ends (or if it never starts: a loop dropped the work): a
-/// panic is caught at the coroutine's boundary and the server goes on, so
-/// the slot must not leak with it, nor hold up a clean stop.
-struct Slot(Arc<Shared>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.lifecycle.client_left(&self.0);
-    }
-}
-
-enum Conn {
-    Tcp(TcpStream),
-    Unix(UnixStream),
-}
-
-/// A connection on its way to another loop thread.
-enum StdConn {
-    Tcp(std::net::TcpStream),
-    Unix(std::os::unix::net::UnixStream),
-}
-
-impl Conn {
-    fn into_std(self) -> StdConn {
-        match self {
-            Conn::Tcp(s) => StdConn::Tcp(s.into_std()),
-            Conn::Unix(s) => StdConn::Unix(s.into_std()),
-        }
-    }
-
-    fn serve(self, peer: String, slot: Slot, max_clients: usize) {
-        let _here = LoopConnection::new();
-        match self {
-            Conn::Tcp(s) => {
-                let _ = s.set_nodelay(true);
-                serve(s, peer, slot.0.clone(), max_clients)
-            }
-            Conn::Unix(s) => serve(s, peer, slot.0.clone(), max_clients),
-        }
-    }
-}
-
-impl StdConn {
-    fn into_costack(self) -> Conn {
-        match self {
-            StdConn::Tcp(s) => Conn::Tcp(TcpStream::from_std(s).expect("socket joins the loop")),
-            StdConn::Unix(s) => Conn::Unix(UnixStream::from_std(s).expect("socket joins the loop")),
-        }
-    }
-}
-
 /// Keeps request buffers (up to 32 MiB, NBD's usual payload limit) on the
 /// heap and the heap from shrinking after every large reply: glibc's
 /// defaults would mmap/munmap or trim with brk per request.
@@ -612,43 +428,6 @@ fn tune_malloc() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
-    }
-}
-
-thread_local! {
-    /// Connections served by this thread's event loop.
-    static LOOP_CONNECTIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
-}
-
-/// Counts a connection on its loop; when the loop's last one ends, gives
-/// idle memory back to the system: the coroutine stacks its requests left
-/// in the pool (up to `costack::pool::POOL_BYTES` a thread, each with the
-/// pages it touched) and the heap that freed buffers left behind. A busy
-/// server keeps both for the next requests; an idle one need not.
-struct LoopConnection;
-
-impl LoopConnection {
-    fn new() -> Self {
-        LOOP_CONNECTIONS.with(|n| n.set(n.get() + 1));
-        LoopConnection
-    }
-}
-
-impl Drop for LoopConnection {
-    fn drop(&mut self) {
-        let left = LOOP_CONNECTIONS.with(|n| {
-            n.set(n.get() - 1);
-            n.get()
-        });
-        if left == 0 {
-            costack::pool::trim();
-            #[cfg(target_env = "gnu")]
-            // SAFETY: malloc_trim only returns free heap pages to the
-            // kernel; it takes glibc's own locks.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-        }
     }
 }
 

@@ -54,6 +54,42 @@ impl IoThread {
     /// // Dropped (or stopped): its loop stops and the thread is joined.
     /// ```
     pub fn spawn(name: &str) -> io::Result<IoThread> {
+        Self::spawn_with(name, |_| {})
+    }
+
+    /// As [`spawn`](IoThread::spawn), running `configure` on the new loop,
+    /// on its thread, before any work can reach it: to set what only the
+    /// loop itself offers (its polling, say).
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned or its loop cannot be created
+    /// (`configure` is not called then).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use costack::aio::IoThread;
+    /// use std::time::Duration;
+    ///
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let io = IoThread::spawn_with("polling", move |lp| {
+    ///     lp.set_poll_max(Duration::from_micros(50));
+    ///     lp.set_poll_factors(2, 4);
+    ///     let on = std::thread::current().name().map(str::to_owned);
+    ///     tx.send((on, lp.poll_max())).unwrap();
+    /// })
+    /// .unwrap();
+    /// // Configured on its own thread, before `spawn_with` returned.
+    /// let (on, max) = rx.try_recv().unwrap();
+    /// assert_eq!(on.as_deref(), Some("polling"));
+    /// assert_eq!(max, Duration::from_micros(50));
+    /// assert_eq!(io.handle().spawn(|| 6 * 7).join().unwrap(), 42);
+    /// io.stop();
+    /// ```
+    pub fn spawn_with(
+        name: &str,
+        configure: impl FnOnce(&EventLoop) + Send + 'static,
+    ) -> io::Result<IoThread> {
         let stopping = Arc::new(AtomicBool::new(false));
         let flag = stopping.clone();
         let (tx, rx) = mpsc::sync_channel(1);
@@ -64,6 +100,7 @@ impl IoThread {
                     Ok(lp) => lp,
                     Err(e) => return drop(tx.send(Err(e))),
                 };
+                configure(&lp);
                 if tx.send(Ok(lp.handle())).is_err() {
                     return;
                 }

@@ -17,7 +17,7 @@ use std::sync::Mutex;
 
 use costack::channel::{bounded, Receiver, Sender};
 
-use crate::server::Shared;
+use super::Shared;
 
 /// A one-way door: closed until [`open`](Gate::open), then open for good.
 /// [`wait`](Gate::wait) suspends a coroutine (or blocks a plain thread)
@@ -73,13 +73,6 @@ pub struct Lifecycle {
     /// A client that reached the transmission phase ended since the
     /// server last had no connection.
     served: AtomicBool,
-    /// A token per `-e` slot given back (at most one waits: the accept
-    /// loop only needs to look again).
-    slot_freed: (Sender<()>, Receiver<()>),
-    /// The same for clients that finished negotiating to find every slot
-    /// taken (by others that negotiated at the same time): one token
-    /// wakes one of them, which passes it on if room is left.
-    slot_for_waiter: (Sender<()>, Receiver<()>),
 }
 
 impl Default for Lifecycle {
@@ -89,8 +82,6 @@ impl Default for Lifecycle {
             drained: Gate::default(),
             persistent: AtomicBool::new(true),
             served: AtomicBool::new(false),
-            slot_freed: bounded(1),
-            slot_for_waiter: bounded(1),
         }
     }
 }
@@ -139,32 +130,11 @@ impl Lifecycle {
         self.persistent.store(persistent, Ordering::SeqCst);
     }
 
-    /// A client in the transmission phase ended: its `-e` slot is free
-    /// (see [`wait_for_slot`](Lifecycle::wait_for_slot)), and it counts as
-    /// served. Called before its connection is counted gone.
+    /// A client in the transmission phase ended: it counts as served.
+    /// Called (as its `-e` slot is given back, see
+    /// [`Slots`](super::Slots)) before its connection is counted gone.
     pub fn session_ended(&self) {
         self.served.store(true, Ordering::SeqCst);
-        let _ = self.slot_freed.0.try_send(());
-        self.wake_slot_waiter();
-    }
-
-    /// Tells one client waiting in [`wait_for_freed_slot`] to look again
-    /// (a token already there says as much).
-    ///
-    /// [`wait_for_freed_slot`]: Lifecycle::wait_for_freed_slot
-    pub fn wake_slot_waiter(&self) {
-        let _ = self.slot_for_waiter.0.try_send(());
-    }
-
-    /// Waits, as a client past its handshake, until a slot may be free.
-    pub fn wait_for_freed_slot(&self) {
-        let _ = self.slot_for_waiter.1.recv();
-    }
-
-    /// Waits until an `-e` slot may have been given back since the caller
-    /// last looked (the caller looks again: a token may be stale).
-    pub fn wait_for_slot(&self) {
-        let _ = self.slot_freed.1.recv();
     }
 }
 

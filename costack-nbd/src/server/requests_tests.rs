@@ -1,4 +1,4 @@
-//! Unit tests of `server.rs` (a child module of it: private items are in
+//! Unit tests of `requests.rs` (a child module of it: private items are in
 //! reach through `super`).
 
 use super::*;
