@@ -55,38 +55,6 @@ fn tmpfs_io_completes_without_suspending() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Transfers over 256 KiB leave the loop thread even on tmpfs: the copy
-/// is done by another thread while the loop goes on.
-#[test]
-fn large_tmpfs_io_is_handed_off() {
-    let Some(dir) = shm_dir("large") else {
-        return;
-    };
-    let path = dir.join("f");
-    std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
-    let lp = EventLoop::new().unwrap();
-    let p = path.clone();
-    lp.block_on(move || {
-        let f = Rc::new(File::options().read(true).write(true).open(&p).unwrap());
-        for len in [256 << 10, (256 << 10) + 1, 1 << 20] {
-            let g = f.clone();
-            let co = Coroutine::new(move || {
-                let mut b = vec![0u8; len];
-                g.read_exact_at(&mut b, 0).unwrap();
-                assert!(b.iter().all(|&x| x == 7));
-                g.write_all_at(&b, 0).unwrap();
-            });
-            co.enter();
-            // Up to 256 KiB inline (done), beyond it suspended.
-            assert_eq!(co.is_finished(), len <= 256 << 10, "{len} bytes");
-            while !co.is_finished() {
-                aio::sleep(std::time::Duration::from_millis(1));
-            }
-        }
-    });
-    std::fs::remove_dir_all(dir).unwrap();
-}
-
 /// A coroutine that only does inline I/O still lets the loop run others.
 fn busy_reader_does_not_starve(dir: PathBuf) {
     let path = dir.join("f");

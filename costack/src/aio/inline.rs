@@ -21,12 +21,6 @@
 //! * never for `O_DIRECT` files, whose `RWF_NOWAIT` I/O still waits for the
 //!   device.
 //!
-//! Large transfers (over [`INLINE_MAX`]) are never done here: copying a
-//! megabyte takes the loop thread 50-100 µs that another core can spend
-//! instead, while the loop moves on to the next request (a server
-//! receiving 1 MiB writes did both copies on one core, and trailed
-//! servers that use a thread per request).
-//!
 //! The results are those of the other paths. What changes is that a call
 //! completed here does not yield: so that a coroutine doing nothing but
 //! such I/O cannot keep the loop from its other work, each call charges
@@ -47,10 +41,7 @@ const NOWAIT: u8 = 2;
 /// Never inline.
 const NEVER: u8 = 3;
 
-/// Longest read or write done inline: above it, the copy is worth a hand-off
-/// to another thread (see the module docs).
-pub(crate) const INLINE_MAX: usize = 256 << 10;
-
+/// Units of inline I/O between two yields to the loop.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6_u32 as i64;
 
@@ -138,7 +129,6 @@ impl Inline {
         call: impl Fn(libc::off_t, libc::c_int) -> libc::ssize_t,
     ) -> Option<io::Result<usize>> {
         let flags = match mode {
-            _ if len > INLINE_MAX => return None,
             MEMORY => 0,
             NOWAIT => libc::RWF_NOWAIT,
             _ => return None,
