@@ -69,7 +69,7 @@ nbdkit_tls=(--tls=require "--tls-certificates=$work/server")
 
 start_server() { # name port
     case $1 in
-        costack) "$COSTACK" -t -e 8 -p "$2" "${costack_tls[@]}" "$IMG" >/dev/null 2>&1 & ;;
+        costack) "$COSTACK" -t -e 8 -f raw -p "$2" "${costack_tls[@]}" "$IMG" >/dev/null 2>&1 & ;;
         qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" \
             "${qemu_tls[@]}" "$IMG" 2>/dev/null & ;;
         nbdkit) nbdkit -f -p "$2" "${nbdkit_tls[@]}" file "$IMG" 2>/dev/null & ;;

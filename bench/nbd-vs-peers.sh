@@ -33,7 +33,7 @@ BASELINE=${BASELINE:-}
 baseline_args=()
 if [ -n "$BASELINE" ]; then
     case $("$BASELINE" --help 2>/dev/null || true) in
-        *--persistent*) baseline_args=(-t -e 8) ;;
+        *--persistent*) baseline_args=(-t -e 8 -f raw) ;;
     esac
 fi
 
@@ -48,7 +48,7 @@ trap cleanup EXIT
 
 start_server() { # name port
     case $1 in
-        costack) "$COSTACK" -t -e 8 -p "$2" "$IMG" >/dev/null & ;;
+        costack) "$COSTACK" -t -e 8 -f raw -p "$2" "$IMG" >/dev/null & ;;
         baseline) "$BASELINE" "${baseline_args[@]}" -p "$2" "$IMG" >/dev/null & ;;
         qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
         nbdkit) nbdkit -f -p "$2" file "$IMG" & ;;

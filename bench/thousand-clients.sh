@@ -67,7 +67,8 @@ async def main():
 asyncio.run(main())
 EOF
 
-port=$((20000 + RANDOM % 20000))
+# Below the ephemeral range (32768 up), which the clients' sockets use.
+port=$((20000 + RANDOM % 10000))
 start_server() {
     case $1 in
     costack) "$costack" -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$work/disk.raw" 2>"$work/log" & ;;
