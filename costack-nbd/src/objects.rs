@@ -70,6 +70,21 @@ impl Object {
         &self.props["id"]
     }
 
+    /// The `dir` of TLS credentials meant for `endpoint` (`server` or
+    /// `client`; QEMU's default endpoint is `client`).
+    fn credentials_dir(&self, endpoint: &str) -> Result<PathBuf, String> {
+        if self.props.get("endpoint").map_or("client", String::as_str) != endpoint {
+            return Err(format!(
+                "Expecting TLS credentials with a {endpoint} endpoint"
+            ));
+        }
+        let dir = self
+            .props
+            .get("dir")
+            .ok_or_else(|| format!("TLS credentials '{}' have no dir", self.id()))?;
+        Ok(PathBuf::from(dir))
+    }
+
     /// Fails if the object has a property outside `known`.
     fn only(&self, known: &[&str]) -> Result<(), String> {
         match self.props.keys().find(|k| !known.contains(&k.as_str())) {
@@ -238,16 +253,7 @@ pub fn apply(cli: &mut Cli) -> Result<(), String> {
     let creds = objects
         .get(&id)
         .ok_or_else(|| format!("No TLS credentials with id '{id}'"))?;
-    let endpoint = creds.props.get("endpoint").map_or("client", String::as_str);
-    if endpoint != "server" {
-        return Err("Expecting TLS credentials with a server endpoint".into());
-    }
-    let dir = PathBuf::from(
-        creds
-            .props
-            .get("dir")
-            .ok_or_else(|| format!("TLS credentials '{id}' have no dir"))?,
-    );
+    let dir = creds.credentials_dir("server")?;
     match creds.kind.as_str() {
         "tls-creds-psk" if cli.tls_authz.is_some() => {
             return Err(
@@ -310,15 +316,7 @@ pub fn client_credentials(cli: &Cli) -> Result<Option<ClientCredentials>, String
         }
     }
     let creds = found.ok_or_else(|| format!("No TLS credentials with id '{id}'"))?;
-    if creds.props.get("endpoint").map_or("client", String::as_str) != "client" {
-        return Err("Expecting TLS credentials with a client endpoint".into());
-    }
-    let dir = PathBuf::from(
-        creds
-            .props
-            .get("dir")
-            .ok_or_else(|| format!("TLS credentials '{id}' have no dir"))?,
-    );
+    let dir = creds.credentials_dir("client")?;
     match creds.kind.as_str() {
         "tls-creds-x509" => Ok(Some(ClientCredentials::X509 { dir })),
         "tls-creds-psk" => Ok(Some(ClientCredentials::Psk {
