@@ -146,6 +146,7 @@ fn main() {
     }
     if wanted("tree") {
         tree_walk(4);
+        tree_walk(6);
         tree_walk(16);
     }
 }

@@ -298,41 +298,8 @@ impl<T> fmt::Debug for CoFuture<T> {
 
 /// `aio::wait_future` in a coroutine a `CoFuture` polls: polls `future`
 /// with the poller's context and waits (a wait point) while it is pending.
+#[inline(always)]
 pub(crate) fn wait_in_poll<F: Future>(future: F) -> F::Output {
     let mut future = std::pin::pin!(future);
-    coroutine::wait::wait_until("aio::wait_future", || {
-        // Taken while in use: a nested wait_future inside `poll` finds no
-        // context (and then may not yield: see `enter_poll`).
-        let lent = coroutine::with_current_lent_cx(|slot| slot.replace(ptr::null_mut()))
-            .expect("called in a coroutine");
-        if lent.is_null() {
-            // Entered outside a poll: only a re-check, nothing to poll with.
-            return None;
-        }
-        let _in_poll = coroutine::enter_poll();
-        let _give_back = GiveBack(lent);
-        // SAFETY: the context was lent by the `CoFuture::poll` that
-        // entered this coroutine, which is suspended in `enter` below us
-        // and does not touch it until we yield or finish. We cannot yield
-        // while `_in_poll` lives (yield_now panics instead), so the poll,
-        // and with it the context, outlives this borrow; and the pointer
-        // was taken out of the slot, so no other borrow of it exists
-        // meanwhile.
-        let cx = unsafe { &mut *lent.cast::<Context<'_>>() };
-        match future.as_mut().poll(cx) {
-            Poll::Ready(v) => Some(v),
-            // It registered the poller's waker.
-            Poll::Pending => None,
-        }
-    })
-}
-
-/// Puts a lent context back into the running coroutine's slot for the
-/// rest of its poll.
-struct GiveBack(*mut ());
-
-impl Drop for GiveBack {
-    fn drop(&mut self) {
-        coroutine::with_current_lent_cx(|slot| slot.set(self.0));
-    }
+    coroutine::wait::wait_polled("aio::wait_future", |cx| future.as_mut().poll(cx))
 }

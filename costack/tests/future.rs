@@ -187,6 +187,33 @@ fn a_panic_inside_resumes_out_of_poll() {
     assert_eq!(message(&*err), "inside the coroutine");
 }
 
+#[test]
+fn a_panic_out_of_an_awaited_poll_leaves_the_coroutine_able_to_wait() {
+    // A future that panics in its poll, caught inside the coroutine: the
+    // poll's context goes back to the coroutine and the in-poll mark is
+    // cleared, so the next await pends and yields as usual.
+    struct PanicsInPoll;
+    impl Future for PanicsInPoll {
+        type Output = ();
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+            panic!("in the awaited poll")
+        }
+    }
+    let polls = Rc::new(Cell::new(0));
+    let fut = Counted {
+        inner: Box::pin(CoFuture::new(|| {
+            let err = catch_unwind(|| aio::wait_future(PanicsInPoll)).unwrap_err();
+            assert_eq!(message(&*err), "in the awaited poll");
+            aio::wait_future(std::future::pending::<()>().or_ready_after(3));
+            costack::yield_now();
+            "waited"
+        })),
+        polls: polls.clone(),
+    };
+    assert_eq!(futures::executor::block_on(fut), "waited");
+    assert_eq!(polls.get(), 4, "two pending awaits and a yield");
+}
+
 #[cfg(any(unix, windows))]
 #[test]
 fn calls_that_need_costacks_loop_panic_clearly() {

@@ -423,6 +423,7 @@ pub fn yield_now() {
 /// event loop whose thread has a tokio `current_thread` runtime entered
 /// (it could never wake the coroutine): "tokio current_thread".
 #[track_caller]
+#[inline]
 pub fn wait_future<F: std::future::Future>(future: F) -> F::Output {
     if crate::coroutine::current_is_polled() {
         return crate::future::wait_in_poll(future);

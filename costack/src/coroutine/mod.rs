@@ -696,7 +696,13 @@ pub fn yield_now() {
         not_in_coroutine("yield_now");
     }
     // SAFETY: CURRENT is live while it runs.
-    let co = unsafe { &*cur };
+    yield_running(unsafe { &*cur });
+}
+
+/// [`yield_now`] of `co`, the running coroutine, inlined where a wait
+/// point wants the switch in its own frame (see `wait::wait_polled`).
+#[inline(always)]
+pub(crate) fn yield_running(co: &Control) {
     debug_assert_eq!(co.state(), State::Entered);
     let status = co.status.get();
     if status & (CANCELLED | IN_POLL) != 0 {
@@ -742,39 +748,8 @@ fn yield_flagged(co: &Control) {
     yield_cancelled(co)
 }
 
-/// Marks the current coroutine as inside a `Future::poll` (it may not
-/// yield) until the returned guard drops.
-pub(crate) fn enter_poll() -> InPoll {
-    let cur = current_ptr();
-    assert!(!cur.is_null(), "enter_poll outside a coroutine");
-    // SAFETY: CURRENT is live while it runs.
-    let co = unsafe { &*cur };
-    co.status.set(co.status.get() | IN_POLL);
-    InPoll(cur)
-}
-
-/// See [`enter_poll`].
-pub(crate) struct InPoll(*const Control);
-
-impl Drop for InPoll {
-    fn drop(&mut self) {
-        // SAFETY: the coroutine that made the guard runs (the guard lives
-        // on its stack, and it cannot yield while IN_POLL is set).
-        let co = unsafe { &*self.0 };
-        co.status.set(co.status.get() & !IN_POLL);
-    }
-}
-
 /// Whether the running coroutine is one a future's poll drives.
-/// The lent-context slot of the running coroutine, if there is one
-/// (`future.rs` keeps a poll's `Context` there). The slot lives in the
-/// coroutine's control block, which outlives the call (it runs).
-pub(crate) fn with_current_lent_cx<R>(f: impl FnOnce(&Cell<*mut ()>) -> R) -> Option<R> {
-    let cur = current_ptr();
-    // SAFETY: CURRENT is live while it runs, and `f` cannot outlive it.
-    (!cur.is_null()).then(|| f(unsafe { &(*cur).lent_cx }))
-}
-
+#[inline]
 pub(crate) fn current_is_polled() -> bool {
     let cur = current_ptr();
     // SAFETY: CURRENT is live while it runs.

@@ -11,8 +11,12 @@
 //! wait whose operation completed returns normally; the cancellation then
 //! comes at the next wait point.
 
+use std::ptr;
+use std::task::{Context, Poll};
+
 use super::cancel::{self, Interrupted, WAITING};
-use super::{current_ptr, not_in_coroutine, park};
+use super::control::{Control, IN_POLL};
+use super::{current_ptr, not_in_coroutine, park, yield_running};
 
 /// Suspends the calling coroutine until `ready` returns a value, and
 /// returns it. A pending cancellation unwinds from here (see the module
@@ -85,13 +89,94 @@ fn suspend(what: &str) {
     let co = unsafe { &*cur };
     cancel::arm_deadlines(co);
     co.set_cancel_flag(WAITING, true);
-    // Cleared however the suspension ends (a forced unwind included).
-    struct Waiting<'a>(&'a super::control::Control);
-    impl Drop for Waiting<'_> {
-        fn drop(&mut self) {
-            self.0.set_cancel_flag(WAITING, false);
-        }
-    }
     let _waiting = Waiting(co);
     park();
+}
+
+/// Clears a coroutine's WAITING flag however its suspension ends (a forced
+/// unwind included).
+struct Waiting<'a>(&'a Control);
+
+impl Drop for Waiting<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.0.set_cancel_flag(WAITING, false);
+    }
+}
+
+/// The wait of `aio::wait_future` in a coroutine that a `CoFuture` polls:
+/// `poll` is called with the `Context` the current poll lent the coroutine
+/// (see `future.rs`) until it is ready; in between the coroutine suspends,
+/// and `CoFuture::poll` returns `Pending`. The same wait point as
+/// [`wait_until`]: readiness first, then a deliverable cancellation, then
+/// a parked suspension.
+///
+/// Everything here is inlined into the caller, down to the switch, so that
+/// a resumed coroutine goes on in its caller's frame: with no frames of
+/// ours to return from after the switch and none to call before the next
+/// one, the CPU's return predictor, which the switch's `call`/`ret` pair
+/// keeps for the poller's stack, is not thrown out of step on every await.
+#[inline(always)]
+pub(crate) fn wait_polled<T>(what: &str, mut poll: impl FnMut(&mut Context<'_>) -> Poll<T>) -> T {
+    let cur = current_ptr();
+    if cur.is_null() {
+        not_in_coroutine(what);
+    }
+    // SAFETY: CURRENT is live while it runs, and this frame runs on it, so
+    // the block outlives the function.
+    let co = unsafe { &*cur };
+    loop {
+        // Taken while in use: a nested wait inside `poll` finds no context
+        // (and may not yield anyway: IN_POLL).
+        let lent = co.lent_cx.replace(ptr::null_mut());
+        if !lent.is_null() {
+            let _lent = LentToPoll::take(co, lent);
+            // SAFETY: the context was lent by the `CoFuture::poll` that
+            // entered this coroutine, which is suspended in `enter` below
+            // us and does not touch it until we yield or finish. We cannot
+            // yield while IN_POLL is set (yield_now panics instead), so the
+            // poll, and with it the context, outlives this borrow; and the
+            // pointer was taken out of the slot, so no other borrow of it
+            // exists meanwhile.
+            let cx = unsafe { &mut *lent.cast::<Context<'_>>() };
+            if let Poll::Ready(v) = poll(cx) {
+                return v;
+            }
+            // Pending: it registered the poller's waker.
+        }
+        // Entered outside a poll (no context): only a re-check.
+        if let Some(i) = cancel::interrupted() {
+            i.raise();
+        }
+        cancel::arm_deadlines(co);
+        co.set_cancel_flag(WAITING, true);
+        let _waiting = Waiting(co);
+        co.parked.set(true);
+        yield_running(co);
+    }
+}
+
+/// A lent context taken out of the slot for one `Future::poll`: the
+/// coroutine may not yield meanwhile (IN_POLL), and the context goes back
+/// into the slot for the rest of the `CoFuture`'s poll when this drops
+/// (also by a panic out of the future).
+struct LentToPoll<'a> {
+    co: &'a Control,
+    lent: *mut (),
+}
+
+impl<'a> LentToPoll<'a> {
+    #[inline(always)]
+    fn take(co: &'a Control, lent: *mut ()) -> LentToPoll<'a> {
+        co.status.set(co.status.get() | IN_POLL);
+        LentToPoll { co, lent }
+    }
+}
+
+impl Drop for LentToPoll<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.co.lent_cx.set(self.lent);
+        self.co.status.set(self.co.status.get() & !IN_POLL);
+    }
 }
