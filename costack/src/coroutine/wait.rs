@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use super::cancel::{self, Interrupted, WAITING};
 use super::control::{Control, IN_POLL};
-use super::{current_ptr, not_in_coroutine, park, yield_running};
+use super::{current_ptr, not_in_coroutine, yield_running};
 
 /// Suspends the calling coroutine until `ready` returns a value, and
 /// returns it. A pending cancellation unwinds from here (see the module
@@ -80,6 +80,7 @@ pub(crate) fn wait_stopping<T>(
 
 /// One suspension at a wait point (see the module docs); the caller has
 /// checked for a cancellation to deliver.
+#[inline(always)]
 fn suspend(what: &str) {
     let cur = current_ptr();
     if cur.is_null() {
@@ -90,7 +91,8 @@ fn suspend(what: &str) {
     cancel::arm_deadlines(co);
     co.set_cancel_flag(WAITING, true);
     let _waiting = Waiting(co);
-    park();
+    co.parked.set(true);
+    yield_running(co);
 }
 
 /// Clears a coroutine's WAITING flag however its suspension ends (a forced
