@@ -85,7 +85,7 @@ pub(crate) struct Control {
     pub(crate) queued: Cell<bool>,
     /// Whether the block has a name or a home to drop when it is freed.
     extras: Cell<bool>,
-    /// Set by a wait that something will end with a wake (`park`), as
+    /// Set by a wait that something will end with a wake (`park_running`), as
     /// opposed to a bare `yield_now`; read (and cleared) by a future poller.
     pub(crate) parked: Cell<bool>,
     /// Whether the coroutine runs only inside a future's `poll` (a

@@ -430,7 +430,7 @@ impl Coroutine {
         self.ctl().home().and_then(|h| h.task_waker())
     }
 
-    /// Whether the coroutine's last suspension was a [`park`], and clears
+    /// Whether the coroutine's last suspension was a [`park_running`], and clears
     /// the note.
     pub(crate) fn take_parked(&self) -> bool {
         self.ctl().parked.replace(false)
@@ -719,20 +719,14 @@ pub(crate) fn yield_running(co: &Control) {
     }
 }
 
-/// Suspends the current coroutine in a wait that whoever ends it will wake
-/// it for (a lock's grant, a timer, I/O, a job): `yield_now` for costack's
-/// own waits. A future polling the coroutine wakes its executor after a
-/// bare `yield_now`, not after a park.
-///
-/// # Panics
-/// Outside a coroutine: "not in a coroutine".
-pub(crate) fn park() {
-    let cur = current_ptr();
-    if !cur.is_null() {
-        // SAFETY: CURRENT is live while it runs.
-        unsafe { (*cur).parked.set(true) };
-    }
-    yield_now();
+/// Suspends `co`, the running coroutine, in a wait that whoever ends it
+/// will wake it for (a lock's grant, a timer, I/O, a job): `yield_now` for
+/// costack's own waits. A future polling the coroutine wakes its executor
+/// after a bare `yield_now`, not after a park.
+#[inline(always)]
+pub(crate) fn park_running(co: &Control) {
+    co.parked.set(true);
+    yield_running(co);
 }
 
 /// A yield of a coroutine with a flag that forbids a plain one.

@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 
 use super::cancel::{self, Interrupted, WAITING};
 use super::control::{Control, IN_POLL};
-use super::{current_ptr, not_in_coroutine, yield_running};
+use super::{current_ptr, not_in_coroutine, park_running};
 
 /// Suspends the calling coroutine until `ready` returns a value, and
 /// returns it. A pending cancellation unwinds from here (see the module
@@ -91,8 +91,7 @@ fn suspend(what: &str) {
     cancel::arm_deadlines(co);
     co.set_cancel_flag(WAITING, true);
     let _waiting = Waiting(co);
-    co.parked.set(true);
-    yield_running(co);
+    park_running(co);
 }
 
 /// Clears a coroutine's WAITING flag however its suspension ends (a forced
@@ -153,8 +152,7 @@ pub(crate) fn wait_polled<T>(what: &str, mut poll: impl FnMut(&mut Context<'_>) 
         cancel::arm_deadlines(co);
         co.set_cancel_flag(WAITING, true);
         let _waiting = Waiting(co);
-        co.parked.set(true);
-        yield_running(co);
+        park_running(co);
     }
 }
 
