@@ -13,6 +13,7 @@
 //! name. The `mprotect` path is the one Linux takes with
 //! `COSTACK_MPROTECT_GUARDS` set, so the other systems share a tested path.
 
+use std::collections::VecDeque;
 use std::io;
 use std::ptr;
 use std::sync::Mutex;
@@ -25,12 +26,13 @@ pub(super) fn alloc(size: usize) -> io::Result<*mut u8> {
     ARENAS.lock().unwrap_or_else(|e| e.into_inner()).alloc(size)
 }
 
-/// Gives a stack from `alloc` back for reuse. Its pages are offered back
-/// to the kernel (`MADV_FREE`) in batches: the slots freed since the last
-/// batch that lie next to each other in an arena go in one `madvise` (a
-/// burst of finished coroutines costs a few system calls, not one each).
-/// A reused stack's contents are undefined: nothing reads a stack before
-/// writing it.
+/// Gives a stack from `alloc` back for reuse. The last [`WARM_SLOTS`]
+/// freed of its size keep their pages, and the next stacks of that size
+/// are taken from them, newest first; older ones have their pages offered
+/// back to the kernel (`MADV_FREE`) in batches: the slots of a batch that
+/// lie next to each other in an arena go in one `madvise` (a burst of
+/// finished coroutines costs a few system calls, not one each). A reused
+/// stack's contents are undefined: nothing reads a stack before writing it.
 ///
 /// # Safety
 /// Nothing may use the stack any more.
@@ -41,8 +43,21 @@ pub(super) unsafe fn free(bottom: *mut u8, size: usize) {
         .free(bottom, size);
 }
 
-/// Slots freed before their pages are discarded together.
+/// Slots whose pages are discarded together.
 const DISCARD_BATCH: usize = 64;
+
+/// Freed slots per size whose pages are kept for the next stacks of that
+/// size. Discarding costs the kernel about a microsecond per page that a
+/// coroutine touched (each page moves to the lazily freed list), three
+/// times what a whole short coroutine costs otherwise; a burst of up to
+/// this many coroutines after another pays none of it, on pages already
+/// faulted in. The price is memory: what these slots' coroutines touched
+/// (one 4 KiB page for most, so 128 MiB at most for them) stays resident
+/// until the slots are reused or [`release_freed`] (`pool::trim`) runs.
+#[cfg(not(test))]
+const WARM_SLOTS: usize = 32 << 10;
+#[cfg(test)]
+const WARM_SLOTS: usize = 256;
 
 /// The advice for freed stacks: `MADV_FREE` lets the kernel take the pages
 /// when it needs memory, and costs nothing if the slot is reused first (a
@@ -204,10 +219,11 @@ static ARENAS: Mutex<Arenas> = Mutex::new(Arenas {
 struct SizeClass {
     /// Usable bytes of each slot (the guard page comes on top).
     size: usize,
-    /// Bottoms of freed slots, ready for reuse.
+    /// Bottoms of freed slots whose pages were discarded, ready for reuse.
     free: Vec<*mut u8>,
-    /// Bottoms of freed slots whose pages are still to be discarded.
-    pending: Vec<*mut u8>,
+    /// Bottoms of freed slots that keep their pages, oldest first: reused
+    /// newest first, discarded oldest first (see [`WARM_SLOTS`]).
+    warm: VecDeque<*mut u8>,
     /// The arena being carved, and how many of its slots are handed out.
     current: Option<(*mut u8, usize, usize)>,
     /// Slots in the next arena to map.
@@ -225,7 +241,7 @@ impl Arenas {
                 self.classes.push(SizeClass {
                     size,
                     free: Vec::new(),
-                    pending: Vec::new(),
+                    warm: VecDeque::new(),
                     current: None,
                     next_slots: FIRST_ARENA_SLOTS,
                 });
@@ -237,10 +253,7 @@ impl Arenas {
 
     fn alloc(&mut self, size: usize) -> io::Result<*mut u8> {
         let class = self.class(size);
-        if class.free.is_empty() {
-            class.discard_pending();
-        }
-        if let Some(bottom) = class.free.pop() {
+        if let Some(bottom) = class.warm.pop_back().or_else(|| class.free.pop()) {
             return Ok(bottom);
         }
         let page = page_size();
@@ -280,9 +293,10 @@ impl Arenas {
         // Arenas are never unmapped: a freed slot keeps its guard and costs
         // no memory (its pages are discarded), only address space.
         let class = self.class(size);
-        class.pending.push(bottom);
-        if class.pending.len() >= DISCARD_BATCH {
-            class.discard_pending();
+        class.warm.push_back(bottom);
+        if class.warm.len() >= WARM_SLOTS + DISCARD_BATCH {
+            let mut oldest: Vec<*mut u8> = class.warm.drain(..DISCARD_BATCH).collect();
+            class.discard(&mut oldest, DISCARD_ADVICE);
         }
     }
 }
@@ -294,23 +308,17 @@ pub(super) fn release_freed() {
     let mut arenas = ARENAS.lock().unwrap_or_else(|e| e.into_inner());
     for class in &mut arenas.classes {
         let mut freed = std::mem::take(&mut class.free);
-        freed.append(&mut class.pending);
+        freed.extend(class.warm.drain(..));
         class.discard(&mut freed, RELEASE_ADVICE);
     }
 }
 
 impl SizeClass {
-    /// Discards the pages of the pending slots, runs of neighbours at a
-    /// time, and makes the slots reusable. A run's range takes in the guard
-    /// pages between its slots: discarding keeps guards (guard regions
-    /// survive `MADV_DONTNEED`; `mprotect` guards are their own mappings).
-    fn discard_pending(&mut self) {
-        let mut pending = std::mem::take(&mut self.pending);
-        self.discard(&mut pending, DISCARD_ADVICE);
-    }
-
-    /// Discards the pages of the freed `slots` with `advice`, and makes them
-    /// reusable.
+    /// Discards the pages of the freed `slots` with `advice`, runs of
+    /// neighbours at a time, and makes the slots reusable. A run's range
+    /// takes in the guard pages between its slots: discarding keeps guards
+    /// (guard regions survive `MADV_DONTNEED`; `mprotect` guards are their
+    /// own mappings).
     fn discard(&mut self, slots: &mut Vec<*mut u8>, advice: libc::c_int) {
         slots.sort_unstable();
         let slot = self.size + page_size();
@@ -331,6 +339,17 @@ impl SizeClass {
         }
         self.free.append(slots);
     }
+}
+
+/// How many freed slots of `size` keep their pages (for tests).
+#[cfg(test)]
+fn warm_len(size: usize) -> usize {
+    ARENAS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .class(size)
+        .warm
+        .len()
 }
 
 #[cfg(all(test, target_os = "linux"))]

@@ -1,7 +1,7 @@
-//! The arenas: slots freed together are discarded together, and keep
-//! their guards.
+//! The arenas: the newest freed slots stay warm, older ones are discarded
+//! together and keep their guards.
 
-use super::{alloc, free, guard_region, page_size, DISCARD_BATCH};
+use super::{alloc, free, guard_region, page_size, warm_len, DISCARD_BATCH, WARM_SLOTS};
 
 #[test]
 fn batched_discards_zero_the_slots_and_keep_the_guards() {
@@ -18,8 +18,8 @@ fn batched_discards_zero_the_slots_and_keep_the_guards() {
         // SAFETY: nothing uses the stacks any more.
         unsafe { free(bottom, size) };
     }
-    // The batch was discarded when it filled; released at once, every slot
-    // reads as zeroes again, and every guard page still refuses access.
+    // Released at once (warm ones included): every slot reads as zeroes
+    // again, and every guard page still refuses access.
     super::release_freed();
     let again: Vec<*mut u8> = (0..DISCARD_BATCH).map(|_| alloc(size).unwrap()).collect();
     for &bottom in &again {
@@ -36,4 +36,35 @@ fn batched_discards_zero_the_slots_and_keep_the_guards() {
         // SAFETY: as above.
         unsafe { free(bottom, size) };
     }
+}
+
+#[test]
+fn the_newest_freed_slots_stay_warm_and_are_reused_first() {
+    // A size of its own, so no other test shares the class.
+    let size = 40 * page_size();
+    let stacks: Vec<*mut u8> = (0..WARM_SLOTS + DISCARD_BATCH)
+        .map(|_| alloc(size).unwrap())
+        .collect();
+    for (i, &bottom) in stacks.iter().enumerate() {
+        // SAFETY: a fresh stack of `size` bytes, ours alone; its top byte.
+        unsafe { bottom.add(size - 1).write(i as u8) };
+    }
+    for &bottom in &stacks {
+        // SAFETY: nothing uses the stacks any more.
+        unsafe { free(bottom, size) };
+    }
+    // The oldest batch was discarded once the warm list overflowed.
+    assert_eq!(warm_len(size), WARM_SLOTS);
+    // The newest freed comes back first, on its own page.
+    let last = stacks.len() - 1;
+    let again = alloc(size).unwrap();
+    assert_eq!(again, stacks[last]);
+    // SAFETY: ours again; a warm slot keeps what was written.
+    assert_eq!(unsafe { again.add(size - 1).read() }, last as u8);
+    assert_eq!(warm_len(size), WARM_SLOTS - 1);
+    // SAFETY: nothing uses it any more.
+    unsafe { free(again, size) };
+    // Released: nothing stays warm.
+    super::release_freed();
+    assert_eq!(warm_len(size), 0);
 }
