@@ -168,3 +168,22 @@ fn waits_on_a_registered_socket_see_readiness_that_is_there_already() {
         });
     }
 }
+
+#[test]
+fn a_sub_millisecond_deadline_sets_the_loops_timer_slack_to_a_nanosecond() {
+    // A thread of its own: the slack is per thread.
+    std::thread::spawn(|| {
+        // SAFETY: PR_GET_TIMERSLACK takes no pointer; it returns the value.
+        let slack = || unsafe { libc::prctl(libc::PR_GET_TIMERSLACK, 0, 0, 0, 0) };
+        // The kernel's default, whatever this thread inherited.
+        // SAFETY: PR_SET_TIMERSLACK takes an integer, no pointer.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 50_000 as libc::c_ulong, 0, 0, 0) };
+        assert_eq!(slack(), 50_000);
+        EventLoop::with_backend(Backend::Epoll)
+            .unwrap()
+            .block_on(|| aio::sleep(Duration::from_micros(1500)));
+        assert_eq!(slack(), 1, "timed waits end within a nanosecond of slack");
+    })
+    .join()
+    .unwrap();
+}
