@@ -4,11 +4,15 @@
 //! A missing client skips its test with a note, unless
 //! `COSTACK_REQUIRE_CLIENTS=1` (set by CI), where it is a failure.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::Listen;
 
 struct Server {
     child: Child,
@@ -17,45 +21,13 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args([
-                "-p",
-                "0",
-                "-b",
-                "127.0.0.1",
-                "-t",
-                "-e",
-                "0",
-                "--discard=unmap",
-                "--print-url",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start costack-nbd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the URL line");
-        let url = line.trim().to_owned();
+        let (child, url) = support::launch(Listen::Tcp, args, &[], Stdio::inherit());
         assert!(url.starts_with("nbd://"), "unexpected first line: {url:?}");
         Server { child, url }
     }
 
     fn start_unix(socket: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args(["-t", "-e", "0", "--discard=unmap", "--print-url", "-k"])
-            .arg(socket)
-            .args(args)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start costack-nbd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line.trim().to_owned();
+        let (child, url) = support::launch(Listen::Unix(socket), args, &[], Stdio::inherit());
         assert!(url.starts_with("nbd+unix:///"), "{url:?}");
         Server { child, url }
     }

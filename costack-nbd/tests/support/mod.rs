@@ -18,6 +18,7 @@ pub mod tools;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,45 @@ const OPT_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
 /// loaded 2-core machine.
 pub const PATIENCE: Duration = Duration::from_secs(60);
 
+/// Where [`launch`] has the server listen.
+pub enum Listen<'a> {
+    /// A free TCP port of 127.0.0.1.
+    Tcp,
+    /// A Unix socket at this path (`-k`).
+    Unix(&'a Path),
+}
+
+/// Starts `costack-nbd` the way the tests run it (serving until killed,
+/// `-t`; no client limit, `-e 0`; discards honoured; its URL printed),
+/// listening per `listen`, with `args` after those, `env` set and its
+/// stderr to `stderr`. Returns the child and the URL it printed, once it
+/// did (an empty string if it exited first).
+pub fn launch(
+    listen: Listen<'_>,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> (Child, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_costack-nbd"));
+    match listen {
+        Listen::Tcp => command.args(["-p", "0", "-b", "127.0.0.1"]),
+        Listen::Unix(path) => command.arg("-k").arg(path),
+    };
+    let mut child = command
+        .args(["-t", "-e", "0", "--discard=unmap", "--print-url"])
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("start costack-nbd");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the URL line");
+    (child, line.trim().to_owned())
+}
+
 /// The `costack-nbd` binary, killed when dropped.
 pub struct Server {
     pub child: Child,
@@ -84,29 +124,7 @@ impl Server {
     /// Starts `costack-nbd -p 0 ARGS` with `env` and its stderr to `stderr`
     /// (piped: `child.stderr` is the caller's), once it prints its URL.
     pub fn spawn(args: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args([
-                "-p",
-                "0",
-                "-b",
-                "127.0.0.1",
-                "-t",
-                "-e",
-                "0",
-                "--discard=unmap",
-                "--print-url",
-            ])
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("start costack-nbd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the URL line");
-        let url = line.trim().to_owned();
+        let (child, url) = launch(Listen::Tcp, args, env, stderr);
         let rest = url
             .strip_prefix("nbd://")
             .or_else(|| url.strip_prefix("nbds://"))

@@ -2,9 +2,8 @@
 //! credentials made as qemu's and nbdkit's own tests make them, with
 //! `certtool` and `psktool` (gnutls-bin).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Output};
 use std::sync::OnceLock;
 
 use super::tools::{have, run};
@@ -19,29 +18,9 @@ impl TlsServer {
     /// Starts `costack-nbd -p 0 ARGS`, its log (`-vv`) kept in a file.
     pub fn start(args: &[&str]) -> TlsServer {
         let log = scratch("server.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_costack-nbd"))
-            .args([
-                "-p",
-                "0",
-                "-b",
-                "127.0.0.1",
-                "-t",
-                "-e",
-                "0",
-                "--discard=unmap",
-                "--print-url",
-                "-vvv",
-            ])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start costack-nbd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read the URL line");
-        let url = line.trim().to_owned();
+        let verbose: Vec<&str> = ["-vvv"].iter().chain(args).copied().collect();
+        let stderr = std::fs::File::create(&log).unwrap().into();
+        let (child, url) = super::launch(super::Listen::Tcp, &verbose, &[], stderr);
         assert!(
             url.starts_with("nbd://") || url.starts_with("nbds://"),
             "unexpected first line {url:?}: {}",
