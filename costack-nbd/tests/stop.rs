@@ -12,7 +12,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -54,11 +53,8 @@ fn start(args: &[&str]) -> Child {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start costack-nbd");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("read the URL line");
-    assert!(line.starts_with("nbd"), "unexpected first line {line:?}");
+    let url = support::read_url(&mut child);
+    assert!(url.starts_with("nbd"), "unexpected first line {url:?}");
     child
 }
 

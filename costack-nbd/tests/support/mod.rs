@@ -95,11 +95,18 @@ pub fn launch(
         .stderr(stderr)
         .spawn()
         .expect("start costack-nbd");
+    let url = read_url(&mut child);
+    (child, url)
+}
+
+/// The first line a server started with `--print-url` and a piped stdout
+/// prints (its URL, once it listens), trimmed; empty if it exited first.
+pub fn read_url(child: &mut Child) -> String {
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped stdout"))
         .read_line(&mut line)
         .expect("read the URL line");
-    (child, line.trim().to_owned())
+    line.trim().to_owned()
 }
 
 /// The `costack-nbd` binary, killed when dropped.
