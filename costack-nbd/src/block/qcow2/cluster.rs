@@ -63,14 +63,22 @@ pub fn classify(entry: u64, cluster_bits: u32, version: u32) -> Result<Cluster, 
 }
 
 /// Inflates one compressed cluster (raw deflate) to exactly `cluster_size`
-/// bytes.
+/// bytes. libdeflate, whose whole-buffer inflate fits a cluster of known
+/// size, inflates about twice as fast as a streaming inflater; the bytes
+/// after the deflate stream (the stored size is rounded up to sectors)
+/// are ignored.
 pub(super) fn inflate_cluster(packed: &[u8], cluster_size: usize) -> io::Result<Vec<u8>> {
-    let out = miniz_oxide::inflate::decompress_to_vec_with_limit(packed, cluster_size)
+    thread_local! {
+        static INFLATER: std::cell::RefCell<libdeflater::Decompressor> =
+            std::cell::RefCell::new(libdeflater::Decompressor::new());
+    }
+    let mut out = vec![0u8; cluster_size];
+    let n = INFLATER
+        .with(|d| d.borrow_mut().deflate_decompress(packed, &mut out))
         .map_err(|e| bad_data(format!("compressed cluster does not inflate: {e:?}")))?;
-    if out.len() != cluster_size {
+    if n != cluster_size {
         return Err(bad_data(format!(
-            "compressed cluster inflates to {} bytes, not {cluster_size}",
-            out.len()
+            "compressed cluster inflates to {n} bytes, not {cluster_size}"
         )));
     }
     Ok(out)
@@ -79,6 +87,28 @@ pub(super) fn inflate_cluster(packed: &[u8], cluster_size: usize) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn deflate(data: &[u8]) -> Vec<u8> {
+        let mut c = libdeflater::Compressor::new(libdeflater::CompressionLvl::default());
+        let mut out = vec![0; c.deflate_compress_bound(data.len())];
+        let n = c.deflate_compress(data, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn clusters_inflate_to_their_size_and_nothing_else() {
+        let cluster: Vec<u8> = (0..65536u32).map(|i| (i / 7 % 251) as u8).collect();
+        let mut packed = deflate(&cluster);
+        // The stored size is rounded up to sectors: bytes follow the stream.
+        packed.resize(packed.len().next_multiple_of(512) + 512, 0xee);
+        assert_eq!(inflate_cluster(&packed, 65536).unwrap(), cluster);
+        // A stream of half a cluster, or one with no room for it, is an error.
+        let half = deflate(&cluster[..32768]);
+        assert!(inflate_cluster(&half, 65536).is_err());
+        assert!(inflate_cluster(&packed, 32768).is_err());
+        assert!(inflate_cluster(&[0xff; 64], 65536).is_err());
+    }
 
     #[test]
     fn l2_entries() {
