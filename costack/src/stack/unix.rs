@@ -342,7 +342,7 @@ impl SizeClass {
 }
 
 /// How many freed slots of `size` keep their pages (for tests).
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 fn warm_len(size: usize) -> usize {
     ARENAS
         .lock()
