@@ -41,7 +41,7 @@ const NOWAIT: u8 = 2;
 /// Never inline.
 const NEVER: u8 = 3;
 
-/// Units of inline I/O between two yields to the loop.
+/// `statfs` magic numbers of the memory file systems (tmpfs, ramfs).
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6_u32 as i64;
 

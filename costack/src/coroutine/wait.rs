@@ -87,7 +87,13 @@ fn suspend(what: &str) {
         not_in_coroutine(what);
     }
     // SAFETY: CURRENT is live while it runs, and this frame runs on it.
-    let co = unsafe { &*cur };
+    suspend_running(unsafe { &*cur });
+}
+
+/// [`suspend`] of `co`, the running coroutine: arms the deadlines of its
+/// scopes that have no timer yet, and parks it marked as waiting.
+#[inline(always)]
+fn suspend_running(co: &Control) {
     cancel::arm_deadlines(co);
     co.set_cancel_flag(WAITING, true);
     let _waiting = Waiting(co);
@@ -149,10 +155,7 @@ pub(crate) fn wait_polled<T>(what: &str, mut poll: impl FnMut(&mut Context<'_>) 
         if let Some(i) = cancel::interrupted() {
             i.raise();
         }
-        cancel::arm_deadlines(co);
-        co.set_cancel_flag(WAITING, true);
-        let _waiting = Waiting(co);
-        park_running(co);
+        suspend_running(co);
     }
 }
 

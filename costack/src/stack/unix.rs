@@ -290,8 +290,8 @@ impl Arenas {
     }
 
     fn free(&mut self, bottom: *mut u8, size: usize) {
-        // Arenas are never unmapped: a freed slot keeps its guard and costs
-        // no memory (its pages are discarded), only address space.
+        // Arenas are never unmapped: a freed slot keeps its guard; once its
+        // pages are discarded it costs only address space.
         let class = self.class(size);
         class.warm.push_back(bottom);
         if class.warm.len() >= WARM_SLOTS + DISCARD_BATCH {
