@@ -769,6 +769,26 @@ fn debug_lists_live_coroutines() {
         assert!(me.stack_high_water.is_some());
     }
     if let Some(hw) = me.stack_high_water {
+        assert!(hw > 0, "{hw}");
+    }
+    // A shallow coroutine shows little. The high-water mark is the stack's,
+    // and a pooled stack keeps what earlier coroutines touched: tests on
+    // other threads free default-sized stacks that went deeper (much deeper
+    // under sanitizers), and the arenas hand the newest freed slot out
+    // first. So this one asks for a size no other test in this binary
+    // uses, and gets a stack nobody else touched.
+    let shallow = Coroutine::builder()
+        .name("shallow")
+        .stack_size(448 << 10)
+        .create(yield_now)
+        .unwrap();
+    shallow.enter();
+    let list = costack::debug::coroutines();
+    let info = list
+        .iter()
+        .find(|c| c.name.as_deref() == Some("shallow"))
+        .unwrap();
+    if let Some(hw) = info.stack_high_water {
         assert!(hw > 0 && hw < 64 << 10, "a shallow coroutine: {hw}");
     }
     // A coroutine that went deep shows it.
