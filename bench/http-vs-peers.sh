@@ -18,6 +18,8 @@
 #   bench/http-vs-peers.sh                 # 5 rounds of 5 s per cell
 #   ROUNDS=1 SECS=2 bench/http-vs-peers.sh # smoke run
 #   LOOPS=2 bench/http-vs-peers.sh         # two loops / workers each
+#   SERVERS="costack@io_uring costack tokio may" bench/http-vs-peers.sh
+#                                          # costack on COSTACK_AIO=io_uring too
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,8 +43,10 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 
 declare -A pid_of port_of
-start() { # runtime port
-    taskset -c "$SERVER_CPUS" "$BIN" "$1" "127.0.0.1:$2" --loops "$LOOPS" >/dev/null &
+start() { # server port (a server is a runtime, or costack@BACKEND: COSTACK_AIO=BACKEND)
+    local env=()
+    [[ $1 == *@* ]] && env=(env "COSTACK_AIO=${1#*@}")
+    taskset -c "$SERVER_CPUS" "${env[@]}" "$BIN" "${1%@*}" "127.0.0.1:$2" --loops "$LOOPS" >/dev/null &
     pids+=($!)
     pid_of[$1]=$!
     port_of[$1]=$2

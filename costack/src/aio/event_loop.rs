@@ -81,8 +81,9 @@ impl EventLoop {
     /// let lp = EventLoop::new().unwrap();
     /// match std::env::var("COSTACK_AIO").ok().as_deref() {
     ///     Some("poll") => assert_eq!(lp.backend(), Backend::Poll),
-    ///     Some("epoll") => assert_eq!(lp.backend(), Backend::Epoll),
-    ///     _ => assert!(matches!(lp.backend(), Backend::IoUring | Backend::Epoll)),
+    ///     Some("io_uring") => assert_eq!(lp.backend(), Backend::IoUring),
+    ///     // Linux: epoll, with `fs` on io_uring where the kernel allows it.
+    ///     _ => assert!(matches!(lp.backend(), Backend::Epoll | Backend::Poll)),
     /// }
     /// ```
     ///
@@ -95,7 +96,7 @@ impl EventLoop {
         match Self::backend_from_env()? {
             Some(backend) => Self::with_backend(backend),
             #[cfg(target_os = "linux")]
-            None => Self::build(Reactor::epoll()?, Uring::new(true)),
+            None => Self::build(Reactor::epoll()?, Uring::new(true, false)),
             #[cfg(not(target_os = "linux"))]
             None => Self::with_backend(Backend::Poll),
         }
@@ -103,8 +104,9 @@ impl EventLoop {
 
     /// Creates a loop on `backend`:
     ///
-    /// - [`Backend::IoUring`]: epoll for descriptors and io_uring for
-    ///   [`fs`](crate::fs), which must be available;
+    /// - [`Backend::IoUring`]: io_uring for stream sockets' reads and
+    ///   writes and for [`fs`](crate::fs), which must be available (Linux
+    ///   5.6 for the socket opcodes); epoll for other descriptors;
     /// - [`Backend::Epoll`]: epoll, `fs` on the thread pool;
     /// - [`Backend::Poll`]: poll(2) (QEMU's fdmon-poll), `fs` on the
     ///   thread pool.
@@ -126,7 +128,7 @@ impl EventLoop {
         match backend {
             #[cfg(target_os = "linux")]
             Backend::IoUring => {
-                let lp = Self::build(Reactor::epoll()?, Uring::new(true))?;
+                let lp = Self::build(Reactor::epoll()?, Uring::new(true, true))?;
                 if !lp.uses_io_uring() {
                     return Err(io::Error::new(
                         io::ErrorKind::Unsupported,
@@ -138,8 +140,8 @@ impl EventLoop {
                 Ok(lp)
             }
             #[cfg(target_os = "linux")]
-            Backend::Epoll => Self::build(Reactor::epoll()?, Uring::new(false)),
-            Backend::Poll => Self::build(Reactor::poll(), Uring::new(false)),
+            Backend::Epoll => Self::build(Reactor::epoll()?, Uring::new(false, false)),
+            Backend::Poll => Self::build(Reactor::poll(), Uring::new(false, false)),
             #[cfg(not(target_os = "linux"))]
             _ => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -417,8 +419,23 @@ impl EventLoop {
         self.inner().uring().is_some()
     }
 
+    /// Whether stream sockets' reads and writes go through the ring.
+    fn socket_ring(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            self.inner().socket_ring().is_some()
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            false
+        }
+    }
+
     /// The backend the loop runs on (probing io_uring on first call, as
-    /// [`uses_io_uring`](EventLoop::uses_io_uring)).
+    /// [`uses_io_uring`](EventLoop::uses_io_uring)). A loop from
+    /// [`new`](EventLoop::new) with `COSTACK_AIO` unset runs on
+    /// [`Backend::Epoll`] on Linux, with its [`fs`](crate::fs) I/O on
+    /// io_uring where the kernel allows it (which `uses_io_uring` tells).
     ///
     /// ```
     /// use costack::aio::{Backend, EventLoop};
@@ -429,7 +446,7 @@ impl EventLoop {
     pub fn backend(&self) -> Backend {
         if !self.inner().readiness().is_epoll() {
             Backend::Poll
-        } else if self.uses_io_uring() {
+        } else if self.socket_ring() {
             Backend::IoUring
         } else {
             Backend::Epoll

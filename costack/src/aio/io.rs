@@ -229,6 +229,62 @@ fn wait_registered(
     finish(outcome)
 }
 
+/// Stream socket requests on the ring of the calling coroutine's loop (the
+/// io_uring backend; see `uring_socket`): each suspends the coroutine until
+/// it completes, or until its deadline (then `TimedOut`). Wait points.
+#[cfg(target_os = "linux")]
+pub(crate) struct SocketRing<'a> {
+    uring: &'a super::uring::Uring,
+    timers: &'a Rc<super::timer::Timers>,
+}
+
+#[cfg(target_os = "linux")]
+impl SocketRing<'_> {
+    pub(crate) fn recv(
+        &self,
+        fd: RawSock,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        self.uring.recv(self.timers, fd, buf, deadline)
+    }
+
+    pub(crate) fn send(
+        &self,
+        fd: RawSock,
+        buf: &[u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        self.uring.send(self.timers, fd, buf, deadline)
+    }
+
+    pub(crate) fn send_vectored(
+        &self,
+        fd: RawSock,
+        bufs: &[std::io::IoSlice<'_>],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        self.uring.send_vectored(self.timers, fd, bufs, deadline)
+    }
+}
+
+/// Runs `f` with the ring that carries the calling coroutine's socket
+/// I/O: `None` (and `f` not run) where there is none, outside a coroutine
+/// on a loop, or on a loop whose sockets wait for readiness.
+#[cfg(target_os = "linux")]
+#[inline]
+pub(crate) fn with_socket_ring<T>(f: impl FnOnce(&SocketRing<'_>) -> T) -> Option<T> {
+    let inner = super::io_loop("net")?;
+    let uring = inner.socket_ring()?;
+    // Its completions wake it through this loop from now on, as a
+    // descriptor wait's would (see `new_wait`).
+    inner.adopt(&crate::current()?);
+    Some(f(&SocketRing {
+        uring,
+        timers: inner.timers(),
+    }))
+}
+
 struct Reg {
     loop_id: u64,
     token: u64,

@@ -28,6 +28,11 @@
 //!
 //! # Design (after QEMU's AioContext)
 //!
+//! - **Completion** (the io_uring backend): stream sockets' reads and
+//!   writes are io_uring requests, queued while the coroutines run and
+//!   submitted in one `io_uring_enter` per loop turn; completions are read
+//!   from the shared ring, and signal the eventfd the loop sleeps on only
+//!   while it sleeps.
 //! - **Readiness**: one reactor per loop, behind a small internal
 //!   interface with one implementation per OS call, chosen per loop
 //!   ([`Backend`], `COSTACK_AIO`): epoll, or poll(2) (QEMU's fdmon-poll,
@@ -75,12 +80,15 @@
 //!
 //! # Backends
 //!
-//! | `COSTACK_AIO` | descriptors | [`fs`](crate::fs) I/O | where |
-//! |---|---|---|---|
-//! | unset | epoll | io_uring if the kernel allows it, else the thread pool | Linux default |
-//! | `io_uring` | epoll | io_uring (an error from [`EventLoop::new`] if unavailable) | Linux |
-//! | `epoll` | epoll | thread pool | Linux |
-//! | `poll` | poll(2) (`WSAPoll` on Windows) | thread pool | everywhere; the default (and only) backend off Linux |
+//! | `COSTACK_AIO` | descriptors | stream sockets' reads and writes | [`fs`](crate::fs) I/O | where |
+//! |---|---|---|---|---|
+//! | unset | epoll | readiness (epoll) | io_uring if the kernel allows it, else the thread pool | Linux default |
+//! | `io_uring` | epoll | io_uring (Linux 5.6) | io_uring (an error from [`EventLoop::new`] if unavailable) | Linux |
+//! | `epoll` | epoll | readiness (epoll) | thread pool | Linux |
+//! | `poll` | poll(2) (`WSAPoll` on Windows) | readiness (poll(2)) | thread pool | everywhere; the default (and only) backend off Linux |
+//!
+//! On the io_uring backend, accept, connect, datagrams, `peek` and
+//! [`wait_readable`] still wait for readiness on epoll.
 //!
 //! Any other value makes [`EventLoop::new`] fail: a backend is never
 //! swapped for another silently. [`EventLoop::with_backend`] picks one in

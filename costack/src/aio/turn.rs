@@ -187,6 +187,15 @@ impl Inner {
         self.uring.available(&self.readiness).then_some(&self.uring)
     }
 
+    /// The ring, if stream sockets' reads and writes go through it (the
+    /// io_uring backend).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn socket_ring(&self) -> Option<&Uring> {
+        self.uring
+            .carries_sockets(&self.readiness)
+            .then_some(&self.uring)
+    }
+
     /// Whether fallocate requests can go through io_uring.
     #[cfg(target_os = "linux")]
     pub(crate) fn uring_fallocate(&self) -> bool {
@@ -327,7 +336,8 @@ impl Inner {
                 co.enter();
             }
         }
-        progress
+        // The pass's socket requests go to the kernel together.
+        progress | self.uring.flush()
     }
 
     /// Waits for fd events at most `timeout` (`None`: until one comes) and
@@ -358,7 +368,7 @@ impl Inner {
             if self.remote.is_notified() && self.take_remote() {
                 return Ok((true, preempted(switches)));
             }
-            if self.wait_events(Some(Duration::ZERO))? {
+            if self.wait_events(Some(Duration::ZERO))? || self.uring.flush() {
                 return Ok((true, preempted(switches)));
             }
             if Instant::now() >= until {
@@ -377,7 +387,7 @@ impl Inner {
     fn wait_blocking(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let timeout = |now: Instant| deadline.map(|d| d.saturating_duration_since(now));
         if !self.busy_poll.enabled() {
-            return self.wait_events(timeout(Instant::now()));
+            return self.sleep(timeout(Instant::now()));
         }
         let start = Instant::now();
         let window = self.busy_poll.window();
@@ -390,10 +400,25 @@ impl Inner {
             (progress, preempted) = self.poll_events(deadline.map_or(until, |d| d.min(until)))?;
         }
         if !progress {
-            progress = self.wait_events(timeout(Instant::now()))?;
+            progress = self.sleep(timeout(Instant::now()))?;
         }
         self.busy_poll.adjust(start.elapsed(), preempted);
         Ok(progress)
+    }
+
+    /// Waits for fd events at most `timeout` (`None`: until one comes).
+    /// Socket requests on the ring signal the eventfd the loop sleeps on
+    /// only meanwhile: a loop that runs or polls reads their completions
+    /// from the ring itself, and spares the eventfd's wake-ups.
+    fn sleep(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.uring.sleeping(true) {
+            // Socket requests completed since the last look: no sleep.
+            self.uring.sleeping(false);
+            return Ok(self.uring.flush());
+        }
+        let woke = self.wait_events(timeout);
+        self.uring.sleeping(false);
+        woke
     }
 
     /// Whether no coroutine of this loop can ever run again: nothing is

@@ -13,6 +13,11 @@
 //! - unwound otherwise meanwhile (its last handle or its loop dropped), it
 //!   blocks the thread until the kernel is done with the buffer.
 //!
+//! A loop on [`Backend::IoUring`](super::Backend::IoUring) runs stream
+//! sockets' reads and writes on its ring as well (see `socket`): those
+//! requests are queued, not submitted one by one, and the loop hands each
+//! turn's batch to the kernel in one `io_uring_enter` ([`Uring::flush`]).
+//!
 //! Not used (the thread pool is) when `COSTACK_NO_IO_URING` is set to
 //! anything but `0`, when `/proc/sys/kernel/io_uring_disabled` is 2, when
 //! creating a ring fails (`ENOSYS`, `EPERM`, seccomp...), or when the
@@ -24,6 +29,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
 
 use io_uring::{opcode, squeue, IoUring, Probe};
+
+#[path = "uring_socket.rs"]
+mod socket;
 
 use super::readiness::{Readiness, TOKEN_URING};
 use super::wait::{Outcome, Wait};
@@ -50,11 +58,15 @@ struct Ring {
     in_flight: usize,
     fallocate: bool,
     async_cancel: bool,
+    /// Stream sockets' reads and writes go through the ring.
+    sockets: bool,
 }
 
 /// One loop's ring, created on first use.
 pub(crate) struct Uring {
     allowed: bool,
+    /// Stream sockets are asked for (the io_uring backend).
+    want_sockets: bool,
     probed: Cell<bool>,
     ring: RefCell<Option<Ring>>,
 }
@@ -68,10 +80,12 @@ fn disabled_by_sysctl() -> bool {
 }
 
 impl Uring {
-    /// A ring to be created on first use, if `allowed`.
-    pub(crate) fn new(allowed: bool) -> Uring {
+    /// A ring to be created on first use, if `allowed`; carrying stream
+    /// sockets' I/O too if `sockets` (and the kernel has what they need).
+    pub(crate) fn new(allowed: bool, sockets: bool) -> Uring {
         Uring {
             allowed,
+            want_sockets: sockets,
             probed: Cell::new(false),
             ring: RefCell::new(None),
         }
@@ -82,7 +96,7 @@ impl Uring {
     pub(crate) fn available(&self, readiness: &Readiness) -> bool {
         if !self.probed.replace(true) && self.allowed && !disabled_by_env() && !disabled_by_sysctl()
         {
-            *self.ring.borrow_mut() = Ring::new(readiness).ok();
+            *self.ring.borrow_mut() = Ring::new(readiness, self.want_sockets).ok();
         }
         self.ring.borrow().is_some()
     }
@@ -187,6 +201,17 @@ impl Uring {
     /// every request, since a coroutine the loop does not own may still
     /// wait for one (and its buffer must outlive it).
     pub(crate) fn shutdown(&self) {
+        // Socket reads may wait for data for ever: ask for them back.
+        let pending: Vec<usize> = match self.ring.borrow().as_ref() {
+            Some(ring) if ring.sockets => (ring.ops.iter().enumerate())
+                .filter(|(_, op)| op.wait.is_some())
+                .map(|(i, _)| i)
+                .collect(),
+            _ => Vec::new(),
+        };
+        for index in pending {
+            self.cancel_op(index);
+        }
         loop {
             let woken = {
                 let mut ring = self.ring.borrow_mut();
@@ -223,9 +248,11 @@ impl InFlight<'_> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        // Unwinding before completion (a forced unwind): block until the
-        // kernel is done with the buffer, waking the waiters of whatever
-        // completes meanwhile.
+        // Unwinding before completion (a forced unwind): ask the kernel to
+        // give the request back (a socket read might otherwise wait for
+        // data for ever), then block until it is done with the buffer,
+        // waking the waiters of whatever completes meanwhile.
+        self.uring.cancel_op(self.index);
         loop {
             let woken = {
                 let mut ring = self.uring.ring.borrow_mut();
@@ -245,21 +272,32 @@ impl Drop for InFlight<'_> {
 }
 
 impl Ring {
-    fn new(readiness: &Readiness) -> io::Result<Ring> {
-        let ring = IoUring::new(ENTRIES)?;
+    fn new(readiness: &Readiness, sockets: bool) -> io::Result<Ring> {
+        let mut ring = if sockets {
+            socket::new_ring()?
+        } else {
+            IoUring::new(ENTRIES)?
+        };
         let mut probe = Probe::new();
         ring.submitter().register_probe(&mut probe)?;
-        for code in [opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE] {
-            if !probe.is_supported(code) {
-                return Err(io::ErrorKind::Unsupported.into());
-            }
+        let mut needed = vec![opcode::Read::CODE, opcode::Write::CODE, opcode::Fsync::CODE];
+        if sockets {
+            needed.extend(socket::OPCODES);
+        }
+        if needed.into_iter().any(|code| !probe.is_supported(code)) {
+            return Err(io::ErrorKind::Unsupported.into());
         }
         let efd = sys::eventfd()?;
         ring.submitter().register_eventfd(efd.as_raw_fd())?;
         readiness.watch(efd.as_raw_fd(), TOKEN_URING)?;
+        if sockets {
+            // Completions signal the eventfd only while the loop sleeps.
+            ring.completion().disable_eventfd();
+        }
         Ok(Ring {
             fallocate: probe.is_supported(opcode::Fallocate::CODE),
             async_cancel: probe.is_supported(opcode::AsyncCancel::CODE),
+            sockets,
             ring,
             efd,
             ops: Vec::new(),

@@ -6,8 +6,16 @@ use super::readiness::Readiness;
 pub(crate) struct Uring;
 
 impl Uring {
-    pub(crate) fn new(_allowed: bool) -> Uring {
+    pub(crate) fn new(_allowed: bool, _sockets: bool) -> Uring {
         Uring
+    }
+
+    pub(crate) fn flush(&self) -> bool {
+        false
+    }
+
+    pub(crate) fn sleeping(&self, _asleep: bool) -> bool {
+        false
     }
 
     pub(crate) fn available(&self, _readiness: &Readiness) -> bool {

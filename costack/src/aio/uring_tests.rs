@@ -41,3 +41,41 @@ fn a_cancelled_read_consumes_no_data() {
     reader.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"intact");
 }
+
+#[test]
+fn stream_io_goes_through_the_ring_on_the_io_uring_backend_only() {
+    use crate::net::{TcpListener, TcpStream};
+    let pending_read_is_on_the_ring = |lp: EventLoop| {
+        lp.block_on(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let a = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (b, _) = listener.accept().unwrap();
+            let reader = aio::spawn(move || {
+                let mut buf = [0u8; 4];
+                (&a).read_exact(&mut buf).unwrap();
+                buf
+            });
+            aio::sleep(std::time::Duration::from_millis(5));
+            let inner = aio::context("test");
+            let on_ring = inner.uring().is_some_and(|u| u.busy());
+            (&b).write_all(b"ping").unwrap();
+            assert_eq!(&reader.join().unwrap(), b"ping");
+            assert!(
+                !inner.uring().is_some_and(|u| u.busy()),
+                "nothing left in flight"
+            );
+            on_ring
+        })
+    };
+    if let Ok(lp) = EventLoop::with_backend(Backend::IoUring) {
+        assert!(
+            pending_read_is_on_the_ring(lp),
+            "the read is a request in the kernel"
+        );
+    } else {
+        eprintln!("skipping the io_uring half: no io_uring here");
+    }
+    assert!(!pending_read_is_on_the_ring(
+        EventLoop::with_backend(Backend::Epoll).unwrap()
+    ));
+}

@@ -3,6 +3,11 @@
 //!
 //! The sockets are non-blocking underneath. A call that would block
 //! (`EAGAIN`) waits for readiness with the loop's epoll and retries. On a
+//! loop on the io_uring backend ([`Backend::IoUring`](crate::aio::Backend),
+//! Linux), stream sockets' reads and writes are io_uring requests instead,
+//! which the loop submits together once per turn; a read or write that
+//! is cancelled, times out or is unwound meanwhile is taken back from the
+//! kernel before the call returns, so no data is lost. On a
 //! thread with no event loop running (or in a coroutine entered outside
 //! any loop), the same calls block the thread in `poll(2)`, like std's:
 //! the types work everywhere, and never block a loop.

@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use super::Timeout;
 use crate::aio::budget;
+#[cfg(target_os = "linux")]
+use crate::aio::io::{with_socket_ring, SocketRing};
 use crate::aio::io::{Direction, Registration};
 use crate::sys::AsRawSock;
 
@@ -21,6 +23,13 @@ pub(crate) struct Socket<S> {
     /// the next read may wait for the loop first (see
     /// [`ReadState`](crate::aio::io::ReadState)). Not so for Unix sockets.
     short_read_drains: bool,
+    /// On a loop whose ring carries the socket's I/O: the last read came
+    /// back short, so the receive queue is empty and the next read goes
+    /// to the ring at once. Otherwise the next read tries `recv` first:
+    /// data already queued (the rest of a large message) is taken without
+    /// waiting for the loop's next turn.
+    #[cfg(target_os = "linux")]
+    ring_drained: std::sync::atomic::AtomicBool,
 }
 
 impl<S: AsRawSock> Socket<S> {
@@ -32,6 +41,8 @@ impl<S: AsRawSock> Socket<S> {
             read_timeout: Timeout::default(),
             write_timeout: Timeout::default(),
             short_read_drains,
+            #[cfg(target_os = "linux")]
+            ring_drained: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -107,6 +118,60 @@ impl<S: AsRawSock> Socket<S> {
         }
     }
 
+    /// Runs a request on the loop's ring (the io_uring backend) until it
+    /// does not report `WouldBlock` (a kernel that gives `EAGAIN` back),
+    /// waiting for readiness in between, within `dir`'s timeout in all.
+    /// A wait point.
+    #[cfg(target_os = "linux")]
+    fn ring_retry(
+        &self,
+        dir: Direction,
+        mut op: impl FnMut(Option<Instant>) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        crate::coroutine::cancel::checkpoint();
+        let deadline = self.deadline(dir);
+        loop {
+            match op(deadline) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.reg.wait(self.io.raw_sock(), dir, deadline)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                r => return r,
+            }
+        }
+    }
+
+    /// A read on the loop's ring (see `ring_drained`). A wait point.
+    #[cfg(target_os = "linux")]
+    fn read_on_ring(&self, ring: &SocketRing<'_>, buf: &mut [u8]) -> io::Result<usize>
+    where
+        for<'a> &'a S: Read,
+    {
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = buf.len();
+        if self.short_read_drains && !self.ring_drained.load(Relaxed) {
+            crate::coroutine::cancel::checkpoint();
+            match (&self.io).read(buf) {
+                Ok(n) => {
+                    budget::charge(1);
+                    self.ring_drained.store(n > 0 && n < len, Relaxed);
+                    return Ok(n);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let fd = self.io.raw_sock();
+        let n = self.ring_retry(Direction::Read, |d| ring.recv(fd, buf, d))?;
+        self.ring_drained
+            .store(self.short_read_drains && n > 0 && n < len, Relaxed);
+        Ok(n)
+    }
+
     /// When a wait for `dir` that starts now must give up.
     fn deadline(&self, dir: Direction) -> Option<Instant> {
         self.timeout(dir).get().map(|t| Instant::now() + t)
@@ -125,6 +190,13 @@ where
     for<'a> &'a S: Read + Write,
 {
     pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if !buf.is_empty() {
+            let on_ring = with_socket_ring(|ring| self.read_on_ring(ring, buf));
+            if let Some(r) = on_ring {
+                return r;
+            }
+        }
         if !self.short_read_drains {
             return self.wait_for(Direction::Read, |mut io| io.read(buf));
         }
@@ -147,10 +219,30 @@ where
     }
 
     pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if !buf.is_empty() {
+            let fd = self.io.raw_sock();
+            let on_ring = with_socket_ring(|ring| {
+                self.ring_retry(Direction::Write, |d| ring.send(fd, buf, d))
+            });
+            if let Some(r) = on_ring {
+                return r;
+            }
+        }
         self.wait_for(Direction::Write, |mut io| io.write(buf))
     }
 
     pub(crate) fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        #[cfg(target_os = "linux")]
+        if bufs.iter().any(|b| !b.is_empty()) {
+            let fd = self.io.raw_sock();
+            let on_ring = with_socket_ring(|ring| {
+                self.ring_retry(Direction::Write, |d| ring.send_vectored(fd, bufs, d))
+            });
+            if let Some(r) = on_ring {
+                return r;
+            }
+        }
         self.wait_for(Direction::Write, |mut io| io.write_vectored(bufs))
     }
 }

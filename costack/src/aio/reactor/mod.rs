@@ -74,9 +74,12 @@ pub(crate) struct Event {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Backend {
-    /// epoll for descriptors, and io_uring for [`fs`](crate::fs) I/O.
+    /// io_uring for stream sockets' reads and writes (TCP and Unix
+    /// streams) and for [`fs`](crate::fs) I/O; epoll for the rest.
     IoUring,
-    /// epoll for descriptors; `fs` I/O on the thread pool.
+    /// epoll for descriptors; `fs` I/O on the thread pool (or on io_uring,
+    /// in a loop from [`EventLoop::new`](super::EventLoop::new) with
+    /// `COSTACK_AIO` unset, where the kernel allows it).
     Epoll,
     /// poll(2) for descriptors (QEMU's fdmon-poll; `WSAPoll` for sockets on
     /// Windows); `fs` I/O on the thread pool. The backend of every system

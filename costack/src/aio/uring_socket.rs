@@ -1,0 +1,258 @@
+//! Stream sockets on the ring (the io_uring backend).
+//!
+//! Reads and writes are completion requests. They are queued while the
+//! loop's coroutines run, and the loop hands each turn's batch to the
+//! kernel in one `io_uring_enter` ([`Uring::flush`]): a turn that serves
+//! many connections costs one system call, where readiness costs a
+//! `recv` and a `send` per request. Completions are read from the shared
+//! ring without a system call; the ring's eventfd is signalled only while
+//! the loop sleeps ([`Uring::sleeping`]).
+//!
+//! The ring is set up for cooperative task running where the kernel has
+//! it (5.19): a read whose data arrives while the loop runs does not
+//! interrupt the thread; it completes at the turn's `io_uring_enter`. A
+//! sleeping loop is still woken.
+//!
+//! The buffers are the caller's, borrowed for the call, and a request is
+//! never abandoned (as in the parent module): cancelled or timed out, it
+//! is cancelled in the kernel and awaited (a read that got data first
+//! returns it); unwound otherwise, the unwinding blocks until the kernel
+//! gives it back.
+
+use std::io::{self, IoSlice};
+use std::os::fd::RawFd;
+use std::rc::Rc;
+use std::sync::atomic::{fence, Ordering};
+use std::time::Instant;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::{InFlight, Uring, ENTRIES};
+use crate::aio::readiness::Readiness;
+use crate::aio::timer::{TimerAction, Timers};
+use crate::aio::wait::{Outcome, Wait};
+use crate::coroutine::{self, cancel};
+
+/// The opcodes a ring that carries sockets needs (Linux 5.6).
+pub(super) const OPCODES: [u8; 4] = [
+    opcode::Recv::CODE,
+    opcode::Send::CODE,
+    opcode::SendMsg::CODE,
+    opcode::AsyncCancel::CODE,
+];
+
+/// Completion queue size: a read in flight per connection, and a turn's
+/// writes on top. (The kernel keeps what overflows, but it costs.)
+const CQ_ENTRIES: u32 = 8192;
+
+/// `sendmsg`'s limit on buffers (`UIO_MAXIOV`); more is `EMSGSIZE`.
+const MAX_IOV: usize = 1024;
+
+/// A ring for a loop whose sockets use it.
+pub(super) fn new_ring() -> io::Result<IoUring> {
+    let ring = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .setup_cqsize(CQ_ENTRIES)
+        .build(ENTRIES);
+    match ring {
+        // Before 5.19: completions interrupt the thread instead.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            IoUring::builder().setup_cqsize(CQ_ENTRIES).build(ENTRIES)
+        }
+        r => r,
+    }
+}
+
+impl Uring {
+    /// Whether stream sockets' reads and writes go through the ring
+    /// (creating it on first call).
+    pub(crate) fn carries_sockets(&self, readiness: &Readiness) -> bool {
+        self.want_sockets && self.available(readiness)
+    }
+
+    /// Hands the requests queued since the last flush to the kernel (one
+    /// `io_uring_enter`, which also runs the completions the kernel left
+    /// for this thread), then reaps what completed. Returns whether
+    /// anything did. A loop calls it after every pass over its coroutines.
+    pub(crate) fn flush(&self) -> bool {
+        let woken = {
+            let mut ring = self.ring.borrow_mut();
+            let Some(ring) = ring.as_mut().filter(|r| r.sockets) else {
+                return false;
+            };
+            let queued = {
+                let sq = ring.ring.submission();
+                !sq.is_empty() || sq.taskrun()
+            };
+            if queued {
+                if let Err(e) = ring.submit() {
+                    // The requests stay queued, and their coroutines
+                    // suspended: going on would hang them silently.
+                    panic!("costack: submitting to io_uring failed: {e}");
+                }
+            }
+            if ring.ring.completion().is_empty() {
+                return false;
+            }
+            ring.reap()
+        };
+        let any = !woken.is_empty();
+        for w in woken {
+            w.complete(Outcome::Ready);
+        }
+        any
+    }
+
+    /// The loop is about to sleep (`asleep`), or woke: completions signal
+    /// the eventfd the loop sleeps on only in between. Returns whether
+    /// completions are there already (the loop must not sleep then).
+    pub(crate) fn sleeping(&self, asleep: bool) -> bool {
+        let mut ring = self.ring.borrow_mut();
+        let Some(ring) = ring.as_mut().filter(|r| r.sockets) else {
+            return false;
+        };
+        if !asleep {
+            ring.ring.completion().disable_eventfd();
+            return false;
+        }
+        ring.ring.completion().enable_eventfd();
+        // The kernel posts a completion, then reads the flag: ordered
+        // against our flag write, then completion read, one of us sees
+        // the other's.
+        fence(Ordering::SeqCst);
+        !ring.ring.completion().is_empty() || ring.ring.submission().taskrun()
+    }
+
+    /// Runs a socket request, queued for the loop's next
+    /// [`flush`](Uring::flush), and returns its result, suspending the
+    /// calling coroutine until it completes. A wait point: cancelled, or
+    /// past `deadline` (then `TimedOut`), the request is cancelled in the
+    /// kernel and awaited first.
+    ///
+    /// # Safety
+    /// The memory `entry` refers to must stay valid until this returns;
+    /// this function does not return, even by unwinding, before the kernel
+    /// is done with the request. The caller checked
+    /// [`carries_sockets`](Uring::carries_sockets).
+    unsafe fn run_queued(
+        &self,
+        timers: &Rc<Timers>,
+        what: &str,
+        entry: squeue::Entry,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let me = crate::current().expect("socket requests are made from coroutines");
+        let wait = Wait::new(&me);
+        // A deadline completes a wait of its own, which wakes the
+        // coroutine to cancel the request.
+        let expired = deadline.map(|_| Wait::new(&me));
+        drop(me);
+        let index = {
+            let mut ring = self.ring.borrow_mut();
+            let ring = ring.as_mut().expect("caller checked availability");
+            let index = ring.alloc(wait.clone());
+            let entry = entry.user_data(index as u64);
+            // SAFETY: our caller keeps the memory valid until completion,
+            // and the guard below waits for completion on every path.
+            if let Err(e) = unsafe { ring.queue(&entry) } {
+                ring.release(index);
+                return Err(e);
+            }
+            index
+        };
+        let guard = InFlight { uring: self, index };
+        let _timer = deadline
+            .zip(expired.clone())
+            .map(|(d, w)| timers.add(d, TimerAction::Complete(w)));
+        let mut timed_out = false;
+        let (_, stopped) = coroutine::wait::wait_stopping(
+            what,
+            || {
+                if wait.outcome() != Outcome::Pending {
+                    return Some(());
+                }
+                let expired = expired.as_ref();
+                if !timed_out && expired.is_some_and(|w| w.outcome() == Outcome::TimedOut) {
+                    timed_out = true;
+                    self.cancel_op(index);
+                }
+                None
+            },
+            || self.cancel_op(index),
+        );
+        let result = guard.finish();
+        if result == -libc::ECANCELED {
+            if stopped {
+                // Given back unperformed: the cancellation unwinds here.
+                cancel::checkpoint();
+            }
+            if timed_out {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+        if result < 0 {
+            Err(io::Error::from_raw_os_error(-result))
+        } else {
+            Ok(result as usize)
+        }
+    }
+
+    /// `recv(2)` into `buf` through the ring (see
+    /// [`run_queued`](Uring::run_queued)).
+    pub(crate) fn recv(
+        &self,
+        timers: &Rc<Timers>,
+        fd: RawFd,
+        buf: &mut [u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len).build();
+        // SAFETY: `buf` is borrowed for the call, which does not return
+        // before the kernel is done with it.
+        unsafe { self.run_queued(timers, "net read", entry, deadline) }
+    }
+
+    /// `send(2)` of `buf` through the ring (`MSG_NOSIGNAL`, as std's
+    /// sockets: a closed peer is `EPIPE`, not a signal).
+    pub(crate) fn send(
+        &self,
+        timers: &Rc<Timers>,
+        fd: RawFd,
+        buf: &[u8],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let len = buf.len().min(u32::MAX as usize) as u32;
+        let entry = opcode::Send::new(types::Fd(fd), buf.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build();
+        // SAFETY: as in `recv`; the kernel only reads `buf`.
+        unsafe { self.run_queued(timers, "net write", entry, deadline) }
+    }
+
+    /// `sendmsg(2)` of `bufs` through the ring (at most `UIO_MAXIOV` of
+    /// them; a write may be short anyway).
+    pub(crate) fn send_vectored(
+        &self,
+        timers: &Rc<Timers>,
+        fd: RawFd,
+        bufs: &[IoSlice<'_>],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let bufs = &bufs[..bufs.len().min(MAX_IOV)];
+        // SAFETY: an all-zero msghdr is valid: no name, no control data.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // `IoSlice` is ABI-compatible with `iovec` on unix (std documents
+        // it); the kernel only reads the buffers.
+        msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
+        msg.msg_iovlen = bufs.len() as _;
+        let entry = opcode::SendMsg::new(types::Fd(fd), &msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
+        // SAFETY: `msg` and the buffers it points to live on this frame
+        // or are borrowed for the call, which does not return before the
+        // kernel is done with them.
+        unsafe { self.run_queued(timers, "net write", entry, deadline) }
+    }
+}
