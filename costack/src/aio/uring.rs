@@ -126,20 +126,9 @@ impl Uring {
         let me = crate::current().expect("io_uring requests are made from coroutines");
         let wait = Wait::new(&me);
         drop(me);
-        let index = {
-            let mut ring = self.ring.borrow_mut();
-            let ring = ring.as_mut().expect("caller checked availability");
-            let index = ring.alloc(wait.clone());
-            let entry = entry.user_data(index as u64);
-            // SAFETY: our caller keeps the memory valid until completion,
-            // and the guard below waits for completion on every path.
-            if let Err(e) = unsafe { ring.queue(&entry) } {
-                ring.release(index);
-                return Err(e);
-            }
-            index
-        };
-        let guard = InFlight { uring: self, index };
+        // SAFETY: forwarded from our caller.
+        let guard = unsafe { self.queue_op(&wait, entry) }?;
+        let index = guard.index;
         let submitted = self.ring.borrow_mut().as_mut().expect("ring").submit();
         // On error the entry may still be queued: the guard submits it and
         // waits for it before the error is returned.
@@ -159,6 +148,27 @@ impl Uring {
         } else {
             Ok(result)
         }
+    }
+
+    /// Queues request `entry` (not submitted yet), whose completion
+    /// completes `wait`; the guard returned waits for the kernel if
+    /// dropped before completion.
+    ///
+    /// # Safety
+    /// As [`run`](Self::run): the memory `entry` refers to stays valid
+    /// until the guard is finished or dropped.
+    unsafe fn queue_op(&self, wait: &Rc<Wait>, entry: squeue::Entry) -> io::Result<InFlight<'_>> {
+        let mut ring = self.ring.borrow_mut();
+        let ring = ring.as_mut().expect("caller checked availability");
+        let index = ring.alloc(wait.clone());
+        let entry = entry.user_data(index as u64);
+        // SAFETY: our caller keeps the memory valid until completion, and
+        // the guard waits for completion on every path.
+        if let Err(e) = unsafe { ring.queue(&entry) } {
+            ring.release(index);
+            return Err(e);
+        }
+        Ok(InFlight { uring: self, index })
     }
 
     /// Asks the kernel to cancel request `index` (its completion still

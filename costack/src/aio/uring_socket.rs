@@ -27,7 +27,7 @@ use std::time::Instant;
 
 use io_uring::{opcode, squeue, types, IoUring};
 
-use super::{InFlight, Uring, ENTRIES};
+use super::{Uring, ENTRIES};
 use crate::aio::readiness::Readiness;
 use crate::aio::timer::{TimerAction, Timers};
 use crate::aio::wait::{Outcome, Wait};
@@ -148,20 +148,10 @@ impl Uring {
         // coroutine to cancel the request.
         let expired = deadline.map(|_| Wait::new(&me));
         drop(me);
-        let index = {
-            let mut ring = self.ring.borrow_mut();
-            let ring = ring.as_mut().expect("caller checked availability");
-            let index = ring.alloc(wait.clone());
-            let entry = entry.user_data(index as u64);
-            // SAFETY: our caller keeps the memory valid until completion,
-            // and the guard below waits for completion on every path.
-            if let Err(e) = unsafe { ring.queue(&entry) } {
-                ring.release(index);
-                return Err(e);
-            }
-            index
-        };
-        let guard = InFlight { uring: self, index };
+        // SAFETY: forwarded from our caller; the loop's next flush submits
+        // the request.
+        let guard = unsafe { self.queue_op(&wait, entry) }?;
+        let index = guard.index;
         let _timer = deadline
             .zip(expired.clone())
             .map(|(d, w)| timers.add(d, TimerAction::Complete(w)));
