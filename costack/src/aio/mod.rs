@@ -32,7 +32,7 @@
 //!   writes are io_uring requests, queued while the coroutines run and
 //!   submitted in one `io_uring_enter` per loop turn; completions are read
 //!   from the shared ring, and signal the eventfd the loop sleeps on only
-//!   while it sleeps.
+//!   while it sleeps (or has file requests in flight).
 //! - **Readiness**: one reactor per loop, behind a small internal
 //!   interface with one implementation per OS call, chosen per loop
 //!   ([`Backend`], `COSTACK_AIO`): epoll, or poll(2) (QEMU's fdmon-poll,

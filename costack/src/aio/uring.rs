@@ -46,6 +46,8 @@ const CANCEL_DATA: u64 = u64::MAX;
 struct Op {
     wait: Option<Rc<Wait>>,
     result: Option<i32>,
+    /// A file request (of `run`), which an io-wq thread may complete.
+    file: bool,
 }
 
 struct Ring {
@@ -60,6 +62,9 @@ struct Ring {
     async_cancel: bool,
     /// Stream sockets' reads and writes go through the ring.
     sockets: bool,
+    /// File requests not released yet. While there are any, completions
+    /// always signal the eventfd (see `Uring::sleeping`).
+    files: usize,
 }
 
 /// One loop's ring, created on first use.
@@ -127,7 +132,7 @@ impl Uring {
         let wait = Wait::new(&me);
         drop(me);
         // SAFETY: forwarded from our caller.
-        let guard = unsafe { self.queue_op(&wait, entry) }?;
+        let guard = unsafe { self.queue_op(&wait, entry, true) }?;
         let index = guard.index;
         let submitted = self.ring.borrow_mut().as_mut().expect("ring").submit();
         // On error the entry may still be queued: the guard submits it and
@@ -152,15 +157,20 @@ impl Uring {
 
     /// Queues request `entry` (not submitted yet), whose completion
     /// completes `wait`; the guard returned waits for the kernel if
-    /// dropped before completion.
+    /// dropped before completion. `file`: a file request (see `Ring::files`).
     ///
     /// # Safety
     /// As [`run`](Self::run): the memory `entry` refers to stays valid
     /// until the guard is finished or dropped.
-    unsafe fn queue_op(&self, wait: &Rc<Wait>, entry: squeue::Entry) -> io::Result<InFlight<'_>> {
+    unsafe fn queue_op(
+        &self,
+        wait: &Rc<Wait>,
+        entry: squeue::Entry,
+        file: bool,
+    ) -> io::Result<InFlight<'_>> {
         let mut ring = self.ring.borrow_mut();
         let ring = ring.as_mut().expect("caller checked availability");
-        let index = ring.alloc(wait.clone());
+        let index = ring.alloc(wait.clone(), file);
         let entry = entry.user_data(index as u64);
         // SAFETY: our caller keeps the memory valid until completion, and
         // the guard waits for completion on every path.
@@ -262,7 +272,11 @@ impl Drop for InFlight<'_> {
         // give the request back (a socket read might otherwise wait for
         // data for ever), then block until it is done with the buffer,
         // waking the waiters of whatever completes meanwhile.
-        self.uring.cancel_op(self.index);
+        let done =
+            (self.uring.ring.borrow().as_ref()).is_none_or(|r| r.ops[self.index].result.is_some());
+        if !done {
+            self.uring.cancel_op(self.index);
+        }
         loop {
             let woken = {
                 let mut ring = self.uring.ring.borrow_mut();
@@ -308,6 +322,7 @@ impl Ring {
             fallocate: probe.is_supported(opcode::Fallocate::CODE),
             async_cancel: probe.is_supported(opcode::AsyncCancel::CODE),
             sockets,
+            files: 0,
             ring,
             efd,
             ops: Vec::new(),
@@ -316,10 +331,19 @@ impl Ring {
         })
     }
 
-    fn alloc(&mut self, wait: Rc<Wait>) -> usize {
+    fn alloc(&mut self, wait: Rc<Wait>, file: bool) -> usize {
+        if file {
+            self.files += 1;
+            if self.sockets {
+                // Before the request is submitted, so that whoever
+                // completes it sees the eventfd enabled.
+                self.ring.completion().enable_eventfd();
+            }
+        }
         let op = Op {
             wait: Some(wait),
             result: None,
+            file,
         };
         match self.free.pop() {
             Some(i) => {
@@ -334,9 +358,13 @@ impl Ring {
     }
 
     fn release(&mut self, index: usize) {
+        if self.ops[index].file {
+            self.files -= 1;
+        }
         self.ops[index] = Op {
             wait: None,
             result: None,
+            file: false,
         };
         self.free.push(index);
     }

@@ -6,7 +6,7 @@
 //! many connections costs one system call, where readiness costs a
 //! `recv` and a `send` per request. Completions are read from the shared
 //! ring without a system call; the ring's eventfd is signalled only while
-//! the loop sleeps ([`Uring::sleeping`]).
+//! the loop sleeps, or has file requests in flight ([`Uring::sleeping`]).
 //!
 //! The ring is set up for cooperative task running where the kernel has
 //! it (5.19): a read whose data arrives while the loop runs does not
@@ -113,13 +113,17 @@ impl Uring {
             return false;
         };
         if !asleep {
-            ring.ring.completion().disable_eventfd();
+            // Not while file requests are in flight: an io-wq thread may
+            // complete one, and nothing orders its flag read after our
+            // enabling write below; completions of socket requests are
+            // posted by this thread (task work), in program order.
+            if ring.files == 0 {
+                ring.ring.completion().disable_eventfd();
+            }
             return false;
         }
         ring.ring.completion().enable_eventfd();
-        // The kernel posts a completion, then reads the flag: ordered
-        // against our flag write, then completion read, one of us sees
-        // the other's.
+        // A completion this thread posted before now is in the ring: look.
         fence(Ordering::SeqCst);
         !ring.ring.completion().is_empty() || ring.ring.submission().taskrun()
     }
@@ -150,7 +154,7 @@ impl Uring {
         drop(me);
         // SAFETY: forwarded from our caller; the loop's next flush submits
         // the request.
-        let guard = unsafe { self.queue_op(&wait, entry) }?;
+        let guard = unsafe { self.queue_op(&wait, entry, false) }?;
         let index = guard.index;
         let _timer = deadline
             .zip(expired.clone())
