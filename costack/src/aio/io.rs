@@ -274,6 +274,9 @@ impl SocketRing<'_> {
 #[cfg(target_os = "linux")]
 #[inline]
 pub(crate) fn with_socket_ring<T>(f: impl FnOnce(&SocketRing<'_>) -> T) -> Option<T> {
+    if !super::uring::any_socket_ring() {
+        return None;
+    }
     let inner = super::io_loop("net")?;
     let uring = inner.socket_ring()?;
     // Its completions wake it through this loop from now on, as a

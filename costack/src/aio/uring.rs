@@ -32,6 +32,7 @@ use io_uring::{opcode, squeue, IoUring, Probe};
 
 #[path = "uring_socket.rs"]
 mod socket;
+pub(crate) use socket::any_socket_ring;
 
 use super::readiness::{Readiness, TOKEN_URING};
 use super::wait::{Outcome, Wait};
@@ -74,6 +75,8 @@ pub(crate) struct Uring {
     want_sockets: bool,
     probed: Cell<bool>,
     ring: RefCell<Option<Ring>>,
+    /// Counted among the process's socket rings while `want_sockets`.
+    _socket_ring: Option<socket::Counted>,
 }
 
 fn disabled_by_env() -> bool {
@@ -93,6 +96,7 @@ impl Uring {
             want_sockets: sockets,
             probed: Cell::new(false),
             ring: RefCell::new(None),
+            _socket_ring: sockets.then(socket::Counted::new),
         }
     }
 

@@ -22,7 +22,7 @@
 use std::io::{self, IoSlice};
 use std::os::fd::RawFd;
 use std::rc::Rc;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use io_uring::{opcode, squeue, types, IoUring};
@@ -47,6 +47,36 @@ const CQ_ENTRIES: u32 = 8192;
 
 /// `sendmsg`'s limit on buffers (`UIO_MAXIOV`); more is `EMSGSIZE`.
 const MAX_IOV: usize = 1024;
+
+/// Loops in the process whose sockets were asked onto a ring (the
+/// io_uring backend). While there are none, which is the default, socket
+/// calls skip looking for their loop's ring: one load instead of a
+/// thread-local lookup and a reference count per call.
+static SOCKET_RINGS: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether some loop's sockets may be on a ring. A loop created on the
+/// calling thread is seen (program order); one of another thread may be,
+/// which only costs the full look.
+#[inline]
+pub(crate) fn any_socket_ring() -> bool {
+    SOCKET_RINGS.load(Ordering::Relaxed) != 0
+}
+
+/// A loop's place in [`SOCKET_RINGS`], for its life.
+pub(super) struct Counted(());
+
+impl Counted {
+    pub(super) fn new() -> Counted {
+        SOCKET_RINGS.fetch_add(1, Ordering::Relaxed);
+        Counted(())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        SOCKET_RINGS.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// A ring for a loop whose sockets use it.
 pub(super) fn new_ring() -> io::Result<IoUring> {
