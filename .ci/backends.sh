@@ -91,10 +91,10 @@ run() { # name, cargo args..., -- test args...
 TESTS=(--test core --test overflow --test backends)
 # On Linux targets the locks, the event loop and its I/O run on every
 # backend too (io_uring falls back to the thread pool under qemu-user).
-LINUX_TESTS=("${TESTS[@]}" --test sync --test sync_loops --test aio --test net --test fs)
+LINUX_TESTS=("${TESTS[@]}" --test sync --test sync_model --test sync_loops --test aio --test aio_threads --test net --test fs)
 # On Windows the event loop (WSAPoll), TCP, the locks, generators and
 # CoFutures run the suites that are written for every system.
-WINDOWS_TESTS=(--test loop_portable --test join --test sync_loops --test sync --test generator --test future)
+WINDOWS_TESTS=(--test loop_portable --test join --test sync_loops --test sync --test sync_model --test generator --test future)
 for w in "${WANT[@]}"; do
     case "$w" in
         linux-ucontext)
@@ -106,7 +106,7 @@ for w in "${WANT[@]}"; do
             # The locks and generators too: their per-thread state must be
             # the logical thread's (a coroutine is an OS thread here).
             run "$w" --features thread-backend --test core --test backends \
-                --test sync --test generator \
+                --test sync --test sync_model --test generator \
                 -- --skip a_hundred_thousand_live_coroutines
             ;;
         miri)
@@ -122,7 +122,7 @@ for w in "${WANT[@]}"; do
             # The locks first: their intrusive waiter lists are the riskiest
             # unsafe code of the crate. Then the channels touched from
             # several threads (waiter lists, the ring, rendezvous packets).
-            cargo +nightly miri test -p costack --test sync --test generator
+            cargo +nightly miri test -p costack --test sync --test sync_model --test generator
             # Cancellation on a real loop (epoll, edge-triggered under Miri):
             # the wait points, timeouts, shields and scopes.
             cargo +nightly miri test -p costack --test cancel --test scope

@@ -18,7 +18,7 @@
 //! A connection's coroutine runs the handshake, builds
 //! [`protocol::request::TransmissionParams`] from the result, then reads
 //! requests and spawns a coroutine per request, which executes it on a
-//! [`block::BlockDevice`] and answers with the `protocol::request::write_*`
+//! [`block::BlockDevice`] and answers with the `protocol::reply::write_*`
 //! functions. All of it reads like blocking code.
 
 #![warn(missing_docs)]

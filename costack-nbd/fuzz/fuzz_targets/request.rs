@@ -15,10 +15,10 @@ use costack_nbd::protocol::proto::{
     Command, RequestHeader, EXTENDED_REQUEST_HEADER_LEN, NBD_CMD_FLAG_PAYLOAD_LEN,
     NBD_FLAG_BLOCK_STATUS_PAYLOAD, REQUEST_HEADER_LEN,
 };
-use costack_nbd::protocol::request::{
-    block_status_descriptors, read_request, write_block_status_reply, write_read_reply,
-    write_rejection, Incoming, Op, ReadError, TransmissionParams,
+use costack_nbd::protocol::reply::{
+    block_status_descriptors, write_block_status_reply, write_read_reply, write_rejection,
 };
+use costack_nbd::protocol::request::{read_request, Incoming, Op, ReadError, TransmissionParams};
 use libfuzzer_sys::fuzz_target;
 
 /// Session variants: simple, structured or extended headers, read-only,

@@ -19,7 +19,8 @@ use super::Shared;
 #[cfg(feature = "tls")]
 use crate::protocol::handshake::resume_after_tls;
 use crate::protocol::handshake::{negotiate_options, Duplex, HandshakeError, Negotiated, Outcome};
-use crate::protocol::request::{write_rejection, Incoming, Op, ReadError, TransmissionParams};
+use crate::protocol::reply::write_rejection;
+use crate::protocol::request::{Incoming, Op, ReadError, TransmissionParams};
 
 /// Registers a connection's socket for [`Shared::stop`] while it lives.
 struct LiveGuard<'a> {

@@ -12,10 +12,10 @@ use super::{MAX_BYTES_IN_FLIGHT, MAX_IN_FLIGHT};
 use crate::block::BlockDevice;
 use crate::protocol::handshake::QemuContext;
 use crate::protocol::proto::{ErrorCode, ReplyTo};
-use crate::protocol::request::{
-    plan_read_reply, read_request_with, write_block_status_chunk, write_error, write_ok, ReadError,
-    ReplyPiece, ReplyPlan, Request, TransmissionParams,
+use crate::protocol::reply::{
+    plan_read_reply, write_block_status_chunk, write_error, write_ok, ReplyPiece, ReplyPlan,
 };
+use crate::protocol::request::{read_request_with, ReadError, Request, TransmissionParams};
 use crate::protocol::request::{Incoming, Op};
 
 /// A request's share of [`MAX_BYTES_IN_FLIGHT`].

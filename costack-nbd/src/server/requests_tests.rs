@@ -10,7 +10,7 @@ fn flatten(r: &Reply) -> Vec<u8> {
 #[test]
 fn planned_read_replies_encode_like_written_ones() {
     use crate::protocol::proto::ReplyFormat;
-    use crate::protocol::request::write_read_reply;
+    use crate::protocol::reply::write_read_reply;
     // Data with zero runs (holes in structured replies) and without.
     let mut mixed = vec![0u8; 3 * 65536];
     mixed[70000..80000].fill(7);
