@@ -37,10 +37,11 @@ if [ -n "$BASELINE" ]; then
     esac
 fi
 
-if [ ! -f "$IMG" ] || [ "$(stat -c %s "$IMG")" -ne $((SIZE_MB << 20)) ]; then
-    echo "creating $IMG ($SIZE_MB MiB of data)"
-    head -c $((SIZE_MB << 20)) /dev/urandom > "$IMG"
-fi
+# Fresh random data every run: reads must move data. (An image left
+# from an earlier run holds what its writes wrote; and costack-nbd sends
+# zero blocks of a read as holes, so reads of zeros would flatter it.)
+echo "writing $IMG ($SIZE_MB MiB of random data)"
+head -c $((SIZE_MB << 20)) /dev/urandom > "$IMG"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -70,17 +71,19 @@ for s in "${servers[@]}"; do
     start_server "$s" "${port[$s]}"
 done
 
-# name | qemu-img bench arguments (count scaled for ~1-3 s per run)
+# name | qemu-img bench arguments (count scaled for ~1-3 s per run).
+# Writes write the byte 0xa5, not qemu-img's default zeros: later reads
+# of the same offsets must read data, not zero blocks.
 if [ "$QUICK" = 1 ]; then scale=10; else scale=1; fi
 workloads=(
     "4k-read-qd1|-c $((100000 / scale)) -d 1 -s 4k -S 1236992"
     "4k-read-qd32|-c $((400000 / scale)) -d 32 -s 4k -S 1236992"
-    "4k-write-qd1|-w -c $((100000 / scale)) -d 1 -s 4k -S 1236992"
-    "4k-write-qd32|-w -c $((400000 / scale)) -d 32 -s 4k -S 1236992"
+    "4k-write-qd1|-w --pattern 165 -c $((100000 / scale)) -d 1 -s 4k -S 1236992"
+    "4k-write-qd32|-w --pattern 165 -c $((400000 / scale)) -d 32 -s 4k -S 1236992"
     "64k-read-qd16|-c $((60000 / scale)) -d 16 -s 64k -S 1245184"
-    "64k-write-qd16|-w -c $((60000 / scale)) -d 16 -s 64k -S 1245184"
+    "64k-write-qd16|-w --pattern 165 -c $((60000 / scale)) -d 16 -s 64k -S 1245184"
     "1m-read-qd4|-c $((6000 / scale)) -d 4 -s 1M -S 5242880"
-    "1m-write-qd4|-w -c $((6000 / scale)) -d 4 -s 1M -S 5242880"
+    "1m-write-qd4|-w --pattern 165 -c $((6000 / scale)) -d 4 -s 1M -S 5242880"
 )
 
 all=("${workloads[@]}" "nbdcopy-read|")

@@ -44,12 +44,13 @@ if [ -n "$BASELINE" ]; then
     esac
 fi
 
-if [ ! -f "$RAW" ] || [ "$(stat -c %s "$RAW")" -ne $((SIZE_MB << 20)) ]; then
-    echo "creating $RAW ($SIZE_MB MiB of data)"
+# The allocated image must hold random data throughout. A source that
+# earlier write benchmarks overwrote with zeros converts to an almost
+# empty image, whose reads read nothing: then start over.
+if [ ! -f "$IMG" ] || [ ! -f "$RAW" ] || [ "$RAW" -nt "$IMG" ] \
+    || [ "$(stat -c %s "$IMG")" -lt $((SIZE_MB << 20)) ]; then
+    echo "writing $RAW ($SIZE_MB MiB of random data), converting it to $IMG"
     head -c $((SIZE_MB << 20)) /dev/urandom > "$RAW"
-fi
-if [ ! -f "$IMG" ] || [ "$RAW" -nt "$IMG" ]; then
-    echo "converting to $IMG"
     qemu-img convert -f raw -O qcow2 "$RAW" "$IMG"
 fi
 COMP=${COMP:-/dev/shm/costack-nbd-bench-comp.qcow2}
@@ -122,9 +123,9 @@ workloads=(
     "4k-read-qd1|-c 100000 -d 1 -s 4k -S 1236992"
     "4k-read-qd32|-c 400000 -d 32 -s 4k -S 1236992"
     "64k-read-qd16|-c 60000 -d 16 -s 64k -S 1245184"
-    "4k-overwrite-qd32|-w -c 400000 -d 32 -s 4k -S 1236992"
-    "64k-alloc-write-qd16|-w -c 8192 -d 16 -s 64k"
-    "4k-alloc-write-qd32|-w -c 2600 -d 32 -s 4k -S 196608"
+    "4k-overwrite-qd32|-w --pattern 165 -c 400000 -d 32 -s 4k -S 1236992"
+    "64k-alloc-write-qd16|-w --pattern 165 -c 8192 -d 16 -s 64k"
+    "4k-alloc-write-qd32|-w --pattern 165 -c 2600 -d 32 -s 4k -S 196608"
     "comp-64k-read-qd16|-c 20000 -d 16 -s 64k -S 1245184"
     "chain-4k-read-qd32|-c 200000 -d 32 -s 4k -S 1236992"
 )
