@@ -14,7 +14,8 @@ pub struct CoroutineInfo {
     /// The deepest the stack has been used, in bytes from its top, in whole
     /// pages: an upper bound, since a pooled stack remembers earlier
     /// coroutines' use too.
-    /// `None` where it cannot be told (no stack, or no `mincore`).
+    /// `None` where it cannot be told: no stack, no `mincore`, or the
+    /// thread backend (whose coroutines run on OS thread stacks).
     pub stack_high_water: Option<usize>,
 }
 

@@ -99,9 +99,11 @@ impl Stack {
     /// used it (a pooled stack keeps what earlier coroutines touched).
     /// Asks `mincore` for the lowest resident page, so nothing is read (a
     /// suspended coroutine's stack is not ours to read, and Valgrind would
-    /// say so). `None` where that cannot be told.
+    /// say so). `None` where that cannot be told: without `mincore`, and
+    /// with the thread backend, whose coroutines run on OS thread stacks
+    /// (its heap blocks' pages say only what the allocator did with them).
     pub(crate) fn high_water(&self) -> Option<usize> {
-        #[cfg(all(unix, not(miri)))]
+        #[cfg(all(unix, not(any(miri, feature = "thread-backend"))))]
         {
             let page = page_size();
             let mut resident = vec![0u8; self.size / page];
@@ -116,7 +118,7 @@ impl Stack {
             let first = resident.iter().position(|&b| b & 1 != 0)?;
             Some(self.size - first * page)
         }
-        #[cfg(not(all(unix, not(miri))))]
+        #[cfg(not(all(unix, not(any(miri, feature = "thread-backend")))))]
         {
             None
         }
