@@ -498,11 +498,9 @@ fn shared_limit_is_enforced() {
     // While `first` is connected, a second client waits for the slot (as
     // qemu-nbd: it is not accepted yet, so it gets no greeting)...
     let mut second = TcpStream::connect(server.addr()).unwrap();
-    second
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
     let mut buf = [0u8; 18];
-    let waited = second.read(&mut buf).unwrap_err();
+    let waited =
+        support::read_within(&mut second, &mut buf, Duration::from_millis(500)).unwrap_err();
     assert!(
         matches!(
             waited.kind(),
@@ -556,11 +554,9 @@ fn a_client_that_negotiated_beside_the_last_slot_waits_for_it() {
     read.extend(512u32.to_be_bytes());
     second.write_all(&read).unwrap();
     // No answer while `first` holds the slot...
-    second
-        .set_read_timeout(Some(Duration::from_millis(300)))
-        .unwrap();
     let mut reply = [0u8; 16 + 512];
-    let waited = second.read(&mut reply).unwrap_err();
+    let waited =
+        support::read_within(&mut second, &mut reply, Duration::from_millis(300)).unwrap_err();
     assert!(
         matches!(
             waited.kind(),

@@ -24,7 +24,13 @@ fn closed_within(s: &mut TcpStream, patience: Duration) -> Option<Duration> {
         match s.read(&mut buf) {
             Ok(0) => return Some(start.elapsed()),
             Ok(_) => {} // the greeting
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            // Interrupted: a signal, not the server (see
+            // `support::read_within`).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
             Err(_) => return Some(start.elapsed()), // reset
         }
     }

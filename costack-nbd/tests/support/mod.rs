@@ -702,6 +702,24 @@ impl Rng {
     }
 }
 
+/// Reads from `s` for at most `timeout`, through interruptions: the
+/// result of the first read that is not `Interrupted`. A blocking read
+/// with a timeout fails with `EINTR` when any signal comes in, and one
+/// does now and then: a test's child server exits while another test
+/// spawns one, which blocks signals for a moment, so the `SIGCHLD` is
+/// kept and then delivered to a thread instead of being dropped.
+pub fn read_within(s: &mut TcpStream, buf: &mut [u8], timeout: Duration) -> io::Result<usize> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        match s.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
+}
+
 /// Closes nothing, but makes the socket's close send a reset (RST) instead
 /// of a goodbye (FIN): a client gone without a word.
 pub fn reset(s: &TcpStream) {
