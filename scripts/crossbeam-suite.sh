@@ -58,4 +58,14 @@ pub use costack::channel::*;
 RS
 echo "crossbeam-suite: crossbeam-channel $version's tests ($(cat "$shim"/tests/*.rs | wc -l) lines) against costack::channel" >&2
 cd "$shim"
-CARGO_TARGET_DIR="$ROOT/target/crossbeam-suite-target" cargo test --tests "$@"
+export CARGO_TARGET_DIR="$ROOT/target/crossbeam-suite-target"
+if [ $# -gt 0 ]; then
+    cargo test --tests "$@"
+    exit
+fi
+# golang.rs's select2 checks that 100,000 selects allocate next to
+# nothing by counting every allocation in the process meanwhile. Beside
+# the other tests it counts theirs too, and on two cores it fails now and
+# then for their sake; so it runs alone, after the rest.
+cargo test --tests -- --skip select2::main
+cargo test --test golang -- --exact select2::main
