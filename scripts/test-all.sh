@@ -45,7 +45,7 @@ cargo test -p costack --features tracing --test tracing --test core
 for backend in io_uring epoll poll; do
     echo "test-all: event loop suites on COSTACK_AIO=$backend"
     COSTACK_AIO=$backend cargo test -p costack --test aio --test aio_threads --test aio_backend --test loop_portable --test net \
-        --test net_ready --test fs --test fs_inline --test fs_no_uring --test sync --test sync_model \
+        --test net_ready --test fs --test fs_inline --test fs_no_uring --test fs_map --test sync --test sync_model \
         --test sync_loops --test join --test future --test cancel --test scope --test cancel_model \
         --test channel --test udp
 done

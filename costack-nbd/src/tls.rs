@@ -465,6 +465,16 @@ impl<S: AsRawFd> Read for &TlsStream<S> {
     }
 }
 
+/// Replies over TLS are encrypted from memory: never from a file mapping.
+impl<S: AsRawFd> crate::server::ReplySink for TlsStream<S> {
+    fn takes_mapped(&self) -> bool {
+        false
+    }
+    fn send_slices(&self, bufs: &[costack::net::SendSlice<'_>]) -> io::Result<usize> {
+        crate::server::write_memory_slices(self, bufs)
+    }
+}
+
 impl<S: AsRawFd> Write for &TlsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {

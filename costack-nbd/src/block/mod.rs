@@ -66,6 +66,16 @@ pub trait BlockDevice {
     /// Fills `buf` with the bytes at `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
+    /// The `len` bytes at `offset` as a range of the image file's
+    /// mapping, to be sent from the page cache instead of read into a
+    /// buffer ([`costack::fs::FileMap`]): `None` unless the device is a
+    /// file that is mapped and every page of the range is cached (a send
+    /// then does not wait for the disk). The default: `None`.
+    fn read_mapped(&self, offset: u64, len: usize) -> Option<costack::net::SendSlice<'_>> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Writes `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 

@@ -93,6 +93,10 @@ where
         self.inner.read_at(buf, offset)
     }
 
+    fn read_mapped(&self, offset: u64, len: usize) -> Option<costack::net::SendSlice<'_>> {
+        self.inner.read_mapped(offset, len)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let zeroes = self.modes.detect_zeroes != ZeroDetection::Off
             && !buf.is_empty()

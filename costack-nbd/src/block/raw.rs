@@ -8,7 +8,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use costack::fs::File;
+use costack::fs::{File, FileMap};
+use costack::net::SendSlice;
 
 use super::{STATE_HOLE, STATE_ZERO};
 use crate::block::{BlockDevice, Extent, ImageFile};
@@ -35,6 +36,9 @@ pub struct FileDisk {
     direct: bool,
     /// The format was guessed (see [`FileDisk::guessed`]).
     guessed: bool,
+    /// The file mapped, for reads sent from the page cache
+    /// ([`BlockDevice::read_mapped`]); not with `O_DIRECT`.
+    map: Option<FileMap>,
 }
 
 impl FileDisk {
@@ -54,7 +58,15 @@ impl FileDisk {
                 "is a directory, not a disk image",
             ));
         }
-        Self::open_file(Box::new(File::from_std(std_file)), read_only, direct)
+        // Mapping fails only for files no one would serve (a FIFO), or
+        // beyond the address space: reads then go through buffers.
+        let map = if direct {
+            None
+        } else {
+            FileMap::new(&std_file).ok()
+        };
+        let disk = Self::open_file(Box::new(File::from_std(std_file)), read_only, direct)?;
+        Ok(FileDisk { map, ..disk })
     }
 
     /// A raw image in `file` (opened for writing unless `read_only`, with
@@ -81,6 +93,7 @@ impl FileDisk {
             read_only,
             direct,
             guessed: false,
+            map: None,
         })
     }
 
@@ -180,6 +193,15 @@ impl BlockDevice for FileDisk {
             return Ok(());
         }
         self.file.read_exact_at(buf, offset)
+    }
+
+    fn read_mapped(&self, offset: u64, len: usize) -> Option<SendSlice<'_>> {
+        let map = self.map.as_ref()?;
+        // `None` out of the mapping, which ends where the file did at open.
+        let slice = map.slice(offset, len)?;
+        // Pages not cached are read the usual way (and cached by it): a
+        // send would fault them in on the loop thread, blocking it.
+        map.is_cached(offset, len).ok()?.then_some(slice)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -201,7 +201,27 @@ impl ReplyPlan {
 /// # Errors
 /// `InvalidInput` if `df` asks for one chunk that cannot hold `data`.
 pub fn plan_read_reply(to: &ReplyTo, data: &[u8], df: bool) -> io::Result<ReplyPlan> {
-    plan_read_reply_limited(to, data, df, MAX_CHUNK_DATA)
+    plan_read_reply_limited(to, ReadData::Scanned(data), df, MAX_CHUNK_DATA)
+}
+
+/// Plans the reply to a successful read of `len` bytes that are not to be
+/// looked at (they are sent from a file mapping, which only the kernel
+/// reads): as [`plan_read_reply`], but with no zero runs turned into
+/// holes.
+///
+/// # Errors
+/// As [`plan_read_reply`].
+pub fn plan_unscanned_read_reply(to: &ReplyTo, len: usize, df: bool) -> io::Result<ReplyPlan> {
+    plan_read_reply_limited(to, ReadData::Unscanned(len), df, MAX_CHUNK_DATA)
+}
+
+/// The data of a read reply being planned.
+#[derive(Clone, Copy)]
+enum ReadData<'a> {
+    /// In memory: zero runs become holes.
+    Scanned(&'a [u8]),
+    /// Only its length is known.
+    Unscanned(usize),
 }
 
 /// Largest data payload of one `OFFSET_DATA` chunk (its length field also
@@ -217,17 +237,20 @@ fn write_read_reply_limited<W: Write>(
     df: bool,
     max_chunk: usize,
 ) -> io::Result<()> {
-    plan_read_reply_limited(to, data, df, max_chunk)?.write_to(w, data)
+    plan_read_reply_limited(to, ReadData::Scanned(data), df, max_chunk)?.write_to(w, data)
 }
 
 fn plan_read_reply_limited(
     to: &ReplyTo,
-    data: &[u8],
+    data: ReadData<'_>,
     df: bool,
     max_chunk: usize,
 ) -> io::Result<ReplyPlan> {
     let offset = to.offset;
-    let len = data.len();
+    let len = match data {
+        ReadData::Scanned(d) => d.len(),
+        ReadData::Unscanned(len) => len,
+    };
     // Room for the usual reply (one header, one data range) up front.
     let mut plan = ReplyPlan {
         head: Vec::with_capacity(64),
@@ -260,7 +283,11 @@ fn plan_read_reply_limited(
         return Ok(plan);
     }
     // Runs longer than one chunk can carry are split.
-    let pieces: Vec<(usize, usize, bool)> = zero_runs(offset, data)
+    let runs = match data {
+        ReadData::Scanned(d) => zero_runs(offset, d),
+        ReadData::Unscanned(len) => vec![(0, len, false)],
+    };
+    let pieces: Vec<(usize, usize, bool)> = runs
         .into_iter()
         .flat_map(|(start, len, zero)| {
             (0..len)

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use costack::aio;
 
-use super::requests::{data_cost, execute, read_incoming, Outbox, Reply};
+use super::requests::{data_cost, execute, read_incoming, Outbox, Reply, ReplySink};
 use super::slots::EstablishedSlot;
 use super::Shared;
 #[cfg(feature = "tls")]
@@ -105,7 +105,7 @@ fn log_handshake_end(peer: &str, e: &HandshakeError) {
 /// stops). Runs inside a coroutine on an event loop.
 pub fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, max_clients: usize)
 where
-    S: AsRawFd,
+    S: AsRawFd + ReplySink,
     for<'a> &'a S: Read + Write,
 {
     // Everything below borrows `stream`, which is closed only when this
@@ -205,7 +205,8 @@ fn transmit<S>(
     max_clients: usize,
     negotiated: Negotiated,
 ) where
-    for<'a> &'a S: Read + Write,
+    S: ReplySink,
+    for<'a> &'a S: Read,
 {
     let _slot = EstablishedSlot::take(shared, max_clients, &peer);
     tracing::info!(%peer, export = %negotiated.export.name,
@@ -213,6 +214,7 @@ fn transmit<S>(
         "client connected");
     let params = TransmissionParams::from_negotiated(&negotiated);
     let outbox = Outbox::new(stream, peer.clone());
+    let mapped = stream.takes_mapped();
     let mut reader = BufReader::with_capacity(128 << 10, stream);
     // Each request runs in a child of this scope, borrowing the
     // connection's state; the scope (so the connection) ends only once
@@ -242,7 +244,7 @@ fn transmit<S>(
                     }
                     let (outbox, params, device) = (&outbox, &params, &*shared.device);
                     requests.spawn(move || {
-                        let reply = execute(device, params, &req, &outbox.pool);
+                        let reply = execute(device, params, &req, &outbox.pool, mapped);
                         outbox.pool.give(std::mem::take(&mut req.payload));
                         if !outbox.send(reply, cost) && outbox.closing.get() {
                             // The client is gone: what is still running

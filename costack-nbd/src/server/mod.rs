@@ -45,6 +45,7 @@ mod requests;
 mod slots;
 
 pub use connection::serve;
+pub use requests::{write_memory_slices, ReplySink};
 pub use slots::Slots;
 
 /// Requests one client may have in flight at once.

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 
 use costack::aio;
+use costack::net::SendSlice;
 use costack::sync::{CoMutex, CoSemaphore};
 
 use super::{MAX_BYTES_IN_FLIGHT, MAX_IN_FLIGHT};
@@ -13,7 +14,8 @@ use crate::block::BlockDevice;
 use crate::protocol::handshake::QemuContext;
 use crate::protocol::proto::{ErrorCode, ReplyTo};
 use crate::protocol::reply::{
-    plan_read_reply, write_block_status_chunk, write_error, write_ok, ReplyPiece, ReplyPlan,
+    plan_read_reply, plan_unscanned_read_reply, write_block_status_chunk, write_error, write_ok,
+    ReplyPiece, ReplyPlan,
 };
 use crate::protocol::request::{read_request_with, ReadError, Request, TransmissionParams};
 use crate::protocol::request::{Incoming, Op};
@@ -86,14 +88,16 @@ impl Pool {
 }
 
 /// An encoded reply: the plan of its bytes ([`ReplyPlan`]) and the read
-/// data it refers to (empty but for reads).
-pub(super) struct Reply {
+/// data it refers to (none but for reads): a pooled buffer, or a range of
+/// the image file's mapping.
+pub(super) struct Reply<'d> {
     plan: ReplyPlan,
     data: Vec<u8>,
+    mapped: Option<SendSlice<'d>>,
 }
 
-impl Reply {
-    pub(super) fn bytes(head: Vec<u8>) -> Reply {
+impl<'d> Reply<'d> {
+    pub(super) fn bytes(head: Vec<u8>) -> Reply<'d> {
         let plan = ReplyPlan {
             pieces: vec![ReplyPiece::Head(0..head.len())],
             head,
@@ -101,16 +105,76 @@ impl Reply {
         Reply {
             plan,
             data: Vec::new(),
+            mapped: None,
         }
     }
 
-    fn slices(&self) -> impl Iterator<Item = IoSlice<'_>> {
-        self.plan.slices(&self.data).map(IoSlice::new)
+    fn slices(&self) -> impl Iterator<Item = SendSlice<'_>> {
+        self.plan.pieces.iter().map(|p| match p {
+            ReplyPiece::Head(r) => SendSlice::new(&self.plan.head[r.clone()]),
+            ReplyPiece::Data(r) => match self.mapped {
+                Some(m) => m.slice(r.clone()),
+                None => SendSlice::new(&self.data[r.clone()]),
+            },
+        })
     }
 }
 
-/// Most buffers one `writev` takes (`IOV_MAX`).
+/// Most buffers one `sendmsg` takes (`IOV_MAX`).
 const MAX_IOV: usize = 1024;
+
+/// Where replies go: the connection's socket, or a TLS session over it.
+pub trait ReplySink {
+    /// Whether [`send_slices`](ReplySink::send_slices) takes mapped
+    /// slices: a plain socket does, TLS (whose encryption would read the
+    /// bytes) does not.
+    fn takes_mapped(&self) -> bool;
+
+    /// Sends from `bufs` (see `costack::net::TcpStream::send_slices`);
+    /// returns how many bytes went.
+    ///
+    /// # Errors
+    /// As a write's; `InvalidInput` for a mapped slice where
+    /// [`takes_mapped`](ReplySink::takes_mapped) is false.
+    fn send_slices(&self, bufs: &[SendSlice<'_>]) -> io::Result<usize>;
+}
+
+impl ReplySink for costack::net::TcpStream {
+    fn takes_mapped(&self) -> bool {
+        true
+    }
+    fn send_slices(&self, bufs: &[SendSlice<'_>]) -> io::Result<usize> {
+        costack::net::TcpStream::send_slices(self, bufs)
+    }
+}
+
+impl ReplySink for costack::net::UnixStream {
+    fn takes_mapped(&self) -> bool {
+        true
+    }
+    fn send_slices(&self, bufs: &[SendSlice<'_>]) -> io::Result<usize> {
+        costack::net::UnixStream::send_slices(self, bufs)
+    }
+}
+
+/// `write_vectored` of `bufs` on a stream that is only `Write` (TLS, a
+/// test's sink), for a [`ReplySink`] that takes no mapped slices.
+///
+/// # Errors
+/// As the write's; `InvalidInput` if a slice is mapped.
+pub fn write_memory_slices<W: Write>(mut w: W, bufs: &[SendSlice<'_>]) -> io::Result<usize> {
+    let slices = bufs
+        .iter()
+        .map(|b| b.as_bytes().map(IoSlice::new))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mapped bytes sent to a stream that reads them",
+            )
+        })?;
+    w.write_vectored(&slices)
+}
 
 /// A connection's replies on their way to the socket.
 ///
@@ -124,7 +188,7 @@ const MAX_IOV: usize = 1024;
 /// behind requests whose replies are already gone.
 pub(super) struct Outbox<'s, S> {
     /// Replies, each with its share of the byte budget.
-    queue: RefCell<Vec<(Reply, usize)>>,
+    queue: RefCell<Vec<(Reply<'s>, usize)>>,
     /// The socket's write side.
     sender: CoMutex<Sender<'s, S>>,
     /// A permit per request until its reply is sent.
@@ -145,10 +209,7 @@ pub(super) struct Sender<'s, S> {
     peer: String,
 }
 
-impl<'s, S> Outbox<'s, S>
-where
-    for<'a> &'a S: Write,
-{
+impl<'s, S: ReplySink> Outbox<'s, S> {
     pub(super) fn new(stream: &'s S, peer: String) -> Self {
         Outbox {
             queue: RefCell::new(Vec::new()),
@@ -166,7 +227,7 @@ where
     /// permits and shares; or leaves it to the request already sending.
     /// Returns `false` once a reply could not be written (the client is
     /// gone).
-    pub(super) fn send(&self, reply: Reply, cost: usize) -> bool {
+    pub(super) fn send(&self, reply: Reply<'s>, cost: usize) -> bool {
         self.queue.borrow_mut().push((reply, cost));
         aio::yield_now();
         let Some(sender) = self.sender.try_lock() else {
@@ -199,43 +260,68 @@ where
     }
 }
 
-/// Writes every reply of `batch`, in as few `writev` calls as it takes.
-fn send_all<S>(stream: &S, batch: &[&Reply]) -> io::Result<()>
-where
-    for<'a> &'a S: Write,
-{
-    let mut slices: Vec<IoSlice<'_>> = batch.iter().flat_map(|r| r.slices()).collect();
+/// Writes every reply of `batch`, in as few `sendmsg` calls as it takes.
+fn send_all<S: ReplySink>(stream: &S, batch: &[&Reply<'_>]) -> io::Result<()> {
+    let mut slices: Vec<SendSlice<'_>> = batch.iter().flat_map(|r| r.slices()).collect();
     let mut rest = &mut slices[..];
-    let mut w = stream;
     while !rest.is_empty() {
-        let n = match w.write_vectored(&rest[..rest.len().min(MAX_IOV)]) {
+        let n = match stream.send_slices(&rest[..rest.len().min(MAX_IOV)]) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        IoSlice::advance_slices(&mut rest, n);
+        SendSlice::advance_slices(&mut rest, n);
     }
     Ok(())
 }
 
+/// Reads of at least this many bytes are sent from the image file's
+/// mapping when the device offers one ([`BlockDevice::read_mapped`]):
+/// for smaller ones, asking the page cache costs about what the copy
+/// saves.
+const MAPPED_READ_MIN: usize = 16 << 10;
+
 /// Runs one request against the device; returns the encoded reply.
-pub(super) fn execute(
-    device: &dyn BlockDevice,
+///
+/// With `mapped` (a plain socket: see [`ReplySink::takes_mapped`]), a
+/// large read whose bytes the device has mapped and cached is sent from
+/// the mapping, not read: its zero blocks then go as data, not holes.
+pub(super) fn execute<'d>(
+    device: &'d dyn BlockDevice,
     params: &TransmissionParams,
     req: &Request,
     pool: &Pool,
-) -> Reply {
+    mapped: bool,
+) -> Reply<'d> {
     let to = params.reply_to(&req.header);
     let mut out = Vec::new();
     let result = match req.op {
         Op::Read { offset, length, df } => {
-            let mut buf = pool.take(length as usize);
+            let len = length as usize;
+            if mapped && len >= MAPPED_READ_MIN {
+                if let Some(slice) = device.read_mapped(offset, len) {
+                    if let Ok(plan) = plan_unscanned_read_reply(&to, len, df) {
+                        return Reply {
+                            plan,
+                            data: Vec::new(),
+                            mapped: Some(slice),
+                        };
+                    }
+                }
+            }
+            let mut buf = pool.take(len);
             let planned = device
                 .read_at(&mut buf, offset)
                 .and_then(|()| plan_read_reply(&to, &buf, df));
             match planned {
-                Ok(plan) => return Reply { plan, data: buf },
+                Ok(plan) => {
+                    return Reply {
+                        plan,
+                        data: buf,
+                        mapped: None,
+                    }
+                }
                 Err(e) => {
                     pool.give(buf);
                     Some(e)

@@ -4,7 +4,9 @@
 use super::*;
 
 fn flatten(r: &Reply) -> Vec<u8> {
-    r.slices().flat_map(|s| s.to_vec()).collect()
+    r.slices()
+        .flat_map(|s| s.as_bytes().expect("memory").to_vec())
+        .collect()
 }
 
 #[test]
@@ -38,6 +40,7 @@ fn planned_read_replies_encode_like_written_ones() {
             let reply = Reply {
                 plan,
                 data: data.clone(),
+                mapped: None,
             };
             assert_eq!(flatten(&reply), written, "{format:?} df={df}");
         }
@@ -58,6 +61,14 @@ fn send_all_writes_every_reply_in_order() {
             Ok(())
         }
     }
+    impl ReplySink for Sink {
+        fn takes_mapped(&self) -> bool {
+            false
+        }
+        fn send_slices(&self, bufs: &[SendSlice<'_>]) -> io::Result<usize> {
+            write_memory_slices(self, bufs)
+        }
+    }
     let batch: Vec<Reply> = (0..3000u32)
         .map(|i| Reply::bytes(i.to_be_bytes().to_vec()))
         .collect();
@@ -66,6 +77,77 @@ fn send_all_writes_every_reply_in_order() {
     send_all(&sink, &refs).unwrap();
     let want: Vec<u8> = (0..3000u32).flat_map(u32::to_be_bytes).collect();
     assert_eq!(sink.0.into_inner(), want);
+}
+
+/// A raw image in a temporary file (in the page cache, just written).
+fn temp_image(name: &str, data: &[u8]) -> (std::path::PathBuf, crate::block::raw::FileDisk) {
+    let path = std::env::temp_dir().join(format!("costack-nbd-req-{}-{name}", std::process::id()));
+    std::fs::write(&path, data).unwrap();
+    let disk = crate::block::raw::FileDisk::open(&path, false, false).unwrap();
+    (path, disk)
+}
+
+#[test]
+fn large_reads_of_a_mapped_file_go_out_unscanned_and_read_back_the_same() {
+    use crate::protocol::proto::{Command, ReplyFormat};
+    use crate::protocol::reply::write_read_reply;
+    use crate::protocol::request::tests::{hdr, params};
+    // Zero blocks too: sent as data from the mapping, as holes otherwise.
+    let mut data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+    data[65536..131072].fill(0);
+    let (path, disk) = temp_image("mapped", &data);
+    for format in [
+        ReplyFormat::Simple,
+        ReplyFormat::Structured,
+        ReplyFormat::Extended,
+    ] {
+        let params = TransmissionParams {
+            extended_headers: format == ReplyFormat::Extended,
+            ..params(format != ReplyFormat::Simple)
+        };
+        for (offset, length, expect_mapped) in [(4096u64, 512u32 << 10, true), (0, 4096, false)] {
+            let req = Request {
+                header: hdr(Command::Read, 0, offset, length),
+                op: Op::Read {
+                    offset,
+                    length,
+                    df: false,
+                },
+                fua: false,
+                payload: Vec::new(),
+            };
+            let pool = Pool::default();
+            let reply = execute(&disk, &params, &req, &pool, true);
+            assert_eq!(reply.mapped.is_some(), expect_mapped, "{format:?} {length}");
+            let to = params.reply_to(&req.header);
+            let range = offset as usize..(offset + u64::from(length)) as usize;
+            let mut want = Vec::new();
+            write_read_reply(&mut want, &to, &data[range], expect_mapped).unwrap();
+            // Through a socket: mapped bytes are only the kernel's to read.
+            let (a, mut b) = costack::net::UnixStream::pair().unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut got = Vec::new();
+                b.read_to_end(&mut got).unwrap();
+                got
+            });
+            send_all(&a, &[&reply]).unwrap();
+            drop(a);
+            assert_eq!(reader.join().unwrap(), want, "{format:?} {length}");
+            // Not to a stream that would read them.
+            let refused = execute(&disk, &params, &req, &pool, false);
+            assert!(refused.mapped.is_none());
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn mapped_slices_are_refused_by_streams_that_read_them() {
+    let (path, disk) = temp_image("refused", &[1; 65536]);
+    let slice = disk.read_mapped(0, 65536).expect("cached and mapped");
+    let err = write_memory_slices(Vec::new(), &[slice]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    std::fs::remove_file(&path).unwrap();
 }
 
 #[test]

@@ -266,6 +266,18 @@ impl SocketRing<'_> {
     ) -> io::Result<usize> {
         self.uring.send_vectored(self.timers, fd, bufs, deadline)
     }
+
+    /// # Safety
+    /// As `Uring::send_iovecs`: the buffers stay mapped for the call.
+    pub(crate) unsafe fn send_iovecs(
+        &self,
+        fd: RawSock,
+        iovecs: &[libc::iovec],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.uring.send_iovecs(self.timers, fd, iovecs, deadline) }
+    }
 }
 
 /// Runs `f` with the ring that carries the calling coroutine's socket

@@ -264,18 +264,39 @@ impl Uring {
         bufs: &[IoSlice<'_>],
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        let bufs = &bufs[..bufs.len().min(MAX_IOV)];
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on unix (std
+        // documents it), and each points to `iov_len` bytes borrowed for
+        // the call.
+        let iovecs =
+            unsafe { std::slice::from_raw_parts(bufs.as_ptr().cast::<libc::iovec>(), bufs.len()) };
+        // SAFETY: as just argued.
+        unsafe { self.send_iovecs(timers, fd, iovecs, deadline) }
+    }
+
+    /// `sendmsg(2)` of the buffers `iovecs` describe (at most `UIO_MAXIOV`
+    /// of them).
+    ///
+    /// # Safety
+    /// Each `iovec` must describe memory that stays mapped for the call:
+    /// the kernel only reads it (a page that faults, such as a truncated
+    /// file's, ends the send with `EFAULT`).
+    pub(crate) unsafe fn send_iovecs(
+        &self,
+        timers: &Rc<Timers>,
+        fd: RawFd,
+        iovecs: &[libc::iovec],
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let iovecs = &iovecs[..iovecs.len().min(MAX_IOV)];
         // SAFETY: an all-zero msghdr is valid: no name, no control data.
         let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        // `IoSlice` is ABI-compatible with `iovec` on unix (std documents
-        // it); the kernel only reads the buffers.
-        msg.msg_iov = bufs.as_ptr().cast_mut().cast::<libc::iovec>();
-        msg.msg_iovlen = bufs.len() as _;
+        msg.msg_iov = iovecs.as_ptr().cast_mut();
+        msg.msg_iovlen = iovecs.len() as _;
         let entry = opcode::SendMsg::new(types::Fd(fd), &msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build();
-        // SAFETY: `msg` and the buffers it points to live on this frame
-        // or are borrowed for the call, which does not return before the
+        // SAFETY: `msg` lives on this frame and the buffers are the
+        // caller's to keep mapped; the call does not return before the
         // kernel is done with them.
         unsafe { self.run_queued(timers, "net write", entry, deadline) }
     }

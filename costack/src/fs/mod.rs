@@ -23,6 +23,9 @@
 //! All I/O is positional (`pread`/`pwrite`), so coroutines can share a
 //! `&File`.
 //!
+//! A [`FileMap`] sends a file's bytes to a socket from the page cache,
+//! without reading them into a buffer first.
+//!
 //! ```
 //! use costack::aio::EventLoop;
 //! use costack::fs::File;
@@ -45,8 +48,9 @@
 //! [`EventLoop::without_io_uring`]: crate::aio::EventLoop::without_io_uring
 
 mod file;
-
+mod map;
 mod options;
 
 pub use file::File;
+pub use map::FileMap;
 pub use options::OpenOptions;

@@ -44,12 +44,17 @@
 //! });
 //! ```
 
+#[cfg(unix)]
+mod send_slice;
 mod socket;
 mod tcp;
 mod udp;
 #[cfg(unix)]
 mod unix;
 
+#[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
+pub use send_slice::SendSlice;
 pub use tcp::{ListenOptions, TcpListener, TcpStream};
 pub use udp::UdpSocket;
 #[cfg(unix)]

@@ -245,4 +245,29 @@ where
         }
         self.wait_for(Direction::Write, |mut io| io.write_vectored(bufs))
     }
+
+    /// A vectored send of `bufs` (see [`SendSlice`](super::SendSlice)):
+    /// on the loop's ring if it carries sockets, else `sendmsg` waiting for
+    /// readiness. A wait point.
+    #[cfg(unix)]
+    pub(crate) fn send_slices(&self, bufs: &[super::SendSlice<'_>]) -> io::Result<usize> {
+        use super::send_slice::{iovecs, sendmsg};
+        let iovecs = iovecs(bufs);
+        let fd = self.io.raw_sock();
+        #[cfg(target_os = "linux")]
+        if iovecs.iter().any(|v| v.iov_len > 0) {
+            let on_ring = with_socket_ring(|ring| {
+                self.ring_retry(Direction::Write, |d| {
+                    // SAFETY: every `SendSlice` borrows memory, or a
+                    // mapping, that stays mapped while `bufs` lives.
+                    unsafe { ring.send_iovecs(fd, &iovecs, d) }
+                })
+            });
+            if let Some(r) = on_ring {
+                return r;
+            }
+        }
+        // SAFETY: as above.
+        self.wait_for(Direction::Write, |_| unsafe { sendmsg(fd, &iovecs) })
+    }
 }

@@ -601,6 +601,41 @@ impl TcpStream {
     pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
         self.sock.wait_for(Direction::Read, |s| s.peek(buf))
     }
+
+    /// Writes from `bufs` in one `sendmsg`, as `write_vectored` does, but
+    /// the buffers may also be ranges of a [`FileMap`], which the kernel
+    /// copies from the page cache without the program reading them (see
+    /// [`SendSlice`]). Returns how many bytes were sent (possibly fewer
+    /// than all: advance with [`SendSlice::advance_slices`] and send
+    /// again). At most 1,024 buffers are sent per call. A wait point.
+    ///
+    /// # Errors
+    /// As a write's; `EFAULT` (`raw_os_error() == Some(libc::EFAULT)`)
+    /// if a mapped page is gone, the file having been truncated under the
+    /// mapping.
+    ///
+    /// ```
+    /// use costack::net::{SendSlice, TcpListener, TcpStream};
+    /// use std::io::Read;
+    ///
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let (mut s, _) = listener.accept().unwrap();
+    /// let n = c.send_slices(&[SendSlice::new(b"GE"), SendSlice::new(b"T")]).unwrap();
+    /// assert_eq!(n, 3);
+    /// let mut buf = [0; 3];
+    /// s.read_exact(&mut buf).unwrap();
+    /// assert_eq!(&buf, b"GET");
+    /// ```
+    ///
+    /// [`FileMap`]: crate::fs::FileMap
+    /// [`SendSlice`]: super::SendSlice
+    /// [`SendSlice::advance_slices`]: super::SendSlice::advance_slices
+    #[cfg(unix)]
+    #[cfg_attr(docsrs, doc(cfg(unix)))]
+    pub fn send_slices(&self, bufs: &[super::SendSlice<'_>]) -> io::Result<usize> {
+        self.sock.send_slices(bufs)
+    }
 }
 
 impl_stream_io!(TcpStream);

@@ -395,6 +395,24 @@ impl UnixStream {
     pub fn write_timeout(&self) -> Option<Duration> {
         self.sock.write_timeout().get()
     }
+
+    /// Writes from `bufs`, which may include ranges of a file mapping, in
+    /// one `sendmsg`; see
+    /// [`TcpStream::send_slices`](super::TcpStream::send_slices).
+    ///
+    /// ```
+    /// use costack::net::{SendSlice, UnixStream};
+    /// use std::io::Read;
+    ///
+    /// let (a, mut b) = UnixStream::pair().unwrap();
+    /// assert_eq!(a.send_slices(&[SendSlice::new(b"hi")]).unwrap(), 2);
+    /// let mut buf = [0; 2];
+    /// b.read_exact(&mut buf).unwrap();
+    /// assert_eq!(&buf, b"hi");
+    /// ```
+    pub fn send_slices(&self, bufs: &[super::SendSlice<'_>]) -> io::Result<usize> {
+        self.sock.send_slices(bufs)
+    }
 }
 
 impl_stream_io!(UnixStream);

@@ -1,0 +1,204 @@
+//! Sending a file's bytes from its mapping (`FileMap`, `send_slices`):
+//! what arrives, large sends that wait for the peer, a file truncated
+//! under the mapping, and the page-cache query.
+
+// Files are Linux-only (see the crate docs).
+#![cfg(target_os = "linux")]
+
+use std::io::{ErrorKind, Read};
+use std::path::PathBuf;
+
+use costack::aio::{self, Backend, EventLoop};
+use costack::fs::FileMap;
+use costack::net::{SendSlice, TcpListener, TcpStream, UnixStream};
+
+fn temp_file(name: &str, data: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("costack-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 251) as u8).collect()
+}
+
+/// Sends every byte of `bufs`, advancing past short sends.
+fn send_all(s: &TcpStream, bufs: &mut [SendSlice<'_>]) {
+    let mut rest = bufs;
+    while !rest.is_empty() {
+        let n = s.send_slices(rest).unwrap();
+        assert!(n > 0);
+        SendSlice::advance_slices(&mut rest, n);
+    }
+}
+
+#[test]
+fn memory_and_mapped_slices_arrive_in_order() {
+    let data = pattern(100_000);
+    let path = temp_file("order", &data);
+    let file = std::fs::File::open(&path).unwrap();
+    let map = FileMap::new(&file).unwrap();
+    assert_eq!(map.len(), data.len() as u64);
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let head = b"head";
+    let bufs = [
+        SendSlice::new(head),
+        map.slice(10, 1000).unwrap(),
+        SendSlice::new(b""),
+        map.slice(99_000, 1000).unwrap(),
+    ];
+    assert!(bufs[1].is_mapped() && bufs[1].as_bytes().is_none());
+    assert_eq!(a.send_slices(&bufs).unwrap(), 2004);
+    let mut got = vec![0; 2004];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(&got[..4], head);
+    assert_eq!(&got[4..1004], &data[10..1010]);
+    assert_eq!(&got[1004..], &data[99_000..]);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn slices_outside_the_mapping_are_refused() {
+    let path = temp_file("bounds", &[7; 8192]);
+    let map = FileMap::new(&std::fs::File::open(&path).unwrap()).unwrap();
+    assert!(map.slice(0, 8192).is_some());
+    assert!(map.slice(8192, 0).is_some());
+    assert!(map.slice(8000, 193).is_none());
+    assert!(map.slice(u64::MAX, 2).is_none());
+    assert_eq!(
+        map.is_cached(8000, 193).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    // Just written: in the page cache.
+    assert!(map.is_cached(0, 8192).unwrap());
+    assert!(map.is_cached(4095, 2).unwrap());
+
+    let empty = temp_file("empty", b"");
+    let map = FileMap::new(&std::fs::File::open(&empty).unwrap()).unwrap();
+    assert!(map.is_empty());
+    assert!(map.slice(0, 0).is_some());
+    assert!(map.slice(0, 1).is_none());
+    let dir = std::fs::File::open(std::env::temp_dir()).unwrap();
+    assert_eq!(
+        FileMap::new(&dir).unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&empty).unwrap();
+}
+
+#[test]
+fn pages_never_read_are_not_cached() {
+    // A sparse file: its hole has no page in the page cache until read.
+    let path = temp_file("sparse", b"");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.set_len(64 << 20).unwrap();
+    let map = FileMap::new(&file).unwrap();
+    assert!(!map.is_cached(32 << 20, 1 << 20).unwrap());
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Megabytes through a loopback socket whose buffer fills: the sender
+/// waits for the loop, the reader drains in another coroutine.
+fn large_send_waits_for_the_reader(lp: &EventLoop, name: &str) {
+    let data = pattern(8 << 20);
+    let path = temp_file(name, &data);
+    let got = lp.block_on(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = aio::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).unwrap();
+            got
+        });
+        let file = std::fs::File::open(&path).unwrap();
+        let map = FileMap::new(&file).unwrap();
+        let c = TcpStream::connect(addr).unwrap();
+        let mut bufs = [
+            map.slice(0, 4 << 20).unwrap(),
+            SendSlice::new(b"--"),
+            map.slice(4 << 20, 4 << 20).unwrap(),
+        ];
+        send_all(&c, &mut bufs);
+        drop(c);
+        std::fs::remove_file(&path).unwrap();
+        reader.join().unwrap()
+    });
+    assert_eq!(got.len(), data.len() + 2);
+    assert_eq!(&got[..4 << 20], &data[..4 << 20]);
+    assert_eq!(&got[4 << 20..(4 << 20) + 2], b"--");
+    assert_eq!(&got[(4 << 20) + 2..], &data[4 << 20..]);
+}
+
+#[test]
+fn large_send_waits_for_the_reader_default_loop() {
+    large_send_waits_for_the_reader(&EventLoop::new().unwrap(), "large-default");
+}
+
+#[test]
+fn large_send_waits_for_the_reader_socket_ring() {
+    // Sockets on the ring where the kernel has one (the same path as
+    // `COSTACK_AIO=io_uring`); readiness otherwise.
+    let lp =
+        EventLoop::with_backend(Backend::IoUring).unwrap_or_else(|_| EventLoop::new().unwrap());
+    large_send_waits_for_the_reader(&lp, "large-ring");
+}
+
+#[test]
+fn a_file_truncated_under_the_mapping_fails_the_send_without_a_signal() {
+    let path = temp_file("truncated", &pattern(1 << 20));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let map = FileMap::new(&file).unwrap();
+    // Another process's truncation, as far as the mapping can tell.
+    file.set_len(4096).unwrap();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = b.read_to_end(&mut got);
+        got
+    });
+    // The first page is still there; the rest faults in the kernel.
+    let first = a.send_slices(&[map.slice(0, 4096).unwrap()]).unwrap();
+    assert_eq!(first, 4096);
+    let err = a
+        .send_slices(&[map.slice(8192, 8192).unwrap()])
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+    drop(a);
+    assert_eq!(reader.join().unwrap().len(), 4096);
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn advance_slices_steps_over_whole_and_partial_slices() {
+    let (x, y, z) = (b"abc".as_slice(), b"de".as_slice(), b"fghi".as_slice());
+    let mut bufs = [SendSlice::new(x), SendSlice::new(y), SendSlice::new(z)];
+    let mut rest = &mut bufs[..];
+    SendSlice::advance_slices(&mut rest, 4);
+    assert_eq!(rest.len(), 2);
+    assert_eq!(rest[0].as_bytes(), Some(&b"e"[..]));
+    SendSlice::advance_slices(&mut rest, 1);
+    assert_eq!(rest[0].as_bytes(), Some(z));
+    SendSlice::advance_slices(&mut rest, 4);
+    assert!(rest.is_empty());
+    SendSlice::advance_slices(&mut rest, 0);
+}
+
+#[test]
+#[should_panic(expected = "past their end")]
+fn advancing_past_the_end_panics() {
+    let mut bufs = [SendSlice::new(b"ab")];
+    let mut rest = &mut bufs[..];
+    SendSlice::advance_slices(&mut rest, 3);
+}
