@@ -141,6 +141,17 @@ where
         Ok(())
     }
 
+    /// The base's mapping, for a range no write has reached: a write that
+    /// lands after this only changes the overlay, never the bytes sent.
+    fn read_mapped(&self, offset: u64, len: usize) -> Option<costack::net::SendSlice<'_>> {
+        self.check(offset, len as u64).ok()?;
+        let (first, end) = (offset / BLOCK, (offset + len as u64).div_ceil(BLOCK));
+        if (first..end).any(|b| self.is_written(b)) {
+            return None;
+        }
+        self.base.read_mapped(offset, len)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         self.check(offset, buf.len() as u64)?;
         if buf.is_empty() {
@@ -294,5 +305,26 @@ mod tests {
             assert!(o.read_at(&mut [0; 2], size as u64 - 1).is_err());
             assert!(o.write_at(&[0; 2], size as u64 - 1).is_err());
         });
+    }
+
+    /// Unwritten ranges are sent from the base's mapping; written ones
+    /// are not.
+    #[test]
+    fn only_unwritten_ranges_are_read_from_the_base_mapping() {
+        use crate::block::raw::FileDisk;
+        let path = std::env::temp_dir().join(format!("costack-overlay-map-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 64 * BLOCK as usize]).unwrap();
+        let b = Arc::new(FileDisk::open(&path, true, false).unwrap());
+        EventLoop::new().unwrap().block_on(move || {
+            let o = Overlay::new(b);
+            assert!(o.read_mapped(0, 16 * BLOCK as usize).is_some());
+            o.write_at(&[1; 10], 5 * BLOCK + 3).unwrap();
+            assert!(o.read_mapped(0, 16 * BLOCK as usize).is_none());
+            assert!(o.read_mapped(4 * BLOCK, BLOCK as usize).is_some());
+            assert!(o.read_mapped(5 * BLOCK + 4000, 10).is_none());
+            assert!(o.read_mapped(6 * BLOCK, 16 * BLOCK as usize).is_some());
+            assert!(o.read_mapped(63 * BLOCK, 2 * BLOCK as usize).is_none());
+        });
+        std::fs::remove_file(&path).unwrap();
     }
 }
