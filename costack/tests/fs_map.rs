@@ -202,3 +202,26 @@ fn advancing_past_the_end_panics() {
     let mut rest = &mut bufs[..];
     SendSlice::advance_slices(&mut rest, 3);
 }
+
+#[test]
+#[should_panic(expected = "out of bounds")]
+fn a_range_past_the_end_panics() {
+    SendSlice::new(b"abc").slice(1..4);
+}
+
+#[test]
+#[should_panic(expected = "past its end")]
+fn advancing_one_slice_past_its_end_panics() {
+    SendSlice::new(b"ab").advance(3);
+}
+
+#[test]
+fn more_buffers_than_fit_on_the_stack_all_arrive() {
+    let pieces: Vec<[u8; 1]> = (0..200u8).map(|i| [i]).collect();
+    let bufs: Vec<SendSlice<'_>> = pieces.iter().map(|p| SendSlice::new(p)).collect();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    assert_eq!(a.send_slices(&bufs).unwrap(), 200);
+    let mut got = [0u8; 200];
+    b.read_exact(&mut got).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &v)| v as usize == i));
+}

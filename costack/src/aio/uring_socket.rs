@@ -288,10 +288,7 @@ impl Uring {
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
         let iovecs = &iovecs[..iovecs.len().min(MAX_IOV)];
-        // SAFETY: an all-zero msghdr is valid: no name, no control data.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = iovecs.as_ptr().cast_mut();
-        msg.msg_iovlen = iovecs.len() as _;
+        let msg = crate::sys::msghdr(iovecs);
         let entry = opcode::SendMsg::new(types::Fd(fd), &msg)
             .flags(libc::MSG_NOSIGNAL as u32)
             .build();

@@ -173,9 +173,24 @@ impl std::fmt::Debug for SendSlice<'_> {
     }
 }
 
-/// The `iovec`s of (at most [`MAX_IOV`] of) `bufs`.
-pub(crate) fn iovecs(bufs: &[SendSlice<'_>]) -> Vec<libc::iovec> {
-    bufs.iter().take(MAX_IOV).map(SendSlice::iovec).collect()
+/// Runs `f` with the `iovec`s of (at most [`MAX_IOV`] of) `bufs`: on the
+/// stack for the usual handful, so that a send allocates nothing.
+pub(crate) fn with_iovecs<T>(bufs: &[SendSlice<'_>], f: impl FnOnce(&[libc::iovec]) -> T) -> T {
+    const ON_STACK: usize = 32;
+    let bufs = &bufs[..bufs.len().min(MAX_IOV)];
+    if bufs.len() <= ON_STACK {
+        let empty = libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        let mut iovecs = [empty; ON_STACK];
+        for (v, b) in iovecs.iter_mut().zip(bufs) {
+            *v = b.iovec();
+        }
+        f(&iovecs[..bufs.len()])
+    } else {
+        f(&bufs.iter().map(SendSlice::iovec).collect::<Vec<_>>())
+    }
 }
 
 /// No `SIGPIPE` for a closed peer (`EPIPE` instead). macOS has no such
@@ -191,10 +206,7 @@ const NO_SIGPIPE: libc::c_int = 0;
 /// # Safety
 /// The `iovec`s must describe buffers that stay mapped for the call.
 pub(crate) unsafe fn sendmsg(fd: libc::c_int, iovecs: &[libc::iovec]) -> std::io::Result<usize> {
-    // SAFETY: an all-zero msghdr is valid: no name, no control data.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iovecs.as_ptr().cast_mut();
-    msg.msg_iovlen = iovecs.len() as _;
+    let msg = crate::sys::msghdr(iovecs);
     // SAFETY: `msg` points to `iovecs`, which the caller keeps mapped;
     // the kernel only reads them.
     let n = unsafe { libc::sendmsg(fd, &msg, NO_SIGPIPE) };

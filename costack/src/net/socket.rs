@@ -251,23 +251,24 @@ where
     /// readiness. A wait point.
     #[cfg(unix)]
     pub(crate) fn send_slices(&self, bufs: &[super::SendSlice<'_>]) -> io::Result<usize> {
-        use super::send_slice::{iovecs, sendmsg};
-        let iovecs = iovecs(bufs);
+        use super::send_slice::{sendmsg, with_iovecs};
         let fd = self.io.raw_sock();
-        #[cfg(target_os = "linux")]
-        if iovecs.iter().any(|v| v.iov_len > 0) {
-            let on_ring = with_socket_ring(|ring| {
-                self.ring_retry(Direction::Write, |d| {
-                    // SAFETY: every `SendSlice` borrows memory, or a
-                    // mapping, that stays mapped while `bufs` lives.
-                    unsafe { ring.send_iovecs(fd, &iovecs, d) }
-                })
-            });
-            if let Some(r) = on_ring {
-                return r;
+        with_iovecs(bufs, |iovecs| {
+            #[cfg(target_os = "linux")]
+            if iovecs.iter().any(|v| v.iov_len > 0) {
+                let on_ring = with_socket_ring(|ring| {
+                    self.ring_retry(Direction::Write, |d| {
+                        // SAFETY: every `SendSlice` borrows memory, or a
+                        // mapping, that stays mapped while `bufs` lives.
+                        unsafe { ring.send_iovecs(fd, iovecs, d) }
+                    })
+                });
+                if let Some(r) = on_ring {
+                    return r;
+                }
             }
-        }
-        // SAFETY: as above.
-        self.wait_for(Direction::Write, |_| unsafe { sendmsg(fd, &iovecs) })
+            // SAFETY: as above.
+            self.wait_for(Direction::Write, |_| unsafe { sendmsg(fd, iovecs) })
+        })
     }
 }

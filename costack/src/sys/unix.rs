@@ -289,3 +289,13 @@ pub(crate) fn involuntary_switches() -> u64 {
     unsafe { libc::getrusage(WHO, &mut ru) };
     ru.ru_nivcsw as u64
 }
+
+/// A `msghdr` that sends `iovecs` (no address, no control data). It points
+/// into `iovecs`, which must outlive its use.
+pub(crate) fn msghdr(iovecs: &[libc::iovec]) -> libc::msghdr {
+    // SAFETY: an all-zero msghdr is valid: no name, no control data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iovecs.as_ptr().cast_mut();
+    msg.msg_iovlen = iovecs.len() as _;
+    msg
+}
