@@ -20,6 +20,9 @@
 #   LOOPS=2 bench/http-vs-peers.sh         # two loops / workers each
 #   SERVERS="costack@io_uring costack tokio may" bench/http-vs-peers.sh
 #                                          # costack on COSTACK_AIO=io_uring too
+#   SERVERS="costack tokio epoll" PATHS=/ bench/http-vs-peers.sh
+#                                          # against the floor: a bare epoll
+#                                          # loop (one loop; no /sleep)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,17 +91,20 @@ for c in $CONNS; do
             n=${#servers[@]}
             for k in $(seq 0 $((n - 1))); do
                 s=${servers[$(((k + r) % n))]}
+                [[ $s == epoll && $p == /sleep ]] && continue
                 res[$s]="${res[$s]:-}$(rps "$s" "$c" "$p")"$'\n'
             done
         done
         printf '%-18s' "c=$c GET $p"
         declare -A med=()
         for s in "${servers[@]}"; do
+            if [ -z "${res[$s]:-}" ]; then med[$s]=nan; printf ' %12s %8s' - -; continue; fi
             med[$s]=$(grep . <<<"${res[$s]}" | cut -d' ' -f1 | median)
             us=$(grep . <<<"${res[$s]}" | cut -d' ' -f2 | median)
             printf ' %12.0f %8s' "${med[$s]}" "$us"
         done
         for s in "${servers[@]:1}"; do
+            if [ "${med[$s]}" = nan ] || [ "${med[${servers[0]}]}" = nan ]; then printf ' %10s' -; continue; fi
             printf ' %9.2fx' "$(awk -v a="${med[${servers[0]}]}" -v b="${med[$s]}" 'BEGIN { print a / b }')"
         done
         echo

@@ -11,6 +11,11 @@
 #   ONLY='4k-read' bench/nbd-vs-peers.sh     # workloads matching a regex
 #   BASELINE=/tmp/old-costack-nbd bench/nbd-vs-peers.sh
 #       # also serve another costack-nbd build in the same rotation (A/B)
+#   CEILING=1 bench/nbd-vs-peers.sh
+#       # also serve two servers that store nothing on disk: costack-nbd's
+#       # in-memory disk and nbdkit's null plugin. Where they are no faster
+#       # than costack-nbd on the file, the storage is not what bounds the
+#       # cell: the client and the socket path are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +32,7 @@ done
 cargo build --release -q -p costack-nbd
 COSTACK=${COSTACK:-target/release/costack-nbd}   # or another build, to compare
 BASELINE=${BASELINE:-}
+CEILING=${CEILING:-0}
 [ -z "$BASELINE" ] || [ -x "$BASELINE" ] || { echo "BASELINE=$BASELINE is not an executable" >&2; exit 1; }
 # A baseline built before qemu-nbd's command line (issue 23) serves until
 # stopped and knows no -t; a later one needs it, as costack-nbd does.
@@ -53,6 +59,8 @@ start_server() { # name port
         baseline) "$BASELINE" "${baseline_args[@]}" -p "$2" "$IMG" >/dev/null & ;;
         qemu-nbd) qemu-nbd -f raw -t -e 8 --cache=writeback --aio=threads -p "$2" "$IMG" & ;;
         nbdkit) nbdkit -f -p "$2" file "$IMG" & ;;
+        costack-mem) "$COSTACK" -t -e 8 --size "${SIZE_MB}M" -p "$2" >/dev/null & ;;
+        nbdkit-null) nbdkit -f -p "$2" null "${SIZE_MB}M" & ;;
     esac
     pids+=($!)
     for _ in $(seq 100); do
@@ -64,12 +72,16 @@ start_server() { # name port
 
 servers=(costack qemu-nbd nbdkit)
 [ -z "$BASELINE" ] || servers+=(baseline)
+[ "$CEILING" = 0 ] || servers+=(costack-mem nbdkit-null)
 declare -A port
 i=0
 for s in "${servers[@]}"; do
     port[$s]=$((PORT_BASE + i)); i=$((i + 1))
     start_server "$s" "${port[$s]}"
 done
+# The memory disk starts empty, and costack-nbd sends zeros as holes:
+# give it the image's random data, so that its reads move data too.
+[ "$CEILING" = 0 ] || nbdcopy "$IMG" "nbd://127.0.0.1:${port[costack-mem]}"
 
 # name | qemu-img bench arguments (count scaled for ~1-3 s per run).
 # Writes write the byte 0xa5, not qemu-img's default zeros: later reads
@@ -117,7 +129,11 @@ for w in "${selected[@]}"; do
     name=${w%%|*}; args=${w#*|}
     for _ in $(seq "$ROUNDS"); do
         for s in "${servers[@]}"; do
-            if [ "$name" = nbdcopy-read ]; then v=$(copy_once "$s"); else v=$(bench_once "$s" "$args"); fi
+            # (nbdcopy would skip the null plugin's zeros: no ceiling there.)
+            if [ "$name" = nbdcopy-read ]; then
+                [ "$s" != nbdkit-null ] || continue
+                v=$(copy_once "$s")
+            else v=$(bench_once "$s" "$args"); fi
             results[$name,$s]="${results[$name,$s]:-} $v"
         done
     done
@@ -127,6 +143,7 @@ done
 extra_head=(); [ -z "$BASELINE" ] || extra_head=(baseline vs-base)
 printf '\n%-16s %12s %12s %12s %10s %10s' workload costack-nbd qemu-nbd nbdkit vs-qemu vs-nbdkit
 [ -z "$BASELINE" ] || printf ' %12s %10s' "${extra_head[@]}"
+[ "$CEILING" = 0 ] || printf ' %12s %12s' costack-mem nbdkit-null
 echo
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { print a / b }'; }
 for w in "${selected[@]}"; do
@@ -138,6 +155,10 @@ for w in "${selected[@]}"; do
     if [ -n "$BASELINE" ]; then
         b=$(median <<<"${results[$name,baseline]}")
         printf ' %12s %9.2fx' "$b" "$(ratio "$c" "$b")"
+    fi
+    if [ "$CEILING" != 0 ]; then
+        printf ' %12s %12s' "$(median <<<"${results[$name,costack-mem]}")" \
+            "$(median <<<"${results[$name,nbdkit-null]:-}")"
     fi
     echo
 done

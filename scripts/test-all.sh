@@ -25,6 +25,8 @@ done
 # Real clients are required: the NBD tests must not skip them.
 export COSTACK_REQUIRE_CLIENTS=1
 cargo test --workspace
+# The benchmark servers' own tests (examples are built above, not tested).
+cargo test -p costack --example http
 # crossbeam-channel's own test suite (the published crate's tests/, fetched
 # by cargo, never copied here) against costack::channel, on plain threads.
 bash scripts/crossbeam-suite.sh

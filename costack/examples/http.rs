@@ -11,8 +11,14 @@
 //! cargo run --release --example http -- costack 127.0.0.1:8080
 //! cargo run --release --example http -- tokio 127.0.0.1:8080
 //! cargo run --release --example http -- may 127.0.0.1:8080
+//! cargo run --release --example http -- epoll 127.0.0.1:8080
 //! cargo run --release --example http -- costack 127.0.0.1:8080 --loops 2
 //! ```
+//!
+//! On Linux a fourth server, `epoll`, is the floor the others are measured
+//! against: no runtime, a hand-written epoll loop on one thread with the
+//! same parser, one `recv` and one `send` per request (it does not serve
+//! `/sleep`).
 //!
 //! `--loops N` runs N event loops on N threads (costack: each with its own
 //! listener on the same port, `SO_REUSEPORT`, so the kernel spreads the
@@ -301,9 +307,115 @@ mod on_may {
     }
 }
 
+/// The floor: what one thread gets from the kernel's socket path with
+/// no runtime in the way. A level-triggered epoll set of blocking sockets
+/// (readable means a `recv` returns at once; a response this small never
+/// fills the send buffer), each readable one read once and answered.
+#[cfg(target_os = "linux")]
+mod on_epoll {
+    use std::collections::HashMap;
+    use std::io::{self, Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::os::fd::{AsRawFd, RawFd};
+
+    use super::{parse, respond, Route};
+
+    /// A connection and the bytes of its unfinished request.
+    struct Conn {
+        stream: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    fn watch(epoll: RawFd, fd: RawFd) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: both descriptors are open; `event` lives for the call.
+        if unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads once from a readable connection and answers every complete
+    /// request; `Ok(false)` when the connection is to be closed.
+    fn serve(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<bool> {
+        let mut chunk = [0u8; 4096];
+        let n = conn.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        conn.buf.extend_from_slice(&chunk[..n]);
+        let mut open = true;
+        while let Some(req) = parse(&conn.buf).map_err(io::Error::other)? {
+            if req.route == Route::Sleep {
+                return Err(io::Error::other("the epoll floor does not serve /sleep"));
+            }
+            respond(&req, out);
+            conn.buf.drain(..req.len);
+            if !req.keep_alive {
+                open = false;
+                break;
+            }
+        }
+        let sent = conn.stream.write_all(out);
+        out.clear();
+        sent.map(|()| open)
+    }
+
+    pub fn run(addr: &str, loops: usize) -> io::Result<()> {
+        if loops != 1 {
+            return Err(io::Error::other("the epoll floor runs one loop"));
+        }
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        println!("epoll: listening on {}", listener.local_addr()?);
+        // SAFETY: no arguments but flags; the result is checked.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        watch(epoll, listener.as_raw_fd())?;
+        let mut conns: HashMap<RawFd, Conn> = HashMap::new();
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut out = Vec::with_capacity(4096);
+        loop {
+            // SAFETY: `events` has room for the `len` entries the kernel
+            // may write.
+            let n =
+                unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), events.len() as i32, -1) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            for event in &events[..n as usize] {
+                let fd = event.u64 as RawFd;
+                if fd == listener.as_raw_fd() {
+                    // (Accepted sockets do not inherit O_NONBLOCK.)
+                    while let Ok((stream, _)) = listener.accept() {
+                        stream.set_nodelay(true)?;
+                        watch(epoll, stream.as_raw_fd())?;
+                        let buf = Vec::with_capacity(4096);
+                        conns.insert(stream.as_raw_fd(), Conn { stream, buf });
+                    }
+                } else if let Some(conn) = conns.get_mut(&fd) {
+                    if !serve(conn, &mut out).unwrap_or(false) {
+                        // Closing the socket takes it out of the set.
+                        conns.remove(&fd);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: http costack|tokio|may [ADDR] [--loops N]";
+    let usage = "usage: http costack|tokio|may|epoll [ADDR] [--loops N]";
     let runtime = args.first().map(String::as_str).unwrap_or("costack");
     let addr = args
         .get(1)
@@ -328,6 +440,8 @@ fn main() -> std::io::Result<()> {
         "tokio" => on_tokio::run(addr, loops),
         #[cfg(target_os = "linux")]
         "may" => on_may::run(addr, loops),
+        #[cfg(target_os = "linux")]
+        "epoll" => on_epoll::run(addr, loops),
         _ => Err(std::io::Error::other(usage)),
     }
 }
@@ -335,6 +449,40 @@ fn main() -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The floor server answers pipelined keep-alive requests in order and
+    /// closes a connection that asks to be closed.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_epoll_floor_serves_keep_alive_requests() {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .to_string();
+        let server_addr = addr.clone();
+        // Serves until the process ends.
+        std::thread::spawn(move || on_epoll::run(&server_addr, 1));
+        let mut stream = (0..200)
+            .find_map(|_| {
+                TcpStream::connect(&addr).ok().or_else(|| {
+                    std::thread::sleep(Duration::from_millis(10));
+                    None
+                })
+            })
+            .expect("the floor server listens");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).unwrap();
+        let first = text.find("200 OK").expect("the first answer");
+        let second = text.find("404 Not Found").expect("the second answer");
+        assert!(first < second, "{text}");
+        assert!(text.ends_with("not found"), "closed after the last: {text}");
+    }
 
     #[test]
     fn parses_pipelined_keep_alive_requests() {

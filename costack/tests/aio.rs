@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use costack::aio::{self, EventLoop, LoopHandle, Waker};
 use costack::{yield_now, Coroutine};
-use support::panic_message;
+use support::{panic_message, SetOnDrop};
 
 #[test]
 fn handles_are_send_and_sync() {
@@ -215,13 +215,6 @@ fn schedule_coalesces() {
         }
     });
     assert_eq!(runs.get(), 2);
-}
-
-struct SetOnDrop(Rc<Cell<bool>>);
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
 }
 
 #[test]

@@ -1,25 +1,18 @@
 //! The core API of costack: every sentence of API.md's "Core" section.
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use costack::{current, in_coroutine, yield_now, Coroutine};
+use support::{expect_panic, panic_message, SetOnDrop};
 
 type Log = Rc<RefCell<Vec<&'static str>>>;
 
 fn log() -> Log {
     Rc::new(RefCell::new(Vec::new()))
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "<non-string payload>".into()
-    }
 }
 
 #[test]
@@ -158,8 +151,7 @@ fn no_dangling_caller_after_enterer_finishes_and_is_reused() {
 fn reentering_recursively_panics() {
     let co = Coroutine::new(|| {
         let me = current().unwrap();
-        let err = panic::catch_unwind(AssertUnwindSafe(|| me.enter())).unwrap_err();
-        assert!(panic_message(&*err).contains("re-entered recursively"));
+        expect_panic(|| me.enter(), "re-entered recursively");
     });
     co.enter();
     assert!(co.is_finished());
@@ -168,8 +160,7 @@ fn reentering_recursively_panics() {
     let outer = Coroutine::new(|| {
         let outer = current().unwrap();
         let inner = Coroutine::new(move || {
-            let err = panic::catch_unwind(AssertUnwindSafe(|| outer.enter())).unwrap_err();
-            assert!(panic_message(&*err).contains("re-entered recursively"));
+            expect_panic(|| outer.enter(), "re-entered recursively");
             assert!(!outer.enter_if_inactive());
         });
         inner.enter();
@@ -183,8 +174,7 @@ fn reentering_recursively_panics() {
 fn entering_a_finished_coroutine_panics() {
     let co = Coroutine::new(|| {});
     co.enter();
-    let err = panic::catch_unwind(AssertUnwindSafe(|| co.enter())).unwrap_err();
-    assert!(panic_message(&*err).contains("finished"));
+    expect_panic(|| co.enter(), "finished");
     assert!(!co.enter_if_inactive());
 }
 
@@ -192,8 +182,7 @@ fn entering_a_finished_coroutine_panics() {
 fn yield_outside_a_coroutine_panics() {
     assert!(!in_coroutine());
     assert!(current().is_none());
-    let err = panic::catch_unwind(yield_now).unwrap_err();
-    assert!(panic_message(&*err).contains("not in a coroutine"));
+    expect_panic(yield_now, "not in a coroutine");
 }
 
 #[test]
@@ -240,13 +229,6 @@ fn panic_unwinds_through_nested_enters() {
     let err = panic::catch_unwind(AssertUnwindSafe(|| outer.enter())).unwrap_err();
     assert_eq!(panic_message(&*err), "deep trouble");
     assert!(outer.is_finished());
-}
-
-struct SetOnDrop(Rc<Cell<bool>>);
-impl Drop for SetOnDrop {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
 }
 
 #[test]

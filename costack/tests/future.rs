@@ -1,5 +1,7 @@
 //! CoFuture: coroutines polled by async executors (tokio, futures).
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -11,13 +13,7 @@ use std::time::{Duration, Instant};
 use costack::aio;
 use costack::future::CoFuture;
 use costack::sync::CoMutex;
-
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
+use support::{panic_message, SetOnDrop};
 
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -155,18 +151,12 @@ fn ten_thousand_cofutures_at_once() {
 
 #[test]
 fn timeout_drops_a_pending_cofuture_and_unwinds_it() {
-    struct Flag(Rc<Cell<bool>>);
-    impl Drop for Flag {
-        fn drop(&mut self) {
-            self.0.set(true);
-        }
-    }
     let rt = current_thread();
     let dropped = Rc::new(Cell::new(false));
     let d = dropped.clone();
     let r = rt.block_on(async move {
         let fut = CoFuture::new(move || {
-            let _f = Flag(d);
+            let _f = SetOnDrop(d);
             aio::wait_future(tokio::time::sleep(Duration::from_secs(3600)));
         });
         tokio::time::timeout(Duration::from_millis(10), fut).await
@@ -184,7 +174,7 @@ fn a_panic_inside_resumes_out_of_poll() {
         }))
     }))
     .unwrap_err();
-    assert_eq!(message(&*err), "inside the coroutine");
+    assert_eq!(panic_message(&*err), "inside the coroutine");
 }
 
 #[test]
@@ -203,7 +193,7 @@ fn a_panic_out_of_an_awaited_poll_leaves_the_coroutine_able_to_wait() {
     let fut = Counted {
         inner: Box::pin(CoFuture::new(|| {
             let err = catch_unwind(|| aio::wait_future(PanicsInPoll)).unwrap_err();
-            assert_eq!(message(&*err), "in the awaited poll");
+            assert_eq!(panic_message(&*err), "in the awaited poll");
             aio::wait_future(std::future::pending::<()>().or_ready_after(3));
             costack::yield_now();
             "waited"
@@ -222,7 +212,7 @@ fn calls_that_need_costacks_loop_panic_clearly() {
             futures::executor::block_on(CoFuture::new(f))
         }))
         .unwrap_err();
-        let m = message(&*err);
+        let m = panic_message(&*err);
         assert!(m.contains("needs a costack event loop"), "{what}: {m}");
     }
     check("sleep", || aio::sleep(Duration::from_millis(1)));
@@ -262,9 +252,9 @@ fn waiting_inside_a_futures_poll_panics() {
     }))
     .unwrap_err();
     assert!(
-        message(&*err).contains("cannot wait inside Future::poll"),
+        panic_message(&*err).contains("cannot wait inside Future::poll"),
         "{}",
-        message(&*err)
+        panic_message(&*err)
     );
 }
 
@@ -274,7 +264,7 @@ fn polling_after_completion_panics() {
     let mut cx = Context::from_waker(std::task::Waker::noop());
     assert_eq!(fut.as_mut().poll(&mut cx), Poll::Ready(1));
     let err = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))).unwrap_err();
-    assert!(message(&*err).contains("after it completed"));
+    assert!(panic_message(&*err).contains("after it completed"));
 }
 
 #[test]
@@ -430,7 +420,7 @@ fn a_current_thread_runtime_entered_on_the_loop_is_refused_clearly() {
         lp.block_on(|| aio::wait_future(tokio::time::sleep(Duration::from_millis(1))))
     }))
     .unwrap_err();
-    let msg = message(&*err);
+    let msg = panic_message(&*err);
     assert!(msg.contains("tokio current_thread"), "{msg}");
     // A future that is ready at once never needed the runtime: no panic.
     assert_eq!(lp.block_on(|| aio::wait_future(async { 5 })), 5);

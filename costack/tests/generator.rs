@@ -1,19 +1,15 @@
 //! Generators: values in order, fused after the body returns, a panic for a
 //! body that suspends without a value, unwinding on drop.
 
+mod support;
+
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use costack::sync::CoMutex;
 use costack::{yield_now, Coroutine, Generator};
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
+use support::{panic_message, SetOnDrop};
 
 #[test]
 fn yields_values_in_order_then_none_forever() {
@@ -85,16 +81,10 @@ fn a_panic_in_the_body_comes_out_of_next_and_ends_it() {
 
 #[test]
 fn dropping_an_unfinished_generator_runs_its_destructors() {
-    struct Flag(Rc<Cell<bool>>);
-    impl Drop for Flag {
-        fn drop(&mut self) {
-            self.0.set(true);
-        }
-    }
     let dropped = Rc::new(Cell::new(false));
     let d = dropped.clone();
     let mut g = Generator::new(move |y| {
-        let _f = Flag(d);
+        let _f = SetOnDrop(d);
         loop {
             y.suspend(());
         }

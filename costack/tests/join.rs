@@ -3,6 +3,8 @@
 // The event loop runs on unix systems (see the crate docs).
 #![cfg(any(unix, windows))]
 
+mod support;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
@@ -12,13 +14,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use costack::aio::{self, Cancelled, EventLoop, IoThread, JoinHandle, RemoteJoinHandle};
-
-fn message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
+use support::panic_message;
 
 #[test]
 fn remote_handles_are_send_and_sync() {
@@ -60,7 +56,7 @@ fn join_returns_the_panic_and_the_server_goes_on() {
         for h in handlers {
             match h.join() {
                 Ok(_) => ok += 1,
-                Err(p) => assert_eq!(message(&*p), "bad request 3"),
+                Err(p) => assert_eq!(panic_message(&*p), "bad request 3"),
             }
         }
         ok
@@ -83,7 +79,7 @@ fn join_outside_a_coroutine_runs_the_loop() {
 fn block_on_still_resumes_its_own_panic() {
     let lp = EventLoop::new().unwrap();
     let p = catch_unwind(AssertUnwindSafe(|| lp.block_on(|| panic!("mine")))).unwrap_err();
-    assert_eq!(message(&*p), "mine");
+    assert_eq!(panic_message(&*p), "mine");
     assert_eq!(lp.block_on(|| 2), 2);
 }
 
@@ -97,7 +93,7 @@ fn a_coroutine_joining_itself_panics() {
         aio::sleep(Duration::from_millis(1));
         let me = s.take().expect("own handle");
         let e = catch_unwind(AssertUnwindSafe(|| me.join())).unwrap_err();
-        *m.borrow_mut() = message(&*e);
+        *m.borrow_mut() = panic_message(&*e);
     });
     slot.set(Some(h));
     while lp.task_count() > 0 {
@@ -139,7 +135,7 @@ fn remote_join_from_a_plain_thread_and_from_a_coroutine() {
         let h = handle.spawn(|| -> u8 { panic!("remote boom") });
         let e = h.join().unwrap_err();
         let ok = handle.spawn(|| 5).join().unwrap();
-        (message(&*e), ok)
+        (panic_message(&*e), ok)
     });
     assert_eq!(got, ("remote boom".to_owned(), 5));
 }

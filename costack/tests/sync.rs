@@ -4,35 +4,18 @@
 mod support;
 
 use std::cell::{Cell, RefCell};
-use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 use costack::sync::{
     CoMutex, CoMutexGuard, CoQueue, CoRwLock, CoRwLockReadGuard, CoRwLockWriteGuard, CoSemaphore,
 };
 use costack::{yield_now, Coroutine};
-use support::panic_message;
-
-fn expect_panic<R>(f: impl FnOnce() -> R, needle: &str) {
-    let err = panic::catch_unwind(AssertUnwindSafe(f))
-        .err()
-        .expect("expected a panic");
-    let msg = panic_message(&*err);
-    assert!(msg.contains(needle), "panic {msg:?} lacks {needle:?}");
-}
+use support::{expect_panic, SetOnDrop};
 
 type Log = Rc<RefCell<Vec<String>>>;
 
 fn log() -> Log {
     Rc::new(RefCell::new(Vec::new()))
-}
-
-/// Records when it is dropped (to see a coroutine's stack unwound).
-struct OnDrop(Rc<Cell<bool>>);
-impl Drop for OnDrop {
-    fn drop(&mut self) {
-        self.0.set(true);
-    }
 }
 
 // ---- auto traits -------------------------------------------------------
@@ -317,7 +300,7 @@ fn mutex_waiter_dropped_while_queued_leaves_the_queue() {
     let mk = |name: &'static str, flag: Option<Rc<Cell<bool>>>| {
         let m = m.clone();
         Coroutine::new(move || {
-            let _d = flag.map(OnDrop);
+            let _d = flag.map(SetOnDrop);
             m.lock().push(name);
         })
     };

@@ -94,6 +94,7 @@ mod handles;
 mod list;
 mod macros;
 mod select;
+mod selected;
 mod sync;
 mod timer;
 mod waiter;
@@ -111,7 +112,8 @@ pub use err::{
     ReadyTimeoutError, RecvError, RecvTimeoutError, SelectTimeoutError, SendError,
     SendTimeoutError, TryReadyError, TryRecvError, TrySelectError, TrySendError,
 };
-pub use select::{Select, SelectedOperation};
+pub use select::Select;
+pub use selected::SelectedOperation;
 
 #[doc(hidden)]
 pub use crate::crossbeam_channel_internal;

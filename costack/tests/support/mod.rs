@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
 
 /// The text of a panic payload (`&str` or `String`), or "".
@@ -12,6 +13,24 @@ pub fn panic_message(p: &(dyn Any + Send)) -> String {
         .map(|s| s.to_string())
         .or_else(|| p.downcast_ref::<String>().cloned())
         .unwrap_or_default()
+}
+
+/// Runs `f`, which must panic with a message containing `needle`.
+pub fn expect_panic<R>(f: impl FnOnce() -> R, needle: &str) {
+    let err = panic::catch_unwind(AssertUnwindSafe(f))
+        .err()
+        .expect("expected a panic");
+    let msg = panic_message(&*err);
+    assert!(msg.contains(needle), "panic {msg:?} lacks {needle:?}");
+}
+
+/// Sets its flag when dropped: shows a coroutine's stack was unwound.
+pub struct SetOnDrop(pub Rc<Cell<bool>>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
 }
 
 /// A log the coroutines of one test append to, to check what ran in which
