@@ -475,6 +475,13 @@ impl<S: AsRawFd> crate::server::ReplySink for TlsStream<S> {
     }
 }
 
+impl<S: AsRawFd> crate::server::PayloadSource for TlsStream<S> {
+    /// Never: TLS records must be decrypted before their bytes are stored.
+    fn recv_slice(&self, _: &mut costack::net::RecvSlice<'_>) -> Option<io::Result<usize>> {
+        None
+    }
+}
+
 impl<S: AsRawFd> Write for &TlsStream<S> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         if buf.is_empty() {

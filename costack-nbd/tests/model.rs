@@ -589,7 +589,10 @@ struct Image {
 
 impl Image {
     fn new(name: &str, seed: u64) -> Image {
-        let path = scratch(name);
+        Self::at(scratch(name), seed)
+    }
+
+    fn at(path: std::path::PathBuf, seed: u64) -> Image {
         let contents = Rng::new(seed).bytes(SIZE);
         std::fs::write(&path, &contents).expect("write the image");
         Image { path, contents }
@@ -620,6 +623,25 @@ fn check_file(mut server: Server, run: Run, image: &Image) {
 fn file_export_writeback() {
     let s = seed(5);
     let image = Image::new("model-writeback", s);
+    let server = Server::start(&["-f", "raw", "--cache", "writeback", image.arg()]);
+    let run = run(&server, Opts::FULL, image.contents.clone(), false, s, 500);
+    check_file(server, run, &image);
+}
+
+/// On a memory file system, large write payloads are received straight
+/// into the image's mapping (`BlockDevice::write_mapped`): the same model
+/// must hold, through trims and zeroes of the same ranges.
+#[test]
+fn file_export_on_tmpfs_receives_writes_into_the_mapping() {
+    let shm = std::path::Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        shm.to_path_buf()
+    } else {
+        scratch("no-shm").parent().unwrap().to_path_buf()
+    };
+    let s = seed(8);
+    let name = format!("costack-nbd-model-shm-{}.img", std::process::id());
+    let image = Image::at(dir.join(name), s);
     let server = Server::start(&["-f", "raw", "--cache", "writeback", image.arg()]);
     let run = run(&server, Opts::FULL, image.contents.clone(), false, s, 500);
     check_file(server, run, &image);

@@ -1,16 +1,17 @@
-//! Sending a file's bytes from its mapping (`FileMap`, `send_slices`):
-//! what arrives, large sends that wait for the peer, a file truncated
-//! under the mapping, and the page-cache query.
+//! Sending a file's bytes from its mapping (`FileMap`, `send_slices`) and
+//! receiving into it (`slice_mut`, `recv_slice`): what arrives, large
+//! transfers that wait for the peer, a file truncated under the mapping,
+//! and the page-cache query.
 
 // Files are Linux-only (see the crate docs).
 #![cfg(target_os = "linux")]
 
-use std::io::{ErrorKind, Read};
+use std::io::{ErrorKind, Read, Write};
 use std::path::PathBuf;
 
 use costack::aio::{self, Backend, EventLoop};
 use costack::fs::FileMap;
-use costack::net::{SendSlice, TcpListener, TcpStream, UnixStream};
+use costack::net::{RecvSlice, SendSlice, TcpListener, TcpStream, UnixStream};
 
 fn temp_file(name: &str, data: &[u8]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("costack-map-{}", std::process::id()));
@@ -224,4 +225,136 @@ fn more_buffers_than_fit_on_the_stack_all_arrive() {
     let mut got = [0u8; 200];
     b.read_exact(&mut got).unwrap();
     assert!(got.iter().enumerate().all(|(i, &v)| v as usize == i));
+}
+
+fn open_rw(path: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap()
+}
+
+fn on_tmpfs(path: &std::path::Path) -> bool {
+    std::process::Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(path)
+        .output()
+        .is_ok_and(|o| matches!(String::from_utf8_lossy(&o.stdout).trim(), "tmpfs" | "ramfs"))
+}
+
+/// Receives into all of `into`, advancing past short receives.
+fn recv_all(s: &TcpStream, into: &mut RecvSlice<'_>) {
+    while !into.is_empty() {
+        let n = s.recv_slice(into).unwrap();
+        assert!(n > 0, "the stream ended early");
+        into.advance(n);
+    }
+}
+
+/// Megabytes received into a file's mapping, the sender waiting on a full
+/// socket buffer: every byte lands at its offset, nothing else changes.
+fn large_receive_lands_in_the_file(lp: &EventLoop, name: &str) {
+    let data = pattern(8 << 20);
+    let path = temp_file(name, &vec![0u8; (8 << 20) + 8192]);
+    let sent = data.clone();
+    let file_path = path.clone();
+    let head = lp.block_on(move || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let writer = aio::spawn(move || TcpStream::connect(addr).unwrap().write_all(&sent));
+        let (s, _) = listener.accept().unwrap();
+        let file = open_rw(&file_path);
+        let map = FileMap::new_writable(&file).unwrap();
+        let mut head = vec![0u8; 1000];
+        recv_all(&s, &mut RecvSlice::new(&mut head));
+        let mut into = map.slice_mut(4096, (8 << 20) - 1000).unwrap();
+        assert!(into.is_mapped());
+        recv_all(&s, &mut into);
+        writer.join().unwrap().unwrap();
+        head
+    });
+    assert_eq!(head, &data[..1000]);
+    let file = std::fs::read(&path).unwrap();
+    assert!(file[..4096].iter().all(|&b| b == 0));
+    assert_eq!(&file[4096..4096 + (8 << 20) - 1000], &data[1000..]);
+    assert!(file[4096 + (8 << 20) - 1000..].iter().all(|&b| b == 0));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn large_receive_lands_in_the_file_default_loop() {
+    large_receive_lands_in_the_file(&EventLoop::new().unwrap(), "recv-default");
+}
+
+#[test]
+fn large_receive_lands_in_the_file_socket_ring() {
+    let lp =
+        EventLoop::with_backend(Backend::IoUring).unwrap_or_else(|_| EventLoop::new().unwrap());
+    large_receive_lands_in_the_file(&lp, "recv-ring");
+}
+
+#[test]
+fn receives_need_a_writable_mapping_and_a_range_inside_it() {
+    let path = temp_file("recv-refused", &[0; 8192]);
+    let read_only = std::fs::File::open(&path).unwrap();
+    let err = FileMap::new_writable(&read_only).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    let map = FileMap::new(&read_only).unwrap();
+    assert!(!map.is_writable());
+    assert!(map.slice_mut(0, 1).is_none());
+    let map = FileMap::new_writable(&open_rw(&path)).unwrap();
+    assert!(map.is_writable());
+    assert_eq!(map.slice_mut(0, 8192).unwrap().len(), 8192);
+    assert!(map.slice_mut(1, 8192).is_none());
+    assert!(map.slice_mut(u64::MAX, 1).is_none());
+    assert!(map.slice(0, 8192).is_some(), "a writable map sends too");
+    // Whatever the temporary directory is, the answer is statfs's (as
+    // `stat -f` reports it); and /dev/shm is usually a tmpfs.
+    assert_eq!(map.is_in_memory(), on_tmpfs(&path));
+    let shm = std::path::Path::new("/dev/shm");
+    if on_tmpfs(shm) {
+        let p = shm.join(format!("costack-map-{}-mem", std::process::id()));
+        std::fs::write(&p, [0u8; 4096]).unwrap();
+        assert!(FileMap::new_writable(&open_rw(&p)).unwrap().is_in_memory());
+        std::fs::remove_file(&p).unwrap();
+    }
+    // An empty file maps nothing, but still not for writing read-only.
+    let empty = temp_file("recv-empty", b"");
+    let err = FileMap::new_writable(&std::fs::File::open(&empty).unwrap()).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&empty).unwrap();
+}
+
+#[test]
+fn a_receive_into_a_truncated_file_fails_and_leaves_the_bytes_in_the_socket() {
+    let path = temp_file("recv-truncated", &[0; 1 << 20]);
+    let file = open_rw(&path);
+    let map = FileMap::new_writable(&file).unwrap();
+    // Another process's truncation, as far as the mapping can tell.
+    file.set_len(4096).unwrap();
+    let (mut a, mut b) = UnixStream::pair().unwrap();
+    let data = pattern(8192);
+    a.write_all(&data).unwrap();
+    let err = b
+        .recv_slice(&mut map.slice_mut(8192, 8192).unwrap())
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EFAULT));
+    let mut got = vec![0; 8192];
+    b.read_exact(&mut got).unwrap();
+    assert_eq!(got, data, "nothing was lost");
+    // The page the file still has takes a receive.
+    a.write_all(b"kept").unwrap();
+    let mut into = map.slice_mut(10, 4).unwrap();
+    assert_eq!(b.recv_slice(&mut into).unwrap(), 4);
+    assert_eq!(&std::fs::read(&path).unwrap()[10..14], b"kept");
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+#[should_panic(expected = "past its length")]
+fn advancing_a_recv_slice_past_its_end_panics() {
+    let mut buf = [0u8; 4];
+    RecvSlice::new(&mut buf).advance(5);
 }

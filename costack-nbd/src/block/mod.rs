@@ -79,6 +79,22 @@ pub trait BlockDevice {
     /// Writes `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 
+    /// Where the `len` bytes of a write at `offset` may be received
+    /// straight from the socket into the image's page cache (one copy
+    /// fewer than a receive into a buffer and a [`write_at`]): a range of
+    /// the image file's writable mapping, offered only where touching it
+    /// never waits for a disk (a memory file system) and where a write
+    /// stores its bytes unchanged and does nothing else. Bytes received
+    /// there are written; the write then needs nothing more but a
+    /// [`flush`] for FUA. The default: `None`.
+    ///
+    /// [`write_at`]: BlockDevice::write_at
+    /// [`flush`]: BlockDevice::flush
+    fn write_mapped(&self, offset: u64, len: usize) -> Option<costack::net::RecvSlice<'_>> {
+        let _ = (offset, len);
+        None
+    }
+
     /// Makes every completed write durable.
     fn flush(&self) -> io::Result<()>;
 

@@ -97,6 +97,14 @@ where
         self.inner.read_mapped(offset, len)
     }
 
+    fn write_mapped(&self, offset: u64, len: usize) -> Option<costack::net::RecvSlice<'_>> {
+        // Only where `write_at` would store the bytes as they are and do
+        // nothing after: no zero detection (it reads them), no flush.
+        let plain = self.modes.detect_zeroes == ZeroDetection::Off
+            && self.modes.durability != Durability::EveryWrite;
+        plain.then(|| self.inner.write_mapped(offset, len))?
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let zeroes = self.modes.detect_zeroes != ZeroDetection::Off
             && !buf.is_empty()

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use costack::fs::{File, FileMap};
-use costack::net::SendSlice;
+use costack::net::{RecvSlice, SendSlice};
 
 use super::{STATE_HOLE, STATE_ZERO};
 use crate::block::{BlockDevice, Extent, ImageFile};
@@ -59,11 +59,12 @@ impl FileDisk {
             ));
         }
         // Mapping fails only for files no one would serve (a FIFO), or
-        // beyond the address space: reads then go through buffers.
-        let map = if direct {
-            None
-        } else {
-            FileMap::new(&std_file).ok()
+        // beyond the address space: reads and writes then go through
+        // buffers.
+        let map = match (direct, read_only) {
+            (true, _) => None,
+            (false, true) => FileMap::new(&std_file).ok(),
+            (false, false) => FileMap::new_writable(&std_file).ok(),
         };
         let disk = Self::open_file(Box::new(File::from_std(std_file)), read_only, direct)?;
         Ok(FileDisk { map, ..disk })
@@ -202,6 +203,17 @@ impl BlockDevice for FileDisk {
         // Pages not cached are read the usual way (and cached by it): a
         // send would fault them in on the loop thread, blocking it.
         map.is_cached(offset, len).ok()?.then_some(slice)
+    }
+
+    fn write_mapped(&self, offset: u64, len: usize) -> Option<RecvSlice<'_>> {
+        let map = self.map.as_ref()?;
+        // Sector 0 of a guessed image is checked before it is written; a
+        // fault on a disk file system's page could block the loop.
+        if (self.guessed && offset < SECTOR) || !map.is_in_memory() {
+            return None;
+        }
+        // `None` out of the mapping (and for a read-only one).
+        map.slice_mut(offset, len)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -81,6 +81,11 @@ where
         self.inner.read_mapped(at, len)
     }
 
+    fn write_mapped(&self, offset: u64, len: usize) -> Option<costack::net::RecvSlice<'_>> {
+        let at = self.map(offset, len as u64).ok()?;
+        self.inner.write_mapped(at, len)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         let at = self.map(offset, buf.len() as u64)?;
         self.inner.write_at(buf, at)

@@ -173,6 +173,12 @@ pub struct Request {
     pub fua: bool,
     /// Write data (empty for other commands).
     pub payload: Vec<u8>,
+    /// The bytes of `payload` that the reader already stored in the device
+    /// (received straight into the image's mapping: see
+    /// [`BlockDevice::write_mapped`](crate::block::BlockDevice::write_mapped)):
+    /// they are not to be written again, and `payload` holds nothing there.
+    /// Empty (`0..0`) but for such writes.
+    pub stored: std::ops::Range<usize>,
 }
 
 /// Result of [`read_request`].
@@ -501,6 +507,7 @@ where
                 op,
                 fua: header.flags & NBD_CMD_FLAG_FUA != 0,
                 payload,
+                stored: 0..0,
             }))
         }
         Err(error) => {

@@ -13,7 +13,8 @@ use std::time::Instant;
 
 use costack::aio;
 
-use super::requests::{data_cost, execute, read_incoming, Outbox, Reply, ReplySink};
+use super::incoming::{read_incoming, PayloadSource};
+use super::requests::{data_cost, execute, Outbox, Reply, ReplySink};
 use super::slots::EstablishedSlot;
 use super::Shared;
 #[cfg(feature = "tls")]
@@ -105,7 +106,7 @@ fn log_handshake_end(peer: &str, e: &HandshakeError) {
 /// stops). Runs inside a coroutine on an event loop.
 pub fn serve<S>(stream: S, peer: String, shared: Arc<Shared>, max_clients: usize)
 where
-    S: AsRawFd + ReplySink,
+    S: AsRawFd + ReplySink + PayloadSource,
     for<'a> &'a S: Read + Write,
 {
     // Everything below borrows `stream`, which is closed only when this
@@ -205,7 +206,7 @@ fn transmit<S>(
     max_clients: usize,
     negotiated: Negotiated,
 ) where
-    S: ReplySink,
+    S: ReplySink + PayloadSource,
     for<'a> &'a S: Read,
 {
     let _slot = EstablishedSlot::take(shared, max_clients, &peer);
@@ -215,13 +216,17 @@ fn transmit<S>(
     let params = TransmissionParams::from_negotiated(&negotiated);
     let outbox = Outbox::new(stream, peer.clone());
     let mapped = stream.takes_mapped();
+    // Large write payloads go straight into the image's page cache where
+    // both the stream and the device can (see `read_incoming`).
+    let direct = mapped.then_some(&*shared.device as &dyn crate::block::BlockDevice);
     let mut reader = BufReader::with_capacity(128 << 10, stream);
     // Each request runs in a child of this scope, borrowing the
     // connection's state; the scope (so the connection) ends only once
     // every one has finished.
     aio::scope(|requests| {
         let end = loop {
-            let incoming = match read_incoming(&mut reader, &params, &outbox.pool, &outbox.budget) {
+            let read = read_incoming(&mut reader, &params, &outbox.pool, &outbox.budget, direct);
+            let incoming = match read {
                 Ok(incoming) => incoming,
                 Err(ReadError::Disconnected) => break End::Graceful,
                 Err(e) => {

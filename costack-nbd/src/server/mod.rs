@@ -21,8 +21,11 @@
 //! * `connection` — one connection: [`serve`] (the handshake, within its
 //!   time limit, upgraded to TLS on `NBD_OPT_STARTTLS`), then the
 //!   transmission phase, with the guards that register it in [`Shared`];
-//! * `requests` — a connection's requests: reading them, running them on
-//!   the device, and sending their replies in batches;
+//! * `incoming` — reading a connection's requests, large write payloads
+//!   received straight into the image's page cache where they can be
+//!   ([`PayloadSource`]);
+//! * `requests` — running a connection's requests on the device, and
+//!   sending their replies in batches;
 //! * `slots` — the `-e/--shared` limit ([`Slots`]), checked by the accept
 //!   loop and by connections that finished negotiating;
 //! * [`admission`] — how many connections may negotiate at once, and
@@ -40,11 +43,13 @@ use crate::protocol::handshake::HandshakeConfig;
 pub mod accept;
 pub mod admission;
 mod connection;
+mod incoming;
 pub mod lifecycle;
 mod requests;
 mod slots;
 
 pub use connection::serve;
+pub use incoming::PayloadSource;
 pub use requests::{write_memory_slices, ReplySink};
 pub use slots::Slots;
 

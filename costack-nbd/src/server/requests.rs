@@ -1,9 +1,9 @@
-//! A connection's requests: reading them ([`read_incoming`]), running
-//! them on the device ([`execute`]) and sending their replies, batched
-//! ([`Outbox`]), with the buffers they use ([`Pool`]).
+//! A connection's requests: running them on the device ([`execute`]) and
+//! sending their replies, batched ([`Outbox`]), with the buffers they use
+//! ([`Pool`]). (Reading them is [`incoming`](super::incoming)'s.)
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 
 use costack::aio;
 use costack::net::SendSlice;
@@ -17,8 +17,7 @@ use crate::protocol::reply::{
     plan_read_reply, plan_unscanned_read_reply, write_block_status_chunk, write_error, write_ok,
     ReplyPiece, ReplyPlan,
 };
-use crate::protocol::request::{read_request_with, ReadError, Request, TransmissionParams};
-use crate::protocol::request::{Incoming, Op};
+use crate::protocol::request::{Op, Request, TransmissionParams};
 
 /// A request's share of [`MAX_BYTES_IN_FLIGHT`].
 pub(super) fn data_cost(op: &Op) -> usize {
@@ -27,33 +26,6 @@ pub(super) fn data_cost(op: &Op) -> usize {
         _ => 0,
     };
     len.min(MAX_BYTES_IN_FLIGHT)
-}
-
-/// Reads one request with the parser the fuzzers and tests drive
-/// ([`read_request_with`]), a write's payload going into a pooled buffer
-/// once its share of the connection's byte budget is free (the share goes
-/// back when the reply is sent).
-pub(super) fn read_incoming<R: Read>(
-    r: &mut BufReader<R>,
-    p: &TransmissionParams,
-    pool: &Pool,
-    budget: &CoSemaphore,
-) -> Result<Incoming, ReadError> {
-    let take = |op: &Op, len: usize| {
-        budget.acquire(data_cost(op));
-        pool.take(len)
-    };
-    read_request_with(r, p, take, read_payload)
-}
-
-/// Fills `buf` from `r`: what `r` has buffered, then the rest straight
-/// from the stream. `BufReader` would pass a payload shorter than its
-/// buffer through the buffer, copying it once more.
-fn read_payload<R: Read>(r: &mut BufReader<R>, buf: &mut [u8]) -> io::Result<()> {
-    let n = r.buffer().len().min(buf.len());
-    buf[..n].copy_from_slice(&r.buffer()[..n]);
-    r.consume(n);
-    r.get_mut().read_exact(&mut buf[n..])
 }
 
 /// Spare data buffers of a connection (for reads and write payloads), so
@@ -68,7 +40,7 @@ const POOL_MAX_BYTES: usize = 4 << 20;
 
 impl Pool {
     /// A buffer of `len` initialised bytes (contents unspecified).
-    fn take(&self, len: usize) -> Vec<u8> {
+    pub(super) fn take(&self, len: usize) -> Vec<u8> {
         let mut buf = self.0.borrow_mut().pop().unwrap_or_default();
         if buf.capacity() < len {
             // Growing would copy the old contents for nothing.
@@ -276,6 +248,23 @@ fn send_all<S: ReplySink>(stream: &S, batch: &[&Reply<'_>]) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes the bytes of `req`'s payload at `offset` that the reader did
+/// not store already ([`Request::stored`]).
+fn write_unstored(device: &dyn BlockDevice, req: &Request, offset: u64) -> io::Result<()> {
+    let stored = &req.stored;
+    if stored.is_empty() {
+        return device.write_at(&req.payload, offset);
+    }
+    let (head, tail) = (&req.payload[..stored.start], &req.payload[stored.end..]);
+    if !head.is_empty() {
+        device.write_at(head, offset)?;
+    }
+    if !tail.is_empty() {
+        device.write_at(tail, offset + stored.end as u64)?;
+    }
+    Ok(())
+}
+
 /// Reads of at least this many bytes are sent from the image file's
 /// mapping when the device offers one ([`BlockDevice::read_mapped`]):
 /// for smaller ones, asking the page cache costs about what the copy
@@ -328,8 +317,7 @@ pub(super) fn execute<'d>(
                 }
             }
         }
-        Op::Write { offset, .. } => device
-            .write_at(&req.payload, offset)
+        Op::Write { offset, .. } => write_unstored(device, req, offset)
             .and_then(|()| if req.fua { device.flush() } else { Ok(()) })
             .err(),
         Op::Flush => device.flush().err(),

@@ -1,6 +1,8 @@
 //! Unit tests of `requests.rs` (a child module of it: private items are in
 //! reach through `super`).
 
+use std::io::Read;
+
 use super::*;
 
 fn flatten(r: &Reply) -> Vec<u8> {
@@ -115,6 +117,7 @@ fn large_reads_of_a_mapped_file_go_out_unscanned_and_read_back_the_same() {
                 },
                 fua: false,
                 payload: Vec::new(),
+                stored: 0..0,
             };
             let pool = Pool::default();
             let reply = execute(&disk, &params, &req, &pool, true);
@@ -148,82 +151,6 @@ fn mapped_slices_are_refused_by_streams_that_read_them() {
     let err = write_memory_slices(Vec::new(), &[slice]).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     std::fs::remove_file(&path).unwrap();
-}
-
-#[test]
-fn read_incoming_matches_read_request() {
-    use crate::protocol::proto::RequestHeader;
-    use crate::protocol::proto::{Command, NBD_CMD_FLAG_FUA};
-    use crate::protocol::request::read_request;
-    let params = TransmissionParams {
-        size: 1 << 20,
-        transmission_flags: crate::protocol::proto::NBD_FLAG_HAS_FLAGS
-            | crate::protocol::proto::NBD_FLAG_SEND_FUA
-            | crate::protocol::proto::NBD_FLAG_SEND_FLUSH,
-        read_only: false,
-        structured_replies: true,
-        extended_headers: false,
-        base_allocation: None,
-        qemu_contexts: Vec::new(),
-        block_sizes: Default::default(),
-        max_payload: 1 << 16,
-    };
-    let req = |command, flags, offset, length: u32| RequestHeader {
-        flags,
-        command,
-        handle: offset ^ 0x55,
-        offset,
-        length: u64::from(length),
-    };
-    let mut wire = Vec::new();
-    let mut push = |h: RequestHeader, payload: &[u8]| {
-        wire.extend_from_slice(&h.encode());
-        wire.extend_from_slice(payload);
-    };
-    push(req(Command::Write, NBD_CMD_FLAG_FUA, 4096, 5), b"hello");
-    push(req(Command::Read, 0, 0, 512), b"");
-    // Past the end: rejected, payload consumed.
-    push(req(Command::Write, 0, 1 << 20, 3), b"xyz");
-    push(req(Command::Write, 0, 0, 4), b"abcd");
-    let long: Vec<u8> = (0..100u8).collect();
-    push(req(Command::Write, 0, 8192, 100), &long);
-    push(req(Command::Flush, 0, 0, 0), b"");
-    // Too large: fatal.
-    push(req(Command::Write, 0, 0, 1 << 17), b"");
-    let pool = Pool::default();
-    pool.give(vec![0xEE; 100]);
-    // Never short here, so no waiting (which only works in a coroutine).
-    let budget = CoSemaphore::new(MAX_BYTES_IN_FLIGHT);
-    // Reads of at most 7 bytes through a 16-byte buffer: payloads come
-    // partly from the buffer, partly straight from the stream.
-    struct Trickle<'a>(&'a [u8]);
-    impl Read for Trickle<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = buf.len().min(7);
-            self.0.read(&mut buf[..n])
-        }
-    }
-    let mut a = &wire[..];
-    let mut b = BufReader::with_capacity(16, Trickle(&wire));
-    for _ in 0..6 {
-        let want = read_request(&mut a, &params).unwrap();
-        let got = read_incoming(&mut b, &params, &pool, &budget).unwrap();
-        assert_eq!(got, want);
-    }
-    assert!(matches!(
-        read_request(&mut a, &params),
-        Err(ReadError::PayloadTooLarge { .. })
-    ));
-    assert!(matches!(
-        read_incoming(&mut b, &params, &pool, &budget),
-        Err(ReadError::PayloadTooLarge { .. })
-    ));
-    // A payload cut short is a disconnection, as there.
-    let short = [&req(Command::Write, 0, 0, 8).encode()[..], b"abc"].concat();
-    assert!(matches!(
-        read_incoming(&mut BufReader::new(&short[..]), &params, &pool, &budget),
-        Err(ReadError::Disconnected)
-    ));
 }
 
 #[test]

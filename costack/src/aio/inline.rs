@@ -59,18 +59,25 @@ fn classify(fd: RawFd) -> u8 {
     if flags < 0 || flags & libc::O_DIRECT != 0 {
         return NEVER;
     }
+    match on_memory_fs(fd) {
+        Some(true) => MEMORY,
+        Some(false) => NOWAIT,
+        None => NEVER,
+    }
+}
+
+/// Whether `fd`'s file lives on a memory file system (tmpfs, ramfs), whose
+/// I/O and page faults never wait for a device; `None` if `fstatfs` fails.
+pub(crate) fn on_memory_fs(fd: RawFd) -> Option<bool> {
     // SAFETY: statfs is plain data (all zeroes valid) and `fstatfs` writes
     // it whole on success.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a valid out-buffer; a bad fd is an error.
     if unsafe { libc::fstatfs(fd, &mut st) } != 0 {
-        return NEVER;
+        return None;
     }
     #[allow(clippy::unnecessary_cast)] // f_type's width differs by target
-    match st.f_type as i64 {
-        TMPFS_MAGIC | RAMFS_MAGIC => MEMORY,
-        _ => NOWAIT,
-    }
+    Some(matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC))
 }
 
 impl Inline {

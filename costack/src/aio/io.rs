@@ -249,6 +249,20 @@ impl SocketRing<'_> {
         self.uring.recv(self.timers, fd, buf, deadline)
     }
 
+    /// # Safety
+    /// As `Uring::recv_raw`: the bytes stay mapped, and to the kernel
+    /// alone, for the call.
+    pub(crate) unsafe fn recv_raw(
+        &self,
+        fd: RawSock,
+        ptr: *mut u8,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.uring.recv_raw(self.timers, fd, ptr, len, deadline) }
+    }
+
     pub(crate) fn send(
         &self,
         fd: RawSock,

@@ -154,7 +154,7 @@ mod uring;
 #[cfg(target_os = "linux")]
 pub(crate) mod file_io;
 #[cfg(target_os = "linux")]
-mod inline;
+pub(crate) mod inline;
 #[cfg(any(unix, windows))]
 pub(crate) mod io;
 

@@ -231,10 +231,29 @@ impl Uring {
         buf: &mut [u8],
         deadline: Option<Instant>,
     ) -> io::Result<usize> {
-        let len = buf.len().min(u32::MAX as usize) as u32;
-        let entry = opcode::Recv::new(types::Fd(fd), buf.as_mut_ptr(), len).build();
-        // SAFETY: `buf` is borrowed for the call, which does not return
-        // before the kernel is done with it.
+        // SAFETY: `buf` is borrowed mutably for the call, which does not
+        // return before the kernel is done with it.
+        unsafe { self.recv_raw(timers, fd, buf.as_mut_ptr(), buf.len(), deadline) }
+    }
+
+    /// `recv(2)` into the `len` bytes at `ptr` through the ring.
+    ///
+    /// # Safety
+    /// The bytes must stay mapped and writable for the call, and no Rust
+    /// code may access them meanwhile (a page that faults, such as a
+    /// truncated file's, ends the receive with `EFAULT`).
+    pub(crate) unsafe fn recv_raw(
+        &self,
+        timers: &Rc<Timers>,
+        fd: RawFd,
+        ptr: *mut u8,
+        len: usize,
+        deadline: Option<Instant>,
+    ) -> io::Result<usize> {
+        let len = len.min(u32::MAX as usize) as u32;
+        let entry = opcode::Recv::new(types::Fd(fd), ptr, len).build();
+        // SAFETY: the caller keeps the bytes to the kernel; the call does
+        // not return before the kernel is done with them.
         unsafe { self.run_queued(timers, "net read", entry, deadline) }
     }
 

@@ -1,11 +1,12 @@
 //! [`FileMap`]: a file's bytes mapped so that sockets can send them from
-//! the page cache, one copy fewer than a read into a buffer.
+//! the page cache, or receive into it, one copy fewer than going through
+//! a buffer.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::ptr::NonNull;
 
-use crate::net::SendSlice;
+use crate::net::{RecvSlice, SendSlice};
 
 /// A read-only shared mapping of a file, for sending ranges of it with
 /// [`TcpStream::send_slices`] (or [`UnixStream`]'s): the kernel copies
@@ -21,6 +22,12 @@ use crate::net::SendSlice;
 /// disk first, blocking the loop's thread while it does; ask
 /// [`is_cached`](FileMap::is_cached) first and read the range the usual
 /// way when they are not.
+///
+/// A writable mapping ([`new_writable`](FileMap::new_writable)) also
+/// takes receives: [`TcpStream::recv_slice`] has the kernel copy
+/// socket bytes straight into the file's page cache, where a receive into
+/// a buffer and a `pwrite` would copy them twice. The bytes are written
+/// back as a `pwrite`'s are: `fdatasync` makes them durable.
 ///
 /// The mapping covers the file's length when it was made; later growth
 /// is not in it.
@@ -55,6 +62,7 @@ use crate::net::SendSlice;
 /// ```
 ///
 /// [`TcpStream::send_slices`]: crate::net::TcpStream::send_slices
+/// [`TcpStream::recv_slice`]: crate::net::TcpStream::recv_slice
 /// [`UnixStream`]: crate::net::UnixStream::send_slices
 pub struct FileMap {
     /// The mapping's start (dangling when `len` is 0: nothing mapped).
@@ -63,13 +71,18 @@ pub struct FileMap {
     /// Whether `mincore` reports the page cache for this file (see
     /// [`FileMap::is_cached`]).
     residency_known: bool,
+    /// Mapped `PROT_WRITE`: receives may write into it.
+    writable: bool,
+    /// On a memory file system (see [`FileMap::is_in_memory`]).
+    in_memory: bool,
 }
 
-// SAFETY: the mapping is read-only and read only by the kernel; its
-// address is valid from every thread of the process until `drop`.
+// SAFETY: only the kernel reads or writes the mapped bytes (sends,
+// receives, `mincore`); no Rust reference to them exists. The address is
+// valid from every thread of the process until `drop`.
 unsafe impl Send for FileMap {}
-// SAFETY: as for `Send`: `&FileMap` allows nothing but sends and
-// `mincore` on it.
+// SAFETY: as for `Send`: `&FileMap` allows nothing but sends, receives
+// and `mincore` on it, all system calls.
 unsafe impl Sync for FileMap {}
 
 impl FileMap {
@@ -79,7 +92,39 @@ impl FileMap {
     /// As `fstat(2)` and `mmap(2)`: the file cannot be mapped (a pipe, a
     /// socket) or is larger than the address space.
     pub fn new(file: &impl AsFd) -> io::Result<FileMap> {
-        let fd = file.as_fd().as_raw_fd();
+        Self::map(file.as_fd().as_raw_fd(), false)
+    }
+
+    /// Maps `file` (opened for reading and writing), all of its current
+    /// length, for sends and for receives
+    /// ([`TcpStream::recv_slice`](crate::net::TcpStream::recv_slice)).
+    ///
+    /// ```
+    /// use costack::fs::FileMap;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-map-w-doc-{}", std::process::id()));
+    /// std::fs::write(&path, [0u8; 8]).unwrap();
+    /// let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    /// assert!(FileMap::new_writable(&file).unwrap().is_writable());
+    /// let read_only = std::fs::File::open(&path).unwrap();
+    /// assert!(FileMap::new_writable(&read_only).is_err()); // EACCES
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    ///
+    /// # Errors
+    /// As [`new`](FileMap::new); `PermissionDenied` if `file` is not open
+    /// for writing.
+    pub fn new_writable(file: &impl AsFd) -> io::Result<FileMap> {
+        Self::map(file.as_fd().as_raw_fd(), true)
+    }
+
+    fn map(fd: libc::c_int, writable: bool) -> io::Result<FileMap> {
+        // SAFETY: `fd` is open (borrowed); F_GETFL only reads its flags.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if writable && flags >= 0 && flags & libc::O_ACCMODE == libc::O_RDONLY {
+            // (mmap would say EACCES, but not for an empty file.)
+            return Err(io::Error::from_raw_os_error(libc::EACCES));
+        }
         // SAFETY: an all-zero `stat` is a valid buffer for `fstat`.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `fd` is open (borrowed) and `st` is writable.
@@ -95,25 +140,24 @@ impl FileMap {
         let len = usize::try_from(st.st_size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
         let residency_known = residency_known(fd, &st);
+        let in_memory = crate::aio::inline::on_memory_fs(fd) == Some(true);
         if len == 0 {
             return Ok(FileMap {
                 ptr: NonNull::dangling(),
                 len,
                 residency_known,
+                writable,
+                in_memory,
             });
         }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
         // SAFETY: a fresh mapping chosen by the kernel, aliasing nothing
         // of ours; `fd` is open.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, fd, 0) };
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -121,7 +165,54 @@ impl FileMap {
             ptr: NonNull::new(ptr.cast()).expect("mmap returned a null mapping"),
             len,
             residency_known,
+            writable,
+            in_memory,
         })
+    }
+
+    /// Whether the file lives on a memory file system (tmpfs, ramfs), where
+    /// touching a mapped page never waits for a disk. Elsewhere a receive
+    /// into a page that is not cached reads it from the disk first, and
+    /// one into a page written back since it was last dirtied may wait
+    /// for the file system, on the calling thread: ask
+    /// [`is_cached`](FileMap::is_cached), or receive into a buffer and
+    /// write it with [`File`](crate::fs::File).
+    pub fn is_in_memory(&self) -> bool {
+        self.in_memory
+    }
+
+    /// Whether receives may write into the mapping (it was made by
+    /// [`new_writable`](FileMap::new_writable)).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The `len` bytes at `offset`, for a receive
+    /// ([`TcpStream::recv_slice`](crate::net::TcpStream::recv_slice));
+    /// `None` unless the map is writable and holds them all.
+    ///
+    /// Two slices of the same bytes may be received into at once: the
+    /// kernel writes both, and the last write wins, as with two
+    /// `pwrite`s. A slice borrows the map, so it cannot outlive the
+    /// mapping:
+    ///
+    /// ```compile_fail
+    /// # let file = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").unwrap();
+    /// let slice = {
+    ///     let map = costack::fs::FileMap::new_writable(&file).unwrap();
+    ///     map.slice_mut(0, 0).unwrap()
+    /// }; // error: `map` does not live long enough
+    /// # drop(slice);
+    /// ```
+    pub fn slice_mut(&self, offset: u64, len: usize) -> Option<RecvSlice<'_>> {
+        let start = usize::try_from(offset).ok()?;
+        if !self.writable || start.checked_add(len)? > self.len {
+            return None;
+        }
+        // SAFETY: `start + len <= self.len`, so the range lies in the
+        // writable mapping, which outlives the slice (it borrows `self`)
+        // and whose bytes no Rust code accesses.
+        unsafe { Some(RecvSlice::mapped(self.ptr.add(start), len)) }
     }
 
     /// The length mapped: the file's when the map was made.

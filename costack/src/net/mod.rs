@@ -45,6 +45,7 @@
 //! ```
 
 #[cfg(unix)]
+mod recv_slice;
 mod send_slice;
 mod socket;
 mod tcp;
@@ -54,6 +55,7 @@ mod unix;
 
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
+pub use recv_slice::RecvSlice;
 pub use send_slice::SendSlice;
 pub use tcp::{ListenOptions, TcpListener, TcpStream};
 pub use udp::UdpSocket;

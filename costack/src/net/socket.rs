@@ -271,4 +271,33 @@ where
             self.wait_for(Direction::Write, |_| unsafe { sendmsg(fd, iovecs) })
         })
     }
+
+    /// A receive into `buf` (see [`RecvSlice`](super::RecvSlice)): on
+    /// the loop's ring if it carries sockets, else `recv(2)` waiting for
+    /// readiness. A wait point. (It leaves the read-side drained hint
+    /// alone: a later read that finds the socket empty just waits.)
+    #[cfg(unix)]
+    pub(crate) fn recv_slice(&self, buf: &mut super::RecvSlice<'_>) -> io::Result<usize> {
+        let (ptr, len) = buf.raw_parts();
+        let fd = self.io.raw_sock();
+        #[cfg(target_os = "linux")]
+        if len > 0 {
+            let on_ring = with_socket_ring(|ring| {
+                self.ring_retry(Direction::Read, |d| {
+                    // SAFETY: a `RecvSlice` is memory borrowed mutably or
+                    // a range of a writable mapping, mapped while `buf`
+                    // lives and accessed by no Rust code meanwhile.
+                    unsafe { ring.recv_raw(fd, ptr, len, d) }
+                })
+            });
+            if let Some(r) = on_ring {
+                return r;
+            }
+        }
+        self.wait_for(Direction::Read, |_| {
+            // SAFETY: as above; `recv` writes at most `len` bytes at `ptr`.
+            let n = unsafe { libc::recv(fd, ptr.cast(), len, 0) };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
+        })
+    }
 }

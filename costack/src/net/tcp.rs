@@ -636,6 +636,48 @@ impl TcpStream {
     pub fn send_slices(&self, bufs: &[super::SendSlice<'_>]) -> io::Result<usize> {
         self.sock.send_slices(bufs)
     }
+
+    /// Reads into `buf`, as `read` does, but `buf` may also be a range of
+    /// a writable [`FileMap`], into which the kernel copies the bytes
+    /// straight from the socket to the page cache (see [`RecvSlice`]).
+    /// Returns how many bytes came (0 at the end of the stream, or for an
+    /// empty `buf`); it does not advance `buf`. A wait point.
+    ///
+    /// # Errors
+    /// As a read's; `EFAULT` (`raw_os_error() == Some(libc::EFAULT)`) if
+    /// a mapped page is gone or cannot be allocated (the file was
+    /// truncated, or a full file system under a sparse file). The bytes
+    /// not received stay in the socket.
+    ///
+    /// ```
+    /// use costack::fs::FileMap;
+    /// use costack::net::{TcpListener, TcpStream};
+    /// use std::io::Write;
+    ///
+    /// # let path = std::env::temp_dir().join(format!("costack-recv-doc-{}", std::process::id()));
+    /// std::fs::write(&path, b"........").unwrap();
+    /// let file = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    /// let map = FileMap::new_writable(&file).unwrap();
+    /// let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    /// let mut c = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    /// let (s, _) = listener.accept().unwrap();
+    /// c.write_all(b"data").unwrap();
+    /// let mut into = map.slice_mut(2, 4).unwrap();
+    /// while !into.is_empty() {
+    ///     let n = s.recv_slice(&mut into).unwrap();
+    ///     into.advance(n);
+    /// }
+    /// assert_eq!(std::fs::read(&path).unwrap(), b"..data..");
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    ///
+    /// [`FileMap`]: crate::fs::FileMap
+    /// [`RecvSlice`]: super::RecvSlice
+    #[cfg(unix)]
+    #[cfg_attr(docsrs, doc(cfg(unix)))]
+    pub fn recv_slice(&self, buf: &mut super::RecvSlice<'_>) -> io::Result<usize> {
+        self.sock.recv_slice(buf)
+    }
 }
 
 impl_stream_io!(TcpStream);

@@ -413,6 +413,23 @@ impl UnixStream {
     pub fn send_slices(&self, bufs: &[super::SendSlice<'_>]) -> io::Result<usize> {
         self.sock.send_slices(bufs)
     }
+
+    /// Reads into `buf`, which may be a range of a writable file
+    /// mapping; see [`TcpStream::recv_slice`](super::TcpStream::recv_slice).
+    ///
+    /// ```
+    /// use costack::net::{RecvSlice, UnixStream};
+    /// use std::io::Write;
+    ///
+    /// let (mut a, b) = UnixStream::pair().unwrap();
+    /// a.write_all(b"hi").unwrap();
+    /// let mut buf = [0; 2];
+    /// assert_eq!(b.recv_slice(&mut RecvSlice::new(&mut buf)).unwrap(), 2);
+    /// assert_eq!(&buf, b"hi");
+    /// ```
+    pub fn recv_slice(&self, buf: &mut super::RecvSlice<'_>) -> io::Result<usize> {
+        self.sock.recv_slice(buf)
+    }
 }
 
 impl_stream_io!(UnixStream);
