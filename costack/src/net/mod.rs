@@ -46,6 +46,7 @@
 
 #[cfg(unix)]
 mod recv_slice;
+#[cfg(unix)]
 mod send_slice;
 mod socket;
 mod tcp;
@@ -56,6 +57,8 @@ mod unix;
 #[cfg(unix)]
 #[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use recv_slice::RecvSlice;
+#[cfg(unix)]
+#[cfg_attr(docsrs, doc(cfg(unix)))]
 pub use send_slice::SendSlice;
 pub use tcp::{ListenOptions, TcpListener, TcpStream};
 pub use udp::UdpSocket;
