@@ -87,10 +87,17 @@ pub(super) fn read_incoming<R: Read + PayloadSource>(
 /// from the stream. `BufReader` would pass a payload shorter than its
 /// buffer through the buffer, copying it once more.
 fn read_payload<R: Read>(r: &mut BufReader<R>, buf: &mut [u8]) -> io::Result<()> {
+    let n = take_buffered(r, buf);
+    r.get_mut().read_exact(&mut buf[n..])
+}
+
+/// Moves what `r` has buffered (up to `buf`'s length) to the front of
+/// `buf`; returns how many bytes.
+fn take_buffered<R: Read>(r: &mut BufReader<R>, buf: &mut [u8]) -> usize {
     let n = r.buffer().len().min(buf.len());
     buf[..n].copy_from_slice(&r.buffer()[..n]);
     r.consume(n);
-    r.get_mut().read_exact(&mut buf[n..])
+    n
 }
 
 /// Reads a payload as [`read_payload`] does, but receives what `r` has
@@ -104,9 +111,7 @@ fn read_payload_mapped<R: Read + PayloadSource>(
     buf: &mut [u8],
     mut into: RecvSlice<'_>,
 ) -> io::Result<Range<usize>> {
-    let n = r.buffer().len().min(buf.len());
-    buf[..n].copy_from_slice(&r.buffer()[..n]);
-    r.consume(n);
+    let n = take_buffered(r, buf);
     into.advance(n);
     let mut at = n;
     while at < buf.len() {

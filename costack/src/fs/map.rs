@@ -121,7 +121,8 @@ impl FileMap {
     fn map(fd: libc::c_int, writable: bool) -> io::Result<FileMap> {
         // SAFETY: `fd` is open (borrowed); F_GETFL only reads its flags.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if writable && flags >= 0 && flags & libc::O_ACCMODE == libc::O_RDONLY {
+        let open_for_writing = flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if writable && flags >= 0 && !open_for_writing {
             // (mmap would say EACCES, but not for an empty file.)
             return Err(io::Error::from_raw_os_error(libc::EACCES));
         }
@@ -139,7 +140,7 @@ impl FileMap {
         }
         let len = usize::try_from(st.st_size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file too large to map"))?;
-        let residency_known = residency_known(fd, &st);
+        let residency_known = residency_known(&st, open_for_writing);
         let in_memory = crate::aio::inline::on_memory_fs(fd) == Some(true);
         if len == 0 {
             return Ok(FileMap {
@@ -205,10 +206,10 @@ impl FileMap {
     /// # drop(slice);
     /// ```
     pub fn slice_mut(&self, offset: u64, len: usize) -> Option<RecvSlice<'_>> {
-        let start = usize::try_from(offset).ok()?;
-        if !self.writable || start.checked_add(len)? > self.len {
+        if !self.writable {
             return None;
         }
+        let start = self.start_of(offset, len)?;
         // SAFETY: `start + len <= self.len`, so the range lies in the
         // writable mapping, which outlives the slice (it borrows `self`)
         // and whose bytes no Rust code accesses.
@@ -228,13 +229,17 @@ impl FileMap {
     /// The `len` bytes at `offset`, for a send; `None` if they are not
     /// all in the mapping.
     pub fn slice(&self, offset: u64, len: usize) -> Option<SendSlice<'_>> {
-        let start = usize::try_from(offset).ok()?;
-        if start.checked_add(len)? > self.len {
-            return None;
-        }
+        let start = self.start_of(offset, len)?;
         // SAFETY: `start + len <= self.len`, so the range lies in the
         // mapping, which outlives the slice (it borrows `self`).
         unsafe { Some(SendSlice::mapped(self.ptr.add(start), len)) }
+    }
+
+    /// `offset` as an index into the mapping, if all `len` bytes there
+    /// are in it.
+    fn start_of(&self, offset: u64, len: usize) -> Option<usize> {
+        let start = usize::try_from(offset).ok()?;
+        (start.checked_add(len)? <= self.len).then_some(start)
     }
 
     /// Whether every page of the `len` bytes at `offset` is in the page
@@ -301,7 +306,10 @@ impl Drop for FileMap {
 
 impl std::fmt::Debug for FileMap {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileMap").field("len", &self.len).finish()
+        f.debug_struct("FileMap")
+            .field("len", &self.len)
+            .field("writable", &self.writable)
+            .finish()
     }
 }
 
@@ -314,10 +322,8 @@ fn page_size() -> usize {
 /// Whether `mincore` tells this process the truth about `fd`'s pages:
 /// as root, as the file's owner, or with the file open for writing (the
 /// kernel's `can_do_mincore`).
-fn residency_known(fd: libc::c_int, st: &libc::stat) -> bool {
+fn residency_known(st: &libc::stat, open_for_writing: bool) -> bool {
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
-    // SAFETY: `fd` is open; F_GETFL only reads its flags.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    euid == 0 || st.st_uid == euid || (flags >= 0 && flags & libc::O_ACCMODE != libc::O_RDONLY)
+    euid == 0 || st.st_uid == euid || open_for_writing
 }
